@@ -1,0 +1,1 @@
+"""TensorFlow semantics on top of the table: entries, dtypes, strings, slices, readers, writer."""

@@ -1,0 +1,147 @@
+"""Resolve what a user passed (prefix, .index, .data-*, directory, SavedModel, V1 file) to a checkpoint."""
+from __future__ import annotations
+
+import glob
+import os
+import re
+from dataclasses import dataclass
+
+from ..errors import CheckpointNotFoundError, WrongFileError
+from . import naming
+
+_V1_SHARD_RE = re.compile(r"^(?P<base>.+)-(?P<shard>\d{5})-of-(?P<count>\d{5})$")
+_TABLE_MAGIC = bytes.fromhex("57fb808b247547db")
+LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+
+
+@dataclass(frozen=True, slots=True)
+class Located:
+    """A resolved checkpoint: V2 prefix, or the list of V1 files."""
+
+    format: str  # "v2" or "v1"
+    prefix: str
+    files: tuple[str, ...] = ()
+
+
+def resolve(path) -> Located:
+    """Find the checkpoint a path refers to, or raise with what to pass instead."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return _resolve_dir(path)
+    if os.path.exists(naming.index_path(path)):
+        return Located("v2", path)
+    if path.endswith(".index") and os.path.isfile(path):
+        _refuse_odd_file(path)
+        return Located("v2", path[: -len(".index")])
+    split = naming.split_data_path(path)
+    if split is not None:
+        prefix = split[0]
+        if os.path.exists(naming.index_path(prefix)):
+            return Located("v2", prefix)
+        raise CheckpointNotFoundError(f"this is a data shard but {naming.index_path(prefix)} is missing; "
+                                      "the .index file is needed to read it", path=path)
+    if os.path.isfile(path):
+        _refuse_odd_file(path)
+        if _is_table(path):
+            m = _V1_SHARD_RE.match(path)
+            if m:
+                files = sorted(glob.glob(f"{glob.escape(m['base'])}-?????-of-{m['count']}"))
+                return Located("v1", m["base"], tuple(files))
+            return Located("v1", path, (path,))
+        raise WrongFileError("not a TensorFlow checkpoint (no table footer); pass a checkpoint prefix, "
+                             "its .index file, or its directory", path=path)
+    shards = sorted(glob.glob(f"{glob.escape(path)}-?????-of-?????"))
+    if shards:
+        return Located("v1", path, tuple(shards))
+    raise CheckpointNotFoundError(_not_found_hint(path), path=path)
+
+
+def _resolve_dir(path: str) -> Located:
+    state = os.path.join(path, "checkpoint")
+    if os.path.isfile(state):
+        latest = latest_from_state(path)
+        if latest is not None:
+            return resolve(latest)
+    for candidate in (os.path.join(path, "variables", "variables"), os.path.join(path, "variables")):
+        if os.path.exists(naming.index_path(candidate)):
+            return Located("v2", candidate)
+    indexes = sorted(glob.glob(os.path.join(glob.escape(path), "*.index")))
+    if len(indexes) == 1:
+        return Located("v2", indexes[0][: -len(".index")])
+    if indexes:
+        names = ", ".join(os.path.basename(i)[: -len(".index")] for i in indexes[:5])
+        raise CheckpointNotFoundError(f"directory holds {len(indexes)} checkpoints and no usable 'checkpoint' "
+                                      f"state file; pass one prefix: {names}", path=path)
+    raise CheckpointNotFoundError("directory holds no checkpoint (no 'checkpoint' state file, no *.index, "
+                                  "no variables/variables.index)", path=path)
+
+
+def latest_from_state(directory: str) -> str | None:
+    """The checkpoint a directory's `checkpoint` state file names, as TF's latest_checkpoint finds it."""
+    from google.protobuf import text_format
+
+    from .._proto.checkpoint_state_pb2 import CheckpointState
+
+    state_path = os.path.join(directory, "checkpoint")
+    try:
+        with open(state_path, encoding="utf-8") as f:
+            state = text_format.Parse(f.read(), CheckpointState())
+    except (OSError, UnicodeDecodeError, text_format.ParseError) as exc:
+        raise WrongFileError(f"cannot parse the 'checkpoint' state file ({exc})", path=state_path) from None
+    named = state.model_checkpoint_path
+    if not named:
+        return None
+    candidates = [named if os.path.isabs(named) else os.path.join(directory, named)]
+    # A directory that was moved keeps stale absolute paths; TF gives up, we look next door.
+    candidates.append(os.path.join(directory, os.path.basename(named)))
+    for c in candidates:
+        if os.path.exists(naming.index_path(c)) or os.path.isfile(c):
+            return c
+    raise CheckpointNotFoundError(f"the 'checkpoint' state file names {named!r}, which does not exist "
+                                  f"(neither does {candidates[-1]!r})", path=state_path)
+
+
+def _is_table(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            if f.tell() < 48:
+                return False
+            f.seek(-8, 2)
+            return f.read(8) == _TABLE_MAGIC
+    except OSError:
+        return False
+
+
+def _refuse_odd_file(path: str) -> None:
+    """Raise WrongFileError for files people commonly pass by mistake."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as exc:
+        raise CheckpointNotFoundError(f"cannot open: {exc.strerror}", path=path) from None
+    base = os.path.basename(path)
+    directory = os.path.dirname(path) or "."
+    if head.startswith(LFS_POINTER):
+        raise WrongFileError("this is a Git LFS pointer, not the file itself; run 'git lfs pull' to fetch it",
+                             path=path)
+    if base == "checkpoint" and b"model_checkpoint_path" in head:
+        raise WrongFileError(f"this is the text 'checkpoint' state file; pass its directory ({directory}) "
+                             "or the prefix it names", path=path)
+    if base.endswith(".meta"):
+        raise WrongFileError(f"this is a MetaGraphDef (.meta), not tensor data; pass the prefix "
+                             f"{path[:-5]!r} instead", path=path)
+    if head.startswith(b"\x89HDF\r\n\x1a\n") or base.endswith((".h5", ".hdf5")):
+        raise WrongFileError("this is an HDF5 (Keras .h5) file, not a TensorFlow checkpoint", path=path)
+    if head.startswith(b"PK\x03\x04") and base.endswith(".keras"):
+        raise WrongFileError("this is a Keras v3 .keras archive, not a TensorFlow checkpoint", path=path)
+    if base.endswith(".pb") or base.endswith(".pbtxt"):
+        raise WrongFileError("this is a graph/SavedModel protobuf; pass the SavedModel directory instead",
+                             path=path)
+
+
+def _not_found_hint(path: str) -> str:
+    near = sorted(glob.glob(glob.escape(path) + "*"))[:3]
+    if near:
+        return "no checkpoint with this prefix; did you mean " + ", ".join(near) + "?"
+    return "no such checkpoint (no .index file, no V1 file, no directory)"

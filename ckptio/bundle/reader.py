@@ -1,0 +1,201 @@
+"""Read a V2 bundle: the .index table on open, data shards lazily, one range read per tensor."""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+from ..errors import (ChecksumError, CkptioError, CorruptCheckpointError, MissingShardError,
+                      TensorNotFoundError, UnsupportedError)
+from ..io import FileSource, Source
+from ..sstable import Table
+from ..sstable.coding import crc32c, unmask
+from . import dtypes, naming, strings
+from .entry import Entry, Header
+from .slices import Slice, encode_key as slice_key
+
+CHUNK = 8 << 20
+
+
+class BundleReader:
+    """A V2 checkpoint. Opening reads the footer, the index block and the first data block."""
+
+    format = "v2"
+
+    def __init__(self, prefix: str, *, open_source: Callable[[str], Source] = FileSource,
+                 index_source: Source | None = None):
+        self.prefix = prefix
+        self._open_source = open_source
+        self.index_source = index_source or open_source(naming.index_path(prefix))
+        self.path = self.index_source.name
+        self.table = Table(self.index_source)
+        first = self.table.first()
+        if first is None or first[0] != b"":
+            raise CorruptCheckpointError("the first entry is not the bundle header (key \"\")", path=self.path)
+        self.header = Header.parse(first[1], path=self.path)
+        self._entries: dict[str, Entry] | None = None
+        self._slices: dict[bytes, Entry] | None = None
+        self._shards: dict[int, Source] = {}
+
+    # -- index ---------------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        entries, slices = {}, {}
+        for key, value in self.table:
+            if key == b"":
+                continue
+            entry = Entry.parse(value, path=self.path, key=naming.decode_key(key))
+            if key[0] == 0:
+                slices[key] = entry
+            else:
+                entries[naming.decode_key(key)] = entry
+        self._entries, self._slices = entries, slices
+
+    def entries(self) -> dict[str, Entry]:
+        """Every named entry (slice pieces hidden), parsing the whole index once."""
+        if self._entries is None:
+            self._load()
+        return self._entries
+
+    def slice_entries(self) -> dict[bytes, Entry]:
+        """Stored slice pieces by their OrderedCode key."""
+        if self._slices is None:
+            self._load()
+        return self._slices
+
+    def entry(self, name: str) -> Entry:
+        """One entry; a point lookup (one data block) unless the index is already loaded."""
+        if self._entries is not None:
+            try:
+                return self._entries[name]
+            except KeyError:
+                raise TensorNotFoundError("no such tensor", path=self.path, key=name) from None
+        value = self.table.get(naming.encode_key(name)) if name else None
+        if value is None or name.startswith("\x00"):
+            raise TensorNotFoundError("no such tensor", path=self.path, key=name)
+        return Entry.parse(value, path=self.path, key=name)
+
+    def slice_entry(self, name: str, s: Slice) -> Entry:
+        key = slice_key(name, s)
+        if self._slices is not None:
+            entry = self._slices.get(key)
+        else:
+            value = self.table.get(key)
+            entry = None if value is None else Entry.parse(value, path=self.path, key=f"{name}[{s.spec()}]")
+        if entry is None:
+            raise CorruptCheckpointError(f"slice {s.spec()} is listed but its entry is missing",
+                                         path=self.path, key=name)
+        return entry
+
+    # -- data ----------------------------------------------------------------------------------
+
+    def shard_path(self, shard: int) -> str:
+        return naming.data_path(self.prefix, shard, self.header.num_shards)
+
+    def shard(self, shard: int) -> Source:
+        """The data file of a shard, opened on first use."""
+        src = self._shards.get(shard)
+        if src is None:
+            if not 0 <= shard < self.header.num_shards:
+                raise CorruptCheckpointError(f"shard_id {shard} but the header says {self.header.num_shards} shards",
+                                             path=self.path)
+            try:
+                src = self._open_source(self.shard_path(shard))
+            except CkptioError as exc:
+                if isinstance(exc, FileNotFoundError):
+                    raise MissingShardError("data shard is missing", path=self.shard_path(shard)) from None
+                raise
+            self._shards[shard] = src
+        return src
+
+    def check_entry(self, name: str, entry: Entry) -> None:
+        """Raise if the entry's bytes cannot be read as it claims (no I/O beyond a stat)."""
+        problem = entry.data_problem()
+        if problem:
+            kind = UnsupportedError if "unknown dtype" in problem else CorruptCheckpointError
+            raise kind(problem, path=self.path, key=name)
+        if entry.dtype == dtypes.VARIANT and self.header.big_endian:
+            raise UnsupportedError("variant tensors in big-endian bundles", path=self.path, key=name)
+        src = self.shard(entry.shard_id)
+        if entry.offset + entry.size > src.size:
+            raise CorruptCheckpointError(
+                f"bytes [{entry.offset}, {entry.offset + entry.size}) lie past the end of the "
+                f"{src.size}-byte shard", path=src.name, key=name, offset=entry.offset)
+
+    def iter_raw(self, name: str, entry: Entry, chunk: int = CHUNK, *, verify: bool = True) -> Iterator[bytes]:
+        """Stream an entry's stored bytes in chunks, checking its crc32c after the last one."""
+        self.check_entry(name, entry)
+        src = self.shard(entry.shard_id)
+        crc, pos, end = 0, entry.offset, entry.offset + entry.size
+        while pos < end:
+            data = src.read(pos, min(chunk, end - pos), key=name)
+            if verify:
+                crc = crc32c(data, crc)
+            pos += len(data)
+            yield data
+        if verify:
+            self._check_crc(name, entry, crc)
+
+    def read_raw(self, name: str, entry: Entry, *, verify: bool = True) -> bytes:
+        """An entry's stored bytes in one positioned read, crc checked."""
+        self.check_entry(name, entry)
+        data = self.shard(entry.shard_id).read(entry.offset, entry.size, key=name)
+        if verify and entry.dtype != dtypes.STRING:
+            self._check_crc(name, entry, crc32c(data))
+        return data
+
+    def _check_crc(self, name: str, entry: Entry, crc: int) -> None:
+        if crc != unmask(entry.crc32c):
+            raise ChecksumError(f"checksum does not match: stored {unmask(entry.crc32c):#010x}, computed {crc:#010x}",
+                                path=self.shard_path(entry.shard_id), key=name, offset=entry.offset)
+
+    def read_entry(self, name: str, entry: Entry, *, verify: bool = True):
+        """Decode one unsliced entry into a numpy array."""
+        import numpy as np
+
+        info = dtypes.lookup(entry.dtype)
+        if info is not None and info.name == "string":
+            self.check_entry(name, entry)
+            if entry.num_elements == 0:
+                return np.empty(entry.shape, dtype=object)
+            data = self.shard(entry.shard_id).read(entry.offset, entry.size, key=name)
+            elements, crc = strings.decode(data, entry.num_elements, big_endian=self.header.big_endian,
+                                           path=self.shard_path(entry.shard_id), key=name, offset=entry.offset)
+            if verify:
+                self._check_crc(name, entry, crc)
+            arr = np.empty(len(elements), dtype=object)
+            arr[:] = elements
+            return arr.reshape(entry.shape)
+        if info is None or not info.fixed_width:
+            raise UnsupportedError(f"cannot decode {dtypes.name_of(entry.dtype)} tensors (bytes can still be copied)",
+                                   path=self.path, key=name)
+        from .decode import from_bytes
+
+        self.check_entry(name, entry)
+        src = self.shard(entry.shard_id)
+        buf = bytearray(entry.size)
+        if isinstance(src, FileSource):
+            got = src.readinto(entry.offset, memoryview(buf))
+            if got != entry.size:
+                raise CorruptCheckpointError(f"read {got} of {entry.size} bytes", path=src.name, key=name,
+                                             offset=entry.offset)
+        else:
+            buf[:] = src.read(entry.offset, entry.size, key=name)
+        if verify:
+            self._check_crc(name, entry, crc32c(buf))
+        return from_bytes(buf, info, entry.shape, big_endian=self.header.big_endian)
+
+    def close(self) -> None:
+        for src in self._shards.values():
+            src.close()
+        self._shards.clear()
+        self.index_source.close()
+
+
+def sibling_files(prefix: str) -> list[str]:
+    """Data shard files that exist for a prefix (any shard count), for diagnostics."""
+    directory, base = os.path.split(prefix)
+    try:
+        names = os.listdir(directory or ".")
+    except OSError:
+        return []
+    return sorted(os.path.join(directory, n) for n in names if n.startswith(base + ".data-"))

@@ -1,0 +1,70 @@
+"""DT_STRING tensor bytes.
+
+    varint64 len[0] ... len[n-1]    one per element, row-major
+    fixed32  masked crc32c of the lengths, each taken as a 4-byte uint32 (8-byte if > 0xffffffff)
+    bytes    s[0] ... s[n-1]        concatenated
+The entry crc32c runs over the lengths (as uint32), the 4 stored checksum bytes, then the payload.
+In big-endian bundles the uint32 lengths fed to the crc and the stored checksum are big-endian.
+"""
+from __future__ import annotations
+
+import struct
+
+from ..errors import ChecksumError, CorruptCheckpointError
+from ..sstable.coding import VarintError, crc32c, decode_varint, encode_varint, mask, unmask
+
+
+def _length_bytes(length: int, order: str) -> bytes:
+    return length.to_bytes(4 if length <= 0xFFFFFFFF else 8, order)
+
+
+def decode(data: bytes, count: int, *, big_endian: bool = False, path=None, key=None, offset=None) -> tuple[list[bytes], int]:
+    """Split string tensor bytes into `count` elements; return (elements, unmasked entry crc)."""
+    order = "big" if big_endian else "little"
+    lengths, pos, crc = [], 0, 0
+    if count > len(data):  # every length takes at least one byte
+        raise CorruptCheckpointError(f"string tensor of {count} elements cannot fit {len(data)} bytes",
+                                     path=path, key=key, offset=offset)
+    for _ in range(count):
+        try:
+            length, pos = decode_varint(data, pos, len(data))
+        except VarintError:
+            raise CorruptCheckpointError("bad string length varint", path=path, key=key,
+                                         offset=None if offset is None else offset + pos) from None
+        lengths.append(length)
+        crc = crc32c(_length_bytes(length, order), crc)
+    if pos + 4 > len(data):
+        raise CorruptCheckpointError("string tensor ends inside its length checksum", path=path, key=key,
+                                     offset=offset)
+    stored = struct.unpack_from(">I" if big_endian else "<I", data, pos)[0]
+    if unmask(stored) != crc:
+        raise ChecksumError("the length checksum of the string tensor does not match", path=path, key=key,
+                            offset=None if offset is None else offset + pos)
+    crc = crc32c(data[pos:pos + 4], crc)
+    pos += 4
+    if pos + sum(lengths) != len(data):
+        raise CorruptCheckpointError(
+            f"string lengths add up to {sum(lengths)} bytes but {len(data) - pos} follow", path=path, key=key,
+            offset=offset)
+    out = []
+    view = memoryview(data)
+    for length in lengths:
+        out.append(bytes(view[pos:pos + length]))
+        pos += length
+    crc = crc32c(data[len(data) - sum(lengths):], crc)
+    return out, crc
+
+
+def encode(elements, *, big_endian: bool = False) -> tuple[bytes, int]:
+    """Serialize byte strings; return (tensor bytes, masked entry crc32c)."""
+    order = "big" if big_endian else "little"
+    elements = [e if isinstance(e, bytes) else (e.encode() if isinstance(e, str) else bytes(e)) for e in elements]
+    varints = b"".join(encode_varint(len(e)) for e in elements)
+    crc = 0
+    for e in elements:
+        crc = crc32c(_length_bytes(len(e), order), crc)
+    checksum = mask(crc).to_bytes(4, order)
+    crc = crc32c(checksum, crc)
+    payload = b"".join(elements)
+    crc = crc32c(payload, crc)
+    return varints + checksum + payload, mask(crc)

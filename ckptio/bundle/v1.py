@@ -1,0 +1,156 @@
+"""Read V1 checkpoints: one table (or -SSSSS-of-NNNNN files) of SavedTensorSlices, values inline.
+
+    key ""                          -> SavedTensorSlices{meta: [SavedSliceMeta{name, shape, type, slice*}]}
+    key EncodeTensorNameSlice(n, s) -> SavedTensorSlices{data: SavedSlice{name, slice, data: TensorProto}}
+The TensorProto carries only its typed value list (float_val, int_val, ...), no dtype or shape.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from google.protobuf.message import DecodeError
+
+from .._proto import saved_tensor_slice_pb2 as pb
+from ..errors import CorruptCheckpointError, TensorNotFoundError, UnsupportedError
+from ..io import FileSource, Source
+from ..sstable import Table
+from . import dtypes
+from .entry import CONSUMER_VERSION, Entry
+from .slices import Slice, encode_key, from_proto
+
+
+class V1Reader:
+    """A V1 checkpoint spread over one or more table files."""
+
+    format = "v1"
+
+    def __init__(self, paths: list[str], *, open_source: Callable[[str], Source] = FileSource):
+        self.paths = list(paths)
+        self.path = self.paths[0]
+        self.tables = [Table(open_source(p)) for p in self.paths]
+        self._entries: dict[str, Entry] = {}
+        self._file_of: dict[bytes, int] = {}
+        for i, table in enumerate(self.tables):
+            self._read_meta(i, table)
+
+    def _read_meta(self, i: int, table: Table) -> None:
+        path = table.source.name
+        first = table.first()
+        if first is None or first[0] != b"":
+            raise CorruptCheckpointError("V1 table has no metadata entry (key \"\")", path=path)
+        sts = pb.SavedTensorSlices()
+        try:
+            sts.ParseFromString(first[1])
+        except DecodeError:
+            raise CorruptCheckpointError("metadata entry is not a SavedTensorSlices", path=path, key="") from None
+        versions = sts.meta.versions
+        if versions.min_consumer > CONSUMER_VERSION or CONSUMER_VERSION in versions.bad_consumers:
+            raise UnsupportedError(f"V1 checkpoint needs reader version {versions.min_consumer}", path=path, key="")
+        for meta in sts.meta.tensor:
+            shape = tuple(d.size for d in meta.shape.dim)
+            slices = tuple(from_proto(s) for s in meta.slice)
+            old = self._entries.get(meta.name)
+            if old is not None:
+                if old.dtype != meta.type or old.shape != shape:
+                    raise CorruptCheckpointError("tensor declared with different dtype or shape in two files",
+                                                 path=path, key=meta.name)
+                slices = old.slices + slices
+            entry = Entry(meta.type, shape, i, 0, _estimate_size(meta.type, shape), 0, slices)
+            problem = entry.problem()
+            if problem:
+                raise CorruptCheckpointError(problem, path=path, key=meta.name)
+            self._entries[meta.name] = entry
+            for s in slices[len(old.slices) if old else 0:]:
+                self._file_of[encode_key(meta.name, s)] = i
+
+    def entries(self) -> dict[str, Entry]:
+        return self._entries
+
+    def entry(self, name: str) -> Entry:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise TensorNotFoundError("no such tensor", path=self.path, key=name) from None
+
+    def read_slice(self, name: str, s: Slice, shape: tuple[int, ...]):
+        """Decode the stored slice s of tensor name (whose full shape is shape)."""
+        entry = self.entry(name)
+        key = encode_key(name, s if shape else Slice(()))
+        i = self._file_of.get(encode_key(name, s), 0)
+        table = self.tables[i]
+        value = table.get(key)
+        if value is None:
+            raise CorruptCheckpointError(f"slice {s.spec() or '(scalar)'} is listed but not stored",
+                                         path=table.source.name, key=name)
+        sts = pb.SavedTensorSlices()
+        try:
+            sts.ParseFromString(value)
+        except DecodeError:
+            raise CorruptCheckpointError("slice entry is not a SavedTensorSlices", path=table.source.name,
+                                         key=name) from None
+        if sts.data.name != name:
+            raise CorruptCheckpointError(f"slice entry names {sts.data.name!r}", path=table.source.name, key=name)
+        return tensor_proto_to_array(sts.data.data, entry.dtype, s.shape(shape),
+                                     path=table.source.name, key=name)
+
+    def close(self) -> None:
+        for t in self.tables:
+            t.source.close()
+
+
+def _estimate_size(dtype: int, shape: tuple[int, ...]) -> int:
+    info = dtypes.lookup(dtype)
+    n = 1
+    for d in shape:
+        n *= max(d, 0)
+    return n * info.itemsize if info and info.fixed_width else 0
+
+
+# dtype name -> TensorProto field holding its values
+_FIELDS = {
+    "float32": "float_val", "float64": "double_val", "int64": "int64_val", "bool": "bool_val",
+    "string": "string_val", "complex64": "scomplex_val", "complex128": "dcomplex_val",
+    "float16": "half_val", "bfloat16": "half_val", "uint32": "uint32_val", "uint64": "uint64_val",
+    "int32": "int_val", "uint8": "int_val", "int8": "int_val", "int16": "int_val", "uint16": "int_val",
+    "qint8": "int_val", "quint8": "int_val", "qint32": "int_val", "qint16": "int_val", "quint16": "int_val",
+}
+
+
+def tensor_proto_to_array(proto, dtype: int, shape: tuple[int, ...], *, path=None, key=None):
+    """Decode a V1 TensorProto's typed values into an array of shape."""
+    import numpy as np
+
+    info = dtypes.lookup(dtype)
+    if info is None or info.numpy_name is None:
+        raise UnsupportedError(f"cannot decode {dtypes.name_of(dtype)} in a V1 checkpoint", path=path, key=key)
+    n = 1
+    for d in shape:
+        n *= d
+    dt = info.numpy()
+    if proto.tensor_content:
+        from .decode import from_bytes
+        if len(proto.tensor_content) != n * info.itemsize:
+            raise CorruptCheckpointError("tensor_content size does not match the slice", path=path, key=key)
+        return from_bytes(bytes(proto.tensor_content), info, shape).copy()
+    if info.name.startswith("float8"):
+        raw = bytes(proto.float8_val)
+        if len(raw) != n:
+            raise CorruptCheckpointError(f"{len(raw)} values stored for {n} elements", path=path, key=key)
+        return np.frombuffer(raw, dt).reshape(shape).copy()
+    field = _FIELDS.get(info.name)
+    if field is None:
+        raise UnsupportedError(f"cannot decode {info.name} in a V1 checkpoint", path=path, key=key)
+    values = getattr(proto, field)
+    per = 2 if info.name.startswith("complex") else 1
+    if len(values) != n * per:
+        raise CorruptCheckpointError(f"{len(values) // per} values stored for {n} elements", path=path, key=key)
+    if info.name == "string":
+        arr = np.empty(n, dtype=object)
+        arr[:] = list(values)
+        return arr.reshape(shape)
+    if info.name in ("float16", "bfloat16"):
+        return np.array(values, dtype=np.uint16).view(dt).reshape(shape)
+    if per == 2:
+        part = np.float32 if info.name == "complex64" else np.float64
+        return np.array(values, dtype=part).view(dt).reshape(shape)
+    return np.array(values).astype(dt).reshape(shape) if n else np.empty(shape, dt)

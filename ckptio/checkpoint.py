@@ -1,0 +1,223 @@
+"""Checkpoint: a read-only Mapping from tensor names to lazy Tensors."""
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+from .bundle import dtypes
+from .bundle.entry import Entry
+from .bundle.paths import Located, resolve
+from .bundle.slices import Slice
+from .errors import CorruptCheckpointError, TensorNotFoundError, UnsupportedError
+
+
+class Tensor:
+    """A tensor in a checkpoint; dtype, shape and nbytes cost no I/O, read() loads it."""
+
+    __slots__ = ("name", "entry", "_ckpt")
+
+    def __init__(self, ckpt: "Checkpoint", name: str, entry: Entry):
+        self._ckpt, self.name, self.entry = ckpt, name, entry
+
+    @property
+    def dtype(self):
+        """numpy dtype (object for strings; ml_dtypes for bfloat16, float8, int4)."""
+        info = self.entry.dtype_info
+        if info is None:
+            raise UnsupportedError(f"unknown dtype enum {self.entry.dtype}", key=self.name)
+        return info.numpy()
+
+    @property
+    def dtype_name(self) -> str:
+        return dtypes.name_of(self.entry.dtype)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.entry.shape
+
+    @property
+    def size(self) -> int:
+        """Number of elements."""
+        return self.entry.num_elements
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the tensor occupies in the checkpoint (all slices)."""
+        if self.entry.slices and self._ckpt.format == "v2":
+            r = self._ckpt._reader
+            return sum(r.slice_entry(self.name, s).size for s in self.entry.slices)
+        return self.entry.size
+
+    @property
+    def slices(self) -> tuple[Slice, ...]:
+        return self.entry.slices
+
+    def read(self):
+        """The whole tensor as a numpy array, checksums verified."""
+        return self._ckpt._read(self.name, self.entry)
+
+    def read_slice(self, s: Slice):
+        """One stored slice (as listed in .slices) without assembling the rest."""
+        if s not in self.entry.slices:
+            raise TensorNotFoundError(f"slice {s.spec()} is not stored", key=self.name)
+        return self._ckpt._read_slice(self.name, self.entry, s)
+
+    def iter_chunks(self, max_bytes: int = 64 << 20):
+        """Yield consecutive pieces along the first axis, at most ~max_bytes each (fixed-width, unsliced).
+
+        The checksum is verified as the bytes stream; a mismatch raises after the last piece.
+        """
+        return self._ckpt._iter_chunks(self.name, self.entry, max_bytes)
+
+    def __repr__(self) -> str:
+        return f"<Tensor {self.name!r} {self.dtype_name}{list(self.shape)}>"
+
+
+class Checkpoint(Mapping):
+    """An open checkpoint. Use as a context manager; keys are tensor names."""
+
+    def __init__(self, path, *, located: Located | None = None, open_source=None):
+        from .io import FileSource
+
+        self.located = located or resolve(path)
+        opener = open_source or FileSource
+        if self.located.format == "v2":
+            from .bundle.reader import BundleReader
+            self._reader = BundleReader(self.located.prefix, open_source=opener)
+        else:
+            from .bundle.v1 import V1Reader
+            self._reader = V1Reader(list(self.located.files), open_source=opener)
+        self.format = self.located.format
+        self.prefix = self.located.prefix
+        self.path = self._reader.path
+
+    # -- Mapping -------------------------------------------------------------------------------
+
+    def __getitem__(self, name: str) -> Tensor:
+        if not isinstance(name, str):
+            raise TensorNotFoundError("tensor names are strings", key=repr(name))
+        return Tensor(self, name, self._reader.entry(name))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._reader.entries(), key=lambda n: n.encode("utf-8", "surrogateescape")))
+
+    def __len__(self) -> int:
+        return len(self._reader.entries())
+
+    def __contains__(self, name) -> bool:
+        return isinstance(name, str) and name in self._reader.entries()
+
+    def entries(self) -> dict[str, Entry]:
+        """Every named entry's metadata, loading the whole index once."""
+        return self._reader.entries()
+
+    @property
+    def header(self):
+        return getattr(self._reader, "header", None)
+
+    @property
+    def num_shards(self) -> int:
+        return self._reader.header.num_shards if self.format == "v2" else len(self._reader.tables)
+
+    @property
+    def object_graph_bytes(self) -> bytes | None:
+        """The serialized TrackableObjectGraph of a TF2 checkpoint, or None."""
+        from .bundle.naming import OBJECT_GRAPH_KEY
+
+        if OBJECT_GRAPH_KEY not in self:
+            return None
+        value = self[OBJECT_GRAPH_KEY].read()
+        return bytes(value.reshape(-1)[0]) if value.size == 1 else None
+
+    @property
+    def bytes_read(self) -> int:
+        """Bytes read from disk so far (index and data)."""
+        r = self._reader
+        if self.format == "v2":
+            return r.index_source.bytes_read + sum(s.bytes_read for s in r._shards.values())
+        return sum(t.source.bytes_read for t in r.tables)
+
+    def close(self) -> None:
+        self._reader.close()
+
+    def __enter__(self) -> "Checkpoint":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<ckptio.Checkpoint {self.format} {self.prefix!r}>"
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _read(self, name: str, entry: Entry):
+        if not entry.slices:
+            return self._reader.read_entry(name, entry)
+        return assemble(name, entry, [(s, self._read_slice(name, entry, s)) for s in entry.slices],
+                        path=self.path)
+
+    def _read_slice(self, name: str, entry: Entry, s: Slice):
+        expected = s.shape(entry.shape)
+        if self.format == "v1":
+            return self._reader.read_slice(name, s, entry.shape)
+        piece = self._reader.slice_entry(name, s)
+        if piece.dtype != entry.dtype or piece.shape != expected:
+            raise CorruptCheckpointError(
+                f"slice {s.spec()} is stored as {dtypes.name_of(piece.dtype)}{list(piece.shape)}, expected "
+                f"{dtypes.name_of(entry.dtype)}{list(expected)}", path=self.path, key=name)
+        return self._reader.read_entry(name, piece)
+
+    def _iter_chunks(self, name: str, entry: Entry, max_bytes: int):
+        info = entry.dtype_info
+        if entry.slices or self.format != "v2" or info is None or not info.fixed_width:
+            yield self._read(name, entry)
+            return
+        from .bundle.decode import from_bytes
+
+        shape = entry.shape
+        rows = shape[0] if shape else 1
+        row_bytes = entry.size // rows if rows else 0
+        per = max(1, max_bytes // row_bytes) if row_bytes else max(rows, 1)
+        buffered = b""
+        big = self._reader.header.big_endian
+        for data in self._reader.iter_raw(name, entry, chunk=per * row_bytes if row_bytes else 1 << 20):
+            buffered += data
+            n = len(buffered) // row_bytes if row_bytes else 0
+            if n:
+                yield from_bytes(buffered[:n * row_bytes], info, (n, *shape[1:]), big_endian=big)
+                buffered = buffered[n * row_bytes:]
+        if not shape or rows == 0 or row_bytes == 0:
+            yield from_bytes(buffered, info, shape, big_endian=big)
+
+
+def assemble(name: str, entry: Entry, parts, *, path=None):
+    """Build a full tensor from (slice, array) pieces that must tile it exactly."""
+    import numpy as np
+
+    info = entry.dtype_info
+    shape = entry.shape
+    out = np.empty(shape, dtype=info.numpy()) if info else None
+    if out is None:
+        raise UnsupportedError("unknown dtype", path=path, key=name)
+    covered = 0
+    seen = []
+    for s, arr in parts:
+        bounds = s.bounds(shape)
+        for other in seen:
+            if all(a0 < b1 and b0 < a1 for (a0, a1), (b0, b1) in zip(bounds, other)):
+                raise CorruptCheckpointError(f"slices overlap at {s.spec()}", path=path, key=name)
+        seen.append(bounds)
+        out[tuple(slice(a, b) for a, b in bounds)] = arr
+        size = 1
+        for a, b in bounds:
+            size *= b - a
+        covered += size
+    if covered != entry.num_elements:
+        raise CorruptCheckpointError(f"stored slices cover {covered} of {entry.num_elements} elements",
+                                     path=path, key=name)
+    return out
+
+
+def open(path, **kwargs) -> Checkpoint:  # noqa: A001 - mirrors builtins.open on purpose
+    """Open a checkpoint lazily (prefix, .index/.data path, directory, SavedModel or V1 file)."""
+    return Checkpoint(path, **kwargs)

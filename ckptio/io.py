@@ -1,0 +1,167 @@
+"""Byte sources (one read(offset, length) interface) and atomic output files."""
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+
+from .errors import CheckpointNotFoundError, TruncatedError, WriteError
+
+
+class Source:
+    """A random-access byte source; subclasses implement _pread."""
+
+    name: str
+    size: int
+
+    def __init__(self) -> None:
+        self.bytes_read = 0
+        self._lock = threading.Lock()
+
+    def read(self, offset: int, length: int, *, key=None) -> bytes:
+        """Return exactly `length` bytes at `offset`, or raise TruncatedError."""
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise TruncatedError(
+                f"needs bytes [{offset}, {offset + length}) but the file has {self.size}",
+                path=self.name, key=key, offset=offset)
+        data = self._pread(offset, length)
+        with self._lock:
+            self.bytes_read += len(data)
+        if len(data) != length:
+            raise TruncatedError(f"read {len(data)} of {length} bytes", path=self.name, key=key, offset=offset)
+        return data
+
+    def fileno(self) -> int | None:
+        """An OS file descriptor for zero-copy paths, or None."""
+        return None
+
+    def close(self) -> None:
+        pass
+
+    def _pread(self, offset: int, length: int) -> bytes:
+        raise NotImplementedError
+
+
+class FileSource(Source):
+    """A local file read with positional reads (os.pread), safe across threads."""
+
+    def __init__(self, path) -> None:
+        super().__init__()
+        self.name = os.fspath(path)
+        try:
+            self._fd = os.open(self.name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            raise CheckpointNotFoundError("no such file", path=self.name) from None
+        self.size = os.fstat(self._fd).st_size
+
+    def _pread(self, offset: int, length: int) -> bytes:
+        chunks, done = [], 0
+        while done < length:
+            piece = os.pread(self._fd, min(length - done, 1 << 30), offset + done)
+            if not piece:
+                break
+            chunks.append(piece)
+            done += len(piece)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def readinto(self, offset: int, buf: memoryview) -> int:
+        """Fill buf from offset (fewer bytes only at end of file); counts bytes read."""
+        done = 0
+        while done < len(buf):
+            n = os.preadv(self._fd, [buf[done:]], offset + done)
+            if n == 0:
+                break
+            done += n
+        with self._lock:
+            self.bytes_read += done
+        return done
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class MemorySource(Source):
+    """Bytes already in memory (tests, archive members, remote footers)."""
+
+    def __init__(self, data: bytes, name: str = "<memory>") -> None:
+        super().__init__()
+        self._data = memoryview(data)
+        self.name = name
+        self.size = len(data)
+
+    def _pread(self, offset: int, length: int) -> bytes:
+        return bytes(self._data[offset:offset + length])
+
+
+class AtomicFiles:
+    """Temp files in the destination directory, renamed into place in order on commit.
+
+    Files are committed in the order they were created; the caller creates data
+    shards first and the index last, so a checkpoint is visible only when whole.
+    """
+
+    def __init__(self, directory) -> None:
+        self.directory = os.fspath(directory) or "."
+        self._pending: list[tuple[str, str]] = []  # (temp path, final path)
+        self._token = f"{os.getpid()}-{secrets.token_hex(4)}"
+
+    def create(self, final_path) -> tuple[str, int]:
+        """Open a new temp file for final_path; return (temp path, fd)."""
+        final_path = os.fspath(final_path)
+        base = os.path.basename(final_path)
+        tmp = os.path.join(os.path.dirname(final_path) or ".", f".{base}.ckptio-tmp-{self._token}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except OSError as exc:
+            raise WriteError(f"cannot create temp file: {exc.strerror}", path=tmp) from None
+        self._pending.append((tmp, final_path))
+        return tmp, fd
+
+    def commit(self, *, remove_first=()) -> None:
+        """fsync and rename every temp file into place, in creation order."""
+        try:
+            for tmp, _ in self._pending:
+                fd = os.open(tmp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            # An index being replaced goes away first, so a crash below leaves no
+            # checkpoint rather than an old index over new data.
+            for path in remove_first:
+                if os.path.exists(path):
+                    os.unlink(path)
+            for tmp, final in self._pending:
+                os.replace(tmp, final)
+            _fsync_dir(self.directory)
+        except OSError as exc:
+            self.abort()
+            raise WriteError(f"cannot commit output: {exc.strerror or exc}", path=self.directory) from None
+        self._pending = []
+
+    def abort(self) -> None:
+        """Remove every temp file not yet renamed."""
+        for tmp, _ in self._pending:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        self._pending = []
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

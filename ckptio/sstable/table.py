@@ -1,0 +1,75 @@
+"""Read a table: footer and index block on open, data blocks on demand."""
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator
+
+from ..errors import CorruptCheckpointError
+from .block import Block
+from .coding import VarintError
+from .format import FOOTER_SIZE, BlockHandle, Footer, read_block
+
+
+class Table:
+    """An open table over a Source. Keys and values are bytes."""
+
+    def __init__(self, source, *, verify: bool = True):
+        self.source = source
+        self.verify = verify
+        path = source.name
+        if source.size < FOOTER_SIZE:
+            raise CorruptCheckpointError(
+                f"file is {source.size} bytes, too short for a table footer (48 bytes)", path=path)
+        footer_at = source.size - FOOTER_SIZE
+        self.footer = Footer.decode(source.read(footer_at, FOOTER_SIZE), path=path, offset=footer_at)
+        index = Block(read_block(source, self.footer.index, what="index block", verify=verify),
+                      path=path, offset=self.footer.index.offset)
+        self.index: list[tuple[bytes, BlockHandle]] = []
+        for key, value in index.entries():
+            try:
+                handle, _ = BlockHandle.decode(value, 0, len(value))
+            except VarintError:
+                raise CorruptCheckpointError("bad block handle in index block", path=path,
+                                             offset=self.footer.index.offset) from None
+            if self.index and key <= self.index[-1][0]:
+                raise CorruptCheckpointError("index block keys are not in order", path=path,
+                                             offset=self.footer.index.offset)
+            self.index.append((key, handle))
+        self._separators = [key for key, _ in self.index]
+
+    def block(self, i: int) -> Block:
+        """Read and decode data block i."""
+        handle = self.index[i][1]
+        return Block(read_block(self.source, handle, what=f"data block {i}", verify=self.verify),
+                     path=self.source.name, offset=handle.offset)
+
+    def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) in key order, checking that order holds across blocks."""
+        last = None
+        for i in range(len(self.index)):
+            separator = self.index[i][0]
+            for key, value in self.block(i).entries():
+                if last is not None and key <= last:
+                    what = "duplicate key" if key == last else "keys out of order"
+                    raise CorruptCheckpointError(f"{what} in data block {i}", path=self.source.name, key=key)
+                if key > separator:
+                    raise CorruptCheckpointError(f"key is beyond its index separator in data block {i}",
+                                                 path=self.source.name, key=key)
+                last = key
+                yield key, value
+
+    def first(self) -> tuple[bytes, bytes] | None:
+        """The first entry, reading only the first data block."""
+        for i in range(len(self.index)):
+            for item in self.block(i).entries():
+                return item
+        return None
+
+    def get(self, key: bytes) -> bytes | None:
+        """Point lookup: binary search the index, then one data block."""
+        i = bisect.bisect_left(self._separators, key)
+        if i == len(self.index):
+            return None
+        for found, value in self.block(i).seek(key):
+            return value if found == key else None
+        return None
