@@ -66,7 +66,7 @@ HASH_RULE = (
 
 # Fixture names, in generation order. tests/ rely on every one of them.
 TF1_OPTIMIZERS = {
-    # fixture name: (factory taking global_step, kind note)
+    # fixture name: optimizer class (for the notes); built by _tf1_optimizer
     "tf1_gradientdescent": "GradientDescentOptimizer",
     "tf1_momentum": "MomentumOptimizer",
     "tf1_adam": "AdamOptimizer",
@@ -363,7 +363,7 @@ def make_tf1_two_optimizers(name: str, d: Path) -> dict:
             "notes": "two AdamOptimizers (default name) -> beta1_power_1, kernel/Adam_2, _3"}
 
 
-def _tf1_partitioned_graph(rng, name):
+def _tf1_partitioned_graph(rng):
     """model/embedding [6,4] in 3 partitions (rows 2+2+2), model/dense/kernel [4,2], Adam."""
     t = tf()
     v1 = t.compat.v1
@@ -394,7 +394,7 @@ def make_tf1_partitioned(name: str, d: Path) -> dict:
     v1_format = name.endswith("_v1")
     g = t.Graph()
     with g.as_default():
-        gs, train = _tf1_partitioned_graph(rng, name)
+        gs, train = _tf1_partitioned_graph(rng)
         kw = {"write_version": v1.train.SaverDef.V1} if v1_format else {}
         saver = v1.train.Saver(**kw)
         prefix = _run_and_save(g, train, saver, d, global_step=gs)

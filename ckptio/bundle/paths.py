@@ -97,8 +97,11 @@ def latest_from_state(directory: str) -> str | None:
     for c in candidates:
         if os.path.exists(naming.index_path(c)) or os.path.isfile(c):
             return c
-    raise CheckpointNotFoundError(f"the 'checkpoint' state file names {named!r}, which does not exist "
-                                  f"(neither does {candidates[-1]!r})", path=state_path)
+    present = sorted(os.path.basename(i)[: -len(".index")]
+                     for i in glob.glob(os.path.join(glob.escape(directory), "*.index")))
+    hint = f"; checkpoints present: {', '.join(present[:5])}" if present else ""
+    raise CheckpointNotFoundError(f"the 'checkpoint' state file names {named!r}, which does not exist"
+                                  f"{hint}", path=state_path)
 
 
 def _is_table(path: str) -> bool:

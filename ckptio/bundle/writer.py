@@ -1,0 +1,291 @@
+"""Write a V2 bundle: data shards first, then the index, all renamed into place at the end.
+
+Each data shard is tensor bytes back to back (alignment 1, as TensorFlow writes them);
+the index is a table of "" -> BundleHeaderProto and key -> BundleEntryProto in bytewise key order.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+from ..errors import CorruptCheckpointError, OutputExistsError, PlanError, WriteError
+from ..io import AtomicFiles, FileSource, Source
+from ..sstable import TableBuilder
+from ..sstable.coding import crc32c, mask, unmask
+from . import dtypes, naming, strings
+from .entry import Entry, Header
+
+CHUNK = 8 << 20
+
+
+class ShardFile:
+    """One output data file being appended to (one writer thread at a time)."""
+
+    def __init__(self, fd: int, path: str):
+        self.fd, self.path, self.offset = fd, path, 0
+        self.lock = threading.Lock()
+        self._buf = None
+
+    def write(self, data) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(self.fd, view)
+            except OSError as exc:
+                raise WriteError(f"cannot write: {exc.strerror}", path=self.path, offset=self.offset) from None
+            view = view[n:]
+            self.offset += n
+
+    def buffer(self) -> memoryview:
+        if self._buf is None:
+            self._buf = memoryview(bytearray(CHUNK))
+        return self._buf
+
+
+class BundleWriter:
+    """Builds one checkpoint at prefix. Use as a context manager; finish() commits it."""
+
+    def __init__(self, prefix: str, num_shards: int = 1, *, force: bool = False, inputs=()):
+        if num_shards < 1:
+            raise PlanError(f"num_shards must be >= 1, not {num_shards}")
+        self.prefix = os.fspath(prefix)
+        self.num_shards = num_shards
+        directory = os.path.dirname(self.prefix) or "."
+        check_output(self.prefix, force=force, inputs=inputs)
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            raise WriteError(f"cannot create output directory: {exc.strerror}", path=directory) from None
+        self.files = AtomicFiles(directory)
+        self.shards: list[ShardFile] = []
+        self.entries: dict[bytes, Entry] = {}
+        self._lock = threading.Lock()
+        self._done = False
+        try:
+            for i in range(num_shards):
+                path = naming.data_path(self.prefix, i, num_shards)
+                tmp, fd = self.files.create(path)
+                self.shards.append(ShardFile(fd, path))
+        except BaseException:
+            self.abort()
+            raise
+
+    # -- data ----------------------------------------------------------------------------------
+
+    def add_entry(self, key: str, entry: Entry) -> None:
+        """Record an index entry (data already written, or a sliced tensor's metadata)."""
+        raw = naming.encode_key(key) if isinstance(key, str) else key
+        if raw == b"":
+            raise PlanError("the empty key is reserved for the header")
+        with self._lock:
+            if raw in self.entries:
+                raise PlanError("two tensors would be written under one key", key=key)
+            self.entries[raw] = entry
+
+    def add_bytes(self, key, dtype: int, shape, chunks, shard: int = 0, *, crc: int | None = None) -> Entry:
+        """Append chunks as one tensor; crc (masked) is computed unless given."""
+        out = self.shards[shard]
+        with out.lock:
+            start, running = out.offset, 0
+            for chunk in chunks:
+                if crc is None:
+                    running = crc32c(chunk, running)
+                out.write(chunk)
+            entry = Entry(dtype, tuple(shape), shard, start, out.offset - start,
+                          mask(running) if crc is None else crc)
+        self.add_entry(key, entry)
+        return entry
+
+    def add_array(self, key, array, shard: int = 0) -> Entry:
+        """Write a numpy array (numeric, or object/bytes array for strings)."""
+        import numpy as np
+
+        array = np.asarray(array)
+        info = dtypes.from_numpy(array.dtype)
+        if info.name == "string":
+            data, crc = strings.encode(list(array.reshape(-1)))
+            return self.add_bytes(key, info.enum, array.shape, [data], shard, crc=crc)
+        from .decode import to_bytes
+
+        return self.add_bytes(key, info.enum, array.shape, [to_bytes(array, info)], shard)
+
+    def copy(self, key, entry: Entry, src: Source, shard: int = 0, *, verify: bool = True,
+             name: str | None = None) -> Entry:
+        """Copy an entry's bytes unchanged from src, carrying its crc32c over (checked on the way)."""
+        out = self.shards[shard]
+        label = name or key
+        if entry.offset + entry.size > src.size:
+            raise CorruptCheckpointError(f"bytes [{entry.offset}, {entry.offset + entry.size}) lie past the end of "
+                                         f"the {src.size}-byte shard", path=src.name, key=label, offset=entry.offset)
+        with out.lock:
+            start = out.offset
+            if verify or not _copy_range(src, out, entry.offset, entry.size):
+                running = _copy_checked(src, out, entry.offset, entry.size, label)
+                if verify and running != unmask(entry.crc32c):
+                    raise CorruptCheckpointError(
+                        f"checksum does not match: stored {unmask(entry.crc32c):#010x}, computed {running:#010x}",
+                        path=src.name, key=label, offset=entry.offset)
+            new = Entry(entry.dtype, entry.shape, shard, start, entry.size, entry.crc32c)
+        self.add_entry(key, new)
+        return new
+
+    # -- commit --------------------------------------------------------------------------------
+
+    def finish(self, *, state_file: bool = True) -> str:
+        """Validate and write the index, rename everything into place; return the prefix."""
+        try:
+            self._validate()
+            for s in self.shards:
+                os.close(s.fd)
+                s.fd = -1
+            _, fd = self.files.create(naming.index_path(self.prefix))
+            index = ShardFile(fd, naming.index_path(self.prefix))
+            builder = TableBuilder(index.write)
+            builder.add(b"", Header(num_shards=self.num_shards).encode())
+            for key in sorted(self.entries):
+                builder.add(key, self.entries[key].encode())
+            builder.finish()
+            os.close(fd)
+            stale = [p for p in _existing_shards(self.prefix)
+                     if p not in {s.path for s in self.shards}]
+            self.files.commit(remove_first=[naming.index_path(self.prefix)])
+            for p in stale:  # data files of the checkpoint we replaced (--force)
+                try:
+                    os.unlink(p)
+                except OSError:
+                    pass
+            if state_file:
+                write_state_file(self.prefix)
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        return self.prefix
+
+    def _validate(self) -> None:
+        """Refuse what would make TensorFlow abort or mis-index (FORMAT §11.7)."""
+        from .slices import encode_key
+
+        for key, entry in self.entries.items():
+            name = naming.decode_key(key)
+            problem = entry.problem()
+            if problem is None and not entry.slices:
+                problem = entry.data_problem()
+            if problem:
+                raise PlanError(f"refusing to write an entry TensorFlow cannot load: {problem}", key=name)
+            for s in entry.slices:
+                if encode_key(key, s) not in self.entries:
+                    raise PlanError(f"slice {s.spec()} has no data entry", key=name)
+
+    def abort(self) -> None:
+        for s in self.shards:
+            if s.fd >= 0:
+                try:
+                    os.close(s.fd)
+                except OSError:
+                    pass
+                s.fd = -1
+        self.files.abort()
+
+    def __enter__(self) -> "BundleWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None or not self._done:
+            self.abort()
+
+
+def _copy_checked(src: Source, out: ShardFile, offset: int, size: int, key) -> int:
+    """Copy through a reused buffer, computing the crc32c; return the unmasked crc."""
+    buf = out.buffer()
+    running, pos, end = 0, offset, offset + size
+    readinto = getattr(src, "readinto", None)
+    while pos < end:
+        n = min(len(buf), end - pos)
+        if readinto is not None:
+            got = readinto(pos, buf[:n])
+            if got != n:
+                raise CorruptCheckpointError(f"shard ends after {got} of {n} bytes", path=src.name, key=key, offset=pos)
+            data = buf[:n]
+        else:
+            data = src.read(pos, n, key=key)
+        running = crc32c(data, running)
+        out.write(data)
+        pos += n
+    return running
+
+
+def _copy_range(src: Source, out: ShardFile, offset: int, size: int) -> bool:
+    """Kernel-side copy (copy_file_range) when both ends are local files; False if unavailable."""
+    fd = src.fileno()
+    if fd is None or not hasattr(os, "copy_file_range"):
+        return False
+    pos, done = offset, 0
+    try:
+        while done < size:
+            n = os.copy_file_range(fd, out.fd, size - done, pos + done)
+            if n == 0:
+                raise CorruptCheckpointError("shard ended early", path=src.name, offset=pos + done)
+            done += n
+    except OSError as exc:
+        if done == 0 and exc.errno in (18, 22, 38, 95):  # EXDEV, EINVAL, ENOSYS, EOPNOTSUPP
+            return False
+        raise WriteError(f"cannot copy: {exc.strerror}", path=out.path, offset=out.offset) from None
+    out.offset += size
+    return True
+
+
+def _existing_shards(prefix: str) -> list[str]:
+    directory, base = os.path.split(prefix)
+    try:
+        names = os.listdir(directory or ".")
+    except OSError:
+        return []
+    out = []
+    for n in names:
+        split = naming.split_data_path(n)
+        if split and split[0] == base:
+            out.append(os.path.join(directory, n))
+    return out
+
+
+def check_output(prefix: str, *, force: bool, inputs=()) -> None:
+    """Refuse to overwrite a checkpoint (unless force) and always refuse to overwrite an input."""
+    index = naming.index_path(prefix)
+    for located in inputs:
+        same = os.path.abspath(getattr(located, "prefix", located)) == os.path.abspath(prefix)
+        if same:
+            raise OutputExistsError("output is the input checkpoint; write to another prefix", path=prefix)
+    if os.path.exists(index) and not force:
+        raise OutputExistsError("a checkpoint already exists here (use --force to replace it)", path=index)
+
+
+def write_state_file(prefix: str) -> None:
+    """Point <dir>/checkpoint at prefix (relative), keeping the paths it already lists."""
+    from google.protobuf import text_format
+
+    from .._proto.checkpoint_state_pb2 import CheckpointState
+
+    directory, base = os.path.split(prefix)
+    path = os.path.join(directory or ".", "checkpoint")
+    state = CheckpointState()
+    if os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                text_format.Parse(f.read(), state)
+        except (OSError, UnicodeDecodeError, text_format.ParseError):
+            state = CheckpointState()
+    paths = [p for p in state.all_model_checkpoint_paths if p != base]
+    del state.all_model_checkpoint_paths[:]
+    del state.all_model_checkpoint_timestamps[:]
+    state.all_model_checkpoint_paths.extend(paths + [base])
+    state.model_checkpoint_path = base
+    files = AtomicFiles(directory or ".")
+    _, fd = files.create(path)
+    try:
+        os.write(fd, text_format.MessageToString(state).encode())
+        os.close(fd)
+        files.commit()
+    except BaseException:
+        files.abort()
+        raise

@@ -1,0 +1,92 @@
+"""ckptio's entry point: parse arguments, run one command, map errors to exit codes.
+
+Exit codes: 0 ok, 1 checkpoint problem, 2 usage, 130 interrupted. Heavy modules (numpy,
+protobuf) are imported by the command modules only, so `ckptio --help` starts fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command -> (module under ckptio.cli, one-line help)
+COMMANDS = {
+    "ls": ("ls", "list tensors (names, dtypes, shapes, sizes), optimizer state marked"),
+    "show": ("show", "summarize one tensor (stats and a preview) or print it whole"),
+    "verify": ("verify", "check every block, tensor checksum and shard size"),
+    "strip": ("rewrite", "write a copy without optimizer state"),
+    "rename": ("rewrite", "write a copy with tensors renamed"),
+    "rewrite": ("rewrite", "filter, strip, rename and cast into a new checkpoint"),
+    "doctor": ("doctor", "diagnose a broken checkpoint in plain words; --salvage the intact tensors"),
+    "pack": ("archive", "pack a checkpoint into one .tar.zst archive"),
+    "unpack": ("archive", "unpack a .tar.zst archive into checkpoint files"),
+}
+
+EXIT_OK, EXIT_BAD_CHECKPOINT, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(Exception):
+    """Bad command-line arguments discovered after parsing."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit 2, like every other usage error
+        self.exit(EXIT_USAGE, f"ckptio: error: {message}\n")
+
+
+def build_parser(load_all: bool = True) -> argparse.ArgumentParser:
+    parser = _Parser(prog="ckptio", description="Read, inspect, verify and rewrite TensorFlow checkpoints "
+                                                "without TensorFlow.")
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"ckptio {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        if load_all:
+            _module(module).add_arguments(name, p)
+    return parser
+
+
+def _module(name: str):
+    return importlib.import_module(f"ckptio.cli.{name}")
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Only the chosen command's module is imported; --help of the top level imports none.
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(load_all=False)
+    if command in COMMANDS:
+        sub = parser._subparsers._group_actions[0].choices[command]
+        _module(COMMANDS[command][0]).add_arguments(command, sub)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    if not args.command:
+        parser.print_help()
+        return EXIT_USAGE
+    from ..errors import CkptioError, OutputExistsError, PlanError
+
+    try:
+        return int(_module(args._module).run(args) or 0)
+    except KeyboardInterrupt:
+        print("ckptio: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (PlanError, OutputExistsError, UsageError) as exc:
+        print(f"ckptio: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except CkptioError as exc:
+        print(f"ckptio: {exc}", file=sys.stderr)
+        return EXIT_BAD_CHECKPOINT
+    except BrokenPipeError:
+        return EXIT_OK
+    except OSError as exc:  # an output or input file we could not touch
+        print(f"ckptio: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_BAD_CHECKPOINT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

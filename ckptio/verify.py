@@ -1,0 +1,176 @@
+"""Check a whole checkpoint: every block, every entry, every tensor's checksum, every shard's size.
+
+Unlike TensorFlow, which stops at the first bad checksum, this collects every problem.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .bundle import dtypes, naming
+from .bundle.entry import Entry, Header
+from .bundle.slices import SliceKeyError, decode_key as decode_slice_key, encode_key as slice_key
+from .errors import CkptioError
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong, located as precisely as we can."""
+
+    message: str
+    path: str | None = None
+    key: str | None = None
+    offset: int | None = None
+
+    def __str__(self) -> str:
+        return str(CkptioError(self.message, path=self.path, key=self.key, offset=self.offset))
+
+
+@dataclass
+class Report:
+    problems: list[Problem] = field(default_factory=list)
+    tensors: int = 0
+    bytes_checked: int = 0
+    damaged: set = field(default_factory=set)  # tensor names whose bytes are bad
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def add(self, exc_or_msg, *, path=None, key=None, offset=None) -> None:
+        if isinstance(exc_or_msg, CkptioError):
+            e = exc_or_msg
+            self.problems.append(Problem(e.message, e.path, e.key if e.key is not None else key, e.offset))
+        else:
+            self.problems.append(Problem(str(exc_or_msg), path, key, offset))
+        if key is not None:
+            self.damaged.add(key)
+
+
+def verify(ckpt, *, progress: Callable[[int], None] | None = None, check_graph: bool = True) -> Report:
+    """Verify an open Checkpoint; returns a Report listing every problem found."""
+    report = Report()
+    if ckpt.format == "v1":
+        _verify_v1(ckpt, report, progress)
+    else:
+        _verify_v2(ckpt, report, progress)
+    if check_graph and not report.problems:
+        try:
+            from .objgraph import check_consistency
+        except ImportError:
+            check_consistency = None
+        if check_consistency is not None:
+            for message in check_consistency(ckpt):
+                report.add(message, path=ckpt.path, key=naming.OBJECT_GRAPH_KEY)
+    return report
+
+
+def _verify_v2(ckpt, report: Report, progress) -> None:
+    reader = ckpt._reader
+    path = reader.path
+    entries: dict[str, Entry] = {}
+    slices: dict[bytes, Entry] = {}
+    # Walk the table ourselves so one bad entry or block does not hide the others.
+    table = reader.table
+    for i in range(len(table.index)):
+        try:
+            block = table.block(i)
+            items = list(block.entries())
+        except CkptioError as exc:
+            report.add(exc)
+            continue
+        for key, value in items:
+            if key == b"":
+                continue
+            name = naming.decode_key(key)
+            try:
+                entry = Entry.parse(value, path=path, key=name)
+            except CkptioError as exc:
+                report.add(exc, key=name)
+                continue
+            (slices if key[:1] == b"\x00" else entries)[key if key[:1] == b"\x00" else name] = entry
+    referenced = set()
+    for name, entry in entries.items():
+        for s in entry.slices:
+            k = slice_key(name, s)
+            referenced.add(k)
+            if k not in slices:
+                report.add(f"slice {s.spec()} is listed but has no entry", path=path, key=name)
+    for k in slices:
+        if k not in referenced:
+            try:
+                base, s = decode_slice_key(k)
+                label = f"{naming.decode_key(base)}[{s.spec()}]"
+            except SliceKeyError:
+                label = repr(k)
+            report.add("stray slice entry that no tensor lists", path=path, key=label)
+    _check_shards(reader, entries, slices, report)
+    pieces = [(name, e) for name, e in entries.items() if not e.slices]
+    pieces += [(_slice_label(k), e) for k, e in slices.items()]
+    pieces.sort(key=lambda p: (p[1].shard_id, p[1].offset))
+    for name, entry in pieces:
+        report.tensors += 1
+        try:
+            if entry.dtype == dtypes.STRING:
+                reader.read_entry(name, entry)
+            else:
+                for chunk in reader.iter_raw(name, entry):
+                    report.bytes_checked += len(chunk)
+                    if progress:
+                        progress(len(chunk))
+                continue
+            report.bytes_checked += entry.size
+            if progress:
+                progress(entry.size)
+        except CkptioError as exc:
+            report.add(exc, key=name.split("[", 1)[0] if name.endswith("]") else name)
+
+
+def _slice_label(key: bytes) -> str:
+    try:
+        base, s = decode_slice_key(key)
+        return f"{naming.decode_key(base)}[{s.spec()}]"
+    except SliceKeyError:
+        return repr(key)
+
+
+def _check_shards(reader, entries, slices, report: Report) -> None:
+    """Every shard exists and is at least as long as the bytes its entries point at."""
+    need: dict[int, int] = {}
+    for e in list(entries.values()) + list(slices.values()):
+        if not e.slices:
+            need[e.shard_id] = max(need.get(e.shard_id, 0), e.offset + e.size)
+    for shard in range(reader.header.num_shards):
+        p = reader.shard_path(shard)
+        if not os.path.exists(p):
+            report.add("data shard is missing", path=p)
+            continue
+        size = os.path.getsize(p)
+        if size < need.get(shard, 0):
+            report.add(f"shard is {size} bytes but entries need {need[shard]} (truncated)", path=p)
+    for shard in need:
+        if shard >= reader.header.num_shards:
+            report.add(f"entries use shard {shard} but the header says {reader.header.num_shards} shards",
+                       path=reader.path)
+
+
+def _verify_v1(ckpt, report: Report, progress) -> None:
+    for name in ckpt:
+        report.tensors += 1
+        try:
+            arr = ckpt[name].read()
+            report.bytes_checked += getattr(arr, "nbytes", 0)
+            if progress:
+                progress(getattr(arr, "nbytes", 0))
+        except CkptioError as exc:
+            report.add(exc, key=name)
+    for table in ckpt._reader.tables:
+        for i in range(len(table.index)):
+            try:
+                table.block(i)
+            except CkptioError as exc:
+                report.add(exc)
+
+
+__all__ = ["verify", "Report", "Problem", "Header"]
