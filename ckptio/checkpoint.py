@@ -1,6 +1,7 @@
 """Checkpoint: a read-only Mapping from tensor names to lazy Tensors."""
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 
 from .bundle import dtypes
@@ -218,6 +219,15 @@ def assemble(name: str, entry: Entry, parts, *, path=None):
     return out
 
 
+ARCHIVE_SUFFIXES = (".tar.zst", ".tzst")
+
+
 def open(path, **kwargs) -> Checkpoint:  # noqa: A001 - mirrors builtins.open on purpose
-    """Open a checkpoint lazily (prefix, .index/.data path, directory, SavedModel or V1 file)."""
+    """Open a checkpoint lazily: prefix, .index/.data path, directory, SavedModel, V1 file,
+    a .tar.zst archive, or a remote URL (gs://, s3://, http(s)://, any fsspec protocol)."""
+    if not isinstance(path, Checkpoint):
+        text = os.fspath(path)
+        if "://" in text or text.endswith(ARCHIVE_SUFFIXES):
+            from .sources import open_special
+            return open_special(text, **kwargs)
     return Checkpoint(path, **kwargs)

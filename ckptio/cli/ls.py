@@ -1,0 +1,90 @@
+"""ckptio ls PATH: list tensors with dtype, shape and size; optimizer state marked apart."""
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+from .common import human
+
+
+def add_arguments(name, p) -> None:
+    p.add_argument("path", help="checkpoint prefix, .index/.data file, directory, SavedModel or V1 file")
+    p.add_argument("--json", action="store_true", help="print one JSON object (entries with name, dtype, "
+                                                       "shape, nbytes, role and storage)")
+    p.add_argument("--match", metavar="REGEX", help="only names matching REGEX (re.search)")
+    p.add_argument("--objects", action="store_true", help="print the TF2 object graph as a tree instead")
+
+
+def roles_of(ckpt) -> dict[str, str]:
+    """name -> weight | optimizer | step | ema | graph, from the object graph when there is one."""
+    from ..bundle import naming
+    from ..transform import OPTIMIZER, SLOT, classify
+
+    entries = ckpt.entries()
+    if naming.OBJECT_GRAPH_KEY in entries:
+        try:
+            from ..objgraph import optimizer_keys
+            opt = optimizer_keys(ckpt)
+        except (ImportError, AttributeError):
+            opt = {n for n in entries if ".OPTIMIZER_SLOT/" in n or
+                   (n.startswith("optimizer/") and "/_trainable_variables/" not in n)}
+        return {n: "graph" if n == naming.OBJECT_GRAPH_KEY else ("optimizer" if n in opt else "weight")
+                for n in entries}
+    return {n: "optimizer" if role in (SLOT, OPTIMIZER) else role
+            for n, (role, _) in classify(entries).items()}
+
+
+def run(args) -> int:
+    import ckptio
+    from ..bundle import dtypes
+
+    with ckptio.open(args.path) as ckpt:
+        if args.objects:
+            from .objects import print_objects
+            print_objects(ckpt, sys.stdout, args.json)
+            return 0
+        entries = ckpt.entries()
+        names = sorted(entries, key=lambda n: n.encode("utf-8", "surrogateescape"))
+        if args.match:
+            try:
+                pattern = re.compile(args.match)
+            except re.error as exc:
+                from .main import UsageError
+                raise UsageError(f"bad --match pattern: {exc}") from None
+            names = [n for n in names if pattern.search(n)]
+        roles = roles_of(ckpt)
+        rows = []
+        for n in names:
+            e = entries[n]
+            nbytes = (sum(ckpt._reader.slice_entry(n, s).size for s in e.slices)
+                      if e.slices and ckpt.format == "v2" else e.size)
+            rows.append((n, dtypes.name_of(e.dtype), e.shape, nbytes, roles.get(n, "weight"), e))
+        totals: dict[str, list[int]] = {}
+        for _, _, _, nbytes, role, _ in rows:
+            t = totals.setdefault(role, [0, 0])
+            t[0] += 1
+            t[1] += nbytes
+        if args.json:
+            doc = {"path": ckpt.path, "prefix": ckpt.prefix, "format": ckpt.format, "num_shards": ckpt.num_shards,
+                   "num_tensors": len(rows), "total_bytes": sum(r[3] for r in rows),
+                   "totals": {k: {"tensors": v[0], "bytes": v[1]} for k, v in totals.items()},
+                   "entries": [{"name": n, "dtype": d, "shape": list(s), "nbytes": b, "role": r,
+                                "shard": e.shard_id, "offset": e.offset, "size": e.size,
+                                "crc32c": e.crc32c, "slices": [sl.spec() for sl in e.slices]}
+                               for n, d, s, b, r, e in rows]}
+            json.dump(doc, sys.stdout)
+            sys.stdout.write("\n")
+            return 0
+        out = []
+        width = min(max((len(r[0]) for r in rows), default=4), 80)
+        for n, d, s, b, r, e in rows:
+            mark = "" if r == "weight" else f"  [{r}]"
+            sliced = f"  ({len(e.slices)} slices)" if e.slices else ""
+            out.append(f"{n:<{width}}  {d:<9} {str(list(s)):<16} {human(b):>10}{mark}{sliced}")
+        summary = ", ".join(f"{k} {v[0]} ({human(v[1])})" for k, v in sorted(totals.items()))
+        out.append(f"{len(rows)} tensors, {human(sum(r[3] for r in rows))} in {ckpt.format} checkpoint "
+                   f"{ckpt.prefix} ({ckpt.num_shards} shard{'s' if ckpt.num_shards != 1 else ''})"
+                   + (f": {summary}" if summary else ""))
+        sys.stdout.write("\n".join(out) + "\n")
+    return 0

@@ -1,0 +1,163 @@
+"""ckptio strip / rename / rewrite: plan, then write a new checkpoint TensorFlow loads natively.
+
+  ckptio strip IN OUT                 drop optimizer state (global_step kept)
+  ckptio rename IN OUT --map OLD=NEW  rename by scope ('old/=new/'), exact name, or --regex
+  ckptio rewrite IN OUT [steps]       any combination: select, strip, rename, cast
+With --out-dir DIR every positional argument is an input (paths, globs, directories).
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from .common import Progress, human, parse_size
+
+
+def add_arguments(name, p) -> None:
+    p.add_argument("paths", nargs="+", metavar="IN OUT",
+                   help="input checkpoint and output prefix (e.g. out/model.ckpt); with --out-dir, inputs only")
+    if name == "rewrite":
+        g = p.add_argument_group("select")
+        g.add_argument("--include", action="append", default=[], metavar="REGEX", help="keep only matching names")
+        g.add_argument("--exclude", action="append", default=[], metavar="REGEX", help="drop matching names")
+        g.add_argument("--include-glob", action="append", default=[], metavar="GLOB")
+        g.add_argument("--exclude-glob", action="append", default=[], metavar="GLOB")
+        p.add_argument("--strip-optimizer", action="store_true", help="drop optimizer state")
+    if name in ("strip", "rewrite"):
+        g = p.add_argument_group("optimizer state")
+        g.add_argument("--drop-global-step", action="store_true", help="also drop global_step")
+        g.add_argument("--ema", choices=("keep", "drop", "promote"), default="keep",
+                       help="ExponentialMovingAverage shadows: keep (default), drop, or promote over the weights")
+        g.add_argument("--optimizer-name", action="append", default=[], metavar="NAME",
+                       help="extra TF1 optimizer name used as slot suffix (V/NAME, V/NAME_1)")
+    if name in ("rename", "rewrite"):
+        g = p.add_argument_group("rename")
+        g.add_argument("--map", action="append", default=[], metavar="OLD=NEW",
+                       help="'old_scope/=new_scope/', '/=prefix/', 'exact=name', or a regex with --regex")
+        g.add_argument("--map-file", metavar="FILE", help="JSON object {old: new} of rules")
+        g.add_argument("--regex", action="store_true", help="rules are regexes; NEW may use \\1 backreferences")
+        g.add_argument("--allow-unmatched", action="store_true", help="accept rules that match no tensor")
+    if name == "rewrite":
+        g = p.add_argument_group("cast")
+        g.add_argument("--cast", choices=("float32", "bfloat16", "float16"), help="cast floating tensors")
+        g.add_argument("--cast-only", action="append", default=[], metavar="REGEX", help="cast only matching names")
+    g = p.add_argument_group("output")
+    g.add_argument("--shards", type=int, default=1, metavar="N", help="number of output data shards (default 1)")
+    g.add_argument("--max-shard-size", type=parse_size, metavar="SIZE", help="start a new shard past SIZE (e.g. 2G)")
+    g.add_argument("--force", action="store_true", help="replace an existing output checkpoint")
+    g.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
+    g.add_argument("--json", action="store_true", help="print the report as JSON")
+    g.add_argument("--no-verify", action="store_true", help="do not check input checksums while copying")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("batch")
+    g.add_argument("--out-dir", metavar="DIR", help="rewrite every input into DIR")
+    g.add_argument("--jobs", type=int, default=1, metavar="N", help="worker processes for batch jobs")
+    g.add_argument("--no-resume", action="store_true", help="redo inputs whose output already exists")
+
+
+def build_steps(args) -> list:
+    from ..transform import Cast, Rename, Select, StripOptimizer, load_map_file, parse_map
+
+    steps = []
+    cmd = args.command
+    if cmd == "rewrite":
+        if args.include or args.exclude:
+            steps.append(Select(tuple(args.include), tuple(args.exclude)))
+        if args.include_glob or args.exclude_glob:
+            steps.append(Select(tuple(args.include_glob), tuple(args.exclude_glob), glob=True))
+    if cmd == "strip" or (cmd == "rewrite" and (args.strip_optimizer or args.drop_global_step or args.ema != "keep")):
+        steps.append(StripOptimizer(keep_global_step=not args.drop_global_step, ema=args.ema,
+                                    optimizer_names=tuple(args.optimizer_name)))
+    if cmd in ("rename", "rewrite"):
+        rules = [parse_map(m) for m in args.map]
+        if args.map_file:
+            rules.extend(load_map_file(args.map_file))
+        if rules:
+            steps.append(Rename(tuple(rules), regex=args.regex, allow_unmatched=args.allow_unmatched))
+        elif cmd == "rename":
+            from .main import UsageError
+            raise UsageError("rename needs --map OLD=NEW or --map-file FILE")
+    if cmd == "rewrite" and args.cast:
+        steps.append(Cast(args.cast, tuple(args.cast_only)))
+    return steps
+
+
+def run(args) -> int:
+    from .main import UsageError
+
+    steps = build_steps(args)
+    if args.shards < 1:
+        raise UsageError("--shards must be >= 1")
+    options = dict(num_shards=args.shards, max_shard_size=args.max_shard_size, force=args.force,
+                   dry_run=args.dry_run, verify=not args.no_verify)
+    if args.out_dir:
+        return _run_batch(args, steps, options)
+    if len(args.paths) != 2:
+        raise UsageError(f"{args.command} takes IN OUT (or inputs with --out-dir DIR)")
+    src, dst = args.paths
+    import ckptio
+    from ..rewrite import rewrite
+
+    with ckptio.open(src) as ckpt:
+        total = sum(e.size for e in ckpt.entries().values())
+        bar = Progress(total, args.command, enabled=False if (args.quiet or args.json or args.dry_run) else None)
+        try:
+            report = rewrite(ckpt, dst, steps, progress=bar, **options)
+        finally:
+            bar.close()
+    if args.json:
+        json.dump(report.to_json(), sys.stdout)
+        sys.stdout.write("\n")
+        return 0
+    _print_report(report)
+    return 0
+
+
+def _print_report(report) -> None:
+    out = []
+    if report.dry_run:
+        for src, dst in report.kept:
+            out.append(f"keep    {src}" + (f" -> {dst}" if dst != src else ""))
+        for name in report.dropped:
+            out.append(f"drop    {name}")
+        for name in report.cast:
+            out.append(f"cast    {name}")
+    verb = "would write" if report.dry_run else "wrote"
+    out.append(f"{verb} {report.dst or 'nothing'}: kept {len(report.kept)} tensors "
+               f"({len(report.renamed)} renamed, {len(report.cast)} cast), dropped {len(report.dropped)}; "
+               f"{human(report.bytes_before)} -> {human(report.bytes_after)}"
+               + ("" if report.dry_run else f" in {report.seconds:.2f} s"))
+    sys.stdout.write("\n".join(out) + "\n")
+
+
+def _run_batch(args, steps, options) -> int:
+    from ..batch import expand_inputs, run_batch
+
+    inputs = expand_inputs(args.paths)
+    if options.pop("dry_run"):
+        from ..rewrite import rewrite
+        for src in inputs:
+            _print_report(rewrite(src, None, steps, dry_run=True))
+        return 0
+    options.pop("num_shards")
+    outcomes = run_batch(inputs, args.out_dir, steps, jobs=max(1, args.jobs), resume=not args.no_resume,
+                         num_shards=args.shards, **options,
+                         on_done=None if args.quiet or args.json else
+                         lambda o: print(f"{o.status:<7} {o.src}", file=sys.stderr))
+    failed = [o for o in outcomes if o.status == "failed"]
+    if args.json:
+        json.dump([o.__dict__ for o in outcomes], sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        width = min(max(len(o.src) for o in outcomes), 60)
+        lines = [f"{'input':<{width}}  {'status':<7} {'kept':>5} {'dropped':>7} {'before':>10} {'after':>10} {'sec':>6}"]
+        for o in outcomes:
+            lines.append(f"{o.src:<{width}}  {o.status:<7} {o.kept:>5} {o.dropped:>7} {human(o.bytes_before):>10} "
+                         f"{human(o.bytes_after):>10} {o.seconds:>6.2f}")
+            if o.message and o.status == "failed":
+                lines.append(f"    {o.message}")
+        ok = sum(o.status == "ok" for o in outcomes)
+        skipped = sum(o.status == "skipped" for o in outcomes)
+        lines.append(f"{len(outcomes)} inputs: {ok} written, {skipped} skipped, {len(failed)} failed -> {args.out_dir}")
+        sys.stdout.write("\n".join(lines) + "\n")
+    return 1 if failed else 0

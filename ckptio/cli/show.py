@@ -1,0 +1,86 @@
+"""ckptio show PATH NAME: one tensor's metadata, statistics and a preview (or all of it)."""
+from __future__ import annotations
+
+import difflib
+import json
+import sys
+
+
+def add_arguments(name, p) -> None:
+    p.add_argument("path", help="checkpoint")
+    p.add_argument("name", help="tensor name (as `ckptio ls` prints it)")
+    p.add_argument("--all", action="store_true", help="print every value, not a preview")
+    p.add_argument("--json", action="store_true", help="print metadata and statistics as JSON")
+
+
+def run(args) -> int:
+    import numpy as np
+
+    import ckptio
+    from ..errors import TensorNotFoundError
+
+    with ckptio.open(args.path) as ckpt:
+        try:
+            tensor = ckpt[args.name]
+        except TensorNotFoundError as exc:
+            close = difflib.get_close_matches(args.name, list(ckpt), n=3)
+            if close:
+                exc.message += "; did you mean " + ", ".join(close) + "?"
+            raise
+        e = tensor.entry
+        value = tensor.read()
+        info = {"name": tensor.name, "dtype": tensor.dtype_name, "shape": list(tensor.shape),
+                "nbytes": tensor.nbytes, "shard": e.shard_id, "offset": e.offset, "size": e.size,
+                "crc32c": f"{e.crc32c:#010x}", "slices": [s.spec() for s in e.slices]}
+        stats = _stats(value)
+        if args.json:
+            doc = dict(info, stats=stats)
+            if args.all:
+                doc["values"] = _jsonable(value)
+            json.dump(doc, sys.stdout)
+            sys.stdout.write("\n")
+            return 0
+        lines = [f"{tensor.name}: {tensor.dtype_name}{list(tensor.shape)}, {tensor.nbytes} bytes",
+                 f"  stored: shard {e.shard_id}, offset {e.offset}, size {e.size}, crc32c {e.crc32c:#010x}"
+                 + (f", {len(e.slices)} slices: " + " ".join(s.spec() for s in e.slices) if e.slices else "")]
+        if stats:
+            lines.append("  " + ", ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}"
+                                          for k, v in stats.items()))
+        opts = {"threshold": sys.maxsize} if args.all else {"threshold": 40, "edgeitems": 3}
+        with np.printoptions(**opts, linewidth=100):
+            lines.append(str(value))
+        sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def _stats(value) -> dict:
+    import numpy as np
+
+    if value.dtype == object or value.size == 0:
+        return {"count": int(value.size)}
+    if value.dtype.kind == "c":
+        value = np.abs(value)
+    try:
+        x = value.astype(np.float64)
+    except (TypeError, ValueError):
+        return {"count": int(value.size)}
+    finite = x[np.isfinite(x)]
+    out = {"count": int(value.size)}
+    if finite.size:
+        out.update(min=float(finite.min()), max=float(finite.max()), mean=float(finite.mean()),
+                   std=float(finite.std()))
+    nonfinite = int(x.size - finite.size)
+    if nonfinite:
+        out["nonfinite"] = nonfinite
+    return out
+
+
+def _jsonable(value):
+    import numpy as np
+
+    if value.dtype == object:
+        return [v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else v
+                for v in value.reshape(-1).tolist()]
+    if value.dtype.kind in "fc" or value.dtype.name.startswith(("bfloat", "float")):
+        return np.asarray(value, dtype=np.float64 if value.dtype.kind != "c" else np.complex128).real.tolist()
+    return value.tolist()

@@ -1,0 +1,264 @@
+"""rewrite(src, dst, steps): plan first, then stream bytes in (shard, offset) order into a new bundle.
+
+Unchanged tensors are copied chunk by chunk with their crc32c carried over (and checked on the
+way); only cast, V1 or big-endian tensors are decoded. Memory is bounded by the chunk size.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from .bundle import dtypes, naming
+from .bundle.entry import Entry
+from .bundle.slices import Slice, encode_key as slice_key
+from .checkpoint import Checkpoint
+from .errors import PlanError
+from .transform import Cast, Context, Item, check_collisions
+
+CHUNK_BYTES = 8 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """One run of bytes to write: a whole tensor or one stored slice."""
+
+    key: bytes            # output bundle key
+    name: str             # output tensor name (for messages)
+    src_name: str         # source tensor name
+    src_entry: Entry      # where the bytes are (V2) or the tensor's metadata (V1)
+    out_dtype: int
+    slice: Slice | None = None
+
+    @property
+    def size(self) -> int:
+        """Bytes this piece takes in the output."""
+        info = dtypes.lookup(self.out_dtype)
+        if info is None or not info.fixed_width:
+            return self.src_entry.size
+        n = self.src_entry.num_elements
+        if self.slice is not None and self.src_entry.slices:  # V1: the entry is the whole tensor
+            n = 1
+            for d in self.slice.shape(self.src_entry.shape):
+                n *= d
+        return n * info.itemsize
+
+
+@dataclass
+class Plan:
+    """A validated rewrite: output items, the pieces to write, and the new object graph if any."""
+
+    source: Checkpoint
+    items: list[Item]
+    dropped: list[str]
+    pieces: list[Piece]
+    metadata: dict[str, Entry]          # sliced tensors' metadata entries by output name
+    graph: bytes | None = None
+
+    @property
+    def bytes_before(self) -> int:
+        return sum(_stored_size(self.source, n, e) for n, e in self.source.entries().items())
+
+    @property
+    def bytes_after(self) -> int:
+        return sum(p.size for p in self.pieces) + (len(self.graph) if self.graph else 0)
+
+
+@dataclass
+class Report:
+    """What a rewrite did (or, for a dry run, would do)."""
+
+    src: str
+    dst: str | None
+    kept: list[tuple[str, str]] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    cast: list[str] = field(default_factory=list)
+    bytes_before: int = 0
+    bytes_after: int = 0
+    seconds: float = 0.0
+    dry_run: bool = False
+
+    @property
+    def renamed(self) -> list[tuple[str, str]]:
+        return [(s, d) for s, d in self.kept if s != d]
+
+    def to_json(self) -> dict:
+        return {"src": self.src, "dst": self.dst, "dry_run": self.dry_run,
+                "kept": [{"src": s, "dst": d} for s, d in self.kept], "dropped": self.dropped,
+                "renamed": [{"src": s, "dst": d} for s, d in self.renamed], "cast": self.cast,
+                "bytes_before": self.bytes_before, "bytes_after": self.bytes_after,
+                "seconds": round(self.seconds, 3)}
+
+
+def _stored_size(ckpt: Checkpoint, name: str, entry: Entry) -> int:
+    if entry.slices and ckpt.format == "v2":
+        return sum(ckpt._reader.slice_entry(name, s).size for s in entry.slices)
+    return entry.size
+
+
+def make_plan(ckpt: Checkpoint, steps=()) -> Plan:
+    """Apply steps to the source's names and lay out every piece to write; no I/O on tensor bytes."""
+    entries = ckpt.entries()
+    graph_key = naming.OBJECT_GRAPH_KEY
+    names = sorted(n for n in entries if n != graph_key)
+    graph = None
+    if graph_key in entries and any(not isinstance(s, Cast) for s in steps):
+        try:
+            from .objgraph import plan_object_based
+        except ImportError:
+            raise PlanError("this is an object-based (TF2) checkpoint; rewriting its names needs the object "
+                            "graph support, which this build lacks") from None
+        mapping, graph = plan_object_based(ckpt, steps)
+        items = [Item(src, dst, entries[src].dtype) for src, dst in mapping.items()]
+        ctx = Context(entries)
+        for step in steps:
+            if isinstance(step, Cast):
+                items = step.apply(items, ctx)
+    else:
+        items = [Item(n, n, entries[n].dtype) for n in names]
+        ctx = Context(entries)
+        for step in steps:
+            items = step.apply(items, ctx)
+        if graph_key in entries:
+            graph = ckpt.object_graph_bytes
+    check_collisions(items)
+    for item in items:
+        if not item.dst or item.dst.startswith("\x00") or item.dst == graph_key:
+            raise PlanError(f"invalid output name {item.dst!r}", key=item.src)
+    kept = {i.src for i in items}
+    dropped = [n for n in names if n not in kept]
+    pieces, metadata = [], {}
+    for item in items:
+        entry = entries[item.src]
+        data_name = item.promoted_from or item.src
+        data_entry = entries[data_name]
+        if ckpt.format == "v1" and len(entry.slices) == 1 and entry.slices[0].is_full(entry.shape):
+            pieces.append(Piece(naming.encode_key(item.dst), item.dst, data_name, data_entry, item.dtype,
+                                entry.slices[0]))
+        elif entry.slices:
+            metadata[item.dst] = Entry(item.dtype, entry.shape, slices=entry.slices)
+            for s in entry.slices:
+                src_piece = ckpt._reader.slice_entry(data_name, s) if ckpt.format == "v2" else data_entry
+                pieces.append(Piece(slice_key(item.dst, s), item.dst, data_name, src_piece, item.dtype, s))
+        else:
+            pieces.append(Piece(naming.encode_key(item.dst), item.dst, data_name, data_entry, item.dtype))
+    pieces.sort(key=lambda p: (p.src_entry.shard_id, p.src_entry.offset, p.key))
+    return Plan(ckpt, items, dropped, pieces, metadata, graph)
+
+
+def _assign_shards(pieces: list[Piece], num_shards: int | None, max_shard_size: int | None) -> list[list[Piece]]:
+    """Split pieces (in source order) into contiguous runs, one per output shard."""
+    if max_shard_size:
+        groups, current, size = [], [], 0
+        for p in pieces:
+            if current and size + p.size > max_shard_size:
+                groups.append(current)
+                current, size = [], 0
+            current.append(p)
+            size += p.size
+        groups.append(current)
+        return groups
+    n = max(1, num_shards or 1)
+    total = sum(p.size for p in pieces) or 1
+    groups = [[] for _ in range(n)]
+    done = 0
+    for p in pieces:
+        groups[min(n - 1, done * n // total)].append(p)
+        done += p.size
+    return groups
+
+
+def rewrite(src, dst, steps=(), *, num_shards: int | None = 1, max_shard_size: int | None = None,
+            force: bool = False, dry_run: bool = False, progress=None, verify: bool = True,
+            state_file: bool = True) -> Report:
+    """Write a new checkpoint at prefix dst from src through steps; returns a Report."""
+    started = time.perf_counter()
+    from .checkpoint import open as open_checkpoint
+
+    ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src)
+    try:
+        plan = make_plan(ckpt, steps)
+        report = Report(ckpt.prefix, None if dry_run else os.fspath(dst), dry_run=dry_run,
+                        kept=[(i.src, i.dst) for i in plan.items], dropped=plan.dropped,
+                        cast=[i.dst for i in plan.items if i.dtype != ckpt.entries()[i.src].dtype],
+                        bytes_before=plan.bytes_before, bytes_after=plan.bytes_after)
+        if not dry_run:
+            execute(plan, os.fspath(dst), num_shards=num_shards, max_shard_size=max_shard_size, force=force,
+                    progress=progress, verify=verify, state_file=state_file)
+        report.seconds = time.perf_counter() - started
+        return report
+    finally:
+        if ckpt is not src:
+            ckpt.close()
+
+
+def execute(plan: Plan, dst: str, *, num_shards=1, max_shard_size=None, force=False, progress=None,
+            verify=True, state_file=True) -> None:
+    """Write the planned checkpoint atomically."""
+    from .bundle.writer import BundleWriter
+
+    ckpt = plan.source
+    groups = _assign_shards(plan.pieces, num_shards, max_shard_size)
+    lock = threading.Lock()
+
+    def tick(n: int) -> None:
+        if progress:
+            with lock:
+                progress(n)
+
+    with BundleWriter(dst, len(groups), force=force, inputs=[ckpt.located]) as writer:
+        def run(shard: int) -> None:
+            for piece in groups[shard]:
+                _write_piece(ckpt, writer, piece, shard, verify)
+                tick(piece.size)
+
+        if len(groups) > 1:
+            with ThreadPoolExecutor(max_workers=min(len(groups), os.cpu_count() or 2, 4)) as pool:
+                for f in [pool.submit(run, i) for i in range(len(groups))]:
+                    f.result()
+        else:
+            run(0)
+        for name, meta in plan.metadata.items():
+            writer.add_entry(name, meta)
+        if plan.graph is not None:
+            import numpy as np
+
+            graph = np.empty((), dtype=object)
+            graph[()] = plan.graph
+            writer.add_array(naming.OBJECT_GRAPH_KEY, graph, shard=len(groups) - 1)
+        writer.finish(state_file=state_file)
+
+
+def _write_piece(ckpt: Checkpoint, writer, piece: Piece, shard: int, verify: bool) -> None:
+    entry = piece.src_entry
+    same_dtype = piece.out_dtype == entry.dtype
+    reader = ckpt._reader
+    if ckpt.format == "v2" and same_dtype and not reader.header.big_endian:
+        reader.check_entry(piece.src_name, entry)
+        writer.copy(piece.key, entry, reader.shard(entry.shard_id), shard, verify=verify, name=piece.src_name)
+        return
+    if ckpt.format == "v1":
+        array = reader.read_slice(piece.src_name, piece.slice, ckpt.entries()[piece.src_name].shape)
+        _add_array(writer, piece, array, shard)
+        return
+    info = dtypes.lookup(entry.dtype)
+    if info is not None and info.fixed_width and entry.shape and not reader.header.big_endian:
+        # Cast chunk by chunk so memory stays bounded for huge tensors.
+        from .bundle.decode import to_bytes
+        from .checkpoint import Tensor
+
+        target = dtypes.lookup(piece.out_dtype)
+        tensor = Tensor(ckpt, piece.src_name, entry)
+        chunks = (to_bytes(c.astype(target.numpy()), target) for c in tensor.iter_chunks(CHUNK_BYTES))
+        writer.add_bytes(piece.key, piece.out_dtype, entry.shape, chunks, shard)
+        return
+    _add_array(writer, piece, reader.read_entry(piece.src_name, entry), shard)
+
+
+def _add_array(writer, piece: Piece, array, shard: int) -> None:
+    target = dtypes.lookup(piece.out_dtype)
+    if target.name != "string" and array.dtype != target.numpy():
+        array = array.astype(target.numpy())
+    writer.add_array(piece.key, array, shard)

@@ -1,0 +1,300 @@
+"""Rewrite steps: small frozen values, validated when built, applied to a plan of names.
+
+A plan is a list of Items (source name -> output name, output dtype). Each step maps a
+plan to a new plan; nothing is read or written here, so a bad rule fails before any I/O.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from .bundle import dtypes
+from .errors import PlanError
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One output tensor: where it comes from, its name and dtype in the output."""
+
+    src: str
+    dst: str
+    dtype: int
+    promoted_from: str | None = None  # EMA promotion: bytes come from this source instead
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What steps may consult: the source's entries (name -> Entry)."""
+
+    entries: dict
+
+
+def _compile(patterns, glob: bool):
+    out = []
+    for p in patterns:
+        try:
+            out.append(re.compile(fnmatch.translate(p) if glob else p))
+        except re.error as exc:
+            raise PlanError(f"bad pattern {p!r}: {exc}") from None
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Select:
+    """Keep names matching any include (all if none) and no exclude; regex search or full glob."""
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    glob: bool = False
+    _inc: tuple = field(default=(), init=False, repr=False, compare=False)
+    _exc: tuple = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "_inc", _compile(self.include, self.glob))
+        object.__setattr__(self, "_exc", _compile(self.exclude, self.glob))
+
+    def keeps(self, name: str) -> bool:
+        match = (lambda r: r.match(name)) if self.glob else (lambda r: r.search(name))
+        if self._inc and not any(match(r) for r in self._inc):
+            return False
+        return not any(match(r) for r in self._exc)
+
+    def apply(self, items: list[Item], ctx: Context) -> list[Item]:
+        return [i for i in items if self.keeps(i.dst)]
+
+
+# -- optimizer state (name-based checkpoints, FORMAT §9.1) ----------------------------------------
+
+# Slot suffixes TF1 optimizers append to a variable's name (`V/Adam`, `V/Adam_1`, ...).
+SLOT_OPTIMIZERS = ("Adam", "Momentum", "RMSProp", "Adagrad", "AdagradDA", "Adadelta", "Ftrl",
+                   "ProximalAdagrad", "LARSOptimizer", "Adafactor", "LazyAdam", "AdamW", "Nadam",
+                   "adam_m", "adam_v", "lamb_m", "lamb_v", "GradientDescent", "Adamax")
+EMA_NAME = "ExponentialMovingAverage"
+_POWER_RE = re.compile(r"(^|/)beta[12]_power(_\d+)?$")
+# Keras-in-TF1 and TF2 name-based optimizer variables: training/Adam/..., Adam/iter, ...
+_KERAS_OPT_RE = re.compile(r"(^|/)training(_\d+)?/(Adam|SGD|RMSprop|Adagrad|Adadelta|Adamax|Nadam|Ftrl|"
+                           r"AdamW|Lion|Adafactor)(_\d+)?/")
+_HYPER_RE = re.compile(r"^(Adam|SGD|RMSprop|Adagrad|Adadelta|Adamax|Nadam|Ftrl|AdamW)(_\d+)?/"
+                       r"(iter|iterations|learning_rate|lr|decay|beta_1|beta_2|rho|momentum|epsilon|"
+                       r"momentum_cache|l1_regularization_strength|l2_regularization_strength|"
+                       r"learning_rate_power|beta)$")
+_COUNTER_RE = re.compile(r"(^|/)(learning_rate|lr)$")
+_MESH_SLOT_RE = re.compile(r"^(?P<var>.+)_slot_(vr|vc|v|m)$")
+
+WEIGHT, SLOT, OPTIMIZER, STEP, EMA = "weight", "slot", "optimizer", "step", "ema"
+
+
+def _slot_base(name: str, names, suffixes) -> str | None:
+    """The variable a slot name belongs to, if name is `.../<var>/.../<suffix>[_N]` for a known var."""
+    head, _, last = name.rpartition("/")
+    if not head:
+        return None
+    base = re.sub(r"_\d+$", "", last)
+    if base not in suffixes:
+        return None
+    parts = head.split("/")
+    # The variable may sit under an optimizer scope (training/V/Adam) or be followed by a
+    # partition path (V/<garbled>/part_0/Adam): try every run of whole components.
+    for start in range(len(parts)):
+        for end in range(len(parts), start, -1):
+            candidate = "/".join(parts[start:end])
+            if candidate in names and candidate != name:
+                return candidate
+    return None
+
+
+def classify(names, optimizer_names=(), ema_names=(EMA_NAME,)) -> dict[str, tuple[str, str | None]]:
+    """Role of each name-based tensor: (role, variable it belongs to or None)."""
+    names = set(names)
+    suffixes = set(SLOT_OPTIMIZERS) | set(optimizer_names)
+    out = {}
+    for name in names:
+        if name == "global_step" or name.endswith("/global_step"):
+            out[name] = (STEP, None)
+            continue
+        ema = _slot_base(name, names, set(ema_names))
+        if ema:
+            out[name] = (EMA, ema)
+            continue
+        var = _slot_base(name, names, suffixes)
+        if var:
+            out[name] = (SLOT, var)
+            continue
+        m = _MESH_SLOT_RE.match(name)
+        if m and m["var"] in names:
+            out[name] = (SLOT, m["var"])
+            continue
+        if (_POWER_RE.search(name) or _KERAS_OPT_RE.search(name) or _HYPER_RE.match(name)
+                or _COUNTER_RE.search(name)):
+            out[name] = (OPTIMIZER, None)
+            continue
+        out[name] = (WEIGHT, None)
+    return out
+
+
+@dataclass(frozen=True)
+class StripOptimizer:
+    """Drop optimizer slots and state; keep global_step unless asked; EMA keep/drop/promote."""
+
+    keep_global_step: bool = True
+    ema: str = "keep"
+    optimizer_names: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.ema not in ("keep", "drop", "promote"):
+            raise PlanError(f"ema must be keep, drop or promote, not {self.ema!r}")
+
+    def apply(self, items: list[Item], ctx: Context) -> list[Item]:
+        roles = classify([i.src for i in items], self.optimizer_names)
+        shadows = {var: name for name, (role, var) in roles.items() if role == EMA}
+        out = []
+        for item in items:
+            role, _ = roles[item.src]
+            if role in (SLOT, OPTIMIZER) or (role == STEP and not self.keep_global_step):
+                continue
+            if role == EMA and self.ema != "keep":
+                continue
+            if role == WEIGHT and self.ema == "promote" and item.src in shadows:
+                shadow = shadows[item.src]
+                src_entry, shadow_entry = ctx.entries[item.src], ctx.entries[shadow]
+                if (src_entry.dtype, src_entry.shape) != (shadow_entry.dtype, shadow_entry.shape):
+                    raise PlanError("EMA shadow differs in dtype or shape from its variable", key=shadow)
+                item = replace(item, promoted_from=shadow)
+            out.append(item)
+        return out
+
+
+# -- renaming ------------------------------------------------------------------------------------
+
+
+def parse_map(text: str) -> tuple[str, str]:
+    """'OLD=NEW' -> (OLD, NEW)."""
+    old, sep, new = text.partition("=")
+    if not sep:
+        raise PlanError(f"rename rule {text!r} is not OLD=NEW")
+    return old, new
+
+
+def load_map_file(path: str) -> tuple[tuple[str, str], ...]:
+    """A JSON object {old: new} (scopes end with '/') as ordered rules."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise PlanError(f"cannot read map file {path}: {exc}") from None
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise PlanError(f"map file {path} must be a JSON object of strings")
+    return tuple(data.items())
+
+
+@dataclass(frozen=True)
+class Rename:
+    """Rename by rules, first match wins: 'scope/'='new/' (prefix; '/' is the root), exact, or regex."""
+
+    rules: tuple[tuple[str, str], ...]
+    regex: bool = False
+    allow_unmatched: bool = False
+    _compiled: tuple = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        if not self.rules:
+            raise PlanError("rename needs at least one rule")
+        if self.regex:
+            object.__setattr__(self, "_compiled", _compile([r for r, _ in self.rules], False))
+        for old, new in self.rules:
+            if not self.regex and old.endswith("/") != new.endswith("/"):
+                raise PlanError(f"rule {old}={new}: a scope must map to a scope (both end with '/')")
+
+    def rename(self, name: str) -> tuple[str, int | None]:
+        """(new name, index of the rule used or None)."""
+        for i, (old, new) in enumerate(self.rules):
+            if self.regex:
+                pattern = self._compiled[i]
+                if pattern.search(name):
+                    try:
+                        return pattern.sub(new, name, count=1), i
+                    except (re.error, IndexError) as exc:
+                        raise PlanError(f"bad replacement {new!r}: {exc}") from None
+            elif old == "/":
+                return new + name if new != "/" else name, i
+            elif old.endswith("/"):
+                if name.startswith(old):
+                    return (name[len(old):] if new == "/" else new + name[len(old):]), i
+            elif name == old:
+                return new, i
+        return name, None
+
+    def apply(self, items: list[Item], ctx: Context) -> list[Item]:
+        used, out = set(), []
+        for item in items:
+            new, rule = self.rename(item.dst)
+            if rule is not None:
+                used.add(rule)
+            if not new:
+                raise PlanError(f"rename gives an empty name for {item.dst!r}")
+            out.append(replace(item, dst=new))
+        unused = [f"{o}={n}" for i, (o, n) in enumerate(self.rules) if i not in used]
+        if unused and not self.allow_unmatched:
+            raise PlanError("rename rule matches no tensor: " + ", ".join(unused) +
+                            " (pass --allow-unmatched to accept)")
+        return out
+
+
+# -- casting and callables --------------------------------------------------------------------------
+
+CASTABLE = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class Cast:
+    """Cast floating tensors (float32/bfloat16/float16) to `to`; optionally only names matching `only`."""
+
+    to: str
+    only: tuple[str, ...] = ()
+    _only: tuple = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        target = dtypes.BY_NAME.get(self.to)
+        if target is None or target.name not in CASTABLE:
+            raise PlanError(f"cast target must be one of {', '.join(CASTABLE)}, not {self.to!r}")
+        object.__setattr__(self, "to", target.name)
+        object.__setattr__(self, "_only", _compile(self.only, False))
+
+    def apply(self, items: list[Item], ctx: Context) -> list[Item]:
+        target = dtypes.BY_NAME[self.to].enum
+        out = []
+        for item in items:
+            if dtypes.name_of(item.dtype) in CASTABLE and (not self._only or any(r.search(item.dst) for r in self._only)):
+                item = replace(item, dtype=target)
+            out.append(item)
+        return out
+
+
+@dataclass(frozen=True)
+class MapNames:
+    """A user callable: name -> new name, or None to drop the tensor."""
+
+    fn: Callable[[str], "str | None"]
+
+    def apply(self, items: list[Item], ctx: Context) -> list[Item]:
+        out = []
+        for item in items:
+            new = self.fn(item.dst)
+            if new is None:
+                continue
+            if not isinstance(new, str) or not new:
+                raise PlanError(f"name function returned {new!r} for {item.dst!r}")
+            out.append(replace(item, dst=new))
+        return out
+
+
+def check_collisions(items: list[Item]) -> None:
+    """Two sources may not land on one output name."""
+    seen: dict[str, str] = {}
+    for item in items:
+        if item.dst in seen:
+            raise PlanError(f"{seen[item.dst]!r} and {item.src!r} would both be written as {item.dst!r}")
+        seen[item.dst] = item.src
