@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 import threading
 
-from .errors import CheckpointNotFoundError, TruncatedError, WriteError
+from .errors import CheckpointNotFoundError, ReadError, TruncatedError, WriteError
 
 
 class Source:
@@ -52,12 +53,22 @@ class FileSource(Source):
             self._fd = os.open(self.name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
             raise CheckpointNotFoundError("no such file", path=self.name) from None
-        self.size = os.fstat(self._fd).st_size
+        except OSError as exc:
+            raise ReadError(f"cannot open: {exc.strerror or exc}", path=self.name) from None
+        st = os.fstat(self._fd)
+        if stat.S_ISDIR(st.st_mode):
+            os.close(self._fd)
+            self._fd = -1
+            raise ReadError("is a directory, not a file", path=self.name)
+        self.size = st.st_size
 
     def _pread(self, offset: int, length: int) -> bytes:
         chunks, done = [], 0
         while done < length:
-            piece = os.pread(self._fd, min(length - done, 1 << 30), offset + done)
+            try:
+                piece = os.pread(self._fd, min(length - done, 1 << 30), offset + done)
+            except OSError as exc:
+                raise ReadError(f"cannot read: {exc.strerror or exc}", path=self.name, offset=offset + done) from None
             if not piece:
                 break
             chunks.append(piece)
@@ -68,7 +79,10 @@ class FileSource(Source):
         """Fill buf from offset (fewer bytes only at end of file); counts bytes read."""
         done = 0
         while done < len(buf):
-            n = os.preadv(self._fd, [buf[done:]], offset + done)
+            try:
+                n = os.preadv(self._fd, [buf[done:]], offset + done)
+            except OSError as exc:
+                raise ReadError(f"cannot read: {exc.strerror or exc}", path=self.name, offset=offset + done) from None
             if n == 0:
                 break
             done += n
@@ -122,10 +136,15 @@ class AtomicFiles:
         self._pending.append((tmp, final_path))
         return tmp, fd
 
-    def commit(self, *, remove_first=()) -> None:
-        """fsync and rename every temp file into place, in creation order."""
+    def commit(self, *, remove_first=(), fsync: bool = False) -> None:
+        """Rename every temp file into place, in creation order (fsync'ing them first if asked).
+
+        Renaming the index last makes the output atomic for readers and across a killed process;
+        fsync adds durability across power loss at the cost of waiting for the disk, which
+        cp, tar and TensorFlow's own writer do not do either.
+        """
         try:
-            for tmp, _ in self._pending:
+            for tmp, _ in self._pending if fsync else ():
                 fd = os.open(tmp, os.O_RDONLY)
                 try:
                     os.fsync(fd)
@@ -138,7 +157,8 @@ class AtomicFiles:
                     os.unlink(path)
             for tmp, final in self._pending:
                 os.replace(tmp, final)
-            _fsync_dir(self.directory)
+            if fsync:
+                _fsync_dir(self.directory)
         except OSError as exc:
             self.abort()
             raise WriteError(f"cannot commit output: {exc.strerror or exc}", path=self.directory) from None

@@ -172,7 +172,7 @@ def _assign_shards(pieces: list[Piece], num_shards: int | None, max_shard_size: 
 
 def rewrite(src, dst, steps=(), *, num_shards: int | None = 1, max_shard_size: int | None = None,
             force: bool = False, dry_run: bool = False, progress=None, verify: bool = True,
-            state_file: bool = True) -> Report:
+            state_file: bool = True, fsync: bool = False) -> Report:
     """Write a new checkpoint at prefix dst from src through steps; returns a Report."""
     started = time.perf_counter()
     from .checkpoint import open as open_checkpoint
@@ -184,9 +184,13 @@ def rewrite(src, dst, steps=(), *, num_shards: int | None = 1, max_shard_size: i
                         kept=[(i.src, i.dst) for i in plan.items], dropped=plan.dropped,
                         cast=[i.dst for i in plan.items if i.dtype != ckpt.entries()[i.src].dtype],
                         bytes_before=plan.bytes_before, bytes_after=plan.bytes_after)
+        if dry_run and dst is not None:  # predict what a real run would refuse
+            from .bundle.writer import check_output
+
+            check_output(os.fspath(dst), force=force, inputs=[ckpt.located])
         if not dry_run:
             execute(plan, os.fspath(dst), num_shards=num_shards, max_shard_size=max_shard_size, force=force,
-                    progress=progress, verify=verify, state_file=state_file)
+                    progress=progress, verify=verify, state_file=state_file, fsync=fsync)
         report.seconds = time.perf_counter() - started
         return report
     finally:
@@ -195,7 +199,7 @@ def rewrite(src, dst, steps=(), *, num_shards: int | None = 1, max_shard_size: i
 
 
 def execute(plan: Plan, dst: str, *, num_shards=1, max_shard_size=None, force=False, progress=None,
-            verify=True, state_file=True) -> None:
+            verify=True, state_file=True, fsync=False) -> None:
     """Write the planned checkpoint atomically."""
     from .bundle.writer import BundleWriter
 
@@ -228,7 +232,7 @@ def execute(plan: Plan, dst: str, *, num_shards=1, max_shard_size=None, force=Fa
             graph = np.empty((), dtype=object)
             graph[()] = plan.graph
             writer.add_array(naming.OBJECT_GRAPH_KEY, graph, shard=len(groups) - 1)
-        writer.finish(state_file=state_file)
+        writer.finish(state_file=state_file, fsync=fsync)
 
 
 def _write_piece(ckpt: Checkpoint, writer, piece: Piece, shard: int, verify: bool) -> None:
@@ -236,6 +240,11 @@ def _write_piece(ckpt: Checkpoint, writer, piece: Piece, shard: int, verify: boo
     same_dtype = piece.out_dtype == entry.dtype
     reader = ckpt._reader
     if ckpt.format == "v2" and same_dtype and not reader.header.big_endian:
+        if entry.dtype in (dtypes.STRING, dtypes.VARIANT):
+            # Their crc32c is not over the stored bytes (FORMAT §4.3, §4.4): the reader checks them whole.
+            data = reader.read_raw(piece.src_name, entry, verify=verify)
+            writer.add_bytes(piece.key, entry.dtype, entry.shape, [data], shard, crc=entry.crc32c)
+            return
         reader.check_entry(piece.src_name, entry)
         writer.copy(piece.key, entry, reader.shard(entry.shard_id), shard, verify=verify, name=piece.src_name)
         return

@@ -81,57 +81,64 @@ _HYPER_RE = re.compile(r"^(Adam|SGD|RMSprop|Adagrad|Adadelta|Adamax|Nadam|Ftrl|A
                        r"(iter|iterations|learning_rate|lr|decay|beta_1|beta_2|rho|momentum|epsilon|"
                        r"momentum_cache|l1_regularization_strength|l2_regularization_strength|"
                        r"learning_rate_power|beta)$")
-_COUNTER_RE = re.compile(r"(^|/)(learning_rate|lr)$")
 _MESH_SLOT_RE = re.compile(r"^(?P<var>.+)_slot_(vr|vc|v|m)$")
 
 WEIGHT, SLOT, OPTIMIZER, STEP, EMA = "weight", "slot", "optimizer", "step", "ema"
 
 
-def _slot_base(name: str, names, suffixes) -> str | None:
-    """The variable a slot name belongs to, if name is `.../<var>/.../<suffix>[_N]` for a known var."""
-    head, _, last = name.rpartition("/")
-    if not head:
-        return None
-    base = re.sub(r"_\d+$", "", last)
-    if base not in suffixes:
-        return None
-    parts = head.split("/")
+def _strip_counter(last: str) -> str:
+    """'Adam_1' -> 'Adam' (the suffix TF adds to make names unique)."""
+    stem, sep, digits = last.rpartition("_")
+    return stem if sep and digits.isdigit() else last
+
+
+def _slot_base(name: str, names) -> str | None:
+    """The variable a slot-like name `.../<var>/.../<suffix>` belongs to, if it is a known tensor."""
+    parts = name.split("/")[:-1]
     # The variable may sit under an optimizer scope (training/V/Adam) or be followed by a
     # partition path (V/<garbled>/part_0/Adam): try every run of whole components.
     for start in range(len(parts)):
         for end in range(len(parts), start, -1):
             candidate = "/".join(parts[start:end])
-            if candidate in names and candidate != name:
+            if candidate in names:
                 return candidate
     return None
+
+
+def _optimizer_state(name: str) -> bool:
+    """Non-slot optimizer variables: beta powers, Keras optimizer scopes, hyperparameters, counters."""
+    # Cheap substring tests first: this runs once per tensor on 100,000-entry listings.
+    if "power" in name and _POWER_RE.search(name):
+        return True
+    if "training" in name and _KERAS_OPT_RE.search(name):
+        return True
+    if name.endswith(("learning_rate", "/lr")) or name == "lr":
+        return True
+    return "/" in name and _HYPER_RE.match(name) is not None
 
 
 def classify(names, optimizer_names=(), ema_names=(EMA_NAME,)) -> dict[str, tuple[str, str | None]]:
     """Role of each name-based tensor: (role, variable it belongs to or None)."""
     names = set(names)
     suffixes = set(SLOT_OPTIMIZERS) | set(optimizer_names)
+    emas = set(ema_names)
     out = {}
     for name in names:
         if name == "global_step" or name.endswith("/global_step"):
             out[name] = (STEP, None)
             continue
-        ema = _slot_base(name, names, set(ema_names))
-        if ema:
-            out[name] = (EMA, ema)
-            continue
-        var = _slot_base(name, names, suffixes)
-        if var:
-            out[name] = (SLOT, var)
-            continue
-        m = _MESH_SLOT_RE.match(name)
-        if m and m["var"] in names:
-            out[name] = (SLOT, m["var"])
-            continue
-        if (_POWER_RE.search(name) or _KERAS_OPT_RE.search(name) or _HYPER_RE.match(name)
-                or _COUNTER_RE.search(name)):
-            out[name] = (OPTIMIZER, None)
-            continue
-        out[name] = (WEIGHT, None)
+        last = _strip_counter(name.rpartition("/")[2])
+        if "/" in name and (last in emas or last in suffixes):
+            var = _slot_base(name, names)
+            if var:
+                out[name] = (EMA if last in emas else SLOT, var)
+                continue
+        if "_slot_" in name:
+            m = _MESH_SLOT_RE.match(name)
+            if m and m["var"] in names:
+                out[name] = (SLOT, m["var"])
+                continue
+        out[name] = (OPTIMIZER, None) if _optimizer_state(name) else (WEIGHT, None)
     return out
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from google.protobuf.message import DecodeError
 
@@ -10,10 +11,25 @@ from ..errors import CorruptCheckpointError, UnsupportedError
 from . import dtypes
 from .slices import Slice, from_proto, to_proto
 
-MAX_ELEMENTS = 1 << 62  # beyond any real tensor; stops overflow games with huge dims
+# Beyond any real tensor, and small enough that numpy can describe the shape (its byte size,
+# zero dimensions ignored, must fit an int64 at 16 bytes per element).
+MAX_ELEMENTS = 1 << 58
 MAX_RANK = 64
 MAX_SHARDS = 1 << 20
 CONSUMER_VERSION = 1  # what TensorFlow's bundle reader declares; we read what it reads
+
+
+def parse_proto(message, data: bytes) -> bool:
+    """ParseFromString that reports failure instead of raising.
+
+    Besides DecodeError, protobuf implementations can raise RecursionError, ValueError (bad
+    UTF-8) or OverflowError on hostile bytes; all of them mean "not this message".
+    """
+    try:
+        message.ParseFromString(data)
+    except (DecodeError, RecursionError, ValueError, OverflowError):
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,10 +45,8 @@ class Header:
     @staticmethod
     def parse(value: bytes, *, path=None) -> "Header":
         proto = pb.BundleHeaderProto()
-        try:
-            proto.ParseFromString(value)
-        except DecodeError:
-            raise CorruptCheckpointError("header entry is not a BundleHeaderProto", path=path, key="") from None
+        if not parse_proto(proto, value):
+            raise CorruptCheckpointError("header entry is not a BundleHeaderProto", path=path, key="")
         v = proto.version
         header = Header(proto.num_shards, proto.endianness == pb.BundleHeaderProto.BIG, v.producer,
                         v.min_consumer, tuple(v.bad_consumers))
@@ -55,9 +69,11 @@ class Header:
         return proto.SerializeToString()
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """One tensor's index entry. A sliced tensor's metadata entry has slices and no bytes."""
+
+    # A NamedTuple rather than a frozen dataclass: listings build 100,000s of these, and a
+    # frozen dataclass's __init__ costs several times more than tuple construction.
 
     dtype: int
     shape: tuple[int, ...]
@@ -81,15 +97,13 @@ class Entry:
     @staticmethod
     def parse(value: bytes, *, path=None, key=None) -> "Entry":
         proto = pb.BundleEntryProto()
-        try:
-            proto.ParseFromString(value)
-        except DecodeError:
-            raise CorruptCheckpointError("entry is not a BundleEntryProto", path=path, key=key) from None
-        if proto.shape.unknown_rank:
+        if not parse_proto(proto, value):
+            raise CorruptCheckpointError("entry is not a BundleEntryProto", path=path, key=key)
+        shape = proto.shape
+        if shape.unknown_rank:
             raise CorruptCheckpointError("entry shape has unknown rank", path=path, key=key)
-        shape = tuple(d.size for d in proto.shape.dim)
-        entry = Entry(proto.dtype, shape, proto.shard_id, proto.offset, proto.size, proto.crc32c,
-                      tuple(from_proto(s) for s in proto.slices))
+        entry = Entry(proto.dtype, tuple([d.size for d in shape.dim]), proto.shard_id, proto.offset,
+                      proto.size, proto.crc32c, tuple([from_proto(s) for s in proto.slices]) if proto.slices else ())
         problem = entry.problem()
         if problem:
             raise CorruptCheckpointError(problem, path=path, key=key)
@@ -97,25 +111,28 @@ class Entry:
 
     def problem(self) -> str | None:
         """Why this entry is structurally impossible (TF would abort on it), or None."""
-        if len(self.shape) > MAX_RANK:
-            return f"shape has rank {len(self.shape)}"
+        shape = self.shape
+        if len(shape) > MAX_RANK:
+            return f"shape has rank {len(shape)}"
         n = 1
-        for d in self.shape:
+        for d in shape:
             if d < 0:
-                return f"shape {list(self.shape)} has a negative dimension"
-            n *= d
-            if n > MAX_ELEMENTS:
-                return f"shape {list(self.shape)} has too many elements"
+                return f"shape {list(shape)} has a negative dimension"
+            if d > 1:  # a zero dimension does not make the others harmless to numpy
+                n *= d
+        if n > MAX_ELEMENTS:
+            return f"shape {list(shape)} has too many elements"
         if self.offset < 0 or self.size < 0:
             return f"negative offset {self.offset} or size {self.size}"
-        seen = set()
-        for s in self.slices:
-            why = s.check(self.shape)
-            if why:
-                return why
-            if s in seen:
-                return f"slice {s.spec()} is listed twice"
-            seen.add(s)
+        if self.slices:
+            seen = set()
+            for s in self.slices:
+                why = s.check(shape)
+                if why:
+                    return why
+                if s in seen:
+                    return f"slice {s.spec()} is listed twice"
+                seen.add(s)
         return None
 
     def data_problem(self) -> str | None:

@@ -5,13 +5,14 @@ import os
 from collections.abc import Callable, Iterator
 
 from ..errors import (ChecksumError, CkptioError, CorruptCheckpointError, MissingShardError,
-                      TensorNotFoundError, UnsupportedError)
+                      TensorNotFoundError, TruncatedError, UnsupportedError, WrongFileError)
 from ..io import FileSource, Source
 from ..sstable import Table
 from ..sstable.coding import crc32c, unmask
 from . import dtypes, naming, strings
 from .entry import Entry, Header
-from .slices import Slice, encode_key as slice_key
+from .paths import LFS_POINTER
+from .slices import Slice, encode_key as slice_key, tiling_problem
 
 CHUNK = 8 << 20
 
@@ -27,7 +28,13 @@ class BundleReader:
         self._open_source = open_source
         self.index_source = index_source or open_source(naming.index_path(prefix))
         self.path = self.index_source.name
-        self.table = Table(self.index_source)
+        try:
+            self.table = Table(self.index_source)
+        except CorruptCheckpointError:
+            if is_lfs_pointer(self.index_source):
+                raise WrongFileError("this .index is a Git LFS pointer, not the file itself; run 'git lfs pull' "
+                                     "to fetch it", path=self.path) from None
+            raise
         first = self.table.first()
         if first is None or first[0] != b"":
             raise CorruptCheckpointError("the first entry is not the bundle header (key \"\")", path=self.path)
@@ -35,19 +42,21 @@ class BundleReader:
         self._entries: dict[str, Entry] | None = None
         self._slices: dict[bytes, Entry] | None = None
         self._shards: dict[int, Source] = {}
+        self._tiled: set[str] = set()  # sliced tensors whose slices were checked to tile them
 
     # -- index ---------------------------------------------------------------------------------
 
     def _load(self) -> None:
         entries, slices = {}, {}
+        parse, path = Entry.parse, self.path
         for key, value in self.table:
-            if key == b"":
+            if not key:
                 continue
-            entry = Entry.parse(value, path=self.path, key=naming.decode_key(key))
+            entry = parse(value, path=path, key=key)  # errors show bytes keys readably
             if key[0] == 0:
                 slices[key] = entry
             else:
-                entries[naming.decode_key(key)] = entry
+                entries[key.decode("utf-8", "surrogateescape")] = entry
         self._entries, self._slices = entries, slices
 
     def entries(self) -> dict[str, Entry]:
@@ -75,6 +84,7 @@ class BundleReader:
         return Entry.parse(value, path=self.path, key=name)
 
     def slice_entry(self, name: str, s: Slice) -> Entry:
+        self._check_tiling(name)
         key = slice_key(name, s)
         if self._slices is not None:
             entry = self._slices.get(key)
@@ -85,6 +95,16 @@ class BundleReader:
             raise CorruptCheckpointError(f"slice {s.spec()} is listed but its entry is missing",
                                          path=self.path, key=name)
         return entry
+
+    def _check_tiling(self, name: str) -> None:
+        """Refuse a sliced tensor whose slices overlap or leave holes, before anything is sized by it."""
+        if name in self._tiled:
+            return
+        entry = self.entry(name)
+        problem = tiling_problem(entry.shape, entry.slices) if entry.slices else None
+        if problem:
+            raise CorruptCheckpointError(problem, path=self.path, key=name)
+        self._tiled.add(name)
 
     # -- data ----------------------------------------------------------------------------------
 
@@ -117,13 +137,20 @@ class BundleReader:
             raise UnsupportedError("variant tensors in big-endian bundles", path=self.path, key=name)
         src = self.shard(entry.shard_id)
         if entry.offset + entry.size > src.size:
-            raise CorruptCheckpointError(
+            if is_lfs_pointer(src):
+                raise WrongFileError("this data shard is a Git LFS pointer, not the file itself; run "
+                                     "'git lfs pull' to fetch it", path=src.name, key=name)
+            raise TruncatedError(
                 f"bytes [{entry.offset}, {entry.offset + entry.size}) lie past the end of the "
                 f"{src.size}-byte shard", path=src.name, key=name, offset=entry.offset)
 
     def iter_raw(self, name: str, entry: Entry, chunk: int = CHUNK, *, verify: bool = True) -> Iterator[bytes]:
         """Stream an entry's stored bytes in chunks, checking its crc32c after the last one."""
         self.check_entry(name, entry)
+        if verify and entry.dtype in (dtypes.STRING, dtypes.VARIANT):
+            # Their crc is not over the stored bytes (FORMAT §4.3, §4.4): check them whole.
+            yield self.read_raw(name, entry)
+            return
         src = self.shard(entry.shard_id)
         crc, pos, end = 0, entry.offset, entry.offset + entry.size
         while pos < end:
@@ -139,9 +166,20 @@ class BundleReader:
         """An entry's stored bytes in one positioned read, crc checked."""
         self.check_entry(name, entry)
         data = self.shard(entry.shard_id).read(entry.offset, entry.size, key=name)
-        if verify and entry.dtype != dtypes.STRING:
-            self._check_crc(name, entry, crc32c(data))
+        if verify:
+            self._check_crc(name, entry, self._stored_crc(name, entry, data))
         return data
+
+    def _stored_crc(self, name: str, entry: Entry, data: bytes) -> int:
+        """The unmasked crc TensorFlow computes for an entry's bytes (per dtype)."""
+        where = dict(path=self.shard_path(entry.shard_id), key=name, offset=entry.offset)
+        if entry.dtype == dtypes.STRING:
+            if entry.num_elements == 0 and not data:
+                return 0
+            return strings.decode(data, entry.num_elements, big_endian=self.header.big_endian, **where)[1]
+        if entry.dtype == dtypes.VARIANT:
+            return strings.variant_crc(data, entry.num_elements, **where)
+        return crc32c(data)
 
     def _check_crc(self, name: str, entry: Entry, crc: int) -> None:
         if crc != unmask(entry.crc32c):
@@ -153,6 +191,8 @@ class BundleReader:
         import numpy as np
 
         info = dtypes.lookup(entry.dtype)
+        if info is None:
+            self.check_entry(name, entry)  # DT_INVALID is corrupt, other unknown enums unsupported
         if info is not None and info.name == "string":
             self.check_entry(name, entry)
             if entry.num_elements == 0:
@@ -189,6 +229,17 @@ class BundleReader:
             src.close()
         self._shards.clear()
         self.index_source.close()
+
+
+def is_lfs_pointer(src: Source) -> bool:
+    """Whether a source holds a Git LFS pointer (asked only after something failed)."""
+    n = len(LFS_POINTER)
+    if not n <= src.size <= 1024:
+        return False
+    try:
+        return src.read(0, n) == LFS_POINTER
+    except CkptioError:
+        return False
 
 
 def sibling_files(prefix: str) -> list[str]:

@@ -111,7 +111,11 @@ class BundleWriter:
 
     def copy(self, key, entry: Entry, src: Source, shard: int = 0, *, verify: bool = True,
              name: str | None = None) -> Entry:
-        """Copy an entry's bytes unchanged from src, carrying its crc32c over (checked on the way)."""
+        """Copy an entry's bytes unchanged from src, carrying its crc32c over (checked on the way).
+
+        REQUIRES: a fixed-width dtype when verify is true; a string or variant crc32c is not over the
+        stored bytes (FORMAT §4.3, §4.4), so check those with BundleReader.read_raw and use add_bytes.
+        """
         out = self.shards[shard]
         label = name or key
         if entry.offset + entry.size > src.size:
@@ -131,7 +135,7 @@ class BundleWriter:
 
     # -- commit --------------------------------------------------------------------------------
 
-    def finish(self, *, state_file: bool = True) -> str:
+    def finish(self, *, state_file: bool = True, fsync: bool = False) -> str:
         """Validate and write the index, rename everything into place; return the prefix."""
         try:
             self._validate()
@@ -148,7 +152,7 @@ class BundleWriter:
             os.close(fd)
             stale = [p for p in _existing_shards(self.prefix)
                      if p not in {s.path for s in self.shards}]
-            self.files.commit(remove_first=[naming.index_path(self.prefix)])
+            self.files.commit(remove_first=[naming.index_path(self.prefix)], fsync=fsync)
             for p in stale:  # data files of the checkpoint we replaced (--force)
                 try:
                     os.unlink(p)
@@ -252,9 +256,11 @@ def _existing_shards(prefix: str) -> list[str]:
 def check_output(prefix: str, *, force: bool, inputs=()) -> None:
     """Refuse to overwrite a checkpoint (unless force) and always refuse to overwrite an input."""
     index = naming.index_path(prefix)
+    # realpath: a symlinked directory or a '..' must not hide that the output is the input.
+    target = (os.path.realpath(prefix), os.path.realpath(index))
     for located in inputs:
-        same = os.path.abspath(getattr(located, "prefix", located)) == os.path.abspath(prefix)
-        if same:
+        src = os.fspath(getattr(located, "prefix", located))
+        if os.path.realpath(src) in target or os.path.realpath(naming.index_path(src)) in target:
             raise OutputExistsError("output is the input checkpoint; write to another prefix", path=prefix)
     if os.path.exists(index) and not force:
         raise OutputExistsError("a checkpoint already exists here (use --force to replace it)", path=index)

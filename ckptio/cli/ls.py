@@ -73,8 +73,7 @@ def run(args) -> int:
                                 "shard": e.shard_id, "offset": e.offset, "size": e.size,
                                 "crc32c": e.crc32c, "slices": [sl.spec() for sl in e.slices]}
                                for n, d, s, b, r, e in rows]}
-            json.dump(doc, sys.stdout)
-            sys.stdout.write("\n")
+            sys.stdout.write(json.dumps(doc) + "\n")  # dumps uses the C encoder, dump does not
             return 0
         out = []
         width = min(max((len(r[0]) for r in rows), default=4), 80)

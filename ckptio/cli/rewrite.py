@@ -48,6 +48,8 @@ def add_arguments(name, p) -> None:
     g.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
     g.add_argument("--json", action="store_true", help="print the report as JSON")
     g.add_argument("--no-verify", action="store_true", help="do not check input checksums while copying")
+    g.add_argument("--fsync", action="store_true", help="fsync the output before renaming it into place "
+                                                     "(durable across power loss; slower)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group("batch")
     g.add_argument("--out-dir", metavar="DIR", help="rewrite every input into DIR")
@@ -89,7 +91,7 @@ def run(args) -> int:
     if args.shards < 1:
         raise UsageError("--shards must be >= 1")
     options = dict(num_shards=args.shards, max_shard_size=args.max_shard_size, force=args.force,
-                   dry_run=args.dry_run, verify=not args.no_verify)
+                   dry_run=args.dry_run, verify=not args.no_verify, fsync=args.fsync)
     if args.out_dir:
         return _run_batch(args, steps, options)
     if len(args.paths) != 2:

@@ -1,0 +1,378 @@
+"""Benchmark ckptio against `cp` and TensorFlow on one machine, in one run.
+
+    python tools/bench.py [--sizes 1G,4G] [--reps 3] [--workdir DIR] [--update-readme]
+
+Builds TF1-style transformer checkpoints trained with Adam (weights 1/3 of the bytes, Adam m and
+v 2/3, several hundred tensors) with ckptio's own writer, then measures, alternating and taking
+medians: `ckptio strip` wall time and peak RSS, `cp` of a file as large as the kept bytes, the
+TensorFlow way (RestoreV2 + SaveV2 of the kept tensors, eager; TF import time excluded), `ckptio ls`
+on a 100,000-entry checkpoint and on the big one vs `tf.train.list_variables`, `ckptio verify`
+throughput, bytes read to get one tensor out, CLI start-up, and zstd archive ratio/throughput.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+ENV = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), TF_CPP_MIN_LOG_LEVEL="3")
+CKPTIO = [sys.executable, "-m", "ckptio"]
+
+
+def parse_size(text: str) -> int:
+    from ckptio.cli.common import parse_size as p
+    return p(text)
+
+
+def human(n: float) -> str:
+    from ckptio.cli.common import human as h
+    return h(int(n))
+
+
+# -- building inputs -------------------------------------------------------------------------------
+
+def build_transformer(prefix: str, weight_bytes: int) -> dict:
+    """A TF1 Adam checkpoint: per layer q/k/v/o [d,d], ffn [d,4d]+[4d,d], biases, layer norms; m and v slots."""
+    import numpy as np
+
+    from ckptio.bundle.writer import BundleWriter
+
+    d = 1024
+    per_layer = (4 * d * d + 8 * d * d + 4 * d + 4 * d + d + 4 * d) * 4
+    layers = max(1, round(weight_bytes / per_layer))
+    rng = np.random.default_rng(0)
+    pool = rng.standard_normal(32 << 20, dtype=np.float32)  # 128 MiB of values to slice tensors from
+    shapes = {}
+    for i in range(layers):
+        base = f"transformer/layer_{i:03d}"
+        for n in ("q", "k", "v", "o"):
+            shapes[f"{base}/attention/{n}/kernel"] = (d, d)
+            shapes[f"{base}/attention/{n}/bias"] = (d,)
+        shapes[f"{base}/ffn/dense_1/kernel"] = (d, 4 * d)
+        shapes[f"{base}/ffn/dense_1/bias"] = (4 * d,)
+        shapes[f"{base}/ffn/dense_2/kernel"] = (4 * d, d)
+        shapes[f"{base}/ffn/dense_2/bias"] = (d,)
+        shapes[f"{base}/layer_norm/gamma"] = (d,)
+        shapes[f"{base}/layer_norm/beta"] = (d,)
+    offset = 0
+    with BundleWriter(prefix, force=True) as w:
+        for name, shape in sorted(shapes.items()):
+            for suffix, scale in (("", 1.0), ("/Adam", 1e-3), ("/Adam_1", 1e-6)):
+                n = int(np.prod(shape))
+                if offset + n > pool.size:
+                    offset = 0
+                w.add_array(name + suffix, (pool[offset:offset + n] * scale).reshape(shape))
+                offset += 7919
+        w.add_array("beta1_power", np.float32(0.9 ** 100))
+        w.add_array("beta2_power", np.float32(0.999 ** 100))
+        w.add_array("global_step", np.int64(100))
+        w.finish()
+    kept = sum(int(np.prod(s)) * 4 for s in shapes.values()) + 8
+    return {"tensors": 3 * len(shapes) + 3, "kept_bytes": kept, "layers": layers}
+
+
+def build_many(prefix: str, count: int) -> None:
+    """A checkpoint with `count` small entries, for listing speed."""
+    import numpy as np
+
+    from ckptio.bundle.writer import BundleWriter
+
+    with BundleWriter(prefix, force=True) as w:
+        value = np.zeros(4, np.float32)
+        for i in range(count):
+            w.add_array(f"model/block_{i // 100:04d}/var_{i % 100:02d}", value)
+        w.finish()
+
+
+# -- measuring ----------------------------------------------------------------------------------------
+
+def run_timed(cmd) -> tuple[float, str]:
+    """(wall seconds, stdout) of a child process."""
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, env=ENV)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.decode()[-2000:]}")
+    return wall, proc.stdout.decode()
+
+
+# Peak RSS must be measured from a small parent: a child forked from this (large) process
+# inherits its resident pages before exec, and ru_maxrss would count them.
+_RSS_WRAPPER = r"""
+import resource, subprocess, sys, time
+start = time.perf_counter()
+rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode
+wall = time.perf_counter() - start
+print(wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024, rc)
+"""
+
+
+def run_rss(cmd) -> tuple[float, int]:
+    """(wall seconds, peak RSS in bytes) of a child process."""
+    _, out = run_timed([sys.executable, "-c", _RSS_WRAPPER, *cmd])
+    wall, rss, rc = out.split()
+    if rc != "0":
+        raise RuntimeError(f"{' '.join(cmd)} exited {rc}")
+    return float(wall), int(rss)
+
+
+def sync() -> None:
+    os.sync()
+
+
+TF_STRIP = r"""
+import json, resource, sys, time
+import tensorflow as tf
+prefix, out, names = sys.argv[1], sys.argv[2], json.loads(open(sys.argv[3]).read())
+reader = tf.train.load_checkpoint(prefix)
+dtypes = reader.get_variable_to_dtype_map()
+start = time.perf_counter()
+tensors = tf.raw_ops.RestoreV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names),
+                               dtypes=[dtypes[n] for n in names])
+tf.raw_ops.SaveV2(prefix=out, tensor_names=names, shape_and_slices=[""] * len(names), tensors=tensors)
+wall = time.perf_counter() - start
+print(json.dumps({"seconds": wall, "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+TF_LIST = r"""
+import json, sys, time
+import tensorflow as tf
+start = time.perf_counter()
+n = len(tf.train.list_variables(sys.argv[1]))
+print(json.dumps({"seconds": time.perf_counter() - start, "n": n}))
+"""
+
+
+def tf_available() -> bool:
+    return subprocess.run([sys.executable, "-c", "import tensorflow"], env=ENV, capture_output=True).returncode == 0
+
+
+def median(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def bench_size(work: str, size: int, reps: int, use_tf: bool, rows: dict) -> None:
+    import ckptio
+    from ckptio.cli.ls import roles_of
+
+    tag = human(size).replace(" ", "")
+    prefix = os.path.join(work, f"adam_{tag}", "model.ckpt")
+    marker = prefix + ".built"
+    if not os.path.exists(marker):
+        print(f"building {tag} checkpoint ...", file=sys.stderr)
+        info = build_transformer(prefix, size)
+        with open(marker, "w") as f:
+            json.dump(info, f)
+    info = json.load(open(marker))
+    with ckptio.open(prefix) as ck:
+        total = sum(e.size for e in ck.entries().values())
+        roles = roles_of(ck)
+        kept_names = [n for n, r in roles.items() if r != "optimizer"]
+        kept = sum(ck.entries()[n].size for n in kept_names)
+    names_file = os.path.join(work, f"kept_{tag}.json")
+    with open(names_file, "w") as f:
+        json.dump(kept_names, f)
+    floor = os.path.join(work, f"floor_{tag}.bin")
+    if not os.path.exists(floor) or os.path.getsize(floor) != kept:
+        with open(prefix + ".data-00000-of-00001", "rb") as src, open(floor, "wb") as dst:
+            shutil.copyfileobj(src, dst, 8 << 20)
+            dst.truncate(kept)
+    strip_t, strip_rss, cp_t, tf_t, tf_rss, verify_t = [], [], [], [], [], []
+    for rep in range(reps):
+        for step in (("strip", "cp", "tf", "verify") if rep % 2 == 0 else ("verify", "tf", "cp", "strip")):
+            sync()
+            if step == "strip":
+                out = os.path.join(work, "out_strip", "model.ckpt")
+                shutil.rmtree(os.path.dirname(out), ignore_errors=True)
+                wall, rss = run_rss(CKPTIO + ["strip", prefix, out, "-q"])
+                strip_t.append(wall)
+                strip_rss.append(rss)
+                shutil.rmtree(os.path.dirname(out), ignore_errors=True)
+            elif step == "cp":
+                target = os.path.join(work, "out_cp.bin")
+                wall, _ = run_timed(["cp", floor, target])
+                cp_t.append(wall)
+                os.unlink(target)
+            elif step == "tf" and use_tf:
+                out = os.path.join(work, "out_tf", "model.ckpt")
+                shutil.rmtree(os.path.dirname(out), ignore_errors=True)
+                _, text = run_timed([sys.executable, "-c", TF_STRIP, prefix, out, names_file])
+                res = json.loads(text.strip().splitlines()[-1])
+                tf_t.append(res["seconds"])
+                tf_rss.append(res["rss"])
+                shutil.rmtree(os.path.dirname(out), ignore_errors=True)
+            elif step == "verify":
+                wall, _ = run_timed(CKPTIO + ["verify", prefix, "-q"])
+                verify_t.append(wall)
+    ls_t = [run_timed(CKPTIO + ["ls", prefix])[0] for _ in range(reps)]
+    with ckptio.open(prefix) as ck:
+        name = kept_names[len(kept_names) // 2]
+        before = ck.bytes_read
+        ck[name].read()
+        one = {"name": name, "tensor": ck[name].nbytes, "read": ck.bytes_read, "index": os.path.getsize(prefix + ".index")}
+    rows[tag] = {
+        "total": total, "kept": kept, "tensors": info["tensors"],
+        "strip": median(strip_t), "strip_rss": max(strip_rss), "cp": median(cp_t),
+        "tf": median(tf_t) if tf_t else None, "tf_rss": max(tf_rss) if tf_rss else None,
+        "verify": median(verify_t), "ls": median(ls_t), "one_tensor": one,
+        "tf_list": median([json.loads(run_timed([sys.executable, "-c", TF_LIST, prefix])[1].strip().splitlines()[-1])["seconds"]
+                           for _ in range(reps)]) if use_tf else None,
+    }
+    print(json.dumps({tag: rows[tag]}), file=sys.stderr)
+
+
+def bench_many(work: str, reps: int, use_tf: bool) -> dict:
+    prefix = os.path.join(work, "many", "model.ckpt")
+    if not os.path.exists(prefix + ".index"):
+        print("building 100,000-entry checkpoint ...", file=sys.stderr)
+        build_many(prefix, 100_000)
+    ls = [run_timed(CKPTIO + ["ls", prefix])[0] for _ in range(reps)]
+    ls_json = [run_timed(CKPTIO + ["ls", "--json", prefix])[0] for _ in range(reps)]
+    tf_list = None
+    if use_tf:
+        tf_list = median([json.loads(run_timed([sys.executable, "-c", TF_LIST, prefix])[1].strip().splitlines()[-1])["seconds"]
+                          for _ in range(reps)])
+    return {"ls": median(ls), "ls_json": median(ls_json), "tf_list": tf_list}
+
+
+def bench_startup(reps: int) -> float:
+    return median([run_timed(CKPTIO + ["--help"])[0] for _ in range(max(reps, 5))])
+
+
+def bench_archive(work: str) -> dict | None:
+    try:
+        from ckptio import archive
+    except ImportError:
+        return None
+    import numpy as np
+
+    from ckptio.bundle.writer import BundleWriter
+
+    rng = np.random.default_rng(1)
+    out = {}
+    n = 16 << 20  # 64 MiB of float32 per kind
+    w = rng.standard_normal(n, dtype=np.float32) * 0.02
+    kinds = {
+        "float32 weights": w,
+        "bfloat16 weights": w.astype("bfloat16") if False else None,
+        "Adam m/v slots": np.concatenate([w[: n // 2] * 1e-3, (w[n // 2:] ** 2) * 1e-6]).astype(np.float32),
+    }
+    import ml_dtypes
+    kinds["bfloat16 weights"] = w.astype(ml_dtypes.bfloat16)
+    for label, arr in kinds.items():
+        prefix = os.path.join(work, "arch", label.split()[0] + label.split()[1][0], "model.ckpt")
+        with BundleWriter(prefix, force=True) as bw:
+            for i, chunk in enumerate(np.array_split(arr, 16)):
+                bw.add_array(f"w{i}", chunk)
+            bw.finish()
+        target = prefix + ".tar.zst"
+        if os.path.exists(target):
+            os.unlink(target)
+        start = time.perf_counter()
+        stats = archive.pack(prefix, target)
+        seconds = time.perf_counter() - start
+        size_in = sum(os.path.getsize(prefix + s) for s in (".index", ".data-00000-of-00001"))
+        out[label] = {"in": size_in, "out": os.path.getsize(target), "seconds": seconds}
+        outdir = os.path.join(work, "arch", "unpacked")
+        shutil.rmtree(outdir, ignore_errors=True)
+        start = time.perf_counter()
+        archive.unpack(target, outdir)
+        out[label]["unpack_seconds"] = time.perf_counter() - start
+    return out
+
+
+def machine_line() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
+    fs = subprocess.run(["df", "-T", "/tmp"], capture_output=True, text=True).stdout.splitlines()[-1].split()[1]
+    return (f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {fs} disk, Python {platform.python_version()}, "
+            f"{datetime.date.today().isoformat()}; warm page cache, medians")
+
+
+def render(rows: dict, many: dict, startup: float, arch: dict | None) -> str:
+    lines = [f"Machine: {machine_line()}.", ""]
+    lines.append("| checkpoint | ckptio strip | peak RSS | cp of kept bytes | ckptio/cp | TF RestoreV2+SaveV2 | TF peak RSS | TF/ckptio | verify | ls |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    for tag, r in rows.items():
+        tf = f"{r['tf']:.2f} s" if r["tf"] else "n/a"
+        tf_rss = human(r["tf_rss"]) if r["tf_rss"] else "n/a"
+        ratio_tf = f"{r['tf'] / r['strip']:.1f}x" if r["tf"] else "n/a"
+        lines.append(f"| {human(r['total'])}, {r['tensors']} tensors ({human(r['kept'])} kept) | {r['strip']:.2f} s | "
+                     f"{human(r['strip_rss'])} | {r['cp']:.2f} s | {r['strip'] / r['cp']:.2f}x | {tf} | {tf_rss} | "
+                     f"{ratio_tf} | {human(r['total'] / r['verify'])}/s ({r['verify']:.2f} s) | {r['ls']:.2f} s |")
+    lines.append("")
+    tf_list = f"{many['tf_list']:.2f} s" if many["tf_list"] is not None else "n/a"
+    lines.append(f"- `ckptio ls` of a 100,000-entry checkpoint: {many['ls']:.2f} s ({many['ls_json']:.2f} s with "
+                 f"`--json`), whole process; `tf.train.list_variables`: {tf_list} (TF import excluded).")
+    for tag, r in rows.items():
+        one = r["one_tensor"]
+        if r.get("tf_list") is not None:
+            lines.append(f"- {tag}: `tf.train.list_variables` {r['tf_list']:.3f} s vs `ckptio ls` {r['ls']:.2f} s (process).")
+        lines.append(f"- {tag}: reading one {human(one['tensor'])} tensor read {human(one['read'])} from disk "
+                     f"(index {human(one['index'])} + the tensor's bytes).")
+    lines.append(f"- `ckptio --help` start-up: {startup * 1000:.0f} ms.")
+    if arch:
+        lines.append("")
+        lines.append("| archive (zstd, level 3, all cores) | input | packed | ratio | pack | unpack |")
+        lines.append("|---|---|---|---|---|---|")
+        for label, a in arch.items():
+            lines.append(f"| {label} | {human(a['in'])} | {human(a['out'])} | {a['in'] / a['out']:.2f} | "
+                         f"{human(a['in'] / a['seconds'])}/s | {human(a['in'] / a['unpack_seconds'])}/s |")
+    return "\n".join(lines)
+
+
+def update_readme(text: str) -> None:
+    path = os.path.join(ROOT, "README.md")
+    readme = open(path).read()
+    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    if start not in readme:
+        raise SystemExit("README.md has no bench markers")
+    new = re.sub(re.escape(start) + ".*?" + re.escape(end), start + "\n" + text + "\n" + end, readme, flags=re.S)
+    with open(path, "w") as f:
+        f.write(new)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", default="1G,4G", help="weight sizes to build (total is ~3x), e.g. 1G,4G")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "ckptio-bench"))
+    p.add_argument("--no-tf", action="store_true", help="skip the TensorFlow measurements")
+    p.add_argument("--update-readme", action="store_true", help="write the table into README.md")
+    args = p.parse_args()
+    os.makedirs(args.workdir, exist_ok=True)
+    use_tf = not args.no_tf and tf_available()
+    rows = {}
+    for size in [parse_size(s) for s in args.sizes.split(",")]:
+        bench_size(args.workdir, size, args.reps, use_tf, rows)
+    many = bench_many(args.workdir, args.reps, use_tf)
+    startup = bench_startup(args.reps)
+    arch = bench_archive(args.workdir)
+    text = render(rows, many, startup, arch)
+    print(text)
+    if args.update_readme:
+        update_readme(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
