@@ -120,12 +120,15 @@ def run_batch(inputs: list[str], out_dir: str, steps, *, jobs: int = 1, resume: 
     outputs = output_prefixes(inputs, out_dir)
     todo, results = [], {}
     for src, dst in zip(inputs, outputs):
-        if resume and not options.get("force") and is_complete(dst):
+        is_input = os.path.realpath(src) == os.path.realpath(dst)  # let rewrite() refuse it
+        if resume and not options.get("force") and not is_input and is_complete(dst):
             results[src] = Outcome(src, dst, "skipped", "complete output exists")
             if on_done:
                 on_done(results[src])
         else:
-            todo.append((src, dst, tuple(steps), options))
+            # An output left incomplete (resuming) or to be redone (--no-resume) is replaced.
+            redo = not is_input and os.path.exists(naming.index_path(dst))
+            todo.append((src, dst, tuple(steps), {**options, "force": True} if redo else options))
     if jobs > 1 and len(todo) > 1:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             for outcome in pool.map(_one, todo):

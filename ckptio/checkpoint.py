@@ -4,11 +4,15 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 
+from typing import TYPE_CHECKING
+
 from .bundle import dtypes
-from .bundle.entry import Entry
 from .bundle.paths import Located, resolve
 from .bundle.slices import Slice
 from .errors import CorruptCheckpointError, TensorNotFoundError, UnsupportedError
+
+if TYPE_CHECKING:  # the protobuf-backed modules load on first use, keeping `ckptio --help` fast
+    from .bundle.entry import Entry
 
 
 class Tensor:
@@ -170,7 +174,7 @@ class Checkpoint(Mapping):
 
     def _iter_chunks(self, name: str, entry: Entry, max_bytes: int):
         info = entry.dtype_info
-        if entry.slices or self.format != "v2" or info is None or not info.fixed_width:
+        if entry.slices or self.format != "v2" or info is None or not info.fixed_width or not entry.shape:
             yield self._read(name, entry)
             return
         from .bundle.decode import from_bytes
@@ -208,7 +212,7 @@ def assemble(name: str, entry: Entry, parts, *, path=None):
             if all(a0 < b1 and b0 < a1 for (a0, a1), (b0, b1) in zip(bounds, other)):
                 raise CorruptCheckpointError(f"slices overlap at {s.spec()}", path=path, key=name)
         seen.append(bounds)
-        out[tuple(slice(a, b) for a, b in bounds)] = arr
+        out[tuple(slice(a, b) for a, b in bounds) + (Ellipsis,)] = arr  # Ellipsis: 0-d object arrays too
         size = 1
         for a, b in bounds:
             size *= b - a

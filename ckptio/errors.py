@@ -57,6 +57,10 @@ class MissingShardError(CorruptCheckpointError, FileNotFoundError):
     """A data shard named by the header does not exist."""
 
 
+class ReadError(CkptioError, OSError):
+    """An input file exists but cannot be read (permission, a directory, an I/O error)."""
+
+
 class UnsupportedError(CkptioError, NotImplementedError):
     """Valid input that ckptio cannot (yet) handle, e.g. decoding DT_VARIANT."""
 

@@ -11,12 +11,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from typing import TYPE_CHECKING
+
 from .bundle import dtypes, naming
-from .bundle.entry import Entry
 from .bundle.slices import Slice, encode_key as slice_key
 from .checkpoint import Checkpoint
 from .errors import PlanError
 from .transform import Cast, Context, Item, check_collisions
+
+if TYPE_CHECKING:
+    from .bundle.entry import Entry
 
 CHUNK_BYTES = 8 << 20
 
@@ -100,6 +104,8 @@ def _stored_size(ckpt: Checkpoint, name: str, entry: Entry) -> int:
 
 def make_plan(ckpt: Checkpoint, steps=()) -> Plan:
     """Apply steps to the source's names and lay out every piece to write; no I/O on tensor bytes."""
+    from .bundle.entry import Entry
+
     entries = ckpt.entries()
     graph_key = naming.OBJECT_GRAPH_KEY
     names = sorted(n for n in entries if n != graph_key)
@@ -134,10 +140,7 @@ def make_plan(ckpt: Checkpoint, steps=()) -> Plan:
         entry = entries[item.src]
         data_name = item.promoted_from or item.src
         data_entry = entries[data_name]
-        if ckpt.format == "v1" and len(entry.slices) == 1 and entry.slices[0].is_full(entry.shape):
-            pieces.append(Piece(naming.encode_key(item.dst), item.dst, data_name, data_entry, item.dtype,
-                                entry.slices[0]))
-        elif entry.slices:
+        if entry.slices:
             metadata[item.dst] = Entry(item.dtype, entry.shape, slices=entry.slices)
             for s in entry.slices:
                 src_piece = ckpt._reader.slice_entry(data_name, s) if ckpt.format == "v2" else data_entry
@@ -180,7 +183,7 @@ def rewrite(src, dst, steps=(), *, num_shards: int | None = 1, max_shard_size: i
     ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src)
     try:
         plan = make_plan(ckpt, steps)
-        report = Report(ckpt.prefix, None if dry_run else os.fspath(dst), dry_run=dry_run,
+        report = Report(ckpt.prefix, None if dst is None else os.fspath(dst), dry_run=dry_run,
                         kept=[(i.src, i.dst) for i in plan.items], dropped=plan.dropped,
                         cast=[i.dst for i in plan.items if i.dtype != ckpt.entries()[i.src].dtype],
                         bytes_before=plan.bytes_before, bytes_after=plan.bytes_after)
@@ -249,7 +252,10 @@ def _write_piece(ckpt: Checkpoint, writer, piece: Piece, shard: int, verify: boo
         writer.copy(piece.key, entry, reader.shard(entry.shard_id), shard, verify=verify, name=piece.src_name)
         return
     if ckpt.format == "v1":
-        array = reader.read_slice(piece.src_name, piece.slice, ckpt.entries()[piece.src_name].shape)
+        if piece.slice is None:
+            array = reader.read_entry(piece.src_name, entry)
+        else:
+            array = reader.read_slice(piece.src_name, piece.slice, ckpt.entries()[piece.src_name].shape)
         _add_array(writer, piece, array, shard)
         return
     info = dtypes.lookup(entry.dtype)

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .bundle import dtypes, naming
-from .bundle.entry import Entry, Header
 from .bundle.slices import SliceKeyError, decode_key as decode_slice_key, encode_key as slice_key
 from .errors import CkptioError
 
@@ -67,6 +66,8 @@ def verify(ckpt, *, progress: Callable[[int], None] | None = None, check_graph: 
 
 
 def _verify_v2(ckpt, report: Report, progress) -> None:
+    from .bundle.entry import Entry
+
     reader = ckpt._reader
     path = reader.path
     entries: dict[str, Entry] = {}
@@ -173,4 +174,4 @@ def _verify_v1(ckpt, report: Report, progress) -> None:
                 report.add(exc)
 
 
-__all__ = ["verify", "Report", "Problem", "Header"]
+__all__ = ["verify", "Report", "Problem"]

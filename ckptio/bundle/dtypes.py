@@ -108,11 +108,9 @@ def _numpy_dtype(name: str):
     if dt is None:
         import numpy as np
 
-        if hasattr(np, name) and name not in ("bool",):
+        try:
             dt = np.dtype(name)
-        elif name == "bool":
-            dt = np.dtype(bool)
-        else:
+        except TypeError:  # bfloat16, float8_*, int4 ... live in ml_dtypes
             import ml_dtypes
 
             dt = np.dtype(getattr(ml_dtypes, name))

@@ -53,6 +53,12 @@ def resolve(path) -> Located:
     shards = sorted(glob.glob(f"{glob.escape(path)}-?????-of-?????"))
     if shards:
         return Located("v1", path, tuple(shards))
+    if glob.has_magic(path):
+        # A V1 pattern such as model.ckpt-?????-of-00002, as Saver.save returns for sharded saves.
+        files = tuple(f for f in sorted(glob.glob(path)) if os.path.isfile(f) and _is_table(f))
+        if files:
+            m = _V1_SHARD_RE.match(files[0])
+            return Located("v1", m["base"] if m else path, files)
     raise CheckpointNotFoundError(_not_found_hint(path), path=path)
 
 
@@ -72,8 +78,12 @@ def _resolve_dir(path: str) -> Located:
         names = ", ".join(os.path.basename(i)[: -len(".index")] for i in indexes[:5])
         raise CheckpointNotFoundError(f"directory holds {len(indexes)} checkpoints and no usable 'checkpoint' "
                                       f"state file; pass one prefix: {names}", path=path)
+    v1_groups = {m["base"]: m for f in sorted(glob.glob(os.path.join(glob.escape(path), "*-?????-of-?????")))
+                 if (m := _V1_SHARD_RE.match(f)) and _is_table(f)}
+    if len(v1_groups) == 1:
+        return resolve(next(iter(v1_groups)))
     raise CheckpointNotFoundError("directory holds no checkpoint (no 'checkpoint' state file, no *.index, "
-                                  "no variables/variables.index)", path=path)
+                                  "no variables/variables.index, no V1 files)", path=path)
 
 
 def latest_from_state(directory: str) -> str | None:
@@ -96,6 +106,8 @@ def latest_from_state(directory: str) -> str | None:
     candidates.append(os.path.join(directory, os.path.basename(named)))
     for c in candidates:
         if os.path.exists(naming.index_path(c)) or os.path.isfile(c):
+            return c
+        if glob.has_magic(c) and glob.glob(c):  # a V1 shard pattern
             return c
     present = sorted(os.path.basename(i)[: -len(".index")]
                      for i in glob.glob(os.path.join(glob.escape(directory), "*.index")))
@@ -135,9 +147,11 @@ def _refuse_odd_file(path: str) -> None:
         raise WrongFileError(f"this is a MetaGraphDef (.meta), not tensor data; pass the prefix "
                              f"{path[:-5]!r} instead", path=path)
     if head.startswith(b"\x89HDF\r\n\x1a\n") or base.endswith((".h5", ".hdf5")):
-        raise WrongFileError("this is an HDF5 (Keras .h5) file, not a TensorFlow checkpoint", path=path)
+        raise WrongFileError("this is an HDF5 (Keras .h5) file, not a TensorFlow checkpoint; load it with Keras, "
+                             "or pass a TF checkpoint prefix, its .index file or its directory", path=path)
     if head.startswith(b"PK\x03\x04") and base.endswith(".keras"):
-        raise WrongFileError("this is a Keras v3 .keras archive, not a TensorFlow checkpoint", path=path)
+        raise WrongFileError("this is a Keras v3 .keras archive, not a TensorFlow checkpoint; load it with Keras, "
+                             "or pass a TF checkpoint prefix, its .index file or its directory", path=path)
     if base.endswith(".pb") or base.endswith(".pbtxt"):
         raise WrongFileError("this is a graph/SavedModel protobuf; pass the SavedModel directory instead",
                              path=path)

@@ -144,8 +144,22 @@ class BundleReader:
                 f"bytes [{entry.offset}, {entry.offset + entry.size}) lie past the end of the "
                 f"{src.size}-byte shard", path=src.name, key=name, offset=entry.offset)
 
+    def _blame_lfs(self, entry: Entry) -> None:
+        """After a failure: raise WrongFileError instead if the shard is a Git LFS pointer."""
+        src = self._shards.get(entry.shard_id)
+        if src is not None and is_lfs_pointer(src):
+            raise WrongFileError("this data shard is a Git LFS pointer, not the file itself; run "
+                                 "'git lfs pull' to fetch it", path=src.name) from None
+
     def iter_raw(self, name: str, entry: Entry, chunk: int = CHUNK, *, verify: bool = True) -> Iterator[bytes]:
         """Stream an entry's stored bytes in chunks, checking its crc32c after the last one."""
+        try:
+            yield from self._iter_raw(name, entry, chunk, verify)
+        except CorruptCheckpointError:
+            self._blame_lfs(entry)
+            raise
+
+    def _iter_raw(self, name: str, entry: Entry, chunk: int, verify: bool) -> Iterator[bytes]:
         self.check_entry(name, entry)
         if verify and entry.dtype in (dtypes.STRING, dtypes.VARIANT):
             # Their crc is not over the stored bytes (FORMAT §4.3, §4.4): check them whole.
@@ -167,7 +181,11 @@ class BundleReader:
         self.check_entry(name, entry)
         data = self.shard(entry.shard_id).read(entry.offset, entry.size, key=name)
         if verify:
-            self._check_crc(name, entry, self._stored_crc(name, entry, data))
+            try:
+                self._check_crc(name, entry, self._stored_crc(name, entry, data))
+            except CorruptCheckpointError:
+                self._blame_lfs(entry)
+                raise
         return data
 
     def _stored_crc(self, name: str, entry: Entry, data: bytes) -> int:
@@ -188,6 +206,13 @@ class BundleReader:
 
     def read_entry(self, name: str, entry: Entry, *, verify: bool = True):
         """Decode one unsliced entry into a numpy array."""
+        try:
+            return self._read_entry(name, entry, verify)
+        except CorruptCheckpointError:
+            self._blame_lfs(entry)
+            raise
+
+    def _read_entry(self, name: str, entry: Entry, verify: bool):
         import numpy as np
 
         info = dtypes.lookup(entry.dtype)
@@ -195,7 +220,7 @@ class BundleReader:
             self.check_entry(name, entry)  # DT_INVALID is corrupt, other unknown enums unsupported
         if info is not None and info.name == "string":
             self.check_entry(name, entry)
-            if entry.num_elements == 0:
+            if entry.num_elements == 0 and entry.size == 0:  # TF writes no bytes at all for these
                 return np.empty(entry.shape, dtype=object)
             data = self.shard(entry.shard_id).read(entry.offset, entry.size, key=name)
             elements, crc = strings.decode(data, entry.num_elements, big_endian=self.header.big_endian,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import CorruptCheckpointError
+
 # (start, length) per dimension; length None means the whole dimension.
 Extent = tuple[int, "int | None"]
 
@@ -46,6 +48,54 @@ class Slice:
             elif start < 0 or length < 0 or start + length > dim:
                 return f"extent {start},{length} outside dimension {dim}"
         return None
+
+
+MAX_TILING_CELLS = 1 << 24  # grid cells examined when checking that slices tile a tensor
+
+
+def tiling_problem(shape: tuple[int, ...], slices) -> str | None:
+    """Why these slices (each already checked to fit shape) do not tile shape exactly, or None.
+
+    Cost is O(len(slices)) plus one pass over the grid the slice boundaries cut the tensor into,
+    so hostile slice lists cannot make it quadratic; memory is at most MAX_TILING_CELLS bytes.
+    """
+    total = 1
+    for d in shape:
+        total *= d
+    covered = 0
+    boxes = []
+    for s in slices:
+        bounds = s.bounds(shape)
+        volume = 1
+        for start, stop in bounds:
+            volume *= stop - start
+        covered += volume
+        boxes.append(bounds)
+    if covered < total:
+        return f"stored slices cover at most {covered} of {total} elements"
+    if covered > total:
+        return f"stored slices overlap (they hold {covered} elements of a {total}-element tensor)"
+    if total == 0 or len(boxes) <= 1:
+        return None
+    # Equal volume: the slices tile the tensor unless two overlap. Cut every dimension at every
+    # slice boundary and count how often each grid cell is covered.
+    import numpy as np
+
+    cuts = [sorted({0, dim} | {b[i][0] for b in boxes} | {b[i][1] for b in boxes}) for i, dim in enumerate(shape)]
+    cells = 1
+    for c in cuts:
+        cells *= len(c) - 1
+    if cells > MAX_TILING_CELLS:
+        return f"{len(boxes)} slices cut the tensor into too many pieces ({cells}) to check"
+    position = [{v: i for i, v in enumerate(c)} for c in cuts]
+    count = np.zeros([len(c) - 1 for c in cuts], dtype=np.uint8)
+    for bounds in boxes:
+        index = tuple(slice(p[start], p[stop]) for p, (start, stop) in zip(position, bounds))
+        view = count[index]
+        if view.any():
+            return "stored slices overlap"
+        view += 1
+    return None
 
 
 def from_proto(proto) -> Slice:
@@ -104,8 +154,8 @@ def encode_key(name: str | bytes, s: Slice) -> bytes:
     return b"".join(out)
 
 
-class SliceKeyError(ValueError):
-    """Bytes that are not an OrderedCode slice key."""
+class SliceKeyError(CorruptCheckpointError):
+    """Bytes that are not an OrderedCode slice key (a ValueError, like every CorruptCheckpointError)."""
 
 
 def decode_key(key: bytes) -> tuple[bytes, Slice]:

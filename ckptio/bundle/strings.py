@@ -26,11 +26,16 @@ def decode(data: bytes, count: int, *, big_endian: bool = False, path=None, key=
         raise CorruptCheckpointError(f"string tensor of {count} elements cannot fit {len(data)} bytes",
                                      path=path, key=key, offset=offset)
     for _ in range(count):
+        at = pos
         try:
             length, pos = decode_varint(data, pos, len(data))
         except VarintError:
             raise CorruptCheckpointError("bad string length varint", path=path, key=key,
-                                         offset=None if offset is None else offset + pos) from None
+                                         offset=None if offset is None else offset + at) from None
+        if length > len(data) - pos:  # cannot be: checked before anything is sized by it
+            raise CorruptCheckpointError(
+                f"string length {length} is longer than the {len(data)}-byte tensor", path=path, key=key,
+                offset=None if offset is None else offset + at)
         lengths.append(length)
         crc = crc32c(_length_bytes(length, order), crc)
     if pos + 4 > len(data):
@@ -68,3 +73,40 @@ def encode(elements, *, big_endian: bool = False) -> tuple[bytes, int]:
     payload = b"".join(elements)
     crc = crc32c(payload, crc)
     return varints + checksum + payload, mask(crc)
+
+
+# DT_VARIANT tensor bytes, per element (little-endian bundles only):
+#
+#     varint64 len, VariantTensorDataProto bytes (len), fixed32 masked crc32c running so far
+# The running crc covers each length as an 8-byte uint64 LE, the proto bytes, then the 4 stored
+# checksum bytes; the entry crc32c is the mask of the final running crc.
+
+
+def variant_crc(data: bytes, count: int, *, path=None, key=None, offset=None) -> int:
+    """Check the per-element checksums of `count` variant elements; return the unmasked entry crc."""
+    pos, crc = 0, 0
+    if count > len(data):
+        raise CorruptCheckpointError(f"variant tensor of {count} elements cannot fit {len(data)} bytes",
+                                     path=path, key=key, offset=offset)
+    for i in range(count):
+        at = pos
+        try:
+            length, pos = decode_varint(data, pos, len(data))
+        except VarintError:
+            raise CorruptCheckpointError(f"bad length varint of variant element {i}", path=path, key=key,
+                                         offset=None if offset is None else offset + at) from None
+        if length + 4 > len(data) - pos:
+            raise CorruptCheckpointError(f"variant element {i} of {length} bytes runs past the tensor",
+                                         path=path, key=key, offset=None if offset is None else offset + at)
+        crc = crc32c(data[pos:pos + length], crc32c(length.to_bytes(8, "little"), crc))
+        pos += length
+        stored = struct.unpack_from("<I", data, pos)[0]
+        if unmask(stored) != crc:
+            raise ChecksumError(f"the checksum of variant element {i} does not match", path=path, key=key,
+                                offset=None if offset is None else offset + pos)
+        crc = crc32c(data[pos:pos + 4], crc)
+        pos += 4
+    if pos != len(data):
+        raise CorruptCheckpointError(f"{len(data) - pos} bytes follow the last variant element", path=path,
+                                     key=key, offset=offset)
+    return crc

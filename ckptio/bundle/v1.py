@@ -8,15 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from google.protobuf.message import DecodeError
-
 from .._proto import saved_tensor_slice_pb2 as pb
 from ..errors import CorruptCheckpointError, TensorNotFoundError, UnsupportedError
 from ..io import FileSource, Source
 from ..sstable import Table
 from . import dtypes
-from .entry import CONSUMER_VERSION, Entry
-from .slices import Slice, encode_key, from_proto
+from .entry import CONSUMER_VERSION, Entry, parse_proto
+from .slices import Slice, encode_key, from_proto, tiling_problem
 
 
 class V1Reader:
@@ -29,9 +27,16 @@ class V1Reader:
         self.path = self.paths[0]
         self.tables = [Table(open_source(p)) for p in self.paths]
         self._entries: dict[str, Entry] = {}
+        self._stored: dict[str, tuple[Slice, ...]] = {}  # every slice stored, full ones included
         self._file_of: dict[bytes, int] = {}
+        self._tiled: set[str] = set()
         for i, table in enumerate(self.tables):
             self._read_meta(i, table)
+        # V1 stores even whole tensors as one full slice; show those as unsliced, like V2.
+        for name, entry in self._entries.items():
+            stored = self._stored[name]
+            if len(stored) == 1 and stored[0].is_full(entry.shape):
+                self._entries[name] = entry._replace(slices=())
 
     def _read_meta(self, i: int, table: Table) -> None:
         path = table.source.name
@@ -39,10 +44,8 @@ class V1Reader:
         if first is None or first[0] != b"":
             raise CorruptCheckpointError("V1 table has no metadata entry (key \"\")", path=path)
         sts = pb.SavedTensorSlices()
-        try:
-            sts.ParseFromString(first[1])
-        except DecodeError:
-            raise CorruptCheckpointError("metadata entry is not a SavedTensorSlices", path=path, key="") from None
+        if not parse_proto(sts, first[1]):
+            raise CorruptCheckpointError("metadata entry is not a SavedTensorSlices", path=path, key="")
         versions = sts.meta.versions
         if versions.min_consumer > CONSUMER_VERSION or CONSUMER_VERSION in versions.bad_consumers:
             raise UnsupportedError(f"V1 checkpoint needs reader version {versions.min_consumer}", path=path, key="")
@@ -51,6 +54,7 @@ class V1Reader:
             slices = tuple(from_proto(s) for s in meta.slice)
             old = self._entries.get(meta.name)
             if old is not None:
+                old = old._replace(slices=self._stored[meta.name])
                 if old.dtype != meta.type or old.shape != shape:
                     raise CorruptCheckpointError("tensor declared with different dtype or shape in two files",
                                                  path=path, key=meta.name)
@@ -60,6 +64,7 @@ class V1Reader:
             if problem:
                 raise CorruptCheckpointError(problem, path=path, key=meta.name)
             self._entries[meta.name] = entry
+            self._stored[meta.name] = slices
             for s in slices[len(old.slices) if old else 0:]:
                 self._file_of[encode_key(meta.name, s)] = i
 
@@ -72,9 +77,18 @@ class V1Reader:
         except KeyError:
             raise TensorNotFoundError("no such tensor", path=self.path, key=name) from None
 
+    def read_entry(self, name: str, entry: Entry):
+        """Decode a tensor stored whole (as one full slice)."""
+        return self.read_slice(name, self._stored[name][0], entry.shape)
+
     def read_slice(self, name: str, s: Slice, shape: tuple[int, ...]):
         """Decode the stored slice s of tensor name (whose full shape is shape)."""
         entry = self.entry(name)
+        if name not in self._tiled:  # overlapping or missing slices: refuse before anything is sized
+            problem = tiling_problem(entry.shape, self._stored[name])
+            if problem:
+                raise CorruptCheckpointError(problem, path=self.path, key=name)
+            self._tiled.add(name)
         key = encode_key(name, s if shape else Slice(()))
         i = self._file_of.get(encode_key(name, s), 0)
         table = self.tables[i]
@@ -83,11 +97,9 @@ class V1Reader:
             raise CorruptCheckpointError(f"slice {s.spec() or '(scalar)'} is listed but not stored",
                                          path=table.source.name, key=name)
         sts = pb.SavedTensorSlices()
-        try:
-            sts.ParseFromString(value)
-        except DecodeError:
+        if not parse_proto(sts, value):
             raise CorruptCheckpointError("slice entry is not a SavedTensorSlices", path=table.source.name,
-                                         key=name) from None
+                                         key=name)
         if sts.data.name != name:
             raise CorruptCheckpointError(f"slice entry names {sts.data.name!r}", path=table.source.name, key=name)
         return tensor_proto_to_array(sts.data.data, entry.dtype, s.shape(shape),
@@ -126,7 +138,7 @@ def tensor_proto_to_array(proto, dtype: int, shape: tuple[int, ...], *, path=Non
     n = 1
     for d in shape:
         n *= d
-    dt = info.numpy()
+    dt = np.dtype(object) if info.name == "string" else info.numpy()
     if proto.tensor_content:
         from .decode import from_bytes
         if len(proto.tensor_content) != n * info.itemsize:
@@ -149,6 +161,9 @@ def tensor_proto_to_array(proto, dtype: int, shape: tuple[int, ...], *, path=Non
         arr[:] = list(values)
         return arr.reshape(shape)
     if info.name in ("float16", "bfloat16"):
+        # half_val holds the raw 16-bit patterns; a larger value is not one.
+        if n and not 0 <= min(values) <= max(values) <= 0xFFFF:
+            raise CorruptCheckpointError("half_val holds a value that is not 16 bits", path=path, key=key)
         return np.array(values, dtype=np.uint16).view(dt).reshape(shape)
     if per == 2:
         part = np.float32 if info.name == "complex64" else np.float64

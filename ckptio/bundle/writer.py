@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import threading
 
-from ..errors import CorruptCheckpointError, OutputExistsError, PlanError, WriteError
+from ..errors import ChecksumError, OutputExistsError, PlanError, TruncatedError, WriteError
 from ..io import AtomicFiles, FileSource, Source
 from ..sstable import TableBuilder
 from ..sstable.coding import crc32c, mask, unmask
@@ -119,14 +119,14 @@ class BundleWriter:
         out = self.shards[shard]
         label = name or key
         if entry.offset + entry.size > src.size:
-            raise CorruptCheckpointError(f"bytes [{entry.offset}, {entry.offset + entry.size}) lie past the end of "
-                                         f"the {src.size}-byte shard", path=src.name, key=label, offset=entry.offset)
+            raise TruncatedError(f"bytes [{entry.offset}, {entry.offset + entry.size}) lie past the end of "
+                                 f"the {src.size}-byte shard", path=src.name, key=label, offset=entry.offset)
         with out.lock:
             start = out.offset
             if verify or not _copy_range(src, out, entry.offset, entry.size):
                 running = _copy_checked(src, out, entry.offset, entry.size, label)
                 if verify and running != unmask(entry.crc32c):
-                    raise CorruptCheckpointError(
+                    raise ChecksumError(
                         f"checksum does not match: stored {unmask(entry.crc32c):#010x}, computed {running:#010x}",
                         path=src.name, key=label, offset=entry.offset)
             new = Entry(entry.dtype, entry.shape, shard, start, entry.size, entry.crc32c)
@@ -209,7 +209,7 @@ def _copy_checked(src: Source, out: ShardFile, offset: int, size: int, key) -> i
         if readinto is not None:
             got = readinto(pos, buf[:n])
             if got != n:
-                raise CorruptCheckpointError(f"shard ends after {got} of {n} bytes", path=src.name, key=key, offset=pos)
+                raise TruncatedError(f"shard ends after {got} of {n} bytes", path=src.name, key=key, offset=pos)
             data = buf[:n]
         else:
             data = src.read(pos, n, key=key)
@@ -229,7 +229,7 @@ def _copy_range(src: Source, out: ShardFile, offset: int, size: int) -> bool:
         while done < size:
             n = os.copy_file_range(fd, out.fd, size - done, pos + done)
             if n == 0:
-                raise CorruptCheckpointError("shard ended early", path=src.name, offset=pos + done)
+                raise TruncatedError("shard ended early", path=src.name, offset=pos + done)
             done += n
     except OSError as exc:
         if done == 0 and exc.errno in (18, 22, 38, 95):  # EXDEV, EINVAL, ENOSYS, EOPNOTSUPP

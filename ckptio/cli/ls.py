@@ -23,12 +23,10 @@ def roles_of(ckpt) -> dict[str, str]:
 
     entries = ckpt.entries()
     if naming.OBJECT_GRAPH_KEY in entries:
-        try:
-            from ..objgraph import optimizer_keys
-            opt = optimizer_keys(ckpt)
-        except (ImportError, AttributeError):
-            opt = {n for n in entries if ".OPTIMIZER_SLOT/" in n or
-                   (n.startswith("optimizer/") and "/_trainable_variables/" not in n)}
+        # The graph, not key patterns, says what is optimizer state (FORMAT §9.5).
+        from ..objgraph import optimizer_keys
+
+        opt = optimizer_keys(ckpt)
         return {n: "graph" if n == naming.OBJECT_GRAPH_KEY else ("optimizer" if n in opt else "weight")
                 for n in entries}
     return {n: "optimizer" if role in (SLOT, OPTIMIZER) else role

@@ -55,18 +55,23 @@ def _module(name: str):
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # Only the chosen command's module is imported; --help of the top level imports none.
-    command = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(load_all=False)
-    if command in COMMANDS:
-        sub = parser._subparsers._group_actions[0].choices[command]
-        _module(COMMANDS[command][0]).add_arguments(command, sub)
+    # Only the chosen command's module is imported; the top-level --help imports none.
+    at = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
     try:
-        args = parser.parse_args(argv)
+        if at is None or at > 0 or argv[at] not in COMMANDS:
+            args = build_parser(load_all=False).parse_args(argv)
+        else:
+            command = argv[at]
+            module, help_text = COMMANDS[command]
+            parser = _Parser(prog=f"ckptio {command}", description=help_text)
+            _module(module).add_arguments(command, parser)
+            # Intermixed: options may sit between IN and OUT (`ckptio strip IN --force OUT`).
+            args = parser.parse_intermixed_args(argv[at + 1:])
+            args.command, args._module = command, module
     except SystemExit as exc:
         return int(exc.code or 0)
     if not args.command:
-        parser.print_help()
+        build_parser(load_all=False).print_help()
         return EXIT_USAGE
     from ..errors import CkptioError, OutputExistsError, PlanError
 

@@ -29,11 +29,14 @@ def add_arguments(name, p) -> None:
         g.add_argument("--ema", choices=("keep", "drop", "promote"), default="keep",
                        help="ExponentialMovingAverage shadows: keep (default), drop, or promote over the weights")
         g.add_argument("--optimizer-name", action="append", default=[], metavar="NAME",
-                       help="extra TF1 optimizer name used as slot suffix (V/NAME, V/NAME_1)")
+                       help="a custom optimizer: for TF1 checkpoints its name as slot suffix (V/NAME, V/NAME_1); "
+                            "for object-based ones its object path (e.g. model/optimizer)")
     if name in ("rename", "rewrite"):
         g = p.add_argument_group("rename")
         g.add_argument("--map", action="append", default=[], metavar="OLD=NEW",
-                       help="'old_scope/=new_scope/', '/=prefix/', 'exact=name', or a regex with --regex")
+                       help="'old_scope/=new_scope/', '/=prefix/', 'exact=name', or a regex with --regex; on "
+                            "TF2 object-based checkpoints the rules move object paths (as `ls --objects` shows "
+                            "them) and every key is rewritten to what TF would write")
         g.add_argument("--map-file", metavar="FILE", help="JSON object {old: new} of rules")
         g.add_argument("--regex", action="store_true", help="rules are regexes; NEW may use \\1 backreferences")
         g.add_argument("--allow-unmatched", action="store_true", help="accept rules that match no tensor")

@@ -28,8 +28,13 @@ class Block:
             raise self._error(f"bad restart count {count} for a {len(data)}-byte block")
         self.limit = len(data) - 4 - 4 * count
         self.restarts = struct.unpack_from(f"<{count}I", data, self.limit)
-        if any(r >= self.limit for r in self.restarts) and self.limit > 0:
-            raise self._error("restart offset points past the entries")
+        if self.limit > 0:
+            # Restart points are increasing entry offsets starting at 0; anything else would send
+            # the binary search of seek() into the middle of an entry.
+            if self.restarts[0] != 0:
+                raise self._error(f"first restart point is {self.restarts[0]}, not 0")
+            if any(a >= b for a, b in zip(self.restarts, self.restarts[1:])) or self.restarts[-1] >= self.limit:
+                raise self._error("restart points are out of order or point past the entries")
 
     def _error(self, message: str, at: int | None = None) -> CorruptCheckpointError:
         where = self.offset if at is None or self.offset is None else self.offset + at
@@ -61,6 +66,8 @@ class Block:
 
     def seek(self, target: bytes) -> Iterator[tuple[bytes, bytes]]:
         """Yield entries from the first key >= target (binary search over restart points)."""
+        if self.limit == 0:  # no entries (an empty block still has one restart at 0)
+            return
         keys = _RestartKeys(self)
         i = bisect.bisect_right(keys, target) - 1  # last restart whose key <= target
         start = self.restarts[max(i, 0)] if self.restarts else self.limit

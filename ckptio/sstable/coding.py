@@ -5,6 +5,8 @@ import struct
 
 import crc32c as _crc32c
 
+from ..errors import CorruptCheckpointError
+
 MASK_DELTA = 0xA282EAD8
 _U32 = struct.Struct("<I")
 
@@ -37,8 +39,8 @@ def encode_varint(value: int) -> bytes:
     return bytes(out)
 
 
-class VarintError(ValueError):
-    """A varint runs past its buffer or is longer than max_bytes."""
+class VarintError(CorruptCheckpointError):
+    """A varint runs past its buffer or is longer than max_bytes (a ValueError too)."""
 
 
 def decode_varint(buf, pos: int, limit: int, max_bytes: int = 10) -> tuple[int, int]:

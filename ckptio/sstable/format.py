@@ -21,6 +21,7 @@ TRAILER_SIZE = 5
 NO_COMPRESSION = 0
 SNAPPY_COMPRESSION = 1
 MAX_BLOCK_SIZE = 1 << 31  # far above any real block; caps allocation on hostile handles
+SNAPPY_MAX_RATIO = 22  # > 64/3, the most raw snappy can expand
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +103,17 @@ def _snappy_decompress(contents: bytes, path, offset: int, what: str) -> bytes:
         length = -1
     if length < 0 or length > MAX_BLOCK_SIZE:
         raise CorruptCheckpointError(f"{what} has a bad snappy length", path=path, offset=offset)
+    # A snappy element of n bytes yields at most 64/3 n bytes (a 3-byte copy of 64), so a larger
+    # declared length is a decompression bomb; refuse it before anything is allocated.
+    if length > SNAPPY_MAX_RATIO * len(contents):
+        raise CorruptCheckpointError(
+            f"{what} claims {length} bytes after snappy decompression from {len(contents)} (impossible)",
+            path=path, offset=offset)
     try:
-        return bytes(cramjam.snappy.decompress_raw(contents))
+        out = bytes(cramjam.snappy.decompress_raw(contents))
     except Exception as exc:  # cramjam raises its own DecompressionError
         raise CorruptCheckpointError(f"{what} snappy data is corrupt ({exc})", path=path, offset=offset) from None
+    if len(out) != length:
+        raise CorruptCheckpointError(f"{what} decompressed to {len(out)} bytes, expected {length}",
+                                     path=path, offset=offset)
+    return out

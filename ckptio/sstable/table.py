@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from ..errors import CorruptCheckpointError
 from .block import Block
 from .coding import VarintError
-from .format import FOOTER_SIZE, BlockHandle, Footer, read_block
+from .format import FOOTER_SIZE, TRAILER_SIZE, BlockHandle, Footer, read_block
 
 
 class Table:
@@ -25,6 +25,7 @@ class Table:
         index = Block(read_block(source, self.footer.index, what="index block", verify=verify),
                       path=path, offset=self.footer.index.offset)
         self.index: list[tuple[bytes, BlockHandle]] = []
+        data_end = 0
         for key, value in index.entries():
             try:
                 handle, _ = BlockHandle.decode(value, 0, len(value))
@@ -34,6 +35,14 @@ class Table:
             if self.index and key <= self.index[-1][0]:
                 raise CorruptCheckpointError("index block keys are not in order", path=path,
                                              offset=self.footer.index.offset)
+            # Data blocks lie back to back in key order before the metaindex and index. Holding
+            # the handles to that keeps a scan linear in the file size (no block read twice).
+            if handle.offset < data_end or handle.offset + handle.size + TRAILER_SIZE > self.footer.index.offset:
+                raise CorruptCheckpointError(
+                    f"index entry {len(self.index)} points at bytes [{handle.offset}, "
+                    f"{handle.offset + handle.size + TRAILER_SIZE}), overlapping another block or the index",
+                    path=path, offset=self.footer.index.offset)
+            data_end = handle.offset + handle.size + TRAILER_SIZE
             self.index.append((key, handle))
         self._separators = [key for key, _ in self.index]
 

@@ -1,0 +1,119 @@
+"""`ckptio ls --objects`: the TF2 object graph as a tree of paths, attributes, keys and slots.
+
+Paths are printed in key form with a trailing `/` (`model/layer_with_weights-0/`), exactly as
+`ckptio rename` takes them. Only the graph tensor is read; dtypes and shapes come from the index.
+"""
+from __future__ import annotations
+
+import json
+
+
+def describe_objects(ckpt) -> dict:
+    """The object graph as JSON-able data: nodes in tree order, with keys, dtypes and shapes."""
+    from ..bundle import dtypes, naming
+    from ..objgraph import ObjectGraph, find_optimizers, graph_problems, owned_keys, path_string
+
+    doc = {"path": ckpt.path, "object_based": False, "nodes": [], "problems": []}
+    data = ckpt.object_graph_bytes
+    if data is None:
+        return doc
+    graph = ObjectGraph.parse(data, path=ckpt.path)
+    entries = ckpt.entries()
+    owned = owned_keys(graph, set(entries) - {naming.OBJECT_GRAPH_KEY})
+    paths, tree = graph.spanning_tree()
+    prefixes = graph.key_prefixes()
+    optimizers = set(find_optimizers(graph))
+    shown = lambda nid: (path_string(paths[nid]) + "/") if nid in paths else None  # noqa: E731
+    aliases: dict[int, list[str]] = {}
+    for nid in paths:
+        for c in graph.nodes[nid].children:
+            if paths.get(c.node_id) != paths[nid] + (c.local_name,):
+                aliases.setdefault(c.node_id, []).append(path_string(paths[nid] + (c.local_name,)) + "/")
+
+    def tensor(key: str) -> dict:
+        # A legacy saveable's key is a prefix of its tensors (`.../table` -> `.../table-keys`, `-values`).
+        found = [{"key": k, "dtype": dtypes.name_of(entries[k].dtype), "shape": list(entries[k].shape)}
+                 for k, _ in owned.get(key, ())]
+        return {"checkpoint_key": key, "in_bundle": bool(found), "tensors": found}
+
+    def node_doc(nid: int, depth: int, slot_of=None) -> dict:
+        node = graph.nodes[nid]
+        return {
+            "id": nid, "depth": depth, "path": shown(nid), "key_prefix": prefixes.get(nid),
+            "aliases": aliases.get(nid, []), "optimizer": nid in optimizers, "slot_of": slot_of,
+            "children": [{"name": c.local_name, "id": c.node_id} for c in node.children],
+            "attributes": [{"name": a.name, "full_name": a.full_name, **tensor(a.checkpoint_key)}
+                           for a in node.attributes],
+            "slot_variables": [{"slot_name": s.slot_name, "variable_id": s.original_node,
+                                "variable_path": shown(s.original_node), "slot_id": s.slot_node}
+                               for s in node.slot_variables],
+            "registered_saver": list(node.registered_saver) if node.registered_saver else None,
+            "has_checkpoint_values": node.has_checkpoint_values,
+        }
+
+    order, seen = [], set()
+
+    def walk(nid: int, depth: int) -> None:  # iterative DFS in child order, for a readable tree
+        stack = [(nid, depth)]
+        while stack:
+            n, d = stack.pop()
+            seen.add(n)
+            order.append(node_doc(n, d))
+            for s in graph.nodes[n].slot_variables:
+                if s.slot_node not in seen:
+                    seen.add(s.slot_node)
+                    order.append(node_doc(s.slot_node, d + 1, slot_of={"optimizer_id": n, "slot_name": s.slot_name,
+                                                                        "variable_id": s.original_node}))
+            stack.extend((c.node_id, d + 1) for c in reversed(tree.get(n, [])))
+
+    walk(0, 0)
+    order += [node_doc(i, 0) for i in range(len(graph.nodes)) if i not in seen]  # unreachable: TF ignores them
+    doc.update(object_based=True, nodes=order,
+               problems=graph_problems(graph, set(entries) - {naming.OBJECT_GRAPH_KEY}))
+    return doc
+
+
+def print_objects(ckpt, out, as_json: bool) -> None:
+    """Write the object tree of an open Checkpoint to `out` (text, or one JSON object)."""
+    doc = describe_objects(ckpt)
+    if as_json:
+        json.dump(doc, out)
+        out.write("\n")
+        return
+    if not doc["object_based"]:
+        out.write(f"{ckpt.path}: not an object-based checkpoint (no _CHECKPOINTABLE_OBJECT_GRAPH); "
+                  "use `ckptio ls` for its tensors\n")
+        return
+    lines = []
+    for n in doc["nodes"]:
+        pad = "  " * n["depth"]
+        if n["slot_of"]:
+            s = n["slot_of"]
+            var = next((m["path"] for m in doc["nodes"] if m["id"] == s["variable_id"]), None)
+            head = f"slot {s['slot_name']!r} of {var or 'node %d' % s['variable_id']}"
+        elif n["path"] is None:
+            head = "(unreachable)"
+        else:
+            head = n["path"] if n["path"] != "/" else "(root)"
+        tags = [f"#{n['id']}"]
+        if n["optimizer"]:
+            tags.append("[optimizer]")
+        if n["aliases"]:
+            tags.append("also " + ", ".join(n["aliases"]))
+        if n["registered_saver"]:
+            tags.append(f"[registered saver {n['registered_saver'][0]}]")
+        if n["has_checkpoint_values"] is False and (n["attributes"] or n["slot_variables"]):
+            tags.append("[has_checkpoint_values=false]")
+        lines.append(f"{pad}{head}  {' '.join(tags)}")
+        for a in n["attributes"]:
+            full = f"  ({a['full_name']})" if a["full_name"] else ""
+            if not a["tensors"]:
+                lines.append(f"{pad}  = {a['name']}  MISSING  {a['checkpoint_key']}{full}")
+            for t in a["tensors"]:
+                lines.append(f"{pad}  = {a['name']}  {t['dtype']}{t['shape']}  {t['key']}{full}")
+    problems = doc["problems"]
+    lines.append(f"{sum(1 for n in doc['nodes'])} objects, "
+                 f"{sum(len(n['attributes']) for n in doc['nodes'])} attributes; "
+                 + (f"{len(problems)} problems:" if problems else "graph and bundle agree"))
+    lines += [f"  ! {p}" for p in problems]
+    out.write("\n".join(lines) + "\n")

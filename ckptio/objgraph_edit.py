@@ -1,0 +1,488 @@
+"""Edits of a TF2 object graph for a rewrite: select, strip optimizer, rename paths, map names.
+
+Every edit changes the structure first and then re-keys: a node whose key prefix (its first BFS
+path) moved gets its attributes' keys moved with it, so bundle keys are always what TensorFlow
+would write for the new structure (FORMAT.md §8, §10.6). Each attribute remembers the bundle key
+it was read from, which is how the final {source key: output key} mapping comes out.
+"""
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+from .bundle.naming import OBJECT_GRAPH_KEY
+from .errors import PlanError
+from .objgraph import (_ATTRIBUTES_SEP, Attribute, Child, Node, ObjectGraph, Path, _resolve_user_path,
+                       find_optimizers, owned_keys, parse_path, path_string)
+
+# Root-level step counters that --drop-global-step removes (TF1-eager `optimizer_step`, TF-Agents `train_step`).
+_STEP_EDGES = {"global_step", "step", "train_step", "optimizer_step"}
+
+
+class GraphPlan:
+    """An object graph being edited, and the bundle keys it is consistent with."""
+
+    def __init__(self, graph: ObjectGraph, entries: dict):
+        self.graph = graph
+        self.entries = entries  # source name -> Entry (for EMA promotion checks)
+        keys = set(entries) - {OBJECT_GRAPH_KEY}
+        self.owned = owned_keys(graph, keys)
+        claimed = {k for pairs in self.owned.values() for k, _ in pairs}
+        self.loose = {k: k for k in sorted(keys - claimed)}  # tensors no attribute names: plain renames
+        self.new_nodes_have_field = any(n.has_checkpoint_values is not None for n in graph.nodes)
+
+    # -- dispatch ------------------------------------------------------------------------------
+
+    def apply(self, step) -> None:
+        """Apply one ckptio.transform step (matched by class name: this module does not import it)."""
+        kind = type(step).__name__
+        if kind == "Cast":  # dtypes only; the graph does not record them
+            return
+        handler = {"Select": self.select, "StripOptimizer": self.strip, "Rename": self.rename,
+                   "MapNames": self.map_names}.get(kind)
+        if handler is None:
+            raise PlanError(f"step {kind} is not supported on object-based (TF2) checkpoints")
+        handler(step)
+
+    def result(self) -> tuple[dict[str, str], bytes]:
+        """({source key: output key} of every kept tensor, serialized graph), checked for collisions."""
+        g = self.graph
+        order = g.canonical_order()
+        if order != list(range(len(g.nodes))):
+            g.keep_only(order)  # number nodes as TF would for this structure
+        g.recompute_checkpoint_values()
+        mapping: dict[str, str] = {}
+        for nid, a in g.attributes():
+            if a.checkpoint_key != a.source and _ATTRIBUTES_SEP[1:] not in a.checkpoint_key:
+                raise PlanError("TensorFlow restores only keys containing '.ATTRIBUTES/'", key=a.checkpoint_key)
+            for src, suffix in self.owned.get(a.source, ()):
+                # Several attributes may share one tensor; the first (BFS order) decides its name.
+                if src in mapping and mapping[src] != a.checkpoint_key + suffix:
+                    a.checkpoint_key = mapping[src][:len(mapping[src]) - len(suffix)]
+                mapping.setdefault(src, a.checkpoint_key + suffix)
+        mapping.update(self.loose)
+        seen: dict[str, str] = {}
+        for src, dst in mapping.items():
+            if dst in seen:
+                raise PlanError(f"{seen[dst]!r} and {src!r} would both be written as {dst!r}", key=dst)
+            if dst == OBJECT_GRAPH_KEY or not dst:
+                raise PlanError(f"invalid output name {dst!r}", key=src)
+            seen[dst] = src
+        return mapping, g.serialize()
+
+    def dropped_sources(self) -> set[str]:
+        """Source keys that the edits so far have removed."""
+        live = {a.source for _, a in self.graph.attributes()}
+        return {k for src, pairs in self.owned.items() if src not in live for k, _ in pairs}
+
+    # -- structure edits, then re-keying ------------------------------------------------------------
+
+    def _edit(self, change: Callable[[], None], *, may_lose_values: bool = True) -> None:
+        """Run a structural change, drop what it made unreachable, and move keys with their nodes."""
+        g = self.graph
+        before = g.prefixes_by_node()
+        live_before = {g.nodes[i] for i in g.live()}
+        change()
+        live = g.live()
+        gone = [i for i, n in enumerate(g.nodes) if i not in live and n in live_before]
+        if gone and not may_lose_values:
+            lost = [a.checkpoint_key for i in gone for a in g.nodes[i].attributes]
+            if lost:
+                raise PlanError(f"this would drop {len(lost)} tensors no longer reachable from the root, e.g. "
+                                f"{lost[0]!r}; drop them with a select step first", key=lost[0])
+        if gone:
+            drop = set(gone)
+            g.keep_only([i for i in range(len(g.nodes)) if i not in drop])
+        self._rekey(before)
+
+    def _rekey(self, before: dict[Node, str]) -> None:
+        """Move canonical keys of every node whose key prefix changed; opaque keys stay verbatim."""
+        after = self.graph.prefixes_by_node()
+        for node in self.graph.nodes:
+            old, new = before.get(node), after.get(node)
+            if old is None or new is None or old == new:
+                continue
+            if node.registered_saver:
+                raise PlanError(f"object {old!r} has registered saver {node.registered_saver[0]!r}, which names "
+                                "its own tensors; ckptio cannot move it", key=old)
+            head = old + _ATTRIBUTES_SEP
+            for a in node.attributes:
+                if a.checkpoint_key.startswith(head):  # canonical: follows the node; else opaque, kept
+                    a.checkpoint_key = new + a.checkpoint_key[len(old):]
+
+    def _remove(self, doomed: set[int]) -> None:
+        """Delete nodes with every edge and slot reference into them (ids are compacted)."""
+        if 0 in doomed:
+            raise PlanError("the root object cannot be removed")
+        g = self.graph
+        g.keep_only([i for i in range(len(g.nodes)) if i not in doomed])
+
+    def _new_node(self) -> Node:
+        return Node(has_checkpoint_values=False if self.new_nodes_have_field else None)
+
+    # -- select ---------------------------------------------------------------------------------
+
+    def _tensors(self, a: Attribute) -> list[tuple[str, str]]:
+        """(current bundle name, suffix) of the tensors behind an attribute."""
+        return [(a.checkpoint_key + suffix, suffix) for _, suffix in self.owned.get(a.source, ())]
+
+    def select(self, step) -> None:
+        """Keep what step.keeps(); a dropped variable takes its attribute, and emptied nodes, along."""
+        self.loose = {s: d for s, d in self.loose.items() if step.keeps(d)}
+        drop = set()
+        for _, a in self.graph.attributes():
+            names = [n for n, _ in self._tensors(a)]
+            kept = [step.keeps(n) for n in names]
+            if names and not any(kept):
+                drop.add(a)
+            elif not all(kept):
+                raise PlanError(f"{names} are one saved object; select all of them or none", key=names[0])
+        self._drop_attributes(drop)
+
+    def _drop_attributes(self, drop: set[Attribute]) -> None:
+        """Remove attributes, then nodes left empty by that (and their edges), then unreachable nodes."""
+        if not drop:
+            return
+        emptied = set()
+        for node in self.graph.nodes:
+            if any(a in drop for a in node.attributes):
+                node.attributes = [a for a in node.attributes if a not in drop]
+                if not node.attributes:
+                    emptied.add(node)
+        self._edit(lambda: self._prune(emptied))
+
+    def _prune(self, emptied: set[Node]) -> None:
+        """Remove emptied nodes that hold nothing else, then parents left empty by that, with their edges."""
+        g = self.graph
+        for node in g.nodes:  # a slot whose value is gone is no slot
+            node.slot_variables = [s for s in node.slot_variables if g.nodes[s.slot_node] not in emptied]
+        slotted = {s.original_node for n in g.nodes for s in n.slot_variables}  # a kept slot needs its variable
+        parents = g.parents()
+        doomed: set[int] = set()
+        queue = deque(i for i, n in enumerate(g.nodes) if n in emptied)
+        while queue:
+            i = queue.popleft()
+            node = g.nodes[i]
+            if (i == 0 or i in doomed or i in slotted or node.has_own_values
+                    or any(c.node_id not in doomed for c in node.children)):
+                continue
+            doomed.add(i)
+            # Only containers that lose their last child here go; ones empty in the source stay.
+            queue.extend(p for p, _ in parents.get(i, ()) if not g.nodes[p].has_own_values)
+        self._remove(doomed)
+
+    # -- strip ----------------------------------------------------------------------------------
+
+    def strip(self, step) -> None:
+        """Remove optimizers (and the step counter or EMA if asked); keep what the model also reaches."""
+        g = self.graph
+        doomed = set(find_optimizers(g))
+        extra = tuple(getattr(step, "optimizer_names", ()) or ())
+        if extra:
+            doomed |= set(find_optimizers(g, extra))
+        if not getattr(step, "keep_global_step", True):
+            doomed |= {c.node_id for c in g.nodes[0].children if c.local_name in _STEP_EDGES}
+            doomed |= {i for i, a in g.attributes() if a.full_name == "global_step"}
+        if getattr(step, "ema", "keep") == "promote":
+            self._promote_ema(doomed)
+        if doomed:
+            self._edit(lambda: self._remove(doomed))
+
+    def _promote_ema(self, optimizers: set[int]) -> None:
+        """Take each model weight's value from its optimizer-kept moving average (Keras use_ema)."""
+        g = self.graph
+        pairs = []
+        for opt in optimizers:
+            kids = {c.local_name: c.node_id for c in g.nodes[opt].children}
+            if "_model_variables_moving_average" not in kids or "_trainable_variables" not in kids:
+                continue
+            # Keras 3 builds both lists from the same variable list, so index i pairs with index i.
+            averages = {c.local_name: c.node_id for c in g.nodes[kids["_model_variables_moving_average"]].children}
+            for c in g.nodes[kids["_trainable_variables"]].children:
+                if c.local_name in averages:
+                    pairs.append((c.node_id, averages[c.local_name]))
+        if not pairs:
+            raise PlanError("--ema promote: this object graph has no optimizer-kept moving averages that "
+                            "ckptio can pair with model weights")
+        for weight, average in pairs:
+            w, m = _value(g.nodes[weight]), _value(g.nodes[average])
+            if w is None or m is None:
+                continue
+            ew, em = self.entries.get(w.source), self.entries.get(m.source)
+            if ew is None or em is None or (ew.dtype, ew.shape) != (em.dtype, em.shape):
+                raise PlanError("moving average differs in dtype or shape from its weight", key=m.source)
+            w.source = m.source  # the weight's key now carries the average's bytes
+
+    # -- rename ---------------------------------------------------------------------------------
+
+    def rename(self, step) -> None:
+        """Scope rules move edges; exact and regex rules rename keys and the structure follows."""
+        used: set[int] = set()
+        new_loose = {}
+        for src, name in self.loose.items():
+            new, rule = step.rename(name)
+            if rule is not None:
+                used.add(rule)
+            new_loose[src] = new
+        self.loose = new_loose
+        scopes = [] if step.regex else [(i, o, n) for i, (o, n) in enumerate(step.rules) if o.endswith("/")]
+        if scopes:
+            used |= self._move_scopes(scopes)
+        singles = _single_rules(step, [i for i in range(len(step.rules)) if i not in {s[0] for s in scopes}])
+        if singles:
+            def fn(name: str) -> str:  # first matching rule wins, as for plain names
+                for i, single in singles:
+                    out, rule = single.rename(name)
+                    if rule is not None:
+                        used.add(i)
+                        return out
+                return name
+            self._map_keys(fn)
+        unused = [f"{o}={n}" for i, (o, n) in enumerate(step.rules) if i not in used]
+        if unused and not step.allow_unmatched:
+            raise PlanError("rename rule matches no object or tensor: " + ", ".join(unused) +
+                            " (pass --allow-unmatched to accept)")
+
+    def _move_scopes(self, scopes) -> set[int]:  # returns the indices of the rules that matched
+        """Literal `old/=new/` rules: move the edge at path old to path new (any path, aliases too)."""
+        g = self.graph
+        used, moves, reroot = set(), [], None
+        for i, old, new in scopes:
+            if ".OPTIMIZER_SLOT" in old:
+                raise PlanError("slot variables are named after their variable and optimizer; rename those",
+                                key=old)
+            if old == "/" or new == "/":
+                if reroot is not None or len(scopes) > 1:
+                    raise PlanError("moving the root ('/') must be the only rule of its rename step")
+                reroot = (i, old, new)
+                continue
+            found = self._edge_at(old)
+            if found is None or any(found[1] is m[1] for m in moves):
+                continue  # unmatched, or an earlier rule moves this edge already (first match wins)
+            parent, edge, via_alias = found
+            target = parse_path(new)
+            if via_alias and target[:1] == ("root",):
+                target = target[1:]  # `root/` meant node 0 on both sides
+            used.add(i)
+            moves.append((parent, edge, target))
+        if reroot is not None:
+            i, old, new = reroot
+            if old == "/":
+                self._edit(lambda: self._reroot_under(parse_path(new)), may_lose_values=False)
+                used.add(i)
+            else:
+                nid = _resolve_user_path(g, old)
+                if nid is not None:
+                    self._edit(lambda: self._reroot_at(nid), may_lose_values=False)
+                    used.add(i)
+        if moves:
+            self._edit(lambda: self._move_edges(moves), may_lose_values=False)
+        return used
+
+    def _edge_at(self, text: str) -> tuple[int, Child, bool] | None:
+        """(parent id, edge, whether `root/` was read as node 0) for a user path; a real edge wins."""
+        path = parse_path(text)
+        for p, alias in ((path, False), (path[1:] if path[:1] == ("root",) else (), True)):
+            if p:
+                parent = self.graph.resolve(p[:-1])
+                if parent is not None:
+                    edge = next((c for c in self.graph.nodes[parent].children if c.local_name == p[-1]), None)
+                    if edge is not None:
+                        return parent, edge, alias
+        return None
+
+    def _move_edges(self, moves: list[tuple[int, Child, Path]]) -> None:
+        """Detach every edge first, then attach each at its new path (so swaps work)."""
+        g = self.graph
+        slots = {}
+        for parent, edge, _ in moves:
+            siblings = g.nodes[parent].children
+            slots[id(edge)] = (parent, siblings.index(edge))
+            siblings.remove(edge)
+        for parent, edge, new in moves:
+            if not new:
+                raise PlanError("an object cannot be moved onto the root; use '/' as the old scope instead",
+                                key=path_string(new))
+            target = self._ensure(new[:-1])
+            # Graphs may already hold cycles (Checkpoint(root=m) has an edge `root` to itself); only
+            # refuse one this move would make.
+            if _reaches(g, edge.node_id, target):
+                raise PlanError("this would put an object inside itself", key=path_string(new) + "/")
+            siblings = g.nodes[target].children
+            clash = next((c for c in siblings if c.local_name == new[-1]), None)
+            if clash is not None:
+                if clash.node_id == edge.node_id:
+                    continue
+                raise PlanError("an object already exists at this path", key=path_string(new) + "/")
+            moved = Child(edge.node_id, new[-1], edge.extra)
+            old_parent, index = slots[id(edge)]
+            # Renamed in place keeps its position, so BFS order (and with it every key) stays as TF's.
+            siblings.insert(min(index, len(siblings)) if target == old_parent else len(siblings), moved)
+
+    def _ensure(self, path: Path) -> int:
+        """The node at path, creating empty container nodes on the way."""
+        g, nid = self.graph, 0
+        for name in path:
+            nxt = next((c.node_id for c in g.nodes[nid].children if c.local_name == name), None)
+            if nxt is None:
+                g.nodes.append(self._new_node())
+                nxt = len(g.nodes) - 1
+                g.nodes[nid].children.append(Child(nxt, name))
+            nid = nxt
+        return nid
+
+    def _reroot_under(self, path: Path) -> None:
+        """`/=model/`: a new root whose path `model` leads to the old root (save_weights -> Checkpoint)."""
+        if not path:
+            return
+        g = self.graph
+        g.nodes.append(g.nodes[0])
+        g.nodes[0] = self._new_node()
+        _swap_ids(g, 0, len(g.nodes) - 1)
+        old_root = len(g.nodes) - 1
+        g.nodes[self._ensure(path[:-1])].children.append(Child(old_root, path[-1]))
+
+    def _reroot_at(self, nid: int) -> None:
+        """`model/=/`: the node at model becomes the root (Checkpoint -> save_weights layout)."""
+        g = self.graph
+        g.nodes[0], g.nodes[nid] = g.nodes[nid], g.nodes[0]
+        _swap_ids(g, 0, nid)
+
+    # -- map names (and exact / regex renames) -----------------------------------------------------
+
+    def map_names(self, step) -> None:
+        """MapNames(fn): fn renames (or drops, with None) bundle keys; objects move to match."""
+        self._map_keys(step.fn)
+
+    def _map_keys(self, fn: Callable[[str], str | None]) -> None:
+        """Rename tensors by a function of their names and move objects so TF would write those names.
+
+        Each object whose keys all move the same way moves as a whole (its edge is renamed); the
+        result is checked by re-deriving every key, and PlanError names one that cannot be had.
+        """
+        new_loose = {}
+        for src, name in self.loose.items():
+            new = _call(fn, name)
+            if new is not None:
+                new_loose[src] = new
+        self.loose = new_loose
+        g = self.graph
+        drop, target = set(), {}
+        for _, a in g.attributes():
+            tensors = self._tensors(a)
+            if not tensors:
+                continue  # names nothing in the bundle: leave it alone
+            news = [_call(fn, name) for name, _ in tensors]
+            if all(n is None for n in news):
+                drop.add(a)
+                continue
+            heads = {n[:len(n) - len(s)] if n is not None and n.endswith(s) else None
+                     for n, (_, s) in zip(news, tensors)}
+            if len(heads) != 1 or None in heads:
+                raise PlanError(f"{[t for t, _ in tensors]} are one saved object and must be renamed alike",
+                                key=tensors[0][0])
+            head = heads.pop()
+            if head != a.checkpoint_key:
+                target[a] = head
+        self._drop_attributes(drop)
+        if not target:
+            return
+        prefixes, paths = g.key_prefixes(), g.first_paths()
+        want: dict[int, Path] = {}
+        canonical = set()
+        for nid, a in g.attributes():
+            prefix = prefixes.get(nid)
+            if prefix is None or not a.checkpoint_key.startswith(prefix + _ATTRIBUTES_SEP):
+                continue  # an opaque key: it is renamed verbatim below
+            canonical.add(a)
+            if nid not in paths:
+                continue  # slot keys follow their variable and optimizer
+            tail = a.checkpoint_key[len(prefix):]
+            new = target.get(a, a.checkpoint_key)
+            if not new.endswith(tail):
+                raise PlanError(f"renaming {a.checkpoint_key!r} to {new!r} changes the attribute part {tail!r}; "
+                                "only object paths can be renamed", key=a.checkpoint_key)
+            path = parse_path(new[:len(new) - len(tail)])
+            if want.setdefault(nid, path) != path:
+                raise PlanError(f"the attributes of object {prefix!r} would be renamed to different objects",
+                                key=a.checkpoint_key)
+        moves = _derive_moves(g, want)
+        if moves:
+            self._edit(lambda: self._move_edges(moves), may_lose_values=False)
+        for a, new in target.items():
+            if a.checkpoint_key == new:
+                continue
+            if a in canonical:
+                raise PlanError(f"no object structure makes TensorFlow write {new!r} here (it would write "
+                                f"{a.checkpoint_key!r}); rename whole object paths instead", key=new)
+            a.checkpoint_key = new
+
+
+def _value(node: Node) -> Attribute | None:
+    return next((a for a in node.attributes if a.name == "VARIABLE_VALUE"), None)
+
+
+def _call(fn, name: str) -> str | None:
+    new = fn(name)
+    if new is not None and (not isinstance(new, str) or not new):
+        raise PlanError(f"name function returned {new!r}", key=name)
+    return new
+
+
+def _single_rules(step, indices) -> list[tuple[int, object]]:
+    """One-rule copies of a Rename step, so each rule keeps the step's own matching semantics."""
+    from dataclasses import replace
+
+    return [(i, replace(step, rules=(step.rules[i],), allow_unmatched=True)) for i in indices]
+
+
+def _swap_ids(g: ObjectGraph, a: int, b: int) -> None:
+    swap = {a: b, b: a}
+    for n in g.nodes:
+        for c in n.children:
+            c.node_id = swap.get(c.node_id, c.node_id)
+        for s in n.slot_variables:
+            s.original_node = swap.get(s.original_node, s.original_node)
+            s.slot_node = swap.get(s.slot_node, s.slot_node)
+
+
+def _reaches(g: ObjectGraph, start: int, goal: int) -> bool:
+    seen, todo = {start}, [start]
+    while todo:
+        nid = todo.pop()
+        if nid == goal:
+            return True
+        for c in g.nodes[nid].children:
+            if c.node_id not in seen:
+                seen.add(c.node_id)
+                todo.append(c.node_id)
+    return False
+
+
+def _derive_moves(g: ObjectGraph, want: dict[int, Path]) -> list[tuple[int, Child, Path]]:
+    """Edge moves that put every node of `want` at its wanted path, moving whole subtrees when they agree.
+
+    Bottom-up over the first-path spanning tree, each node learns the one path its subtree asks
+    for (or that it is torn); top-down, the highest agreeing node whose path changes is moved.
+    """
+    paths, tree = g.spanning_tree()
+    torn = ("\x00torn",)  # no real path: local names never reach here with a NUL-only marker
+    ask: dict[int, Path] = {}  # node -> the path its subtree wants, or torn; absent: no opinion
+    for nid in sorted(paths, key=lambda n: -len(paths[n])):
+        votes = {want[nid]} if nid in want else set()
+        for edge in tree.get(nid, ()):
+            v = ask.get(edge.node_id)
+            if v is not None:
+                votes.add(v[:-1] if v is not torn and v and v[-1] == edge.local_name else torn)
+        if votes:
+            ask[nid] = votes.pop() if len(votes) == 1 else torn
+    moves = []
+    queue = deque((0, edge, (edge.local_name,)) for edge in tree.get(0, ()))
+    while queue:
+        parent, edge, where = queue.popleft()
+        v = ask.get(edge.node_id)
+        if v is torn:
+            queue.extend((edge.node_id, e, where + (e.local_name,)) for e in tree.get(edge.node_id, ()))
+        elif v is not None and v != where:
+            moves.append((parent, edge, v))
+    return moves
