@@ -158,8 +158,7 @@ class Checkpoint(Mapping):
     def _read(self, name: str, entry: Entry):
         if not entry.slices:
             return self._reader.read_entry(name, entry)
-        return assemble(name, entry, [(s, self._read_slice(name, entry, s)) for s in entry.slices],
-                        path=self.path)
+        return assemble(name, entry, lambda s: self._read_slice(name, entry, s), path=self.path)
 
     def _read_slice(self, name: str, entry: Entry, s: Slice):
         expected = s.shape(entry.shape)
@@ -195,31 +194,22 @@ class Checkpoint(Mapping):
             yield from_bytes(buffered, info, shape, big_endian=big)
 
 
-def assemble(name: str, entry: Entry, parts, *, path=None):
-    """Build a full tensor from (slice, array) pieces that must tile it exactly."""
+def assemble(name: str, entry: Entry, read_piece, *, path=None):
+    """Build a full tensor from its stored slices, which must tile it exactly; read_piece(s) -> array."""
     import numpy as np
 
+    from .bundle.slices import tiling_problem
+
+    problem = tiling_problem(entry.shape, entry.slices)  # before allocating anything
+    if problem:
+        raise CorruptCheckpointError(problem, path=path, key=name)
     info = entry.dtype_info
-    shape = entry.shape
-    out = np.empty(shape, dtype=info.numpy()) if info else None
-    if out is None:
+    if info is None:
         raise UnsupportedError("unknown dtype", path=path, key=name)
-    covered = 0
-    seen = []
-    for s, arr in parts:
-        bounds = s.bounds(shape)
-        for other in seen:
-            if all(a0 < b1 and b0 < a1 for (a0, a1), (b0, b1) in zip(bounds, other)):
-                raise CorruptCheckpointError(f"slices overlap at {s.spec()}", path=path, key=name)
-        seen.append(bounds)
-        out[tuple(slice(a, b) for a, b in bounds) + (Ellipsis,)] = arr  # Ellipsis: 0-d object arrays too
-        size = 1
-        for a, b in bounds:
-            size *= b - a
-        covered += size
-    if covered != entry.num_elements:
-        raise CorruptCheckpointError(f"stored slices cover {covered} of {entry.num_elements} elements",
-                                     path=path, key=name)
+    out = np.empty(entry.shape, dtype=info.numpy())
+    for s in entry.slices:
+        index = tuple(slice(a, b) for a, b in s.bounds(entry.shape))
+        out[index + (Ellipsis,)] = read_piece(s)  # Ellipsis: 0-d object arrays too
     return out
 
 

@@ -4,7 +4,6 @@ Unlike TensorFlow, which stops at the first bad checksum, this collects every pr
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -91,8 +90,14 @@ def _verify_v2(ckpt, report: Report, progress) -> None:
                 report.add(exc, key=name)
                 continue
             (slices if key[:1] == b"\x00" else entries)[key if key[:1] == b"\x00" else name] = entry
+    from .bundle.slices import tiling_problem
+
     referenced = set()
     for name, entry in entries.items():
+        if entry.slices:
+            problem = tiling_problem(entry.shape, entry.slices)
+            if problem:
+                report.add(problem, path=path, key=name)
         for s in entry.slices:
             k = slice_key(name, s)
             referenced.add(k)
@@ -143,13 +148,14 @@ def _check_shards(reader, entries, slices, report: Report) -> None:
         if not e.slices:
             need[e.shard_id] = max(need.get(e.shard_id, 0), e.offset + e.size)
     for shard in range(reader.header.num_shards):
-        p = reader.shard_path(shard)
-        if not os.path.exists(p):
-            report.add("data shard is missing", path=p)
+        try:
+            size = reader.shard(shard).size  # through the reader's sources: local, archive or remote
+        except CkptioError as exc:
+            report.add(exc)
             continue
-        size = os.path.getsize(p)
         if size < need.get(shard, 0):
-            report.add(f"shard is {size} bytes but entries need {need[shard]} (truncated)", path=p)
+            report.add(f"shard is {size} bytes but entries need {need[shard]} (truncated)",
+                       path=reader.shard_path(shard))
     for shard in need:
         if shard >= reader.header.num_shards:
             report.add(f"entries use shard {shard} but the header says {reader.header.num_shards} shards",
