@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import stat
 import threading
@@ -123,6 +124,7 @@ class AtomicFiles:
         self.directory = os.fspath(directory) or "."
         self._pending: list[tuple[str, str]] = []  # (temp path, final path)
         self._token = f"{os.getpid()}-{secrets.token_hex(4)}"
+        remove_stale_temps(self.directory)
 
     def create(self, final_path) -> tuple[str, int]:
         """Open a new temp file for final_path; return (temp path, fd)."""
@@ -172,6 +174,34 @@ class AtomicFiles:
             except FileNotFoundError:
                 pass
         self._pending = []
+
+
+_TEMP_RE = re.compile(r"^\..+\.ckptio-tmp-(\d+)-[0-9a-f]{8}$")
+
+
+def remove_stale_temps(directory: str) -> None:
+    """Delete temp files left by writers that were killed (their process no longer exists)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        m = _TEMP_RE.match(name)
+        if m and not _alive(int(m[1])):
+            try:
+                os.unlink(os.path.join(directory, name))
+            except OSError:
+                pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _fsync_dir(directory: str) -> None:
