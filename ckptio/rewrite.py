@@ -179,7 +179,12 @@ def rewrite(src, dst, steps=(), *, num_shards: int | None = 1, max_shard_size: i
     """Write a new checkpoint at prefix dst from src through steps; returns a Report."""
     started = time.perf_counter()
     from .checkpoint import open as open_checkpoint
+    from .sources import is_special
 
+    if dst is not None and not dry_run and is_special(dst):  # a .tar.zst to pack or a URL to upload to
+        from .sources import rewrite_special
+        return rewrite_special(src, dst, steps, num_shards=num_shards, max_shard_size=max_shard_size, force=force,
+                               progress=progress, verify=verify)
     ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src)
     try:
         plan = make_plan(ckpt, steps)
@@ -221,12 +226,14 @@ def execute(plan: Plan, dst: str, *, num_shards=1, max_shard_size=None, force=Fa
                 _write_piece(ckpt, writer, piece, shard, verify)
                 tick(piece.size)
 
-        if len(groups) > 1:
+        # Forward-only sources (archives) are read by one thread in source order.
+        if len(groups) > 1 and not getattr(ckpt, "sequential", False):
             with ThreadPoolExecutor(max_workers=min(len(groups), os.cpu_count() or 2, 4)) as pool:
                 for f in [pool.submit(run, i) for i in range(len(groups))]:
                     f.result()
         else:
-            run(0)
+            for i in range(len(groups)):
+                run(i)
         for name, meta in plan.metadata.items():
             writer.add_entry(name, meta)
         if plan.graph is not None:

@@ -111,7 +111,10 @@ def _verify_v2(ckpt, report: Report, progress) -> None:
             except SliceKeyError:
                 label = repr(k)
             report.add("stray slice entry that no tensor lists", path=path, key=label)
-    _check_shards(reader, entries, slices, report)
+    # An archive's shards are read in one forward pass: check their sizes after the data.
+    sequential = getattr(ckpt, "sequential", False)
+    if not sequential:
+        _check_shards(reader, entries, slices, report)
     pieces = [(name, e) for name, e in entries.items() if not e.slices]
     pieces += [(_slice_label(k), e) for k, e in slices.items()]
     pieces.sort(key=lambda p: (p[1].shard_id, p[1].offset))
@@ -131,6 +134,8 @@ def _verify_v2(ckpt, report: Report, progress) -> None:
                 progress(entry.size)
         except CkptioError as exc:
             report.add(exc, key=name.split("[", 1)[0] if name.endswith("]") else name)
+    if sequential:
+        _check_shards(reader, entries, slices, report)
 
 
 def _slice_label(key: bytes) -> str:

@@ -23,14 +23,27 @@ def roles_of(ckpt) -> dict[str, str]:
 
     entries = ckpt.entries()
     if naming.OBJECT_GRAPH_KEY in entries:
-        # The graph, not key patterns, says what is optimizer state (FORMAT §9.5).
-        from ..objgraph import optimizer_keys
+        if getattr(ckpt, "sequential", False):
+            # An archive: the graph sits at the end of the data, and reading it would decompress
+            # everything; ls reads only the index, so it goes by TF2 key patterns instead.
+            opt = {n for n in entries if _looks_like_optimizer(n)}
+        else:
+            # The graph, not key patterns, says what is optimizer state (FORMAT §9.5).
+            from ..objgraph import optimizer_keys
 
-        opt = optimizer_keys(ckpt)
+            opt = optimizer_keys(ckpt)
         return {n: "graph" if n == naming.OBJECT_GRAPH_KEY else ("optimizer" if n in opt else "weight")
                 for n in entries}
     return {n: "optimizer" if role in (SLOT, OPTIMIZER) else role
             for n, (role, _) in classify(entries).items()}
+
+
+def _looks_like_optimizer(key: str) -> bool:
+    """TF2 key patterns of optimizer state: a slot, or a path through an object named *optimizer."""
+    if "/.OPTIMIZER_SLOT/" in key:
+        return True
+    parts = key.split("/.ATTRIBUTES/")[0].split("/")
+    return any(p.lower().endswith("optimizer") for p in parts) and "_trainable_variables" not in parts
 
 
 def run(args) -> int:

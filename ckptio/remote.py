@@ -1,0 +1,619 @@
+"""Checkpoints in remote storage through fsspec: gs://, s3://, http(s)://, memory:// and the rest.
+
+Needs the optional extra `ckptio[remote]` (fsspec; http(s) also needs aiohttp, gs:// gcsfs,
+s3:// s3fs). Every read is a byte range (`fs.cat_file(path, start, end)`), so opening a
+checkpoint reads the .index's footer, index block and first block; listing reads the rest of
+the .index; reading one tensor is one range request for exactly its bytes. A prefix URL
+resolves like a local path: `P` (with `P.index`), `P.index`, `P.data-*`, a directory with a
+`checkpoint` state file, a SavedModel directory, or a V1 table file.
+
+Writes commit only when complete: data shards first, the .index last (it is what makes a
+checkpoint visible), each to a temp name renamed into place at the end where the filesystem
+renames cheaply (local, memory, sftp, hdfs ...). Object stores (s3, gs, azure ...) "rename"
+by copying, so there the files are written under their final names, data first and index
+last; one PUT is atomic on those stores, so the index PUT is the commit.
+
+URLs with a query string (signed URLs) are not supported: file names are built by appending
+`.index` / `.data-...` to the prefix.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+from .bundle import naming
+from .bundle.paths import Located
+from .checkpoint import Checkpoint
+from .errors import (CheckpointNotFoundError, CkptioError, OutputExistsError, TruncatedError, UnsupportedError,
+                     WriteError, WrongFileError)
+from .io import Source
+from .sstable.format import MAGIC_BYTES
+
+CHUNK = 8 << 20
+INDEX_PREFETCH = 16 << 20   # an .index (or V1 table) up to this size is fetched whole, in one request
+MAX_STATE_FILE = 1 << 20
+OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "r2", "b2",
+                           "http", "https"})
+_V1_SHARD_RE = re.compile(r"^(?P<base>.+)-(?P<shard>\d{5})-of-(?P<count>\d{5})$")
+
+
+def filesystem(url: str, **storage_options):
+    """(fsspec filesystem, path within it) for a URL; UnsupportedError without fsspec or its backend."""
+    try:
+        import fsspec
+    except ImportError:
+        raise UnsupportedError("remote paths need fsspec: pip install 'ckptio[remote]'", path=url) from None
+    try:
+        return fsspec.core.url_to_fs(url, **storage_options)
+    except ImportError as exc:
+        raise UnsupportedError(f"this URL needs a package that is not installed ({exc})", path=url) from None
+    except ValueError as exc:
+        raise UnsupportedError(f"cannot open this URL ({exc})", path=url) from None
+
+
+def _protocols(fs) -> set[str]:
+    p = fs.protocol
+    return {p} if isinstance(p, str) else set(p)
+
+
+def _io_error(exc: Exception, what: str, url: str) -> OSError:
+    return OSError(errno.EIO, f"{what}: {type(exc).__name__}: {exc}", url)
+
+
+class RemoteSource(Source):
+    """A remote file read by byte ranges; `requests` counts the requests, `bytes_read` the bytes fetched.
+
+    prefetch=True fetches the whole file in one request up front and serves reads from that copy
+    (used for a small .index, which is read block by block, some blocks twice).
+    """
+
+    def __init__(self, fs, path: str, *, name: str | None = None, size: int | None = None,
+                 prefetch: bool = False):
+        super().__init__()
+        self.fs, self.path = fs, path
+        self.name = name or path
+        self.requests = 0
+        self.size = size if size is not None else _Store(fs).size(self.path, self.name)
+        self._data = None
+        if prefetch:
+            data = self._fetch(0, self.size)
+            if len(data) != self.size:
+                raise TruncatedError(f"read {len(data)} of {self.size} bytes", path=self.name, offset=0)
+            self._data = memoryview(data)
+            self.bytes_read = len(data)
+
+    def read(self, offset: int, length: int, *, key=None) -> bytes:
+        data = super().read(offset, length, key=key)
+        if self._data is not None:  # served from the prefetched copy: nothing more was fetched
+            with self._lock:
+                self.bytes_read -= len(data)
+        return data
+
+    @classmethod
+    def from_url(cls, url: str, **storage_options) -> "RemoteSource":
+        fs, path = filesystem(url, **storage_options)
+        return cls(fs, path, name=url)
+
+    def _pread(self, offset: int, length: int) -> bytes:
+        if self._data is not None:
+            return bytes(self._data[offset:offset + length])
+        return self._fetch(offset, length)
+
+    def _fetch(self, offset: int, length: int) -> bytes:
+        if length == 0:
+            return b""
+        try:
+            data = self.fs.cat_file(self.path, start=offset, end=offset + length)
+        except FileNotFoundError:
+            raise CheckpointNotFoundError("file is gone", path=self.name) from None
+        except Exception as exc:
+            raise _io_error(exc, f"cannot read bytes [{offset}, {offset + length})", self.name) from None
+        with self._lock:
+            self.requests += 1
+        if len(data) > length and len(data) == self.size:
+            data = data[offset:offset + length]  # the server ignored the Range header and sent everything
+        return bytes(data)
+
+
+class _Store:
+    """Existence and size checks on one filesystem, remembering sizes already asked for."""
+
+    def __init__(self, fs):
+        self.fs = fs
+        self._info: dict[str, dict | None] = {}
+
+    def strip(self, url: str) -> str:
+        return self.fs._strip_protocol(url)
+
+    def info(self, url: str) -> dict | None:
+        if url not in self._info:
+            try:
+                self._info[url] = self.fs.info(self.strip(url))
+            except FileNotFoundError:
+                self._info[url] = None
+            except Exception as exc:
+                raise _io_error(exc, "cannot stat", url) from None
+        return self._info[url]
+
+    def is_file(self, url: str) -> bool:
+        info = self.info(url)
+        return info is not None and info.get("type") != "directory"
+
+    def size(self, url: str, name: str | None = None) -> int:
+        info = self.info(url)
+        if info is None or info.get("type") == "directory":
+            raise CheckpointNotFoundError("no such file", path=name or url)
+        if info.get("size") is None:
+            raise UnsupportedError("the server does not report this file's size", path=name or url)
+        return int(info["size"])
+
+    def glob(self, pattern_url: str, regex: re.Pattern) -> list[str]:
+        """Names (basenames) in pattern_url's directory matching a `*` glob and then regex."""
+        try:
+            found = self.fs.glob(self.strip(pattern_url))
+        except Exception:  # listing is not available everywhere (plain http servers)
+            return []
+        return sorted({p.rstrip("/").rsplit("/", 1)[-1] for p in found
+                       if regex.fullmatch(p.rstrip("/").rsplit("/", 1)[-1])})
+
+
+def _join(url: str, name: str) -> str:
+    return url.rstrip("/") + "/" + name
+
+
+def _dirname(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[0]
+
+
+def _basename(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[-1]
+
+
+# -- resolving a URL -----------------------------------------------------------------------------
+
+
+def resolve_remote(url: str, fs=None, *, store: _Store | None = None) -> Located:
+    """Find the checkpoint a URL names, as paths.resolve does for local paths."""
+    if store is None:
+        store = _Store(fs if fs is not None else filesystem(url)[0])
+    return _resolve(url, store, 0)
+
+
+def _resolve(url: str, store: _Store, depth: int) -> Located:
+    if depth > 3:
+        raise CheckpointNotFoundError("'checkpoint' state files point at each other", path=url)
+    if not url.endswith("/"):
+        if store.is_file(naming.index_path(url)):
+            return Located("v2", url)
+        if url.endswith(".index") and store.is_file(url):
+            return Located("v2", url[:-len(".index")])
+        split = naming.split_data_path(url)
+        if split is not None:
+            if store.is_file(naming.index_path(split[0])):
+                return Located("v2", split[0])
+            raise CheckpointNotFoundError(f"this is a data shard but {naming.index_path(split[0])} is missing; "
+                                          "the .index file is needed to read it", path=url)
+        if store.is_file(url):
+            size = store.size(url)
+            if size >= 48 and RemoteSource(store.fs, store.strip(url), name=url, size=size).read(size - 8, 8) \
+                    == MAGIC_BYTES:
+                m = _V1_SHARD_RE.match(url)
+                if m:
+                    names = store.glob(f"{m['base']}-*-of-{m['count']}", re.compile(
+                        re.escape(_basename(m["base"])) + rf"-\d{{5}}-of-{m['count']}"))
+                    return Located("v1", m["base"], tuple(_join(_dirname(url), n) for n in names) or (url,))
+                return Located("v1", url, (url,))
+            if not _protocols(store.fs) & {"http", "https"}:  # over http a directory URL answers with a page
+                raise WrongFileError("not a TensorFlow checkpoint (no table footer); pass a checkpoint prefix, "
+                                     "its .index file, or its directory", path=url)
+    return _resolve_dir(url.rstrip("/"), store, depth)
+
+
+def _resolve_dir(url: str, store: _Store, depth: int) -> Located:
+    state = _join(url, "checkpoint")
+    if store.is_file(state):
+        named = _read_state(state, store)
+        if named:
+            candidates = [named if "://" in named else _join(url, _basename(named))]
+            if "://" not in named and not named.startswith("/"):
+                candidates.insert(0, _join(url, named))
+            for c in dict.fromkeys(candidates):
+                if store.is_file(naming.index_path(c)) or store.is_file(c):
+                    return _resolve(c, store, depth + 1)
+            raise CheckpointNotFoundError(f"the 'checkpoint' state file names {named!r}, which does not exist",
+                                          path=state)
+    saved_model = _join(url, "variables/variables")
+    if store.is_file(naming.index_path(saved_model)):
+        return Located("v2", saved_model)
+    indexes = store.glob(_join(url, "*.index"), re.compile(r".+\.index"))
+    if len(indexes) == 1:
+        return Located("v2", _join(url, indexes[0][:-len(".index")]))
+    if indexes:
+        names = ", ".join(i[:-len(".index")] for i in indexes[:5])
+        raise CheckpointNotFoundError(f"directory holds {len(indexes)} checkpoints and no usable 'checkpoint' "
+                                      f"state file; pass one prefix: {names}", path=url)
+    shards = store.glob(f"{url}-*-of-*", re.compile(re.escape(_basename(url)) + r"-\d{5}-of-\d{5}"))
+    if shards:
+        return Located("v1", url, tuple(_join(_dirname(url), n) for n in shards))
+    raise CheckpointNotFoundError("no checkpoint here (no .index file, no 'checkpoint' state file, "
+                                  "no variables/variables.index, no V1 file)", path=url)
+
+
+def _read_state(state_url: str, store: _Store) -> str | None:
+    from google.protobuf import text_format
+
+    from ._proto.checkpoint_state_pb2 import CheckpointState
+
+    size = store.size(state_url)
+    if size > MAX_STATE_FILE:
+        raise WrongFileError(f"'checkpoint' state file of {size} bytes (cap {MAX_STATE_FILE})", path=state_url)
+    data = RemoteSource(store.fs, store.strip(state_url), name=state_url, size=size).read(0, size)
+    try:
+        state = text_format.Parse(data.decode("utf-8"), CheckpointState())
+    except (UnicodeDecodeError, text_format.ParseError) as exc:
+        raise WrongFileError(f"cannot parse the 'checkpoint' state file ({exc})", path=state_url) from None
+    return state.model_checkpoint_path or None
+
+
+def open_remote(url: str, **storage_options) -> Checkpoint:
+    """Open a remote checkpoint lazily; storage_options go to fsspec (credentials, endpoints ...)."""
+    fs, _ = filesystem(url, **storage_options)
+    store = _Store(fs)
+    located = resolve_remote(url, store=store)
+
+    def open_source(u: str) -> Source:
+        size = store.size(u)
+        # A small .index (or V1 table, whose values sit inside its blocks) is fetched whole, in one request.
+        metadata = u == naming.index_path(located.prefix) if located.format == "v2" else u in located.files
+        prefetch = metadata and size <= INDEX_PREFETCH
+        return RemoteSource(fs, store.strip(u), name=u, size=size, prefetch=prefetch)
+
+    return Checkpoint(url, located=located, open_source=open_source)
+
+
+# -- writing -------------------------------------------------------------------------------------
+
+
+def renames_cheaply(fs) -> bool:
+    """False for object stores, where a rename is a server-side copy."""
+    return not (_protocols(fs) & OBJECT_STORES)
+
+
+class RemoteFiles:
+    """Files written to a filesystem and committed in the order they were written.
+
+    With temp names (where renames are cheap), each file goes to a hidden temp name beside
+    its final one, and commit() renames them into place in order. Without, files are written
+    under their final names and the caller writes the commit file (the .index) last.
+    """
+
+    def __init__(self, fs, *, use_temp: bool | None = None):
+        self.fs = fs
+        self.store = _Store(fs)
+        self.use_temp = renames_cheaply(fs) if use_temp is None else use_temp
+        self._token = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self._pending: list[tuple[str, str, str]] = []   # (written path, final path, final url)
+
+    def _target(self, url: str) -> tuple[str, str]:
+        final = self.store.strip(url)
+        if not self.use_temp:
+            return final, final
+        directory, slash, base = final.rpartition("/")
+        return f"{directory}{slash}.{base}.ckptio-tmp-{self._token}", final
+
+    def open(self, url: str):
+        """A writable binary file for url (its temp name when renaming)."""
+        target, final = self._target(url)
+        if _protocols(self.fs) & {"file", "local"}:
+            try:
+                self.fs.makedirs(target.rpartition("/")[0] or ".", exist_ok=True)
+            except OSError as exc:
+                raise WriteError(f"cannot create directory: {exc.strerror or exc}", path=url) from None
+        try:
+            f = self.fs.open(target, "wb")
+        except Exception as exc:
+            raise WriteError(f"cannot create file: {exc}", path=url) from None
+        self._pending.append((target, final, url))
+        return f
+
+    def put(self, url: str, source: Source, progress=None) -> int:
+        """Stream a Source's bytes to url in chunks; check the size written."""
+        f = self.open(url)
+        try:
+            pos = 0
+            while pos < source.size:
+                data = source.read(pos, min(CHUNK, source.size - pos))
+                f.write(data)
+                pos += len(data)
+                if progress:
+                    progress(len(data))
+        except CkptioError:
+            _close_quietly(f)
+            raise
+        except Exception as exc:
+            _close_quietly(f)
+            raise WriteError(f"cannot write: {exc}", path=url) from None
+        try:
+            f.close()
+        except Exception as exc:
+            raise WriteError(f"cannot write: {exc}", path=url) from None
+        self.check_size(url, source.size)
+        return source.size
+
+    def check_size(self, url: str, expected: int) -> None:
+        target = [p for p in self._pending if p[2] == url][-1][0]
+        try:
+            size = self.fs.info(target).get("size")
+        except Exception as exc:
+            raise WriteError(f"cannot check what was written: {exc}", path=url) from None
+        if size is not None and size != expected:
+            raise WriteError(f"wrote {size} bytes, expected {expected}", path=url)
+
+    def commit(self, *, remove_first=()) -> None:
+        """Rename temp files into place in order (after removing remove_first urls)."""
+        try:
+            if self.use_temp:
+                for url in remove_first:
+                    if self.store.is_file(url):
+                        self.fs.rm_file(self.store.strip(url))
+                for target, final, _ in self._pending:
+                    self.fs.mv(target, final)
+        except Exception as exc:
+            self.abort()
+            raise WriteError(f"cannot commit output: {exc}", path=self._pending[-1][2] if self._pending else None) \
+                from None
+        self._pending = []
+
+    def abort(self) -> None:
+        """Remove what was written and not committed (temp files, or final-named files)."""
+        for target, _, _ in self._pending:
+            try:
+                self.fs.rm_file(target)
+            except Exception:
+                pass
+        self._pending = []
+
+
+def _close_quietly(f) -> None:
+    try:
+        f.close()
+    except Exception:
+        pass
+
+
+class RemoteOutput:
+    """One remote file written as a stream (archive.pack to a URL); commit() makes it visible."""
+
+    def __init__(self, url: str, *, overwrite: bool = False, **storage_options):
+        fs, _ = filesystem(url, **storage_options)
+        self.url = url
+        self.files = RemoteFiles(fs)
+        if self.files.store.is_file(url) and not overwrite:
+            raise OutputExistsError("the file already exists (use --force to replace it)", path=url)
+        self._f = self.files.open(url)
+        self.n = 0
+        self.file = self
+
+    def write(self, data) -> int:
+        try:
+            self._f.write(data)
+        except Exception as exc:
+            raise WriteError(f"cannot write: {exc}", path=self.url) from None
+        self.n += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def commit(self) -> int:
+        try:
+            self._f.close()
+        except Exception as exc:
+            raise WriteError(f"cannot write: {exc}", path=self.url) from None
+        self.files.check_size(self.url, self.n)
+        self.files.commit()
+        return self.n
+
+    def abort(self) -> None:
+        _close_quietly(self._f)
+        self.files.abort()
+
+
+@dataclass(frozen=True, slots=True)
+class TransferStats:
+    """What an upload or download moved."""
+
+    src: str
+    dst: str
+    files: tuple[str, ...]
+    bytes: int
+    seconds: float
+
+    def to_json(self) -> dict:
+        return {"src": self.src, "dst": self.dst, "files": list(self.files), "bytes": self.bytes,
+                "seconds": round(self.seconds, 3)}
+
+
+def _plan_copy(ckpt: Checkpoint, dst_prefix: str) -> list[tuple[str, object, str]]:
+    """(source path, open, destination) for every file, data first and the .index (the commit) last."""
+    from .archive import checkpoint_files
+
+    files = checkpoint_files(ckpt)
+    if ckpt.format == "v2":
+        files = files[1:] + files[:1]
+    src_base = _basename(ckpt.prefix)
+    out = []
+    for path, open_source in files:
+        name = _basename(path)
+        suffix = name[len(src_base):] if name.startswith(src_base) else name
+        out.append((path, open_source, dst_prefix + suffix))
+    return out
+
+
+def _destination_prefix(ckpt: Checkpoint, dst: str) -> str:
+    return dst + _basename(ckpt.prefix) if dst.endswith("/") else dst
+
+
+def upload_checkpoint(src, url: str, *, overwrite: bool = False, state_file: bool = True,
+                      use_temp: bool | None = None, progress=None, **storage_options) -> TransferStats:
+    """Copy a checkpoint's files byte for byte to a remote prefix URL, committing only when complete.
+
+    src: a local prefix (or anything ckptio.open takes, or an open Checkpoint). url: the new
+    prefix (`gs://b/run/model.ckpt`), or a directory ending in '/' to keep the source's name.
+    Data shards are uploaded first and the .index last, to temp names renamed at the end where
+    the filesystem renames cheaply (use_temp=None decides). state_file: write or update the
+    directory's `checkpoint` state file afterwards, as TensorFlow's savers do.
+    """
+    from .checkpoint import open as open_checkpoint
+
+    started = time.perf_counter()
+    ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src)
+    try:
+        dst_prefix = _destination_prefix(ckpt, url)
+        fs, _ = filesystem(dst_prefix, **storage_options)
+        files = RemoteFiles(fs, use_temp=use_temp)
+        plan = _plan_copy(ckpt, dst_prefix)
+        commit_url = plan[-1][2]
+        if any(files.store.is_file(d) for _, _, d in plan) and not overwrite:
+            raise OutputExistsError("a checkpoint already exists here (pass overwrite=True / --force to replace it)",
+                                    path=commit_url)
+        if overwrite and not files.use_temp and files.store.is_file(commit_url):
+            fs.rm_file(files.store.strip(commit_url))  # no index over half-written data
+        total = 0
+        try:
+            for _, open_source, dst in plan:
+                total += files.put(dst, open_source(), progress)
+            files.commit(remove_first=[commit_url])
+        except BaseException:
+            files.abort()
+            raise
+        if state_file:
+            _write_state(fs, dst_prefix, use_temp=files.use_temp)
+        return TransferStats(ckpt.prefix, dst_prefix, tuple(d for _, _, d in plan), total,
+                             time.perf_counter() - started)
+    finally:
+        if ckpt is not src:
+            ckpt.close()
+
+
+def _write_state(fs, prefix_url: str, *, use_temp: bool) -> None:
+    """Point <dir>/checkpoint at the prefix (relative name), keeping the paths it lists."""
+    from google.protobuf import text_format
+
+    from ._proto.checkpoint_state_pb2 import CheckpointState
+
+    state_url = _join(_dirname(prefix_url), "checkpoint")
+    base = _basename(prefix_url)
+    store = _Store(fs)
+    state = CheckpointState()
+    if store.is_file(state_url) and store.size(state_url) <= MAX_STATE_FILE:
+        try:
+            text_format.Parse(fs.cat_file(store.strip(state_url)).decode("utf-8"), state)
+        except (UnicodeDecodeError, text_format.ParseError):
+            state = CheckpointState()
+    paths = [p for p in state.all_model_checkpoint_paths if p != base]
+    del state.all_model_checkpoint_paths[:]
+    del state.all_model_checkpoint_timestamps[:]
+    state.all_model_checkpoint_paths.extend(paths + [base])
+    state.model_checkpoint_path = base
+    files = RemoteFiles(fs, use_temp=use_temp)
+    f = files.open(state_url)
+    try:
+        f.write(text_format.MessageToString(state).encode())
+        f.close()
+        files.commit()
+    except BaseException:
+        _close_quietly(f)
+        files.abort()
+        raise
+
+
+def download_checkpoint(src, local_prefix, *, force: bool = False, progress=None,
+                        **storage_options) -> TransferStats:
+    """Copy a checkpoint's files byte for byte to a local prefix, atomically (data first, index last).
+
+    src: a URL (or anything ckptio.open takes, or an open Checkpoint); local_prefix ending in
+    '/' (or an existing directory) keeps the source's name.
+    """
+    from .bundle.writer import check_output
+    from .checkpoint import open as open_checkpoint
+    from .io import AtomicFiles
+
+    started = time.perf_counter()
+    ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src, **storage_options)
+    try:
+        local_prefix = os.fspath(local_prefix)
+        if local_prefix.endswith("/") or os.path.isdir(local_prefix):
+            local_prefix = os.path.join(local_prefix, _basename(ckpt.prefix))
+        plan = _plan_copy(ckpt, local_prefix)
+        if ckpt.format == "v2":
+            check_output(local_prefix, force=force, inputs=[ckpt.located])
+        for _, _, dst in plan:
+            if os.path.exists(dst) and not force:
+                raise OutputExistsError("file exists (use --force to replace it)", path=dst)
+        directory = os.path.dirname(local_prefix) or "."
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            raise WriteError(f"cannot create directory: {exc.strerror}", path=directory) from None
+        atomic = AtomicFiles(directory)
+        total = 0
+        try:
+            for _, open_source, dst in plan:
+                source = open_source()
+                tmp, fd = atomic.create(dst)
+                try:
+                    pos = 0
+                    while pos < source.size:
+                        data = memoryview(source.read(pos, min(CHUNK, source.size - pos)))
+                        pos += len(data)
+                        if progress:
+                            progress(len(data))
+                        while data:
+                            try:
+                                data = data[os.write(fd, data):]
+                            except OSError as exc:
+                                raise WriteError(f"cannot write: {exc.strerror}", path=tmp) from None
+                finally:
+                    os.close(fd)
+                total += source.size
+            atomic.commit()
+        except BaseException:
+            atomic.abort()
+            raise
+        return TransferStats(ckpt.prefix, local_prefix, tuple(d for _, _, d in plan), total,
+                             time.perf_counter() - started)
+    finally:
+        if ckpt is not src:
+            ckpt.close()
+
+
+def rewrite_to_remote(src, url: str, steps=(), *, force: bool = False, **options):
+    """rewrite() into a local temp directory, then upload_checkpoint() it to url; returns the Report."""
+    import shutil
+    import tempfile
+
+    from .checkpoint import open as open_checkpoint
+    from .rewrite import rewrite
+
+    ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src)
+    tmp = tempfile.mkdtemp(prefix="ckptio-upload-")
+    try:
+        base = _basename(url) if not url.endswith("/") else _basename(ckpt.prefix)
+        local = os.path.join(tmp, base or "model.ckpt")
+        report = rewrite(ckpt, local, steps, state_file=False, **options)
+        upload_checkpoint(local, url, overwrite=force)
+        report.dst = url
+        return report
+    finally:
+        if ckpt is not src:
+            ckpt.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+__all__ = ["open_remote", "resolve_remote", "upload_checkpoint", "download_checkpoint", "rewrite_to_remote",
+           "RemoteSource", "RemoteFiles", "RemoteOutput", "TransferStats", "filesystem", "renames_cheaply"]

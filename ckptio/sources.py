@@ -1,0 +1,81 @@
+"""Where a checkpoint lives when it is not plain local files: .tar.zst archives and remote URLs.
+
+ckptio.open() sends every path containing '://' or ending in .tar.zst/.tzst here:
+
+    file:///x/model.ckpt            a local path written as a URL
+    /x/model.tar.zst                an archive (archive.open_archive: streams, never unpacks)
+    gs://b/model.tar.zst            an archive in remote storage, streamed by range reads
+    gs://b/run/model.ckpt           a remote checkpoint (remote.open_remote: byte-range reads)
+
+rewrite_special() is the matching write side: a .tar.zst destination is packed, a URL
+destination is uploaded, each committed only when complete.
+"""
+from __future__ import annotations
+
+import os
+
+from .checkpoint import ARCHIVE_SUFFIXES, Checkpoint
+
+
+def is_archive(path) -> bool:
+    return os.fspath(path).endswith(ARCHIVE_SUFFIXES)
+
+
+def is_remote(path) -> bool:
+    text = os.fspath(path)
+    return "://" in text and not text.startswith("file://")
+
+
+def is_special(path) -> bool:
+    """True when ckptio.open / rewrite must route the path here."""
+    text = os.fspath(path)
+    return "://" in text or is_archive(text)
+
+
+def _local(text: str) -> str:
+    return text[len("file://"):] if text.startswith("file://") else text
+
+
+def open_special(path, **kwargs) -> Checkpoint:
+    """Open an archive or a URL; kwargs are fsspec storage options for remote paths."""
+    text = os.fspath(path)
+    if not is_remote(text):
+        text = _local(text)
+        if is_archive(text):
+            if kwargs:
+                raise TypeError(f"unexpected options for a local archive: {', '.join(kwargs)}")
+            from .archive import open_archive
+            return open_archive(text)
+        return Checkpoint(text, **kwargs)
+    if is_archive(text):
+        from .archive import open_archive
+        from .remote import RemoteSource
+        return open_archive(text, source=RemoteSource.from_url(text, **kwargs))
+    from .remote import open_remote
+    return open_remote(text, **kwargs)
+
+
+def rewrite_special(src, dst, steps=(), *, level: int | None = None, threads: int = -1, **options):
+    """rewrite() to a .tar.zst archive (packed) or a remote prefix (uploaded); returns the Report.
+
+    options are rewrite()'s (num_shards, max_shard_size, force, dry_run, progress, verify).
+    level/threads are the zstd settings for archives.
+    """
+    from .rewrite import rewrite
+
+    text = os.fspath(dst)
+    if options.get("dry_run"):
+        return rewrite(src, text, steps, **options)
+    options.pop("state_file", None)
+    if is_archive(text):
+        from .archive import DEFAULT_LEVEL, rewrite_packed
+        report, _ = rewrite_packed(src, _local(text), steps, level=DEFAULT_LEVEL if level is None else level,
+                                   threads=threads, **options)
+        return report
+    if is_remote(text):
+        from .remote import rewrite_to_remote
+        return rewrite_to_remote(src, text, steps, **options)
+    return rewrite(src, _local(text), steps, **options)
+
+
+__all__ = ["open_special", "rewrite_special", "is_special", "is_archive", "is_remote"]
