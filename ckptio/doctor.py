@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from .bundle import dtypes, naming, strings
 from .bundle.entry import Entry, Header, parse_proto
 from .bundle.paths import LFS_POINTER, Located, resolve
-from .bundle.slices import Slice, SliceKeyError, decode_key as decode_slice_key, encode_key as slice_key, tiling_problem
+from .bundle.slices import (Slice, SliceKeyError, decode_key as decode_slice_key, encode_key as slice_key,
+                            key_label, tiling_problem)
 from .errors import CheckpointNotFoundError, CkptioError, CorruptCheckpointError, WrongFileError
 from .io import FileSource, MemorySource
 from .sstable.block import Block
@@ -407,7 +408,7 @@ def _v2_entries(d: Diagnosis, scan: _TableScan, index_path: str) -> tuple[dict[s
     for key, value in scan.items:
         if key == b"":
             continue
-        name = naming.decode_key(key) if key[:1] != b"\x00" else _slice_label(key)
+        name = naming.decode_key(key) if key[:1] != b"\x00" else key_label(key)
         if last is not None and key <= last and key not in values:
             out_of_order += 1
             if out_of_order == 1:
@@ -439,13 +440,6 @@ def _v2_entries(d: Diagnosis, scan: _TableScan, index_path: str) -> tuple[dict[s
             entries[name] = entry
     return entries, slices
 
-
-def _slice_label(key: bytes) -> str:
-    try:
-        base, s = decode_slice_key(key)
-        return f"{naming.decode_key(base)}[{s.spec()}]"
-    except SliceKeyError:
-        return repr(key)
 
 
 def _slice_base(key: bytes) -> str | None:
@@ -560,7 +554,7 @@ def _v2_pieces(d: Diagnosis, entries: dict[str, Entry], slices: dict[bytes, Entr
     for key in slices:
         if key not in referenced:
             d.problem("stray-slice", "slice entry that no tensor lists (TensorFlow would show it as an odd "
-                      "variable)", path=index_path, key=_slice_label(key))
+                      "variable)", path=index_path, key=key_label(key))
     return pieces
 
 

@@ -502,28 +502,17 @@ def upload_checkpoint(src, url: str, *, overwrite: bool = False, state_file: boo
 
 def _write_state(fs, prefix_url: str, *, use_temp: bool) -> None:
     """Point <dir>/checkpoint at the prefix (relative name), keeping the paths it lists."""
-    from google.protobuf import text_format
-
-    from ._proto.checkpoint_state_pb2 import CheckpointState
+    from .bundle.paths import updated_state
 
     state_url = _join(_dirname(prefix_url), "checkpoint")
-    base = _basename(prefix_url)
     store = _Store(fs)
-    state = CheckpointState()
+    existing = None
     if store.is_file(state_url) and store.size(state_url) <= MAX_STATE_FILE:
-        try:
-            text_format.Parse(fs.cat_file(store.strip(state_url)).decode("utf-8"), state)
-        except (UnicodeDecodeError, text_format.ParseError):
-            state = CheckpointState()
-    paths = [p for p in state.all_model_checkpoint_paths if p != base]
-    del state.all_model_checkpoint_paths[:]
-    del state.all_model_checkpoint_timestamps[:]
-    state.all_model_checkpoint_paths.extend(paths + [base])
-    state.model_checkpoint_path = base
+        existing = fs.cat_file(store.strip(state_url))
     files = RemoteFiles(fs, use_temp=use_temp)
     f = files.open(state_url)
     try:
-        f.write(text_format.MessageToString(state).encode())
+        f.write(updated_state(existing, _basename(prefix_url)))
         f.close()
         files.commit()
     except BaseException:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .bundle import dtypes, naming
-from .bundle.slices import SliceKeyError, decode_key as decode_slice_key, encode_key as slice_key
+from .bundle.slices import encode_key as slice_key, key_label
 from .errors import CkptioError
 
 
@@ -105,18 +105,13 @@ def _verify_v2(ckpt, report: Report, progress) -> None:
                 report.add(f"slice {s.spec()} is listed but has no entry", path=path, key=name)
     for k in slices:
         if k not in referenced:
-            try:
-                base, s = decode_slice_key(k)
-                label = f"{naming.decode_key(base)}[{s.spec()}]"
-            except SliceKeyError:
-                label = repr(k)
-            report.add("stray slice entry that no tensor lists", path=path, key=label)
+            report.add("stray slice entry that no tensor lists", path=path, key=key_label(k))
     # An archive's shards are read in one forward pass: check their sizes after the data.
     sequential = getattr(ckpt, "sequential", False)
     if not sequential:
         _check_shards(reader, entries, slices, report)
     pieces = [(name, e) for name, e in entries.items() if not e.slices]
-    pieces += [(_slice_label(k), e) for k, e in slices.items()]
+    pieces += [(key_label(k), e) for k, e in slices.items()]
     pieces.sort(key=lambda p: (p[1].shard_id, p[1].offset))
     for name, entry in pieces:
         report.tensors += 1
@@ -137,13 +132,6 @@ def _verify_v2(ckpt, report: Report, progress) -> None:
     if sequential:
         _check_shards(reader, entries, slices, report)
 
-
-def _slice_label(key: bytes) -> str:
-    try:
-        base, s = decode_slice_key(key)
-        return f"{naming.decode_key(base)}[{s.spec()}]"
-    except SliceKeyError:
-        return repr(key)
 
 
 def _check_shards(reader, entries, slices, report: Report) -> None:

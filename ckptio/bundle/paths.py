@@ -116,6 +116,26 @@ def latest_from_state(directory: str) -> str | None:
                                   f"{hint}", path=state_path)
 
 
+def updated_state(existing: bytes | None, base: str) -> bytes:
+    """A `checkpoint` state file's new text naming base as latest, keeping the paths it listed."""
+    from google.protobuf import text_format
+
+    from .._proto.checkpoint_state_pb2 import CheckpointState
+
+    state = CheckpointState()
+    if existing:
+        try:
+            text_format.Parse(existing.decode("utf-8"), state)
+        except (UnicodeDecodeError, text_format.ParseError):
+            state = CheckpointState()  # an unreadable state file is replaced, not trusted
+    paths = [p for p in state.all_model_checkpoint_paths if p != base]
+    del state.all_model_checkpoint_paths[:]
+    del state.all_model_checkpoint_timestamps[:]
+    state.all_model_checkpoint_paths.extend(paths + [base])
+    state.model_checkpoint_path = base
+    return text_format.MessageToString(state).encode()
+
+
 def _is_table(path: str) -> bool:
     try:
         with open(path, "rb") as f:

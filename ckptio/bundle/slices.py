@@ -238,3 +238,12 @@ def decode_key(key: bytes) -> tuple[bytes, Slice]:
     if pos != len(key):
         raise SliceKeyError("trailing bytes after slice key")
     return bytes(name), Slice(tuple(extents))
+
+
+def key_label(key: bytes) -> str:
+    """A slice key as people read it: name[spec] (or its repr if it does not decode)."""
+    try:
+        base, s = decode_key(key)
+    except SliceKeyError:
+        return repr(key)
+    return f"{base.decode('utf-8', 'surrogateescape')}[{s.spec()}]"

@@ -9,13 +9,14 @@ import os
 import threading
 
 from ..errors import ChecksumError, OutputExistsError, PlanError, TruncatedError, WriteError
-from ..io import AtomicFiles, FileSource, Source
+from ..io import AtomicFiles, Source
 from ..sstable import TableBuilder
 from ..sstable.coding import crc32c, mask, unmask
 from . import dtypes, naming, strings
 from .entry import Entry, Header
 
 CHUNK = 8 << 20
+SEGMENT = 64 << 20  # copy_file_range unit; its crc32c is checked on the checker thread meanwhile
 
 
 class ShardFile:
@@ -61,6 +62,9 @@ class BundleWriter:
         self.entries: dict[bytes, Entry] = {}
         self._lock = threading.Lock()
         self._done = False
+        self._zero_copy: bool | None = None  # copy_file_range usable here? None until tried
+        self._checker = None
+        self._checks: list = []
         try:
             for i in range(num_shards):
                 path = naming.data_path(self.prefix, i, num_shards)
@@ -123,21 +127,66 @@ class BundleWriter:
                                  f"the {src.size}-byte shard", path=src.name, key=label, offset=entry.offset)
         with out.lock:
             start = out.offset
-            if verify or not _copy_range(src, out, entry.offset, entry.size):
+            if self._zero_copy is not False and self._copy_in_kernel(src, out, entry, label, verify):
+                pass
+            elif verify:
                 running = _copy_checked(src, out, entry.offset, entry.size, label)
-                if verify and running != unmask(entry.crc32c):
-                    raise ChecksumError(
-                        f"checksum does not match: stored {unmask(entry.crc32c):#010x}, computed {running:#010x}",
-                        path=src.name, key=label, offset=entry.offset)
+                _compare(running, entry, src, label)
+            else:
+                _copy_checked(src, out, entry.offset, entry.size, label)
             new = Entry(entry.dtype, entry.shape, shard, start, entry.size, entry.crc32c)
         self.add_entry(key, new)
         return new
+
+    def _copy_in_kernel(self, src: Source, out: ShardFile, entry: Entry, label, verify: bool) -> bool:
+        """copy_file_range in segments, each one's crc32c checked on a second thread meanwhile.
+
+        The kernel copies without bringing the bytes into Python; the checker reads them once
+        more from the page cache, on the other core, so checking costs little wall time. A
+        mismatch surfaces at the latest in finish(), before anything is renamed into place.
+        """
+        if src.fileno() is None or not hasattr(src, "readinto"):
+            return False
+        pos, end = entry.offset, entry.offset + entry.size
+        running = [0]
+        while pos < end:
+            n = min(SEGMENT, end - pos)
+            if not _copy_range(src, out, pos, n):
+                if pos != entry.offset:  # the kernel stopped accepting mid-tensor: never seen, but be safe
+                    raise WriteError("copy_file_range stopped working mid-copy", path=out.path, offset=out.offset)
+                self._zero_copy = False
+                return False
+            self._zero_copy = True
+            if verify:
+                self._check(_crc_segment, src, pos, n, running, label)
+            pos += n
+        if verify:
+            self._check(lambda: _compare(running[0], entry, src, label))
+        return True
+
+    def _check(self, fn, *args) -> None:
+        """Queue a check on the checker thread (FIFO, so segments of a tensor run in order)."""
+        if self._checker is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._checker = ThreadPoolExecutor(1, thread_name_prefix="ckptio-crc")
+        self._checks = [f for f in self._checks if not f.done() or f.exception() is not None]
+        for f in self._checks:
+            if f.done():
+                f.result()  # raise a mismatch found so far without waiting for the end
+        self._checks.append(self._checker.submit(fn, *args))
+
+    def _wait_checks(self) -> None:
+        for f in self._checks:
+            f.result()
+        self._checks = []
 
     # -- commit --------------------------------------------------------------------------------
 
     def finish(self, *, state_file: bool = True, fsync: bool = False) -> str:
         """Validate and write the index, rename everything into place; return the prefix."""
         try:
+            self._wait_checks()
             self._validate()
             for s in self.shards:
                 os.close(s.fd)
@@ -182,6 +231,10 @@ class BundleWriter:
                     raise PlanError(f"slice {s.spec()} has no data entry", key=name)
 
     def abort(self) -> None:
+        if self._checker is not None:
+            self._checker.shutdown(wait=True, cancel_futures=True)
+            self._checker = None
+            self._checks = []
         for s in self.shards:
             if s.fd >= 0:
                 try:
@@ -197,6 +250,35 @@ class BundleWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None or not self._done:
             self.abort()
+
+
+def _crc_segment(src: Source, offset: int, size: int, running: list, key) -> None:
+    """Extend running[0] with the crc32c of src[offset:offset+size] (read into a thread-local buffer)."""
+    buf = _thread_buffer()
+    pos, end, crc = offset, offset + size, running[0]
+    while pos < end:
+        n = min(len(buf), end - pos)
+        got = src.readinto(pos, buf[:n])
+        if got != n:
+            raise TruncatedError(f"shard ends after {got} of {n} bytes", path=src.name, key=key, offset=pos)
+        crc = crc32c(buf[:n], crc)
+        pos += n
+    running[0] = crc
+
+
+_local = threading.local()
+
+
+def _thread_buffer() -> memoryview:
+    if not hasattr(_local, "buf"):
+        _local.buf = memoryview(bytearray(CHUNK))
+    return _local.buf
+
+
+def _compare(crc: int, entry: Entry, src: Source, key) -> None:
+    if crc != unmask(entry.crc32c):
+        raise ChecksumError(f"checksum does not match: stored {unmask(entry.crc32c):#010x}, computed {crc:#010x}",
+                            path=src.name, key=key, offset=entry.offset)
 
 
 def _copy_checked(src: Source, out: ShardFile, offset: int, size: int, key) -> int:
@@ -268,28 +350,19 @@ def check_output(prefix: str, *, force: bool, inputs=()) -> None:
 
 def write_state_file(prefix: str) -> None:
     """Point <dir>/checkpoint at prefix (relative), keeping the paths it already lists."""
-    from google.protobuf import text_format
-
-    from .._proto.checkpoint_state_pb2 import CheckpointState
+    from .paths import updated_state
 
     directory, base = os.path.split(prefix)
     path = os.path.join(directory or ".", "checkpoint")
-    state = CheckpointState()
-    if os.path.isfile(path):
-        try:
-            with open(path, encoding="utf-8") as f:
-                text_format.Parse(f.read(), state)
-        except (OSError, UnicodeDecodeError, text_format.ParseError):
-            state = CheckpointState()
-    paths = [p for p in state.all_model_checkpoint_paths if p != base]
-    del state.all_model_checkpoint_paths[:]
-    del state.all_model_checkpoint_timestamps[:]
-    state.all_model_checkpoint_paths.extend(paths + [base])
-    state.model_checkpoint_path = base
+    try:
+        with open(path, "rb") as f:
+            existing = f.read(1 << 20)
+    except OSError:
+        existing = None
     files = AtomicFiles(directory or ".")
     _, fd = files.create(path)
     try:
-        os.write(fd, text_format.MessageToString(state).encode())
+        os.write(fd, updated_state(existing, base))
         os.close(fd)
         files.commit()
     except BaseException:
