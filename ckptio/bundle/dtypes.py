@@ -5,7 +5,6 @@ from dataclasses import dataclass
 
 STRING = 7
 VARIANT = 21
-RESOURCE = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,10 +19,6 @@ class DType:
     @property
     def fixed_width(self) -> bool:
         return self.itemsize > 0
-
-    @property
-    def floating(self) -> bool:
-        return self.name in ("float32", "float64", "float16", "bfloat16") or self.name.startswith("float8")
 
     def numpy(self):
         """The numpy dtype (ml_dtypes for bfloat16, float8, int4); imports numpy on first use."""

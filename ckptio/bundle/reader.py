@@ -1,7 +1,6 @@
 """Read a V2 bundle: the .index table on open, data shards lazily, one range read per tensor."""
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 
 from ..errors import (ChecksumError, CkptioError, CorruptCheckpointError, MissingShardError,
@@ -266,12 +265,3 @@ def is_lfs_pointer(src: Source) -> bool:
     except CkptioError:
         return False
 
-
-def sibling_files(prefix: str) -> list[str]:
-    """Data shard files that exist for a prefix (any shard count), for diagnostics."""
-    directory, base = os.path.split(prefix)
-    try:
-        names = os.listdir(directory or ".")
-    except OSError:
-        return []
-    return sorted(os.path.join(directory, n) for n in names if n.startswith(base + ".data-"))
