@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from .bundle import naming
 from .bundle.paths import latest_from_state
-from .errors import CheckpointNotFoundError, CkptioError
+from .errors import CheckpointNotFoundError, CkptioError, WrongFileError
 
 
 @dataclass
@@ -57,8 +57,12 @@ def _listed_in_state(directory: str) -> list[str]:
     from ._proto.checkpoint_state_pb2 import CheckpointState
 
     state = CheckpointState()
-    with open(os.path.join(directory, "checkpoint"), encoding="utf-8") as f:
-        text_format.Parse(f.read(), state)
+    state_path = os.path.join(directory, "checkpoint")
+    try:
+        with open(state_path, encoding="utf-8") as f:
+            text_format.Parse(f.read(), state)
+    except (OSError, UnicodeDecodeError, text_format.ParseError) as exc:  # as latest_from_state does
+        raise WrongFileError(f"cannot parse the 'checkpoint' state file ({exc})", path=state_path) from None
     paths = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
     out = []
     for p in paths:

@@ -801,6 +801,7 @@ def _diagnose_v1(d: Diagnosis, files: list[str], prefix: str) -> None:
                 break
         else:
             d._arrays[name] = _assemble(entry, parts)
+            d._entries[name] = entry  # its dtype: numpy's cannot tell qint8 from int8
 
 
 def _assemble(entry: Entry, parts):
@@ -837,7 +838,7 @@ def salvage(diagnosis: Diagnosis, out, *, force: bool = False) -> list[str]:
         with BundleWriter(os.fspath(out), force=force, inputs=inputs) as writer:
             for name in d.intact:
                 if d.format == "v1":
-                    writer.add_array(name, d._arrays[name])
+                    writer.add_array(name, d._arrays[name], dtype=d._entries[name].dtype)
                     written.append(name)
                     continue
                 entry = d._entries[name]
@@ -859,7 +860,7 @@ def salvage(diagnosis: Diagnosis, out, *, force: bool = False) -> list[str]:
                             arr = arr.reshape(e.shape)
                         else:
                             arr = from_bytes(raw, info, e.shape, big_endian=True)
-                        writer.add_array(key, arr)
+                        writer.add_array(key, arr, dtype=e.dtype)  # numpy's dtype loses qint8 etc.
                     else:
                         numeric = e.dtype not in (dtypes.STRING, dtypes.VARIANT)
                         writer.copy(key, e, src, verify=numeric, name=piece.label)

@@ -220,17 +220,31 @@ def execute(plan: Plan, dst: str, *, num_shards=1, max_shard_size=None, force=Fa
             with lock:
                 progress(n)
 
+    # Set on the first failure (or Ctrl-C): the other shard threads stop at their next piece
+    # instead of writing their whole shard before the error can surface.
+    stop = threading.Event()
+
     with BundleWriter(dst, len(groups), force=force, inputs=[ckpt.located]) as writer:
         def run(shard: int) -> None:
-            for piece in groups[shard]:
-                _write_piece(ckpt, writer, piece, shard, verify)
-                tick(piece.size)
+            try:
+                for piece in groups[shard]:
+                    if stop.is_set():
+                        return
+                    _write_piece(ckpt, writer, piece, shard, verify)
+                    tick(piece.size)
+            except BaseException:
+                stop.set()
+                raise
 
         # Forward-only sources (archives) are read by one thread in source order.
         if len(groups) > 1 and not getattr(ckpt, "sequential", False):
             with ThreadPoolExecutor(max_workers=min(len(groups), os.cpu_count() or 2, 4)) as pool:
-                for f in [pool.submit(run, i) for i in range(len(groups))]:
-                    f.result()
+                try:
+                    for f in [pool.submit(run, i) for i in range(len(groups))]:
+                        f.result()
+                except BaseException:
+                    stop.set()
+                    raise
         else:
             for i in range(len(groups)):
                 run(i)
@@ -266,14 +280,15 @@ def _write_piece(ckpt: Checkpoint, writer, piece: Piece, shard: int, verify: boo
         _add_array(writer, piece, array, shard)
         return
     info = dtypes.lookup(entry.dtype)
-    if info is not None and info.fixed_width and entry.shape and not reader.header.big_endian:
-        # Cast chunk by chunk so memory stays bounded for huge tensors.
-        from .bundle.decode import to_bytes
-        from .checkpoint import Tensor
+    if info is not None and info.fixed_width:
+        # Cast (or byte-swap) flat runs of whole elements, not rows: memory stays bounded by the
+        # chunk even when one row is huge, and big-endian input streams too.
+        from .bundle.decode import from_bytes, to_bytes
 
         target = dtypes.lookup(piece.out_dtype)
-        tensor = Tensor(ckpt, piece.src_name, entry)
-        chunks = (to_bytes(c.astype(target.numpy()), target) for c in tensor.iter_chunks(CHUNK_BYTES))
+        big = reader.header.big_endian
+        chunks = (to_bytes(from_bytes(c, info, (len(c) // info.itemsize,), big_endian=big).astype(target.numpy()),
+                           target) for c in reader.iter_raw(piece.src_name, entry, CHUNK_BYTES))
         writer.add_bytes(piece.key, piece.out_dtype, entry.shape, chunks, shard)
         return
     _add_array(writer, piece, reader.read_entry(piece.src_name, entry), shard)
@@ -283,4 +298,4 @@ def _add_array(writer, piece: Piece, array, shard: int) -> None:
     target = dtypes.lookup(piece.out_dtype)
     if target.name != "string" and array.dtype != target.numpy():
         array = array.astype(target.numpy())
-    writer.add_array(piece.key, array, shard)
+    writer.add_array(piece.key, array, shard, dtype=piece.out_dtype)  # numpy's dtype loses qint8 etc.

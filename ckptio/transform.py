@@ -167,8 +167,9 @@ class StripOptimizer:
             if role == WEIGHT and self.ema == "promote" and item.src in shadows:
                 shadow = shadows[item.src]
                 src_entry, shadow_entry = ctx.entries[item.src], ctx.entries[shadow]
-                if (src_entry.dtype, src_entry.shape) != (shadow_entry.dtype, shadow_entry.shape):
-                    raise PlanError("EMA shadow differs in dtype or shape from its variable", key=shadow)
+                if ((src_entry.dtype, src_entry.shape, src_entry.slices)
+                        != (shadow_entry.dtype, shadow_entry.shape, shadow_entry.slices)):
+                    raise PlanError("EMA shadow differs in dtype, shape or slicing from its variable", key=shadow)
                 item = replace(item, promoted_from=shadow)
             out.append(item)
         return out

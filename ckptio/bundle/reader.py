@@ -1,6 +1,7 @@
 """Read a V2 bundle: the .index table on open, data shards lazily, one range read per tensor."""
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 
 from ..errors import (ChecksumError, CkptioError, CorruptCheckpointError, MissingShardError,
@@ -28,6 +29,20 @@ class BundleReader:
         self.index_source = index_source or open_source(naming.index_path(prefix))
         self.path = self.index_source.name
         try:
+            self._open_index()
+        except BaseException:
+            if index_source is None:  # ours to close: a failed open must not leak the descriptor
+                self.index_source.close()
+            raise
+        self._entries: dict[str, Entry] | None = None
+        self._slices: dict[bytes, Entry] | None = None
+        self._shards: dict[int, Source] = {}
+        self._shards_lock = threading.Lock()  # rewrite threads open shards concurrently
+        self._tiled: set[str] = set()  # sliced tensors whose slices were checked to tile them
+
+    def _open_index(self) -> None:
+        """Read the footer, index block and header."""
+        try:
             self.table = Table(self.index_source)
         except CorruptCheckpointError:
             if is_lfs_pointer(self.index_source):
@@ -38,10 +53,6 @@ class BundleReader:
         if first is None or first[0] != b"":
             raise CorruptCheckpointError("the first entry is not the bundle header (key \"\")", path=self.path)
         self.header = Header.parse(first[1], path=self.path)
-        self._entries: dict[str, Entry] | None = None
-        self._slices: dict[bytes, Entry] | None = None
-        self._shards: dict[int, Source] = {}
-        self._tiled: set[str] = set()  # sliced tensors whose slices were checked to tile them
 
     # -- index ---------------------------------------------------------------------------------
 
@@ -113,17 +124,21 @@ class BundleReader:
     def shard(self, shard: int) -> Source:
         """The data file of a shard, opened on first use."""
         src = self._shards.get(shard)
-        if src is None:
-            if not 0 <= shard < self.header.num_shards:
-                raise CorruptCheckpointError(f"shard_id {shard} but the header says {self.header.num_shards} shards",
-                                             path=self.path)
-            try:
-                src = self._open_source(self.shard_path(shard))
-            except CkptioError as exc:
-                if isinstance(exc, FileNotFoundError):
-                    raise MissingShardError("data shard is missing", path=self.shard_path(shard)) from None
-                raise
-            self._shards[shard] = src
+        if src is not None:
+            return src
+        if not 0 <= shard < self.header.num_shards:
+            raise CorruptCheckpointError(f"shard_id {shard} but the header says {self.header.num_shards} shards",
+                                         path=self.path)
+        with self._shards_lock:  # two threads opening one shard would leak one of the descriptors
+            src = self._shards.get(shard)
+            if src is None:
+                try:
+                    src = self._open_source(self.shard_path(shard))
+                except CkptioError as exc:
+                    if isinstance(exc, FileNotFoundError):
+                        raise MissingShardError("data shard is missing", path=self.shard_path(shard)) from None
+                    raise
+                self._shards[shard] = src
         return src
 
     def check_entry(self, name: str, entry: Entry) -> None:

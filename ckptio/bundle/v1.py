@@ -25,13 +25,24 @@ class V1Reader:
     def __init__(self, paths: list[str], *, open_source: Callable[[str], Source] = FileSource):
         self.paths = list(paths)
         self.path = self.paths[0]
-        self.tables = [Table(open_source(p)) for p in self.paths]
+        self.tables: list[Table] = []
         self._entries: dict[str, Entry] = {}
         self._stored: dict[str, tuple[Slice, ...]] = {}  # every slice stored, full ones included
         self._file_of: dict[bytes, int] = {}
         self._tiled: set[str] = set()
-        for i, table in enumerate(self.tables):
-            self._read_meta(i, table)
+        try:
+            for p in self.paths:
+                source = open_source(p)
+                try:
+                    self.tables.append(Table(source))
+                except BaseException:
+                    source.close()
+                    raise
+            for i, table in enumerate(self.tables):
+                self._read_meta(i, table)
+        except BaseException:
+            self.close()  # a failed open must not leak the files opened so far
+            raise
         # V1 stores even whole tensors as one full slice; show those as unsliced, like V2.
         for name, entry in self._entries.items():
             stored = self._stored[name]

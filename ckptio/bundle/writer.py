@@ -65,6 +65,7 @@ class BundleWriter:
         self._zero_copy: bool | None = None  # copy_file_range usable here? None until tried
         self._checker = None
         self._checks: list = []
+        self._checks_lock = threading.Lock()  # copy() runs on one thread per output shard
         try:
             for i in range(num_shards):
                 path = naming.data_path(self.prefix, i, num_shards)
@@ -100,12 +101,13 @@ class BundleWriter:
         self.add_entry(key, entry)
         return entry
 
-    def add_array(self, key, array, shard: int = 0) -> Entry:
-        """Write a numpy array (numeric, or object/bytes array for strings)."""
+    def add_array(self, key, array, shard: int = 0, *, dtype: int | None = None) -> Entry:
+        """Write a numpy array (numeric, or object/bytes array for strings) as dtype (default: numpy's)."""
         import numpy as np
 
         array = np.asarray(array)
-        info = dtypes.from_numpy(array.dtype)
+        # numpy cannot tell qint8 from int8 (quint8 from uint8 ...): a copied tensor passes its own dtype.
+        info = dtypes.from_numpy(array.dtype) if dtype is None else dtypes.lookup(dtype)
         if info.name == "string":
             data, crc = strings.encode(list(array.reshape(-1)))
             return self.add_bytes(key, info.enum, array.shape, [data], shard, crc=crc)
@@ -166,20 +168,27 @@ class BundleWriter:
 
     def _check(self, fn, *args) -> None:
         """Queue a check on the checker thread (FIFO, so segments of a tensor run in order)."""
-        if self._checker is None:
-            from concurrent.futures import ThreadPoolExecutor
+        # Unlocked, two threads could each start a checker (splitting one tensor's segments
+        # across two threads) or drop each other's futures (and with them a mismatch).
+        with self._checks_lock:
+            if self._checker is None:
+                from concurrent.futures import ThreadPoolExecutor
 
-            self._checker = ThreadPoolExecutor(1, thread_name_prefix="ckptio-crc")
-        self._checks = [f for f in self._checks if not f.done() or f.exception() is not None]
-        for f in self._checks:
-            if f.done():
-                f.result()  # raise a mismatch found so far without waiting for the end
-        self._checks.append(self._checker.submit(fn, *args))
+                self._checker = ThreadPoolExecutor(1, thread_name_prefix="ckptio-crc")
+            self._checks = [f for f in self._checks if not f.done() or f.exception() is not None]
+            for f in self._checks:
+                if f.done():
+                    f.result()  # raise a mismatch found so far without waiting for the end
+            self._checks.append(self._checker.submit(fn, *args))
 
     def _wait_checks(self) -> None:
+        """Wait for every queued check, then stop the checker thread."""
         for f in self._checks:
             f.result()
         self._checks = []
+        if self._checker is not None:
+            self._checker.shutdown()
+            self._checker = None
 
     # -- commit --------------------------------------------------------------------------------
 
@@ -192,13 +201,15 @@ class BundleWriter:
                 os.close(s.fd)
                 s.fd = -1
             _, fd = self.files.create(naming.index_path(self.prefix))
-            index = ShardFile(fd, naming.index_path(self.prefix))
-            builder = TableBuilder(index.write)
-            builder.add(b"", Header(num_shards=self.num_shards).encode())
-            for key in sorted(self.entries):
-                builder.add(key, self.entries[key].encode())
-            builder.finish()
-            os.close(fd)
+            try:
+                index = ShardFile(fd, naming.index_path(self.prefix))
+                builder = TableBuilder(index.write)
+                builder.add(b"", Header(num_shards=self.num_shards).encode())
+                for key in sorted(self.entries):
+                    builder.add(key, self.entries[key].encode())
+                builder.finish()
+            finally:
+                os.close(fd)  # also when writing failed (disk full): abort() knows only the shards
             stale = [p for p in _existing_shards(self.prefix)
                      if p not in {s.path for s in self.shards}]
             self.files.commit(remove_first=[naming.index_path(self.prefix)], fsync=fsync)
@@ -362,8 +373,10 @@ def write_state_file(prefix: str) -> None:
     files = AtomicFiles(directory or ".")
     _, fd = files.create(path)
     try:
-        os.write(fd, updated_state(existing, base))
-        os.close(fd)
+        try:
+            ShardFile(fd, path).write(updated_state(existing, base))  # WriteError, and no short write
+        finally:
+            os.close(fd)
         files.commit()
     except BaseException:
         files.abort()

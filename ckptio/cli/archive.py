@@ -18,7 +18,7 @@ def add_arguments(name, p) -> None:
         p.add_argument("path", help="checkpoint (prefix, directory, .index, archive or URL)")
         p.add_argument("out", help="archive to write, e.g. model.tar.zst (a URL works too)")
         p.add_argument("--level", type=int, default=3, metavar="N",
-                       help="zstd level, 1 (fastest) to 19 (smallest); default 3")
+                       help="zstd level, 1 (fastest) to 22 (smallest); default 3")
         p.add_argument("--threads", type=int, default=-1, metavar="N",
                        help="zstd worker threads; -1 (default) = one per CPU, 0 = none")
     else:
@@ -27,7 +27,6 @@ def add_arguments(name, p) -> None:
     p.add_argument("--force", action="store_true", help="replace existing output")
     p.add_argument("--json", action="store_true", help="print what was done as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
-    # unpack has no progress bar: the archive's size is known only at its end
 
 
 def run(args) -> int:
@@ -40,8 +39,11 @@ def run(args) -> int:
 
 def _pack(args, archive) -> int:
     import ckptio
+    from ..checkpoint import ARCHIVE_SUFFIXES
     from .main import UsageError
 
+    if not args.out.endswith(ARCHIVE_SUFFIXES):  # the reading commands recognize an archive by its name
+        raise UsageError(f"{args.out}: an archive's name must end in {' or '.join(ARCHIVE_SUFFIXES)}")
     if not 1 <= args.level <= 22:
         raise UsageError("--level must be between 1 and 22")
     if args.threads < -1:
@@ -65,7 +67,12 @@ def _pack(args, archive) -> int:
 
 
 def _unpack(args, archive) -> int:
-    stats = archive.unpack(args.archive, args.dir, force=args.force)
+    # The archive's unpacked size is known only at its end: the bar shows bytes written and the rate.
+    bar = Progress(None, "unpack", enabled=False if (args.quiet or args.json) else None)
+    try:
+        stats = archive.unpack(args.archive, args.dir, force=args.force, progress=bar)
+    finally:
+        bar.close()
     if args.json:
         json.dump(stats.to_json(), sys.stdout)
         sys.stdout.write("\n")

@@ -1,6 +1,7 @@
 """Small helpers shared by the command modules: sizes, progress, output."""
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
@@ -28,25 +29,47 @@ def human(n: int) -> str:
 
 
 class Progress:
-    """A one-line progress bar on stderr, drawn only when stderr is a terminal."""
+    """A one-line progress bar on stderr, drawn only when stderr is a terminal; total None: bytes and rate only."""
 
-    def __init__(self, total: int, label: str, *, enabled: bool | None = None):
-        self.total, self.label, self.done = max(total, 1), label, 0
+    def __init__(self, total: int | None, label: str, *, enabled: bool | None = None):
+        self.total, self.label, self.done = None if total is None else max(total, 1), label, 0
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
         self.started = self._last = time.monotonic()
+        self.drawn = False
 
     def __call__(self, n: int) -> None:
         self.done += n
         now = time.monotonic()
-        if self.enabled and (now - self._last > 0.1 or self.done >= self.total):
+        if self.enabled and (now - self._last > 0.1 or (self.total and self.done >= self.total)):
             self._last = now
-            frac = min(self.done / self.total, 1.0)
             rate = self.done / max(now - self.started, 1e-9)
-            bar = "#" * int(frac * 30)
-            sys.stderr.write(f"\r{self.label} [{bar:<30}] {frac:6.1%} {human(self.done)} {human(rate)}/s")
+            if self.total is None:
+                sys.stderr.write(f"\r{self.label} {human(self.done)} {human(rate)}/s ")
+            else:
+                frac = min(self.done / self.total, 1.0)
+                bar = "#" * int(frac * 30)
+                sys.stderr.write(f"\r{self.label} [{bar:<30}] {frac:6.1%} {human(self.done)} {human(rate)}/s")
             sys.stderr.flush()
+            self.drawn = True
 
     def close(self) -> None:
-        if self.enabled:
+        if self.drawn:  # end the bar's line; nothing to end when it was never drawn
             sys.stderr.write("\n")
             sys.stderr.flush()
+
+
+def check_output_prefix(out: str) -> None:
+    """Refuse an output prefix that names a directory or has no file name (it would write 'dir/.index')."""
+    from ..sources import is_archive
+    from .main import UsageError
+
+    if is_archive(out):
+        return
+    example = (out if out.endswith("/") else out + "/") + "model.ckpt"
+    if out.endswith("://"):
+        raise UsageError(f"{out}: not an output prefix (no path); pass e.g. {example}")
+    # A URL ending in '/' is a remote directory: the upload names the output after the input.
+    if "://" not in out and out.rsplit("/", 1)[-1] in ("", ".", ".."):
+        raise UsageError(f"{out}: not an output prefix (no file name); pass e.g. {example}")
+    if "://" not in out and os.path.isdir(out):
+        raise UsageError(f"{out}: is a directory; pass an output prefix inside it, e.g. {example}")

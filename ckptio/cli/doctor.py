@@ -19,7 +19,21 @@ def add_arguments(name, parser) -> None:
 
 def run(args) -> int:
     from ..doctor import diagnose, salvage
+    from ..sources import is_archive, is_remote
+    from .common import check_output_prefix
+    from .main import UsageError
 
+    # diagnose() reads local files byte by byte; elsewhere it would only say "no such checkpoint".
+    if is_archive(args.path):
+        raise UsageError(f"{args.path}: doctor reads plain checkpoint files, not archives; "
+                         "run `ckptio unpack ARCHIVE DIR` first (or `ckptio verify ARCHIVE`)")
+    if is_remote(args.path):
+        raise UsageError(f"{args.path}: doctor reads local files only; copy the checkpoint here first "
+                         "(or run `ckptio verify URL`)")
+    if args.path.startswith("file://"):
+        args.path = args.path[len("file://"):]
+    if args.salvage:
+        check_output_prefix(args.salvage)
     try:
         d = diagnose(args.path)
     except (KeyboardInterrupt, MemoryError):
@@ -56,7 +70,8 @@ def _print_text(d, args, salvaged) -> None:
     for name in d.intact:
         print(f"intact: {name}")
     if d.healthy:
-        print(f"verdict: healthy: all {total} tensor(s) check out")
+        print(f"verdict: healthy: all {total} tensor(s) check out"
+              + (f"; wrote all {len(salvaged)} to {args.salvage}" if salvaged is not None else ""))
         return
     if not d.format:
         print("verdict: not a readable checkpoint")

@@ -50,6 +50,9 @@ def run(args) -> int:
     import ckptio
     from ..bundle import dtypes
 
+    if args.objects and args.match:
+        from .main import UsageError
+        raise UsageError("--match filters tensors; it does not apply to --objects")
     with ckptio.open(args.path) as ckpt:
         if args.objects:
             from .objects import print_objects
@@ -88,10 +91,11 @@ def run(args) -> int:
             return 0
         out = []
         width = min(max((len(r[0]) for r in rows), default=4), 80)
+        dwidth = max([9] + [len(r[1]) for r in rows])  # float8_e4m3b11fnuz is 18 wide
         for n, d, s, b, r, e in rows:
             mark = "" if r == "weight" else f"  [{r}]"
             sliced = f"  ({len(e.slices)} slices)" if e.slices else ""
-            out.append(f"{n:<{width}}  {d:<9} {str(list(s)):<16} {human(b):>10}{mark}{sliced}")
+            out.append(f"{n:<{width}}  {d:<{dwidth}} {str(list(s)):<16} {human(b):>10}{mark}{sliced}")
         summary = ", ".join(f"{k} {v[0]} ({human(v[1])})" for k, v in sorted(totals.items()))
         out.append(f"{len(rows)} tensors, {human(sum(r[3] for r in rows))} in {ckpt.format} checkpoint "
                    f"{ckpt.prefix} ({ckpt.num_shards} shard{'s' if ckpt.num_shards != 1 else ''})"

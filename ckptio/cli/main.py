@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # command -> (module under ckptio.cli, one-line help)
@@ -76,6 +77,7 @@ def main(argv=None) -> int:
     from ..errors import CkptioError, OutputExistsError, PlanError
 
     try:
+        _check_paths(args)
         return int(_module(args._module).run(args) or 0)
     except KeyboardInterrupt:
         print("ckptio: interrupted", file=sys.stderr)
@@ -91,6 +93,22 @@ def main(argv=None) -> int:
     except OSError as exc:  # an output or input file we could not touch
         print(f"ckptio: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_BAD_CHECKPOINT
+    except Exception as exc:  # a bug: still one line, as promised; CKPTIO_DEBUG=1 shows the traceback
+        if os.environ.get("CKPTIO_DEBUG"):
+            raise
+        print(f"ckptio: internal error: {type(exc).__name__}: {exc} (a bug in ckptio; "
+              "CKPTIO_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return EXIT_BAD_CHECKPOINT
+
+
+def _check_paths(args) -> None:
+    """An empty path argument is a usage error (it would otherwise mean the current directory)."""
+    names = {"path": "PATH", "paths": "IN OUT", "out": "OUT", "archive": "ARCHIVE", "dir": "DIR",
+             "out_dir": "--out-dir", "salvage": "--salvage"}
+    for attr, name in names.items():
+        value = getattr(args, attr, None)
+        if value == "" or (isinstance(value, list) and "" in value):
+            raise UsageError(f"{name}: empty path")
 
 
 if __name__ == "__main__":

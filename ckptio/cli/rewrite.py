@@ -8,9 +8,10 @@ With --out-dir DIR every positional argument is an input (paths, globs, director
 from __future__ import annotations
 
 import json
+import os
 import sys
 
-from .common import Progress, human, parse_size
+from .common import Progress, check_output_prefix, human, parse_size
 
 
 def add_arguments(name, p) -> None:
@@ -20,8 +21,9 @@ def add_arguments(name, p) -> None:
         g = p.add_argument_group("select")
         g.add_argument("--include", action="append", default=[], metavar="REGEX", help="keep only matching names")
         g.add_argument("--exclude", action="append", default=[], metavar="REGEX", help="drop matching names")
-        g.add_argument("--include-glob", action="append", default=[], metavar="GLOB")
-        g.add_argument("--exclude-glob", action="append", default=[], metavar="GLOB")
+        g.add_argument("--include-glob", action="append", default=[], metavar="GLOB",
+                       help="keep only names matching GLOB (fnmatch)")
+        g.add_argument("--exclude-glob", action="append", default=[], metavar="GLOB", help="drop names matching GLOB")
         p.add_argument("--strip-optimizer", action="store_true", help="drop optimizer state")
     if name in ("strip", "rewrite"):
         g = p.add_argument_group("optimizer state")
@@ -43,9 +45,10 @@ def add_arguments(name, p) -> None:
     if name == "rewrite":
         g = p.add_argument_group("cast")
         g.add_argument("--cast", choices=("float32", "bfloat16", "float16"), help="cast floating tensors")
-        g.add_argument("--cast-only", action="append", default=[], metavar="REGEX", help="cast only matching names")
+        g.add_argument("--cast-only", action="append", default=[], metavar="REGEX",
+                       help="with --cast, cast only matching names")
     g = p.add_argument_group("output")
-    g.add_argument("--shards", type=int, default=1, metavar="N", help="number of output data shards (default 1)")
+    g.add_argument("--shards", type=int, metavar="N", help="number of output data shards (default 1)")
     g.add_argument("--max-shard-size", type=parse_size, metavar="SIZE", help="start a new shard past SIZE (e.g. 2G)")
     g.add_argument("--force", action="store_true", help="replace an existing output checkpoint")
     g.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
@@ -62,15 +65,25 @@ def add_arguments(name, p) -> None:
 
 def build_steps(args) -> list:
     from ..transform import Cast, Rename, Select, StripOptimizer, load_map_file, parse_map
+    from .main import UsageError
 
     steps = []
     cmd = args.command
+    if cmd == "rewrite" and not args.strip_optimizer:
+        # Silently ignoring them (or stripping because of them) would surprise: say so instead.
+        given = [flag for flag, on in (("--drop-global-step", args.drop_global_step), ("--ema", args.ema != "keep"),
+                                       ("--optimizer-name", args.optimizer_name)) if on]
+        if given:
+            raise UsageError(f"{', '.join(given)}: meaningful only with --strip-optimizer "
+                             "(add it, or use `ckptio strip`)")
+    if cmd == "rewrite" and args.cast_only and not args.cast:
+        raise UsageError("--cast-only needs --cast TYPE")
     if cmd == "rewrite":
         if args.include or args.exclude:
             steps.append(Select(tuple(args.include), tuple(args.exclude)))
         if args.include_glob or args.exclude_glob:
             steps.append(Select(tuple(args.include_glob), tuple(args.exclude_glob), glob=True))
-    if cmd == "strip" or (cmd == "rewrite" and (args.strip_optimizer or args.drop_global_step or args.ema != "keep")):
+    if cmd == "strip" or (cmd == "rewrite" and args.strip_optimizer):
         steps.append(StripOptimizer(keep_global_step=not args.drop_global_step, ema=args.ema,
                                     optimizer_names=tuple(args.optimizer_name)))
     if cmd in ("rename", "rewrite"):
@@ -80,7 +93,6 @@ def build_steps(args) -> list:
         if rules:
             steps.append(Rename(tuple(rules), regex=args.regex, allow_unmatched=args.allow_unmatched))
         elif cmd == "rename":
-            from .main import UsageError
             raise UsageError("rename needs --map OLD=NEW or --map-file FILE")
     if cmd == "rewrite" and args.cast:
         steps.append(Cast(args.cast, tuple(args.cast_only)))
@@ -91,15 +103,24 @@ def run(args) -> int:
     from .main import UsageError
 
     steps = build_steps(args)
-    if args.shards < 1:
+    if args.shards is not None and args.shards < 1:
         raise UsageError("--shards must be >= 1")
-    options = dict(num_shards=args.shards, max_shard_size=args.max_shard_size, force=args.force,
+    if args.max_shard_size is not None and args.max_shard_size < 1:
+        raise UsageError("--max-shard-size must be more than 0 bytes")
+    if args.shards is not None and args.max_shard_size is not None:
+        raise UsageError("give --shards or --max-shard-size, not both")
+    if args.jobs < 1:
+        raise UsageError("--jobs must be >= 1")
+    options = dict(num_shards=args.shards or 1, max_shard_size=args.max_shard_size, force=args.force,
                    dry_run=args.dry_run, verify=not args.no_verify, fsync=args.fsync)
     if args.out_dir:
+        if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+            raise UsageError(f"--out-dir {args.out_dir}: exists and is not a directory")
         return _run_batch(args, steps, options)
     if len(args.paths) != 2:
         raise UsageError(f"{args.command} takes IN OUT (or inputs with --out-dir DIR)")
     src, dst = args.paths
+    check_output_prefix(dst)
     import ckptio
     from ..rewrite import rewrite
 
@@ -136,17 +157,22 @@ def _print_report(report) -> None:
 
 
 def _run_batch(args, steps, options) -> int:
-    from ..batch import expand_inputs, run_batch
+    from ..batch import expand_inputs, output_prefixes, run_batch
 
     inputs = expand_inputs(args.paths)
     if options.pop("dry_run"):
         from ..rewrite import rewrite
-        for src in inputs:
-            _print_report(rewrite(src, None, steps, dry_run=True))
+        # force: an existing output would be skipped or replaced, not refused; the input itself still is.
+        reports = [rewrite(src, dst, steps, dry_run=True, force=True)
+                   for src, dst in zip(inputs, output_prefixes(inputs, args.out_dir))]
+        if args.json:
+            json.dump([r.to_json() for r in reports], sys.stdout)
+            sys.stdout.write("\n")
+        else:
+            for r in reports:
+                _print_report(r)
         return 0
-    options.pop("num_shards")
-    outcomes = run_batch(inputs, args.out_dir, steps, jobs=max(1, args.jobs), resume=not args.no_resume,
-                         num_shards=args.shards, **options,
+    outcomes = run_batch(inputs, args.out_dir, steps, jobs=args.jobs, resume=not args.no_resume, **options,
                          on_done=None if args.quiet or args.json else
                          lambda o: print(f"{o.status:<7} {o.src}", file=sys.stderr))
     failed = [o for o in outcomes if o.status == "failed"]

@@ -17,21 +17,33 @@ def run(args) -> int:
     import numpy as np
 
     import ckptio
-    from ..errors import TensorNotFoundError
+    from ..errors import TensorNotFoundError, UnsupportedError
 
     with ckptio.open(args.path) as ckpt:
         try:
             tensor = ckpt[args.name]
         except TensorNotFoundError as exc:
-            close = difflib.get_close_matches(args.name, list(ckpt), n=3)
+            # A scope name (`mlp`) is not close to its tensors by edit distance: offer those under it.
+            close = (difflib.get_close_matches(args.name, list(ckpt), n=3)
+                     or sorted(n for n in ckpt if n.startswith(args.name.rstrip("/") + "/"))[:3])
             if close:
                 exc.message += "; did you mean " + ", ".join(close) + "?"
             raise
         e = tensor.entry
-        value = tensor.read()
         info = {"name": tensor.name, "dtype": tensor.dtype_name, "shape": list(tensor.shape),
                 "nbytes": tensor.nbytes, "shard": e.shard_id, "offset": e.offset, "size": e.size,
                 "crc32c": f"{e.crc32c:#010x}", "slices": [s.spec() for s in e.slices]}
+        try:
+            value = tensor.read()
+        except UnsupportedError as exc:  # e.g. a variant: the metadata is still worth showing
+            if args.json:
+                json.dump(dict(info, stats=None, note=exc.message), sys.stdout)
+                sys.stdout.write("\n")
+            else:
+                sys.stdout.write(f"{tensor.name}: {tensor.dtype_name}{list(tensor.shape)}, {tensor.nbytes} bytes\n"
+                                 f"  stored: shard {e.shard_id}, offset {e.offset}, size {e.size}, "
+                                 f"crc32c {e.crc32c:#010x}\n  values not shown: {exc.message}\n")
+            return 0
         stats = _stats(value)
         if args.json:
             doc = dict(info, stats=stats)
