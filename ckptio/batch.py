@@ -118,6 +118,13 @@ def _one(job) -> Outcome:
                    report.bytes_after, report.seconds)
 
 
+def _ignore_sigint() -> None:
+    """Workers leave Ctrl-C to the parent, which reports it once and exits 130."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def run_batch(inputs: list[str], out_dir: str, steps, *, jobs: int = 1, resume: bool = True, on_done=None,
               **options) -> list[Outcome]:
     """Rewrite each input into out_dir; inputs whose complete output exists are skipped when resuming."""
@@ -134,7 +141,7 @@ def run_batch(inputs: list[str], out_dir: str, steps, *, jobs: int = 1, resume: 
             redo = not is_input and os.path.exists(naming.index_path(dst))
             todo.append((src, dst, tuple(steps), {**options, "force": True} if redo else options))
     if jobs > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
+        with ProcessPoolExecutor(max_workers=jobs, initializer=_ignore_sigint) as pool:
             for outcome in pool.map(_one, todo):
                 results[outcome.src] = outcome
                 if on_done:

@@ -130,6 +130,8 @@ def make_plan(ckpt: Checkpoint, steps=()) -> Plan:
         if graph_key in entries:
             graph = ckpt.object_graph_bytes
     check_collisions(items)
+    if not items and names:
+        raise PlanError("the plan keeps no tensor; check --include/--exclude and the rename rules")
     for item in items:
         if not item.dst or item.dst.startswith("\x00") or item.dst == graph_key:
             raise PlanError(f"invalid output name {item.dst!r}", key=item.src)

@@ -155,3 +155,42 @@ def test_error_midway_leaves_nothing(source, tmp_path):
         ckptio.rewrite(str(broken / "model.ckpt"), str(out), [ckptio.StripOptimizer()])
     assert not os.path.exists(str(out) + ".index")
     assert _temps(out.parent) == []
+
+
+def test_batch_ctrl_c_with_workers_prints_no_traceback(tmp_path):
+    """Worker processes ignore SIGINT; the parent reports the interrupt once and exits 130."""
+    sample = ROOT / "examples" / "sample"
+    inputs = []
+    for i in range(400):  # many small inputs: still running whenever the signal lands
+        d = tmp_path / f"in{i:03d}"
+        d.mkdir()
+        for name in os.listdir(sample):
+            if name != "checkpoint":
+                os.symlink(sample / name, d / name)
+        inputs.append(str(d / "model.ckpt-1"))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "ckptio", "strip", "--out-dir", str(out), "--jobs", "2",
+                             "-q", *inputs], env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not (out.is_dir() and any(n.endswith(".index") for n in os.listdir(out))):  # workers are busy
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal does: the whole process group
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert b"Traceback" not in err and b"KeyboardInterrupt" not in err, err.decode()
+    assert err.decode().strip().splitlines()[-1] == "ckptio: interrupted"
+
+
+def test_output_must_be_a_prefix(source, tmp_path):
+    for bad in (str(tmp_path) + "/", str(tmp_path / "d") + "/."):
+        with pytest.raises(ckptio.PlanError, match="prefix"):
+            ckptio.rewrite(source, bad, [ckptio.StripOptimizer()])
+    assert [n for n in os.listdir(tmp_path) if n.endswith(".index")] == []
+
+
+def test_a_plan_that_keeps_nothing_is_refused(source, tmp_path):
+    with pytest.raises(ckptio.PlanError, match="keeps no tensor"):
+        ckptio.rewrite(source, str(tmp_path / "o" / "m"), [ckptio.Select(include=("^nothing$",))])
+    assert not os.path.exists(tmp_path / "o" / "m.index")

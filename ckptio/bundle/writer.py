@@ -348,6 +348,8 @@ def _existing_shards(prefix: str) -> list[str]:
 
 def check_output(prefix: str, *, force: bool, inputs=()) -> None:
     """Refuse to overwrite a checkpoint (unless force) and always refuse to overwrite an input."""
+    if not os.path.basename(prefix) or os.path.basename(prefix) in (".", ".."):
+        raise PlanError("the output must be a prefix such as dir/model.ckpt, not a directory", path=prefix)
     index = naming.index_path(prefix)
     # realpath: a symlinked directory or a '..' must not hide that the output is the input.
     target = (os.path.realpath(prefix), os.path.realpath(index))
