@@ -272,3 +272,28 @@ def test_show_scope_name_suggests_tensors_under_it(capsys, src):
     code, _, err = run(capsys, "show", src, "mlp")
     assert code == 1 and one_line_error(err)
     assert "did you mean mlp/bias, mlp/kernel, mlp/kernel/Adam?" in err
+
+
+def test_show_all_prints_big_tensors_row_by_row(tmp_path, capsys):
+    """--all on millions of values prints one row per line, quickly, for every dtype."""
+    import ml_dtypes
+    import numpy as np
+
+    from ckptio.bundle.writer import BundleWriter
+    from ckptio.cli.main import main
+
+    prefix = str(tmp_path / "m")
+    big = np.arange(300 * 100, dtype=np.float32).reshape(300, 100)
+    with BundleWriter(prefix) as w:
+        w.add_array("f32", big)
+        w.add_array("bf16", big.astype(ml_dtypes.bfloat16))
+        w.add_array("i4", (np.arange(300 * 100) % 7 - 3).astype(ml_dtypes.int4).reshape(300, 100))
+        w.finish()
+    assert main(["show", prefix, "f32", "--all"]) == 0
+    rows = capsys.readouterr().out.splitlines()[3:]
+    assert len(rows) == 300 and rows[-1].startswith("[299]: ")
+    assert [float(v) for v in rows[-1].split(": ", 1)[1].split()] == big[-1].tolist()
+    assert main(["show", prefix, "bf16", "--all"]) == 0
+    assert capsys.readouterr().out.splitlines()[3].split()[1:3] == ["0.0", "1.0"]
+    assert main(["show", prefix, "i4", "--all"]) == 0
+    assert capsys.readouterr().out.splitlines()[3].split()[1:4] == ["-3", "-2", "-1"]

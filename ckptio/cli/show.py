@@ -58,11 +58,34 @@ def run(args) -> int:
         if stats:
             lines.append("  " + ", ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}"
                                           for k, v in stats.items()))
+        if args.all and value.ndim > 1 and value.size > 10_000:
+            # numpy's whole-array str() is very slow on millions of values: print one row
+            # (the last axis) per line instead, each preceded by its index.
+            sys.stdout.write("\n".join(lines) + "\n")
+            rows = value.reshape(-1, value.shape[-1])
+            for i, row in enumerate(rows):
+                index = list(map(int, np.unravel_index(i, value.shape[:-1])))
+                sys.stdout.write(f"{index}: {' '.join(_as_text(row))}\n")
+            return 0
         opts = {"threshold": sys.maxsize} if args.all else {"threshold": 40, "edgeitems": 3}
         with np.printoptions(**opts, linewidth=100):
             lines.append(str(value))
         sys.stdout.write("\n".join(lines) + "\n")
     return 0
+
+
+def _as_text(row):
+    """Each value as text, fast (ml_dtypes' bfloat16/float8/int4 have no direct str cast)."""
+    import numpy as np
+
+    try:
+        return row.astype(str)
+    except TypeError:
+        try:
+            wide = np.int64 if row.dtype.name.startswith(("int", "uint")) else np.float32
+            return row.astype(wide).astype(str)
+        except (TypeError, ValueError):
+            return [str(v) for v in row.tolist()]
 
 
 def _stats(value) -> dict:
