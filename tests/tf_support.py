@@ -27,7 +27,6 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -296,21 +295,16 @@ def hash_array(value) -> str:
         arr = np.array(value, dtype=object)
     else:
         arr = np.asarray(value)
-    if arr.dtype.kind in "SU":
-        raise TypeError("pass strings as an object array of bytes, not dtype %s" % arr.dtype)
-    h = hashlib.sha256()
-    if arr.dtype == object:
-        for e in arr.flat:  # C order
-            if isinstance(e, str):
-                e = e.encode("utf-8")
-            if not isinstance(e, (bytes, np.bytes_)):
-                raise TypeError("string tensor element is %r, expected bytes" % type(e))
-            e = bytes(e)
-            h.update(struct.pack("<Q", len(e)))
-            h.update(e)
-    else:
-        h.update(np.ascontiguousarray(arr).tobytes())
-    return h.hexdigest()
+    return _fixture_tool().hash_array(arr)  # one implementation of the rule, shared with the truth file
+
+
+@functools.lru_cache(maxsize=None)
+def _fixture_tool():
+    """tools/make_fixtures.py as a module (it imports TensorFlow only when asked to)."""
+    spec = importlib.util.spec_from_file_location("_ckptio_make_fixtures", MAKE_FIXTURES)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _has_bytes(seq) -> bool:
