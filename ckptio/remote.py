@@ -18,7 +18,6 @@ URLs with a query string (signed URLs) are not supported: file names are built b
 """
 from __future__ import annotations
 
-import errno
 import os
 import re
 import secrets
@@ -28,8 +27,8 @@ from dataclasses import dataclass
 from .bundle import naming
 from .bundle.paths import Located
 from .checkpoint import Checkpoint
-from .errors import (CheckpointNotFoundError, CkptioError, OutputExistsError, TruncatedError, UnsupportedError,
-                     WriteError, WrongFileError)
+from .errors import (CheckpointNotFoundError, CkptioError, OutputExistsError, ReadError, TruncatedError,
+                     UnsupportedError, WriteError, WrongFileError)
 from .io import Source
 from .sstable.format import MAGIC_BYTES
 
@@ -60,8 +59,9 @@ def _protocols(fs) -> set[str]:
     return {p} if isinstance(p, str) else set(p)
 
 
-def _io_error(exc: Exception, what: str, url: str) -> OSError:
-    return OSError(errno.EIO, f"{what}: {type(exc).__name__}: {exc}", url)
+def _io_error(exc: Exception, what: str, url: str) -> ReadError:
+    """A remote failure as ckptio's ReadError (an OSError too), naming the URL."""
+    return ReadError(f"{what}: {type(exc).__name__}: {exc or 'no detail'}", path=url)
 
 
 class RemoteSource(Source):

@@ -368,3 +368,20 @@ def test_rewrite_to_a_remote_destination(corpus, bucket, capsys):
     assert main(["rewrite", f"{base}/s/m", f"{base}/s.tar.zst", "-q"]) == 0
     with ckptio.open(f"{base}/s.tar.zst") as packed:
         assert "dnn/logits/kernel" in packed
+
+
+def test_remote_read_failure_is_a_ckptio_read_error():
+    """A failing remote read surfaces as ckptio's ReadError (also an OSError), naming the URL."""
+    import fsspec
+
+    from ckptio.errors import ReadError
+    from ckptio.remote import RemoteSource
+
+    class Broken(fsspec.AbstractFileSystem):
+        def cat_file(self, path, start=None, end=None, **kw):
+            raise ConnectionResetError("peer went away")
+
+    src = RemoteSource(Broken(), "/x", name="broken://x", size=100)
+    with pytest.raises(ReadError, match="broken://x") as info:
+        src.read(0, 10)
+    assert isinstance(info.value, OSError) and "peer went away" in str(info.value)
