@@ -18,6 +18,7 @@ import pytest
 import zstandard
 
 import ckptio
+from support import same
 from ckptio import archive
 from ckptio.archive import BLOCK, ArchiveStream, decode_header, encode_header, pack, parse_pax, unpack
 from ckptio.bundle import dtypes
@@ -75,12 +76,7 @@ def same_tensors(a, b) -> None:
             with pytest.raises(ckptio.UnsupportedError):
                 b[name].read()
             continue
-        got = b[name].read()
-        assert got.dtype == want.dtype and got.shape == want.shape, name
-        if want.dtype == object:
-            assert list(got.reshape(-1)) == list(want.reshape(-1)), name
-        else:
-            assert got.tobytes() == want.tobytes(), name
+        assert same(b[name].read(), want), name
 
 
 # -- tar header codec ----------------------------------------------------------------------------

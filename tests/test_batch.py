@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import os
 
-import numpy as np
 import pytest
 
 import ckptio
+from support import read_all as contents, same
 from ckptio.batch import expand_inputs, is_complete, output_prefixes, run_batch
 from ckptio.cli.main import main
 from ckptio.errors import CheckpointNotFoundError, PlanError
@@ -27,16 +27,6 @@ def run(capsys, *argv):
     return rc, out, err
 
 
-def contents(prefix) -> dict:
-    with ckptio.open(prefix) as c:
-        return {n: c[n].read() for n in c}
-
-
-def same(a, b) -> bool:
-    a, b = np.asarray(a), np.asarray(b)
-    return a.dtype == b.dtype and a.shape == b.shape and (
-        list(a.flat) == list(b.flat) if a.dtype == object else a.tobytes() == b.tobytes())
-
 
 OPT = {"model/dense/kernel/Adam", "model/dense/kernel/Adam_1", "model/dense/bias/Adam", "model/dense/bias/Adam_1",
        "beta1_power", "beta2_power", "model/embedding/Adam"}
@@ -48,7 +38,7 @@ def inputs(tmp_path):
     made = {}
     for i, rel in enumerate(["a/one", "b/two", "run/model.ckpt-1", "run/model.ckpt-2", "run/model.ckpt-3"]):
         tensors, sliced = model_tensors(seed=10 + i)
-        prefix = write_bundle(tmp_path / rel, tensors, sliced=sliced)
+        write_bundle(tmp_path / rel, tensors, sliced=sliced)
         made[rel] = dict(tensors) | {n: full for n, (full, _) in sliced.items()}
     # TF writes relative paths; one absolute path too (TF1 Saver did that)
     (tmp_path / "run" / "checkpoint").write_text(

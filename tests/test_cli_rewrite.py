@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import ckptio
+from support import read_all as values, same
 from ckptio.bundle import naming
 from ckptio.cli.main import main
 
@@ -38,16 +39,6 @@ def names(prefix) -> set:
     with ckptio.open(prefix) as c:
         return set(c)
 
-
-def values(prefix) -> dict:
-    with ckptio.open(prefix) as c:
-        return {n: c[n].read() for n in c}
-
-
-def same(a, b) -> bool:
-    a, b = np.asarray(a), np.asarray(b)
-    return a.dtype == b.dtype and a.shape == b.shape and (
-        list(a.flat) == list(b.flat) if a.dtype == object else a.tobytes() == b.tobytes())
 
 
 def tree(directory) -> dict:

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import ckptio
+from support import same
 from ckptio import archive, remote
 from ckptio.bundle import dtypes
 from ckptio.bundle.writer import BundleWriter
@@ -63,12 +64,7 @@ def same_tensors(a, b) -> None:
             want = a[name].read()
         except ckptio.UnsupportedError:
             continue
-        got = b[name].read()
-        assert got.dtype == want.dtype and got.shape == want.shape, name
-        if want.dtype == object:
-            assert list(got.reshape(-1)) == list(want.reshape(-1)), name
-        else:
-            assert got.tobytes() == want.tobytes(), name
+        assert same(b[name].read(), want), name
 
 
 @pytest.fixture(scope="module")
