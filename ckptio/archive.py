@@ -27,7 +27,7 @@ from .bundle.paths import Located
 from .checkpoint import ARCHIVE_SUFFIXES, Checkpoint
 from .errors import (CheckpointNotFoundError, CorruptCheckpointError, OutputExistsError,
                      TruncatedError, UnsupportedError, WriteError, WrongFileError)
-from .io import AtomicFiles, FileSource, MemorySource, Source
+from .io import AtomicFiles, FileSource, MemorySource, Source, make_dirs
 from .sstable.format import MAGIC_BYTES
 
 SUFFIXES = ARCHIVE_SUFFIXES
@@ -639,10 +639,7 @@ class _LocalOutput:
         if os.path.exists(path) and not force:
             raise OutputExistsError("the archive already exists (use --force to replace it)", path=path)
         directory = os.path.dirname(path) or "."
-        try:
-            os.makedirs(directory, exist_ok=True)
-        except OSError as exc:
-            raise WriteError(f"cannot create output directory: {exc.strerror}", path=directory) from None
+        make_dirs(directory)
         self.files = AtomicFiles(directory)
         self.tmp, fd = self.files.create(path)
         self._raw = os.fdopen(fd, "wb", buffering=1 << 20)
@@ -717,10 +714,7 @@ def unpack(archive_path, out_dir, *, force: bool = False, progress=None) -> Unpa
             if os.path.lexists(final) and not force:
                 raise OutputExistsError("file exists (use --force to replace it)", path=final)
             directory = os.path.dirname(final) or "."
-            try:
-                os.makedirs(directory, exist_ok=True)
-            except OSError as exc:
-                raise WriteError(f"cannot create directory: {exc.strerror}", path=directory) from None
+            make_dirs(directory)
             group = index_files if rel.endswith(".index") else data_files
             files = group.setdefault(directory, AtomicFiles(directory))
             tmp, fd = files.create(final)

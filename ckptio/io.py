@@ -113,6 +113,14 @@ class MemorySource(Source):
         return bytes(self._data[offset:offset + length])
 
 
+def make_dirs(directory: str) -> None:
+    """Create an output directory (and parents), as a WriteError naming it on failure."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        raise WriteError(f"cannot create output directory: {exc.strerror or exc}", path=directory) from None
+
+
 class AtomicFiles:
     """Temp files in the destination directory, renamed into place in order on commit.
 

@@ -530,7 +530,7 @@ def download_checkpoint(src, local_prefix, *, force: bool = False, progress=None
     """
     from .bundle.writer import check_output
     from .checkpoint import open as open_checkpoint
-    from .io import AtomicFiles
+    from .io import AtomicFiles, make_dirs
 
     started = time.perf_counter()
     ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src, **storage_options)
@@ -545,10 +545,7 @@ def download_checkpoint(src, local_prefix, *, force: bool = False, progress=None
             if os.path.exists(dst) and not force:
                 raise OutputExistsError("file exists (use --force to replace it)", path=dst)
         directory = os.path.dirname(local_prefix) or "."
-        try:
-            os.makedirs(directory, exist_ok=True)
-        except OSError as exc:
-            raise WriteError(f"cannot create directory: {exc.strerror}", path=directory) from None
+        make_dirs(directory)
         atomic = AtomicFiles(directory)
         total = 0
         try:

@@ -9,7 +9,7 @@ import os
 import threading
 
 from ..errors import ChecksumError, OutputExistsError, PlanError, TruncatedError, WriteError
-from ..io import AtomicFiles, Source
+from ..io import AtomicFiles, Source, make_dirs
 from ..sstable import TableBuilder
 from ..sstable.coding import crc32c, mask, unmask
 from . import dtypes, naming, strings
@@ -53,10 +53,7 @@ class BundleWriter:
         self.num_shards = num_shards
         directory = os.path.dirname(self.prefix) or "."
         check_output(self.prefix, force=force, inputs=inputs)
-        try:
-            os.makedirs(directory, exist_ok=True)
-        except OSError as exc:
-            raise WriteError(f"cannot create output directory: {exc.strerror}", path=directory) from None
+        make_dirs(directory)
         self.files = AtomicFiles(directory)
         self.shards: list[ShardFile] = []
         self.entries: dict[bytes, Entry] = {}
