@@ -227,6 +227,9 @@ def execute(plan: Plan, dst: str, *, num_shards=1, max_shard_size=None, force=Fa
     stop = threading.Event()
 
     with BundleWriter(dst, len(groups), force=force, inputs=[ckpt.located]) as writer:
+        for shard, group in enumerate(groups):
+            writer.reserve(shard, sum(p.size for p in group))
+
         def run(shard: int) -> None:
             try:
                 for piece in groups[shard]:

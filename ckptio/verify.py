@@ -4,6 +4,7 @@ Unlike TensorFlow, which stops at the first bad checksum, this collects every pr
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -47,7 +48,12 @@ class Report:
 
 
 def verify(ckpt, *, progress: Callable[[int], None] | None = None, check_graph: bool = True) -> Report:
-    """Verify an open Checkpoint; returns a Report listing every problem found."""
+    """Verify a Checkpoint (or the checkpoint at a path); returns a Report listing every problem found."""
+    if isinstance(ckpt, (str, os.PathLike)):
+        from .checkpoint import open as open_checkpoint
+
+        with open_checkpoint(ckpt) as opened:
+            return verify(opened, progress=progress, check_graph=check_graph)
     report = Report()
     if ckpt.format == "v1":
         _verify_v1(ckpt, report, progress)
