@@ -5,7 +5,6 @@ Each test failed before its fix. No TensorFlow needed.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import errno
 import os
 import random
@@ -87,15 +86,20 @@ def test_parallel_copies_never_lose_a_checksum_mismatch(tmp_path, monkeypatch):
         entries = c.entries()
     data_path = naming.data_path(src, 0, 1)
     clean = open(data_path, "rb").read()
-    # Widen the window between reading and replacing the list of pending checks, as a busy
-    # machine does; the checks themselves are unchanged.
-    done = concurrent.futures.Future.done
+    # Send even these small tensors through the kernel copy and the checker thread, and slow
+    # the checks down, as a busy machine does, so that checks of four shards pile up.
+    from ckptio.bundle import writer as writer_mod
 
-    def slow_done(self):
+    monkeypatch.setattr(writer_mod, "KERNEL_COPY_MIN", 0)
+    checks = []
+    crc_segment = writer_mod._crc_segment
+
+    def slow_crc_segment(*args):
+        checks.append(args[1])
         time.sleep(0.0005)
-        return done(self)
+        return crc_segment(*args)
 
-    monkeypatch.setattr(concurrent.futures.Future, "done", slow_done)
+    monkeypatch.setattr(writer_mod, "_crc_segment", slow_crc_segment)
     rng = random.Random(0)
     for trial in range(25):
         corrupt = bytearray(clean)
@@ -106,6 +110,7 @@ def test_parallel_copies_never_lose_a_checksum_mismatch(tmp_path, monkeypatch):
         with pytest.raises(ChecksumError):
             ckptio.rewrite(src, str(tmp_path / f"out{trial}" / "m"), num_shards=4)
         assert not (tmp_path / f"out{trial}" / "m.index").exists()
+    assert checks  # the checker thread did the checking
 
 
 # -- BundleReader.shard: opened lazily by several threads -------------------------------------------

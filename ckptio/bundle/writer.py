@@ -17,6 +17,10 @@ from .entry import Entry, Header
 
 CHUNK = 8 << 20
 SEGMENT = 64 << 20  # copy_file_range unit; its crc32c is checked on the checker thread meanwhile
+BACKLOG = 16  # segments queued for the checker at most
+# Below this a tensor is read, checked and written in one go: a kernel copy plus a hand-off to
+# the checker thread costs more than moving the bytes (and 100,000 tiny entries would queue).
+KERNEL_COPY_MIN = 256 << 10
 
 
 class ShardFile:
@@ -62,8 +66,9 @@ class BundleWriter:
         self._done = False
         self._zero_copy: bool | None = None  # copy_file_range usable here? None until tried
         self._checker = None
-        self._checks: list = []
+        self._check_error: BaseException | None = None
         self._checks_lock = threading.Lock()  # copy() runs on one thread per output shard
+        self._backlog = threading.BoundedSemaphore(BACKLOG)
         try:
             for i in range(num_shards):
                 path = naming.data_path(self.prefix, i, num_shards)
@@ -137,7 +142,8 @@ class BundleWriter:
                                  f"the {src.size}-byte shard", path=src.name, key=label, offset=entry.offset)
         with out.lock:
             start = out.offset
-            if self._zero_copy is not False and self._copy_in_kernel(src, out, entry, label, verify):
+            if (entry.size >= KERNEL_COPY_MIN and self._zero_copy is not False
+                    and self._copy_in_kernel(src, out, entry, label, verify)):
                 pass
             elif verify:
                 running = _copy_checked(src, out, entry.offset, entry.size, label)
@@ -168,35 +174,40 @@ class BundleWriter:
                 return False
             self._zero_copy = True
             if verify:
-                self._check(_crc_segment, src, pos, n, running, label)
+                self._check(_crc_segment, src, pos, n, running, label, entry if pos + n == end else None)
             pos += n
-        if verify:
-            self._check(lambda: _compare(running[0], entry, src, label))
         return True
 
     def _check(self, fn, *args) -> None:
-        """Queue a check on the checker thread (FIFO, so segments of a tensor run in order)."""
-        # Unlocked, two threads could each start a checker (splitting one tensor's segments
-        # across two threads) or drop each other's futures (and with them a mismatch).
+        """Queue a check on the checker thread (FIFO, so segments of a tensor run in order).
+
+        Raises the first failure found so far, so a long copy stops soon after a mismatch.
+        """
+        self._backlog.acquire()  # the checker lags at most BACKLOG segments behind the copies
+        # Unlocked, two shard threads could each start a checker, splitting a tensor's segments.
         with self._checks_lock:
+            if self._check_error is not None:
+                self._backlog.release()
+                raise self._check_error
             if self._checker is None:
                 from concurrent.futures import ThreadPoolExecutor
 
                 self._checker = ThreadPoolExecutor(1, thread_name_prefix="ckptio-crc")
-            self._checks = [f for f in self._checks if not f.done() or f.exception() is not None]
-            for f in self._checks:
-                if f.done():
-                    f.result()  # raise a mismatch found so far without waiting for the end
-            self._checks.append(self._checker.submit(fn, *args))
+            self._checker.submit(fn, *args).add_done_callback(self._checked)
+
+    def _checked(self, future) -> None:
+        """Done-callback of every check: keep the first failure (no lock: it may run inside _check)."""
+        self._backlog.release()
+        if not future.cancelled() and future.exception() is not None and self._check_error is None:
+            self._check_error = future.exception()
 
     def _wait_checks(self) -> None:
-        """Wait for every queued check, then stop the checker thread."""
-        for f in self._checks:
-            f.result()
-        self._checks = []
+        """Wait for every queued check and stop the checker thread; raise the first failure."""
         if self._checker is not None:
             self._checker.shutdown()
             self._checker = None
+        if self._check_error is not None:
+            raise self._check_error
 
     # -- commit --------------------------------------------------------------------------------
 
@@ -255,7 +266,6 @@ class BundleWriter:
         if self._checker is not None:
             self._checker.shutdown(wait=True, cancel_futures=True)
             self._checker = None
-            self._checks = []
         for s in self.shards:
             if s.fd >= 0:
                 try:
@@ -273,8 +283,8 @@ class BundleWriter:
             self.abort()
 
 
-def _crc_segment(src: Source, offset: int, size: int, running: list, key) -> None:
-    """Extend running[0] with the crc32c of src[offset:offset+size] (read into a thread-local buffer)."""
+def _crc_segment(src: Source, offset: int, size: int, running: list, key, last: Entry | None) -> None:
+    """Extend running[0] with the crc32c of src[offset:offset+size]; after a tensor's last segment, compare."""
     buf = _thread_buffer()
     pos, end, crc = offset, offset + size, running[0]
     while pos < end:
@@ -285,6 +295,8 @@ def _crc_segment(src: Source, offset: int, size: int, running: list, key) -> Non
         crc = crc32c(buf[:n], crc)
         pos += n
     running[0] = crc
+    if last is not None:
+        _compare(crc, last, src, key)
 
 
 _local = threading.local()
