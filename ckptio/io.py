@@ -4,7 +4,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import secrets
 import stat
 import sys
 import threading
@@ -133,7 +132,7 @@ class AtomicFiles:
     def __init__(self, directory) -> None:
         self.directory = os.fspath(directory) or "."
         self._pending: list[tuple[str, str]] = []  # (temp path, final path)
-        self._token = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self._token = f"{os.getpid()}-{os.urandom(4).hex()}"
         remove_stale_temps(self.directory)
 
     def create(self, final_path) -> tuple[str, int]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import time
 from dataclasses import dataclass
 
@@ -295,7 +294,7 @@ class RemoteFiles:
         self.fs = fs
         self.store = _Store(fs)
         self.use_temp = renames_cheaply(fs) if use_temp is None else use_temp
-        self._token = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self._token = f"{os.getpid()}-{os.urandom(4).hex()}"
         self._pending: list[tuple[str, str, str]] = []   # (written path, final path, final url)
 
     def _target(self, url: str) -> tuple[str, str]:
