@@ -8,7 +8,10 @@ matrix with exact exception types and messages, and randomized point lookups.
 from __future__ import annotations
 
 import json
+import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import cramjam
@@ -598,3 +601,24 @@ def test_corpus_tables_reencode_byte_identical(short_name, path, corpus):
         return
     assert not compressed
     assert rebuilt == original
+
+
+def test_crc32c_is_the_packages_function_loaded_without_its_init(monkeypatch):
+    import importlib.util
+
+    import crc32c as package
+
+    from ckptio.sstable import coding
+
+    probe = "import sys, ckptio.sstable.coding; print('crc32c' in sys.modules)"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env)
+    assert out.stdout.split() == ["False"], out.stderr  # the package's __init__ never ran
+    assert type(coding.crc32c_function) is type(package.crc32c)  # the same compiled function
+    for data in (b"", b"123456789", bytes(range(256)) * 1000):
+        assert coding.crc32c(data) == package.crc32c(data)
+    assert coding.crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
+    assert package.hardware_based
+    # A package laid out differently: fall back to importing it normally.
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert coding._load_crc32c() is package.crc32c
