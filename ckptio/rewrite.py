@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from typing import TYPE_CHECKING
@@ -243,6 +242,8 @@ def execute(plan: Plan, dst: str, *, num_shards=1, max_shard_size=None, force=Fa
 
         # Forward-only sources (archives) are read by one thread in source order.
         if len(groups) > 1 and not getattr(ckpt, "sequential", False):
+            from concurrent.futures import ThreadPoolExecutor
+
             with ThreadPoolExecutor(max_workers=min(len(groups), os.cpu_count() or 2, 4)) as pool:
                 try:
                     for f in [pool.submit(run, i) for i in range(len(groups))]:

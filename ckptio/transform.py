@@ -5,7 +5,6 @@ plan to a new plan; nothing is read or written here, so a bad rule fails before 
 """
 from __future__ import annotations
 
-import fnmatch
 import json
 import re
 from collections.abc import Callable
@@ -36,7 +35,12 @@ def _compile(patterns, glob: bool):
     out = []
     for p in patterns:
         try:
-            out.append(re.compile(fnmatch.translate(p) if glob else p))
+            if glob:
+                import fnmatch
+
+                out.append(re.compile(fnmatch.translate(p)))
+            else:
+                out.append(re.compile(p))
         except re.error as exc:
             raise PlanError(f"bad pattern {p!r}: {exc}") from None
     return tuple(out)

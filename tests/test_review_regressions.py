@@ -173,8 +173,14 @@ def test_failed_v1_open_closes_every_file(tmp_path):
 # -- BundleWriter.finish --------------------------------------------------------------------------------
 
 
-def test_finish_stops_the_checker_thread(tmp_path):
+def test_finish_stops_the_checker_thread(tmp_path, monkeypatch):
     """The crc checker thread outlived finish() for as long as the writer was referenced."""
+    from ckptio.bundle import writer as writer_mod
+
+    monkeypatch.setattr(writer_mod, "KERNEL_COPY_MIN", 0)  # these tiny tensors too go through the checker
+    started = []
+    real_init = writer_mod.Checker.__init__
+    monkeypatch.setattr(writer_mod.Checker, "__init__", lambda self, n: started.append(n) or real_init(self, n))
     src = str(tmp_path / "src" / "m")
     write_many(src, 5)
     with ckptio.open(src) as c:
@@ -184,7 +190,7 @@ def test_finish_stops_the_checker_thread(tmp_path):
             for name, entry in c.entries().items():
                 writer.copy(name, entry, reader.shard(entry.shard_id), name=name)
             writer.finish()
-        assert not [t for t in threading.enumerate() if t.name.startswith("ckptio-crc")]
+        assert started and not [t for t in threading.enumerate() if t.name.startswith("ckptio-crc")]
         assert writer is not None
 
 

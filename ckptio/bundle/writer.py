@@ -65,10 +65,8 @@ class BundleWriter:
         self._lock = threading.Lock()
         self._done = False
         self._zero_copy: bool | None = None  # copy_file_range usable here? None until tried
-        self._checker = None
-        self._check_error: BaseException | None = None
+        self._checker: Checker | None = None
         self._checks_lock = threading.Lock()  # copy() runs on one thread per output shard
-        self._backlog = threading.BoundedSemaphore(BACKLOG)
         try:
             for i in range(num_shards):
                 path = naming.data_path(self.prefix, i, num_shards)
@@ -179,35 +177,20 @@ class BundleWriter:
         return True
 
     def _check(self, fn, *args) -> None:
-        """Queue a check on the checker thread (FIFO, so segments of a tensor run in order).
-
-        Raises the first failure found so far, so a long copy stops soon after a mismatch.
-        """
-        self._backlog.acquire()  # the checker lags at most BACKLOG segments behind the copies
-        # Unlocked, two shard threads could each start a checker, splitting a tensor's segments.
+        """Queue a check on the checker thread; raise the first failure found so far."""
+        # Locked, so that two shard threads cannot each start a checker (splitting a tensor's segments).
         with self._checks_lock:
-            if self._check_error is not None:
-                self._backlog.release()
-                raise self._check_error
             if self._checker is None:
-                from concurrent.futures import ThreadPoolExecutor
-
-                self._checker = ThreadPoolExecutor(1, thread_name_prefix="ckptio-crc")
-            self._checker.submit(fn, *args).add_done_callback(self._checked)
-
-    def _checked(self, future) -> None:
-        """Done-callback of every check: keep the first failure (no lock: it may run inside _check)."""
-        self._backlog.release()
-        if not future.cancelled() and future.exception() is not None and self._check_error is None:
-            self._check_error = future.exception()
+                self._checker = Checker(BACKLOG)
+        self._checker.submit(fn, *args)
 
     def _wait_checks(self) -> None:
         """Wait for every queued check and stop the checker thread; raise the first failure."""
         if self._checker is not None:
-            self._checker.shutdown()
-            self._checker = None
-        if self._check_error is not None:
-            raise self._check_error
+            checker, self._checker = self._checker, None
+            checker.close()
+            if checker.error is not None:
+                raise checker.error
 
     # -- commit --------------------------------------------------------------------------------
 
@@ -264,7 +247,7 @@ class BundleWriter:
 
     def abort(self) -> None:
         if self._checker is not None:
-            self._checker.shutdown(wait=True, cancel_futures=True)
+            self._checker.close(cancel=True)
             self._checker = None
         for s in self.shards:
             if s.fd >= 0:
@@ -281,6 +264,47 @@ class BundleWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None or not self._done:
             self.abort()
+
+
+class Checker:
+    """One thread running queued checks in order (a tensor's segments stay in sequence).
+
+    submit() raises the first failure found so far, so a long copy stops soon after a mismatch,
+    and blocks while `backlog` checks are queued, so the checker never falls far behind.
+    """
+
+    def __init__(self, backlog: int):
+        import queue
+
+        self.error: BaseException | None = None
+        self._cancelled = False
+        self._jobs = queue.SimpleQueue()
+        self._slots = threading.BoundedSemaphore(backlog)
+        self._thread = threading.Thread(target=self._run, name="ckptio-crc", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn, *args) -> None:
+        if self.error is not None:
+            raise self.error
+        self._slots.acquire()
+        self._jobs.put((fn, args))
+
+    def close(self, cancel: bool = False) -> None:
+        """Run (or, with cancel, drop) what is queued, then stop the thread."""
+        self._cancelled = cancel
+        self._jobs.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, args = job
+            try:
+                if self.error is None and not self._cancelled:
+                    fn(*args)
+            except BaseException as exc:  # kept for the writer's threads to raise
+                self.error = exc
+            finally:
+                self._slots.release()
 
 
 def _crc_segment(src: Source, offset: int, size: int, running: list, key, last: Entry | None) -> None:
