@@ -397,6 +397,11 @@ def render(rows: dict, many: dict, startup: float, arch: dict | None) -> str:
                  f"`--json`), whole process; `tf.train.list_variables`: {tf_list}. `ckptio strip` of it "
                  f"(100,000 tensors rewritten): {many['strip']:.2f} s.")
     for tag, r in rows.items():
+        runs = r["runs"]
+        lines.append(f"- {tag}: runs ranged: strip {min(runs['strip']):.2f}-{max(runs['strip']):.2f} s, `cp` "
+                     f"{min(runs['cp']):.2f}-{max(runs['cp']):.2f} s; against `cp`'s fastest run, strip's median "
+                     f"is {r['strip'] / min(runs['cp']):.2f}x.")
+    for tag, r in rows.items():
         one = r["one_tensor"]
         if r.get("tf_list") is not None:
             lines.append(f"- {tag}: `ckptio ls` {r['ls']:.2f} s (process); `tf.train.list_variables` "
