@@ -201,7 +201,10 @@ class BundleWriter:
             self._validate()
             for s in self.shards:
                 if s.reserved > s.offset:  # give back what the plan over-estimated
-                    os.ftruncate(s.fd, s.offset)
+                    try:
+                        os.ftruncate(s.fd, s.offset)
+                    except OSError as exc:
+                        raise WriteError(f"cannot trim: {exc.strerror}", path=s.path, offset=s.offset) from None
                 os.close(s.fd)
                 s.fd = -1
             _, fd = self.files.create(naming.index_path(self.prefix))
