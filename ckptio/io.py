@@ -227,7 +227,18 @@ def _fsync_dir(directory: str) -> None:
 
 
 _FALLOC_FL_KEEP_SIZE = 1
-_fallocate = None
+_fallocate = None  # libc's fallocate once looked up; False where there is none
+
+
+def _libc_fallocate():
+    import ctypes
+
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).fallocate
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    return fn
 
 
 def preallocate(fd: int, length: int) -> bool:
@@ -242,21 +253,13 @@ def preallocate(fd: int, length: int) -> bool:
     if length <= 0 or not sys.platform.startswith("linux"):
         return False
     if _fallocate is None:
-        import ctypes
-
-        try:
-            fn = ctypes.CDLL(None, use_errno=True).fallocate
-        except (OSError, AttributeError):
-            fn = False
-        else:
-            fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-        _fallocate = fn
+        _fallocate = _libc_fallocate()
     if not _fallocate:
         return False
-    import ctypes
-
     if _fallocate(fd, _FALLOC_FL_KEEP_SIZE, 0, length) == 0:
         return True
+    import ctypes
+
     err = ctypes.get_errno()
     if err in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         raise OSError(err, os.strerror(err))

@@ -56,14 +56,9 @@ def _pack(args, archive) -> int:
                                  progress=bar)
         finally:
             bar.close()
-    if args.json:
-        json.dump(stats.to_json(), sys.stdout)
-        sys.stdout.write("\n")
-    elif not args.quiet:
-        print(f"packed {len(stats.files)} files into {stats.path}: {human(stats.bytes_in)} -> "
-              f"{human(stats.bytes_out)} ({stats.ratio:.2f}x) in {stats.seconds:.2f} s "
-              f"({human(stats.throughput)}/s)")
-    return 0
+    return _report(args, stats, f"packed {len(stats.files)} files into {stats.path}: {human(stats.bytes_in)} -> "
+                                f"{human(stats.bytes_out)} ({stats.ratio:.2f}x) in {stats.seconds:.2f} s "
+                                f"({human(stats.throughput)}/s)")
 
 
 def _unpack(args, archive) -> int:
@@ -73,10 +68,15 @@ def _unpack(args, archive) -> int:
         stats = archive.unpack(args.archive, args.dir, force=args.force, progress=bar)
     finally:
         bar.close()
+    return _report(args, stats, f"unpacked {len(stats.files)} files ({human(stats.bytes_out)}) into "
+                                f"{stats.out_dir} in {stats.seconds:.2f} s")
+
+
+def _report(args, stats, summary: str) -> int:
+    """Print the stats as JSON with --json, else the summary line unless --quiet."""
     if args.json:
         json.dump(stats.to_json(), sys.stdout)
         sys.stdout.write("\n")
     elif not args.quiet:
-        print(f"unpacked {len(stats.files)} files ({human(stats.bytes_out)}) into {stats.out_dir} "
-              f"in {stats.seconds:.2f} s")
+        print(summary)
     return 0
