@@ -6,6 +6,8 @@ Exit codes: 0 ok, 1 bad checkpoint (or missing tensor), 2 usage.
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -274,3 +276,41 @@ def test_cli_startup_imports_neither_numpy_nor_protobuf(step):
     heavy = json.loads(p.stdout.strip().splitlines()[-1])
     roots = sorted({"google.protobuf" if h.startswith("google.") else "numpy" for h in heavy})
     assert heavy == [], f"imported at startup: {roots}"
+
+
+
+@pytest.fixture
+def many(tmp_path):
+    """3000 entries: `ls` prints far more than a pipe buffer holds."""
+    prefix = str(tmp_path / "many" / "model.ckpt")
+    with BundleWriter(prefix) as w:
+        for i in range(3000):
+            w.add_array(f"block_{i:04d}/w", np.zeros(2, np.float32))
+        w.finish()
+    return prefix
+
+
+def test_process_exit_keeps_output_and_exit_code(many, tmp_path, capsys):
+    """`python -m ckptio` skips interpreter teardown: its piped output must still be complete
+    and its exit code the one main() returned."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # block-buffered, as usual
+    for argv in (["ls", many, "--json"], ["verify", many]):  # one large write; one short line left in the buffer
+        code, expected, _ = run(capsys, *argv)
+        p = subprocess.run([sys.executable, "-m", "ckptio", *argv], capture_output=True, text=True,
+                           cwd=str(REPO), env=env, timeout=120)
+        untimed = [re.sub(r" in [0-9.]+ s .*", "", text) for text in (p.stdout, expected)]
+        assert p.returncode == code and untimed[0] == untimed[1] and expected.endswith("\n")
+    missing = str(tmp_path / "nowhere" / "model.ckpt")
+    code, _, err = run(capsys, "verify", missing)
+    p = _python("", "-m", "ckptio", "verify", missing)
+    assert code == 1 and (p.returncode, p.stderr) == (code, err) and len(err.splitlines()) == 1
+
+
+def test_process_exit_after_reader_left(many):
+    """A reader that stops early (`| head`) gets no traceback and no hang."""
+    proc = subprocess.Popen([sys.executable, "-m", "ckptio", "ls", many], cwd=str(REPO),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.read(10)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and "Traceback" not in err, err

@@ -111,5 +111,18 @@ def _check_paths(args) -> None:
             raise UsageError(f"{name}: empty path")
 
 
+def console() -> None:
+    """The `ckptio` command: run main(), flush, exit without tearing the interpreter down."""
+    code = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:  # a reader such as `head` left early; what it wanted was written
+        pass
+    # All output is written and renamed into place by now. Freeing every module's objects one
+    # by one would add ~10 ms to each command (a fifth of `ckptio ls` on a small checkpoint).
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()
