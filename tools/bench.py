@@ -10,7 +10,7 @@ ckptio, and the two ops alone), `ckptio ls`
 on a 100,000-entry checkpoint and on the big one vs `tf.train.list_variables`, `ckptio verify`
 throughput, bytes read to get one tensor out, CLI start-up, and zstd archive ratio/throughput.
 Before each timed run, `sync` and the page cache set so that exactly the bytes that run reads are
-resident (see set_cache).
+resident (see set_cache); then strip and `cp` once more with a cold cache (input read from disk).
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ ENV = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH
 # Time commands as they run after a normal install, with their bytecode cached (a warm-up run
 # writes it): without this, every ckptio run would recompile its modules from source.
 ENV.pop("PYTHONDONTWRITEBYTECODE", None)
+ENV.pop("PYTHONUNBUFFERED", None)  # and with the usual buffered output
 CKPTIO = [sys.executable, "-m", "ckptio"]
 
 
@@ -140,30 +141,52 @@ def sync() -> None:
     os.sync()
 
 
+_pins: dict[str, list] = {}  # path -> mmaps holding that file's resident ranges in place
+
+
 def set_cache(path: str, keep=(), drop=(), whole: bool | None = None) -> None:
     """Make the byte ranges `keep` of a file resident and drop `drop` (or the whole file) from the page cache.
 
     Each timed run starts from the same cache: what it reads is resident, and what it does not
     read is evicted so that the input, the cp source and the outputs all fit in RAM without
-    evicting each other mid-run (at 4 GiB kept they would not otherwise).
+    evicting each other mid-run (at 4 GiB kept they would not otherwise). The resident ranges
+    stay mapped into this process until the next call for the file: this machine's kernel runs
+    DAMON, which pages out unmapped page cache idle for about a minute, and before the pins it
+    did so mid-benchmark, at random, sending either tool (strip or cp) to the disk for its input.
     """
+    import mmap
+
+    for m in _pins.pop(path, []):
+        m.close()
     fd = os.open(path, os.O_RDONLY)
     try:
+        size = os.fstat(fd).st_size
         if whole is False:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             return
-        for offset, size in drop:
-            os.posix_fadvise(fd, offset, size, os.POSIX_FADV_DONTNEED)
-        buf = memoryview(bytearray(8 << 20))
-        for offset, size in ([(0, os.fstat(fd).st_size)] if whole else keep):
-            end = offset + size
-            while offset < end:
-                n = os.preadv(fd, [buf[:min(len(buf), end - offset)]], offset)
-                if n <= 0:
-                    break
-                offset += n
+        for offset, n in drop:
+            os.posix_fadvise(fd, offset, n, os.POSIX_FADV_DONTNEED)
+        pins = []
+        for offset, n in _merged([(0, size)] if whole else keep):
+            start = offset - offset % mmap.ALLOCATIONGRANULARITY
+            pins.append(mmap.mmap(fd, offset + n - start, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE,
+                                  prot=mmap.PROT_READ, offset=start))
+        _pins[path] = pins
     finally:
         os.close(fd)
+
+
+def _merged(ranges):
+    """(offset, size) ranges, adjacent ones joined and empty ones left out."""
+    out = []
+    for offset, n in sorted(ranges):
+        if n <= 0:
+            continue
+        if out and offset <= out[-1][0] + out[-1][1]:
+            out[-1][1] = max(out[-1][1], offset + n - out[-1][0])
+        else:
+            out.append([offset, n])
+    return [tuple(r) for r in out]
 
 
 TF_STRIP = r"""
@@ -237,8 +260,27 @@ def bench_size(work: str, size: int, reps: int, use_tf: bool, rows: dict) -> Non
     run_timed(["cp", floor, os.path.join(warm_dir, "floor.bin")])
     shutil.rmtree(warm_dir)
     strip_t, strip_in, strip_rss, cp_t, tf_t, tf_whole, tf_rss, verify_t = [], [], [], [], [], [], [], []
+    cold_strip, cold_cp = [], []
+
+    def timed_strip(into: list) -> None:
+        out = os.path.join(work, "out_strip", "model.ckpt")
+        shutil.rmtree(os.path.dirname(out), ignore_errors=True)
+        wall, rss, text = run_rss(CKPTIO + ["strip", prefix, out, "-q", "--json"])
+        into.append(wall)
+        if into is strip_t:
+            strip_in.append(json.loads(text)["seconds"])
+            strip_rss.append(rss)
+        shutil.rmtree(os.path.dirname(out), ignore_errors=True)
+
+    def timed_cp(into: list) -> None:
+        target = os.path.join(work, "out_cp.bin")
+        into.append(run_timed(["cp", floor, target])[0])
+        os.unlink(target)
+
+    # Two strip/cp pairs per repetition (they are cheap, and their ratio is the noisiest target).
+    order = ("strip", "cp", "tf", "cp", "strip", "verify")
     for rep in range(reps):
-        for step in (("strip", "cp", "tf", "verify") if rep % 2 == 0 else ("verify", "tf", "cp", "strip")):
+        for step in (order if rep % 2 == 0 else order[::-1]):
             if step == "verify":  # reads everything: the whole input resident, the cp source not
                 set_cache(floor, whole=False)
                 set_cache(data, whole=True)
@@ -247,18 +289,9 @@ def bench_size(work: str, size: int, reps: int, use_tf: bool, rows: dict) -> Non
                 set_cache(floor, whole=True)
             sync()
             if step == "strip":
-                out = os.path.join(work, "out_strip", "model.ckpt")
-                shutil.rmtree(os.path.dirname(out), ignore_errors=True)
-                wall, rss, text = run_rss(CKPTIO + ["strip", prefix, out, "-q", "--json"])
-                strip_t.append(wall)
-                strip_in.append(json.loads(text)["seconds"])
-                strip_rss.append(rss)
-                shutil.rmtree(os.path.dirname(out), ignore_errors=True)
+                timed_strip(strip_t)
             elif step == "cp":
-                target = os.path.join(work, "out_cp.bin")
-                wall, _ = run_timed(["cp", floor, target])
-                cp_t.append(wall)
-                os.unlink(target)
+                timed_cp(cp_t)
             elif step == "tf" and use_tf:
                 out = os.path.join(work, "out_tf", "model.ckpt")
                 shutil.rmtree(os.path.dirname(out), ignore_errors=True)
@@ -271,6 +304,16 @@ def bench_size(work: str, size: int, reps: int, use_tf: bool, rows: dict) -> Non
             elif step == "verify":
                 wall, _ = run_timed(CKPTIO + ["verify", prefix, "-q"])
                 verify_t.append(wall)
+    # Cold cache: nothing of the input or the cp source resident, so both read from the disk.
+    for rep in range(reps):
+        for step in (("strip", "cp") if rep % 2 == 0 else ("cp", "strip")):
+            set_cache(data, whole=False)
+            set_cache(floor, whole=False)
+            sync()
+            if step == "strip":
+                timed_strip(cold_strip)
+            else:
+                timed_cp(cold_cp)
     ls_t = [run_timed(CKPTIO + ["ls", prefix])[0] for _ in range(reps)]
     with ckptio.open(prefix) as ck:
         name = kept_names[len(kept_names) // 2]
@@ -281,7 +324,9 @@ def bench_size(work: str, size: int, reps: int, use_tf: bool, rows: dict) -> Non
         "strip": median(strip_t), "strip_in": median(strip_in), "strip_rss": max(strip_rss), "cp": median(cp_t),
         "tf": median(tf_t) if tf_t else None, "tf_whole": median(tf_whole) if tf_whole else None,
         "tf_rss": max(tf_rss) if tf_rss else None,
-        "runs": {"strip": strip_t, "strip_in": strip_in, "cp": cp_t, "tf": tf_t, "tf_whole": tf_whole, "verify": verify_t},
+        "runs": {"strip": strip_t, "strip_in": strip_in, "cp": cp_t, "tf": tf_t, "tf_whole": tf_whole, "verify": verify_t,
+                 "cold_strip": cold_strip, "cold_cp": cold_cp},
+        "cold_strip": median(cold_strip), "cold_cp": median(cold_cp),
         "verify": median(verify_t), "ls": median(ls_t), "one_tensor": one,
     }
     if use_tf:
@@ -401,6 +446,9 @@ def render(rows: dict, many: dict, startup: float, arch: dict | None) -> str:
         lines.append(f"- {tag}: runs ranged: strip {min(runs['strip']):.2f}-{max(runs['strip']):.2f} s, `cp` "
                      f"{min(runs['cp']):.2f}-{max(runs['cp']):.2f} s; against `cp`'s fastest run, strip's median "
                      f"is {r['strip'] / min(runs['cp']):.2f}x.")
+    for tag, r in rows.items():
+        lines.append(f"- {tag}, cold page cache (input and `cp` source evicted, read from the disk): strip "
+                     f"{r['cold_strip']:.2f} s, `cp` {r['cold_cp']:.2f} s: {r['cold_strip'] / r['cold_cp']:.2f}x.")
     for tag, r in rows.items():
         one = r["one_tensor"]
         if r.get("tf_list") is not None:
