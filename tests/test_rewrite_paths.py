@@ -152,3 +152,21 @@ def test_the_checker_never_lags_more_than_its_backlog(tmp_path, monkeypatch):
     ckptio.rewrite(src, str(tmp_path / "out" / "model.ckpt"), [ckptio.StripOptimizer()])
     assert queued["now"] == 0
     assert writer_mod.BACKLOG <= queued["max"] <= writer_mod.BACKLOG + 1, queued
+
+
+def test_copy_buffer_sized_to_what_passes_through_python(tmp_path, monkeypatch):
+    """Small tensors go through a buffer as large as they need, not the 8 MiB one bulk copies use."""
+    src = str(tmp_path / "src" / "model.ckpt")
+    adam_checkpoint(src, 3, 300_000)
+    sizes = []
+    real_buffer = writer_mod.ShardFile.buffer
+    monkeypatch.setattr(writer_mod.ShardFile, "buffer", lambda self, n: sizes.append(len(real_buffer(self, n))) or
+                        real_buffer(self, n))
+    ckptio.rewrite(src, str(tmp_path / "strip" / "model.ckpt"), [ckptio.StripOptimizer()])
+    assert sizes == [8]  # only global_step went through Python
+    monkeypatch.setattr(writer_mod, "_copy_range", lambda *args: False)  # no kernel copy (another filesystem)
+    sizes.clear()
+    out = str(tmp_path / "buffered" / "model.ckpt")
+    ckptio.rewrite(src, out, [ckptio.StripOptimizer()])
+    assert max(sizes) == 2 << 20 < writer_mod.CHUNK  # 1.2 MB tensors: a 2 MiB buffer
+    assert ckptio.verify(out).ok

@@ -42,9 +42,13 @@ class ShardFile:
             view = view[n:]
             self.offset += n
 
-    def buffer(self) -> memoryview:
-        if self._buf is None:
-            self._buf = memoryview(bytearray(CHUNK))
+    def buffer(self, size: int) -> memoryview:
+        """A reused buffer of at least min(size, CHUNK) bytes."""
+        # Sized to what is copied through it: a strip that moves only small tensors through
+        # Python (the big ones go through the kernel) need not allocate and fault in 8 MiB.
+        want = min(CHUNK, 1 << max(size - 1, 1).bit_length())
+        if self._buf is None or len(self._buf) < want:
+            self._buf = memoryview(bytearray(want))
         return self._buf
 
 
@@ -343,7 +347,7 @@ def _compare(crc: int, entry: Entry, src: Source, key) -> None:
 
 def _copy_checked(src: Source, out: ShardFile, offset: int, size: int, key) -> int:
     """Copy through a reused buffer, computing the crc32c; return the unmasked crc."""
-    buf = out.buffer()
+    buf = out.buffer(size)
     running, pos, end = 0, offset, offset + size
     readinto = getattr(src, "readinto", None)
     while pos < end:
