@@ -1,11 +1,11 @@
 """ckptio: read, inspect, verify and rewrite TensorFlow checkpoints without TensorFlow."""
-from .checkpoint import Checkpoint, Tensor, open
+import importlib
+import sys
+import types
+
 from .errors import (CheckpointNotFoundError, ChecksumError, CkptioError, CorruptCheckpointError,
                      MissingShardError, OutputExistsError, PlanError, ReadError, TensorNotFoundError,
                      TruncatedError, UnsupportedError, WriteError, WrongFileError)
-from .rewrite import rewrite
-from .transform import Cast, MapNames, Rename, Select, StripOptimizer
-from .verify import verify
 
 __version__ = "0.1.0"
 
@@ -15,3 +15,38 @@ __all__ = [
     "ChecksumError", "MissingShardError", "ReadError", "UnsupportedError", "TensorNotFoundError", "PlanError",
     "OutputExistsError", "WriteError",
 ]
+
+# Public name -> the submodule that defines it, imported on first use (PEP 562): the CLI imports
+# this package for __version__, and each command should pay only for the modules it runs.
+_LAZY = {
+    "open": "checkpoint", "Checkpoint": "checkpoint", "Tensor": "checkpoint", "rewrite": "rewrite",
+    "verify": "verify", "Select": "transform", "StripOptimizer": "transform", "Rename": "transform",
+    "Cast": "transform", "MapNames": "transform",
+}
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
+
+class _Package(types.ModuleType):
+    """This package's module type: `ckptio.rewrite` and `ckptio.verify` stay the functions."""
+
+    def __setattr__(self, name, value):
+        # Once a submodule is imported, the import system sets it as an attribute of its package,
+        # so whoever first imports ckptio.rewrite (the CLI, `from ckptio.rewrite import ...`)
+        # would replace the function ckptio.rewrite with the module.
+        if name in ("rewrite", "verify") and isinstance(value, types.ModuleType):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -4,13 +4,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 
-from typing import TYPE_CHECKING
-
 from .bundle import dtypes
 from .bundle.paths import Located, resolve
 from .bundle.slices import Slice
 from .errors import CorruptCheckpointError, TensorNotFoundError, UnsupportedError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers honour the name)
 if TYPE_CHECKING:  # the protobuf-backed modules load on first use, keeping `ckptio --help` fast
     from .bundle.entry import Entry
 

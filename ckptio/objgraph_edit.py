@@ -14,6 +14,7 @@ from .bundle.naming import OBJECT_GRAPH_KEY
 from .errors import PlanError
 from .objgraph import (_ATTRIBUTES_SEP, Attribute, Child, Node, ObjectGraph, Path, _resolve_user_path,
                        find_optimizers, owned_keys, parse_path, path_string)
+from .transform import Rename
 
 # Root-level step counters that --drop-global-step removes (TF1-eager `optimizer_step`, TF-Agents `train_step`).
 _STEP_EDGES = {"global_step", "step", "train_step", "optimizer_step"}
@@ -431,9 +432,7 @@ def _call(fn, name: str) -> str | None:
 
 def _single_rules(step, indices) -> list[tuple[int, object]]:
     """One-rule copies of a Rename step, so each rule keeps the step's own matching semantics."""
-    from dataclasses import replace
-
-    return [(i, replace(step, rules=(step.rules[i],), allow_unmatched=True)) for i in indices]
+    return [(i, Rename((step.rules[i],), step.regex, allow_unmatched=True)) for i in indices]
 
 
 def _swap_ids(g: ObjectGraph, a: int, b: int) -> None:

@@ -8,32 +8,27 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass, field
-
-from typing import TYPE_CHECKING
+from collections import namedtuple
 
 from .bundle import dtypes, naming
-from .bundle.slices import Slice, encode_key as slice_key
+from .bundle.slices import encode_key as slice_key
 from .checkpoint import Checkpoint
 from .errors import PlanError
 from .transform import Cast, Context, Item, check_collisions
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers honour the name)
 if TYPE_CHECKING:
     from .bundle.entry import Entry
 
 CHUNK_BYTES = 8 << 20
 
 
-@dataclass(frozen=True, slots=True)
-class Piece:
+# key: output bundle key; name: output tensor name (for messages); src_name: source tensor name;
+# src_entry: where the bytes are (V2) or the tensor's metadata (V1); slice: the stored slice, if any.
+class Piece(namedtuple("Piece", "key name src_name src_entry out_dtype slice", defaults=(None,))):
     """One run of bytes to write: a whole tensor or one stored slice."""
 
-    key: bytes            # output bundle key
-    name: str             # output tensor name (for messages)
-    src_name: str         # source tensor name
-    src_entry: Entry      # where the bytes are (V2) or the tensor's metadata (V1)
-    out_dtype: int
-    slice: Slice | None = None
+    __slots__ = ()
 
     @property
     def size(self) -> int:
@@ -49,16 +44,16 @@ class Piece:
         return n * info.itemsize
 
 
-@dataclass
 class Plan:
     """A validated rewrite: output items, the pieces to write, and the new object graph if any."""
 
-    source: Checkpoint
-    items: list[Item]
-    dropped: list[str]
-    pieces: list[Piece]
-    metadata: dict[str, Entry]          # sliced tensors' metadata entries by output name
-    graph: bytes | None = None
+    __slots__ = ("source", "items", "dropped", "pieces", "metadata", "graph")
+
+    def __init__(self, source: Checkpoint, items: list[Item], dropped: list[str], pieces: list[Piece],
+                 metadata: dict[str, Entry], graph: bytes | None = None):
+        self.source, self.items, self.dropped, self.pieces = source, items, dropped, pieces
+        self.metadata = metadata  # sliced tensors' metadata entries by output name
+        self.graph = graph
 
     @property
     def bytes_before(self) -> int:
@@ -69,19 +64,24 @@ class Plan:
         return sum(p.size for p in self.pieces) + (len(self.graph) if self.graph else 0)
 
 
-@dataclass
 class Report:
     """What a rewrite did (or, for a dry run, would do)."""
 
-    src: str
-    dst: str | None
-    kept: list[tuple[str, str]] = field(default_factory=list)
-    dropped: list[str] = field(default_factory=list)
-    cast: list[str] = field(default_factory=list)
-    bytes_before: int = 0
-    bytes_after: int = 0
-    seconds: float = 0.0
-    dry_run: bool = False
+    __slots__ = ("src", "dst", "kept", "dropped", "cast", "bytes_before", "bytes_after", "seconds", "dry_run")
+
+    def __init__(self, src: str, dst: str | None, kept: list[tuple[str, str]] | None = None,
+                 dropped: list[str] | None = None, cast: list[str] | None = None, bytes_before: int = 0,
+                 bytes_after: int = 0, seconds: float = 0.0, dry_run: bool = False):
+        self.src, self.dst = src, dst
+        self.kept = [] if kept is None else kept
+        self.dropped = [] if dropped is None else dropped
+        self.cast = [] if cast is None else cast
+        self.bytes_before, self.bytes_after, self.seconds, self.dry_run = bytes_before, bytes_after, seconds, dry_run
+
+    def __repr__(self):
+        return (f"Report(src={self.src!r}, dst={self.dst!r}, kept={len(self.kept)}, dropped={len(self.dropped)}, "
+                f"cast={len(self.cast)}, bytes_before={self.bytes_before}, bytes_after={self.bytes_after}, "
+                f"dry_run={self.dry_run})")
 
     @property
     def renamed(self) -> list[tuple[str, str]]:

@@ -7,28 +7,62 @@ from __future__ import annotations
 
 import json
 import re
+from collections import namedtuple
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
 
 from .bundle import dtypes
 from .errors import PlanError
 
+# Named tuples and plain classes, not dataclasses: importing dataclasses and building each
+# @dataclass would cost every CLI command milliseconds at start-up.
 
-@dataclass(frozen=True, slots=True)
-class Item:
+
+# promoted_from: for EMA promotion, the source whose bytes are written instead of src's.
+class Item(namedtuple("Item", "src dst dtype promoted_from", defaults=(None,))):
     """One output tensor: where it comes from, its name and dtype in the output."""
 
-    src: str
-    dst: str
-    dtype: int
-    promoted_from: str | None = None  # EMA promotion: bytes come from this source instead
+    __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Context:
+class Context(namedtuple("Context", "entries")):
     """What steps may consult: the source's entries (name -> Entry)."""
 
-    entries: dict
+    __slots__ = ()
+
+
+class _Step:
+    """Base of the rewrite steps: frozen once built, equal when of one type with equal fields."""
+
+    __slots__ = ()
+    _fields: tuple[str, ...] = ()  # the constructor's arguments, in order
+
+    def _init(self, **values) -> None:
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"{type(self).__name__} is frozen; cannot assign to {name!r}")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"{type(self).__name__} is frozen; cannot delete {name!r}")
+
+    def _values(self) -> tuple:
+        return tuple(getattr(self, f) for f in self._fields)
+
+    def __eq__(self, other):
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self):
+        return hash(self._values())
+
+    def __repr__(self):
+        args = ", ".join(f"{f}={v!r}" for f, v in zip(self._fields, self._values()))
+        return f"{type(self).__name__}({args})"
+
+    def __reduce__(self):  # pickle and copy through the constructor (batch ships steps to workers)
+        return type(self), self._values()
 
 
 def _compile(patterns, glob: bool):
@@ -46,19 +80,15 @@ def _compile(patterns, glob: bool):
     return tuple(out)
 
 
-@dataclass(frozen=True)
-class Select:
+class Select(_Step):
     """Keep names matching any include (all if none) and no exclude; regex search or full glob."""
 
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    glob: bool = False
-    _inc: tuple = field(default=(), init=False, repr=False, compare=False)
-    _exc: tuple = field(default=(), init=False, repr=False, compare=False)
+    _fields = ("include", "exclude", "glob")
+    __slots__ = _fields + ("_inc", "_exc")  # the compiled patterns
 
-    def __post_init__(self):
-        object.__setattr__(self, "_inc", _compile(self.include, self.glob))
-        object.__setattr__(self, "_exc", _compile(self.exclude, self.glob))
+    def __init__(self, include: tuple[str, ...] = (), exclude: tuple[str, ...] = (), glob: bool = False):
+        self._init(include=include, exclude=exclude, glob=glob,
+                   _inc=_compile(include, glob), _exc=_compile(exclude, glob))
 
     def keeps(self, name: str) -> bool:
         match = (lambda r: r.match(name)) if self.glob else (lambda r: r.search(name))
@@ -146,17 +176,15 @@ def classify(names, optimizer_names=(), ema_names=(EMA_NAME,)) -> dict[str, tupl
     return out
 
 
-@dataclass(frozen=True)
-class StripOptimizer:
+class StripOptimizer(_Step):
     """Drop optimizer slots and state; keep global_step unless asked; EMA keep/drop/promote."""
 
-    keep_global_step: bool = True
-    ema: str = "keep"
-    optimizer_names: tuple[str, ...] = ()
+    __slots__ = _fields = ("keep_global_step", "ema", "optimizer_names")
 
-    def __post_init__(self):
-        if self.ema not in ("keep", "drop", "promote"):
-            raise PlanError(f"ema must be keep, drop or promote, not {self.ema!r}")
+    def __init__(self, keep_global_step: bool = True, ema: str = "keep", optimizer_names: tuple[str, ...] = ()):
+        if ema not in ("keep", "drop", "promote"):
+            raise PlanError(f"ema must be keep, drop or promote, not {ema!r}")
+        self._init(keep_global_step=keep_global_step, ema=ema, optimizer_names=optimizer_names)
 
     def apply(self, items: list[Item], ctx: Context) -> list[Item]:
         roles = classify([i.src for i in items], self.optimizer_names)
@@ -174,7 +202,7 @@ class StripOptimizer:
                 if ((src_entry.dtype, src_entry.shape, src_entry.slices)
                         != (shadow_entry.dtype, shadow_entry.shape, shadow_entry.slices)):
                     raise PlanError("EMA shadow differs in dtype, shape or slicing from its variable", key=shadow)
-                item = replace(item, promoted_from=shadow)
+                item = item._replace(promoted_from=shadow)
             out.append(item)
         return out
 
@@ -202,23 +230,20 @@ def load_map_file(path: str) -> tuple[tuple[str, str], ...]:
     return tuple(data.items())
 
 
-@dataclass(frozen=True)
-class Rename:
+class Rename(_Step):
     """Rename by rules, first match wins: 'scope/'='new/' (prefix; '/' is the root), exact, or regex."""
 
-    rules: tuple[tuple[str, str], ...]
-    regex: bool = False
-    allow_unmatched: bool = False
-    _compiled: tuple = field(default=(), init=False, repr=False, compare=False)
+    _fields = ("rules", "regex", "allow_unmatched")
+    __slots__ = _fields + ("_compiled",)  # the rules' patterns, if regex
 
-    def __post_init__(self):
-        if not self.rules:
+    def __init__(self, rules: tuple[tuple[str, str], ...], regex: bool = False, allow_unmatched: bool = False):
+        if not rules:
             raise PlanError("rename needs at least one rule")
-        if self.regex:
-            object.__setattr__(self, "_compiled", _compile([r for r, _ in self.rules], False))
-        for old, new in self.rules:
-            if not self.regex and old.endswith("/") != new.endswith("/"):
+        for old, new in rules:
+            if not regex and old.endswith("/") != new.endswith("/"):
                 raise PlanError(f"rule {old}={new}: a scope must map to a scope (both end with '/')")
+        self._init(rules=rules, regex=regex, allow_unmatched=allow_unmatched,
+                   _compiled=_compile([r for r, _ in rules], False) if regex else ())
 
     def rename(self, name: str) -> tuple[str, int | None]:
         """(new name, index of the rule used or None)."""
@@ -247,7 +272,7 @@ class Rename:
                 used.add(rule)
             if not new:
                 raise PlanError(f"rename gives an empty name for {item.dst!r}")
-            out.append(replace(item, dst=new))
+            out.append(item._replace(dst=new))
         unused = [f"{o}={n}" for i, (o, n) in enumerate(self.rules) if i not in used]
         if unused and not self.allow_unmatched:
             raise PlanError("rename rule matches no tensor: " + ", ".join(unused) +
@@ -260,36 +285,35 @@ class Rename:
 CASTABLE = ("float32", "bfloat16", "float16")
 
 
-@dataclass(frozen=True)
-class Cast:
+class Cast(_Step):
     """Cast floating tensors (float32/bfloat16/float16) to `to`; optionally only names matching `only`."""
 
-    to: str
-    only: tuple[str, ...] = ()
-    _only: tuple = field(default=(), init=False, repr=False, compare=False)
+    _fields = ("to", "only")
+    __slots__ = _fields + ("_only",)  # the compiled patterns
 
-    def __post_init__(self):
-        target = dtypes.BY_NAME.get(self.to)
+    def __init__(self, to: str, only: tuple[str, ...] = ()):
+        target = dtypes.BY_NAME.get(to)
         if target is None or target.name not in CASTABLE:
-            raise PlanError(f"cast target must be one of {', '.join(CASTABLE)}, not {self.to!r}")
-        object.__setattr__(self, "to", target.name)
-        object.__setattr__(self, "_only", _compile(self.only, False))
+            raise PlanError(f"cast target must be one of {', '.join(CASTABLE)}, not {to!r}")
+        self._init(to=target.name, only=only, _only=_compile(only, False))
 
     def apply(self, items: list[Item], ctx: Context) -> list[Item]:
         target = dtypes.BY_NAME[self.to].enum
         out = []
         for item in items:
             if dtypes.name_of(item.dtype) in CASTABLE and (not self._only or any(r.search(item.dst) for r in self._only)):
-                item = replace(item, dtype=target)
+                item = item._replace(dtype=target)
             out.append(item)
         return out
 
 
-@dataclass(frozen=True)
-class MapNames:
+class MapNames(_Step):
     """A user callable: name -> new name, or None to drop the tensor."""
 
-    fn: Callable[[str], "str | None"]
+    __slots__ = _fields = ("fn",)
+
+    def __init__(self, fn: Callable[[str], str | None]):
+        self._init(fn=fn)
 
     def apply(self, items: list[Item], ctx: Context) -> list[Item]:
         out = []
@@ -299,7 +323,7 @@ class MapNames:
                 continue
             if not isinstance(new, str) or not new:
                 raise PlanError(f"name function returned {new!r} for {item.dst!r}")
-            out.append(replace(item, dst=new))
+            out.append(item._replace(dst=new))
         return out
 
 

@@ -5,33 +5,36 @@ Unlike TensorFlow, which stops at the first bad checksum, this collects every pr
 from __future__ import annotations
 
 import os
+from collections import namedtuple
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from .bundle import dtypes, naming
 from .bundle.slices import encode_key as slice_key, key_label
 from .errors import CkptioError
 
 
-@dataclass(frozen=True, slots=True)
-class Problem:
+class Problem(namedtuple("Problem", "message path key offset", defaults=(None, None, None))):
     """One thing wrong, located as precisely as we can."""
 
-    message: str
-    path: str | None = None
-    key: str | None = None
-    offset: int | None = None
+    __slots__ = ()
 
     def __str__(self) -> str:
         return str(CkptioError(self.message, path=self.path, key=self.key, offset=self.offset))
 
 
-@dataclass
 class Report:
-    problems: list[Problem] = field(default_factory=list)
-    tensors: int = 0
-    bytes_checked: int = 0
-    damaged: set = field(default_factory=set)  # tensor names whose bytes are bad
+    """What verify found: every problem, and how much it checked."""
+
+    __slots__ = ("problems", "tensors", "bytes_checked", "damaged")
+
+    def __init__(self, problems: list[Problem] | None = None, tensors: int = 0, bytes_checked: int = 0,
+                 damaged: set[str] | None = None):
+        self.problems = [] if problems is None else problems
+        self.tensors, self.bytes_checked = tensors, bytes_checked
+        self.damaged = set() if damaged is None else damaged  # tensor names whose bytes are bad
+
+    def __repr__(self):
+        return f"Report(problems={self.problems!r}, tensors={self.tensors}, bytes_checked={self.bytes_checked})"
 
     @property
     def ok(self) -> bool:

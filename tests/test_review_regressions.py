@@ -6,9 +6,9 @@ Each test failed before its fix. No TensorFlow needed.
 from __future__ import annotations
 
 import errno
+import importlib
 import os
 import random
-import sys
 import threading
 import time
 import tracemalloc
@@ -27,7 +27,7 @@ from ckptio.sstable.coding import crc32c, mask
 from ckptio.sstable.table_builder import TableBuilder
 from ckptio.transform import Cast
 
-rewrite_module = sys.modules["ckptio.rewrite"]  # ckptio.rewrite is also the function
+rewrite_module = importlib.import_module("ckptio.rewrite")  # ckptio.rewrite is also the function
 
 needs_proc_fd = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
 

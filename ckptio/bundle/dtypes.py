@@ -1,20 +1,16 @@
 """TensorFlow DataType enum values, their names, sizes and numpy equivalents."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import namedtuple
 
 STRING = 7
 VARIANT = 21
 
 
-@dataclass(frozen=True, slots=True)
-class DType:
+class DType(namedtuple("DType", "enum name itemsize numpy_name")):
     """One DataType: enum value, TF name, bytes per element (0 if variable), numpy name."""
 
-    enum: int
-    name: str
-    itemsize: int
-    numpy_name: str | None
+    __slots__ = ()
 
     @property
     def fixed_width(self) -> bool:

@@ -1,15 +1,14 @@
 """BundleEntryProto and BundleHeaderProto as small immutable values, validated on parse."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import NamedTuple
+from collections import namedtuple
 
 from google.protobuf.message import DecodeError
 
 from .._proto import tensor_bundle_pb2 as pb
 from ..errors import CorruptCheckpointError, UnsupportedError
 from . import dtypes
-from .slices import Slice, from_proto, to_proto
+from .slices import from_proto, to_proto
 
 # Beyond any real tensor, and small enough that numpy can describe the shape (its byte size,
 # zero dimensions ignored, must fit an int64 at 16 bytes per element).
@@ -32,15 +31,11 @@ def parse_proto(message, data: bytes) -> bool:
     return True
 
 
-@dataclass(frozen=True, slots=True)
-class Header:
+class Header(namedtuple("Header", "num_shards big_endian producer min_consumer bad_consumers",
+                        defaults=(1, False, 1, 0, ()))):
     """The "" entry: shard count, byte order and version."""
 
-    num_shards: int = 1
-    big_endian: bool = False
-    producer: int = 1
-    min_consumer: int = 0
-    bad_consumers: tuple[int, ...] = ()
+    __slots__ = ()
 
     @staticmethod
     def parse(value: bytes, *, path=None) -> "Header":
@@ -69,19 +64,12 @@ class Header:
         return proto.SerializeToString()
 
 
-class Entry(NamedTuple):
+# A named tuple rather than a frozen dataclass: listings build 100,000s of these, and a frozen
+# dataclass's __init__ costs several times more than tuple construction. crc32c is masked, as stored.
+class Entry(namedtuple("Entry", "dtype shape shard_id offset size crc32c slices", defaults=(0, 0, 0, 0, ()))):
     """One tensor's index entry. A sliced tensor's metadata entry has slices and no bytes."""
 
-    # A NamedTuple rather than a frozen dataclass: listings build 100,000s of these, and a
-    # frozen dataclass's __init__ costs several times more than tuple construction.
-
-    dtype: int
-    shape: tuple[int, ...]
-    shard_id: int = 0
-    offset: int = 0
-    size: int = 0
-    crc32c: int = 0  # masked, as stored
-    slices: tuple[Slice, ...] = ()
+    __slots__ = ()
 
     @property
     def num_elements(self) -> int:

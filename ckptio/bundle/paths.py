@@ -4,7 +4,7 @@ from __future__ import annotations
 import glob
 import os
 import re
-from dataclasses import dataclass
+from collections import namedtuple
 
 from ..errors import CheckpointNotFoundError, WrongFileError
 from . import naming
@@ -14,13 +14,10 @@ _TABLE_MAGIC = bytes.fromhex("57fb808b247547db")
 LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 
 
-@dataclass(frozen=True, slots=True)
-class Located:
-    """A resolved checkpoint: V2 prefix, or the list of V1 files."""
+class Located(namedtuple("Located", "format prefix files", defaults=((),))):
+    """A resolved checkpoint: format "v2" or "v1", its prefix, and for V1 its files."""
 
-    format: str  # "v2" or "v1"
-    prefix: str
-    files: tuple[str, ...] = ()
+    __slots__ = ()
 
 
 def resolve(path) -> Located:

@@ -8,19 +8,16 @@ A whole dimension is stored as start 0, length -1 in the key and as an Extent wi
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import namedtuple
 
 from ..errors import CorruptCheckpointError
 
-# (start, length) per dimension; length None means the whole dimension.
-Extent = tuple[int, "int | None"]
 
-
-@dataclass(frozen=True, slots=True)
-class Slice:
+# extents: (start, length) per dimension; length None means the whole dimension.
+class Slice(namedtuple("Slice", "extents")):
     """A hyper-rectangle of a tensor, one extent per dimension."""
 
-    extents: tuple[Extent, ...]
+    __slots__ = ()
 
     def bounds(self, shape: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
         """(start, stop) per dimension for a tensor of this full shape."""

@@ -9,7 +9,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import namedtuple
 
 from ..errors import ChecksumError, CorruptCheckpointError, UnsupportedError
 from .coding import VarintError, crc32c, decode_fixed32, decode_varint, encode_fixed32, encode_varint, mask, unmask
@@ -24,12 +24,10 @@ MAX_BLOCK_SIZE = 1 << 31  # far above any real block; caps allocation on hostile
 SNAPPY_MAX_RATIO = 22  # > 64/3, the most raw snappy can expand
 
 
-@dataclass(frozen=True, slots=True)
-class BlockHandle:
+class BlockHandle(namedtuple("BlockHandle", "offset size")):
     """Where a block's contents are: offset and size, trailer not included."""
 
-    offset: int
-    size: int
+    __slots__ = ()
 
     def encode(self) -> bytes:
         return encode_varint(self.offset) + encode_varint(self.size)
@@ -41,12 +39,10 @@ class BlockHandle:
         return BlockHandle(offset, size), pos
 
 
-@dataclass(frozen=True, slots=True)
-class Footer:
+class Footer(namedtuple("Footer", "metaindex index")):
     """The two handles stored at the end of every table."""
 
-    metaindex: BlockHandle
-    index: BlockHandle
+    __slots__ = ()
 
     def encode(self) -> bytes:
         handles = self.metaindex.encode() + self.index.encode()
