@@ -170,3 +170,18 @@ def test_copy_buffer_sized_to_what_passes_through_python(tmp_path, monkeypatch):
     ckptio.rewrite(src, out, [ckptio.StripOptimizer()])
     assert max(sizes) == 2 << 20 < writer_mod.CHUNK  # 1.2 MB tensors: a 2 MiB buffer
     assert ckptio.verify(out).ok
+
+
+def test_kernel_asked_to_read_exactly_the_kept_tensors(tmp_path, monkeypatch):
+    """From a cold cache, readahead would also read the dropped Adam slots beside each weight:
+    the copy turns it off and asks for exactly each kept tensor's bytes."""
+    src = str(tmp_path / "src" / "model.ckpt")
+    adam_checkpoint(src, 4, 300_000)
+    with ckptio.open(src) as ck:
+        kept = sorted((e.offset, e.size) for n, e in ck.entries().items() if n.endswith("kernel"))
+    advice = []
+    real = os.posix_fadvise
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, n, how: advice.append((off, n, how)) or real(fd, off, n, how))
+    ckptio.rewrite(src, str(tmp_path / "out" / "model.ckpt"), [ckptio.StripOptimizer()])
+    assert sorted((off, n) for off, n, how in advice if how == os.POSIX_FADV_WILLNEED) == kept
+    assert {how for *_, how in advice} == {os.POSIX_FADV_RANDOM, os.POSIX_FADV_WILLNEED}

@@ -137,6 +137,12 @@ def run_rss(cmd) -> tuple[float, int, str]:
     return float(wall), int(rss), text
 
 
+def disk_reads() -> int:
+    """Bytes this machine has read from block devices so far (/proc/vmstat pgpgin, in KiB)."""
+    with open("/proc/vmstat") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("pgpgin ")) * 1024
+
+
 def sync() -> None:
     os.sync()
 
@@ -305,15 +311,18 @@ def bench_size(work: str, size: int, reps: int, use_tf: bool, rows: dict) -> Non
                 wall, _ = run_timed(CKPTIO + ["verify", prefix, "-q"])
                 verify_t.append(wall)
     # Cold cache: nothing of the input or the cp source resident, so both read from the disk.
+    cold_read = {"strip": [], "cp": []}
     for rep in range(reps):
         for step in (("strip", "cp") if rep % 2 == 0 else ("cp", "strip")):
             set_cache(data, whole=False)
             set_cache(floor, whole=False)
             sync()
+            before = disk_reads()
             if step == "strip":
                 timed_strip(cold_strip)
             else:
                 timed_cp(cold_cp)
+            cold_read[step].append(disk_reads() - before)
     ls_t = [run_timed(CKPTIO + ["ls", prefix])[0] for _ in range(reps)]
     with ckptio.open(prefix) as ck:
         name = kept_names[len(kept_names) // 2]
@@ -327,6 +336,7 @@ def bench_size(work: str, size: int, reps: int, use_tf: bool, rows: dict) -> Non
         "runs": {"strip": strip_t, "strip_in": strip_in, "cp": cp_t, "tf": tf_t, "tf_whole": tf_whole, "verify": verify_t,
                  "cold_strip": cold_strip, "cold_cp": cold_cp},
         "cold_strip": median(cold_strip), "cold_cp": median(cold_cp),
+        "cold_read_strip": median(cold_read["strip"]), "cold_read_cp": median(cold_read["cp"]),
         "verify": median(verify_t), "ls": median(ls_t), "one_tensor": one,
     }
     if use_tf:
@@ -448,7 +458,8 @@ def render(rows: dict, many: dict, startup: float, arch: dict | None) -> str:
                      f"is {r['strip'] / min(runs['cp']):.2f}x.")
     for tag, r in rows.items():
         lines.append(f"- {tag}, cold page cache (input and `cp` source evicted, read from the disk): strip "
-                     f"{r['cold_strip']:.2f} s, `cp` {r['cold_cp']:.2f} s: {r['cold_strip'] / r['cold_cp']:.2f}x.")
+                     f"{r['cold_strip']:.2f} s, `cp` {r['cold_cp']:.2f} s: {r['cold_strip'] / r['cold_cp']:.2f}x; "
+                     f"read from disk: strip {human(r['cold_read_strip'])}, `cp` {human(r['cold_read_cp'])}.")
     for tag, r in rows.items():
         one = r["one_tensor"]
         if r.get("tf_list") is not None:
