@@ -266,22 +266,20 @@ def bench_size(work: str, size: int, reps: int, use_tf: bool, rows: dict) -> Non
     run_timed(["cp", floor, os.path.join(warm_dir, "floor.bin")])
     shutil.rmtree(warm_dir)
     strip_t, strip_in, strip_rss, cp_t, tf_t, tf_whole, tf_rss, verify_t = [], [], [], [], [], [], [], []
-    cold_strip, cold_cp = [], []
 
-    def timed_strip(into: list) -> None:
+    def timed_strip() -> tuple[float, int, float]:
+        """(wall seconds, peak RSS, ckptio's own seconds) of one strip."""
         out = os.path.join(work, "out_strip", "model.ckpt")
         shutil.rmtree(os.path.dirname(out), ignore_errors=True)
         wall, rss, text = run_rss(CKPTIO + ["strip", prefix, out, "-q", "--json"])
-        into.append(wall)
-        if into is strip_t:
-            strip_in.append(json.loads(text)["seconds"])
-            strip_rss.append(rss)
         shutil.rmtree(os.path.dirname(out), ignore_errors=True)
+        return wall, rss, json.loads(text)["seconds"]
 
-    def timed_cp(into: list) -> None:
+    def timed_cp() -> float:
         target = os.path.join(work, "out_cp.bin")
-        into.append(run_timed(["cp", floor, target])[0])
+        wall = run_timed(["cp", floor, target])[0]
         os.unlink(target)
+        return wall
 
     # Two strip/cp pairs per repetition (they are cheap, and their ratio is the noisiest target).
     order = ("strip", "cp", "tf", "cp", "strip", "verify")
@@ -295,9 +293,12 @@ def bench_size(work: str, size: int, reps: int, use_tf: bool, rows: dict) -> Non
                 set_cache(floor, whole=True)
             sync()
             if step == "strip":
-                timed_strip(strip_t)
+                wall, rss, seconds = timed_strip()
+                strip_t.append(wall)
+                strip_rss.append(rss)
+                strip_in.append(seconds)
             elif step == "cp":
-                timed_cp(cp_t)
+                cp_t.append(timed_cp())
             elif step == "tf" and use_tf:
                 out = os.path.join(work, "out_tf", "model.ckpt")
                 shutil.rmtree(os.path.dirname(out), ignore_errors=True)
@@ -311,18 +312,15 @@ def bench_size(work: str, size: int, reps: int, use_tf: bool, rows: dict) -> Non
                 wall, _ = run_timed(CKPTIO + ["verify", prefix, "-q"])
                 verify_t.append(wall)
     # Cold cache: nothing of the input or the cp source resident, so both read from the disk.
-    cold_read = {"strip": [], "cp": []}
+    cold = {"strip": [], "cp": []}  # step -> [(wall seconds, bytes read from disk)]
     for rep in range(reps):
         for step in (("strip", "cp") if rep % 2 == 0 else ("cp", "strip")):
             set_cache(data, whole=False)
             set_cache(floor, whole=False)
             sync()
             before = disk_reads()
-            if step == "strip":
-                timed_strip(cold_strip)
-            else:
-                timed_cp(cold_cp)
-            cold_read[step].append(disk_reads() - before)
+            wall = timed_strip()[0] if step == "strip" else timed_cp()
+            cold[step].append((wall, disk_reads() - before))
     ls_t = [run_timed(CKPTIO + ["ls", prefix])[0] for _ in range(reps)]
     with ckptio.open(prefix) as ck:
         name = kept_names[len(kept_names) // 2]
@@ -334,9 +332,9 @@ def bench_size(work: str, size: int, reps: int, use_tf: bool, rows: dict) -> Non
         "tf": median(tf_t) if tf_t else None, "tf_whole": median(tf_whole) if tf_whole else None,
         "tf_rss": max(tf_rss) if tf_rss else None,
         "runs": {"strip": strip_t, "strip_in": strip_in, "cp": cp_t, "tf": tf_t, "tf_whole": tf_whole, "verify": verify_t,
-                 "cold_strip": cold_strip, "cold_cp": cold_cp},
-        "cold_strip": median(cold_strip), "cold_cp": median(cold_cp),
-        "cold_read_strip": median(cold_read["strip"]), "cold_read_cp": median(cold_read["cp"]),
+                 "cold": cold},
+        "cold_strip": median([w for w, _ in cold["strip"]]), "cold_cp": median([w for w, _ in cold["cp"]]),
+        "cold_read_strip": median([n for _, n in cold["strip"]]), "cold_read_cp": median([n for _, n in cold["cp"]]),
         "verify": median(verify_t), "ls": median(ls_t), "one_tensor": one,
     }
     if use_tf:
