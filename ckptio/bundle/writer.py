@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import threading
 
-from ..errors import ChecksumError, OutputExistsError, PlanError, TruncatedError, WriteError
+from ..errors import ChecksumError, OutputExistsError, PlanError, Remedy, TruncatedError, WriteError
 from ..io import AtomicFiles, Source, make_dirs, preallocate
 from ..sstable import TableBuilder
 from ..sstable.coding import crc32c, mask, unmask
@@ -414,6 +414,9 @@ def _existing_shards(prefix: str) -> list[str]:
 
 def check_output(prefix: str, *, force: bool, inputs=()) -> None:
     """Refuse to overwrite a checkpoint (unless force) and always refuse to overwrite an input."""
+    from .paths import refuse_saved_model_output
+
+    refuse_saved_model_output(prefix)  # force or not: such an output would not load
     if not os.path.basename(prefix) or os.path.basename(prefix) in (".", ".."):
         raise PlanError("the output must be a prefix such as dir/model.ckpt, not a directory", path=prefix)
     index = naming.index_path(prefix)
@@ -424,7 +427,7 @@ def check_output(prefix: str, *, force: bool, inputs=()) -> None:
         if os.path.realpath(src) in target or os.path.realpath(naming.index_path(src)) in target:
             raise OutputExistsError("output is the input checkpoint; write to another prefix", path=prefix)
     if os.path.exists(index) and not force:
-        raise OutputExistsError("a checkpoint already exists here (use --force to replace it)", path=index)
+        raise OutputExistsError("a checkpoint already exists here", path=index, remedy=Remedy("force", "replace it"))
 
 
 def write_state_file(prefix: str) -> None:
