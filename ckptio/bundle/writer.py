@@ -14,6 +14,7 @@ from ..sstable import TableBuilder
 from ..sstable.coding import crc32c, mask, unmask
 from . import dtypes, naming, strings
 from .entry import Entry, Header
+from .paths import refuse_saved_model_output
 
 CHUNK = 8 << 20
 SEGMENT = 64 << 20  # copy_file_range unit; its crc32c is checked on the checker thread meanwhile
@@ -61,6 +62,7 @@ class BundleWriter:
         self.prefix = os.fspath(prefix)
         self.num_shards = num_shards
         directory = os.path.dirname(self.prefix) or "."
+        refuse_saved_model_output(self.prefix)  # force or not: new tensors there would not load
         check_output(self.prefix, force=force, inputs=inputs)
         make_dirs(directory)
         self.files = AtomicFiles(directory)
@@ -414,9 +416,6 @@ def _existing_shards(prefix: str) -> list[str]:
 
 def check_output(prefix: str, *, force: bool, inputs=()) -> None:
     """Refuse to overwrite a checkpoint (unless force) and always refuse to overwrite an input."""
-    from .paths import refuse_saved_model_output
-
-    refuse_saved_model_output(prefix)  # force or not: such an output would not load
     if not os.path.basename(prefix) or os.path.basename(prefix) in (".", ".."):
         raise PlanError("the output must be a prefix such as dir/model.ckpt, not a directory", path=prefix)
     index = naming.index_path(prefix)
