@@ -51,7 +51,7 @@ def odd_file_kind(mode: int) -> str | None:
                        (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
         if test(mode):
             return kind
-    return None if stat.S_ISREG(mode) or stat.S_ISDIR(mode) else "not a regular file"
+    return None if stat.S_ISREG(mode) or stat.S_ISDIR(mode) else "a special file"
 
 
 class FileSource(Source):

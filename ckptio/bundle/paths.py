@@ -131,8 +131,12 @@ def _resolve_dir(path: str) -> Located:
 
 def _v1_checkpoints_in(directory: str) -> list[str]:
     """The V1 checkpoints in a directory: base names of shard groups and unsharded table files."""
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return []  # unreadable: the caller reports that it found no checkpoint here
     found = set()
-    for name in sorted(os.listdir(directory)):
+    for name in names:
         full = os.path.join(directory, name)
         if name == "checkpoint" or name.endswith(".index") or naming.split_data_path(name) or not _is_table(full):
             continue
