@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from .bundle.paths import Located
 from .checkpoint import ARCHIVE_SUFFIXES, Checkpoint
-from .errors import (CheckpointNotFoundError, CorruptCheckpointError, OutputExistsError,
+from .errors import (CheckpointNotFoundError, CorruptCheckpointError, OutputExistsError, Remedy,
                      TruncatedError, UnsupportedError, WriteError, WrongFileError)
 from .io import AtomicFiles, FileSource, MemorySource, Source, make_dirs
 from .sstable.format import MAGIC_BYTES
@@ -637,7 +637,7 @@ class _LocalOutput:
     def __init__(self, path: str, force: bool):
         self.path = path
         if os.path.exists(path) and not force:
-            raise OutputExistsError("the archive already exists (use --force to replace it)", path=path)
+            raise OutputExistsError("the archive already exists", path=path, remedy=Remedy("force", "replace it"))
         directory = os.path.dirname(path) or "."
         make_dirs(directory)
         self.files = AtomicFiles(directory)
@@ -712,7 +712,7 @@ def unpack(archive_path, out_dir, *, force: bool = False, progress=None) -> Unpa
             rel = _safe_relpath(m.name, label)
             final = os.path.join(out_dir, rel)
             if os.path.lexists(final) and not force:
-                raise OutputExistsError("file exists (use --force to replace it)", path=final)
+                raise OutputExistsError("file exists", path=final, remedy=Remedy("force", "replace it"))
             directory = os.path.dirname(final) or "."
             make_dirs(directory)
             group = index_files if rel.endswith(".index") else data_files
@@ -782,7 +782,7 @@ def rewrite_packed(src, out_path, steps=(), *, level: int = DEFAULT_LEVEL, threa
 
     out_path = os.fspath(out_path)
     if "://" not in out_path and os.path.exists(out_path) and not force:
-        raise OutputExistsError("the archive already exists (use --force to replace it)", path=out_path)
+        raise OutputExistsError("the archive already exists", path=out_path, remedy=Remedy("force", "replace it"))
     ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src)
     local_dir = os.path.dirname(os.path.abspath(out_path)) if "://" not in out_path else None
     tmp = tempfile.mkdtemp(prefix=".ckptio-pack-", dir=local_dir)

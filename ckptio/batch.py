@@ -113,7 +113,7 @@ def _one(job) -> Outcome:
     try:
         report = rewrite(src, dst, steps, **options)
     except CkptioError as exc:
-        return Outcome(src, dst, "failed", str(exc))
+        return Outcome(src, dst, "failed", exc.describe(flags=True))  # batch rows are shown by the CLI
     return Outcome(src, dst, "ok", "", len(report.kept), len(report.dropped), report.bytes_before,
                    report.bytes_after, report.seconds)
 

@@ -1,18 +1,39 @@
 """The exception tree: every error ckptio raises on purpose is a CkptioError."""
 from __future__ import annotations
 
+from collections import namedtuple
+
+
+class Remedy(namedtuple("Remedy", "param effect flag", defaults=(None,))):
+    """What a caller can pass to get past an error: a keyword parameter (the API) or its flag (the CLI).
+
+    param: the Python keyword, e.g. "force"; effect: what passing it does, e.g. "replace it";
+    flag: the command-line flag when it is not "--" + param with dashes (e.g. param "overwrite", flag "--force").
+    """
+
+    __slots__ = ()
+
+    def text(self, *, flags: bool) -> str:
+        how = (self.flag or "--" + self.param.replace("_", "-")) if flags else f"{self.param}=True"
+        return f"pass {how} to {self.effect}"
+
 
 class CkptioError(Exception):
     """Base of all ckptio errors; the message names file, entry and offset when known."""
 
-    def __init__(self, message: str, *, path=None, key=None, offset=None):
+    def __init__(self, message: str, *, path=None, key=None, offset=None, remedy: Remedy | None = None):
         super().__init__(message)
         self.message = message
         self.path = None if path is None else str(path)
         self.key = key
         self.offset = offset
+        self.remedy = remedy
 
     def __str__(self) -> str:
+        return self.describe()
+
+    def describe(self, *, flags: bool = False) -> str:
+        """The one-line message; its advice names API parameters, or command-line flags when flags is true."""
         parts = []
         if self.path:
             parts.append(self.path)
@@ -21,7 +42,8 @@ class CkptioError(Exception):
         if self.offset is not None:
             parts.append(f"offset {self.offset}")
         parts.append(self.message)
-        return ": ".join(parts)
+        text = ": ".join(parts)
+        return f"{text} ({self.remedy.text(flags=flags)})" if self.remedy else text
 
 
 def _show_key(key) -> str:

@@ -45,23 +45,42 @@ class Source:
         raise NotImplementedError
 
 
+def odd_file_kind(mode: int) -> str | None:
+    """What a file is when it is neither a regular file nor a directory ("a FIFO" ...), else None."""
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return None if stat.S_ISREG(mode) or stat.S_ISDIR(mode) else "a special file"
+
+
 class FileSource(Source):
-    """A local file read with positional reads (os.pread), safe across threads."""
+    """A local regular file read with positional reads (os.pread), safe across threads."""
 
     def __init__(self, path) -> None:
         super().__init__()
         self.name = os.fspath(path)
+        self._fd = -1
         try:
-            self._fd = os.open(self.name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            # O_NONBLOCK: opening a FIFO would otherwise wait forever for a writer. It is
+            # cleared below once we know this is a regular file.
+            fd = os.open(self.name, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
             raise CheckpointNotFoundError("no such file", path=self.name) from None
         except OSError as exc:
             raise ReadError(f"cannot open: {exc.strerror or exc}", path=self.name) from None
-        st = os.fstat(self._fd)
-        if stat.S_ISDIR(st.st_mode):
-            os.close(self._fd)
-            self._fd = -1
-            raise ReadError("is a directory, not a file", path=self.name)
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise ReadError("is a directory, not a file", path=self.name)
+            kind = odd_file_kind(st.st_mode)
+            if kind:  # a FIFO blocks, /dev/zero never ends: only regular files have a size to trust
+                raise ReadError(f"is {kind}, not a regular file", path=self.name)
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
         self.size = st.st_size
 
     def _pread(self, offset: int, length: int) -> bytes:

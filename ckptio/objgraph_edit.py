@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Callable
 
 from .bundle.naming import OBJECT_GRAPH_KEY
-from .errors import PlanError
+from .errors import PlanError, Remedy
 from .objgraph import (_ATTRIBUTES_SEP, Attribute, Child, Node, ObjectGraph, Path, _resolve_user_path,
                        find_optimizers, owned_keys, parse_path, path_string)
 from .transform import Rename
@@ -241,8 +241,8 @@ class GraphPlan:
             self._map_keys(fn)
         unused = [f"{o}={n}" for i, (o, n) in enumerate(step.rules) if i not in used]
         if unused and not step.allow_unmatched:
-            raise PlanError("rename rule matches no object or tensor: " + ", ".join(unused) +
-                            " (pass --allow-unmatched to accept)")
+            raise PlanError("rename rule matches no object or tensor: " + ", ".join(unused),
+                            remedy=Remedy("allow_unmatched", "accept"))
 
     def _move_scopes(self, scopes) -> set[int]:  # returns the indices of the rules that matched
         """Literal `old/=new/` rules: move the edge at path old to path new (any path, aliases too)."""

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from .bundle import naming
 from .bundle.paths import Located
 from .checkpoint import Checkpoint
-from .errors import (CheckpointNotFoundError, CkptioError, OutputExistsError, ReadError, TruncatedError,
+from .errors import (CheckpointNotFoundError, CkptioError, OutputExistsError, ReadError, Remedy, TruncatedError,
                      UnsupportedError, WriteError, WrongFileError)
 from .io import Source
 from .sstable.format import MAGIC_BYTES
@@ -391,8 +391,8 @@ class RemoteOutput:
         fs, _ = filesystem(url, **storage_options)
         self.url = url
         self.files = RemoteFiles(fs)
-        if self.files.store.is_file(url) and not overwrite:
-            raise OutputExistsError("the file already exists (use --force to replace it)", path=url)
+        if self.files.store.is_file(url) and not overwrite:  # reached through pack(force=...)
+            raise OutputExistsError("the file already exists", path=url, remedy=Remedy("force", "replace it"))
         self._f = self.files.open(url)
         self.n = 0
         self.file = self
@@ -478,8 +478,8 @@ def upload_checkpoint(src, url: str, *, overwrite: bool = False, state_file: boo
         plan = _plan_copy(ckpt, dst_prefix)
         commit_url = plan[-1][2]
         if any(files.store.is_file(d) for _, _, d in plan) and not overwrite:
-            raise OutputExistsError("a checkpoint already exists here (pass overwrite=True / --force to replace it)",
-                                    path=commit_url)
+            raise OutputExistsError("a checkpoint already exists here", path=commit_url,
+                                    remedy=Remedy("overwrite", "replace it", "--force"))
         if overwrite and not files.use_temp and files.store.is_file(commit_url):
             fs.rm_file(files.store.strip(commit_url))  # no index over half-written data
         total = 0
@@ -542,7 +542,7 @@ def download_checkpoint(src, local_prefix, *, force: bool = False, progress=None
             check_output(local_prefix, force=force, inputs=[ckpt.located])
         for _, _, dst in plan:
             if os.path.exists(dst) and not force:
-                raise OutputExistsError("file exists (use --force to replace it)", path=dst)
+                raise OutputExistsError("file exists", path=dst, remedy=Remedy("force", "replace it"))
         directory = os.path.dirname(local_prefix) or "."
         make_dirs(directory)
         atomic = AtomicFiles(directory)
@@ -591,7 +591,11 @@ def rewrite_to_remote(src, url: str, steps=(), *, force: bool = False, **options
         base = _basename(url) if not url.endswith("/") else _basename(ckpt.prefix)
         local = os.path.join(tmp, base or "model.ckpt")
         report = rewrite(ckpt, local, steps, state_file=False, **options)
-        upload_checkpoint(local, url, overwrite=force)
+        try:
+            upload_checkpoint(local, url, overwrite=force)
+        except OutputExistsError as exc:  # the caller passed force, not upload_checkpoint's overwrite
+            exc.remedy = Remedy("force", "replace it")
+            raise
         report.dst = url
         return report
     finally:

@@ -180,8 +180,11 @@ def rewrite(src, dst, steps=(), *, num_shards: int | None = 1, max_shard_size: i
     """Write a new checkpoint at prefix dst from src through steps; returns a Report."""
     started = time.perf_counter()
     from .checkpoint import open as open_checkpoint
-    from .sources import is_special
+    from .sources import is_remote, is_special
 
+    if dst is not None and not is_remote(dst):  # before anything is planned, packed or written
+        from .bundle.paths import refuse_saved_model_output
+        refuse_saved_model_output(os.fspath(dst).removeprefix("file://"))
     if dst is not None and not dry_run and is_special(dst):  # a .tar.zst to pack or a URL to upload to
         from .sources import rewrite_special
         return rewrite_special(src, dst, steps, num_shards=num_shards, max_shard_size=max_shard_size, force=force,

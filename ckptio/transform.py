@@ -11,7 +11,7 @@ from collections import namedtuple
 from collections.abc import Callable
 
 from .bundle import dtypes
-from .errors import PlanError
+from .errors import PlanError, Remedy
 
 # Named tuples and plain classes, not dataclasses: importing dataclasses and building each
 # @dataclass would cost every CLI command milliseconds at start-up.
@@ -275,8 +275,8 @@ class Rename(_Step):
             out.append(item._replace(dst=new))
         unused = [f"{o}={n}" for i, (o, n) in enumerate(self.rules) if i not in used]
         if unused and not self.allow_unmatched:
-            raise PlanError("rename rule matches no tensor: " + ", ".join(unused) +
-                            " (pass --allow-unmatched to accept)")
+            raise PlanError("rename rule matches no tensor: " + ", ".join(unused),
+                            remedy=Remedy("allow_unmatched", "accept"))
         return out
 
 

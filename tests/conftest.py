@@ -9,17 +9,16 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 try:
+    from support import require_corpus
     from tf_support import session_fixtures
 except ImportError:  # tests/ imported as a package
+    from .support import require_corpus
     from .tf_support import session_fixtures
-
-CORPUS = Path(__file__).parents[1] / ".." / "shared" / "corpus"
 
 
 @pytest.fixture(scope="session")
@@ -31,13 +30,7 @@ def tf_fixtures(tmp_path_factory):
 @pytest.fixture(scope="session")
 def corpus() -> Path:
     """The corpus root, resolved; skips without it (fails instead when $CI is set)."""
-    root = CORPUS.resolve()
-    if not (root / "MANIFEST.json").is_file():
-        msg = f"the checkpoint corpus is missing: {root}/MANIFEST.json"
-        if os.environ.get("CI"):
-            pytest.fail(msg + " (CI is set: corpus tests may not skip)", pytrace=False)
-        pytest.skip(msg)
-    return root
+    return require_corpus()
 
 
 @pytest.fixture(scope="session")

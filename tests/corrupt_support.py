@@ -35,11 +35,14 @@ from ckptio.sstable import Table, TableBuilder
 from ckptio.sstable.coding import encode_varint
 from ckptio.sstable.format import FOOTER_SIZE, BlockHandle, Footer, encode_trailer
 
-CORPUS = (Path(__file__).resolve().parents[1] / ".." / "shared" / "corpus").resolve()
+try:
+    from support import CORPUS, require_corpus
+except ImportError:  # tests/ imported as a package
+    from .support import CORPUS, require_corpus
 
 
 def corpus_manifest() -> dict:
-    return json.loads((CORPUS / "MANIFEST.json").read_text())
+    return json.loads((require_corpus() / "MANIFEST.json").read_text())
 
 
 def corpus_record(name: str) -> dict:

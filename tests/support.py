@@ -1,9 +1,30 @@
-"""Small helpers shared by test modules: reading whole checkpoints and comparing tensors exactly."""
+"""Small helpers shared by test modules: reading whole checkpoints, comparing tensors exactly, the corpus.
+
+    CORPUS            where the real-world corpus must be: ../shared/corpus beside the repository
+    require_corpus()  CORPUS, or skip the test (fail it when $CI is set) saying where the corpus goes
+"""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
+import pytest
 
 import ckptio
+
+CORPUS = (Path(__file__).resolve().parents[1] / ".." / "shared" / "corpus").resolve()
+
+
+def require_corpus() -> Path:
+    """The corpus root; skips the calling test without it, or fails it when $CI is set."""
+    if (CORPUS / "MANIFEST.json").is_file():
+        return CORPUS
+    msg = (f"the real-world checkpoint corpus is missing: put it at {CORPUS} (../shared/corpus beside the "
+           "repository, with its MANIFEST.json)")
+    if os.environ.get("CI"):
+        pytest.fail(msg + "; CI is set, so corpus tests may not skip", pytrace=False)
+    pytest.skip(msg)
 
 
 def read_all(prefix) -> dict:

@@ -190,7 +190,7 @@ def test_refuses_to_overwrite_unless_force(capsys, src, tmp_path):
     before = tree(tmp_path / "o")
     rc, _, err = run(capsys, "strip", prefix, out)
     assert rc == 2
-    assert err == f"ckptio: error: {out}.index: a checkpoint already exists here (use --force to replace it)\n"
+    assert err == f"ckptio: error: {out}.index: a checkpoint already exists here (pass --force to replace it)\n"
     assert tree(tmp_path / "o") == before
     rc, _, err = run(capsys, "strip", prefix, out, "--force", "-q")
     assert rc == 0, err

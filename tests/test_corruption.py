@@ -25,10 +25,10 @@ from ckptio.doctor import diagnose
 from ckptio.errors import (ChecksumError, CkptioError, CorruptCheckpointError, MissingShardError, TruncatedError)
 
 try:
-    from corrupt_support import (CORPUS, FIXTURE_KINDS, cli, copy_corpus, files_of, make_fixture, raw_table,
+    from corrupt_support import (FIXTURE_KINDS, cli, copy_corpus, files_of, make_fixture, raw_table,
                                  read_all, region_of, same, table_regions, write_bundle)
 except ImportError:  # tests/ imported as a package
-    from .corrupt_support import (CORPUS, FIXTURE_KINDS, cli, copy_corpus, files_of, make_fixture, raw_table,
+    from .corrupt_support import (FIXTURE_KINDS, cli, copy_corpus, files_of, make_fixture, raw_table,
                                   read_all, region_of, same, table_regions, write_bundle)
 
 CORPUS_CASES = ["tf1_a3c_rmsprop", "tf2_newopt_vars", "sm_a2c_2shard", "est_tfx_taxi_2019", "v1_savenet"]
@@ -54,9 +54,7 @@ def _make_case(param: str, tmp_path_factory) -> Case:
     kind, name = param.split(":")
     root = tmp_path_factory.mktemp(name)
     if kind == "corpus":
-        if not (CORPUS / "MANIFEST.json").is_file():
-            pytest.skip("corpus missing")
-        prefix = copy_corpus(name, root)
+        prefix = copy_corpus(name, root)  # skips without the corpus (fails with $CI set)
     else:
         prefix = make_fixture(name, root)
     return Case(prefix, files_of(prefix), read_all(prefix))
@@ -322,9 +320,7 @@ def test_shard_from_another_save(tmp_path):
 
 
 def test_shard_from_another_checkpoint(tmp_path):
-    if not (CORPUS / "MANIFEST.json").is_file():
-        pytest.skip("corpus missing")
-    prefix = copy_corpus("sm_a2c_2shard", tmp_path)
+    prefix = copy_corpus("sm_a2c_2shard", tmp_path)  # skips without the corpus (fails with $CI set)
     donor = copy_corpus("tf2_keras_weights_2shard", tmp_path)
     originals = read_all(prefix)
     shutil.copyfile(donor + ".data-00001-of-00002", prefix + ".data-00001-of-00002")

@@ -115,8 +115,8 @@ def test_directory_moved_with_stale_absolute_path(tmp_path):
 def test_savedmodel_directory(tmp_path):
     sm = tmp_path / "exported"
     (sm / "variables").mkdir(parents=True)
+    write_ckpt(sm / "variables" / "variables", 9.0)  # before saved_model.pb: ckptio refuses to write into a SavedModel
     (sm / "saved_model.pb").write_bytes(b"\x08\x01")
-    write_ckpt(sm / "variables" / "variables", 9.0)
     (sm / "assets").mkdir()
     assert resolve(sm).prefix == str(sm / "variables" / "variables")
     assert value_of(sm) == 9.0

@@ -278,7 +278,7 @@ def test_refuses_existing_output_unless_force(src, tmp_path):
     out = str(tmp_path / "out" / "m")
     rewrite(prefix, out, [], num_shards=3)
     before = dir_hashes(tmp_path / "out")
-    with pytest.raises(OutputExistsError, match=r"a checkpoint already exists here \(use --force") as e:
+    with pytest.raises(OutputExistsError, match=r"already exists here \(pass force=True to replace it\)") as e:
         rewrite(prefix, out, [StripOptimizer()])
     assert isinstance(e.value, FileExistsError)
     assert dir_hashes(tmp_path / "out") == before

@@ -581,8 +581,8 @@ def _corpus_tables(corpus: Path):
 
 def _all_corpus_params():
     root = CORPUS_ROOT.resolve()
-    if not (root / "MANIFEST.json").is_file():
-        return []
+    if not (root / "MANIFEST.json").is_file():  # one case, for the corpus fixture to skip (or fail with $CI)
+        return [pytest.param(None, None, id="no-corpus")]
     return _corpus_tables(root)
 
 

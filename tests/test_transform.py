@@ -321,7 +321,7 @@ def test_rename_regex_with_backreferences():
 
 def test_rename_rule_matching_nothing_is_an_error_unless_allowed():
     names = ["model/w", "global_step"]
-    with pytest.raises(PlanError, match=r"rename rule matches no tensor: nope/=x/ \(pass --allow-unmatched"):
+    with pytest.raises(PlanError, match=r"matches no tensor: nope/=x/ \(pass allow_unmatched=True to accept\)"):
         _rename([("model/", "net/"), ("nope/", "x/")], names)
     assert _rename([("model/", "net/"), ("nope/", "x/")], names, allow_unmatched=True) == ["net/w", "global_step"]
     with pytest.raises(PlanError, match="matches no tensor: zzz"):

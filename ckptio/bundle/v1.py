@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .._proto import saved_tensor_slice_pb2 as pb
-from ..errors import CorruptCheckpointError, TensorNotFoundError, UnsupportedError
+from ..errors import CorruptCheckpointError, TensorNotFoundError, UnsupportedError, WrongFileError
 from ..io import FileSource, Source
 from ..sstable import Table
 from . import dtypes
@@ -54,6 +54,12 @@ class V1Reader:
         first = table.first()
         if first is None or first[0] != b"":
             raise CorruptCheckpointError("V1 table has no metadata entry (key \"\")", path=path)
+        if first[1][:1] == b"\x08":
+            # Field 1 as a varint: BundleHeaderProto.num_shards, never SavedTensorSlices.meta (a message).
+            # Parsed as V1 it would read as a checkpoint of no tensors.
+            raise WrongFileError("this is a V2 .index file (its first entry is a bundle header), not a V1 "
+                                 "checkpoint; pass its prefix P, with the file named P.index beside P.data-*",
+                                 path=path)
         sts = pb.SavedTensorSlices()
         if not parse_proto(sts, first[1]):
             raise CorruptCheckpointError("metadata entry is not a SavedTensorSlices", path=path, key="")

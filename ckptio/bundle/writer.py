@@ -8,12 +8,13 @@ from __future__ import annotations
 import os
 import threading
 
-from ..errors import ChecksumError, OutputExistsError, PlanError, TruncatedError, WriteError
+from ..errors import ChecksumError, OutputExistsError, PlanError, Remedy, TruncatedError, WriteError
 from ..io import AtomicFiles, Source, make_dirs, preallocate
 from ..sstable import TableBuilder
 from ..sstable.coding import crc32c, mask, unmask
 from . import dtypes, naming, strings
 from .entry import Entry, Header
+from .paths import refuse_saved_model_output
 
 CHUNK = 8 << 20
 SEGMENT = 64 << 20  # copy_file_range unit; its crc32c is checked on the checker thread meanwhile
@@ -61,6 +62,7 @@ class BundleWriter:
         self.prefix = os.fspath(prefix)
         self.num_shards = num_shards
         directory = os.path.dirname(self.prefix) or "."
+        refuse_saved_model_output(self.prefix)  # force or not: new tensors there would not load
         check_output(self.prefix, force=force, inputs=inputs)
         make_dirs(directory)
         self.files = AtomicFiles(directory)
@@ -424,7 +426,7 @@ def check_output(prefix: str, *, force: bool, inputs=()) -> None:
         if os.path.realpath(src) in target or os.path.realpath(naming.index_path(src)) in target:
             raise OutputExistsError("output is the input checkpoint; write to another prefix", path=prefix)
     if os.path.exists(index) and not force:
-        raise OutputExistsError("a checkpoint already exists here (use --force to replace it)", path=index)
+        raise OutputExistsError("a checkpoint already exists here", path=index, remedy=Remedy("force", "replace it"))
 
 
 def write_state_file(prefix: str) -> None:

@@ -83,10 +83,11 @@ def main(argv=None) -> int:
         print("ckptio: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (PlanError, OutputExistsError, UsageError) as exc:
-        print(f"ckptio: error: {exc}", file=sys.stderr)
+        text = exc.describe(flags=True) if isinstance(exc, CkptioError) else exc  # advice names our flags
+        print(f"ckptio: error: {text}", file=sys.stderr)
         return EXIT_USAGE
     except CkptioError as exc:
-        print(f"ckptio: {exc}", file=sys.stderr)
+        print(f"ckptio: {exc.describe(flags=True)}", file=sys.stderr)
         return EXIT_BAD_CHECKPOINT
     except BrokenPipeError:
         return EXIT_OK

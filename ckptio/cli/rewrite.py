@@ -15,6 +15,8 @@ from .common import Progress, check_output_prefix, human, parse_size
 
 
 def add_arguments(name, p) -> None:
+    # argparse would draw nargs="+" as `IN OUT [IN OUT ...]`, promising pairs that are refused.
+    p.usage = "%(prog)s [options] IN OUT\n       %(prog)s [options] --out-dir DIR IN [IN ...]"
     p.add_argument("paths", nargs="+", metavar="IN OUT",
                    help="input checkpoint and output prefix (e.g. out/model.ckpt); with --out-dir, inputs only")
     if name == "rewrite":
