@@ -19,12 +19,17 @@ from .errors import PlanError
 MAX_PATHS = 8  # alternative paths kept per node; real graphs have two or three
 
 
-# paths: key-form object paths (first the key itself for object-based tensors); slot_of: (variable key,
-# slot name) when the tensor is an optimizer slot of a known variable.
+# paths: key-form object paths (none for name-based tensors); slot_of: (variable key, slot name) when the
+# tensor is an optimizer slot of a known variable.
 class TensorView(namedtuple("TensorView", "key entry paths full_name slot_of")):
     """One tensor as the matcher sees it."""
 
     __slots__ = ()
+
+    def names(self) -> set[str]:
+        """What it may be matched by: its paths, and its key unless that is an alias through an optimizer
+        (`optimizer/_trainable_variables/2` names whatever weight is third, in either checkpoint)."""
+        return set(self.paths) | ({self.key} if not self.paths or self.key in self.paths else set())
 
 
 class View:
@@ -80,11 +85,11 @@ def _object_based(ckpt, entries: dict, data: bytes) -> dict[str, TensorView]:
         for key, suffix in owned.get(a.checkpoint_key, ()):
             if key in out:
                 continue
-            paths = [key] + [attribute_key(path_string(p), a.name) + suffix for p in node_paths.get(nid, ())]
+            paths = [attribute_key(path_string(p), a.name) + suffix for p in node_paths.get(nid, ())]
             out[key] = TensorView(key, entries[key], tuple(dict.fromkeys(paths)), a.full_name, None)
             key_of_node.setdefault(nid, key)
     for key, entry in entries.items():  # tensors no attribute names: known by their key only
-        out.setdefault(key, TensorView(key, entry, (key,), "", None))
+        out.setdefault(key, TensorView(key, entry, (), "", None))
     for var_node, slot_name, slot_node in slots:
         var_key, slot_key = key_of_node.get(var_node), key_of_node.get(slot_node)
         if var_key and slot_key:
@@ -189,9 +194,9 @@ def match(a: View, b: View, rules=None, *, a_label: str = "A", b_label: str = "B
 
     bt = b.tensors
     if renamed:
-        tier(MAP, renamed, lambda bk: set(bt[bk].paths) | {bk})
+        tier(MAP, renamed, lambda bk: bt[bk].names())
     tier(PATH, {k: set(a.tensors[k].paths) for k in plain_a}, lambda bk: set(bt[bk].paths))
-    tier(KEY, {k: {k} for k in plain_a}, lambda bk: {bk})
+    tier(KEY, {k: {k} & a.tensors[k].names() for k in plain_a}, lambda bk: {bk} & bt[bk].names())
     if a.object_based != b.object_based:
         if a.object_based:  # b name-based: a's full_names against b's keys
             names = _unique_full_names(a)
@@ -212,7 +217,7 @@ def _renamed(a: View, rules) -> dict[str, set[str]]:
         if t.slot_of is not None:
             continue
         names = set()
-        for name in (key,) + tuple(t.paths):
+        for name in sorted(t.names()):
             new, i = rules.rename(name)
             if i is not None:
                 used.add(i)
