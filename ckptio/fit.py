@@ -70,6 +70,10 @@ def fit(src, template, out, *, rules=None, regex: bool = False, on_mismatch: str
     try:
         ct = template if isinstance(template, Checkpoint) else open_checkpoint(template)
         try:
+            if out is not None:  # refuse an existing output or an input before any planning
+                from .bundle.writer import check_output
+
+                check_output(os.fspath(out), force=force, inputs=[cs.located, ct.located])
             report, ops = plan(cs, ct, rules, on_mismatch, vocabularies, vocab_axis)
             report.dst, report.dry_run = None if out is None else os.fspath(out), dry_run
             if report.errors and not dry_run:
@@ -77,10 +81,6 @@ def fit(src, template, out, *, rules=None, regex: bool = False, on_mismatch: str
                 more = f" (and {len(report.errors) - 1} more)" if len(report.errors) > 1 else ""
                 raise MismatchError(f"{why}{more}; nothing written (--on-mismatch template keeps the "
                                     "template's value, slice copies the overlap)", key=dst)
-            if dry_run and out is not None:
-                from .bundle.writer import check_output
-
-                check_output(os.fspath(out), force=force, inputs=[cs.located, ct.located])
             if not dry_run:
                 write(cs, ct, ops, os.fspath(out), force=force, verify=verify, state_file=state_file, fsync=fsync,
                       axis=vocab_axis)
