@@ -12,7 +12,7 @@ from .bundle import dtypes
 from .checkpoint import Checkpoint
 from .views import match, view
 
-CHUNK_BYTES = 8 << 20
+CHUNK_BYTES = 1 << 20  # per side; the float64 working copies take a few times this
 
 
 class Mismatch(namedtuple("Mismatch", "a b a_dtype b_dtype a_shape b_shape")):
@@ -96,22 +96,28 @@ def compare(ta, tb, atol: float = 0.0, rtol: float = 0.0) -> tuple[bool, float |
 
     if not (_numeric(ta) and _numeric(tb)):
         return bool(np.array_equal(ta.read(), tb.read())), None, None
-    exact = atol == 0 and rtol == 0 and ta.entry.dtype == tb.entry.dtype
+    # Integers above 2**53 are not exact in float64: without tolerances, compare those natively.
+    native = atol == 0 and rtol == 0 and ta.entry.dtype == tb.entry.dtype and ta.dtype.kind in "iub"
     same, top, diff2, norm2 = True, 0.0, 0.0, 0.0
     for x, y in _paired(_flat(ta), _flat(tb)):
-        if exact:
-            same = same and bool(np.array_equal(x, y, equal_nan=x.dtype.kind in "fc"))
+        if not x.size:
+            continue
+        if native:
+            same = same and bool(np.array_equal(x, y))
         wide = np.complex128 if "c" in (x.dtype.kind, y.dtype.kind) else np.float64
         x, y = x.astype(wide), y.astype(wide)
-        both = (x == y) | (np.isnan(x) & np.isnan(y))  # equal infinities and NaN pairs differ by 0
-        d = np.where(both, 0.0, np.abs(x - y))
-        d[np.isnan(d)] = np.inf
-        if not exact:
-            same = same and bool(np.all(d <= atol + rtol * np.abs(y)))
-        if d.size:
-            top = max(top, float(d.max()))
-            diff2 += float(np.sum(d * d))
-            norm2 += float(np.sum(np.abs(x) ** 2))
+        d = np.subtract(x, y)
+        d = np.abs(d, out=d) if wide is np.float64 else np.abs(d)
+        peak = float(d.max())  # NaN if any element is: max propagates it
+        if math.isnan(peak):  # NaN against NaN, or equal infinities, differ by 0; NaN against a number by inf
+            d[(x == y) | (np.isnan(x) & np.isnan(y))] = 0.0
+            d[np.isnan(d)] = np.inf
+            peak = float(d.max())
+        if not native:  # within atol everywhere decides it without another pass; else check element-wise
+            same = same and (peak <= atol or (rtol > 0 and bool(np.all((d == 0) | (d <= atol + rtol * np.abs(y))))))
+        top = max(top, peak)
+        diff2 += float(np.dot(d, d))
+        norm2 += float(np.vdot(x, x).real)
     rel = 0.0 if diff2 == 0 else (math.sqrt(diff2) / math.sqrt(norm2) if norm2 else math.inf)
     return same, _finite(top), _finite(rel)
 

@@ -105,9 +105,11 @@ def _all_paths(graph, optimizers: set[int]) -> dict[int, list[tuple[str, ...]]]:
         nid, path, via_opt = queue.popleft()
         for c in graph.nodes[nid].children:
             have = found.setdefault(c.node_id, [])
-            if len(have) >= MAX_PATHS or len(path) >= 64:  # caps also end cycles
-                continue
             item = (path + (c.local_name,), via_opt or c.node_id in optimizers)
+            # Capped per kind, so that short optimizer aliases cannot crowd out the model's own paths;
+            # the caps also end cycles.
+            if sum(via == item[1] for _, via in have) >= MAX_PATHS or len(path) >= 64:
+                continue
             have.append(item)
             queue.append((c.node_id, *item))
     out = {}
