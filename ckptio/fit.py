@@ -64,6 +64,11 @@ def fit(src, template, out, *, rules=None, regex: bool = False, on_mismatch: str
         raise PlanError(f"on_mismatch must be one of {', '.join(ON_MISMATCH)}, not {on_mismatch!r}")
     if vocab_axis not in (0, 1):
         raise PlanError(f"vocab_axis must be 0 or 1, not {vocab_axis!r}")
+    if out is not None:
+        from .sources import is_special
+
+        if is_special(out):
+            raise PlanError("fit writes a local checkpoint prefix; pack or upload it afterwards", path=os.fspath(out))
     rules = _rules(rules, regex)
     vocabularies = {name: (_tokens(old), _tokens(new)) for name, (old, new) in (vocab or {}).items()}
     cs = src if isinstance(src, Checkpoint) else open_checkpoint(src)

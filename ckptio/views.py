@@ -91,8 +91,8 @@ def _object_based(ckpt, entries: dict, data: bytes) -> dict[str, TensorView]:
     for key, entry in entries.items():  # tensors no attribute names: known by their key only
         out.setdefault(key, TensorView(key, entry, (), "", None))
     for var_node, slot_name, slot_node in slots:
-        var_key, slot_key = key_of_node.get(var_node), key_of_node.get(slot_node)
-        if var_key and slot_key:
+        var_key, slot_key = key_of_node.get(var_node, ""), key_of_node.get(slot_node)
+        if slot_key:  # an unknown variable ("") pairs with nothing
             out[slot_key] = out[slot_key]._replace(slot_of=(var_key, slot_name))
     return out
 
@@ -119,21 +119,35 @@ def _all_paths(graph, optimizers: set[int]) -> dict[int, list[tuple[str, ...]]]:
     return out
 
 
-def _slots(graph) -> list[tuple[int, str, int]]:
-    """(variable node, slot name, slot node) from slot_variables and from Keras optimizers' slot lists."""
+def _slots(graph) -> list[tuple[int | None, str, int]]:
+    """(variable node or None if unknown, slot name, slot node) from slot_variables and Keras optimizers' slot lists."""
     out = [(s.original_node, s.slot_name, s.slot_node) for n in graph.nodes for s in n.slot_variables]
+    by_full_name: dict[str, list[int]] = {}
+    for nid, a in graph.attributes():
+        if a.full_name:
+            by_full_name.setdefault(a.full_name, []).append(nid)
     for node in graph.nodes:
-        # Keras 3 optimizers: `_trainable_variables/i` and each slot list (`_momentums/i`, ...) run in step.
+        # Keras optimizers keep slots in lists (`_momentums/i`, `_velocities/i`, ...). Keras 3 also lists
+        # the variables (`_trainable_variables/i`, in step); tf_keras names each slot after its variable
+        # (`Adam/m/dense/kernel`). A slot whose variable cannot be told is still a slot: it must not be
+        # paired by its list position.
         children = {c.local_name: c.node_id for c in node.children}
-        if "_trainable_variables" not in children:
+        if "_variables" not in children or "_iterations" not in children:
             continue
-        variables = _list_items(graph, children["_trainable_variables"])
+        variables = _list_items(graph, children["_trainable_variables"]) if "_trainable_variables" in children else []
         for name, nid in children.items():
             if name in ("_trainable_variables", "_variables", "_trainable_variables_indices"):
                 continue
             items = _list_items(graph, nid)
-            if items and len(items) == len(variables) and all(graph.nodes[i].attributes for i in items):
+            if not items or not all(graph.nodes[i].attributes for i in items):
+                continue
+            if len(items) == len(variables):
                 out.extend((v, name, s) for v, s in zip(variables, items))
+                continue
+            for s in items:
+                owner = graph.nodes[s].attributes[0].full_name.split("/", 2)[2:]  # `Adam/m/<variable>`
+                found = by_full_name.get(owner[0], []) if owner else []
+                out.append((found[0] if len(found) == 1 else None, name, s))
     return out
 
 

@@ -241,3 +241,25 @@ def test_public_api_is_the_function():
 
     importlib.import_module("ckptio.diff")  # importing the submodule must not replace the function
     assert ckptio.diff is diff_module_function
+
+
+def _tf_keras_like(prefix, layer: str, slot_value) -> str:
+    """tf_keras >= 2.11 optimizer: slots in `_momentums/i`, named after their variable (`Adam/m/<variable>`)."""
+    return write_object_based(
+        prefix, {f"model/{layer}/kernel": np.ones(2, np.float32), "optimizer/_iterations": np.int64(1),
+                 "optimizer/_variables/1": slot_value},
+        aliases={"optimizer/_momentums/0": "optimizer/_variables/1"},
+        full_names={f"model/{layer}/kernel": f"{layer}/kernel", "optimizer/_variables/1": f"Adam/m/{layer}/kernel"})
+
+
+def test_keras_slot_lists_pair_by_variable_never_by_position(tmp_path):
+    m = np.full(2, 3.0, np.float32)
+    a = _tf_keras_like(tmp_path / "a/ckpt", "dense", m)
+    b = _tf_keras_like(tmp_path / "b/ckpt", "dense_1", m)
+    slot = key("optimizer/_momentums/0")
+    # the slot of another variable at the same list position is not the same slot
+    result = ckptio.diff(a, b)
+    assert slot in result.only_a and slot in result.only_b
+    # once the variables pair, their slots do
+    result = ckptio.diff(a, b, rules=Rename((("model/dense/", "model/dense_1/"),)), values=True)
+    assert result.identical and (slot, slot, "slot") in result.pairs

@@ -239,6 +239,7 @@ def test_usage_errors(pair, capsys):
     assert run(capsys, "fit", src, "--template", tpl, out, "--map", "zzz/=y/")[0] == 2
     assert run(capsys, "fit", src, "--template", tpl, src)[0] == 2  # the output is an input
     assert run(capsys, "fit", src + "x", "--template", tpl, out)[0] == 1  # unreadable input
+    assert run(capsys, "fit", src, "--template", tpl, out + ".tar.zst", "--on-mismatch", "template")[0] == 2
 
 
 def test_public_api_is_the_function():
