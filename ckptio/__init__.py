@@ -10,7 +10,8 @@ from .errors import (CheckpointNotFoundError, ChecksumError, CkptioError, Corrup
 __version__ = "0.1.0"
 
 __all__ = [
-    "open", "Checkpoint", "Tensor", "rewrite", "verify", "diff", "fit", "Select", "StripOptimizer", "Rename", "Cast", "MapNames",
+    "open", "Checkpoint", "Tensor", "rewrite", "verify", "diff", "fit", "Select", "StripOptimizer", "Rename", "Cast",
+    "MapNames",
     "CkptioError", "CheckpointNotFoundError", "WrongFileError", "CorruptCheckpointError", "TruncatedError",
     "ChecksumError", "MissingShardError", "ReadError", "UnsupportedError", "TensorNotFoundError", "PlanError",
     "OutputExistsError", "WriteError", "MismatchError",

@@ -64,6 +64,8 @@ def fit(src, template, out, *, rules=None, regex: bool = False, on_mismatch: str
         raise PlanError(f"on_mismatch must be one of {', '.join(ON_MISMATCH)}, not {on_mismatch!r}")
     if vocab_axis not in (0, 1):
         raise PlanError(f"vocab_axis must be 0 or 1, not {vocab_axis!r}")
+    if out is None and not dry_run:
+        raise PlanError("fit needs an output prefix (or dry_run=True)")
     if out is not None:
         from .sources import is_special
 
@@ -82,10 +84,10 @@ def fit(src, template, out, *, rules=None, regex: bool = False, on_mismatch: str
             report, ops = plan(cs, ct, rules, on_mismatch, vocabularies, vocab_axis)
             report.dst, report.dry_run = None if out is None else os.fspath(out), dry_run
             if report.errors and not dry_run:
-                dst, why = report.errors[0]
+                _, why = report.errors[0]
                 more = f" (and {len(report.errors) - 1} more)" if len(report.errors) > 1 else ""
                 raise MismatchError(f"{why}{more}; nothing written (--on-mismatch template keeps the "
-                                    "template's value, slice copies the overlap)", key=dst)
+                                    "template's value, slice copies the overlap)")
             if not dry_run:
                 write(cs, ct, ops, os.fspath(out), force=force, verify=verify, state_file=state_file, fsync=fsync,
                       axis=vocab_axis)

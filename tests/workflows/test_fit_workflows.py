@@ -162,7 +162,8 @@ def dump(case, variables):
     for k, v in variables.items():
         arrays[f"{case}|{k}"] = v
 
-for case, make, shape in (("a", lambda: Net(head=6, extra=True), (1, 5)), ("b", lambda: Net(enc_attr="backbone"), (1, 5))):
+for case, make, shape in (("a", lambda: Net(head=6, extra=True), (1, 5)),
+                          ("b", lambda: Net(enc_attr="backbone"), (1, 5))):
     for which in ("out", "tpl"):
         m = build(make(), shape)
         path = f"{D}/{case}_{which}/ckpt" + ("-1" if case == "a" else "")
