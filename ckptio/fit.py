@@ -239,7 +239,11 @@ def write(cs, ct, ops: list[Op], out: str, *, force=False, verify=True, state_fi
         for from_template, piece in copies:
             _write_piece(ct if from_template else cs, writer, piece, 0, verify)
         for op in built:
-            _write_built(writer, ct[op.dst], _build(cs, ct, op, axis))
+            target, source = ct[op.dst], cs[op.src]
+            if op.kind == "slice" and _streamable(target) and _streamable(source):
+                writer.add_bytes(op.dst, target.entry.dtype, target.shape, _corner_chunks(source, target), 0)
+            else:
+                _write_built(writer, target, _build(cs, ct, op, axis))
         for name, meta in metadata.items():
             writer.add_entry(name, meta)
         graph = ct.object_graph_bytes
@@ -250,6 +254,54 @@ def write(cs, ct, ops: list[Op], out: str, *, force=False, verify=True, state_fi
             value[()] = graph
             writer.add_array(naming.OBJECT_GRAPH_KEY, value, 0)
         writer.finish(state_file=state_file, fsync=fsync)
+
+
+CHUNK_BYTES = 8 << 20
+
+
+def _streamable(t) -> bool:
+    """Unsliced and fixed-width: iter_chunks then yields rows a chunk at a time."""
+    info = t.entry.dtype_info
+    return not t.slices and info is not None and info.fixed_width and len(t.shape) >= 1
+
+
+def _corner_chunks(source, target):
+    """The template's rows with the source's overlapping corner over them, as stored bytes, a chunk at a time."""
+    import numpy as np
+
+    from .bundle.decode import to_bytes
+
+    info = target.entry.dtype_info
+    overlap = min(source.shape[0], target.shape[0])
+    inner = tuple(slice(0, min(a, b)) for a, b in zip(source.shape[1:], target.shape[1:]))
+    rows = _take_rows(source.iter_chunks(CHUNK_BYTES))
+    done = 0
+    for chunk in target.iter_chunks(CHUNK_BYTES):
+        n = max(0, min(len(chunk), overlap - done))
+        if n:
+            chunk = np.array(chunk)  # writable
+            chunk[(slice(0, n),) + inner] = rows(n)[(slice(None),) + inner]
+        done += len(chunk)
+        yield to_bytes(chunk, info)
+
+
+def _take_rows(chunks):
+    """take(n): the next n rows of a stream of row chunks."""
+    import numpy as np
+
+    pending = []
+
+    def take(n: int):
+        have = sum(len(p) for p in pending)
+        while have < n:
+            piece = next(chunks)
+            pending.append(piece)
+            have += len(piece)
+        joined = pending[0] if len(pending) == 1 else np.concatenate(pending)
+        pending[:] = [joined[n:]] if len(joined) > n else []
+        return joined[:n]
+
+    return take
 
 
 def _build(cs, ct, op: Op, axis: int):

@@ -248,3 +248,24 @@ def test_public_api_is_the_function():
     fit = ckptio.fit
     importlib.import_module("ckptio.fit")
     assert ckptio.fit is fit and callable(fit)
+
+
+@pytest.mark.parametrize("src_shape, dst_shape", [((7, 3), (10, 5)), ((10, 5), (7, 3)), ((9, 2), (4, 6))])
+def test_slice_streams_rows_a_chunk_at_a_time(tmp_path, monkeypatch, src_shape, dst_shape):
+    import sys
+
+    fit_module = sys.modules["ckptio.fit"]
+    source = np.arange(np.prod(src_shape), dtype=np.float64).reshape(src_shape)
+    template = -np.arange(np.prod(dst_shape), dtype=np.float32).reshape(dst_shape)
+    src = write_named(tmp_path / "s/ckpt", {"emb": source})
+    tpl = write_named(tmp_path / "t/ckpt", {"emb": template})
+    monkeypatch.setattr(fit_module, "CHUNK_BYTES", 16)  # a row or two per chunk on each side
+    monkeypatch.setattr(fit_module, "_build", lambda *a: pytest.fail("the slice went through memory whole"))
+    report = ckptio.fit(src, tpl, tmp_path / "o/ckpt", on_mismatch="slice")
+    assert report.cast[0]["src_dtype"] == "float64"
+    expected = template.copy()
+    r, c = min(src_shape[0], dst_shape[0]), min(src_shape[1], dst_shape[1])
+    expected[:r, :c] = source[:r, :c]
+    got = read_all(tmp_path / "o/ckpt")["emb"]
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected)

@@ -15,7 +15,8 @@ from .diff import add_map_arguments, build_rules
 
 
 def add_arguments(name, p) -> None:
-    p.add_argument("paths", nargs="+", metavar="SRC OUT", help="source checkpoint and output prefix")
+    p.add_argument("src", metavar="SRC", help="the old checkpoint")
+    p.add_argument("out", metavar="OUT", help="output prefix (e.g. fitted/model.ckpt)")
     p.add_argument("--template", required=True, metavar="TEMPLATE",
                    help="a checkpoint the new model wrote, e.g. tf.train.Checkpoint(model=new).write(path)")
     add_map_arguments(p, "SRC")
@@ -46,11 +47,9 @@ def run(args) -> int:
     from ..fit import fit
     from .main import UsageError
 
-    if len(args.paths) != 2:
-        raise UsageError("fit takes SRC OUT (and --template TEMPLATE)")
-    src, out = args.paths
-    if not args.template:
-        raise UsageError("--template: empty path")
+    src, out = args.src, args.out
+    if not src or not args.template:
+        raise UsageError(f"{'SRC' if not src else '--template'}: empty path")
     check_output_prefix(out)
     vocab = dict(parse_vocab(v) for v in args.vocab)
     report = fit(src, args.template, out, rules=build_rules(args), on_mismatch=args.on_mismatch, vocab=vocab,
