@@ -104,3 +104,7 @@ class OutputExistsError(CkptioError, FileExistsError):
 
 class WriteError(CkptioError, OSError):
     """Writing the output failed (disk full, file too large, permission)."""
+
+
+class MismatchError(CkptioError, ValueError):
+    """A source tensor does not fit the template tensor it matches (shape or dtype); `fit` stops before writing."""

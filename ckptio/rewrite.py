@@ -103,8 +103,6 @@ def _stored_size(ckpt: Checkpoint, name: str, entry: Entry) -> int:
 
 def make_plan(ckpt: Checkpoint, steps=()) -> Plan:
     """Apply steps to the source's names and lay out every piece to write; no I/O on tensor bytes."""
-    from .bundle.entry import Entry
-
     entries = ckpt.entries()
     graph_key = naming.OBJECT_GRAPH_KEY
     names = sorted(n for n in entries if n != graph_key)
@@ -138,18 +136,24 @@ def make_plan(ckpt: Checkpoint, steps=()) -> Plan:
     dropped = [n for n in names if n not in kept]
     pieces, metadata = [], {}
     for item in items:
-        entry = entries[item.src]
-        data_name = item.promoted_from or item.src
-        data_entry = entries[data_name]
-        if entry.slices:
-            metadata[item.dst] = Entry(item.dtype, entry.shape, slices=entry.slices)
-            for s in entry.slices:
-                src_piece = ckpt._reader.slice_entry(data_name, s) if ckpt.format == "v2" else data_entry
-                pieces.append(Piece(slice_key(item.dst, s), item.dst, data_name, src_piece, item.dtype, s))
-        else:
-            pieces.append(Piece(naming.encode_key(item.dst), item.dst, data_name, data_entry, item.dtype))
+        found, meta = tensor_pieces(ckpt, item.promoted_from or item.src, item.dst, item.dtype)
+        pieces += found
+        if meta is not None:
+            metadata[item.dst] = meta
     pieces.sort(key=lambda p: (p.src_entry.shard_id, p.src_entry.offset, p.key))
     return Plan(ckpt, items, dropped, pieces, metadata, graph)
+
+
+def tensor_pieces(ckpt: Checkpoint, name: str, dst: str, dtype: int) -> tuple[list[Piece], Entry | None]:
+    """The pieces that write source tensor `name` as `dst` in `dtype`, and its metadata entry if sliced."""
+    from .bundle.entry import Entry
+
+    entry = ckpt.entries()[name]
+    if not entry.slices:
+        return [Piece(naming.encode_key(dst), dst, name, entry, dtype)], None
+    pieces = [Piece(slice_key(dst, s), dst, name, ckpt._reader.slice_entry(name, s) if ckpt.format == "v2" else entry,
+                    dtype, s) for s in entry.slices]
+    return pieces, Entry(dtype, entry.shape, slices=entry.slices)
 
 
 def _assign_shards(pieces: list[Piece], num_shards: int | None, max_shard_size: int | None) -> list[list[Piece]]:

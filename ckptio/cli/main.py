@@ -21,6 +21,8 @@ COMMANDS = {
     "doctor": ("doctor", "diagnose a broken checkpoint in plain words; --salvage the intact tensors"),
     "pack": ("archive", "pack a checkpoint into one .tar.zst archive"),
     "unpack": ("archive", "unpack a .tar.zst archive into checkpoint files"),
+    "diff": ("diff", "what differs between two checkpoints (names, dtypes, shapes; --values)"),
+    "fit": ("fit", "fit a checkpoint to a changed model: a template's structure with the source's values"),
 }
 
 EXIT_OK, EXIT_BAD_CHECKPOINT, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130

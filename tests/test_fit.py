@@ -1,0 +1,271 @@
+"""ckptio fit: template structure, source values; matching order, mismatch policies, casts, vocabulary remaps."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from support import read_all
+from test_diff import key, write_named, write_object_based
+
+import ckptio
+from ckptio.bundle.naming import OBJECT_GRAPH_KEY
+from ckptio.bundle.slices import Slice
+from ckptio.bundle.writer import BundleWriter
+from ckptio.cli.main import main
+from ckptio.errors import MismatchError, PlanError
+
+W = np.arange(12, dtype=np.float32).reshape(3, 4)
+
+
+def run(capsys, *argv) -> tuple[int, str]:
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().out
+
+
+def write_sliced(prefix, name: str, value, parts: list[tuple[int, int]], extra: dict | None = None) -> str:
+    """A name-based checkpoint with `name` partitioned along axis 0 into [start, length) parts."""
+    from ckptio.bundle.entry import Entry
+    from ckptio.bundle.slices import encode_key
+    from ckptio.bundle.dtypes import from_numpy
+
+    slices = tuple(Slice(((start, length),) + ((0, None),) * (value.ndim - 1)) for start, length in parts)
+    with BundleWriter(str(prefix)) as w:
+        for s in slices:
+            (start, length), = s.extents[:1]
+            w.add_array(encode_key(name, s), value[start:start + length])
+        w.add_entry(name, Entry(from_numpy(value.dtype).enum, value.shape, slices=slices))
+        for n, v in (extra or {}).items():
+            w.add_array(n, v)
+        w.finish()
+    return str(prefix)
+
+
+@pytest.fixture
+def pair(tmp_path):
+    src = write_named(tmp_path / "src/ckpt", {"enc": W, "head": np.ones((4, 2), np.float32),
+                                             "gone": np.zeros(3, np.float32), "step": np.int64(7)})
+    tpl = write_named(tmp_path / "tpl/ckpt", {"enc": np.zeros((3, 4), np.float32),
+                                             "head": np.full((4, 5), 9, np.float32), "new": np.full(2, 5, np.float32),
+                                             "step": np.int64(0)})
+    return src, tpl, str(tmp_path / "out/ckpt")
+
+
+def test_error_policy_names_both_shapes_and_writes_nothing(pair, capsys):
+    src, tpl, out = pair
+    with pytest.raises(MismatchError, match=r"'head' has shape \[4, 2\], template tensor 'head' has shape \[4, 5\]"):
+        ckptio.fit(src, tpl, out)
+    code, _ = run(capsys, "fit", src, "--template", tpl, out)
+    assert code == 1
+    report = ckptio.fit(src, tpl, out, dry_run=True)  # a dry run reports instead of raising
+    assert report.mismatched[0]["action"] == "error" and report.errors[0][0] == "head"
+    import os
+    assert not os.path.exists(out + ".index")
+
+
+def test_template_policy_keeps_the_template_and_reports_every_tensor(pair, capsys):
+    src, tpl, out = pair
+    code, text = run(capsys, "fit", src, "--template", tpl, out, "--on-mismatch", "template", "--json")
+    assert code == 0
+    assert json.loads(text) == {
+        "matched": [{"src": "enc", "dst": "enc", "how": "key"}, {"src": "step", "dst": "step", "how": "key"}],
+        "template_only": ["new"], "source_only": ["gone"],
+        "mismatched": [{"src": "head", "dst": "head", "src_shape": [4, 2], "dst_shape": [4, 5], "action": "template"}],
+        "cast": [], "remapped": []}
+    got = read_all(out)
+    assert sorted(got) == ["enc", "head", "new", "step"]
+    np.testing.assert_array_equal(got["enc"], W)
+    np.testing.assert_array_equal(got["head"], np.full((4, 5), 9, np.float32))
+    np.testing.assert_array_equal(got["new"], np.full(2, 5, np.float32))
+    assert got["step"] == 7
+    with ckptio.open(src) as s, ckptio.open(out) as o:  # copied bytes keep their checksum
+        assert o.entries()["enc"].crc32c == s.entries()["enc"].crc32c
+
+
+def test_slice_policy_copies_the_overlapping_corner(pair):
+    src, tpl, out = pair
+    report = ckptio.fit(src, tpl, out, on_mismatch="slice")
+    assert report.mismatched[0]["action"] == "slice"
+    head = read_all(out)["head"]
+    np.testing.assert_array_equal(head[:, :2], np.ones((4, 2)))
+    np.testing.assert_array_equal(head[:, 2:], np.full((4, 3), 9))
+
+
+def test_slice_of_a_shrunk_tensor_and_a_rank_change(tmp_path):
+    src = write_named(tmp_path / "s/ckpt", {"emb": W, "v": np.ones(3, np.float32)})
+    tpl = write_named(tmp_path / "t/ckpt", {"emb": np.zeros((2, 4), np.float32), "v": np.zeros((3, 1), np.float32)})
+    with pytest.raises(MismatchError, match="ranks differ"):
+        ckptio.fit(src, tpl, tmp_path / "o/ckpt", on_mismatch="slice")
+    tpl2 = write_named(tmp_path / "t2/ckpt", {"emb": np.zeros((2, 4), np.float32)})
+    ckptio.fit(src, tpl2, tmp_path / "o2/ckpt", on_mismatch="slice")
+    np.testing.assert_array_equal(read_all(tmp_path / "o2/ckpt")["emb"], W[:2])
+
+
+def test_floating_dtypes_are_cast_and_others_refused(tmp_path):
+    src = write_named(tmp_path / "s/ckpt", {"w": W.astype(np.float64), "i": np.arange(3, dtype=np.int64)})
+    tpl = write_named(tmp_path / "t/ckpt", {"w": np.zeros((3, 4), np.float32), "i": np.zeros(3, np.int32)})
+    with pytest.raises(MismatchError, match="'i' is int64, template tensor 'i' is int32"):
+        ckptio.fit(src, tpl, tmp_path / "o/ckpt", on_mismatch="template")
+    tpl = write_named(tmp_path / "t2/ckpt", {"w": np.zeros((3, 4), np.float32)})
+    report = ckptio.fit(src, tpl, tmp_path / "o/ckpt")
+    assert report.cast == [{"src": "w", "dst": "w", "src_dtype": "float64", "dst_dtype": "float32"}]
+    got = read_all(tmp_path / "o/ckpt")["w"]
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, W)
+
+
+def test_output_keeps_the_template_object_graph_bytes(tmp_path):
+    k = np.ones((2, 2), np.float32)
+    src = write_object_based(tmp_path / "s/ckpt", {"model/enc/_kernel": k * 3, "optimizer/_iterations": np.int64(5)},
+                             aliases={"optimizer/_trainable_variables/0": "model/enc/_kernel"})
+    tpl = write_object_based(tmp_path / "t/ckpt", {"model/enc/_kernel": k, "model/extra/_kernel": k * 2})
+    report = ckptio.fit(src, tpl, tmp_path / "o/ckpt")
+    assert report.matched == [{"src": key("optimizer/_trainable_variables/0"), "dst": key("model/enc/_kernel"),
+                               "how": "path"}]
+    assert report.source_only == [key("optimizer/_iterations")]
+    with ckptio.open(tpl) as t, ckptio.open(tmp_path / "o/ckpt") as o:
+        assert o.object_graph_bytes == t.object_graph_bytes
+        assert sorted(o) == sorted(t)
+        np.testing.assert_array_equal(o[key("model/enc/_kernel")].read(), k * 3)
+        np.testing.assert_array_equal(o[key("model/extra/_kernel")].read(), k * 2)
+        assert OBJECT_GRAPH_KEY in o
+
+
+def test_map_comes_first_and_claims_its_sources(tmp_path):
+    """`a/=b/` sends a's weight to b even though b's own name also exists in the source."""
+    src = write_named(tmp_path / "s/ckpt", {"a/w": np.full(2, 1, np.float32), "b/w": np.full(2, 2, np.float32)})
+    tpl = write_named(tmp_path / "t/ckpt", {"a/w": np.zeros(2, np.float32), "b/w": np.zeros(2, np.float32)})
+    report = ckptio.fit(src, tpl, tmp_path / "o/ckpt", rules=["a/=b/"])
+    assert report.matched == [{"src": "a/w", "dst": "b/w", "how": "map"}]
+    assert report.template_only == ["a/w"] and report.source_only == ["b/w"]
+    np.testing.assert_array_equal(read_all(tmp_path / "o/ckpt")["b/w"], np.ones(2))
+
+
+def test_two_sources_for_one_template_tensor_is_an_error_naming_both(tmp_path, capsys):
+    src = write_named(tmp_path / "s/ckpt", {"x": W, "y": W})
+    tpl = write_named(tmp_path / "t/ckpt", {"z": W})
+    assert main(["fit", src, "--template", tpl, str(tmp_path / "o/ckpt"), "--map", "x=z", "--map", "y=z"]) == 2
+    assert "'x' and 'y'" in capsys.readouterr().err
+    with pytest.raises(PlanError, match="'x' and 'y'"):
+        ckptio.fit(src, tpl, tmp_path / "o/ckpt", rules=[("x", "z"), ("y", "z")])
+
+
+OLD = ["a", "b", "c", "d"]
+NEW = ["c", "x", "a", "b", "y"]
+
+
+def test_vocab_moves_rows_and_new_tokens_keep_the_template(tmp_path, capsys):
+    emb = np.arange(8, dtype=np.float32).reshape(4, 2)
+    slot = emb + 100
+    src = write_named(tmp_path / "s/ckpt", {"emb": emb, "emb/Adam": slot})
+    tpl_emb = np.full((6, 2), -1, np.float32)  # one more row than NEW: an out-of-vocabulary bucket
+    tpl = write_named(tmp_path / "t/ckpt", {"emb": tpl_emb, "emb/Adam": tpl_emb - 1})
+    (tmp_path / "old.txt").write_text("\n".join(OLD) + "\n")
+    (tmp_path / "new.txt").write_text("\n".join(NEW) + "\n")
+    code, text = run(capsys, "fit", src, "--template", tpl, tmp_path / "o/ckpt", "--json", "--vocab",
+                     f"emb={tmp_path / 'old.txt'}:{tmp_path / 'new.txt'}")
+    assert code == 0
+    report = json.loads(text)
+    assert report["remapped"] == [{"src": "emb", "dst": "emb", "vocab": "emb", "moved": 3, "new": 2},
+                                  {"src": "emb/Adam", "dst": "emb/Adam", "vocab": "emb", "moved": 3, "new": 2}]
+    assert report["mismatched"] == []
+    got = read_all(tmp_path / "o/ckpt")
+    for name, old, template in (("emb", emb, tpl_emb), ("emb/Adam", slot, tpl_emb - 1)):
+        for j in range(6):
+            token = NEW[j] if j < len(NEW) else None
+            expected = old[OLD.index(token)] if token in OLD else template[j]
+            np.testing.assert_array_equal(got[name][j], expected)
+
+
+def test_vocab_on_axis_1_and_its_checks(tmp_path):
+    w = np.arange(8, dtype=np.float32).reshape(2, 4)
+    src = write_named(tmp_path / "s/ckpt", {"w": w})
+    tpl = write_named(tmp_path / "t/ckpt", {"w": np.zeros((2, 5), np.float32)})
+    ckptio.fit(src, tpl, tmp_path / "o/ckpt", vocab={"w": (OLD, NEW)}, vocab_axis=1)
+    np.testing.assert_array_equal(read_all(tmp_path / "o/ckpt")["w"], w[:, [2, 0, 0, 1, 0]] * [1, 0, 1, 1, 0])
+    with pytest.raises(PlanError, match="names no template tensors"):
+        ckptio.fit(src, tpl, tmp_path / "o2/ckpt", vocab={"nope": (OLD, NEW)})
+    with pytest.raises(PlanError, match="twice"):
+        ckptio.fit(src, tpl, tmp_path / "o2/ckpt", vocab={"w": (["a", "a"], NEW)})
+    with pytest.raises(PlanError, match="5 old and 5 new tokens"):
+        ckptio.fit(src, tpl, tmp_path / "o2/ckpt", vocab={"w": (OLD + ["e"], NEW)}, vocab_axis=1)
+    with pytest.raises(MismatchError, match="differ beyond axis 0"):
+        ckptio.fit(src, tpl, tmp_path / "o2/ckpt", vocab={"w": (OLD[:2], NEW[:2])}, vocab_axis=0)
+
+
+def test_vocab_into_a_differently_partitioned_template(tmp_path):
+    emb = np.arange(12, dtype=np.float32).reshape(4, 3)
+    src = write_sliced(tmp_path / "s/ckpt", "emb", emb, [(0, 2), (2, 2)])
+    tpl_emb = np.full((5, 3), -7, np.float32)
+    tpl = write_sliced(tmp_path / "t/ckpt", "emb", tpl_emb, [(0, 2), (2, 2), (4, 1)])
+    ckptio.fit(src, tpl, tmp_path / "o/ckpt", vocab={"emb": (OLD, NEW)})
+    with ckptio.open(tmp_path / "o/ckpt") as o, ckptio.open(tpl) as t:
+        assert o["emb"].slices == t["emb"].slices
+        got = o["emb"].read()
+    expected = np.stack([emb[2], tpl_emb[1], emb[0], emb[1], tpl_emb[4]])
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_partitioning_differs_without_vocab_is_recut(tmp_path):
+    emb = np.arange(12, dtype=np.float32).reshape(4, 3)
+    src = write_sliced(tmp_path / "s/ckpt", "emb", emb, [(0, 1), (1, 3)])
+    tpl = write_sliced(tmp_path / "t/ckpt", "emb", np.zeros((4, 3), np.float32), [(0, 2), (2, 2)])
+    same = write_sliced(tmp_path / "t2/ckpt", "emb", np.zeros((4, 3), np.float32), [(0, 1), (1, 3)])
+    for template in (tpl, same):
+        out = tmp_path / ("o" + template[-8]) / "ckpt"
+        ckptio.fit(src, template, out)
+        with ckptio.open(out) as o, ckptio.open(template) as t:
+            assert o["emb"].slices == t["emb"].slices
+            np.testing.assert_array_equal(o["emb"].read(), emb)
+
+
+def test_dry_run_writes_nothing_and_predicts_an_existing_output(pair, capsys):
+    src, tpl, out = pair
+    code, text = run(capsys, "fit", src, "--template", tpl, out, "--dry-run")
+    assert code == 1 and "ERROR" in text  # the mismatch a real run would stop at
+    import os
+    assert not os.path.exists(out + ".index")
+    ckptio.fit(src, tpl, out, on_mismatch="template")
+    code, _ = run(capsys, "fit", src, "--template", tpl, out, "--on-mismatch", "template", "--dry-run")
+    assert code == 2  # exists, no --force
+    assert run(capsys, "fit", src, "--template", tpl, out, "--on-mismatch", "template", "--force")[0] == 0
+
+
+def test_usage_errors(pair, capsys):
+    src, tpl, out = pair
+    assert run(capsys, "fit", src, out)[0] == 2  # no --template
+    assert run(capsys, "fit", src, "--template", tpl)[0] == 2
+    assert run(capsys, "fit", src, "--template", tpl, out, "--vocab", "novocab")[0] == 2
+    assert run(capsys, "fit", src, "--template", tpl, out, "--map", "zzz/=y/")[0] == 2
+    assert run(capsys, "fit", src, "--template", tpl, src)[0] == 2  # the output is an input
+    assert run(capsys, "fit", src + "x", "--template", tpl, out)[0] == 1  # unreadable input
+    assert run(capsys, "fit", src, "--template", tpl, out + ".tar.zst", "--on-mismatch", "template")[0] == 2
+
+
+def test_public_api_is_the_function():
+    import importlib
+
+    fit = ckptio.fit
+    importlib.import_module("ckptio.fit")
+    assert ckptio.fit is fit and callable(fit)
+
+
+@pytest.mark.parametrize("src_shape, dst_shape", [((7, 3), (10, 5)), ((10, 5), (7, 3)), ((9, 2), (4, 6))])
+def test_slice_streams_rows_a_chunk_at_a_time(tmp_path, monkeypatch, src_shape, dst_shape):
+    import sys
+
+    fit_module = sys.modules["ckptio.fit"]
+    source = np.arange(np.prod(src_shape), dtype=np.float64).reshape(src_shape)
+    template = -np.arange(np.prod(dst_shape), dtype=np.float32).reshape(dst_shape)
+    src = write_named(tmp_path / "s/ckpt", {"emb": source})
+    tpl = write_named(tmp_path / "t/ckpt", {"emb": template})
+    monkeypatch.setattr(fit_module, "CHUNK_BYTES", 16)  # a row or two per chunk on each side
+    monkeypatch.setattr(fit_module, "_build", lambda *a: pytest.fail("the slice went through memory whole"))
+    report = ckptio.fit(src, tpl, tmp_path / "o/ckpt", on_mismatch="slice")
+    assert report.cast[0]["src_dtype"] == "float64"
+    expected = template.copy()
+    r, c = min(src_shape[0], dst_shape[0]), min(src_shape[1], dst_shape[1])
+    expected[:r, :c] = source[:r, :c]
+    got = read_all(tmp_path / "o/ckpt")["emb"]
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected)
