@@ -104,6 +104,9 @@ class BundleReader:
         if entry is None:
             raise CorruptCheckpointError(f"slice {s.spec()} is listed but its entry is missing",
                                          path=self.path, key=name)
+        problem = self.entry(name).piece_problem(s, entry)
+        if problem:
+            raise CorruptCheckpointError(problem, path=self.path, key=name)
         return entry
 
     def _check_tiling(self, name: str) -> None:
