@@ -15,16 +15,18 @@ class CkptioError(Exception):
     def __str__(self) -> str:
         parts = []
         if self.path:
-            parts.append(self.path)
+            parts.append(show_name(self.path))
         if self.key is not None:
-            parts.append(f"entry {_show_key(self.key)}")
+            parts.append(f"entry {show_name(self.key)}")
         if self.offset is not None:
             parts.append(f"offset {self.offset}")
-        parts.append(self.message)
+        parts.append(self.message if self.message.isprintable() else show_name(self.message))
         return ": ".join(parts)
 
 
-def _show_key(key) -> str:
+def show_name(key) -> str:
+    """A tensor name (or path) as people should see it: as is when printable, else its repr, so
+    that newlines and terminal escapes in a crafted checkpoint cannot forge or restyle output."""
     if isinstance(key, bytes):
         try:
             key = key.decode("utf-8")
