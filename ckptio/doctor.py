@@ -594,10 +594,8 @@ def _v2_pieces(d: Diagnosis, entries: dict[str, Entry], slices: dict[bytes, Entr
                           key=name)
                 d.damage(name, f"the entry of slice {s.spec()} is missing")
                 continue
-            expected = s.shape(entry.shape)
-            if piece.dtype != entry.dtype or piece.shape != expected:
-                why = (f"slice {s.spec()} is stored as {dtypes.name_of(piece.dtype)}{list(piece.shape)}, expected "
-                       f"{dtypes.name_of(entry.dtype)}{list(expected)}")
+            why = entry.piece_problem(s, piece)
+            if why:
                 d.problem("bad-slices", why, path=index_path, key=name)
                 d.damage(name, why)
                 continue

@@ -21,7 +21,7 @@ import zstandard
 
 import ckptio
 from ckptio.bundle.entry import Entry
-from ckptio.errors import CkptioError, CorruptCheckpointError, TensorNotFoundError, UnsupportedError
+from ckptio.errors import CorruptCheckpointError, TensorNotFoundError, UnsupportedError
 from ckptio.io import MemorySource
 from ckptio.sstable import Table, TableBuilder
 
