@@ -352,7 +352,31 @@ def test_names_with_control_characters_are_escaped_in_human_output(tmp_path):
     assert "'cr\\rname'" in outputs["verify-bad"][2]
     assert outputs["show"][1].startswith(repr(names[2]) + ": float32[3]")
     assert "keep    'cr\\rname'" in outputs["dry-run"][1]
+    objects = _object_graph_checkpoint(str(tmp_path / "tf2" / "model.ckpt"), "layer\x1b]0;pwned\x07\nforged")
+    rc, out, err = cli(["ls", "--objects", objects])
+    assert rc == 0 and not any(c in out for c in "\x1b\x07\r") and "\nforged" not in out, out
+    assert "'layer\\x1b]0;pwned\\x07\\nforged/'  #1" in out
     rc, out, _ = cli(["ls", "--json", prefix])  # JSON stays exact
     assert sorted(e["name"] for e in json.loads(out)["entries"]) == sorted(names)
     with pytest.raises(TensorNotFoundError):
         ckptio.open(prefix)["title"]
+
+
+def _object_graph_checkpoint(prefix: str, child: str) -> str:
+    """A TF2-style checkpoint whose one variable hangs under an object named child."""
+    from ckptio._proto.trackable_object_graph_pb2 import TrackableObjectGraph
+    from ckptio.bundle.writer import BundleWriter
+
+    key = f"{child}/.ATTRIBUTES/VARIABLE_VALUE"
+    graph = TrackableObjectGraph()
+    ref = graph.nodes.add().children.add()
+    ref.node_id, ref.local_name = 1, child
+    attribute = graph.nodes.add().attributes.add()
+    attribute.name, attribute.full_name, attribute.checkpoint_key = "VARIABLE_VALUE", "v\rfull", key
+    blob = np.empty((), dtype=object)
+    blob[()] = graph.SerializeToString()
+    with BundleWriter(prefix) as w:
+        w.add_array(key, np.arange(3, dtype=np.float32))
+        w.add_array("_CHECKPOINTABLE_OBJECT_GRAPH", blob)
+        w.finish(state_file=False)
+    return prefix
