@@ -419,6 +419,9 @@ def _diagnose_v2(d: Diagnosis, prefix: str) -> None:
         return
     try:
         scan = _walk_table(d, index, index_path, "index")
+    except CkptioError as exc:  # an I/O error, or the file shrank, while it was read piece by piece
+        d.problem("unreadable", exc.message, path=exc.path or index_path, offset=exc.offset)
+        return
     finally:
         index.close()
     header = _v2_header(d, scan, prefix, index_path)
@@ -798,6 +801,9 @@ def _diagnose_v1(d: Diagnosis, files: list[str], prefix: str) -> None:
             continue
         try:
             scan = _walk_table(d, table, path, "V1 file")
+        except CkptioError as exc:  # an I/O error, or the file shrank, while it was read piece by piece
+            d.problem("unreadable", exc.message, path=exc.path or path, offset=exc.offset)
+            continue
         finally:
             table.close()
         if not scan.items or scan.items[0][0] != b"":
