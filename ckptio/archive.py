@@ -37,8 +37,11 @@ RECORD = 10240                 # tar's default record: 20 blocks; archives end o
 COPY_CHUNK = 4 << 20           # bytes per read while packing
 SKIP_CHUNK = 1 << 20           # bytes per discarded read while skipping forward
 MAX_META = 1 << 20             # cap on pax records and GNU long names
-MAX_INDEX = 1 << 31            # cap on an index member held in memory
-MAX_V1 = 2 << 30               # cap on V1 members held in memory (all together)
+# Members held in memory are capped far above any real checkpoint's (an index of 512 MiB lists
+# millions of tensors) and well below what a 64 KB archive of zeros can inflate to.
+MAX_INDEX = 512 << 20          # cap on an index member held in memory
+MAX_V1 = 512 << 20             # cap on V1 members held in memory (all together)
+READ_CHUNK = 8 << 20           # most bytes asked of the decompressor at once: memory follows what it produces
 DEFAULT_LEVEL = 3
 _V1_SHARD_RE = re.compile(r"^(?P<base>.+)-(?P<shard>\d{5})-of-(?P<count>\d{5})$")
 
@@ -235,6 +238,7 @@ class ArchiveStream:
         self.label = label or source.name
         self.members: list[Member] = []
         self._by_name: dict[str, Member] = {}
+        self._seen: set[str] = set()  # normalized names of every member but directories
         self.passes = 0
         self.decompressed = 0        # bytes decompressed over all passes
         self.ended = False           # end of archive reached by a scan
@@ -263,7 +267,9 @@ class ArchiveStream:
         chunks, got = [], 0
         while got < n:
             try:
-                piece = self._z.read(n - got)
+                # Bounded asks: the decompressor allocates what is asked, and a member's declared
+                # size is hostile input until the bytes are actually there.
+                piece = self._z.read(min(n - got, READ_CHUNK))
             except self._zstd.ZstdError as exc:
                 if self._pos + got == 0 and self._raw.pos <= 1 << 20 and not self._magic_ok():
                     raise WrongFileError("not a zstandard-compressed archive (bad magic number)",
@@ -355,11 +361,29 @@ class ArchiveStream:
                 if size < 0:
                     raise CorruptCheckpointError("negative member size", path=self.label, offset=pos)
                 member = Member(name, size, kind, data_at, len(self.members), hdr.mtime)
+                self._refuse_duplicate(member, pos)
                 self._scan_at = data_at + size + (-size % BLOCK)
                 self.members.append(member)
                 if kind == REGULAR:
                     self._by_name.setdefault(name, member)
                 return member
+
+    def _refuse_duplicate(self, member: Member, pos: int) -> None:
+        """A name stored twice: readers would take the first copy where `tar -x` keeps the last."""
+        if member.kind == DIRECTORY:
+            return
+        key = "/".join(p for p in member.name.split("/") if p not in ("", "."))
+        if key in self._seen:
+            raise CorruptCheckpointError(f"archive holds member {member.name!r} twice (tar would extract the "
+                                         "last copy, ckptio would read the first)", path=self.label, offset=pos)
+        self._seen.add(key)
+
+    def check_rest(self) -> None:
+        """Scan every member header to the end of the archive and drain the stream, so that a
+        duplicate member or a bad zstd content checksum after the last member read is found."""
+        for _ in self:
+            pass
+        _drain(self)
 
     def find(self, name: str) -> Member | None:
         """The regular-file member called name, scanning forward as far as needed."""
@@ -427,6 +451,10 @@ class ArchiveCheckpoint(Checkpoint):
         """Compressed bytes read from the archive so far."""
         return self.archive.compressed_bytes_read
 
+    def check_container(self) -> None:
+        """For verify, after the tensors: the rest of the archive (duplicates, zstd checksum)."""
+        self.archive.check_rest()
+
     def close(self) -> None:
         try:
             super().close()
@@ -457,9 +485,9 @@ def open_archive(path, *, source: Source | None = None) -> ArchiveCheckpoint:
             if m.kind == REGULAR and m.name.endswith(".index") and len(m.name) > len(".index"):
                 index = m
         if index is not None:
-            if index.size > MAX_INDEX:
-                raise UnsupportedError(f"index member of {index.size} bytes (cap {MAX_INDEX})",
-                                       path=f"{label}/{index.name}")
+            if index.size > MAX_INDEX:  # before a byte of it is decompressed
+                raise UnsupportedError(f"index member of {index.size} bytes is more than ckptio holds in memory "
+                                       f"({MAX_INDEX} bytes); unpack the archive first", path=f"{label}/{index.name}")
             held[index.name] = stream.read_at(index.data_offset, index.size, name=f"{label}/{index.name}")
             located = Located("v2", f"{label}/{index.name[:-len('.index')]}")
         else:
@@ -478,8 +506,8 @@ def _locate_v1(stream: ArchiveStream, held: dict[str, bytes], label: str) -> Loc
         raise CheckpointNotFoundError("archive holds no checkpoint (no .index member, no V1 table file)",
                                       path=label)
     if sum(m.size for m in candidates) > MAX_V1:
-        raise UnsupportedError(f"V1 archives are read into memory; this one holds more than {MAX_V1} bytes",
-                               path=label)
+        raise UnsupportedError(f"V1 archives are read into memory; this one holds more than {MAX_V1} bytes "
+                               "(unpack it first)", path=label)
     tables = []
     for m in candidates:
         data = stream.read_at(m.data_offset, m.size, name=f"{label}/{m.name}")

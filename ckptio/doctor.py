@@ -19,6 +19,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import stat
 import struct
 from dataclasses import dataclass, field
 
@@ -28,7 +29,7 @@ from .bundle.paths import LFS_POINTER, Located, resolve
 from .bundle.slices import (Slice, SliceKeyError, decode_key as decode_slice_key, encode_key as slice_key,
                             key_label, tiling_problem)
 from .errors import CheckpointNotFoundError, CkptioError, CorruptCheckpointError, WrongFileError
-from .io import FileSource, MemorySource
+from .io import FileSource, MemorySource, Source
 from .sstable.block import Block
 from .sstable.coding import crc32c, decode_varint, unmask
 from .sstable.format import FOOTER_SIZE, MAGIC_BYTES, TRAILER_SIZE, BlockHandle, Footer, read_block
@@ -68,7 +69,8 @@ class _Piece:
 
 @dataclass
 class Diagnosis:
-    """What diagnose() found. healthy means TensorFlow would read every tensor."""
+    """What diagnose() found. healthy means every checked byte is as written (as verify says), so
+    TensorFlow reads every tensor."""
 
     path: str
     format: str | None = None
@@ -168,7 +170,28 @@ def _explain_not_found(d: Diagnosis, path: str, exc: CheckpointNotFoundError) ->
     d.problem("not-found", exc.message, path=exc.path)
 
 
+_NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))
+
+
+def _not_regular(path: str) -> str | None:
+    """Why path is not a regular file (a FIFO would block an open, /dev/zero never end), or None.
+
+    Asked before any file is opened; a path that cannot be stat'ed is left to the open to report.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((what for test, what in _NOT_REGULAR if test(mode)), "not a file")
+    return f"this is {kind}, not a regular file"
+
+
 def _lfs(path: str) -> bool:
+    if _not_regular(path):
+        return False
     try:
         with open(path, "rb") as f:
             return f.read(len(LFS_POINTER)) == LFS_POINTER
@@ -176,13 +199,28 @@ def _lfs(path: str) -> bool:
         return False
 
 
-def _read_file(d: Diagnosis, path: str) -> bytes | None:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as exc:
-        d.problem("unreadable", f"cannot read: {exc.strerror or exc}", path=path)
+def _open_file(d: Diagnosis, path: str) -> FileSource | None:
+    """The file as a Source (read in bounded pieces, never whole), or None with the problem noted."""
+    why = _not_regular(path)
+    if why:
+        d.problem("not-a-file", why, path=path)
         return None
+    try:
+        return FileSource(path)
+    except CkptioError as exc:
+        d.problem("unreadable", exc.message, path=path)
+        return None
+
+
+class _Head(Source):
+    """The first `size` bytes of another source: a table with bytes after its footer."""
+
+    def __init__(self, src: Source, size: int):
+        super().__init__()
+        self._src, self.name, self.size = src, src.name, size
+
+    def _pread(self, offset: int, length: int) -> bytes:
+        return self._src.read(offset, length)
 
 
 # -- the table (V2 .index and V1 files) ----------------------------------------------------------
@@ -196,32 +234,38 @@ class _TableScan:
     complete: bool = True  # False when blocks may be missing without a known key range
 
 
-def _walk_table(d: Diagnosis, data: bytes, path: str, what: str) -> _TableScan:
-    """Every entry of every readable block, reporting each unreadable part once."""
+def _walk_table(d: Diagnosis, file: Source, path: str, what: str) -> _TableScan:
+    """Every entry of every readable block, reporting each unreadable part once.
+
+    The file is read block by block through its Source (sizes checked by read_block), and
+    searched at most SCAN_LIMIT bytes from either end: memory never follows the file's size.
+    """
     scan = _TableScan()
-    size = len(data)
+    size = file.size
     end = size
-    magic_ok = data[-8:] == MAGIC_BYTES if size >= FOOTER_SIZE else False
+    magic_ok = file.read(size - 8, 8) == MAGIC_BYTES if size >= FOOTER_SIZE else False
     if not magic_ok:
-        at = data.rfind(MAGIC_BYTES)
+        tail_at = max(0, size - SCAN_LIMIT)
+        at = file.read(tail_at, size - tail_at).rfind(MAGIC_BYTES)
+        at = at + tail_at if at >= 0 else -1
         if size >= FOOTER_SIZE and at >= FOOTER_SIZE - 8:
             d.problem("trailing-bytes", f"{size - at - 8} bytes follow the {what}'s footer (TensorFlow reads the "
                       f"footer from the end of the file and fails); the table itself ends at offset {at + 8}",
                       path=path, offset=at + 8)
             end = at + 8
-        elif size >= FOOTER_SIZE and sum(a == b for a, b in zip(data[-8:], MAGIC_BYTES)) >= 5:
+        elif size >= FOOTER_SIZE and sum(a == b for a, b in zip(file.read(size - 8, 8), MAGIC_BYTES)) >= 5:
             d.problem("bad-magic", f"the table magic number at the end of the {what} is damaged "
                       "(TensorFlow: 'not an sstable (bad magic number)'); reading on regardless",
                       path=path, offset=size - 8)
         else:
-            return _recover_by_scan(d, data, path, what, why="truncated" if size else "empty")
+            return _recover_by_scan(d, file, size, path, what, why="truncated" if size else "empty")
     footer_at = end - FOOTER_SIZE
     try:
-        footer = Footer.decode(bytes(data[footer_at:end - 8]) + MAGIC_BYTES, path=path, offset=footer_at)
+        footer = Footer.decode(file.read(footer_at, FOOTER_SIZE - 8) + MAGIC_BYTES, path=path, offset=footer_at)
     except CkptioError as exc:
         d.problem("bad-footer", f"the {what}'s footer is damaged ({exc.message})", path=path, offset=footer_at)
-        return _recover_by_scan(d, data[:footer_at], path, what, why="footer")
-    src = MemorySource(bytes(data[:end]), name=path)
+        return _recover_by_scan(d, file, footer_at, path, what, why="footer")
+    src = file if end == size else _Head(file, end)
     index_handle = footer.index
     try:
         index = Block(read_block(src, index_handle, what="index block"), path=path, offset=index_handle.offset)
@@ -240,13 +284,16 @@ def _walk_table(d: Diagnosis, data: bytes, path: str, what: str) -> _TableScan:
                   + ("; its block handles still look usable" if handles else ""), path=path,
                   offset=index_handle.offset)
         if not handles:
-            return _recover_by_scan(d, data[:footer.metaindex.offset if footer.metaindex.offset < footer_at
-                                             else footer_at], path, what, why="index")
+            return _recover_by_scan(d, file, footer.metaindex.offset if footer.metaindex.offset < footer_at
+                                    else footer_at, path, what, why="index")
     try:
-        read_block(src, footer.metaindex, what="metaindex block")
+        list(Block(read_block(src, footer.metaindex, what="metaindex block"), path=path,
+                   offset=footer.metaindex.offset).entries())
     except CkptioError as exc:
-        d.note("bad-metaindex", f"the metaindex block is damaged ({exc.message}); TensorFlow never reads it, "
-               "so this is harmless", path=path, offset=footer.metaindex.offset)
+        # As verify reports it: TF never reads this block, but its bytes changed after they were written.
+        d.problem("bad-metaindex", f"the metaindex block is damaged ({exc.message}); TensorFlow never reads it, "
+                  "so the tensors are unaffected, but the file is not as it was written (salvage writes a "
+                  "clean copy)", path=path, offset=footer.metaindex.offset)
     previous = None
     for i, (separator, handle) in enumerate(handles):
         try:
@@ -292,11 +339,11 @@ def _range_text(after: bytes | None, upto: bytes | None) -> str:
     return f"keys after {show(after)} up to {show(upto)}"
 
 
-def _recover_by_scan(d: Diagnosis, data: bytes, path: str, what: str, why: str) -> _TableScan:
-    """Without a usable footer/index, find the data blocks one by one from offset 0."""
+def _recover_by_scan(d: Diagnosis, file: Source, size: int, path: str, what: str, why: str) -> _TableScan:
+    """Without a usable footer/index, find the data blocks one by one in the first `size` bytes."""
     scan = _TableScan(complete=False)
     blocks = []
-    for offset, contents in _scan_blocks(data):
+    for offset, contents in _scan_blocks(file.read(0, min(size, SCAN_LIMIT))):
         try:
             items = list(Block(contents, path=path, offset=offset).entries())
         except CkptioError:
@@ -304,7 +351,6 @@ def _recover_by_scan(d: Diagnosis, data: bytes, path: str, what: str, why: str) 
         if not items:
             break  # the metaindex: the index block follows, not data
         blocks.append(items)
-    size = len(data)
     found = f"{len(blocks)} intact data block(s) recovered by scanning" if blocks else "no intact data block found"
     truncated = "truncated-index" if what == "index" else "truncated-file"
     if why == "empty":
@@ -368,10 +414,16 @@ def _diagnose_v2(d: Diagnosis, prefix: str) -> None:
             if _lfs(p):
                 d.problem("lfs-pointer", "this data shard is a Git LFS pointer too", path=p)
         return
-    data = _read_file(d, index_path)
-    if data is None:
+    index = _open_file(d, index_path)
+    if index is None:
         return
-    scan = _walk_table(d, data, index_path, "index")
+    try:
+        scan = _walk_table(d, index, index_path, "index")
+    except CkptioError as exc:  # an I/O error, or the file shrank, while it was read piece by piece
+        d.problem("unreadable", exc.message, path=exc.path or index_path, offset=exc.offset)
+        return
+    finally:
+        index.close()
     header = _v2_header(d, scan, prefix, index_path)
     d.num_shards, d.big_endian = header.num_shards, header.big_endian
     entries, slices = _v2_entries(d, scan, index_path)
@@ -478,8 +530,11 @@ def _read_graph(entries: dict[str, Entry], prefix: str, header: Header):
     entry = entries.get(naming.OBJECT_GRAPH_KEY)
     if entry is None or entry.dtype != dtypes.STRING or entry.num_elements != 1 or entry.slices:
         return None
+    path = naming.data_path(prefix, entry.shard_id, header.num_shards)
+    if _not_regular(path):
+        return None
     try:
-        src = FileSource(naming.data_path(prefix, entry.shard_id, header.num_shards))
+        src = FileSource(path)
         try:
             raw = src.read(entry.offset, entry.size)
         finally:
@@ -542,10 +597,8 @@ def _v2_pieces(d: Diagnosis, entries: dict[str, Entry], slices: dict[bytes, Entr
                           key=name)
                 d.damage(name, f"the entry of slice {s.spec()} is missing")
                 continue
-            expected = s.shape(entry.shape)
-            if piece.dtype != entry.dtype or piece.shape != expected:
-                why = (f"slice {s.spec()} is stored as {dtypes.name_of(piece.dtype)}{list(piece.shape)}, expected "
-                       f"{dtypes.name_of(entry.dtype)}{list(expected)}")
+            why = entry.piece_problem(s, piece)
+            if why:
                 d.problem("bad-slices", why, path=index_path, key=name)
                 d.damage(name, why)
                 continue
@@ -605,6 +658,10 @@ def _check_shard(d: Diagnosis, path: str, header: Header, items) -> dict[str, st
         d.problem("missing-shard", f"data shard {base} is missing; {len(items)} tensor(s) are stored there",
                   path=path)
         return {piece.label: f"its data shard {base} is missing" for _, piece in items}
+    why = _not_regular(path)
+    if why:
+        d.problem("not-a-file", why, path=path)
+        return {piece.label: f"its data shard {base} is not a regular file" for _, piece in items}
     if _lfs(path):
         d.problem("lfs-pointer", "this data shard is a Git LFS pointer, not the file itself; run 'git lfs pull' "
                   "to fetch it", path=path)
@@ -739,10 +796,16 @@ def _diagnose_v1(d: Diagnosis, files: list[str], prefix: str) -> None:
             d.problem("lfs-pointer", "this V1 file is a Git LFS pointer, not the file itself; run 'git lfs pull'",
                       path=path)
             continue
-        data = _read_file(d, path)
-        if data is None:
+        table = _open_file(d, path)
+        if table is None:
             continue
-        scan = _walk_table(d, data, path, "V1 file")
+        try:
+            scan = _walk_table(d, table, path, "V1 file")
+        except CkptioError as exc:  # an I/O error, or the file shrank, while it was read piece by piece
+            d.problem("unreadable", exc.message, path=exc.path or path, offset=exc.offset)
+            continue
+        finally:
+            table.close()
         if not scan.items or scan.items[0][0] != b"":
             if (scan.items or scan.complete) and not any(after is None for after, _ in scan.lost):
                 d.problem("bad-header", "the V1 metadata entry (key \"\") is missing or lost; the tensors this "
@@ -775,6 +838,8 @@ def _diagnose_v1(d: Diagnosis, files: list[str], prefix: str) -> None:
             continue
         entry = Entry(dtype, shape, slices=tuple(s for s, _ in slices))
         problem = entry.problem() or tiling_problem(shape, entry.slices)
+        if not problem and not slices:
+            problem = "the tensor lists no stored slice (its values are missing)"
         if problem:
             d.problem("bad-slices" if "slice" in problem else "bad-entry", problem, path=prefix, key=name)
             d.damage(name, problem)

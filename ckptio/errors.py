@@ -36,17 +36,19 @@ class CkptioError(Exception):
         """The one-line message; its advice names API parameters, or command-line flags when flags is true."""
         parts = []
         if self.path:
-            parts.append(self.path)
+            parts.append(show_name(self.path))
         if self.key is not None:
-            parts.append(f"entry {_show_key(self.key)}")
+            parts.append(f"entry {show_name(self.key)}")
         if self.offset is not None:
             parts.append(f"offset {self.offset}")
-        parts.append(self.message)
+        parts.append(self.message if self.message.isprintable() else show_name(self.message))
         text = ": ".join(parts)
         return f"{text} ({self.remedy.text(flags=flags)})" if self.remedy else text
 
 
-def _show_key(key) -> str:
+def show_name(key) -> str:
+    """A tensor name (or path) as people should see it: as is when printable, else its repr, so
+    that newlines and terminal escapes in a crafted checkpoint cannot forge or restyle output."""
     if isinstance(key, bytes):
         try:
             key = key.decode("utf-8")

@@ -223,7 +223,7 @@ def load_map_file(path: str) -> tuple[tuple[str, str], ...]:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deeply
         raise PlanError(f"cannot read map file {path}: {exc}") from None
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
         raise PlanError(f"map file {path} must be a JSON object of strings")

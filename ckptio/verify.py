@@ -70,6 +70,12 @@ def verify(ckpt, *, progress: Callable[[int], None] | None = None, check_graph: 
         if check_consistency is not None:
             for message in check_consistency(ckpt):
                 report.add(message, path=ckpt.path, key=naming.OBJECT_GRAPH_KEY)
+    check_container = getattr(ckpt, "check_container", None)  # an archive: what lies past the tensors
+    if check_container is not None:
+        try:
+            check_container()
+        except CkptioError as exc:
+            report.add(exc)
     return report
 
 
@@ -82,6 +88,7 @@ def _verify_v2(ckpt, report: Report, progress) -> None:
     slices: dict[bytes, Entry] = {}
     # Walk the table ourselves so one bad entry or block does not hide the others.
     table = reader.table
+    _check_metaindex(table, report)
     for i in range(len(table.index)):
         try:
             block = table.block(i)
@@ -112,6 +119,10 @@ def _verify_v2(ckpt, report: Report, progress) -> None:
             referenced.add(k)
             if k not in slices:
                 report.add(f"slice {s.spec()} is listed but has no entry", path=path, key=name)
+            else:
+                mismatch = entry.piece_problem(s, slices[k])
+                if mismatch:
+                    report.add(mismatch, path=path, key=name)
     for k in slices:
         if k not in referenced:
             report.add("stray slice entry that no tensor lists", path=path, key=key_label(k))
@@ -141,6 +152,13 @@ def _verify_v2(ckpt, report: Report, progress) -> None:
     if sequential:
         _check_shards(reader, entries, slices, report)
 
+
+def _check_metaindex(table, report: Report) -> None:
+    """The metaindex block: TF never reads it, but damage there is damage to the file all the same."""
+    try:
+        table.check_metaindex()
+    except CkptioError as exc:
+        report.add(exc)
 
 
 def _check_shards(reader, entries, slices, report: Report) -> None:
@@ -175,6 +193,7 @@ def _verify_v1(ckpt, report: Report, progress) -> None:
         except CkptioError as exc:
             report.add(exc, key=name)
     for table in ckpt._reader.tables:
+        _check_metaindex(table, report)
         for i in range(len(table.index)):
             try:
                 table.block(i)

@@ -219,9 +219,10 @@ def same(a, b) -> bool:
 def table_regions(data: bytes) -> dict[str, list[tuple[int, int]]]:
     """[start, end) ranges of a well-formed table file, named by how a reader checks them.
 
-    checked:  data blocks and their trailers, the index block and its trailer, the magic number
+    checked:  data blocks and their trailers, the index block and its trailer, the magic number, and
+              the metaindex block and its trailer (TF never reads it, but verify and doctor check it)
     maybe:    the footer's block handles (an overlong varint can decode to the same value)
-    harmless: the metaindex block and its trailer (never read), the footer's zero padding
+    harmless: the footer's zero padding
     """
     footer_at = len(data) - FOOTER_SIZE
     footer = Footer.decode(data[footer_at:])
@@ -229,12 +230,12 @@ def table_regions(data: bytes) -> dict[str, list[tuple[int, int]]]:
     checked = [(h.offset, h.offset + h.size + 5) for _, h in table.index]
     checked.append((footer.index.offset, footer.index.offset + footer.index.size + 5))
     checked.append((len(data) - 8, len(data)))
+    checked.append((footer.metaindex.offset, footer.metaindex.offset + footer.metaindex.size + 5))
     handles_len = len(footer.metaindex.encode() + footer.index.encode())
     return {
         "checked": checked,
         "maybe": [(footer_at, footer_at + handles_len)],
-        "harmless": [(footer.metaindex.offset, footer.metaindex.offset + footer.metaindex.size + 5),
-                     (footer_at + handles_len, footer_at + 40)],
+        "harmless": [(footer_at + handles_len, footer_at + 40)],
     }
 
 

@@ -4,8 +4,8 @@ Over checkpoints written by ckptio's BundleWriter (numeric, strings, sliced, two
 of many small blocks) and real corpus checkpoints copied to tmp (TF1 with optimizer slots, TF2
 with the string object graph, two shards, V1). For every damaged copy:
 
-- `ckptio verify` exits 1 with one line per problem whenever a checksummed byte changed, and 0
-  when only bytes nobody reads changed (metaindex, footer padding);
+- `ckptio verify` exits 1 with one line per problem whenever a checksummed byte changed (the
+  metaindex included, which TF never reads), and 0 when only the footer's padding changed;
 - open / iterate / read raise nothing but CkptioError, and every array they do return is
   bit-identical to the original;
 - `doctor` agrees with verify on whether the checkpoint is healthy, and names the situation.

@@ -123,6 +123,18 @@ class Entry(namedtuple("Entry", "dtype shape shard_id offset size crc32c slices"
                 seen.add(s)
         return None
 
+    def piece_problem(self, s, piece: "Entry") -> str | None:
+        """Why piece cannot be the stored slice s of this sliced tensor's metadata entry, or None.
+
+        TF reads a slice into a tensor of the metadata's dtype and shape and fails on a piece that
+        disagrees; so must we, rather than copy it on.
+        """
+        expected = s.shape(self.shape)
+        if piece.dtype != self.dtype or piece.shape != expected:
+            return (f"slice {s.spec()} is stored as {dtypes.name_of(piece.dtype)}{list(piece.shape)}, expected "
+                    f"{dtypes.name_of(self.dtype)}{list(expected)}")
+        return None
+
     def data_problem(self) -> str | None:
         """Why this entry's bytes cannot be decoded, or None (checked before any read)."""
         if self.dtype == 0:

@@ -38,7 +38,7 @@ class BundleReader:
         self._slices: dict[bytes, Entry] | None = None
         self._shards: dict[int, Source] = {}
         self._shards_lock = threading.Lock()  # rewrite threads open shards concurrently
-        self._tiled: set[str] = set()  # sliced tensors whose slices were checked to tile them
+        self._tiled: dict[str, Entry] = {}  # sliced tensors' metadata, once their slices were checked to tile them
 
     def _open_index(self) -> None:
         """Read the footer, index block and header."""
@@ -94,7 +94,8 @@ class BundleReader:
         return Entry.parse(value, path=self.path, key=name)
 
     def slice_entry(self, name: str, s: Slice) -> Entry:
-        self._check_tiling(name)
+        """The entry of stored slice s of name, checked to agree with name's metadata entry."""
+        meta = self._check_tiling(name)
         key = slice_key(name, s)
         if self._slices is not None:
             entry = self._slices.get(key)
@@ -104,17 +105,23 @@ class BundleReader:
         if entry is None:
             raise CorruptCheckpointError(f"slice {s.spec()} is listed but its entry is missing",
                                          path=self.path, key=name)
+        problem = meta.piece_problem(s, entry)
+        if problem:
+            raise CorruptCheckpointError(problem, path=self.path, key=name)
         return entry
 
-    def _check_tiling(self, name: str) -> None:
-        """Refuse a sliced tensor whose slices overlap or leave holes, before anything is sized by it."""
-        if name in self._tiled:
-            return
+    def _check_tiling(self, name: str) -> Entry:
+        """name's metadata entry; refuse a sliced tensor whose slices overlap or leave holes, before
+        anything is sized by it."""
+        entry = self._tiled.get(name)
+        if entry is not None:
+            return entry
         entry = self.entry(name)
         problem = tiling_problem(entry.shape, entry.slices) if entry.slices else None
         if problem:
             raise CorruptCheckpointError(problem, path=self.path, key=name)
-        self._tiled.add(name)
+        self._tiled[name] = entry
+        return entry
 
     # -- data ----------------------------------------------------------------------------------
 

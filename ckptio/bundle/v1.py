@@ -96,7 +96,11 @@ class V1Reader:
 
     def read_entry(self, name: str, entry: Entry):
         """Decode a tensor stored whole (as one full slice)."""
-        return self.read_slice(name, self._stored[name][0], entry.shape)
+        stored = self._stored.get(name)
+        if not stored:  # TF's reader finds no data for it either
+            raise CorruptCheckpointError(f"tensor of shape {list(entry.shape)} lists no stored slice "
+                                         "(its values are missing)", path=self.path, key=name)
+        return self.read_slice(name, stored[0], entry.shape)
 
     def read_slice(self, name: str, s: Slice, shape: tuple[int, ...]):
         """Decode the stored slice s of tensor name (whose full shape is shape)."""

@@ -57,18 +57,20 @@ def run(args) -> int:
 
 
 def _print_text(d, args, salvaged) -> None:
+    from ..errors import show_name
+
     total = len(d.intact) + len(d.damaged)
     what = {"v2": "V2 checkpoint", "v1": "V1 checkpoint"}.get(d.format, "checkpoint")
     shards = f", {d.num_shards} shard(s)" if d.num_shards else ""
-    print(f"{d.prefix or d.path}: {what}{shards}, {total} tensor(s)" if d.format else f"{d.path}")
+    print(f"{show_name(d.prefix or d.path)}: {what}{shards}, {total} tensor(s)" if d.format else show_name(d.path))
     for p in d.problems:
         print(f"problem: {p}")
     for n in d.notes:
         print(f"note: {n}")
     for name, why in d.damaged.items():
-        print(f"damaged: {name}: {why}")
+        print(f"damaged: {show_name(name)}: {show_name(why)}")
     for name in d.intact:
-        print(f"intact: {name}")
+        print(f"intact: {show_name(name)}")
     if d.healthy:
         print(f"verdict: healthy: all {total} tensor(s) check out"
               + (f"; wrote all {len(salvaged)} to {args.salvage}" if salvaged is not None else ""))

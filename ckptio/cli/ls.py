@@ -89,16 +89,19 @@ def run(args) -> int:
                                for n, d, s, b, r, e in rows]}
             sys.stdout.write(json.dumps(doc) + "\n")  # dumps uses the C encoder, dump does not
             return 0
+        from ..errors import show_name
+
         out = []
-        width = min(max((len(r[0]) for r in rows), default=4), 80)
+        shown = [show_name(r[0]) for r in rows]  # a crafted name must not forge lines or drive the terminal
+        width = min(max((len(n) for n in shown), default=4), 80)
         dwidth = max([9] + [len(r[1]) for r in rows])  # float8_e4m3b11fnuz is 18 wide
-        for n, d, s, b, r, e in rows:
+        for n, (_, d, s, b, r, e) in zip(shown, rows):
             mark = "" if r == "weight" else f"  [{r}]"
             sliced = f"  ({len(e.slices)} slices)" if e.slices else ""
             out.append(f"{n:<{width}}  {d:<{dwidth}} {str(list(s)):<16} {human(b):>10}{mark}{sliced}")
         summary = ", ".join(f"{k} {v[0]} ({human(v[1])})" for k, v in sorted(totals.items()))
         out.append(f"{len(rows)} tensors, {human(sum(r[3] for r in rows))} in {ckpt.format} checkpoint "
-                   f"{ckpt.prefix} ({ckpt.num_shards} shard{'s' if ckpt.num_shards != 1 else ''})"
+                   f"{show_name(ckpt.prefix)} ({ckpt.num_shards} shard{'s' if ckpt.num_shards != 1 else ''})"
                    + (f": {summary}" if summary else ""))
         sys.stdout.write("\n".join(out) + "\n")
     return 0

@@ -84,36 +84,38 @@ def print_objects(ckpt, out, as_json: bool) -> None:
         out.write(f"{ckpt.path}: not an object-based checkpoint (no _CHECKPOINTABLE_OBJECT_GRAPH); "
                   "use `ckptio ls` for its tensors\n")
         return
+    from ..errors import show_name as shown  # names from a crafted graph must not forge lines
+
     lines = []
     for n in doc["nodes"]:
         pad = "  " * n["depth"]
         if n["slot_of"]:
             s = n["slot_of"]
             var = next((m["path"] for m in doc["nodes"] if m["id"] == s["variable_id"]), None)
-            head = f"slot {s['slot_name']!r} of {var or 'node %d' % s['variable_id']}"
+            head = f"slot {s['slot_name']!r} of {shown(var) if var else 'node %d' % s['variable_id']}"
         elif n["path"] is None:
             head = "(unreachable)"
         else:
-            head = n["path"] if n["path"] != "/" else "(root)"
+            head = shown(n["path"]) if n["path"] != "/" else "(root)"
         tags = [f"#{n['id']}"]
         if n["optimizer"]:
             tags.append("[optimizer]")
         if n["aliases"]:
-            tags.append("also " + ", ".join(n["aliases"]))
+            tags.append("also " + ", ".join(map(shown, n["aliases"])))
         if n["registered_saver"]:
-            tags.append(f"[registered saver {n['registered_saver'][0]}]")
+            tags.append(f"[registered saver {shown(n['registered_saver'][0])}]")
         if n["has_checkpoint_values"] is False and (n["attributes"] or n["slot_variables"]):
             tags.append("[has_checkpoint_values=false]")
         lines.append(f"{pad}{head}  {' '.join(tags)}")
         for a in n["attributes"]:
-            full = f"  ({a['full_name']})" if a["full_name"] else ""
+            full = f"  ({shown(a['full_name'])})" if a["full_name"] else ""
             if not a["tensors"]:
-                lines.append(f"{pad}  = {a['name']}  MISSING  {a['checkpoint_key']}{full}")
+                lines.append(f"{pad}  = {shown(a['name'])}  MISSING  {shown(a['checkpoint_key'])}{full}")
             for t in a["tensors"]:
-                lines.append(f"{pad}  = {a['name']}  {t['dtype']}{t['shape']}  {t['key']}{full}")
+                lines.append(f"{pad}  = {shown(a['name'])}  {t['dtype']}{t['shape']}  {shown(t['key'])}{full}")
     problems = doc["problems"]
     lines.append(f"{sum(1 for n in doc['nodes'])} objects, "
                  f"{sum(len(n['attributes']) for n in doc['nodes'])} attributes; "
                  + (f"{len(problems)} problems:" if problems else "graph and bundle agree"))
-    lines += [f"  ! {p}" for p in problems]
+    lines += [f"  ! {p if p.isprintable() else shown(p)}" for p in problems]
     out.write("\n".join(lines) + "\n")

@@ -142,16 +142,18 @@ def run(args) -> int:
 
 
 def _print_report(report) -> None:
+    from ..errors import show_name as shown  # crafted names must not forge lines or drive the terminal
+
     out = []
     if report.dry_run:
         for src, dst in report.kept:
-            out.append(f"keep    {src}" + (f" -> {dst}" if dst != src else ""))
+            out.append(f"keep    {shown(src)}" + (f" -> {shown(dst)}" if dst != src else ""))
         for name in report.dropped:
-            out.append(f"drop    {name}")
+            out.append(f"drop    {shown(name)}")
         for name in report.cast:
-            out.append(f"cast    {name}")
+            out.append(f"cast    {shown(name)}")
     verb = "would write" if report.dry_run else "wrote"
-    out.append(f"{verb} {report.dst or 'nothing'}: kept {len(report.kept)} tensors "
+    out.append(f"{verb} {shown(report.dst) if report.dst else 'nothing'}: kept {len(report.kept)} tensors "
                f"({len(report.renamed)} renamed, {len(report.cast)} cast), dropped {len(report.dropped)}; "
                f"{human(report.bytes_before)} -> {human(report.bytes_after)}"
                + ("" if report.dry_run else f" in {report.seconds:.2f} s"))
@@ -174,23 +176,26 @@ def _run_batch(args, steps, options) -> int:
             for r in reports:
                 _print_report(r)
         return 0
+    from ..errors import show_name as shown
+
     outcomes = run_batch(inputs, args.out_dir, steps, jobs=args.jobs, resume=not args.no_resume, **options,
                          on_done=None if args.quiet or args.json else
-                         lambda o: print(f"{o.status:<7} {o.src}", file=sys.stderr))
+                         lambda o: print(f"{o.status:<7} {shown(o.src)}", file=sys.stderr))
     failed = [o for o in outcomes if o.status == "failed"]
     if args.json:
         json.dump([o.__dict__ for o in outcomes], sys.stdout)
         sys.stdout.write("\n")
     else:
-        width = min(max(len(o.src) for o in outcomes), 60)
+        width = min(max(len(shown(o.src)) for o in outcomes), 60)
         lines = [f"{'input':<{width}}  {'status':<7} {'kept':>5} {'dropped':>7} {'before':>10} {'after':>10} {'sec':>6}"]
         for o in outcomes:
-            lines.append(f"{o.src:<{width}}  {o.status:<7} {o.kept:>5} {o.dropped:>7} {human(o.bytes_before):>10} "
+            lines.append(f"{shown(o.src):<{width}}  {o.status:<7} {o.kept:>5} {o.dropped:>7} {human(o.bytes_before):>10} "
                          f"{human(o.bytes_after):>10} {o.seconds:>6.2f}")
             if o.message and o.status == "failed":
-                lines.append(f"    {o.message}")
+                lines.append(f"    {o.message if o.message.isprintable() else shown(o.message)}")
         ok = sum(o.status == "ok" for o in outcomes)
         skipped = sum(o.status == "skipped" for o in outcomes)
-        lines.append(f"{len(outcomes)} inputs: {ok} written, {skipped} skipped, {len(failed)} failed -> {args.out_dir}")
+        lines.append(f"{len(outcomes)} inputs: {ok} written, {skipped} skipped, {len(failed)} failed -> "
+                     f"{shown(args.out_dir)}")
         sys.stdout.write("\n".join(lines) + "\n")
     return 1 if failed else 0

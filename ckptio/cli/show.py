@@ -17,7 +17,7 @@ def run(args) -> int:
     import numpy as np
 
     import ckptio
-    from ..errors import TensorNotFoundError, UnsupportedError
+    from ..errors import TensorNotFoundError, UnsupportedError, show_name
 
     with ckptio.open(args.path) as ckpt:
         try:
@@ -27,7 +27,7 @@ def run(args) -> int:
             close = (difflib.get_close_matches(args.name, list(ckpt), n=3)
                      or sorted(n for n in ckpt if n.startswith(args.name.rstrip("/") + "/"))[:3])
             if close:
-                exc.message += "; did you mean " + ", ".join(close) + "?"
+                exc.message += "; did you mean " + ", ".join(map(show_name, close)) + "?"
             raise
         e = tensor.entry
         info = {"name": tensor.name, "dtype": tensor.dtype_name, "shape": list(tensor.shape),
@@ -40,7 +40,7 @@ def run(args) -> int:
                 json.dump(dict(info, stats=None, note=exc.message), sys.stdout)
                 sys.stdout.write("\n")
             else:
-                sys.stdout.write(f"{tensor.name}: {tensor.dtype_name}{list(tensor.shape)}, {tensor.nbytes} bytes\n"
+                sys.stdout.write(f"{show_name(tensor.name)}: {tensor.dtype_name}{list(tensor.shape)}, {tensor.nbytes} bytes\n"
                                  f"  stored: shard {e.shard_id}, offset {e.offset}, size {e.size}, "
                                  f"crc32c {e.crc32c:#010x}\n  values not shown: {exc.message}\n")
             return 0
@@ -52,7 +52,7 @@ def run(args) -> int:
             json.dump(doc, sys.stdout)
             sys.stdout.write("\n")
             return 0
-        lines = [f"{tensor.name}: {tensor.dtype_name}{list(tensor.shape)}, {tensor.nbytes} bytes",
+        lines = [f"{show_name(tensor.name)}: {tensor.dtype_name}{list(tensor.shape)}, {tensor.nbytes} bytes",
                  f"  stored: shard {e.shard_id}, offset {e.offset}, size {e.size}, crc32c {e.crc32c:#010x}"
                  + (f", {len(e.slices)} slices: " + " ".join(s.spec() for s in e.slices) if e.slices else "")]
         if stats:

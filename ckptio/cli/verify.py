@@ -37,7 +37,9 @@ def run(args) -> int:
             for p in report.problems:
                 print(f"ckptio: {p}", file=sys.stderr)
             if report.problems:
-                print(f"CORRUPT: {len(report.problems)} problem(s) in {ckpt.prefix}", file=sys.stderr)
+                from ..errors import show_name
+
+                print(f"CORRUPT: {len(report.problems)} problem(s) in {show_name(ckpt.prefix)}", file=sys.stderr)
             elif not args.quiet:
                 rate = report.bytes_checked / max(seconds, 1e-9)
                 print(f"OK: {report.tensors} tensors, {human(report.bytes_checked)} verified in "

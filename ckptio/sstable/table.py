@@ -46,6 +46,16 @@ class Table:
             self.index.append((key, handle))
         self._separators = [key for key, _ in self.index]
 
+    def check_metaindex(self) -> None:
+        """Read and decode the metaindex block, checksum checked; raise if it is damaged.
+
+        Opening never reads it: TensorFlow does not either (FORMAT §2.6), so a table whose
+        metaindex alone is damaged still loads there. Only a full check (verify) calls this.
+        """
+        handle = self.footer.metaindex
+        contents = read_block(self.source, handle, what="metaindex block")
+        list(Block(contents, path=self.source.name, offset=handle.offset).entries())
+
     def block(self, i: int) -> Block:
         """Read and decode data block i."""
         handle = self.index[i][1]
