@@ -96,6 +96,15 @@ class Select(_Step):
             return False
         return not any(match(r) for r in self._exc)
 
+    def keeps_any(self, names) -> bool:
+        """For a tensor known by several names (TF2 object paths): kept when one name is included (or there
+        are no includes) and none is excluded."""
+        names = list(names)
+        match = (lambda r, n: r.match(n)) if self.glob else (lambda r, n: r.search(n))
+        if self._inc and not any(match(r, n) for r in self._inc for n in names):
+            return False
+        return not any(match(r, n) for r in self._exc for n in names)
+
     def apply(self, items: list[Item], ctx: Context) -> list[Item]:
         return [i for i in items if self.keeps(i.dst)]
 

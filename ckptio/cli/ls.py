@@ -26,24 +26,28 @@ def roles_of(ckpt) -> dict[str, str]:
         if getattr(ckpt, "sequential", False):
             # An archive: the graph sits at the end of the data, and reading it would decompress
             # everything; ls reads only the index, so it goes by TF2 key patterns instead.
-            opt = {n for n in entries if _looks_like_optimizer(n)}
+            found = {n: _tf2_role_by_key(n) for n in entries}
         else:
-            # The graph, not key patterns, says what is optimizer state (FORMAT §9.5).
-            from ..objgraph import optimizer_keys
+            # The graph, not key patterns, says what is optimizer state (FORMAT §9.5); a role is
+            # what strip drops (a step: what --drop-global-step adds to that).
+            from ..objgraph import object_roles
 
-            opt = optimizer_keys(ckpt)
-        return {n: "graph" if n == naming.OBJECT_GRAPH_KEY else ("optimizer" if n in opt else "weight")
-                for n in entries}
+            found = object_roles(ckpt)
+        return {n: "graph" if n == naming.OBJECT_GRAPH_KEY else found.get(n) or "weight" for n in entries}
     return {n: "optimizer" if role in (SLOT, OPTIMIZER) else role
             for n, (role, _) in classify(entries).items()}
 
 
-def _looks_like_optimizer(key: str) -> bool:
-    """TF2 key patterns of optimizer state: a slot, or a path through an object named *optimizer."""
+def _tf2_role_by_key(key: str) -> str | None:
+    """TF2 key patterns: a slot or a path through an object named *optimizer; a root step counter."""
     if "/.OPTIMIZER_SLOT/" in key:
-        return True
+        return "optimizer"
     parts = key.split("/.ATTRIBUTES/")[0].split("/")
-    return any(p.lower().endswith("optimizer") for p in parts) and "_trainable_variables" not in parts
+    if any(p.lower().endswith("optimizer") for p in parts) and "_trainable_variables" not in parts:
+        return "optimizer"
+    from ..objgraph_edit import STEP_EDGES
+
+    return "step" if len(parts) == 1 and parts[0] in STEP_EDGES else None
 
 
 def run(args) -> int:
