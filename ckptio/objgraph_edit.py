@@ -230,10 +230,10 @@ class GraphPlan:
         self.stranded = {k for a in weights for k, _ in self.owned.get(a.source, ())}
         if weights and refuse:
             raise UnsupportedError(
-                f"stripping the optimizer would lose {len(weights)} model weights that only the optimizer's "
-                f"list of trainable variables reaches, e.g. {weights[0].checkpoint_key!r} (Keras 3 leaves layers "
-                "held in Python lists or dicts out of tf.train.Checkpoint); keep the optimizer, or drop what you "
-                "choose with --exclude", key=weights[0].checkpoint_key)
+                f"stripping the optimizer would lose {len(weights)} model weights (this one among them) that only "
+                "the optimizer's list of trainable variables reaches (Keras 3 leaves layers held in Python lists "
+                "or dicts out of tf.train.Checkpoint); keep the optimizer, or drop what you choose with --exclude",
+                key=weights[0].checkpoint_key)
 
     def _promote_ema(self, optimizers: set[int]) -> None:
         """Take each model weight's value from its optimizer-kept moving average (Keras use_ema)."""
