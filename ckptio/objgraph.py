@@ -461,14 +461,14 @@ def check_consistency(ckpt) -> list[str]:
 
 # -- planning a rewrite -------------------------------------------------------------------------------
 
-def plan_object_based(ckpt, steps: Sequence) -> tuple[dict[str, str], bytes]:
+def plan_object_based(ckpt, steps: Sequence, data: bytes | None = None) -> tuple[dict[str, str], bytes]:
     """Apply pipeline steps to the object graph: ({source key: output key} to keep, new graph bytes).
 
     Steps are the frozen values of ckptio.transform (Select, StripOptimizer, Rename, Cast, MapNames),
     matched by class name so that this module does not import the pipeline. Anything that cannot be
     done while keeping graph and bundle consistent raises PlanError naming the key.
     """
-    data = ckpt.object_graph_bytes
+    data = ckpt.object_graph_bytes if data is None else data  # callers that read it already pass it
     if data is None:
         raise PlanError("not an object-based checkpoint (no _CHECKPOINTABLE_OBJECT_GRAPH)", path=ckpt.path)
     from .objgraph_edit import GraphPlan

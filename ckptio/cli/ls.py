@@ -83,9 +83,14 @@ def run(args) -> int:
             t = totals.setdefault(role, [0, 0])
             t[0] += 1
             t[1] += nbytes
+        # The object graph is bookkeeping that every rewrite regenerates: it is listed, but counted
+        # apart from the tensors, as the rewrite report counts it.
+        graph = totals.pop("graph", None)
+        count = len(rows) - (1 if graph else 0)
         if args.json:
             doc = {"path": ckpt.path, "prefix": ckpt.prefix, "format": ckpt.format, "num_shards": ckpt.num_shards,
-                   "num_tensors": len(rows), "total_bytes": sum(r[3] for r in rows),
+                   "num_tensors": count, "object_graph": {"bytes": graph[1]} if graph else None,
+                   "total_bytes": sum(r[3] for r in rows),
                    "totals": {k: {"tensors": v[0], "bytes": v[1]} for k, v in totals.items()},
                    "entries": [{"name": n, "dtype": d, "shape": list(s), "nbytes": b, "role": r,
                                 "shard": e.shard_id, "offset": e.offset, "size": e.size,
@@ -101,7 +106,8 @@ def run(args) -> int:
             sliced = f"  ({len(e.slices)} slices)" if e.slices else ""
             out.append(f"{n:<{width}}  {d:<{dwidth}} {str(list(s)):<16} {human(b):>10}{mark}{sliced}")
         summary = ", ".join(f"{k} {v[0]} ({human(v[1])})" for k, v in sorted(totals.items()))
-        out.append(f"{len(rows)} tensors, {human(sum(r[3] for r in rows))} in {ckpt.format} checkpoint "
+        out.append(f"{count} tensors" + (f" and the object graph ({human(graph[1])})" if graph else "")
+                   + f", {human(sum(r[3] for r in rows))} in {ckpt.format} checkpoint "
                    f"{ckpt.prefix} ({ckpt.num_shards} shard{'s' if ckpt.num_shards != 1 else ''})"
                    + (f": {summary}" if summary else ""))
         sys.stdout.write("\n".join(out) + "\n")

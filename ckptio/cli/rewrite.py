@@ -149,8 +149,9 @@ def _print_report(report) -> None:
         for name in report.cast:
             out.append(f"cast    {name}")
     verb = "would write" if report.dry_run else "wrote"
+    graph = f" and the object graph ({report.object_graph})" if report.object_graph else ""
     out.append(f"{verb} {report.dst or 'nothing'}: kept {len(report.kept)} tensors "
-               f"({len(report.renamed)} renamed, {len(report.cast)} cast), dropped {len(report.dropped)}; "
+               f"({len(report.renamed)} renamed, {len(report.cast)} cast){graph}, dropped {len(report.dropped)}; "
                f"{human(report.bytes_before)} -> {human(report.bytes_after)}"
                + ("" if report.dry_run else f" in {report.seconds:.2f} s"))
     sys.stdout.write("\n".join(out) + "\n")
