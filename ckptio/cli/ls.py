@@ -60,8 +60,7 @@ def run(args) -> int:
     with ckptio.open(args.path) as ckpt:
         if args.objects:
             from .objects import print_objects
-            print_objects(ckpt, sys.stdout, args.json)
-            return 0
+            return print_objects(ckpt, sys.stdout, args.json)
         entries = ckpt.entries()
         names = sorted(entries, key=lambda n: n.encode("utf-8", "surrogateescape"))
         if args.match:
