@@ -139,7 +139,7 @@ class GraphPlan:
         current = {a: [n for n, _ in self._tensors(a)] for _, a in g.attributes()}
         drop = set()
         for a, per_tensor in attribute_names(g, self._optimizer_ids(), current).items():
-            kept = [step.keeps_any(names) for names in per_tensor]
+            kept = [all(step.keeps_any(names) for names in groups) for groups in per_tensor]
             if not any(kept):
                 drop.add(a)
             elif not all(kept):

@@ -12,7 +12,8 @@ plan does (strip before or after, renames):
   model's `optimizer` edge) do not name a variable that is reachable without passing through an
   optimizer: those weights are the model's, wherever TF happens to key them.
 - Slot variables (`.OPTIMIZER_SLOT`) are named by their variable's paths and their optimizer's
-  paths together, as TF keys them.
+  paths together, as TF keys them; and, living in their optimizer, they are kept only where the
+  optimizer's own path (`optimizer/`) is kept too.
 """
 from __future__ import annotations
 
@@ -54,30 +55,38 @@ def object_paths(graph: ObjectGraph, optimizers: set[int], limit: int = PATH_LIM
 
 
 def attribute_names(graph: ObjectGraph, optimizers: set[int], current: dict[Attribute, list[str]],
-                    ) -> dict[Attribute, list[list[str]]]:
-    """attribute -> for each of its tensors, the names a filter sees (see the module docstring).
+                    ) -> dict[Attribute, list[list[list[str]]]]:
+    """attribute -> for each of its tensors, groups of names; a tensor is kept when every group is.
 
-    `current` gives each attribute's tensors under their present bundle names. A key that no path
-    explains (renamed verbatim earlier, or on a node no path reaches) is one of the names too.
+    The first group holds the names a filter sees (see the module docstring). `current` gives each
+    attribute's tensors under their present bundle names; a key that no path explains (renamed
+    verbatim earlier, or on a node no path reaches) is one of the names too. A slot variable has a
+    second group, its optimizer's paths (`optimizer/`): a slot lives in its optimizer, so that
+    `--exclude '^optimizer/'` drops it and `--include '^model/'` keeps it only when the model
+    holds the optimizer (as Keras 3 optimizers, which key slots under the optimizer, behave).
     """
     naming, every = object_paths(graph, optimizers)
     prefixes = graph.key_prefixes()
     stems = _stems(graph, naming)
     all_stems = _stems(graph, every)
+    owners: dict[int, list[str]] = {}  # slot node -> its optimizers' paths
+    for nid, node in enumerate(graph.nodes):
+        for s in node.slot_variables:
+            owners.setdefault(s.slot_node, []).extend(stem + "/" for stem in stems.get(nid, ()))
     out = {}
     for nid, a in graph.attributes():
         tensors = current.get(a)
         if not tensors:
             continue
         tail = _tail(a, prefixes.get(nid))
-        names = []
+        groups = []
         for tensor in tensors:
             suffix = tensor[len(a.checkpoint_key):] if tensor.startswith(a.checkpoint_key) else ""
             own = [stem + tail + suffix for stem in stems.get(nid, ())]
             if tensor not in own and not any(tensor == stem + tail + suffix for stem in all_stems.get(nid, ())):
                 own.append(tensor)  # an opaque key: the user sees it in `ls`, so it names the tensor
-            names.append(own)
-        out[a] = names
+            groups.append([own, owners[nid]] if owners.get(nid) else [own])
+        out[a] = groups
     return out
 
 

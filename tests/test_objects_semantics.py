@@ -81,6 +81,22 @@ def test_exclude_through_an_alias_drops_the_object_and_its_slots():
         assert mapping == {"optimizer/iter" + K: "optimizer/iter" + K}, alias
 
 
+def test_legacy_slots_live_in_their_optimizer():
+    """tf_keras legacy slots are keyed `var/.OPTIMIZER_SLOT/optimizer/m`, yet belong to the optimizer."""
+    weights = {k: k for k in ("model/layer-0/kernel" + K, "model/layer-0/bias" + K)}
+    assert run(legacy_like(), Select(exclude=("^optimizer/",)))[0] == weights
+    uncompiled = legacy_like()
+    uncompiled.nodes[1].children.pop()  # no model -> optimizer edge
+    assert run(uncompiled, Select(include=("^model/",)))[0] == weights
+    # A model that tracks its optimizer holds the slots too (model/optimizer/), as for Keras 3.
+    mapping, _ = run(legacy_like(), Select(include=("^model/",)))
+    assert len(mapping) == 5 and "model/layer-0/kernel/.OPTIMIZER_SLOT/optimizer/m" + K in mapping
+    # Excluding a variable takes its slots along.
+    mapping, _ = run(legacy_like(), Select(exclude=("^model/layer-0/kernel/",)))
+    assert sorted(mapping) == ["model/layer-0/bias" + K, "model/layer-0/bias/.OPTIMIZER_SLOT/optimizer/m" + K,
+                               "optimizer/iter" + K]
+
+
 def test_optimizer_state_reachable_through_a_compiled_model_is_under_model():
     """A compiled Keras model tracks its optimizer: `ls --objects` shows it at optimizer/ and model/optimizer/."""
     g = keras3_like()  # the model holds an edge `optimizer` too
