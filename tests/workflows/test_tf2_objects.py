@@ -23,6 +23,8 @@ FRAMEWORKS = ("k3", "tk")  # tf.keras (Keras 3) and tf_keras
 ARCHS = ("sub", "seq", "fun")
 HOWS = ("plain", "compiled", "modelonly")  # Checkpoint(model, optimizer) uncompiled / compiled; Checkpoint(model)
 INPUTS = [f"{fw}_{arch}_{how}" for fw in FRAMEWORKS for arch in ARCHS for how in HOWS]
+# tf_keras with its legacy Adam (slot_variables in the graph, keys `var/.OPTIMIZER_SLOT/optimizer/m`).
+INPUTS += ["tl_sub_plain", "tl_sub_compiled", "tl_seq_compiled", "tl_fun_modelonly"]
 
 # The model's first block as `ls --objects` shows it; for tf_keras also through its alias path.
 FIRST = {("k3", "sub"): ["model/encoder/"], ("tk", "sub"): ["model/encoder/"],
@@ -41,6 +43,16 @@ PRELUDE = textwrap.dedent('''
             return tf.keras  # Keras 3 in TF 2.21
         import tf_keras
         return tf_keras
+
+    def make_opt(fw):
+        K = lib(fw)
+        return K.optimizers.legacy.Adam(0.01) if fw == "tl" else K.optimizers.Adam(0.01)
+
+    def build_opt(opt, variables):
+        if hasattr(opt, "build"):
+            opt.build(variables)
+        else:  # a legacy OptimizerV2 makes its slots on first use
+            opt._create_all_weights(variables)
 
     def build(fw, arch, attr="encoder", listed=False):
         K = lib(fw)
@@ -96,9 +108,8 @@ BUILD = PRELUDE + textwrap.dedent('''
     out = {"inputs": {}, "fresh_keys": {}}
 
     def train(fw, arch, how, listed=False):
-        K = lib(fw)
         m = build(fw, arch, listed=listed)
-        opt = K.optimizers.Adam(0.01)
+        opt = make_opt(fw)
         if how == "plain":
             with tf.GradientTape() as tape:
                 loss = tf.reduce_mean((m(x, training=True) - y) ** 2)
@@ -136,10 +147,10 @@ RESTORE = PRELUDE + textwrap.dedent('''
         fresh = build(fw, arch, attr)
         opt = None
         if case.get("optimizer"):
-            opt = lib(fw).optimizers.Adam(0.01)
+            opt = make_opt(fw)
             if how != "plain":
                 fresh.compile(optimizer=opt, loss="mse")
-            opt.build(fresh.trainable_variables)
+            build_opt(opt, fresh.trainable_variables)
         init = [w.numpy() for w in fresh.weights]
         root = tf.train.Checkpoint(model=fresh) if opt is None or how == "modelonly" else \\
             tf.train.Checkpoint(model=fresh, optimizer=opt)
@@ -200,6 +211,7 @@ def _cases(built) -> tuple[list[dict], dict[str, list]]:
     def case(name, tag, out, restored="all", fresh=None, **expect):
         """fresh: the attribute name of the model whose TF-written keys the output must have (None: no check)."""
         fw, arch, _ = name.split("_")
+        fw = "tk" if fw == "tl" else fw  # the same models, another optimizer
         keys = built["fresh_keys"][f"{fw}_{arch}_{fresh}"] if fresh else None
         if keys and restored != "all":  # only (or all but) the first block, and the graph and save counter
             head = FIRST[fw, arch][0]
@@ -231,7 +243,7 @@ def _cases(built) -> tuple[list[dict], dict[str, list]]:
         run(name, "rewrite", src, out / "exc_opt" / "m", "--exclude", "^optimizer/")
         case(name, "exc_opt", out / "exc_opt" / "m", consumed=how != "modelonly", existing=True,
              fresh="encoder" if how != "modelonly" else None)
-        paths = FIRST[fw, arch]
+        paths = FIRST["tk" if fw == "tl" else fw, arch]
         exclude, include = "^" + paths[-1], "^" + paths[0]  # tf_keras: exclude through the alias path
         for tag, flags, steps, restored in (
                 ("exc_first", ["--exclude", exclude], [Select(exclude=(exclude,))], "without_first"),
