@@ -209,6 +209,10 @@ def test_strip_report_and_ls_count_tensors_alike(corpus, tmp_path, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert doc["num_tensors"] == 14 and doc["object_graph"]["bytes"] > 0 and "graph" not in doc["totals"]
     assert len(doc["entries"]) == 15  # the graph's entry is still listed, as TF lists it
+    assert main(["verify", out]) == 0
+    assert capsys.readouterr().out.startswith("OK: 14 tensors and the object graph, ")
+    assert main(["verify", out, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tensors"] == 14
     report = ckptio.rewrite(src, tmp_path / "j" / "m", [StripOptimizer()])
     assert len(report.kept) == 14 and report.object_graph == "rewritten"
     assert report.to_json()["object_graph"] == "rewritten"

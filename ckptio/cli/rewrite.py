@@ -19,8 +19,11 @@ def add_arguments(name, p) -> None:
                    help="input checkpoint and output prefix (e.g. out/model.ckpt); with --out-dir, inputs only")
     if name == "rewrite":
         g = p.add_argument_group("select")
-        g.add_argument("--include", action="append", default=[], metavar="REGEX", help="keep only matching names")
-        g.add_argument("--exclude", action="append", default=[], metavar="REGEX", help="drop matching names")
+        g.add_argument("--include", action="append", default=[], metavar="REGEX",
+                       help="keep only matching names; on TF2 object-based checkpoints a variable is named by every "
+                            "object path to it, as `ls --objects` shows them, whatever its key")
+        g.add_argument("--exclude", action="append", default=[], metavar="REGEX",
+                       help="drop matching names (object-based: a variable goes when one of its paths matches)")
         g.add_argument("--include-glob", action="append", default=[], metavar="GLOB",
                        help="keep only names matching GLOB (fnmatch)")
         g.add_argument("--exclude-glob", action="append", default=[], metavar="GLOB", help="drop names matching GLOB")
