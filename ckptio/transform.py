@@ -81,7 +81,11 @@ def _compile(patterns, glob: bool):
 
 
 class Select(_Step):
-    """Keep names matching any include (all if none) and no exclude; regex search or full glob."""
+    """Keep names matching any include (all if none) and no exclude; regex search or full glob.
+
+    On TF2 object-based checkpoints a variable is known by every object path to it (as `ls --objects`
+    shows them), not by its storage key: see ckptio/objgraph_select.py and keeps_any.
+    """
 
     _fields = ("include", "exclude", "glob")
     __slots__ = _fields + ("_inc", "_exc")  # the compiled patterns
