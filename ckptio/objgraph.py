@@ -244,8 +244,9 @@ class ObjectGraph:
                     out[s.slot_node] = slot_prefix(out[s.original_node], out[nid], s.slot_name)
         return out
 
-    def live(self) -> set[int]:
-        """Nodes TF can reach on restore: children from the root, plus slots of reachable variables."""
+    def live(self, blocked: set[int] = frozenset()) -> set[int]:
+        """Nodes TF can reach on restore: children from the root, plus slots of reachable variables
+        (never entering `blocked` nodes)."""
         seen = {0}
         queue = deque([0])
         while queue:
@@ -254,12 +255,12 @@ class ObjectGraph:
             nexts = [c.node_id for c in node.children]
             nexts += [s.slot_node for s in node.slot_variables if s.original_node in seen]
             for nxt in nexts:
-                if nxt not in seen:
+                if nxt not in seen and nxt not in blocked:
                     seen.add(nxt)
                     queue.append(nxt)
             if not queue:  # a slot whose variable was found after its optimizer
                 late = {s.slot_node for i in seen for s in self.nodes[i].slot_variables
-                        if s.original_node in seen} - seen
+                        if s.original_node in seen} - seen - blocked
                 seen |= late
                 queue.extend(late)
         return seen
@@ -460,14 +461,14 @@ def check_consistency(ckpt) -> list[str]:
 
 # -- planning a rewrite -------------------------------------------------------------------------------
 
-def plan_object_based(ckpt, steps: Sequence) -> tuple[dict[str, str], bytes]:
+def plan_object_based(ckpt, steps: Sequence, data: bytes | None = None) -> tuple[dict[str, str], bytes]:
     """Apply pipeline steps to the object graph: ({source key: output key} to keep, new graph bytes).
 
     Steps are the frozen values of ckptio.transform (Select, StripOptimizer, Rename, Cast, MapNames),
     matched by class name so that this module does not import the pipeline. Anything that cannot be
     done while keeping graph and bundle consistent raises PlanError naming the key.
     """
-    data = ckpt.object_graph_bytes
+    data = ckpt.object_graph_bytes if data is None else data  # callers that read it already pass it
     if data is None:
         raise PlanError("not an object-based checkpoint (no _CHECKPOINTABLE_OBJECT_GRAPH)", path=ckpt.path)
     from .objgraph_edit import GraphPlan
@@ -478,19 +479,32 @@ def plan_object_based(ckpt, steps: Sequence) -> tuple[dict[str, str], bytes]:
     return plan.result()
 
 
-def optimizer_keys(ckpt) -> set[str]:
-    """Bundle keys that stripping the optimizer would drop (for `ls` roles); empty without a graph."""
+def object_roles(ckpt) -> dict[str, str]:
+    """Bundle key -> "optimizer" or "step" for what a strip drops (a step only with --drop-global-step);
+    keys absent here are weights. Empty without a graph. A strip that would refuse to lose model weights
+    still gives them as weights."""
     from .objgraph_edit import GraphPlan
+    from .transform import StripOptimizer
 
     data = ckpt.object_graph_bytes
     if data is None:
-        return set()
-    plan = GraphPlan(ObjectGraph.parse(data, path=ckpt.path), ckpt.entries())
-    plan.strip(None)
-    return plan.dropped_sources()
+        return {}
+    dropped = []
+    for keep_step in (True, False):
+        plan = GraphPlan(ObjectGraph.parse(data, path=ckpt.path), ckpt.entries())
+        plan.strip(StripOptimizer(keep_global_step=keep_step), refuse_weight_loss=False)
+        dropped.append(plan.dropped_sources() - plan.stranded)
+    roles = dict.fromkeys(dropped[1] - dropped[0], "step")
+    roles.update(dict.fromkeys(dropped[0], "optimizer"))
+    return roles
+
+
+def optimizer_keys(ckpt) -> set[str]:
+    """Bundle keys that stripping the optimizer would drop (for `ls` roles); empty without a graph."""
+    return {k for k, role in object_roles(ckpt).items() if role == "optimizer"}
 
 __all__ = [
     "ObjectGraph", "Node", "Child", "Attribute", "SlotVariable", "escape_path_element", "unescape_path_element",
     "path_string", "parse_path", "attribute_key", "slot_prefix", "find_optimizers", "graph_problems",
-    "check_consistency", "plan_object_based", "optimizer_keys",
+    "check_consistency", "plan_object_based", "optimizer_keys", "object_roles",
 ]

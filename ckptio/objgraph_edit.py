@@ -11,13 +11,14 @@ from collections import deque
 from collections.abc import Callable
 
 from .bundle.naming import OBJECT_GRAPH_KEY
-from .errors import PlanError, Remedy
+from .errors import PlanError, Remedy, UnsupportedError
 from .objgraph import (_ATTRIBUTES_SEP, Attribute, Child, Node, ObjectGraph, Path, _resolve_user_path,
                        find_optimizers, owned_keys, parse_path, path_string)
+from .objgraph_select import attribute_names
 from .transform import Rename
 
 # Root-level step counters that --drop-global-step removes (TF1-eager `optimizer_step`, TF-Agents `train_step`).
-_STEP_EDGES = {"global_step", "step", "train_step", "optimizer_step"}
+STEP_EDGES = {"global_step", "step", "train_step", "optimizer_step"}
 
 
 class GraphPlan:
@@ -31,6 +32,10 @@ class GraphPlan:
         claimed = {k for pairs in self.owned.values() for k, _ in pairs}
         self.loose = {k: k for k in sorted(keys - claimed)}  # tensors no attribute names: plain renames
         self.new_nodes_have_field = any(n.has_checkpoint_values is not None for n in graph.nodes)
+        # Optimizers as the source graph shows them, so that a step before a strip (a select that
+        # drops `_iterations`, a rename of the `optimizer` edge) does not hide one from it.
+        self.optimizers = {graph.nodes[i] for i in find_optimizers(graph)}
+        self.stranded: set[str] = set()  # source keys of model weights a strip would have lost
 
     # -- dispatch ------------------------------------------------------------------------------
 
@@ -128,17 +133,39 @@ class GraphPlan:
         return [(a.checkpoint_key + suffix, suffix) for _, suffix in self.owned.get(a.source, ())]
 
     def select(self, step) -> None:
-        """Keep what step.keeps(); a dropped variable takes its attribute, and emptied nodes, along."""
+        """Keep what step keeps by object path (objgraph_select); emptied nodes and optimizers go too."""
         self.loose = {s: d for s, d in self.loose.items() if step.keeps(d)}
+        g = self.graph
+        current = {a: [n for n, _ in self._tensors(a)] for _, a in g.attributes()}
         drop = set()
-        for _, a in self.graph.attributes():
-            names = [n for n, _ in self._tensors(a)]
-            kept = [step.keeps(n) for n in names]
-            if names and not any(kept):
+        for a, per_tensor in attribute_names(g, self._optimizer_ids(), current).items():
+            kept = [all(step.keeps_any(names) for names in groups) for groups in per_tensor]
+            if not any(kept):
                 drop.add(a)
             elif not all(kept):
-                raise PlanError(f"{names} are one saved object; select all of them or none", key=names[0])
+                raise PlanError(f"{current[a]} are one saved object; select all of them or none", key=current[a][0])
+        owning = self._owning_optimizers()
         self._drop_attributes(drop)
+        # An optimizer whose own state is all gone holds only references to model weights (Keras 3
+        # `_trainable_variables`): it goes, as a strip would remove it, so keys follow the model.
+        emptied = owning - self._owning_optimizers()
+        if emptied:
+            self._edit(lambda: self._remove({i for i, n in enumerate(self.graph.nodes) if n in emptied}))
+
+    def _optimizer_ids(self) -> set[int]:
+        """Optimizers of the source graph still present, and any the graph shows now."""
+        g = self.graph
+        return {i for i, n in enumerate(g.nodes) if n in self.optimizers} | set(find_optimizers(g))
+
+    def _owning_optimizers(self) -> set[Node]:
+        """Optimizers that hold values of their own: values no other path reaches."""
+        g = self.graph
+        live = g.live()
+        out = set()
+        for opt in self._optimizer_ids():
+            if opt in live and any(g.nodes[i].has_own_values for i in live - g.live({opt})):
+                out.add(g.nodes[opt])
+        return out
 
     def _drop_attributes(self, drop: set[Attribute]) -> None:
         """Remove attributes, then nodes left empty by that (and their edges), then unreachable nodes."""
@@ -174,20 +201,39 @@ class GraphPlan:
 
     # -- strip ----------------------------------------------------------------------------------
 
-    def strip(self, step) -> None:
+    def strip(self, step, *, refuse_weight_loss: bool = True) -> None:
         """Remove optimizers (and the step counter or EMA if asked); keep what the model also reaches."""
         g = self.graph
-        doomed = set(find_optimizers(g))
+        doomed = self._optimizer_ids()
         extra = tuple(getattr(step, "optimizer_names", ()) or ())
         if extra:
             doomed |= set(find_optimizers(g, extra))
         if not getattr(step, "keep_global_step", True):
-            doomed |= {c.node_id for c in g.nodes[0].children if c.local_name in _STEP_EDGES}
+            doomed |= {c.node_id for c in g.nodes[0].children if c.local_name in STEP_EDGES}
             doomed |= {i for i, a in g.attributes() if a.full_name == "global_step"}
+        self._check_stranded(doomed, refuse_weight_loss)
         if getattr(step, "ema", "keep") == "promote":
             self._promote_ema(doomed)
         if doomed:
             self._edit(lambda: self._remove(doomed))
+
+    def _check_stranded(self, doomed: set[int], refuse: bool) -> None:
+        """Refuse to lose a model weight that only an optimizer's `_trainable_variables` list reaches.
+
+        Keras 3 leaves layers held in Python lists or dicts out of tf.train.Checkpoint's graph; the
+        optimizer's list of trainable variables is then the only way to them (FORMAT-models.md §2.1).
+        """
+        g = self.graph
+        lost = g.live() - g.live(doomed)
+        weights = [a for opt in doomed for c in g.nodes[opt].children if c.local_name == "_trainable_variables"
+                   for w in g.nodes[c.node_id].children if w.node_id in lost for a in g.nodes[w.node_id].attributes]
+        self.stranded = {k for a in weights for k, _ in self.owned.get(a.source, ())}
+        if weights and refuse:
+            raise UnsupportedError(
+                f"stripping the optimizer would lose {len(weights)} model weights (this one among them) that only "
+                "the optimizer's list of trainable variables reaches (Keras 3 leaves layers held in Python lists "
+                "or dicts out of tf.train.Checkpoint); keep the optimizer, or drop what you choose with --exclude",
+                key=weights[0].checkpoint_key)
 
     def _promote_ema(self, optimizers: set[int]) -> None:
         """Take each model weight's value from its optimizer-kept moving average (Keras use_ema)."""

@@ -47,13 +47,14 @@ class Piece(namedtuple("Piece", "key name src_name src_entry out_dtype slice", d
 class Plan:
     """A validated rewrite: output items, the pieces to write, and the new object graph if any."""
 
-    __slots__ = ("source", "items", "dropped", "pieces", "metadata", "graph")
+    __slots__ = ("source", "items", "dropped", "pieces", "metadata", "graph", "graph_rewritten")
 
     def __init__(self, source: Checkpoint, items: list[Item], dropped: list[str], pieces: list[Piece],
-                 metadata: dict[str, Entry], graph: bytes | None = None):
+                 metadata: dict[str, Entry], graph: bytes | None = None, graph_rewritten: bool = False):
         self.source, self.items, self.dropped, self.pieces = source, items, dropped, pieces
         self.metadata = metadata  # sliced tensors' metadata entries by output name
         self.graph = graph
+        self.graph_rewritten = graph_rewritten  # the graph differs from the source's
 
     @property
     def bytes_before(self) -> int:
@@ -67,12 +68,16 @@ class Plan:
 class Report:
     """What a rewrite did (or, for a dry run, would do)."""
 
-    __slots__ = ("src", "dst", "kept", "dropped", "cast", "bytes_before", "bytes_after", "seconds", "dry_run")
+    # kept, dropped and cast list tensors; the object graph of a TF2 checkpoint is not among them:
+    # object_graph says what became of it (None without one, "copied" or "rewritten").
+    __slots__ = ("src", "dst", "kept", "dropped", "cast", "bytes_before", "bytes_after", "seconds", "dry_run",
+                 "object_graph")
 
     def __init__(self, src: str, dst: str | None, kept: list[tuple[str, str]] | None = None,
                  dropped: list[str] | None = None, cast: list[str] | None = None, bytes_before: int = 0,
-                 bytes_after: int = 0, seconds: float = 0.0, dry_run: bool = False):
+                 bytes_after: int = 0, seconds: float = 0.0, dry_run: bool = False, object_graph: str | None = None):
         self.src, self.dst = src, dst
+        self.object_graph = object_graph
         self.kept = [] if kept is None else kept
         self.dropped = [] if dropped is None else dropped
         self.cast = [] if cast is None else cast
@@ -81,7 +86,7 @@ class Report:
     def __repr__(self):
         return (f"Report(src={self.src!r}, dst={self.dst!r}, kept={len(self.kept)}, dropped={len(self.dropped)}, "
                 f"cast={len(self.cast)}, bytes_before={self.bytes_before}, bytes_after={self.bytes_after}, "
-                f"dry_run={self.dry_run})")
+                f"object_graph={self.object_graph!r}, dry_run={self.dry_run})")
 
     @property
     def renamed(self) -> list[tuple[str, str]]:
@@ -91,6 +96,7 @@ class Report:
         return {"src": self.src, "dst": self.dst, "dry_run": self.dry_run,
                 "kept": [{"src": s, "dst": d} for s, d in self.kept], "dropped": self.dropped,
                 "renamed": [{"src": s, "dst": d} for s, d in self.renamed], "cast": self.cast,
+                "object_graph": self.object_graph,
                 "bytes_before": self.bytes_before, "bytes_after": self.bytes_after,
                 "seconds": round(self.seconds, 3)}
 
@@ -106,14 +112,15 @@ def make_plan(ckpt: Checkpoint, steps=()) -> Plan:
     entries = ckpt.entries()
     graph_key = naming.OBJECT_GRAPH_KEY
     names = sorted(n for n in entries if n != graph_key)
-    graph = None
+    graph = source_graph = None
     if graph_key in entries and any(not isinstance(s, Cast) for s in steps):
         try:
             from .objgraph import plan_object_based
         except ImportError:
             raise PlanError("this is an object-based (TF2) checkpoint; rewriting its names needs the object "
                             "graph support, which this build lacks") from None
-        mapping, graph = plan_object_based(ckpt, steps)
+        source_graph = ckpt.object_graph_bytes  # read once: an archive source is forward-only
+        mapping, graph = plan_object_based(ckpt, steps, data=source_graph)
         items = [Item(src, dst, entries[src].dtype) for src, dst in mapping.items()]
         ctx = Context(entries)
         for step in steps:
@@ -125,7 +132,7 @@ def make_plan(ckpt: Checkpoint, steps=()) -> Plan:
         for step in steps:
             items = step.apply(items, ctx)
         if graph_key in entries:
-            graph = ckpt.object_graph_bytes
+            graph = source_graph = ckpt.object_graph_bytes
     check_collisions(items)
     if not items and names:
         raise PlanError("the plan keeps no tensor; check --include/--exclude and the rename rules")
@@ -141,7 +148,7 @@ def make_plan(ckpt: Checkpoint, steps=()) -> Plan:
         if meta is not None:
             metadata[item.dst] = meta
     pieces.sort(key=lambda p: (p.src_entry.shard_id, p.src_entry.offset, p.key))
-    return Plan(ckpt, items, dropped, pieces, metadata, graph)
+    return Plan(ckpt, items, dropped, pieces, metadata, graph, graph != source_graph)
 
 
 def tensor_pieces(ckpt: Checkpoint, name: str, dst: str, dtype: int) -> tuple[list[Piece], Entry | None]:
@@ -199,7 +206,8 @@ def rewrite(src, dst, steps=(), *, num_shards: int | None = 1, max_shard_size: i
         report = Report(ckpt.prefix, None if dst is None else os.fspath(dst), dry_run=dry_run,
                         kept=[(i.src, i.dst) for i in plan.items], dropped=plan.dropped,
                         cast=[i.dst for i in plan.items if i.dtype != ckpt.entries()[i.src].dtype],
-                        bytes_before=plan.bytes_before, bytes_after=plan.bytes_after)
+                        bytes_before=plan.bytes_before, bytes_after=plan.bytes_after,
+                        object_graph=None if plan.graph is None else "rewritten" if plan.graph_rewritten else "copied")
         if dry_run and dst is not None:  # predict what a real run would refuse
             from .bundle.writer import check_output
 

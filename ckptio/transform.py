@@ -81,7 +81,11 @@ def _compile(patterns, glob: bool):
 
 
 class Select(_Step):
-    """Keep names matching any include (all if none) and no exclude; regex search or full glob."""
+    """Keep names matching any include (all if none) and no exclude; regex search or full glob.
+
+    On TF2 object-based checkpoints a variable is known by every object path to it (as `ls --objects`
+    shows them), not by its storage key: see ckptio/objgraph_select.py and keeps_any.
+    """
 
     _fields = ("include", "exclude", "glob")
     __slots__ = _fields + ("_inc", "_exc")  # the compiled patterns
@@ -95,6 +99,15 @@ class Select(_Step):
         if self._inc and not any(match(r) for r in self._inc):
             return False
         return not any(match(r) for r in self._exc)
+
+    def keeps_any(self, names) -> bool:
+        """For a tensor known by several names (TF2 object paths): kept when one name is included (or there
+        are no includes) and none is excluded."""
+        names = list(names)
+        match = (lambda r, n: r.match(n)) if self.glob else (lambda r, n: r.search(n))
+        if self._inc and not any(match(r, n) for r in self._inc for n in names):
+            return False
+        return not any(match(r, n) for r in self._exc for n in names)
 
     def apply(self, items: list[Item], ctx: Context) -> list[Item]:
         return [i for i in items if self.keeps(i.dst)]

@@ -571,7 +571,7 @@ def test_print_objects_marks_aliases_and_non_object_checkpoints(graphs, corpus):
     assert first["aliases"] == ["layer-0/", "keras_api/layers/0/"]
     table = next(n for n in doc["nodes"] if n["path"] == "layer_with_weights-0/_index_lookup_layer/_table/")
     assert [t["key"].rsplit("/", 1)[1] for t in table["attributes"][0]["tensors"]] == ["table-keys", "table-values"]
-    out = io.StringIO()
+    out, err = io.StringIO(), io.StringIO()
     with ckptio.open(str(corpus / "tf1_ctc_momentum" / "model.ckpt-200")) as ckpt:
-        print_objects(ckpt, out, as_json=False)
-    assert "not an object-based checkpoint" in out.getvalue()
+        assert print_objects(ckpt, out, as_json=False, err=err) == 1
+    assert "not an object-based checkpoint" in err.getvalue() and out.getvalue() == ""

@@ -26,24 +26,28 @@ def roles_of(ckpt) -> dict[str, str]:
         if getattr(ckpt, "sequential", False):
             # An archive: the graph sits at the end of the data, and reading it would decompress
             # everything; ls reads only the index, so it goes by TF2 key patterns instead.
-            opt = {n for n in entries if _looks_like_optimizer(n)}
+            found = {n: _tf2_role_by_key(n) for n in entries}
         else:
-            # The graph, not key patterns, says what is optimizer state (FORMAT §9.5).
-            from ..objgraph import optimizer_keys
+            # The graph, not key patterns, says what is optimizer state (FORMAT §9.5); a role is
+            # what strip drops (a step: what --drop-global-step adds to that).
+            from ..objgraph import object_roles
 
-            opt = optimizer_keys(ckpt)
-        return {n: "graph" if n == naming.OBJECT_GRAPH_KEY else ("optimizer" if n in opt else "weight")
-                for n in entries}
+            found = object_roles(ckpt)
+        return {n: "graph" if n == naming.OBJECT_GRAPH_KEY else found.get(n) or "weight" for n in entries}
     return {n: "optimizer" if role in (SLOT, OPTIMIZER) else role
             for n, (role, _) in classify(entries).items()}
 
 
-def _looks_like_optimizer(key: str) -> bool:
-    """TF2 key patterns of optimizer state: a slot, or a path through an object named *optimizer."""
+def _tf2_role_by_key(key: str) -> str | None:
+    """TF2 key patterns: a slot or a path through an object named *optimizer; a root step counter."""
     if "/.OPTIMIZER_SLOT/" in key:
-        return True
+        return "optimizer"
     parts = key.split("/.ATTRIBUTES/")[0].split("/")
-    return any(p.lower().endswith("optimizer") for p in parts) and "_trainable_variables" not in parts
+    if any(p.lower().endswith("optimizer") for p in parts) and "_trainable_variables" not in parts:
+        return "optimizer"
+    from ..objgraph_edit import STEP_EDGES
+
+    return "step" if len(parts) == 1 and parts[0] in STEP_EDGES else None
 
 
 def run(args) -> int:
@@ -56,8 +60,7 @@ def run(args) -> int:
     with ckptio.open(args.path) as ckpt:
         if args.objects:
             from .objects import print_objects
-            print_objects(ckpt, sys.stdout, args.json)
-            return 0
+            return print_objects(ckpt, sys.stdout, args.json)
         entries = ckpt.entries()
         names = sorted(entries, key=lambda n: n.encode("utf-8", "surrogateescape"))
         if args.match:
@@ -79,9 +82,14 @@ def run(args) -> int:
             t = totals.setdefault(role, [0, 0])
             t[0] += 1
             t[1] += nbytes
+        # The object graph is bookkeeping that every rewrite regenerates: it is listed, but counted
+        # apart from the tensors, as the rewrite report counts it.
+        graph = totals.pop("graph", None)
+        count = len(rows) - (1 if graph else 0)
         if args.json:
             doc = {"path": ckpt.path, "prefix": ckpt.prefix, "format": ckpt.format, "num_shards": ckpt.num_shards,
-                   "num_tensors": len(rows), "total_bytes": sum(r[3] for r in rows),
+                   "num_tensors": count, "object_graph": {"bytes": graph[1]} if graph else None,
+                   "total_bytes": sum(r[3] for r in rows),
                    "totals": {k: {"tensors": v[0], "bytes": v[1]} for k, v in totals.items()},
                    "entries": [{"name": n, "dtype": d, "shape": list(s), "nbytes": b, "role": r,
                                 "shard": e.shard_id, "offset": e.offset, "size": e.size,
@@ -100,7 +108,8 @@ def run(args) -> int:
             sliced = f"  ({len(e.slices)} slices)" if e.slices else ""
             out.append(f"{n:<{width}}  {d:<{dwidth}} {str(list(s)):<16} {human(b):>10}{mark}{sliced}")
         summary = ", ".join(f"{k} {v[0]} ({human(v[1])})" for k, v in sorted(totals.items()))
-        out.append(f"{len(rows)} tensors, {human(sum(r[3] for r in rows))} in {ckpt.format} checkpoint "
+        out.append(f"{count} tensors" + (f" and the object graph ({human(graph[1])})" if graph else "")
+                   + f", {human(sum(r[3] for r in rows))} in {ckpt.format} checkpoint "
                    f"{show_name(ckpt.prefix)} ({ckpt.num_shards} shard{'s' if ckpt.num_shards != 1 else ''})"
                    + (f": {summary}" if summary else ""))
         sys.stdout.write("\n".join(out) + "\n")

@@ -73,17 +73,48 @@ def describe_objects(ckpt) -> dict:
     return doc
 
 
-def print_objects(ckpt, out, as_json: bool) -> None:
-    """Write the object tree of an open Checkpoint to `out` (text, or one JSON object)."""
+def summarize_objects(ckpt) -> dict:
+    """Counts that describe the object graph in a few words (for `show _CHECKPOINTABLE_OBJECT_GRAPH`)."""
     doc = describe_objects(ckpt)
+    nodes = doc["nodes"]
+    return {"objects": len(nodes),
+            "unreachable": sum(1 for n in nodes if n["path"] is None and not n["slot_of"]),
+            "attributes": sum(len(n["attributes"]) for n in nodes),
+            "tensors": sum(len(a["tensors"]) for n in nodes for a in n["attributes"]),
+            "optimizers": [n["path"] for n in nodes if n["optimizer"]],
+            "slot_variables": sum(len(n["slot_variables"]) for n in nodes),
+            "problems": len(doc["problems"])}
+
+
+def summary_line(s: dict) -> str:
+    """One line for a summarize_objects() dict."""
+    opts = ", ".join(p or "?" for p in s["optimizers"])
+    return (f"{s['objects']} objects" + (f" ({s['unreachable']} unreachable)" if s["unreachable"] else "")
+            + f", {s['attributes']} attributes naming {s['tensors']} tensors, "
+            + (f"{len(s['optimizers'])} optimizer{'s' if len(s['optimizers']) != 1 else ''} ({opts})"
+               if s["optimizers"] else "no optimizer")
+            + f", {s['slot_variables']} slot variables; "
+            + (f"{s['problems']} problems" if s["problems"] else "graph and bundle agree"))
+
+
+def print_objects(ckpt, out, as_json: bool, err=None) -> int:
+    """Write the object tree of an open Checkpoint to `out` (text, or one JSON object); the exit code.
+
+    A checkpoint without an object graph (TF1, name-based) has no tree: a note goes to `err`
+    (stderr by default), nothing to `out`, and the exit code is 1.
+    """
+    doc = describe_objects(ckpt)
+    if not doc["object_based"]:
+        import sys
+
+        (err or sys.stderr).write(f"ckptio: {ckpt.path}: not an object-based checkpoint (no "
+                                  "_CHECKPOINTABLE_OBJECT_GRAPH), so it has no object tree; `ckptio ls` lists its "
+                                  "tensors\n")
+        return 1
     if as_json:
         json.dump(doc, out)
         out.write("\n")
-        return
-    if not doc["object_based"]:
-        out.write(f"{ckpt.path}: not an object-based checkpoint (no _CHECKPOINTABLE_OBJECT_GRAPH); "
-                  "use `ckptio ls` for its tensors\n")
-        return
+        return 0
     from ..errors import show_name as shown  # names from a crafted graph must not forge lines
 
     lines = []
@@ -119,3 +150,4 @@ def print_objects(ckpt, out, as_json: bool) -> None:
                  + (f"{len(problems)} problems:" if problems else "graph and bundle agree"))
     lines += [f"  ! {p if p.isprintable() else shown(p)}" for p in problems]
     out.write("\n".join(lines) + "\n")
+    return 0

@@ -21,8 +21,11 @@ def add_arguments(name, p) -> None:
                    help="input checkpoint and output prefix (e.g. out/model.ckpt); with --out-dir, inputs only")
     if name == "rewrite":
         g = p.add_argument_group("select")
-        g.add_argument("--include", action="append", default=[], metavar="REGEX", help="keep only matching names")
-        g.add_argument("--exclude", action="append", default=[], metavar="REGEX", help="drop matching names")
+        g.add_argument("--include", action="append", default=[], metavar="REGEX",
+                       help="keep only matching names; on TF2 object-based checkpoints a variable is named by every "
+                            "object path to it, as `ls --objects` shows them, whatever its key")
+        g.add_argument("--exclude", action="append", default=[], metavar="REGEX",
+                       help="drop matching names (object-based: a variable goes when one of its paths matches)")
         g.add_argument("--include-glob", action="append", default=[], metavar="GLOB",
                        help="keep only names matching GLOB (fnmatch)")
         g.add_argument("--exclude-glob", action="append", default=[], metavar="GLOB", help="drop names matching GLOB")
@@ -153,8 +156,9 @@ def _print_report(report) -> None:
         for name in report.cast:
             out.append(f"cast    {shown(name)}")
     verb = "would write" if report.dry_run else "wrote"
+    graph = f" and the object graph ({report.object_graph})" if report.object_graph else ""
     out.append(f"{verb} {shown(report.dst) if report.dst else 'nothing'}: kept {len(report.kept)} tensors "
-               f"({len(report.renamed)} renamed, {len(report.cast)} cast), dropped {len(report.dropped)}; "
+               f"({len(report.renamed)} renamed, {len(report.cast)} cast){graph}, dropped {len(report.dropped)}; "
                f"{human(report.bytes_before)} -> {human(report.bytes_after)}"
                + ("" if report.dry_run else f" in {report.seconds:.2f} s"))
     sys.stdout.write("\n".join(out) + "\n")

@@ -17,6 +17,7 @@ def run(args) -> int:
     import numpy as np
 
     import ckptio
+    from ..bundle.naming import OBJECT_GRAPH_KEY
     from ..errors import TensorNotFoundError, UnsupportedError, show_name
 
     with ckptio.open(args.path) as ckpt:
@@ -33,6 +34,8 @@ def run(args) -> int:
         info = {"name": tensor.name, "dtype": tensor.dtype_name, "shape": list(tensor.shape),
                 "nbytes": tensor.nbytes, "shard": e.shard_id, "offset": e.offset, "size": e.size,
                 "crc32c": f"{e.crc32c:#010x}", "slices": [s.spec() for s in e.slices]}
+        if tensor.name == OBJECT_GRAPH_KEY and not args.all:
+            return _show_graph(ckpt, args, info)
         try:
             value = tensor.read()
         except UnsupportedError as exc:  # e.g. a variant: the metadata is still worth showing
@@ -71,6 +74,27 @@ def run(args) -> int:
         with np.printoptions(**opts, linewidth=100):
             lines.append(str(value))
         sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def _show_graph(ckpt, args, info: dict) -> int:
+    """The object graph in a few counts (its bytes are a protobuf, no use as a preview); --all prints them."""
+    from ..errors import CkptioError
+    from .objects import summarize_objects, summary_line
+
+    try:
+        summary, note = summarize_objects(ckpt), None
+    except CkptioError as exc:  # a graph that does not parse: say so; `verify` gives the details
+        summary, note = None, exc.message
+    hint = f"`ckptio ls --objects {args.path}` prints the tree; `show --all` the raw bytes"
+    if args.json:
+        json.dump(dict(info, object_graph=summary, note=note or hint), sys.stdout)
+        sys.stdout.write("\n")
+        return 0
+    sys.stdout.write(f"{info['name']}: the TF2 object graph (a serialized TrackableObjectGraph), {info['nbytes']} "
+                     f"bytes\n  stored: shard {info['shard']}, offset {info['offset']}, size {info['size']}, "
+                     f"crc32c {info['crc32c']}\n  " + (summary_line(summary) if summary else f"does not parse: {note}")
+                     + f"\n  {hint}\n")
     return 0
 
 

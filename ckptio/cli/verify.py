@@ -27,8 +27,13 @@ def run(args) -> int:
         finally:
             bar.close()
         seconds = time.perf_counter() - started
+        # Counted as ls and the rewrite report count: the object graph apart from the tensors.
+        from ..bundle.naming import OBJECT_GRAPH_KEY
+
+        graph = OBJECT_GRAPH_KEY in ckpt.entries()
+        tensors = report.tensors - (1 if graph else 0)
         if args.json:
-            json.dump({"path": ckpt.path, "ok": report.ok, "tensors": report.tensors,
+            json.dump({"path": ckpt.path, "ok": report.ok, "tensors": tensors, "object_graph": graph,
                        "bytes_checked": report.bytes_checked, "seconds": round(seconds, 3),
                        "problems": [{"message": p.message, "path": p.path, "entry": p.key, "offset": p.offset}
                                     for p in report.problems]}, sys.stdout)
@@ -42,6 +47,7 @@ def run(args) -> int:
                 print(f"CORRUPT: {len(report.problems)} problem(s) in {show_name(ckpt.prefix)}", file=sys.stderr)
             elif not args.quiet:
                 rate = report.bytes_checked / max(seconds, 1e-9)
-                print(f"OK: {report.tensors} tensors, {human(report.bytes_checked)} verified in "
+                print(f"OK: {tensors} tensors{' and the object graph' if graph else ''}, "
+                      f"{human(report.bytes_checked)} verified in "
                       f"{seconds:.2f} s ({human(rate)}/s)")
     return 0 if report.ok else 1
