@@ -159,7 +159,11 @@ def test_keras_in_tf1_training_scope():
     got = roles(names)
     assert {n for n in names if got[n] == WEIGHT} == {"linear/linear_model/age/weights", "dense/kernel"}
     assert got["global_step"] == STEP
-    assert all(got[n] == OPTIMIZER for n in names if n.startswith(("training", "Adam/", "SGD/", "RMSprop/")))
+    assert all(got[n] in (OPTIMIZER, SLOT) for n in names if n.startswith(("training", "Adam/", "SGD/", "RMSprop/")))
+    # tf_keras slots under the training scope are matched to their variables (FORMAT-models §4)
+    assert classify(names)["training_1/Adam/dense/kernel/m"] == (SLOT, "dense/kernel")
+    assert classify(names)["training/Ftrl/linear/linear_model/age/weights/linear"] == \
+        (SLOT, "linear/linear_model/age/weights")
 
 
 def test_learning_rate_and_iteration_counters():
