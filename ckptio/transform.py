@@ -236,8 +236,8 @@ def classify(names, optimizer_names=(), ema_names=(EMA_NAME,)) -> dict[str, tupl
                 continue
         if last in _ALL_KERAS_SLOTS and name.count("/") >= 2:
             role = _keras_slot(name, entries, custom)
-            if role is not None:
-                out[name] = role
+            if role is not None and not (role[0] == AMBIGUOUS and _optimizer_state(name, custom)):
+                out[name] = role  # (an orphan under Keras-in-TF1's training/ scope is surely optimizer state)
                 continue
         if "_slot_" in name:
             m = _MESH_SLOT_RE.match(name)

@@ -218,3 +218,11 @@ def test_every_dtype_tensorflow_defines_is_known():
         elif d.numpy_name is None:
             with pytest.raises(UnsupportedError, match=f"dtype {d.name} "):
                 d.numpy()
+
+
+def test_an_orphan_under_keras_in_tf1_training_scope_is_still_optimizer_state():
+    # Keras-in-TF1 puts all optimizer variables under training/<Opt>/ (FORMAT §9.1): no doubt there.
+    names = {"dense/kernel": e([5, 2]), "training/Adam/iter": e([], I64), "training/Adam/gone/kernel/m": e([5, 2]),
+             "training/Adam/dense/kernel/m": e([2, 5])}
+    got = classify(names)
+    assert got["training/Adam/gone/kernel/m"] == got["training/Adam/dense/kernel/m"] == (OPTIMIZER, None)

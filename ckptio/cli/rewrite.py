@@ -31,7 +31,8 @@ def add_arguments(name, p) -> None:
         g.add_argument("--ema", choices=("keep", "drop", "promote"), default="keep",
                        help="ExponentialMovingAverage shadows: keep (default), drop, or promote over the weights")
         g.add_argument("--optimizer-name", action="append", default=[], metavar="NAME",
-                       help="a custom optimizer: for TF1 checkpoints its name as slot suffix (V/NAME, V/NAME_1); "
+                       help="a custom optimizer: for TF1 checkpoints its name as slot suffix (V/NAME, V/NAME_1) "
+                            "or, for tf_keras optimizers in graph mode, as scope (NAME/V/m, NAME/iter); "
                             "for object-based ones its object path (e.g. model/optimizer)")
     if name in ("rename", "rewrite"):
         g = p.add_argument_group("rename")
