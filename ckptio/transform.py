@@ -218,7 +218,10 @@ def classify(names, optimizer_names=(), ema_names=(EMA_NAME,)) -> dict[str, tupl
     names: the tensor names, or a mapping of them to their Entries, which lets a tf_keras slot be
     matched to its variable by dtype and shape too (FORMAT-models §4).
     """
-    entries = dict(names) if hasattr(names, "items") else dict.fromkeys(names)
+    if hasattr(names, "items"):  # values that are not Entries (or are None) say nothing about dtype and shape
+        entries = {n: v if hasattr(v, "dtype") and hasattr(v, "shape") else None for n, v in names.items()}
+    else:
+        entries = dict.fromkeys(names)
     names = set(entries)
     custom = frozenset(optimizer_names)
     suffixes = set(SLOT_OPTIMIZERS) | custom

@@ -226,3 +226,9 @@ def test_an_orphan_under_keras_in_tf1_training_scope_is_still_optimizer_state():
              "training/Adam/dense/kernel/m": e([2, 5])}
     got = classify(names)
     assert got["training/Adam/gone/kernel/m"] == got["training/Adam/dense/kernel/m"] == (OPTIMIZER, None)
+
+
+def test_classify_takes_any_mapping_of_names():
+    # callers pass {name: Entry}, or {name: anything}: values that are not Entries are only names
+    names = {"dense/kernel": "sha-a", "Adam/dense/kernel/m": "sha-b", "Adam/iter": "sha-c"}
+    assert classify(names)["Adam/dense/kernel/m"] == (SLOT, "dense/kernel")
