@@ -124,6 +124,7 @@ KERAS_SLOTS = {"SGD": ("momentum",), "Adam": ("m", "v", "vhat"), "Adamax": ("m",
                "Adadelta": ("accum_grad", "accum_var"), "Ftrl": ("accumulator", "linear")}
 _ALL_KERAS_SLOTS = frozenset(s for slots in KERAS_SLOTS.values() for s in slots)
 _PART_RE = re.compile(r"^(?P<var>.+)/part_(?P<k>\d+)$")  # one part of a partitioned variable
+_INT64 = dtypes.BY_NAME["int64"].enum  # the dtype of `<opt>/iter`
 
 WEIGHT, SLOT, OPTIMIZER, STEP, EMA = "weight", "slot", "optimizer", "step", "ema"
 # A name in a tf_keras optimizer's scope that looks like a slot, but of no variable in the checkpoint
@@ -207,7 +208,7 @@ def _keras_slot(name: str, entries, custom) -> tuple[str, str | None] | None:
             return SLOT, owner
         # The scope is surely an optimizer's when its step counter is there (an int64 scalar).
         it = entries.get("/".join(parts[:i + 1]) + "/iter", False)
-        if it is not False and (it is None or (it.dtype == 9 and tuple(it.shape) == ())):
+        if it is not False and (it is None or (it.dtype == _INT64 and tuple(it.shape) == ())):
             return AMBIGUOUS, None
     return None
 
