@@ -70,17 +70,21 @@ class Report:
 
     # kept, dropped and cast list tensors; the object graph of a TF2 checkpoint is not among them:
     # object_graph says what became of it (None without one, "copied" or "rewritten").
-    __slots__ = ("src", "dst", "kept", "dropped", "cast", "bytes_before", "bytes_after", "seconds", "dry_run",
-                 "object_graph")
+    # not_cast: with a Cast step, the kept tensors it left as they were: (name, dtype, reason), reason
+    # one of transform's NOT_FLOATING, LOW, ALREADY, NOT_SELECTED codes.
+    __slots__ = ("src", "dst", "kept", "dropped", "cast", "not_cast", "bytes_before", "bytes_after", "seconds",
+                 "dry_run", "object_graph")
 
     def __init__(self, src: str, dst: str | None, kept: list[tuple[str, str]] | None = None,
                  dropped: list[str] | None = None, cast: list[str] | None = None, bytes_before: int = 0,
-                 bytes_after: int = 0, seconds: float = 0.0, dry_run: bool = False, object_graph: str | None = None):
+                 bytes_after: int = 0, seconds: float = 0.0, dry_run: bool = False,
+                 not_cast: list[tuple[str, str, str]] | None = None, object_graph: str | None = None):
         self.src, self.dst = src, dst
         self.object_graph = object_graph
         self.kept = [] if kept is None else kept
         self.dropped = [] if dropped is None else dropped
         self.cast = [] if cast is None else cast
+        self.not_cast = [] if not_cast is None else not_cast
         self.bytes_before, self.bytes_after, self.seconds, self.dry_run = bytes_before, bytes_after, seconds, dry_run
 
     def __repr__(self):
@@ -97,6 +101,7 @@ class Report:
                 "kept": [{"src": s, "dst": d} for s, d in self.kept], "dropped": self.dropped,
                 "renamed": [{"src": s, "dst": d} for s, d in self.renamed], "cast": self.cast,
                 "object_graph": self.object_graph,
+                "not_cast": [{"name": n, "dtype": d, "reason": r} for n, d, r in self.not_cast],
                 "bytes_before": self.bytes_before, "bytes_after": self.bytes_after,
                 "seconds": round(self.seconds, 3)}
 
@@ -203,9 +208,11 @@ def rewrite(src, dst, steps=(), *, num_shards: int | None = 1, max_shard_size: i
     ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src)
     try:
         plan = make_plan(ckpt, steps)
+        entries = ckpt.entries()
         report = Report(ckpt.prefix, None if dst is None else os.fspath(dst), dry_run=dry_run,
                         kept=[(i.src, i.dst) for i in plan.items], dropped=plan.dropped,
-                        cast=[i.dst for i in plan.items if i.dtype != ckpt.entries()[i.src].dtype],
+                        cast=[i.dst for i in plan.items if i.dtype != entries[i.src].dtype],
+                        not_cast=_not_cast(plan.items, entries, steps),
                         bytes_before=plan.bytes_before, bytes_after=plan.bytes_after,
                         object_graph=None if plan.graph is None else "rewritten" if plan.graph_rewritten else "copied")
         if dry_run and dst is not None:  # predict what a real run would refuse
@@ -220,6 +227,17 @@ def rewrite(src, dst, steps=(), *, num_shards: int | None = 1, max_shard_size: i
     finally:
         if ckpt is not src:
             ckpt.close()
+
+
+def _not_cast(items: list[Item], entries, steps) -> list[tuple[str, str, str]]:
+    """With a Cast step: the kept tensors whose dtype stays as it was, and why."""
+    from .transform import ALREADY
+
+    casts = [s for s in steps if isinstance(s, Cast)]
+    if not casts:
+        return []
+    return [(i.dst, dtypes.name_of(i.dtype), casts[-1].left_as_is(i) or ALREADY)
+            for i in items if i.dtype == entries[i.src].dtype]
 
 
 def execute(plan: Plan, dst: str, *, num_shards=1, max_shard_size=None, force=False, progress=None,
@@ -304,12 +322,12 @@ def _write_piece(ckpt: Checkpoint, writer, piece: Piece, shard: int, verify: boo
     if info is not None and info.fixed_width:
         # Cast (or byte-swap) flat runs of whole elements, not rows: memory stays bounded by the
         # chunk even when one row is huge, and big-endian input streams too.
-        from .bundle.decode import from_bytes, to_bytes
+        from .bundle.decode import cast, from_bytes, to_bytes
 
         target = dtypes.lookup(piece.out_dtype)
         big = reader.header.big_endian
-        chunks = (to_bytes(from_bytes(c, info, (len(c) // info.itemsize,), big_endian=big).astype(target.numpy()),
-                           target) for c in reader.iter_raw(piece.src_name, entry, CHUNK_BYTES))
+        chunks = (to_bytes(cast(from_bytes(c, info, (len(c) // info.itemsize,), big_endian=big), target), target)
+                  for c in reader.iter_raw(piece.src_name, entry, CHUNK_BYTES))
         writer.add_bytes(piece.key, piece.out_dtype, entry.shape, chunks, shard)
         return
     _add_array(writer, piece, reader.read_entry(piece.src_name, entry), shard)
@@ -318,5 +336,7 @@ def _write_piece(ckpt: Checkpoint, writer, piece: Piece, shard: int, verify: boo
 def _add_array(writer, piece: Piece, array, shard: int) -> None:
     target = dtypes.lookup(piece.out_dtype)
     if target.name != "string" and array.dtype != target.numpy():
-        array = array.astype(target.numpy())
+        from .bundle.decode import cast
+
+        array = cast(array, target)
     writer.add_array(piece.key, array, shard, dtype=piece.out_dtype)  # numpy's dtype loses qint8 etc.

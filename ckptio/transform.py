@@ -130,7 +130,19 @@ _HYPER_RE = re.compile(r"^(Adam|SGD|RMSprop|Adagrad|Adadelta|Adamax|Nadam|Ftrl|A
                        r"learning_rate_power|beta)$")
 _MESH_SLOT_RE = re.compile(r"^(?P<var>.+)_slot_(vr|vc|v|m)$")
 
+# tf_keras legacy optimizers (OptimizerV2) in graph mode: `<opt>/<var>/<slot>`, with hyperparameters
+# `<opt>/<hyper>` and the step counter `<opt>/iter` beside them (FORMAT-models §4).
+KERAS_SLOTS = {"SGD": ("momentum",), "Adam": ("m", "v", "vhat"), "Adamax": ("m", "v"), "Nadam": ("m", "v"),
+               "RMSprop": ("rms", "momentum", "mg"), "Adagrad": ("accumulator",),
+               "Adadelta": ("accum_grad", "accum_var"), "Ftrl": ("accumulator", "linear")}
+_ALL_KERAS_SLOTS = frozenset(s for slots in KERAS_SLOTS.values() for s in slots)
+_PART_RE = re.compile(r"^(?P<var>.+)/part_(?P<k>\d+)$")  # one part of a partitioned variable
+_INT64 = dtypes.BY_NAME["int64"].enum  # the dtype of `<opt>/iter`
+
 WEIGHT, SLOT, OPTIMIZER, STEP, EMA = "weight", "slot", "optimizer", "step", "ema"
+# A name in a tf_keras optimizer's scope that looks like a slot, but of no variable in the checkpoint
+# (missing, or of another shape or dtype): strip refuses it rather than guess.
+AMBIGUOUS = "ambiguous"
 
 
 def _strip_counter(last: str) -> str:
@@ -152,7 +164,7 @@ def _slot_base(name: str, names) -> str | None:
     return None
 
 
-def _optimizer_state(name: str) -> bool:
+def _optimizer_state(name: str, custom=()) -> bool:
     """Non-slot optimizer variables: beta powers, Keras optimizer scopes, hyperparameters, counters."""
     # Cheap substring tests first: this runs once per tensor on 100,000-entry listings.
     if "power" in name and _POWER_RE.search(name):
@@ -161,13 +173,72 @@ def _optimizer_state(name: str) -> bool:
         return True
     if name.endswith(("learning_rate", "/lr")) or name == "lr":
         return True
-    return "/" in name and _HYPER_RE.match(name) is not None
+    if "/" not in name:
+        return False
+    if _HYPER_RE.match(name) is not None:
+        return True
+    scope, _, hyper = name.rpartition("/")  # a custom-named tf_keras optimizer: MyOpt/iter, MyOpt_1/beta_1
+    return bool(custom) and _strip_counter(scope) in custom and _HYPER_RE.match("Adam/" + hyper) is not None
+
+
+def _same(a, b) -> bool:
+    """Equal dtype and shape (what a slot shares with its variable); True when either is a bare name."""
+    if a is None or b is None:
+        return True
+    return a.dtype == b.dtype and tuple(a.shape) == tuple(b.shape)
+
+
+def _slot_owner(var: str, slot_entry, entries) -> str | None:
+    """The tensor a tf_keras slot of `var` belongs to: var itself, or the partitioned variable of var = X/part_K."""
+    if var in entries:
+        return var if _same(entries[var], slot_entry) else None
+    m = _PART_RE.match(var)
+    if m is None or m["var"] not in entries:
+        return None
+    whole = entries[m["var"]]
+    if whole is None:  # bare names: nothing to check the part against
+        return m["var"]
+    slices = sorted(whole.slices, key=lambda s: tuple(b for b, _ in s.bounds(whole.shape)))
+    k = int(m["k"])
+    if slot_entry is None or k >= len(slices):
+        return None
+    # Part K is the K-th slice in partition order; its slot has the part's shape and the dtype.
+    if slot_entry.dtype == whole.dtype and tuple(slot_entry.shape) == slices[k].shape(whole.shape):
+        return m["var"]
+    return None
+
+
+def _keras_slot(name: str, entries, custom) -> tuple[str, str | None] | None:
+    """(SLOT, variable) or (AMBIGUOUS, None) for a tf_keras graph-mode slot `<scope>/<opt>/<var>/<slot>`."""
+    parts = name.split("/")
+    slot = parts[-1]
+    for i in range(len(parts) - 2):
+        opt = _strip_counter(parts[i])
+        if not (slot in KERAS_SLOTS.get(opt, ()) or (opt in custom and slot in _ALL_KERAS_SLOTS)):
+            continue
+        owner = _slot_owner("/".join(parts[i + 1:-1]), entries[name], entries)
+        if owner is not None:
+            return SLOT, owner
+        # The scope is surely an optimizer's when its step counter is there (an int64 scalar).
+        it = entries.get("/".join(parts[:i + 1]) + "/iter", False)
+        if it is not False and (it is None or (it.dtype == _INT64 and tuple(it.shape) == ())):
+            return AMBIGUOUS, None
+    return None
 
 
 def classify(names, optimizer_names=(), ema_names=(EMA_NAME,)) -> dict[str, tuple[str, str | None]]:
-    """Role of each name-based tensor: (role, variable it belongs to or None)."""
-    names = set(names)
-    suffixes = set(SLOT_OPTIMIZERS) | set(optimizer_names)
+    """Role of each name-based tensor: (role, variable it belongs to or None).
+
+    names: the tensor names, or a mapping of them to their Entries, which lets a tf_keras slot be
+    matched to its variable by dtype and shape too (FORMAT-models §4).
+    """
+    if hasattr(names, "items"):  # values that are not Entries (or are None) say nothing about dtype and shape
+        entries = {n: v if hasattr(v, "dtype") and hasattr(v, "shape") else None for n, v in names.items()}
+    else:
+        entries = dict.fromkeys(names)
+    names = set(entries)
+    custom = frozenset(optimizer_names)
+    suffixes = set(SLOT_OPTIMIZERS) | custom
     emas = set(ema_names)
     out = {}
     for name in names:
@@ -180,12 +251,17 @@ def classify(names, optimizer_names=(), ema_names=(EMA_NAME,)) -> dict[str, tupl
             if var:
                 out[name] = (EMA if last in emas else SLOT, var)
                 continue
+        if last in _ALL_KERAS_SLOTS and name.count("/") >= 2:
+            role = _keras_slot(name, entries, custom)
+            if role is not None and not (role[0] == AMBIGUOUS and _optimizer_state(name, custom)):
+                out[name] = role  # (an orphan under Keras-in-TF1's training/ scope is surely optimizer state)
+                continue
         if "_slot_" in name:
             m = _MESH_SLOT_RE.match(name)
             if m and m["var"] in names:
                 out[name] = (SLOT, m["var"])
                 continue
-        out[name] = (OPTIMIZER, None) if _optimizer_state(name) else (WEIGHT, None)
+        out[name] = (OPTIMIZER, None) if _optimizer_state(name, custom) else (WEIGHT, None)
     return out
 
 
@@ -200,11 +276,19 @@ class StripOptimizer(_Step):
         self._init(keep_global_step=keep_global_step, ema=ema, optimizer_names=optimizer_names)
 
     def apply(self, items: list[Item], ctx: Context) -> list[Item]:
-        roles = classify([i.src for i in items], self.optimizer_names)
+        # Roles belong to the source, not to what earlier steps kept: a slot stays a slot when a
+        # filter before this step dropped its variable.
+        source = dict.fromkeys(i.src for i in items)
+        source.update(ctx.entries)
+        roles = classify(source, self.optimizer_names)
         shadows = {var: name for name, (role, var) in roles.items() if role == EMA}
         out = []
         for item in items:
             role, _ = roles[item.src]
+            if role == AMBIGUOUS:
+                raise PlanError("looks like a tf_keras optimizer slot, but no variable in the checkpoint has its "
+                                "dtype and shape: cannot tell optimizer state from a weight (drop it with an "
+                                "exclude filter, or keep it by not stripping)", key=item.src)
             if role in (SLOT, OPTIMIZER) or (role == STEP and not self.keep_global_step):
                 continue
             if role == EMA and self.ema != "keep":
@@ -295,11 +379,18 @@ class Rename(_Step):
 
 # -- casting and callables --------------------------------------------------------------------------
 
-CASTABLE = ("float32", "bfloat16", "float16")
+CASTABLE = ("float32", "bfloat16", "float16")  # cast targets
+# What a cast changes: the usual floating widths. float8/float4 tensors were quantized on purpose and
+# are left as they are, like every non-floating tensor; the report says which and why.
+CAST_SOURCES = ("float64", "float32", "bfloat16", "float16")
+LOW_PRECISION = ("float8_e5m2", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e4m3b11fnuz", "float8_e5m2fnuz",
+                 "float4_e2m1fn")
+# Why a Cast leaves a tensor as it was (the codes a Report lists).
+NOT_FLOATING, NOT_SELECTED, ALREADY, LOW = "not-floating", "not-selected", "already-target", "low-precision"
 
 
 class Cast(_Step):
-    """Cast floating tensors (float32/bfloat16/float16) to `to`; optionally only names matching `only`."""
+    """Cast float64/float32/bfloat16/float16 tensors to `to`; optionally only names matching `only`."""
 
     _fields = ("to", "only")
     __slots__ = _fields + ("_only",)  # the compiled patterns
@@ -310,14 +401,22 @@ class Cast(_Step):
             raise PlanError(f"cast target must be one of {', '.join(CASTABLE)}, not {to!r}")
         self._init(to=target.name, only=only, _only=_compile(only, False))
 
+    def left_as_is(self, item: Item) -> str | None:
+        """Why this step leaves item's dtype as it is (NOT_FLOATING, LOW, ALREADY, NOT_SELECTED), or None."""
+        name = dtypes.name_of(item.dtype)
+        if name == self.to:
+            return ALREADY
+        if name in LOW_PRECISION:
+            return LOW
+        if name not in CAST_SOURCES:
+            return NOT_FLOATING
+        if self._only and not any(r.search(item.dst) for r in self._only):
+            return NOT_SELECTED
+        return None
+
     def apply(self, items: list[Item], ctx: Context) -> list[Item]:
         target = dtypes.BY_NAME[self.to].enum
-        out = []
-        for item in items:
-            if dtypes.name_of(item.dtype) in CASTABLE and (not self._only or any(r.search(item.dst) for r in self._only)):
-                item = item._replace(dtype=target)
-            out.append(item)
-        return out
+        return [item if self.left_as_is(item) else item._replace(dtype=target) for item in items]
 
 
 class MapNames(_Step):

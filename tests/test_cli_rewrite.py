@@ -221,7 +221,9 @@ def test_dry_run_prints_plan_and_writes_nothing(capsys, src, tmp_path):
     assert "keep    global_step" in lines
     assert "drop    beta1_power" in lines and "drop    model/embedding/Adam" in lines
     assert "cast    net/dense/kernel" in lines and "cast    global_step" not in lines
-    assert lines[-1].startswith(f"would write {out}: kept 9 tensors (6 renamed, 4 cast), dropped 7; ")
+    assert "uncast  global_step (int64: not floating)" in lines
+    assert lines[-1].startswith(f"would write {out}: kept 9 tensors (6 renamed, 5 cast, 4 left as they were: "
+                                "1 already that dtype (float16); 3 not floating (int32, int64, string)), dropped 7; ")
     assert " -> " in lines[-1] and "B" in lines[-1]
     # a dry run refuses what the real run would refuse
     run(capsys, "strip", prefix, out, "-q")

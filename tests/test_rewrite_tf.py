@@ -278,7 +278,7 @@ def tf_run(tf_fixtures, corpus, corpus_manifest, tmp_path_factory):
         back = run.rewrite("adam_" + dt + "_back", ["rewrite", out, "--cast", "float32"])
         run.check("adam_" + dt + "_back", back, vars=DENSE + STEP)
     all_names = [n for n, r in truth["fixtures"]["tf2_all_dtypes"]["tensors"].items()
-                 if r["dtype"] in ("float32", "float16", "bfloat16")]
+                 if r["dtype"] in ("float32", "float16", "bfloat16", "float64")]  # float64 too (issue 12)
     for dt in ("bfloat16", "float16"):
         run.jobs["cast_all_" + dt] = {"kind": "cast", "prefix": fx("tf2_all_dtypes"), "names": all_names,
                                       "casts": [dt]}
@@ -292,7 +292,7 @@ def tf_run(tf_fixtures, corpus, corpus_manifest, tmp_path_factory):
     out = run.rewrite("v1_plain_f16", ["rewrite", fx("tf1_v1_plain"), "--cast", "float16"])
     run.check("v1_plain_f16", out)
     run.jobs["cast_v1_plain"] = {"kind": "cast", "prefix": fx("tf1_v1_plain"),
-                                 "names": ["plain/f32", "plain/f32_scalar"], "casts": ["float16"]}
+                                 "names": ["plain/f32", "plain/f32_scalar", "plain/f64"], "casts": ["float16"]}
 
     # the corpus: every name-based checkpoint through strip and a root rename; inputs must not change
     run.corpus = [c for c in corpus_manifest["checkpoints"] if "_CHECKPOINTABLE_OBJECT_GRAPH" not in c["tensors"]]
@@ -448,7 +448,7 @@ def test_cast_all_dtypes_and_back(tf_run, dt):
             if key in cast:
                 assert got[key]["dtype"] == final, key
                 assert got[key]["sha256"] == cast[key], f"{case} {key}: not tf.cast of the original"
-            else:  # integers, strings, float64, float8, bool, complex: untouched
+            else:  # integers, strings, float8, bool, complex: untouched
                 assert (got[key]["dtype"], got[key]["sha256"]) == (rec["dtype"], rec["sha256"]), key
             assert got[key]["shape"] == rec["shape"], key
 

@@ -32,3 +32,12 @@ def to_bytes(arr: np.ndarray, info: DType, *, big_endian: bool = False) -> bytes
     if big_endian and arr.dtype.itemsize > 1:
         arr = arr.byteswap()
     return arr.tobytes()
+
+
+def cast(arr: np.ndarray, target: DType) -> np.ndarray:
+    """arr converted to target, rounded as TF's Cast op rounds it."""
+    if arr.dtype == np.float64 and target.name in ("bfloat16", "float16"):
+        # TF converts double to a 16-bit float through float32 (two roundings): going straight
+        # there gives a different value for numbers near a halfway point.
+        arr = arr.astype(np.float32)
+    return arr.astype(target.numpy())

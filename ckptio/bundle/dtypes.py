@@ -102,8 +102,22 @@ def _numpy_dtype(name: str):
         try:
             dt = np.dtype(name)
         except TypeError:  # bfloat16, float8_*, int4 ... live in ml_dtypes
-            import ml_dtypes
-
-            dt = np.dtype(getattr(ml_dtypes, name))
+            dt = np.dtype(_ml_dtype(name))
         _NUMPY_CACHE[name] = dt
     return dt
+
+
+def _ml_dtype(name: str):
+    """ml_dtypes' type for name; refused by name when the installed ml_dtypes lacks it."""
+    from ..errors import UnsupportedError
+
+    try:
+        import ml_dtypes
+    except ImportError:
+        raise UnsupportedError(f"dtype {name} needs the ml_dtypes package, which is not installed") from None
+    found = getattr(ml_dtypes, name, None)
+    if found is None:  # e.g. float4_e2m1fn, int2 and uint2 came in ml_dtypes 0.5
+        version = getattr(ml_dtypes, "__version__", "?")
+        raise UnsupportedError(f"dtype {name} is not in the installed ml_dtypes {version}; upgrade ml_dtypes "
+                               "to read it")
+    return found

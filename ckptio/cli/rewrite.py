@@ -36,7 +36,8 @@ def add_arguments(name, p) -> None:
         g.add_argument("--ema", choices=("keep", "drop", "promote"), default="keep",
                        help="ExponentialMovingAverage shadows: keep (default), drop, or promote over the weights")
         g.add_argument("--optimizer-name", action="append", default=[], metavar="NAME",
-                       help="a custom optimizer: for TF1 checkpoints its name as slot suffix (V/NAME, V/NAME_1); "
+                       help="a custom optimizer: for TF1 checkpoints its name as slot suffix (V/NAME, V/NAME_1) "
+                            "or, for tf_keras optimizers in graph mode, as scope (NAME/V/m, NAME/iter); "
                             "for object-based ones its object path (e.g. model/optimizer)")
     if name in ("rename", "rewrite"):
         g = p.add_argument_group("rename")
@@ -155,13 +156,32 @@ def _print_report(report) -> None:
             out.append(f"drop    {shown(name)}")
         for name in report.cast:
             out.append(f"cast    {shown(name)}")
+        for name, dtype, reason in report.not_cast:
+            out.append(f"uncast  {shown(name)} ({dtype}: {_LEFT[reason]})")
     verb = "would write" if report.dry_run else "wrote"
     graph = f" and the object graph ({report.object_graph})" if report.object_graph else ""
     out.append(f"{verb} {shown(report.dst) if report.dst else 'nothing'}: kept {len(report.kept)} tensors "
-               f"({len(report.renamed)} renamed, {len(report.cast)} cast){graph}, dropped {len(report.dropped)}; "
-               f"{human(report.bytes_before)} -> {human(report.bytes_after)}"
+               f"({len(report.renamed)} renamed, {len(report.cast)} cast{_left_summary(report)}){graph}, "
+               f"dropped {len(report.dropped)}; {human(report.bytes_before)} -> {human(report.bytes_after)}"
                + ("" if report.dry_run else f" in {report.seconds:.2f} s"))
     sys.stdout.write("\n".join(out) + "\n")
+
+
+# Why --cast left a tensor as it was (transform's reason codes).
+_LEFT = {"not-floating": "not floating", "low-precision": "float8/float4, kept", "already-target": "already that dtype",
+         "not-selected": "not matched by --cast-only"}
+
+
+def _left_summary(report) -> str:
+    """', N left as they were: 2 not floating (int64, string), 1 not matched by --cast-only'."""
+    if not report.not_cast:
+        return ""
+    groups: dict[str, set] = {}
+    for _, dtype, reason in report.not_cast:
+        groups.setdefault(reason, set()).add(dtype)
+    counts = {r: sum(1 for x in report.not_cast if x[2] == r) for r in groups}
+    parts = [f"{counts[r]} {_LEFT[r]} ({', '.join(sorted(groups[r]))})" for r in sorted(groups)]
+    return f", {len(report.not_cast)} left as they were: {'; '.join(parts)}"
 
 
 def _run_batch(args, steps, options) -> int:
