@@ -4,24 +4,25 @@ import sys
 import types
 
 from .errors import (CheckpointNotFoundError, ChecksumError, CkptioError, CorruptCheckpointError,
-                     MissingShardError, OutputExistsError, PlanError, ReadError, TensorNotFoundError,
-                     TruncatedError, UnsupportedError, WriteError, WrongFileError)
+                     MismatchError, MissingShardError, OutputExistsError, PlanError, ReadError,
+                     TensorNotFoundError, TruncatedError, UnsupportedError, WriteError, WrongFileError)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "open", "Checkpoint", "Tensor", "rewrite", "verify", "Select", "StripOptimizer", "Rename", "Cast", "MapNames",
+    "open", "Checkpoint", "Tensor", "rewrite", "verify", "merge", "Select", "StripOptimizer", "Rename", "Cast",
+    "MapNames",
     "CkptioError", "CheckpointNotFoundError", "WrongFileError", "CorruptCheckpointError", "TruncatedError",
     "ChecksumError", "MissingShardError", "ReadError", "UnsupportedError", "TensorNotFoundError", "PlanError",
-    "OutputExistsError", "WriteError",
+    "OutputExistsError", "WriteError", "MismatchError",
 ]
 
 # Public name -> the submodule that defines it, imported on first use (PEP 562): the CLI imports
 # this package for __version__, and each command should pay only for the modules it runs.
 _LAZY = {
     "open": "checkpoint", "Checkpoint": "checkpoint", "Tensor": "checkpoint", "rewrite": "rewrite",
-    "verify": "verify", "Select": "transform", "StripOptimizer": "transform", "Rename": "transform",
-    "Cast": "transform", "MapNames": "transform",
+    "verify": "verify", "merge": "merge", "Select": "transform", "StripOptimizer": "transform",
+    "Rename": "transform", "Cast": "transform", "MapNames": "transform",
 }
 
 
@@ -38,13 +39,13 @@ def __dir__():
 
 
 class _Package(types.ModuleType):
-    """This package's module type: `ckptio.rewrite` and `ckptio.verify` stay the functions."""
+    """This package's module type: `ckptio.rewrite`, `.verify` and `.merge` stay the functions."""
 
     def __setattr__(self, name, value):
         # Once a submodule is imported, the import system sets it as an attribute of its package,
         # so whoever first imports ckptio.rewrite (the CLI, `from ckptio.rewrite import ...`)
         # would replace the function ckptio.rewrite with the module.
-        if name in ("rewrite", "verify") and isinstance(value, types.ModuleType):
+        if name in ("rewrite", "verify", "merge") and isinstance(value, types.ModuleType):
             value = getattr(value, name)
         super().__setattr__(name, value)
 

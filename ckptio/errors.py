@@ -76,6 +76,10 @@ class PlanError(CkptioError, ValueError):
     """A rewrite plan is invalid (name collision, rule matching nothing, bad option)."""
 
 
+class MismatchError(CkptioError, ValueError):
+    """Checkpoints that must agree (the inputs of a merge) differ in a tensor's name, dtype, shape or slicing."""
+
+
 class OutputExistsError(CkptioError, FileExistsError):
     """The output checkpoint exists and --force was not given, or it is the input."""
 

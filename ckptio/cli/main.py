@@ -18,6 +18,7 @@ COMMANDS = {
     "strip": ("rewrite", "write a copy without optimizer state"),
     "rename": ("rewrite", "write a copy with tensors renamed"),
     "rewrite": ("rewrite", "filter, strip, rename and cast into a new checkpoint"),
+    "merge": ("merge", "average, weigh or blend checkpoints into a new one"),
     "doctor": ("doctor", "diagnose a broken checkpoint in plain words; --salvage the intact tensors"),
     "pack": ("archive", "pack a checkpoint into one .tar.zst archive"),
     "unpack": ("archive", "unpack a .tar.zst archive into checkpoint files"),

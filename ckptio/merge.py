@@ -1,0 +1,373 @@
+"""merge(inputs, dst, method=...): average, weigh or blend checkpoints tensor by tensor, streamed.
+
+The first input's rewrite plan (ckptio.rewrite.make_plan, with the optimizer stripped unless kept)
+lays out the output; every other input must plan to the same names, dtypes, shapes and slicing.
+Floating tensors are combined chunk by chunk (ckptio.merge_math); every other tensor (integer
+counters such as global_step, strings, bools) is copied from the last input, or from the base for
+task-arithmetic. A TF2 checkpoint keeps the first input's object graph. The output goes through
+the bundle writer: data first, the index last, renamed into place only when complete.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+
+from . import merge_math as mm
+from .bundle import naming
+from .checkpoint import Checkpoint
+from .errors import MismatchError, PlanError, UnsupportedError
+from .rewrite import Plan, _write_piece, make_plan
+from .transform import Select, StripOptimizer
+
+# Integer step counters, in the order tried, that put the inputs of an EMA in step order.
+STEP_KEYS = ("global_step", "global_step/.ATTRIBUTES/VARIABLE_VALUE", "step/.ATTRIBUTES/VARIABLE_VALUE",
+             "save_counter/.ATTRIBUTES/VARIABLE_VALUE")
+
+
+class MergeReport:
+    """What a merge did (or, for a dry run, would do)."""
+
+    __slots__ = ("inputs", "base", "dst", "method", "weights", "decay", "order", "notes", "combined", "copied",
+                 "copied_from", "dropped", "tensors", "linear", "bytes_read", "bytes_written", "seconds", "dry_run")
+
+    def __init__(self, **fields):
+        for name in self.__slots__:
+            setattr(self, name, fields.get(name))
+
+    def __repr__(self):
+        return (f"MergeReport(method={self.method!r}, inputs={len(self.inputs)}, dst={self.dst!r}, "
+                f"combined={len(self.combined)}, copied={len(self.copied)}, dropped={len(self.dropped)}, "
+                f"dry_run={self.dry_run})")
+
+    def to_json(self) -> dict:
+        out = {name: getattr(self, name) for name in self.__slots__}
+        out["seconds"] = round(self.seconds or 0.0, 3)
+        return out
+
+
+# -- options -------------------------------------------------------------------------------------
+
+
+def _check_options(method, n_inputs, weights, decay, base) -> list[float] | None:
+    """Refuse options that do not fit the method (before anything is opened); the weights as floats."""
+    if method not in mm.METHODS:
+        raise PlanError(f"method must be one of {', '.join(mm.METHODS)}, not {method!r}")
+    if base is not None and method != "task-arithmetic":
+        raise PlanError("--base is for --method task-arithmetic only")
+    if decay is not None and method != "ema":
+        raise PlanError("--decay is for --method ema only")
+    weights = None if weights is None else [float(w) for w in weights]
+    if weights is not None and not all(math.isfinite(w) for w in weights):
+        raise PlanError("weights must be finite numbers")
+    if method == "mean" and weights is not None:
+        raise PlanError("mean takes no weights; use --method weighted")
+    if method == "ema":
+        if weights is not None:
+            raise PlanError("ema takes --decay D, not weights")
+        if decay is None or not 0.0 <= float(decay) < 1.0:
+            raise PlanError("ema needs --decay D with 0 <= D < 1")
+    if method == "task-arithmetic":
+        if base is None:
+            raise PlanError("task-arithmetic needs --base CKPT (the model the inputs were fine-tuned from)")
+        if n_inputs < 1:
+            raise PlanError("task-arithmetic needs at least one input besides --base")
+    elif n_inputs < 2:
+        raise PlanError(f"{method} needs at least two inputs, got {n_inputs}")
+    if method == "slerp":
+        if n_inputs != 2:
+            raise PlanError(f"slerp blends exactly two inputs, got {n_inputs}")
+        if weights is None or len(weights) != 1 or not 0.0 <= weights[0] <= 1.0:
+            raise PlanError("slerp needs --weights T, one number with 0 <= T <= 1")
+        return weights
+    if method == "weighted" and weights is None:
+        raise PlanError("weighted needs --weights W1,W2,... (one per input)")
+    if weights is not None and len(weights) != n_inputs:
+        raise PlanError(f"{len(weights)} weights for {n_inputs} inputs")
+    if method == "weighted":
+        if any(w < 0 for w in weights) or not math.fsum(weights) > 0:
+            raise PlanError("weighted needs weights >= 0 with a positive sum (for other blends use "
+                            "--method task-arithmetic)")
+    return weights
+
+
+def newest(directory, n: int) -> list[str]:
+    """The n newest checkpoints a directory's `checkpoint` state file lists (oldest of them first)."""
+    from .batch import _listed_in_state  # the state-file reader (moving to ckptio/bundle/state.py)
+
+    directory = os.fspath(directory)
+    if n < 1:
+        raise PlanError(f"--last needs N >= 1, not {n}")
+    if not os.path.isfile(os.path.join(directory, "checkpoint")):
+        raise PlanError(f"--last N needs a directory with a 'checkpoint' state file; {directory} has none",
+                        path=directory)
+    listed = _listed_in_state(directory)
+    if len(listed) < n:
+        raise PlanError(f"the 'checkpoint' state file lists {len(listed)} checkpoint(s) that exist; "
+                        f"--last {n} needs {n}", path=directory)
+    return listed[-n:]  # CheckpointManager and Saver list them oldest first
+
+
+# -- the API ---------------------------------------------------------------------------------------
+
+
+def merge(inputs, dst, *, method: str = "mean", weights=None, decay=None, base=None, last: int | None = None,
+          include=(), exclude=(), keep_optimizer: bool = False, force: bool = False, dry_run: bool = False,
+          progress=None, fsync: bool = False) -> MergeReport:
+    """Combine checkpoints into a new one at prefix dst; returns a MergeReport.
+
+    inputs: paths (any form ckptio.open takes) or open Checkpoints; with last=N, one directory
+    whose `checkpoint` state file lists them. See ckptio.merge_math for each method's rule.
+    """
+    started = time.perf_counter()
+    if isinstance(inputs, (str, os.PathLike, Checkpoint)):
+        inputs = [inputs]
+    inputs = list(inputs)
+    if last is not None:
+        if len(inputs) != 1 or isinstance(inputs[0], Checkpoint):
+            raise PlanError("--last N takes one directory")
+        inputs = newest(inputs[0], last)
+    weights = _check_options(method, len(inputs), weights, decay, base)
+    decay = None if decay is None else float(decay)
+    if dst is not None and not dry_run:
+        from .sources import is_special
+
+        if is_special(dst):
+            raise UnsupportedError("merge writes a local checkpoint; pack or upload it afterwards", path=dst)
+    opened = []
+    try:
+        ckpts = [_open(p, opened) for p in inputs]
+        base_ckpt = None if base is None else _open(base, opened)
+        order = "as given"
+        if method == "ema":
+            ckpts, order = _step_order(ckpts)
+        job = Job(method, ckpts, base_ckpt, weights, decay, include, exclude, keep_optimizer)
+        report = job.report(dst, dry_run, order)
+        if dst is not None:
+            from .bundle.writer import check_output
+
+            check_output(os.fspath(dst), force=force, inputs=[c.located for c in job.all])
+        if not dry_run:
+            job.execute(os.fspath(dst), report, force=force, progress=progress, fsync=fsync)
+        report.bytes_read = sum(c.bytes_read for c in job.all)
+        report.seconds = time.perf_counter() - started
+        return report
+    finally:
+        for c in opened:
+            c.close()
+
+
+def _open(path, opened: list) -> Checkpoint:
+    if isinstance(path, Checkpoint):
+        return path
+    from .checkpoint import open as open_checkpoint
+
+    ckpt = open_checkpoint(path)
+    opened.append(ckpt)
+    return ckpt
+
+
+def _scalar_int(ckpt: Checkpoint, name: str) -> int | None:
+    if name not in ckpt:
+        return None
+    t = ckpt[name]
+    if not t.dtype_name.startswith(("int", "uint")) or t.size != 1 or t.slices:
+        return None
+    return int(t.read().reshape(-1)[0])
+
+
+def _step_order(ckpts: list[Checkpoint]) -> tuple[list[Checkpoint], str]:
+    """Inputs sorted by a step counter they all have (distinct values), else by their prefix's -N."""
+    for key in STEP_KEYS:
+        steps = [_scalar_int(c, key) for c in ckpts]
+        if None not in steps and len(set(steps)) == len(steps):
+            return [c for _, c in sorted(zip(steps, ckpts), key=lambda p: p[0])], f"by {key}"
+    numbers = [re.search(r"-(\d+)$", c.prefix) for c in ckpts]
+    if all(numbers) and len({int(m[1]) for m in numbers}) == len(numbers):
+        keyed = sorted(zip((int(m[1]) for m in numbers), range(len(ckpts))))
+        return [ckpts[i] for _, i in keyed], "by the number ending each prefix"
+    return ckpts, "as given (no step counter with distinct values in every input)"
+
+
+# -- planning ----------------------------------------------------------------------------------------
+
+
+class Job:
+    """A validated merge: every input's plan, checked to agree with the first's."""
+
+    def __init__(self, method, ckpts, base, weights, decay, include, exclude, keep_optimizer):
+        self.method, self.ckpts, self.base = method, ckpts, base
+        self.all = ckpts + ([base] if base is not None else [])
+        self.decay = decay
+        self.weights = self._effective_weights(weights)
+        steps = []
+        if include or exclude:
+            steps.append(Select(tuple(include), tuple(exclude)))
+        if not keep_optimizer:
+            steps.append(StripOptimizer(keep_global_step=True, ema="keep"))
+        self.plans = [make_plan(c, steps) for c in self.all]
+        self.plan: Plan = self.plans[0]
+        for ckpt, plan in zip(self.all[1:], self.plans[1:]):
+            _check_agree(self.all[0], self.plan, ckpt, plan)
+        # Combined in this order: the base first for task-arithmetic (its rule reads it first).
+        self.operands = ([base] + ckpts) if method == "task-arithmetic" else ckpts
+        self.keep_from = base if base is not None else ckpts[-1]
+        entries = self.plan.source.entries()
+        self.combined = [i.src for i in self.plan.items if mm.is_combined(entries[i.src].dtype)]
+        if method == "slerp":
+            for name in self.combined:
+                if mm.accumulator(entries[name].dtype) is not mm.np.float64:
+                    raise UnsupportedError("slerp of complex tensors is not defined here; exclude them",
+                                           key=name)
+
+    def _effective_weights(self, weights) -> list[float]:
+        """The weight each input's value gets in the result (the base's is 1 - sum for task-arithmetic)."""
+        n = len(self.ckpts)
+        if self.method == "mean":
+            return [1.0 / n] * n
+        if self.method == "weighted":
+            total = math.fsum(weights)
+            return [w / total for w in weights]
+        if self.method == "ema":
+            d = self.decay
+            return [d ** (n - 1)] + [(1.0 - d) * d ** (n - k) for k in range(2, n + 1)]
+        if self.method == "task-arithmetic":
+            return [1.0] * n if weights is None else weights
+        return weights  # slerp: [t]
+
+    def report(self, dst, dry_run: bool, order: str) -> MergeReport:
+        entries = self.plan.source.entries()
+        names = {i.src: i.dst for i in self.plan.items}
+        combined = set(self.combined)
+        notes = []
+        if self.method == "weighted":
+            notes.append("weights normalised to sum 1: " + ", ".join(f"{w:.6g}" for w in self.weights))
+        if self.method == "ema":
+            notes.append(f"ema over the inputs in step order ({order}): m_1 = x_1, m_k = {self.decay:g} m_(k-1) "
+                         f"+ {1 - self.decay:g} x_k")
+        if self.method == "slerp":
+            notes.append(f"slerp at t={self.weights[0]:g} per tensor; near-parallel tensors "
+                         f"(|cos| > {mm.PARALLEL}) interpolate linearly")
+        return MergeReport(
+            inputs=[c.prefix for c in self.ckpts], base=None if self.base is None else self.base.prefix,
+            dst=None if dst is None else os.fspath(dst), method=self.method, weights=self.weights,
+            decay=self.decay, order=order, notes=notes, dry_run=dry_run,
+            combined=[names[n] for n in self.combined],
+            copied=[names[i.src] for i in self.plan.items if i.src not in combined],
+            copied_from=self.keep_from.prefix, dropped=list(self.plan.dropped), linear=[],
+            tensors={names[i.src]: _describe(entries[i.src]) for i in self.plan.items},
+            bytes_read=0, bytes_written=self.plan.bytes_after, seconds=0.0)
+
+    # -- writing --------------------------------------------------------------------------------------
+
+    def execute(self, dst: str, report: MergeReport, *, force: bool, progress, fsync: bool) -> None:
+        """Write the merged checkpoint atomically (slerp first reads its inputs once for the angles)."""
+        from .bundle.writer import BundleWriter
+
+        coefficients = self._slerp_pass(report) if self.method == "slerp" else {}
+        plan = self.plan
+        # The output's directory may be a training run's own (an input's): its state file is left alone.
+        out_dir = os.path.realpath(os.path.dirname(dst) or ".")
+        own_state = all(os.path.realpath(os.path.dirname(c.prefix) or ".") != out_dir for c in self.all)
+        with BundleWriter(dst, 1, force=force, inputs=[c.located for c in self.all]) as writer:
+            writer.reserve(0, plan.bytes_after)
+            combined = set(self.combined)
+            for piece in plan.pieces:
+                if piece.src_name in combined:
+                    chunks = self._chunks(piece, coefficients.get(piece.src_name))
+                    writer.add_bytes(piece.key, piece.out_dtype, _shape(plan.source, piece), chunks, 0)
+                else:
+                    _write_piece(self.keep_from, writer, _piece_in(self.keep_from, piece), 0, True)
+                if progress:
+                    progress(piece.size)
+            for name, meta in plan.metadata.items():
+                writer.add_entry(name, meta)
+            if plan.graph is not None:
+                import numpy as np
+
+                graph = np.empty((), dtype=object)
+                graph[()] = plan.graph
+                writer.add_array(naming.OBJECT_GRAPH_KEY, graph, shard=0)
+            writer.finish(state_file=own_state, fsync=fsync)
+
+    def _streams(self, piece):
+        out = []
+        for ckpt in self.operands:
+            p = _piece_in(ckpt, piece)
+            out.append(mm.flat_chunks(ckpt, p.src_name, p.src_entry, p.slice))
+        return out
+
+    def _chunks(self, piece, coefficients):
+        """The output bytes of one combined piece, chunk by chunk."""
+        dtype = piece.out_dtype
+        acc_dtype = mm.accumulator(dtype)
+        for xs in mm.aligned(self._streams(piece), piece.src_name):
+            acc = mm.combine(self.method, xs, acc_dtype, weights=self.weights, decay=self.decay,
+                             coefficients=coefficients)
+            yield mm.cast_back(acc, dtype)
+
+    def _slerp_pass(self, report: MergeReport) -> dict[str, tuple[float, float]]:
+        """First pass: each tensor's dot product and norms over all its slices -> its two coefficients."""
+        stats: dict[str, mm.SlerpStats] = {}
+        combined = set(self.combined)
+        for piece in self.plan.pieces:
+            if piece.src_name in combined:
+                s = stats.setdefault(piece.src_name, mm.SlerpStats())
+                for a, b in mm.aligned(self._streams(piece), piece.src_name):
+                    s.add(a, b)
+        out = {}
+        names = {i.src: i.dst for i in self.plan.items}
+        for name, s in stats.items():
+            c0, c1, linear = s.coefficients(self.weights[0])
+            out[name] = (c0, c1)
+            if linear:
+                report.linear.append(names[name])
+        return out
+
+
+def _piece_in(ckpt: Checkpoint, piece):
+    """The same piece as stored in another input (its own shard, offset and crc32c)."""
+    entry = ckpt.entries()[piece.src_name]
+    if piece.slice is not None and ckpt.format == "v2":
+        entry = ckpt._reader.slice_entry(piece.src_name, piece.slice)
+    return piece._replace(src_entry=entry)
+
+
+def _shape(ckpt: Checkpoint, piece) -> tuple[int, ...]:
+    if piece.slice is not None and ckpt.format == "v1":  # a V1 entry is the whole tensor
+        return piece.slice.shape(piece.src_entry.shape)
+    return piece.src_entry.shape
+
+
+def _describe(entry) -> str:
+    from .bundle import dtypes
+
+    return f"{dtypes.name_of(entry.dtype)}{list(entry.shape)}"
+
+
+def _check_agree(first: Checkpoint, plan: Plan, other: Checkpoint, other_plan: Plan) -> None:
+    """Raise MismatchError at the first tensor the two inputs do not agree on."""
+    a, b = first.prefix, other.prefix
+    hint = f"; `ckptio diff {a} {b}` shows every difference"
+    if (plan.graph is None) != (other_plan.graph is None):
+        kinds = ("object-based (TF2)", "name-based (TF1)")
+        ka, kb = (kinds[0], kinds[1]) if plan.graph is not None else (kinds[1], kinds[0])
+        raise MismatchError(f"{a} is {ka} but {b} is {kb}")
+    what = "the object graphs differ: tensor" if plan.graph is not None else "tensor"
+    mine = {i.src: i.dst for i in plan.items}
+    theirs = {i.src: i.dst for i in other_plan.items}
+    ea, eb = first.entries(), other.entries()
+    for name in sorted(set(mine) | set(theirs)):
+        if name not in theirs:
+            raise MismatchError(f"{what} {name!r} is in {a} but not in {b}{hint}", key=name)
+        if name not in mine:
+            raise MismatchError(f"{what} {name!r} is in {b} but not in {a}{hint}", key=name)
+        if mine[name] != theirs[name]:
+            raise MismatchError(f"the object graphs differ: {name!r} is written as {mine[name]!r} from {a} "
+                                f"but as {theirs[name]!r} from {b}{hint}", key=name)
+        x, y = ea[name], eb[name]
+        if (x.dtype, x.shape) != (y.dtype, y.shape):
+            raise MismatchError(f"{_describe(x)} in {a} but {_describe(y)} in {b}{hint}", key=name)
+        if x.slices != y.slices:
+            raise MismatchError(f"partitioned into different slices in {a} and {b}{hint}", key=name)
