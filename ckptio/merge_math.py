@@ -41,12 +41,13 @@ def accumulator(dtype: int):
     return np.complex128 if dtypes.name_of(dtype).startswith("complex") else np.float64
 
 
-def flat_chunks(ckpt, name: str, entry, slice_=None, elements: int = CHUNK_ELEMENTS):
+def flat_chunks(ckpt, name: str, entry, slice_=None, elements: int | None = None):
     """A tensor's (or one stored slice's) elements as flat arrays of `elements` (the last shorter).
 
     V2 bundles stream their bytes, the crc32c checked after the last chunk; V1 tables hold a
     tensor inline in one protobuf, so a V1 tensor is read whole and then cut.
     """
+    elements = elements or CHUNK_ELEMENTS
     info = dtypes.lookup(entry.dtype)
     if ckpt.format == "v2":
         reader = ckpt._reader
