@@ -210,16 +210,20 @@ class Job:
         self.plan: Plan = self.plans[0]
         for ckpt, plan in zip(self.all[1:], self.plans[1:]):
             _check_agree(self.all[0], self.plan, ckpt, plan)
+        # Each input's source name of every output name: TF2 inputs agree on the output keys (the
+        # objects' paths), while the keys they were saved under may differ (Keras 3 saves weights
+        # under the optimizer first).
+        self.sources = {id(c): {i.dst: i.src for i in p.items} for c, p in zip(self.all, self.plans)}
         # Combined in this order: the base first for task-arithmetic (its rule reads it first).
         self.operands = ([base] + ckpts) if method == "task-arithmetic" else ckpts
         self.keep_from = base if base is not None else ckpts[-1]
         entries = self.plan.source.entries()
-        self.combined = [i.src for i in self.plan.items if mm.is_combined(entries[i.src].dtype)]
+        self.combined = [i.dst for i in self.plan.items if mm.is_combined(entries[i.src].dtype)]
         if method == "slerp":
-            for name in self.combined:
-                if mm.accumulator(entries[name].dtype) is not mm.np.float64:
+            for item in self.plan.items:
+                if item.dst in self.combined and mm.accumulator(entries[item.src].dtype) is not mm.np.float64:
                     raise UnsupportedError("slerp of complex tensors is not defined here; exclude them",
-                                           key=name)
+                                           key=item.dst)
 
     def _effective_weights(self, weights) -> list[float]:
         """The weight each input's value gets in the result (the base's is 1 - sum for task-arithmetic)."""
@@ -238,7 +242,6 @@ class Job:
 
     def report(self, dst, dry_run: bool, order: str) -> MergeReport:
         entries = self.plan.source.entries()
-        names = {i.src: i.dst for i in self.plan.items}
         combined = set(self.combined)
         notes = []
         if self.method == "weighted":
@@ -253,10 +256,10 @@ class Job:
             inputs=[c.prefix for c in self.ckpts], base=None if self.base is None else self.base.prefix,
             dst=None if dst is None else os.fspath(dst), method=self.method, weights=self.weights,
             decay=self.decay, order=order, notes=notes, dry_run=dry_run,
-            combined=[names[n] for n in self.combined],
-            copied=[names[i.src] for i in self.plan.items if i.src not in combined],
+            combined=list(self.combined),
+            copied=[i.dst for i in self.plan.items if i.dst not in combined],
             copied_from=self.keep_from.prefix, dropped=list(self.plan.dropped), linear=[],
-            tensors={names[i.src]: _describe(entries[i.src]) for i in self.plan.items},
+            tensors={i.dst: _describe(entries[i.src]) for i in self.plan.items},
             bytes_read=0, bytes_written=self.plan.bytes_after, seconds=0.0)
 
     # -- writing --------------------------------------------------------------------------------------
@@ -274,11 +277,11 @@ class Job:
             writer.reserve(0, plan.bytes_after)
             combined = set(self.combined)
             for piece in plan.pieces:
-                if piece.src_name in combined:
-                    chunks = self._chunks(piece, coefficients.get(piece.src_name))
+                if piece.name in combined:
+                    chunks = self._chunks(piece, coefficients.get(piece.name))
                     writer.add_bytes(piece.key, piece.out_dtype, _shape(plan.source, piece), chunks, 0)
                 else:
-                    _write_piece(self.keep_from, writer, _piece_in(self.keep_from, piece), 0, True)
+                    _write_piece(self.keep_from, writer, self._piece_in(self.keep_from, piece), 0, True)
                 if progress:
                     progress(piece.size)
             for name, meta in plan.metadata.items():
@@ -291,10 +294,18 @@ class Job:
                 writer.add_array(naming.OBJECT_GRAPH_KEY, graph, shard=0)
             writer.finish(state_file=own_state, fsync=fsync)
 
+    def _piece_in(self, ckpt: Checkpoint, piece):
+        """The same output piece as stored in one input (its own name, shard, offset and crc32c)."""
+        name = self.sources[id(ckpt)][piece.name]
+        entry = ckpt.entries()[name]
+        if piece.slice is not None and ckpt.format == "v2":
+            entry = ckpt._reader.slice_entry(name, piece.slice)
+        return piece._replace(src_name=name, src_entry=entry)
+
     def _streams(self, piece):
         out = []
         for ckpt in self.operands:
-            p = _piece_in(ckpt, piece)
+            p = self._piece_in(ckpt, piece)
             out.append(mm.flat_chunks(ckpt, p.src_name, p.src_entry, p.slice))
         return out
 
@@ -302,7 +313,7 @@ class Job:
         """The output bytes of one combined piece, chunk by chunk."""
         dtype = piece.out_dtype
         acc_dtype = mm.accumulator(dtype)
-        for xs in mm.aligned(self._streams(piece), piece.src_name):
+        for xs in mm.aligned(self._streams(piece), piece.name):
             acc = mm.combine(self.method, xs, acc_dtype, weights=self.weights, decay=self.decay,
                              coefficients=coefficients)
             yield mm.cast_back(acc, dtype)
@@ -312,26 +323,17 @@ class Job:
         stats: dict[str, mm.SlerpStats] = {}
         combined = set(self.combined)
         for piece in self.plan.pieces:
-            if piece.src_name in combined:
-                s = stats.setdefault(piece.src_name, mm.SlerpStats())
-                for a, b in mm.aligned(self._streams(piece), piece.src_name):
+            if piece.name in combined:
+                s = stats.setdefault(piece.name, mm.SlerpStats())
+                for a, b in mm.aligned(self._streams(piece), piece.name):
                     s.add(a, b)
         out = {}
-        names = {i.src: i.dst for i in self.plan.items}
         for name, s in stats.items():
             c0, c1, linear = s.coefficients(self.weights[0])
             out[name] = (c0, c1)
             if linear:
-                report.linear.append(names[name])
+                report.linear.append(name)
         return out
-
-
-def _piece_in(ckpt: Checkpoint, piece):
-    """The same piece as stored in another input (its own shard, offset and crc32c)."""
-    entry = ckpt.entries()[piece.src_name]
-    if piece.slice is not None and ckpt.format == "v2":
-        entry = ckpt._reader.slice_entry(piece.src_name, piece.slice)
-    return piece._replace(src_entry=entry)
 
 
 def _shape(ckpt: Checkpoint, piece) -> tuple[int, ...]:
@@ -355,18 +357,16 @@ def _check_agree(first: Checkpoint, plan: Plan, other: Checkpoint, other_plan: P
         ka, kb = (kinds[0], kinds[1]) if plan.graph is not None else (kinds[1], kinds[0])
         raise MismatchError(f"{a} is {ka} but {b} is {kb}")
     what = "the object graphs differ: tensor" if plan.graph is not None else "tensor"
-    mine = {i.src: i.dst for i in plan.items}
-    theirs = {i.src: i.dst for i in other_plan.items}
+    # By output name: what TF restores by (a TF2 key is its object's path in the graph).
+    mine = {i.dst: i.src for i in plan.items}
+    theirs = {i.dst: i.src for i in other_plan.items}
     ea, eb = first.entries(), other.entries()
     for name in sorted(set(mine) | set(theirs)):
         if name not in theirs:
             raise MismatchError(f"{what} {name!r} is in {a} but not in {b}{hint}", key=name)
         if name not in mine:
             raise MismatchError(f"{what} {name!r} is in {b} but not in {a}{hint}", key=name)
-        if mine[name] != theirs[name]:
-            raise MismatchError(f"the object graphs differ: {name!r} is written as {mine[name]!r} from {a} "
-                                f"but as {theirs[name]!r} from {b}{hint}", key=name)
-        x, y = ea[name], eb[name]
+        x, y = ea[mine[name]], eb[theirs[name]]
         if (x.dtype, x.shape) != (y.dtype, y.shape):
             raise MismatchError(f"{_describe(x)} in {a} but {_describe(y)} in {b}{hint}", key=name)
         if x.slices != y.slices:
