@@ -15,7 +15,7 @@ import re
 import time
 
 from . import merge_math as mm
-from .bundle import naming
+from .bundle import dtypes, naming
 from .checkpoint import Checkpoint
 from .errors import MismatchError, PlanError, UnsupportedError
 from .rewrite import Plan, _write_piece, make_plan
@@ -217,6 +217,9 @@ class Job:
         # Combined in this order: the base first for task-arithmetic (its rule reads it first).
         self.operands = ([base] + ckpts) if method == "task-arithmetic" else ckpts
         self.keep_from = base if base is not None else ckpts[-1]
+        self._read_buffers = [[bytearray(), bytearray()] for _ in self.operands]
+        self._scratch: dict = {}  # the combiners' float64 buffers
+        self._pool = None  # the read-ahead thread, while executing
         entries = self.plan.source.entries()
         self.combined = [i.dst for i in self.plan.items if mm.is_combined(entries[i.src].dtype)]
         if method == "slerp":
@@ -266,6 +269,12 @@ class Job:
 
     def execute(self, dst: str, report: MergeReport, *, force: bool, progress, fsync: bool) -> None:
         """Write the merged checkpoint atomically (slerp first reads its inputs once for the angles)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1, thread_name_prefix="ckptio-merge-read") as self._pool:
+            self._write(dst, report, force=force, progress=progress, fsync=fsync)
+
+    def _write(self, dst: str, report: MergeReport, *, force: bool, progress, fsync: bool) -> None:
         from .bundle.writer import BundleWriter
 
         coefficients = self._slerp_pass(report) if self.method == "slerp" else {}
@@ -303,20 +312,30 @@ class Job:
         return piece._replace(src_name=name, src_entry=entry)
 
     def _streams(self, piece):
+        """One chunk stream per operand, each reading into its own two buffers (reused throughout)."""
+        size = mm.CHUNK_ELEMENTS * dtypes.lookup(piece.out_dtype).itemsize
         out = []
-        for ckpt in self.operands:
+        for i, ckpt in enumerate(self.operands):
             p = self._piece_in(ckpt, piece)
-            out.append(mm.flat_chunks(ckpt, p.src_name, p.src_entry, p.slice))
+            pair = self._read_buffers[i]
+            if len(pair[0]) < size:
+                pair[:] = [bytearray(size), bytearray(size)]
+            out.append(mm.flat_chunks(ckpt, p.src_name, p.src_entry, p.slice, pair))
         return out
+
+    def _aligned(self, piece):
+        """The operands' chunks of one piece, read one chunk ahead on a second thread when it has several."""
+        chunks = mm.aligned(self._streams(piece), piece.name)
+        if piece.size <= mm.CHUNK_ELEMENTS * dtypes.lookup(piece.out_dtype).itemsize:
+            return chunks
+        return _read_ahead(chunks, self._pool)
 
     def _chunks(self, piece, coefficients):
         """The output bytes of one combined piece, chunk by chunk."""
-        dtype = piece.out_dtype
-        acc_dtype = mm.accumulator(dtype)
-        for xs in mm.aligned(self._streams(piece), piece.name):
-            acc = mm.combine(self.method, xs, acc_dtype, weights=self.weights, decay=self.decay,
-                             coefficients=coefficients)
-            yield mm.cast_back(acc, dtype)
+        combiner = mm.Combiner(self.method, piece.out_dtype, weights=self.weights, decay=self.decay,
+                               coefficients=coefficients, buffers=self._scratch)
+        for xs in self._aligned(piece):
+            yield combiner(xs)
 
     def _slerp_pass(self, report: MergeReport) -> dict[str, tuple[float, float]]:
         """First pass: each tensor's dot product and norms over all its slices -> its two coefficients."""
@@ -325,7 +344,7 @@ class Job:
         for piece in self.plan.pieces:
             if piece.name in combined:
                 s = stats.setdefault(piece.name, mm.SlerpStats())
-                for a, b in mm.aligned(self._streams(piece), piece.name):
+                for a, b in self._aligned(piece):
                     s.add(a, b)
         out = {}
         for name, s in stats.items():
@@ -336,6 +355,25 @@ class Job:
         return out
 
 
+def _read_ahead(chunks, pool):
+    """Yield what chunks yields, fetching the next item on the pool's thread meanwhile.
+
+    The operands' buffers alternate (two each), so the chunk being combined is never the one being
+    read; reading, checksums and numpy all release the GIL, so this uses the second core.
+    """
+    future = pool.submit(next, chunks, None)
+    try:
+        while (item := future.result()) is not None:
+            future = pool.submit(next, chunks, None)
+            yield item
+    finally:
+        future.cancel()
+        try:
+            future.result()  # let a read in flight finish before the buffers are reused
+        except BaseException:
+            pass
+
+
 def _shape(ckpt: Checkpoint, piece) -> tuple[int, ...]:
     if piece.slice is not None and ckpt.format == "v1":  # a V1 entry is the whole tensor
         return piece.slice.shape(piece.src_entry.shape)
@@ -343,8 +381,6 @@ def _shape(ckpt: Checkpoint, piece) -> tuple[int, ...]:
 
 
 def _describe(entry) -> str:
-    from .bundle import dtypes
-
     return f"{dtypes.name_of(entry.dtype)}{list(entry.shape)}"
 
 

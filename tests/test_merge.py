@@ -405,3 +405,19 @@ def test_cli_bad_method_options_exit_2(run, tmp_path, capsys):
     prefixes, _ = run
     assert main(["merge", *prefixes, str(tmp_path / "x"), "--method", "slerp", "--weights", "0.5"]) == 2
     assert "exactly two inputs" in capsys.readouterr().err
+
+
+def test_ckptio_merge_stays_the_function_once_its_module_is_imported():
+    import subprocess
+    import sys
+
+    code = ("import ckptio, ckptio.merge, ckptio.merge_math; from ckptio.merge import MergeReport; "
+            "import types; print(isinstance(ckptio.merge, types.FunctionType), 'numpy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", "import sys; " + code], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert out.stdout.split() == ["True", "True"], out.stderr
+    light = subprocess.run([sys.executable, "-c", "import sys, ckptio; ckptio.__all__; "
+                            "print(any(m.startswith('ckptio.merge') for m in sys.modules))"],
+                           capture_output=True, text=True,
+                           env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert light.stdout.split() == ["False"], light.stderr  # `import ckptio` does not load merge
