@@ -421,3 +421,36 @@ def test_ckptio_merge_stays_the_function_once_its_module_is_imported():
                            capture_output=True, text=True,
                            env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     assert light.stdout.split() == ["False"], light.stderr  # `import ckptio` does not load merge
+
+
+def test_fast_bfloat16_rounding_is_ml_dtypes_rounding():
+    """to_bfloat16 rounds float64 once, like astype(bfloat16), including the double-rounding traps."""
+    rng = np.random.default_rng(7)
+    with np.errstate(all="ignore"):  # some of the bit patterns are NaNs
+        grid = (rng.integers(0, 1 << 16, 1 << 16).astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    cases = np.concatenate([
+        rng.standard_normal(1 << 16), rng.standard_normal(1 << 12) * 1e-39, rng.standard_normal(1 << 12) * 3e38,
+        grid * (1 + 2.0 ** -8), grid * (1 + 2.0 ** -8 * (1 + 2.0 ** -40)), grid * (1 - 2.0 ** -9 * (1 - 2.0 ** -40)),
+        rng.integers(0, 1 << 64, 1 << 14, dtype=np.uint64).view(np.float64),  # every exponent, NaNs, infs
+        [0.0, -0.0, np.inf, -np.inf, np.nan, 1 + 2.0 ** -8 + 2.0 ** -30, 3.4e38, -3.39e38, 5e-324, 2.0 ** -134 * 1.5],
+    ])
+    out = np.empty(cases.size, BF16)
+    with np.errstate(all="ignore"):
+        mm.to_bfloat16(cases, out)
+        want = cases.astype(BF16)
+    nan = np.isnan(cases)
+    assert (np.isnan(out.astype(np.float32)) == nan).all()
+    assert (out.view(np.uint16)[~nan] == want.view(np.uint16)[~nan]).all()
+    # the trap itself: through float32 this would round to 1.0
+    assert mm.to_bfloat16(np.array([1 + 2.0 ** -8 + 2.0 ** -30]), out[:1]) is None and out[0] == BF16(1.0078125)
+
+
+def test_iter_raw_into_alternating_buffers_gives_the_same_bytes_and_checks_crc(run):
+    prefixes, values = run
+    with ckptio.open(prefixes[0]) as c:
+        e = c.entries()["dense/kernel"]
+        bufs = [memoryview(bytearray(16)), memoryview(bytearray(16))]
+        pieces = [bytes(d) for d in c._reader.iter_raw("dense/kernel", e, 16, buffers=bufs)]
+        assert b"".join(pieces) == values[0]["dense/kernel"].tobytes() and len(pieces) == 8
+        with pytest.raises(ChecksumError):
+            list(c._reader.iter_raw("dense/kernel", e._replace(crc32c=e.crc32c ^ 1), 16, buffers=bufs))

@@ -52,6 +52,39 @@ def build(prefix: str, size: int, seed: int) -> int:
     return count + 1
 
 
+# Like tools/bench.py's RSS wrapper (a small parent, so ru_maxrss is the child's alone), plus the
+# child's CPU time: on a shared machine the wall time also counts waiting for a core.
+_WRAPPER = r"""
+import resource, subprocess, sys, time
+start = time.perf_counter()
+proc = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE)
+wall = time.perf_counter() - start
+use = resource.getrusage(resource.RUSAGE_CHILDREN)
+sys.stdout.buffer.write(proc.stdout)
+print()
+print(wall, use.ru_maxrss * 1024, use.ru_utime + use.ru_stime, proc.returncode)
+"""
+
+
+def run_measured(cmd) -> tuple[float, int, float, str]:
+    """(wall seconds, peak RSS bytes, CPU seconds, stdout) of a child process."""
+    _, out = bench.run_timed([sys.executable, "-c", _WRAPPER, *cmd])
+    text, _, last = out.rstrip("\n").rpartition("\n")
+    wall, rss, cpu, rc = last.split()
+    if rc != "0":
+        raise RuntimeError(f"{' '.join(cmd)} exited {rc}")
+    return float(wall), int(rss), float(cpu), text
+
+
+def cpu_pressure() -> str:
+    """The kernel's 'some' CPU pressure over the last 60 s: how often tasks waited for a core."""
+    try:
+        with open("/proc/pressure/cpu") as f:
+            return f.readline().split()[2].split("=")[1] + "%"
+    except (OSError, IndexError):
+        return "n/a"
+
+
 def files_of(prefix: str) -> list[str]:
     d, base = os.path.split(prefix)
     return sorted(os.path.join(d, n) for n in os.listdir(d) if n.startswith(base + "."))
@@ -74,38 +107,47 @@ def bench_size(work: str, size: int, n_inputs: int, reps: int) -> dict:
     cat_cmd = ["sh", "-c", 'cat "$@" > /dev/null', "cat", *inputs]
     bench.run_timed(cat_cmd)  # warm-up: page cache, bytecode
     bench.run_timed(merge_cmd)
-    merges, cats, rss, inner = [], [], [], []
+    merges, cats, rss, inner, merge_cpu, cat_cpu = [], [], [], [], [], []
+    pressure = [cpu_pressure()]
     for r in range(reps):
         order = ("merge", "cat") if r % 2 == 0 else ("cat", "merge")
         for what in order:
             shutil.rmtree(os.path.dirname(out), ignore_errors=True)
             bench.sync()
             if what == "merge":
-                wall, peak, text = bench.run_rss(merge_cmd)
+                wall, peak, cpu, text = run_measured(merge_cmd)
                 merges.append(wall)
+                merge_cpu.append(cpu)
                 rss.append(peak)
                 inner.append(json.loads(text.strip().splitlines()[-1])["seconds"])
             else:
-                wall, _, _ = bench.run_rss(cat_cmd)
+                wall, _, cpu, _ = run_measured(cat_cmd)
                 cats.append(wall)
+                cat_cpu.append(cpu)
+        pressure.append(cpu_pressure())
     merge_s, cat_s = statistics.median(merges), statistics.median(cats)
     return {"size": size, "inputs": n_inputs, "input_bytes": total, "tensors": tensors,
             "merge_s": merge_s, "merge_runs": merges, "merge_inner_s": statistics.median(inner),
-            "cat_s": cat_s, "cat_runs": cats, "ratio": merge_s / cat_s, "peak_rss": max(rss), "rss_runs": rss}
+            "merge_cpu_s": statistics.median(merge_cpu), "cat_cpu_s": statistics.median(cat_cpu),
+            "cat_s": cat_s, "cat_runs": cats, "ratio": merge_s / cat_s, "peak_rss": max(rss), "rss_runs": rss,
+            "cpu_pressure": pressure}
 
 
 def render(rows: list[dict]) -> str:
     lines = [bench.machine_line(), "",
-             "| inputs | ckptio merge (process; in-process) | peak RSS | cat of the inputs | merge/cat | merge throughput |",
-             "|---|---|---|---|---|---|"]
+             "| inputs | ckptio merge (process; in-process) | merge CPU | peak RSS | cat of the inputs (CPU) "
+             "| merge/cat | merge throughput |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['inputs']} x {bench.human(r['size'])} ({bench.human(r['input_bytes'])} read) "
-                     f"| {r['merge_s']:.2f} s; {r['merge_inner_s']:.2f} s | {bench.human(r['peak_rss'])} "
-                     f"| {r['cat_s']:.2f} s | {r['ratio']:.2f}x | {bench.human(r['input_bytes'] / r['merge_s'])}/s |")
+                     f"| {r['merge_s']:.2f} s; {r['merge_inner_s']:.2f} s | {r['merge_cpu_s']:.2f} s "
+                     f"| {bench.human(r['peak_rss'])} | {r['cat_s']:.2f} s ({r['cat_cpu_s']:.2f} s) | {r['ratio']:.2f}x "
+                     f"| {bench.human(r['input_bytes'] / r['merge_s'])}/s |")
     for r in rows:
         lines.append(f"- {bench.human(r['size'])} each: merge runs {', '.join(f'{s:.2f}' for s in r['merge_runs'])} s; "
                      f"cat runs {', '.join(f'{s:.2f}' for s in r['cat_runs'])} s; peak RSS per run "
-                     f"{', '.join(bench.human(x) for x in r['rss_runs'])}")
+                     f"{', '.join(bench.human(x) for x in r['rss_runs'])}; CPU pressure (some, avg60) "
+                     f"before and after each repetition: {', '.join(r['cpu_pressure'])}")
     return "\n".join(lines)
 
 
