@@ -454,3 +454,17 @@ def test_iter_raw_into_alternating_buffers_gives_the_same_bytes_and_checks_crc(r
         assert b"".join(pieces) == values[0]["dense/kernel"].tobytes() and len(pieces) == 8
         with pytest.raises(ChecksumError):
             list(c._reader.iter_raw("dense/kernel", e._replace(crc32c=e.crc32c ^ 1), 16, buffers=bufs))
+
+
+def test_inputs_by_any_path_form_including_an_archive(run, tmp_path, monkeypatch):
+    prefixes, values = run
+    monkeypatch.setattr(mm, "CHUNK_ELEMENTS", 4)  # the archive streams forward through several chunks
+    archive = str(tmp_path / "first.tar.zst")
+    assert main(["pack", prefixes[0], archive, "-q"]) == 0
+    d = os.path.dirname(prefixes[2])
+    with open(os.path.join(d, "checkpoint"), "w") as f:
+        f.write(f'model_checkpoint_path: "{os.path.basename(prefixes[2])}"\n')
+    report = ckptio.merge([archive, prefixes[1] + ".index", d], tmp_path / "m")  # a directory: its latest
+    assert report.inputs[1:] == prefixes[1:]
+    want = np.mean(np.stack(f64(values, "dense/kernel")), axis=0).astype(np.float32)
+    assert read_all(tmp_path / "m")["dense/kernel"].tobytes() == want.tobytes()

@@ -88,7 +88,24 @@ def tf2_run(d, bn=True):
         m.train_on_batch(X, Y)
         mgr.save()
 
+def tf1_v1_run(d):
+    """Two saves of a small model in the old V1 format (one table file each)."""
+    os.makedirs(d, exist_ok=True)
+    with tf.Graph().as_default():
+        tf1.set_random_seed(1)
+        w = tf1.get_variable("w", [3, 4])
+        step = w.assign(w * 0.5 + 0.25)
+        saver = tf1.train.Saver(write_version=tf1.train.SaverDef.V1)
+        with tf1.Session() as sess:
+            sess.run(tf1.global_variables_initializer())
+            for i in range(2):
+                sess.run(step)
+                saver.save(sess, os.path.join(d, "model.ckpt"), global_step=i + 1, write_meta_graph=False)
+    return [os.path.join(d, "model.ckpt-%d" % (i + 1)) for i in range(2)]
+
 root = ARGS["root"]
+for p in tf1_v1_run(os.path.join(root, "v1")):
+    dump(p, p + ".tf.npz")
 tf1_run(os.path.join(root, "tf1"), 2)
 tf1_run(os.path.join(root, "tf1_wide"), 3)
 tf1_run(os.path.join(root, "tf1_noscale"), 2, scale=False)
@@ -165,7 +182,7 @@ def merged(runs, tmp_path_factory):
     out = tmp_path_factory.mktemp("merged")
     tf1, tf2 = listed["tf1"], listed["tf2"]
     o = {k: str(out / k / "model.ckpt") for k in ("tf1", "tf2", "bf16", "weighted", "ema", "task", "slerp",
-                                                    "tf1_opt", "tf2_opt")}
+                                                    "tf1_opt", "tf2_opt", "v1")}
     assert main(["merge", "--last", "3", str(root / "tf1"), o["tf1"], "-q"]) == 0
     assert main(["merge", "--last", "3", str(root / "tf2"), o["tf2"], "-q"]) == 0
     cast = []
@@ -173,6 +190,7 @@ def merged(runs, tmp_path_factory):
         cast.append(str(out / "cast" / os.path.basename(p)))
         ckptio.rewrite(p, cast[-1], [ckptio.StripOptimizer(), ckptio.Cast("bfloat16")])
     ckptio.merge(cast, o["bf16"])
+    ckptio.merge([str(root / "v1" / f"model.ckpt-{i}") for i in (1, 2)], o["v1"])
     reports = {
         "weighted": ckptio.merge(tf1[-3:], o["weighted"], method="weighted", weights=[1, 2, 3]),
         "ema": ckptio.merge(tf1[::-1], o["ema"], method="ema", decay=0.8),
@@ -300,6 +318,14 @@ def test_keep_optimizer_combines_slots_and_keeps_the_last_counters(merged):
     got2 = load_tf(merged["out"]["tf2_opt"])
     it = "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"
     assert got2[it] == tf2_inputs[-1][it] == 6
+
+
+def test_v1_checkpoints_merge_into_v2(merged):
+    inputs = [str(merged["root"] / "v1" / f"model.ckpt-{i}") for i in (1, 2)]
+    with ckptio.open(merged["out"]["v1"]) as c:
+        assert c.format == "v2"
+    got = load_tf(merged["out"]["v1"])
+    assert sorted(got) == ["w"] and exact(got["w"], mean_cast_back([load_tf(p)["w"] for p in inputs]))
 
 
 @pytest.mark.parametrize("other, expect", [
