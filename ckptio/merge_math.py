@@ -24,7 +24,7 @@ from .bundle import dtypes
 from .bundle.decode import _SUB_BYTE, from_bytes, to_bytes
 from .errors import CorruptCheckpointError
 
-CHUNK_ELEMENTS = 1 << 18  # per input: 1 MiB of float32 read (two buffers), 2 MiB as float64
+CHUNK_ELEMENTS = 1 << 17  # per input: 512 KiB of float32 read (two buffers), 1 MiB as float64
 PARALLEL = 0.9995  # above this |cos(theta)| slerp interpolates linearly (as mergekit does)
 
 METHODS = ("mean", "weighted", "ema", "task-arithmetic", "slerp")
