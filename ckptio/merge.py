@@ -11,20 +11,15 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import time
 
 from . import merge_math as mm
 from .bundle import dtypes, naming
 from .checkpoint import Checkpoint
-from .errors import MismatchError, PlanError, UnsupportedError
+from .errors import PlanError, UnsupportedError
+from .merge_inputs import check_agree, describe, newest, step_order
 from .rewrite import Plan, _write_piece, make_plan
 from .transform import Select, StripOptimizer
-
-# Integer step counters, in the order tried, that put the inputs of an EMA in step order.
-STEP_KEYS = ("global_step", "global_step/.ATTRIBUTES/VARIABLE_VALUE", "step/.ATTRIBUTES/VARIABLE_VALUE",
-             "save_counter/.ATTRIBUTES/VARIABLE_VALUE")
-
 
 class MergeReport:
     """What a merge did (or, for a dry run, would do)."""
@@ -92,23 +87,6 @@ def _check_options(method, n_inputs, weights, decay, base) -> list[float] | None
     return weights
 
 
-def newest(directory, n: int) -> list[str]:
-    """The n newest checkpoints a directory's `checkpoint` state file lists (oldest of them first)."""
-    from .batch import _listed_in_state  # the state-file reader (moving to ckptio/bundle/state.py)
-
-    directory = os.fspath(directory)
-    if n < 1:
-        raise PlanError(f"--last needs N >= 1, not {n}")
-    if not os.path.isfile(os.path.join(directory, "checkpoint")):
-        raise PlanError(f"--last N needs a directory with a 'checkpoint' state file; {directory} has none",
-                        path=directory)
-    listed = _listed_in_state(directory)
-    if len(listed) < n:
-        raise PlanError(f"the 'checkpoint' state file lists {len(listed)} checkpoint(s) that exist; "
-                        f"--last {n} needs {n}", path=directory)
-    return listed[-n:]  # CheckpointManager and Saver list them oldest first
-
-
 # -- the API ---------------------------------------------------------------------------------------
 
 
@@ -141,7 +119,7 @@ def merge(inputs, dst, *, method: str = "mean", weights=None, decay=None, base=N
         base_ckpt = None if base is None else _open(base, opened)
         order = "as given"
         if method == "ema":
-            ckpts, order = _step_order(ckpts)
+            ckpts, order = step_order(ckpts)
         job = Job(method, ckpts, base_ckpt, weights, decay, include, exclude, keep_optimizer)
         report = job.report(dst, dry_run, order)
         if dst is not None:
@@ -168,28 +146,6 @@ def _open(path, opened: list) -> Checkpoint:
     return ckpt
 
 
-def _scalar_int(ckpt: Checkpoint, name: str) -> int | None:
-    if name not in ckpt:
-        return None
-    t = ckpt[name]
-    if not t.dtype_name.startswith(("int", "uint")) or t.size != 1 or t.slices:
-        return None
-    return int(t.read().reshape(-1)[0])
-
-
-def _step_order(ckpts: list[Checkpoint]) -> tuple[list[Checkpoint], str]:
-    """Inputs sorted by a step counter they all have (distinct values), else by their prefix's -N."""
-    for key in STEP_KEYS:
-        steps = [_scalar_int(c, key) for c in ckpts]
-        if None not in steps and len(set(steps)) == len(steps):
-            return [c for _, c in sorted(zip(steps, ckpts), key=lambda p: p[0])], f"by {key}"
-    numbers = [re.search(r"-(\d+)$", c.prefix) for c in ckpts]
-    if all(numbers) and len({int(m[1]) for m in numbers}) == len(numbers):
-        keyed = sorted(zip((int(m[1]) for m in numbers), range(len(ckpts))))
-        return [ckpts[i] for _, i in keyed], "by the number ending each prefix"
-    return ckpts, "as given (no step counter with distinct values in every input)"
-
-
 # -- planning ----------------------------------------------------------------------------------------
 
 
@@ -209,7 +165,7 @@ class Job:
         self.plans = [make_plan(c, steps) for c in self.all]
         self.plan: Plan = self.plans[0]
         for ckpt, plan in zip(self.all[1:], self.plans[1:]):
-            _check_agree(self.all[0], self.plan, ckpt, plan)
+            check_agree(self.all[0], self.plan, ckpt, plan)
         # Each input's source name of every output name: TF2 inputs agree on the output keys (the
         # objects' paths), while the keys they were saved under may differ (Keras 3 saves weights
         # under the optimizer first).
@@ -262,7 +218,7 @@ class Job:
             combined=list(self.combined),
             copied=[i.dst for i in self.plan.items if i.dst not in combined],
             copied_from=self.keep_from.prefix, dropped=list(self.plan.dropped), linear=[],
-            tensors={i.dst: _describe(entries[i.src]) for i in self.plan.items},
+            tensors={i.dst: describe(entries[i.src]) for i in self.plan.items},
             bytes_read=0, bytes_written=self.plan.bytes_after, seconds=0.0)
 
     # -- writing --------------------------------------------------------------------------------------
@@ -378,32 +334,3 @@ def _shape(ckpt: Checkpoint, piece) -> tuple[int, ...]:
     if piece.slice is not None and ckpt.format == "v1":  # a V1 entry is the whole tensor
         return piece.slice.shape(piece.src_entry.shape)
     return piece.src_entry.shape
-
-
-def _describe(entry) -> str:
-    return f"{dtypes.name_of(entry.dtype)}{list(entry.shape)}"
-
-
-def _check_agree(first: Checkpoint, plan: Plan, other: Checkpoint, other_plan: Plan) -> None:
-    """Raise MismatchError at the first tensor the two inputs do not agree on."""
-    a, b = first.prefix, other.prefix
-    hint = f"; `ckptio diff {a} {b}` shows every difference"
-    if (plan.graph is None) != (other_plan.graph is None):
-        kinds = ("object-based (TF2)", "name-based (TF1)")
-        ka, kb = (kinds[0], kinds[1]) if plan.graph is not None else (kinds[1], kinds[0])
-        raise MismatchError(f"{a} is {ka} but {b} is {kb}")
-    what = "the object graphs differ: tensor" if plan.graph is not None else "tensor"
-    # By output name: what TF restores by (a TF2 key is its object's path in the graph).
-    mine = {i.dst: i.src for i in plan.items}
-    theirs = {i.dst: i.src for i in other_plan.items}
-    ea, eb = first.entries(), other.entries()
-    for name in sorted(set(mine) | set(theirs)):
-        if name not in theirs:
-            raise MismatchError(f"{what} {name!r} is in {a} but not in {b}{hint}", key=name)
-        if name not in mine:
-            raise MismatchError(f"{what} {name!r} is in {b} but not in {a}{hint}", key=name)
-        x, y = ea[mine[name]], eb[theirs[name]]
-        if (x.dtype, x.shape) != (y.dtype, y.shape):
-            raise MismatchError(f"{_describe(x)} in {a} but {_describe(y)} in {b}{hint}", key=name)
-        if x.slices != y.slices:
-            raise MismatchError(f"partitioned into different slices in {a} and {b}{hint}", key=name)
