@@ -12,7 +12,8 @@ chunk per input, never a whole tensor. The rules, for inputs x_1 .. x_n (in merg
                        cos(theta) = <x_1, x_2> / (|x_1| |x_2|)
                        c_0 = sin((1 - t) theta) / sin(theta),  c_1 = sin(t theta) / sin(theta)
                      and plain linear interpolation c_0 = 1 - t, c_1 = t when either vector is
-                     zero or |cos(theta)| > PARALLEL (near-parallel or opposite: sin(theta) ~ 0).
+                     zero or |cos(theta)| > PARALLEL (near-parallel or opposite: sin(theta) ~ 0),
+                     or the angle is undefined (NaN or infinite values).
 """
 from __future__ import annotations
 
@@ -190,10 +191,10 @@ def to_bfloat16(x: np.ndarray, out: np.ndarray) -> None:
 
 def slerp_coefficients(dot: float, norm0: float, norm1: float, t: float) -> tuple[float, float, bool]:
     """(c_0, c_1, linear) for slerp at t from the whole tensors' dot product and norms."""
-    if norm0 == 0.0 or norm1 == 0.0:
+    if norm0 == 0.0 or norm1 == 0.0 or not (math.isfinite(norm0) and math.isfinite(norm1)):
         return 1.0 - t, t, True
     cos = dot / (norm0 * norm1)
-    if abs(cos) > PARALLEL:
+    if not abs(cos) <= PARALLEL:  # near-parallel, opposite, or no angle at all (NaN or infinite values)
         return 1.0 - t, t, True
     theta = math.acos(max(-1.0, min(1.0, cos)))
     s = math.sin(theta)
@@ -209,7 +210,7 @@ class SlerpStats:
         self.dot = self.sq0 = self.sq1 = 0.0
 
     def add(self, a, b) -> None:
-        a, b = a.astype(np.float64), b.astype(np.float64)
+        a, b = widen(a).astype(np.float64), widen(b).astype(np.float64)
         self.dot += float(np.dot(a, b))
         self.sq0 += float(np.dot(a, a))
         self.sq1 += float(np.dot(b, b))

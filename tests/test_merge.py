@@ -184,6 +184,12 @@ def test_slerp_of_parallel_or_zero_tensors_interpolates_linearly(tmp_path):
     assert sorted(report.linear) == ["o", "p", "z"]
 
 
+def test_slerp_without_an_angle_interpolates_linearly():
+    assert mm.slerp_coefficients(float("nan"), 1.0, 1.0, 0.25) == (0.75, 0.25, True)
+    assert mm.slerp_coefficients(1.0, float("inf"), 2.0, 0.25) == (0.75, 0.25, True)  # a norm overflowed
+    assert mm.slerp_coefficients(float("inf"), float("inf"), float("inf"), 0.5) == (0.5, 0.5, True)
+
+
 def test_slerp_of_orthogonal_unit_vectors_stays_on_the_circle(tmp_path):
     a = write(tmp_path / "a", {"v": np.array([1.0, 0.0], np.float64)})
     b = write(tmp_path / "b", {"v": np.array([0.0, 1.0], np.float64)})
