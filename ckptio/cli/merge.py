@@ -17,7 +17,9 @@ METHODS = ("mean", "weighted", "ema", "task-arithmetic", "slerp")
 
 
 def add_arguments(name, p) -> None:
-    p.add_argument("paths", nargs="+", metavar="CKPT [CKPT ...] OUT",
+    p.usage = "%(prog)s CKPT [CKPT ...] OUT [--method METHOD] [--weights W1,W2,...] [options]\n" \
+              "       %(prog)s --last N DIR OUT [options]"
+    p.add_argument("paths", nargs="+", metavar="CKPT",
                    help="input checkpoints (any path form), then the output prefix (e.g. out/model.ckpt); "
                         "with --last N, one directory and then OUT")
     p.add_argument("--method", choices=METHODS, default="mean",
