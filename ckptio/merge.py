@@ -179,8 +179,9 @@ class Job:
         entries = self.plan.source.entries()
         self.combined = [i.dst for i in self.plan.items if mm.is_combined(entries[i.src].dtype)]
         if method == "slerp":
+            combined = set(self.combined)
             for item in self.plan.items:
-                if item.dst in self.combined and mm.accumulator(entries[item.src].dtype) is not mm.np.float64:
+                if item.dst in combined and mm.accumulator(entries[item.src].dtype) is not mm.np.float64:
                     raise UnsupportedError("slerp of complex tensors is not defined here; exclude them",
                                            key=item.dst)
 
