@@ -10,7 +10,7 @@ from .errors import (CheckpointNotFoundError, ChecksumError, CkptioError, Corrup
 __version__ = "0.1.0"
 
 __all__ = [
-    "open", "Checkpoint", "Tensor", "rewrite", "verify", "diff", "fit", "Select", "StripOptimizer", "Rename", "Cast",
+    "open", "Checkpoint", "Tensor", "rewrite", "verify", "diff", "fit", "merge", "Select", "StripOptimizer", "Rename", "Cast",
     "MapNames",
     "CkptioError", "CheckpointNotFoundError", "WrongFileError", "CorruptCheckpointError", "TruncatedError",
     "ChecksumError", "MissingShardError", "ReadError", "UnsupportedError", "TensorNotFoundError", "PlanError",
@@ -22,7 +22,7 @@ __all__ = [
 _LAZY = {
     "open": "checkpoint", "Checkpoint": "checkpoint", "Tensor": "checkpoint", "rewrite": "rewrite",
     "verify": "verify", "Select": "transform", "StripOptimizer": "transform", "Rename": "transform",
-    "Cast": "transform", "MapNames": "transform", "diff": "diff", "fit": "fit",
+    "Cast": "transform", "MapNames": "transform", "diff": "diff", "fit": "fit", "merge": "merge",
 }
 
 
@@ -39,13 +39,13 @@ def __dir__():
 
 
 class _Package(types.ModuleType):
-    """This package's module type: `ckptio.rewrite`, `.verify`, `.diff` and `.fit` stay the functions."""
+    """This package's module type: `ckptio.rewrite`, `.verify`, `.diff`, `.fit` and `.merge` stay the functions."""
 
     def __setattr__(self, name, value):
         # Once a submodule is imported, the import system sets it as an attribute of its package,
         # so whoever first imports ckptio.rewrite (the CLI, `from ckptio.rewrite import ...`)
         # would replace the function ckptio.rewrite with the module.
-        if name in ("rewrite", "verify", "diff", "fit") and isinstance(value, types.ModuleType):
+        if name in ("rewrite", "verify", "diff", "fit", "merge") and isinstance(value, types.ModuleType):
             value = getattr(value, name)
         super().__setattr__(name, value)
 

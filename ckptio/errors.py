@@ -109,4 +109,4 @@ class WriteError(CkptioError, OSError):
 
 
 class MismatchError(CkptioError, ValueError):
-    """A source tensor does not fit the template tensor it matches (shape or dtype); `fit` stops before writing."""
+    """Tensors that must agree do not: merge inputs, or a source tensor and the fit template's."""

@@ -172,24 +172,40 @@ class BundleReader:
             raise WrongFileError("this data shard is a Git LFS pointer, not the file itself; run "
                                  "'git lfs pull' to fetch it", path=src.name) from None
 
-    def iter_raw(self, name: str, entry: Entry, chunk: int = CHUNK, *, verify: bool = True) -> Iterator[bytes]:
-        """Stream an entry's stored bytes in chunks, checking its crc32c after the last one."""
+    def iter_raw(self, name: str, entry: Entry, chunk: int = CHUNK, *, verify: bool = True,
+                 buffers=()) -> Iterator[bytes]:
+        """Stream an entry's stored bytes in chunks, checking its crc32c after the last one.
+
+        With buffers (writable memoryviews of at least chunk bytes), chunk i is read into
+        buffers[i % len(buffers)] and yielded as a view of it: nothing is allocated per chunk, and
+        with two buffers a chunk stays valid while the next one is read.
+        """
         try:
-            yield from self._iter_raw(name, entry, chunk, verify)
+            yield from self._iter_raw(name, entry, chunk, verify, buffers)
         except CorruptCheckpointError:
             self._blame_lfs(entry)
             raise
 
-    def _iter_raw(self, name: str, entry: Entry, chunk: int, verify: bool) -> Iterator[bytes]:
+    def _iter_raw(self, name: str, entry: Entry, chunk: int, verify: bool, buffers) -> Iterator[bytes]:
         self.check_entry(name, entry)
         if verify and entry.dtype in (dtypes.STRING, dtypes.VARIANT):
             # Their crc is not over the stored bytes (FORMAT §4.3, §4.4): check them whole.
             yield self.read_raw(name, entry)
             return
         src = self.shard(entry.shard_id)
-        crc, pos, end = 0, entry.offset, entry.offset + entry.size
+        readinto = getattr(src, "readinto", None) if buffers else None
+        crc, pos, end, i = 0, entry.offset, entry.offset + entry.size, 0
         while pos < end:
-            data = src.read(pos, min(chunk, end - pos), key=name)
+            n = min(chunk, end - pos)
+            if readinto is not None:
+                buffer = buffers[i % len(buffers)]
+                i += 1
+                got = readinto(pos, buffer[:n])
+                if got != n:
+                    raise TruncatedError(f"shard ends after {got} of {n} bytes", path=src.name, key=name, offset=pos)
+                data = buffer[:n]
+            else:
+                data = src.read(pos, n, key=name)
             if verify:
                 crc = crc32c(data, crc)
             pos += len(data)

@@ -15,14 +15,15 @@ COMMANDS = {
     "ls": ("ls", "list tensors (names, dtypes, shapes, sizes), optimizer state marked"),
     "show": ("show", "summarize one tensor (stats and a preview) or print it whole"),
     "verify": ("verify", "check every block, tensor checksum and shard size"),
+    "diff": ("diff", "what differs between two checkpoints (names, dtypes, shapes; --values)"),
     "strip": ("rewrite", "write a copy without optimizer state"),
     "rename": ("rewrite", "write a copy with tensors renamed"),
     "rewrite": ("rewrite", "filter, strip, rename and cast into a new checkpoint"),
+    "fit": ("fit", "fit a checkpoint to a changed model: a template's structure with the source's values"),
+    "merge": ("merge", "average, weigh or blend checkpoints into a new one"),
     "doctor": ("doctor", "diagnose a broken checkpoint in plain words; --salvage the intact tensors"),
     "pack": ("archive", "pack a checkpoint into one .tar.zst archive"),
     "unpack": ("archive", "unpack a .tar.zst archive into checkpoint files"),
-    "diff": ("diff", "what differs between two checkpoints (names, dtypes, shapes; --values)"),
-    "fit": ("fit", "fit a checkpoint to a changed model: a template's structure with the source's values"),
 }
 
 EXIT_OK, EXIT_BAD_CHECKPOINT, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130

@@ -1,0 +1,337 @@
+"""merge(inputs, dst, method=...): average, weigh or blend checkpoints tensor by tensor, streamed.
+
+The first input's rewrite plan (ckptio.rewrite.make_plan, with the optimizer stripped unless kept)
+lays out the output; every other input must plan to the same names, dtypes, shapes and slicing.
+Floating tensors are combined chunk by chunk (ckptio.merge_math); every other tensor (integer
+counters such as global_step, strings, bools) is copied from the last input, or from the base for
+task-arithmetic. A TF2 checkpoint keeps the first input's object graph. The output goes through
+the bundle writer: data first, the index last, renamed into place only when complete.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+
+from . import merge_math as mm
+from .bundle import dtypes, naming
+from .checkpoint import Checkpoint
+from .errors import PlanError, UnsupportedError
+from .merge_inputs import check_agree, describe, newest, step_order
+from .rewrite import Plan, _write_piece, make_plan
+from .transform import Select, StripOptimizer
+
+class MergeReport:
+    """What a merge did (or, for a dry run, would do)."""
+
+    __slots__ = ("inputs", "base", "dst", "method", "weights", "decay", "order", "notes", "combined", "copied",
+                 "copied_from", "dropped", "tensors", "linear", "bytes_read", "bytes_written", "seconds", "dry_run")
+
+    def __init__(self, **fields):
+        for name in self.__slots__:
+            setattr(self, name, fields.get(name))
+
+    def __repr__(self):
+        return (f"MergeReport(method={self.method!r}, inputs={len(self.inputs)}, dst={self.dst!r}, "
+                f"combined={len(self.combined)}, copied={len(self.copied)}, dropped={len(self.dropped)}, "
+                f"dry_run={self.dry_run})")
+
+    def to_json(self) -> dict:
+        out = {name: getattr(self, name) for name in self.__slots__}
+        out["seconds"] = round(self.seconds or 0.0, 3)
+        return out
+
+
+# -- options -------------------------------------------------------------------------------------
+
+
+def _check_options(method, n_inputs, weights, decay, base) -> list[float] | None:
+    """Refuse options that do not fit the method (before anything is opened); the weights as floats."""
+    if method not in mm.METHODS:
+        raise PlanError(f"method must be one of {', '.join(mm.METHODS)}, not {method!r}")
+    if base is not None and method != "task-arithmetic":
+        raise PlanError("--base is for --method task-arithmetic only")
+    if decay is not None and method != "ema":
+        raise PlanError("--decay is for --method ema only")
+    weights = None if weights is None else [float(w) for w in weights]
+    if weights is not None and not all(math.isfinite(w) for w in weights):
+        raise PlanError("weights must be finite numbers")
+    if method == "mean" and weights is not None:
+        raise PlanError("mean takes no weights; use --method weighted")
+    if method == "ema":
+        if weights is not None:
+            raise PlanError("ema takes --decay D, not weights")
+        if decay is None or not 0.0 <= float(decay) < 1.0:
+            raise PlanError("ema needs --decay D with 0 <= D < 1")
+    if method == "task-arithmetic":
+        if base is None:
+            raise PlanError("task-arithmetic needs --base CKPT (the model the inputs were fine-tuned from)")
+        if n_inputs < 1:
+            raise PlanError("task-arithmetic needs at least one input besides --base")
+    elif n_inputs < 2:
+        raise PlanError(f"{method} needs at least two inputs, got {n_inputs}")
+    if method == "slerp":
+        if n_inputs != 2:
+            raise PlanError(f"slerp blends exactly two inputs, got {n_inputs}")
+        if weights is None or len(weights) != 1 or not 0.0 <= weights[0] <= 1.0:
+            raise PlanError("slerp needs --weights T, one number with 0 <= T <= 1")
+        return weights
+    if method == "weighted" and weights is None:
+        raise PlanError("weighted needs --weights W1,W2,... (one per input)")
+    if weights is not None and len(weights) != n_inputs:
+        raise PlanError(f"{len(weights)} weights for {n_inputs} inputs")
+    if method == "weighted":
+        if any(w < 0 for w in weights) or not math.fsum(weights) > 0:
+            raise PlanError("weighted needs weights >= 0 with a positive sum (for other blends use "
+                            "--method task-arithmetic)")
+    return weights
+
+
+# -- the API ---------------------------------------------------------------------------------------
+
+
+def merge(inputs, dst, *, method: str = "mean", weights=None, decay=None, base=None, last: int | None = None,
+          include=(), exclude=(), keep_optimizer: bool = False, force: bool = False, dry_run: bool = False,
+          progress=None, fsync: bool = False) -> MergeReport:
+    """Combine checkpoints into a new one at prefix dst; returns a MergeReport.
+
+    inputs: paths (any form ckptio.open takes) or open Checkpoints; with last=N, one directory
+    whose `checkpoint` state file lists them. See ckptio.merge_math for each method's rule.
+    """
+    started = time.perf_counter()
+    if isinstance(inputs, (str, os.PathLike, Checkpoint)):
+        inputs = [inputs]
+    inputs = list(inputs)
+    if last is not None:
+        if len(inputs) != 1 or isinstance(inputs[0], Checkpoint):
+            raise PlanError("--last N takes one directory")
+        inputs = newest(inputs[0], last)
+    weights = _check_options(method, len(inputs), weights, decay, base)
+    decay = None if decay is None else float(decay)
+    if dst is not None and not dry_run:
+        from .sources import is_special
+
+        if is_special(dst):
+            raise UnsupportedError("merge writes a local checkpoint; pack or upload it afterwards", path=dst)
+    opened = []
+    try:
+        ckpts = [_open(p, opened) for p in inputs]
+        base_ckpt = None if base is None else _open(base, opened)
+        order = "as given"
+        if method == "ema":
+            ckpts, order = step_order(ckpts)
+        job = Job(method, ckpts, base_ckpt, weights, decay, include, exclude, keep_optimizer)
+        report = job.report(dst, dry_run, order)
+        if dst is not None:
+            from .bundle.writer import check_output
+
+            check_output(os.fspath(dst), force=force, inputs=[c.located for c in job.all])
+        if not dry_run:
+            job.execute(os.fspath(dst), report, force=force, progress=progress, fsync=fsync)
+        report.bytes_read = sum(c.bytes_read for c in job.all)
+        report.seconds = time.perf_counter() - started
+        return report
+    finally:
+        for c in opened:
+            c.close()
+
+
+def _open(path, opened: list) -> Checkpoint:
+    if isinstance(path, Checkpoint):
+        return path
+    from .checkpoint import open as open_checkpoint
+
+    ckpt = open_checkpoint(path)
+    opened.append(ckpt)
+    return ckpt
+
+
+# -- planning ----------------------------------------------------------------------------------------
+
+
+class Job:
+    """A validated merge: every input's plan, checked to agree with the first's."""
+
+    def __init__(self, method, ckpts, base, weights, decay, include, exclude, keep_optimizer):
+        self.method, self.ckpts, self.base = method, ckpts, base
+        self.all = ckpts + ([base] if base is not None else [])
+        self.decay = decay
+        self.weights = self._effective_weights(weights)
+        steps = []
+        if include or exclude:
+            steps.append(Select(tuple(include), tuple(exclude)))
+        if not keep_optimizer:
+            steps.append(StripOptimizer(keep_global_step=True, ema="keep"))
+        self.plans = [make_plan(c, steps) for c in self.all]
+        self.plan: Plan = self.plans[0]
+        for ckpt, plan in zip(self.all[1:], self.plans[1:]):
+            check_agree(self.all[0], self.plan, ckpt, plan)
+        # Each input's source name of every output name: TF2 inputs agree on the output keys (the
+        # objects' paths), while the keys they were saved under may differ (Keras 3 saves weights
+        # under the optimizer first).
+        self.sources = {id(c): {i.dst: i.src for i in p.items} for c, p in zip(self.all, self.plans)}
+        # Combined in this order: the base first for task-arithmetic (its rule reads it first).
+        self.operands = ([base] + ckpts) if method == "task-arithmetic" else ckpts
+        self.keep_from = base if base is not None else ckpts[-1]
+        self._read_buffers = [[bytearray(), bytearray()] for _ in self.operands]
+        self._scratch: dict = {}  # the combiners' float64 buffers
+        self._pool = None  # the read-ahead thread, while executing
+        entries = self.plan.source.entries()
+        self.combined = [i.dst for i in self.plan.items if mm.is_combined(entries[i.src].dtype)]
+        if method == "slerp":
+            combined = set(self.combined)
+            for item in self.plan.items:
+                if item.dst in combined and mm.accumulator(entries[item.src].dtype) is not mm.np.float64:
+                    raise UnsupportedError("slerp of complex tensors is not defined here; exclude them",
+                                           key=item.dst)
+
+    def _effective_weights(self, weights) -> list[float]:
+        """The weight each input's value gets in the result (the base's is 1 - sum for task-arithmetic)."""
+        n = len(self.ckpts)
+        if self.method == "mean":
+            return [1.0 / n] * n
+        if self.method == "weighted":
+            total = math.fsum(weights)
+            return [w / total for w in weights]
+        if self.method == "ema":
+            d = self.decay
+            return [d ** (n - 1)] + [(1.0 - d) * d ** (n - k) for k in range(2, n + 1)]
+        if self.method == "task-arithmetic":
+            return [1.0] * n if weights is None else weights
+        return weights  # slerp: [t]
+
+    def report(self, dst, dry_run: bool, order: str) -> MergeReport:
+        entries = self.plan.source.entries()
+        combined = set(self.combined)
+        notes = []
+        if self.method == "weighted":
+            notes.append("weights normalised to sum 1: " + ", ".join(f"{w:.6g}" for w in self.weights))
+        if self.method == "ema":
+            notes.append(f"ema over the inputs in step order ({order}): m_1 = x_1, m_k = {self.decay:g} m_(k-1) "
+                         f"+ {1 - self.decay:g} x_k")
+        if self.method == "slerp":
+            notes.append(f"slerp at t={self.weights[0]:g} per tensor; near-parallel tensors "
+                         f"(|cos| > {mm.PARALLEL}) interpolate linearly")
+        return MergeReport(
+            inputs=[c.prefix for c in self.ckpts], base=None if self.base is None else self.base.prefix,
+            dst=None if dst is None else os.fspath(dst), method=self.method, weights=self.weights,
+            decay=self.decay, order=order, notes=notes, dry_run=dry_run,
+            combined=list(self.combined),
+            copied=[i.dst for i in self.plan.items if i.dst not in combined],
+            copied_from=self.keep_from.prefix, dropped=list(self.plan.dropped), linear=[],
+            tensors={i.dst: describe(entries[i.src]) for i in self.plan.items},
+            bytes_read=0, bytes_written=self.plan.bytes_after, seconds=0.0)
+
+    # -- writing --------------------------------------------------------------------------------------
+
+    def execute(self, dst: str, report: MergeReport, *, force: bool, progress, fsync: bool) -> None:
+        """Write the merged checkpoint atomically (slerp first reads its inputs once for the angles)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1, thread_name_prefix="ckptio-merge-read") as self._pool:
+            self._write(dst, report, force=force, progress=progress, fsync=fsync)
+
+    def _write(self, dst: str, report: MergeReport, *, force: bool, progress, fsync: bool) -> None:
+        from .bundle.writer import BundleWriter
+
+        coefficients = self._slerp_pass(report) if self.method == "slerp" else {}
+        plan = self.plan
+        # The output's directory may be a training run's own (an input's): its state file is left alone.
+        out_dir = os.path.realpath(os.path.dirname(dst) or ".")
+        own_state = all(os.path.realpath(os.path.dirname(c.prefix) or ".") != out_dir for c in self.all)
+        with BundleWriter(dst, 1, force=force, inputs=[c.located for c in self.all]) as writer:
+            writer.reserve(0, plan.bytes_after)
+            combined = set(self.combined)
+            for piece in plan.pieces:
+                if piece.name in combined:
+                    chunks = self._chunks(piece, coefficients.get(piece.name))
+                    writer.add_bytes(piece.key, piece.out_dtype, _shape(plan.source, piece), chunks, 0)
+                else:
+                    _write_piece(self.keep_from, writer, self._piece_in(self.keep_from, piece), 0, True)
+                if progress:
+                    progress(piece.size)
+            for name, meta in plan.metadata.items():
+                writer.add_entry(name, meta)
+            if plan.graph is not None:
+                import numpy as np
+
+                graph = np.empty((), dtype=object)
+                graph[()] = plan.graph
+                writer.add_array(naming.OBJECT_GRAPH_KEY, graph, shard=0)
+            writer.finish(state_file=own_state, fsync=fsync)
+
+    def _piece_in(self, ckpt: Checkpoint, piece):
+        """The same output piece as stored in one input (its own name, shard, offset and crc32c)."""
+        name = self.sources[id(ckpt)][piece.name]
+        entry = ckpt.entries()[name]
+        if piece.slice is not None and ckpt.format == "v2":
+            entry = ckpt._reader.slice_entry(name, piece.slice)
+        return piece._replace(src_name=name, src_entry=entry)
+
+    def _streams(self, piece):
+        """One chunk stream per operand, each reading into its own two buffers (reused throughout)."""
+        size = mm.CHUNK_ELEMENTS * dtypes.lookup(piece.out_dtype).itemsize
+        out = []
+        for i, ckpt in enumerate(self.operands):
+            p = self._piece_in(ckpt, piece)
+            pair = self._read_buffers[i]
+            if len(pair[0]) < size:
+                pair[:] = [bytearray(size), bytearray(size)]
+            out.append(mm.flat_chunks(ckpt, p.src_name, p.src_entry, p.slice, pair))
+        return out
+
+    def _aligned(self, piece):
+        """The operands' chunks of one piece, read one chunk ahead on a second thread when it has several."""
+        chunks = mm.aligned(self._streams(piece), piece.name)
+        if piece.size <= mm.CHUNK_ELEMENTS * dtypes.lookup(piece.out_dtype).itemsize:
+            return chunks
+        return _read_ahead(chunks, self._pool)
+
+    def _chunks(self, piece, coefficients):
+        """The output bytes of one combined piece, chunk by chunk."""
+        combiner = mm.Combiner(self.method, piece.out_dtype, weights=self.weights, decay=self.decay,
+                               coefficients=coefficients, buffers=self._scratch)
+        for xs in self._aligned(piece):
+            yield combiner(xs)
+
+    def _slerp_pass(self, report: MergeReport) -> dict[str, tuple[float, float]]:
+        """First pass: each tensor's dot product and norms over all its slices -> its two coefficients."""
+        stats: dict[str, mm.SlerpStats] = {}
+        combined = set(self.combined)
+        for piece in self.plan.pieces:
+            if piece.name in combined:
+                s = stats.setdefault(piece.name, mm.SlerpStats())
+                for a, b in self._aligned(piece):
+                    s.add(a, b)
+        out = {}
+        for name, s in stats.items():
+            c0, c1, linear = s.coefficients(self.weights[0])
+            out[name] = (c0, c1)
+            if linear:
+                report.linear.append(name)
+        return out
+
+
+def _read_ahead(chunks, pool):
+    """Yield what chunks yields, fetching the next item on the pool's thread meanwhile.
+
+    The operands' buffers alternate (two each), so the chunk being combined is never the one being
+    read; reading, checksums and numpy all release the GIL, so this uses the second core.
+    """
+    future = pool.submit(next, chunks, None)
+    try:
+        while (item := future.result()) is not None:
+            future = pool.submit(next, chunks, None)
+            yield item
+    finally:
+        future.cancel()
+        try:
+            future.result()  # let a read in flight finish before the buffers are reused
+        except BaseException:
+            pass
+
+
+def _shape(ckpt: Checkpoint, piece) -> tuple[int, ...]:
+    if piece.slice is not None and ckpt.format == "v1":  # a V1 entry is the whole tensor
+        return piece.slice.shape(piece.src_entry.shape)
+    return piece.src_entry.shape

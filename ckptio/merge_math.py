@@ -1,0 +1,219 @@
+"""The arithmetic of `merge`: one method's rule, applied to aligned chunks of one tensor from every input.
+
+Every floating tensor is combined in float64 (complex ones in complex128) and cast back to its
+dtype at the end. Inputs are read in aligned runs of CHUNK_ELEMENTS elements, so memory holds one
+chunk per input, never a whole tensor. The rules, for inputs x_1 .. x_n (in merge order):
+
+    mean             (x_1 + x_2 + ... + x_n) / n          (summed in order, then divided)
+    weighted         sum_i w_i x_i / sum_i w_i           (weights normalised to sum 1)
+    ema              m_1 = x_1;  m_k = d m_(k-1) + (1 - d) x_k;  result m_n   (decay d)
+    task-arithmetic  B + sum_i w_i (x_i - B)              (base B; weights not normalised, default 1)
+    slerp            c_0 x_1 + c_1 x_2, per tensor, flattened, with t = the weight:
+                       cos(theta) = <x_1, x_2> / (|x_1| |x_2|)
+                       c_0 = sin((1 - t) theta) / sin(theta),  c_1 = sin(t theta) / sin(theta)
+                     and plain linear interpolation c_0 = 1 - t, c_1 = t when either vector is
+                     zero or |cos(theta)| > PARALLEL (near-parallel or opposite: sin(theta) ~ 0),
+                     or the angle is undefined (NaN or infinite values).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .bundle import dtypes
+from .bundle.decode import _SUB_BYTE, from_bytes, to_bytes
+from .errors import CorruptCheckpointError
+
+CHUNK_ELEMENTS = 1 << 17  # per input: 512 KiB of float32 read (two buffers), 1 MiB as float64
+PARALLEL = 0.9995  # above this |cos(theta)| slerp interpolates linearly (as mergekit does)
+
+METHODS = ("mean", "weighted", "ema", "task-arithmetic", "slerp")
+
+
+def is_combined(dtype: int) -> bool:
+    """Whether merge combines tensors of this dtype (floating and complex); the rest are copied."""
+    name = dtypes.name_of(dtype)
+    return name.startswith(("float", "bfloat", "complex"))
+
+
+def accumulator(dtype: int):
+    """The numpy dtype a tensor of this dtype is combined in."""
+    return np.complex128 if dtypes.name_of(dtype).startswith("complex") else np.float64
+
+
+def flat_chunks(ckpt, name: str, entry, slice_=None, buffers=()):
+    """A tensor's (or one stored slice's) elements as flat arrays of CHUNK_ELEMENTS (the last shorter).
+
+    V2 bundles stream their bytes (into the buffers in turn, when given), the crc32c checked after
+    the last chunk; V1 tables hold a tensor inline in one protobuf, so a V1 tensor is read whole
+    and then cut.
+    """
+    elements = CHUNK_ELEMENTS
+    info = dtypes.lookup(entry.dtype)
+    if ckpt.format == "v2":
+        reader = ckpt._reader
+        big = reader.header.big_endian
+        size = elements * info.itemsize
+        views = [memoryview(b) for b in buffers if len(b) >= size]
+        for data in reader.iter_raw(name, entry, size, buffers=views):
+            yield from_bytes(data, info, (len(data) // info.itemsize,), big_endian=big)
+        return
+    reader = ckpt._reader
+    array = reader.read_entry(name, entry) if slice_ is None else reader.read_slice(name, slice_, entry.shape)
+    flat = np.asarray(array).reshape(-1)
+    for start in range(0, flat.size, elements):
+        yield flat[start:start + elements]
+
+
+def aligned(streams, name: str):
+    """Zip chunk streams that must be of one length; drain them all, so each one checks its crc32c."""
+    while True:
+        chunks = [next(s, None) for s in streams]
+        if all(c is None for c in chunks):
+            return
+        if any(c is None for c in chunks) or len({c.size for c in chunks}) != 1:
+            # Entries of equal dtype and shape always give equal chunks; this is a short tensor.
+            raise CorruptCheckpointError("inputs gave this tensor's elements in unequal runs", key=name)
+        yield chunks
+
+
+class Combiner:
+    """One tensor's rule applied chunk by chunk into buffers reused from chunk to chunk.
+
+    Every step is a ufunc in the accumulator's dtype (float64, or complex128), in the same order
+    as the rule above, so the result is what numpy computes on whole float64 arrays.
+    """
+
+    def __init__(self, method: str, dtype: int, *, weights=None, decay=None, coefficients=None, buffers=None):
+        self.method, self.weights, self.decay, self.coefficients = method, weights, decay, coefficients
+        self.info = dtypes.lookup(dtype)
+        self.acc_dtype = np.dtype(accumulator(dtype))
+        self._buffers = {} if buffers is None else buffers  # may be shared by the combiners of a merge
+
+    def _buffer(self, name: str, size: int, dtype) -> np.ndarray:
+        key = (name, np.dtype(dtype))
+        buf = self._buffers.get(key)
+        if buf is None or buf.size < size:
+            buf = self._buffers[key] = np.empty(size, dtype)
+        return buf[:size]
+
+    def __call__(self, chunks) -> memoryview:
+        """The output bytes (in the tensor's dtype) for aligned input chunks; valid until the next call."""
+        xs = [widen(x) for x in chunks]
+        k = xs[0].size
+        out = self._buffer("out", k, self.info.numpy())
+        # numpy's own cast to float32/float16/float64/complex rounds as astype does: the rule's last
+        # step writes straight into the output. bfloat16 and float8 are rounded separately.
+        direct = self.info.name in _NUMPY_CASTS
+        with np.errstate(all="ignore"):  # inf and NaN follow IEEE rules, as in TensorFlow; no warnings
+            acc = self.combine(xs, out if direct else self._buffer("acc", k, self.acc_dtype))
+            if direct:
+                return memoryview(out.view(np.uint8))
+            return narrow(acc, self.info, out)
+
+    def combine(self, xs, final: np.ndarray) -> np.ndarray:
+        """The rule on one run of elements, in the accumulator dtype; the last step writes into final."""
+        k, dt = xs[0].size, self.acc_dtype
+        acc = self._buffer("acc", k, dt)
+        method = self.method
+        last = dict(out=final, dtype=dt, casting="unsafe")
+        if method == "mean":
+            np.add(xs[0], xs[1], out=acc, dtype=dt)  # (x_1 + x_2) + x_3 ...: numpy's order
+            for x in xs[2:]:
+                np.add(acc, x, out=acc, dtype=dt)
+            np.divide(acc, len(xs), **last)
+            return final
+        tmp = self._buffer("tmp", k, dt)
+        if method == "ema":
+            np.copyto(acc, xs[0])
+            for i, x in enumerate(xs[1:], 2):
+                np.multiply(acc, self.decay, out=acc, dtype=dt)
+                np.multiply(x, 1.0 - self.decay, out=tmp, dtype=dt)
+                np.add(acc, tmp, **(last if i == len(xs) else dict(out=acc, dtype=dt)))
+            return final
+        if method == "task-arithmetic":  # xs[0] is the base
+            base = self._buffer("base", k, dt)
+            np.copyto(base, xs[0])
+            np.copyto(acc, base)
+            for i, (w, x) in enumerate(zip(self.weights, xs[1:]), 2):
+                np.subtract(x, base, out=tmp, dtype=dt)
+                np.multiply(tmp, w, out=tmp, dtype=dt)
+                np.add(acc, tmp, **(last if i == len(xs) else dict(out=acc, dtype=dt)))
+            return final
+        if method in ("weighted", "slerp"):
+            coef = self.weights if method == "weighted" else self.coefficients
+            np.multiply(xs[0], coef[0], out=acc, dtype=dt)
+            for i, (c, x) in enumerate(zip(coef[1:], xs[1:]), 2):
+                np.multiply(x, c, out=tmp, dtype=dt)
+                np.add(acc, tmp, **(last if i == len(xs) else dict(out=acc, dtype=dt)))
+            return final
+        raise ValueError(method)
+
+
+# Output dtypes numpy itself casts float64 (complex128) into, rounding to nearest even once.
+_NUMPY_CASTS = ("float16", "float32", "float64", "complex64", "complex128")
+
+
+def widen(x: np.ndarray) -> np.ndarray:
+    """bfloat16 as float32, exactly (its bits are a float32's top half); other dtypes as they are."""
+    if x.dtype.itemsize == 2 and x.dtype.name == "bfloat16":
+        return (x.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    return x
+
+
+def narrow(acc: np.ndarray, info, out: np.ndarray) -> memoryview:
+    """acc cast to the tensor's dtype (round to nearest even), as stored bytes."""
+    if info.name == "bfloat16":
+        to_bfloat16(acc, out)
+    elif info.name in _SUB_BYTE:  # one element per byte, masked: the decoder's own encoder
+        return memoryview(to_bytes(acc.astype(info.numpy()), info))
+    else:
+        np.copyto(out, acc, casting="unsafe")
+    return memoryview(out.view(np.uint8))
+
+
+def to_bfloat16(x: np.ndarray, out: np.ndarray) -> None:
+    """float64 -> bfloat16 rounded once, to nearest even, exactly as x.astype(bfloat16) (~4x faster).
+
+    ml_dtypes casts float64 to bfloat16 one element at a time. Through float32 it is fast, and
+    rounding twice gives the same result except where the float32 lands exactly on a bfloat16
+    midpoint (low 16 bits 0x8000): rounding is monotonic and every midpoint is a float32, so
+    elsewhere x and its float32 lie strictly between the same two midpoints. Those few elements
+    are rounded again straight from float64.
+    """
+    t = x.astype(np.float32)
+    np.copyto(out, t, casting="unsafe")
+    tie = np.flatnonzero((t.view(np.uint32) & 0xFFFF) == 0x8000)
+    if tie.size:
+        out[tie] = x[tie].astype(out.dtype)
+
+
+def slerp_coefficients(dot: float, norm0: float, norm1: float, t: float) -> tuple[float, float, bool]:
+    """(c_0, c_1, linear) for slerp at t from the whole tensors' dot product and norms."""
+    if norm0 == 0.0 or norm1 == 0.0 or not (math.isfinite(norm0) and math.isfinite(norm1)):
+        return 1.0 - t, t, True
+    cos = dot / (norm0 * norm1)
+    if not abs(cos) <= PARALLEL:  # near-parallel, opposite, or no angle at all (NaN or infinite values)
+        return 1.0 - t, t, True
+    theta = math.acos(max(-1.0, min(1.0, cos)))
+    s = math.sin(theta)
+    return math.sin((1.0 - t) * theta) / s, math.sin(t * theta) / s, False
+
+
+class SlerpStats:
+    """First slerp pass over one tensor: running dot product and squared norms (float64)."""
+
+    __slots__ = ("dot", "sq0", "sq1")
+
+    def __init__(self):
+        self.dot = self.sq0 = self.sq1 = 0.0
+
+    def add(self, a, b) -> None:
+        a, b = widen(a).astype(np.float64), widen(b).astype(np.float64)
+        self.dot += float(np.dot(a, b))
+        self.sq0 += float(np.dot(a, a))
+        self.sq1 += float(np.dot(b, b))
+
+    def coefficients(self, t: float) -> tuple[float, float, bool]:
+        return slerp_coefficients(self.dot, math.sqrt(self.sq0), math.sqrt(self.sq1), t)
