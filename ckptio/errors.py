@@ -82,3 +82,11 @@ class OutputExistsError(CkptioError, FileExistsError):
 
 class WriteError(CkptioError, OSError):
     """Writing the output failed (disk full, file too large, permission)."""
+
+
+class OutputBusyError(CkptioError, FileExistsError):
+    """Another process is writing the same output right now (it owns it; this writer gave up)."""
+
+
+class StateFileWarning(UserWarning):
+    """A `checkpoint` state file was not as expected (stale latest, not updated); the result is still right."""

@@ -67,7 +67,8 @@ class Plan:
 class Report:
     """What a rewrite did (or, for a dry run, would do)."""
 
-    __slots__ = ("src", "dst", "kept", "dropped", "cast", "bytes_before", "bytes_after", "seconds", "dry_run")
+    __slots__ = ("src", "dst", "kept", "dropped", "cast", "bytes_before", "bytes_after", "seconds", "dry_run",
+                 "state_file")
 
     def __init__(self, src: str, dst: str | None, kept: list[tuple[str, str]] | None = None,
                  dropped: list[str] | None = None, cast: list[str] | None = None, bytes_before: int = 0,
@@ -77,6 +78,9 @@ class Report:
         self.dropped = [] if dropped is None else dropped
         self.cast = [] if cast is None else cast
         self.bytes_before, self.bytes_after, self.seconds, self.dry_run = bytes_before, bytes_after, seconds, dry_run
+        # What happened to the output directory's `checkpoint` file: None (not asked), "written",
+        # "left" (it lists other checkpoints: not ours to change) or "failed: <reason>".
+        self.state_file: str | None = None
 
     def __repr__(self):
         return (f"Report(src={self.src!r}, dst={self.dst!r}, kept={len(self.kept)}, dropped={len(self.dropped)}, "
@@ -92,7 +96,7 @@ class Report:
                 "kept": [{"src": s, "dst": d} for s, d in self.kept], "dropped": self.dropped,
                 "renamed": [{"src": s, "dst": d} for s, d in self.renamed], "cast": self.cast,
                 "bytes_before": self.bytes_before, "bytes_after": self.bytes_after,
-                "seconds": round(self.seconds, 3)}
+                "seconds": round(self.seconds, 3), "state_file": self.state_file}
 
 
 def _stored_size(ckpt: Checkpoint, name: str, entry: Entry) -> int:
@@ -176,8 +180,15 @@ def _assign_shards(pieces: list[Piece], num_shards: int | None, max_shard_size: 
 
 def rewrite(src, dst, steps=(), *, num_shards: int | None = 1, max_shard_size: int | None = None,
             force: bool = False, dry_run: bool = False, progress=None, verify: bool = True,
-            state_file: bool = True, fsync: bool = False) -> Report:
-    """Write a new checkpoint at prefix dst from src through steps; returns a Report."""
+            state_file: bool = True, fsync: bool = False, make_latest: bool = False) -> Report:
+    """Write a new checkpoint at prefix dst from src through steps; returns a Report.
+
+    state_file: list dst in its directory's `checkpoint` file when that file is absent or lists only
+    dst; a file listing other checkpoints (a training run's) is left as it was unless make_latest,
+    which appends dst as its latest and keeps every other entry and timestamp.
+    progress: called with each piece's output bytes; if it has set_total(n), that is called first
+    with the bytes the rewrite will write, so the count ends exactly at n.
+    """
     started = time.perf_counter()
     from .checkpoint import open as open_checkpoint
     from .sources import is_special
@@ -198,8 +209,9 @@ def rewrite(src, dst, steps=(), *, num_shards: int | None = 1, max_shard_size: i
 
             check_output(os.fspath(dst), force=force, inputs=[ckpt.located])
         if not dry_run:
-            execute(plan, os.fspath(dst), num_shards=num_shards, max_shard_size=max_shard_size, force=force,
-                    progress=progress, verify=verify, state_file=state_file, fsync=fsync)
+            report.state_file = execute(plan, os.fspath(dst), num_shards=num_shards, max_shard_size=max_shard_size,
+                                        force=force, progress=progress, verify=verify, state_file=state_file,
+                                        fsync=fsync, make_latest=make_latest)
         report.seconds = time.perf_counter() - started
         return report
     finally:
@@ -208,13 +220,16 @@ def rewrite(src, dst, steps=(), *, num_shards: int | None = 1, max_shard_size: i
 
 
 def execute(plan: Plan, dst: str, *, num_shards=1, max_shard_size=None, force=False, progress=None,
-            verify=True, state_file=True, fsync=False) -> None:
-    """Write the planned checkpoint atomically."""
+            verify=True, state_file=True, fsync=False, make_latest=False) -> str | None:
+    """Write the planned checkpoint atomically; return what happened to the state file."""
     from .bundle.writer import BundleWriter
 
     ckpt = plan.source
     groups = _assign_shards(plan.pieces, num_shards, max_shard_size)
     lock = threading.Lock()
+    if progress is not None and hasattr(progress, "set_total"):
+        # What is written, not the input's size: a strip reads (and writes) a third of its input.
+        progress.set_total(sum(p.size for p in plan.pieces) + (len(plan.graph) if plan.graph else 0))
 
     def tick(n: int) -> None:
         if progress:
@@ -262,7 +277,9 @@ def execute(plan: Plan, dst: str, *, num_shards=1, max_shard_size=None, force=Fa
             graph = np.empty((), dtype=object)
             graph[()] = plan.graph
             writer.add_array(naming.OBJECT_GRAPH_KEY, graph, shard=len(groups) - 1)
-        writer.finish(state_file=state_file, fsync=fsync)
+            tick(len(plan.graph))
+        writer.finish(state_file=state_file, fsync=fsync, make_latest=make_latest)
+        return writer.state_file
 
 
 def _write_piece(ckpt: Checkpoint, writer, piece: Piece, shard: int, verify: bool) -> None:

@@ -76,6 +76,8 @@ def main(argv=None) -> int:
         return EXIT_USAGE
     from ..errors import CkptioError, OutputExistsError, PlanError
 
+    import warnings
+    warnings.showwarning = _show_warning
     try:
         _check_paths(args)
         return int(_module(args._module).run(args) or 0)
@@ -99,6 +101,11 @@ def main(argv=None) -> int:
         print(f"ckptio: internal error: {type(exc).__name__}: {exc} (a bug in ckptio; "
               "CKPTIO_DEBUG=1 shows the traceback)", file=sys.stderr)
         return EXIT_BAD_CHECKPOINT
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning (stale state file, state file not updated) as one stderr line."""
+    print(f"ckptio: warning: {message}", file=sys.stderr)
 
 
 def _check_paths(args) -> None:

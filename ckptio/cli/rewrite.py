@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 
 from .common import Progress, check_output_prefix, human, parse_size
@@ -51,6 +52,9 @@ def add_arguments(name, p) -> None:
     g.add_argument("--shards", type=int, metavar="N", help="number of output data shards (default 1)")
     g.add_argument("--max-shard-size", type=parse_size, metavar="SIZE", help="start a new shard past SIZE (e.g. 2G)")
     g.add_argument("--force", action="store_true", help="replace an existing output checkpoint")
+    g.add_argument("--make-latest", action="store_true",
+                   help="make the output the latest in its directory's 'checkpoint' state file even when that "
+                        "file lists other checkpoints (a training run's); by default such a file is left as it was")
     g.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
     g.add_argument("--json", action="store_true", help="print the report as JSON")
     g.add_argument("--no-verify", action="store_true", help="do not check input checksums while copying")
@@ -112,7 +116,7 @@ def run(args) -> int:
     if args.jobs < 1:
         raise UsageError("--jobs must be >= 1")
     options = dict(num_shards=args.shards or 1, max_shard_size=args.max_shard_size, force=args.force,
-                   dry_run=args.dry_run, verify=not args.no_verify, fsync=args.fsync)
+                   dry_run=args.dry_run, verify=not args.no_verify, fsync=args.fsync, make_latest=args.make_latest)
     if args.out_dir:
         if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
             raise UsageError(f"--out-dir {args.out_dir}: exists and is not a directory")
@@ -125,12 +129,14 @@ def run(args) -> int:
     from ..rewrite import rewrite
 
     with ckptio.open(src) as ckpt:
-        total = sum(e.size for e in ckpt.entries().values())
-        bar = Progress(total, args.command, enabled=False if (args.quiet or args.json or args.dry_run) else None)
+        # Its total is set by rewrite() once planned: the bytes written, not the input's size.
+        bar = Progress(None, args.command, enabled=False if (args.quiet or args.json or args.dry_run) else None)
         try:
             report = rewrite(ckpt, dst, steps, progress=bar, **options)
         finally:
             bar.close()
+    # The output is complete and in place: a Ctrl-C now must not turn that into exit 130.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if args.json:
         json.dump(report.to_json(), sys.stdout)
         sys.stdout.write("\n")
@@ -148,6 +154,10 @@ def _print_report(report) -> None:
             out.append(f"drop    {name}")
         for name in report.cast:
             out.append(f"cast    {name}")
+    if report.state_file == "left":
+        state = os.path.join(os.path.dirname(report.dst) or ".", "checkpoint")
+        out.append(f"note: {state} lists other checkpoints and was left as it was (--make-latest makes "
+                   "this output its latest)")
     verb = "would write" if report.dry_run else "wrote"
     out.append(f"{verb} {report.dst or 'nothing'}: kept {len(report.kept)} tensors "
                f"({len(report.renamed)} renamed, {len(report.cast)} cast), dropped {len(report.dropped)}; "
