@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 
+from ..errors import CheckpointNotFoundError
 from .common import Progress, check_output_prefix, human, parse_size
 
 
@@ -167,38 +168,60 @@ def _print_report(report) -> None:
 
 
 def _run_batch(args, steps, options) -> int:
-    from ..batch import expand_inputs, output_prefixes, run_batch
+    from ..batch import gather_inputs, output_prefixes, run_batch
 
-    inputs = expand_inputs(args.paths)
+    inputs = gather_inputs(args.paths)  # a bad input fails its own row below, not the whole batch
     if options.pop("dry_run"):
-        from ..rewrite import rewrite
-        # force: an existing output would be skipped or replaced, not refused; the input itself still is.
-        reports = [rewrite(src, dst, steps, dry_run=True, force=True)
-                   for src, dst in zip(inputs, output_prefixes(inputs, args.out_dir))]
-        if args.json:
-            json.dump([r.to_json() for r in reports], sys.stdout)
-            sys.stdout.write("\n")
-        else:
-            for r in reports:
-                _print_report(r)
-        return 0
+        return _dry_run_batch(args, steps, inputs, output_prefixes([i.path for i in inputs], args.out_dir))
     outcomes = run_batch(inputs, args.out_dir, steps, jobs=args.jobs, resume=not args.no_resume, **options,
                          on_done=None if args.quiet or args.json else
-                         lambda o: print(f"{o.status:<7} {o.src}", file=sys.stderr))
+                         lambda o: print(f"{o.status:<10} {o.src}", file=sys.stderr))
     failed = [o for o in outcomes if o.status == "failed"]
     if args.json:
-        json.dump([o.__dict__ for o in outcomes], sys.stdout)
+        json.dump({"outcomes": [o.__dict__ for o in outcomes], "state_file": outcomes.state_file}
+                  if args.make_latest else [o.__dict__ for o in outcomes], sys.stdout)
         sys.stdout.write("\n")
     else:
-        width = min(max(len(o.src) for o in outcomes), 60)
-        lines = [f"{'input':<{width}}  {'status':<7} {'kept':>5} {'dropped':>7} {'before':>10} {'after':>10} {'sec':>6}"]
-        for o in outcomes:
-            lines.append(f"{o.src:<{width}}  {o.status:<7} {o.kept:>5} {o.dropped:>7} {human(o.bytes_before):>10} "
-                         f"{human(o.bytes_after):>10} {o.seconds:>6.2f}")
-            if o.message and o.status == "failed":
-                lines.append(f"    {o.message}")
-        ok = sum(o.status == "ok" for o in outcomes)
-        skipped = sum(o.status == "skipped" for o in outcomes)
-        lines.append(f"{len(outcomes)} inputs: {ok} written, {skipped} skipped, {len(failed)} failed -> {args.out_dir}")
-        sys.stdout.write("\n".join(lines) + "\n")
+        _print_batch(args, outcomes)
+    return 1 if failed else 0
+
+
+def _print_batch(args, outcomes) -> None:
+    width = min(max(len(o.src) for o in outcomes), 60)
+    lines = [f"{'input':<{width}}  {'status':<10} {'kept':>5} {'dropped':>7} {'before':>10} {'after':>10} {'sec':>6}"]
+    for o in outcomes:
+        lines.append(f"{o.src:<{width}}  {o.status:<10} {o.kept:>5} {o.dropped:>7} {human(o.bytes_before):>10} "
+                     f"{human(o.bytes_after):>10} {o.seconds:>6.2f}")
+        if o.message and o.status in ("failed", "unfinished"):
+            lines.append(f"    {o.message}")
+    counts = {k: sum(o.status == k for o in outcomes) for k in ("ok", "skipped", "unfinished", "failed")}
+    lines.append(f"{len(outcomes)} inputs: {counts['ok']} written, {counts['skipped']} skipped, "
+                 + (f"{counts['unfinished']} unfinished saves skipped, " if counts["unfinished"] else "")
+                 + f"{counts['failed']} failed -> {args.out_dir}")
+    if outcomes.state_file == "left":
+        lines.append(f"note: {os.path.join(args.out_dir, 'checkpoint')} lists other checkpoints and was left as "
+                     "it was (--make-latest adds these outputs to it)")
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+def _dry_run_batch(args, steps, inputs, outputs) -> int:
+    from ..errors import CkptioError
+    from ..rewrite import rewrite
+
+    reports, failed = [], 0
+    for item, dst in zip(inputs, outputs):
+        try:
+            if item.error:
+                raise CheckpointNotFoundError(item.error, path=item.path)
+            # force: an existing output would be skipped or replaced, not refused; the input itself still is.
+            reports.append(rewrite(item.path, dst, steps, dry_run=True, force=True))
+        except CkptioError as exc:
+            failed += 1
+            print(f"ckptio: {exc}", file=sys.stderr)
+    if args.json:
+        json.dump([r.to_json() for r in reports], sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        for r in reports:
+            _print_report(r)
     return 1 if failed else 0
