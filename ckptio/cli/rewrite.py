@@ -178,8 +178,7 @@ def _run_batch(args, steps, options) -> int:
                          lambda o: print(f"{o.status:<10} {o.src}", file=sys.stderr))
     failed = [o for o in outcomes if o.status == "failed"]
     if args.json:
-        json.dump({"outcomes": [o.__dict__ for o in outcomes], "state_file": outcomes.state_file}
-                  if args.make_latest else [o.__dict__ for o in outcomes], sys.stdout)
+        json.dump([o.__dict__ for o in outcomes], sys.stdout)
         sys.stdout.write("\n")
     else:
         _print_batch(args, outcomes)
