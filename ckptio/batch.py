@@ -89,16 +89,17 @@ def unfinished(prefix: str) -> str | None:
     """
     if os.path.basename(os.path.normpath(prefix)).endswith("_temp") and os.path.isdir(prefix):
         return "a save's temporary parts, not a checkpoint"
-    temps = glob.glob(glob.escape(prefix) + "_temp*")
-    if temps:
-        return f"save still in progress ({os.path.basename(temps[0])} present)"
+    if os.path.exists(naming.index_path(prefix)):
+        # The index is written last; a _temp/ left behind by a finished merge does not matter.
+        return _short_shard(prefix)
     if os.path.isfile(prefix) or glob.has_magic(prefix) or os.path.isdir(prefix):
         return None  # V1 files, shard patterns and directories: complete when written
-    if not os.path.exists(naming.index_path(prefix)):
-        if glob.glob(glob.escape(prefix) + ".data-?????-of-?????"):
-            return "save still in progress (data files present, .index not yet written)"
-        return None  # not a checkpoint at all: the rewrite says what it is
-    return _short_shard(prefix)
+    temps = glob.glob(glob.escape(prefix) + "_temp*") + glob.glob(glob.escape(prefix) + ".part-*")
+    if temps:
+        return f"save still in progress ({os.path.basename(temps[0])} present, .index not yet written)"
+    if glob.glob(glob.escape(prefix) + ".data-?????-of-?????"):
+        return "save still in progress (data files present, .index not yet written)"
+    return None  # not a checkpoint at all: the rewrite says what it is
 
 
 def _short_shard(prefix: str) -> str | None:

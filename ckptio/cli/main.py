@@ -74,10 +74,12 @@ def main(argv=None) -> int:
     if not args.command:
         build_parser(load_all=False).print_help()
         return EXIT_USAGE
-    from ..errors import CkptioError, OutputExistsError, PlanError
-
     import warnings
+
+    from ..errors import CkptioError, OutputExistsError, PlanError, StateFileWarning
+
     warnings.showwarning = _show_warning
+    warnings.simplefilter("always", StateFileWarning)  # each stale or unwritten state file, every time
     try:
         _check_paths(args)
         return int(_module(args._module).run(args) or 0)
