@@ -196,7 +196,7 @@ def rewrite(src, dst, steps=(), *, num_shards: int | None = 1, max_shard_size: i
     if dst is not None and not dry_run and is_special(dst):  # a .tar.zst to pack or a URL to upload to
         from .sources import rewrite_special
         return rewrite_special(src, dst, steps, num_shards=num_shards, max_shard_size=max_shard_size, force=force,
-                               progress=progress, verify=verify)
+                               progress=progress, verify=verify, make_latest=make_latest)
     ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src)
     try:
         plan = make_plan(ckpt, steps)

@@ -304,8 +304,12 @@ def test_upload_then_read_back(corpus, bucket):
     remote.upload_checkpoint(corpus / "tf2_golf_int32", f"{base}/run/model.ckpt", overwrite=True)
     with ckptio.open(f"{base}/run/model.ckpt") as far:
         assert len(far) == 26 and far.num_shards == 1
-    # A directory destination keeps the source's name; the state file lists both.
+    # A directory destination keeps the source's name. The state file lists another checkpoint
+    # (model.ckpt): left as it was unless make_latest, which then lists both.
+    before = fs.cat_file(fs._strip_protocol(f"{base}/run/checkpoint"))
     remote.upload_checkpoint(corpus / "tf2_golf_int32", f"{base}/run/")
+    assert fs.cat_file(fs._strip_protocol(f"{base}/run/checkpoint")) == before
+    remote.upload_checkpoint(corpus / "tf2_golf_int32", f"{base}/run/", overwrite=True, make_latest=True)
     state = fs.cat_file(fs._strip_protocol(f"{base}/run/checkpoint")).decode()
     assert 'model_checkpoint_path: "ckpt-2"' in state and '"model.ckpt"' in state
 

@@ -256,6 +256,24 @@ def _known(known: dict, directory: str, prefix: str) -> float | None:
     return next((t for p, t in known.items() if _same(directory, p, prefix)), None)
 
 
+def text_for_output(existing: bytes | None, base: str, *, make_latest: bool = False) -> bytes | None:
+    """The new text of the state file beside output `base` (a name in its directory), or None: leave it.
+
+    For stores without local paths (remote URLs): the rules of record_outputs, on the file's bytes.
+    """
+    try:
+        state = parse(existing) if existing else None
+    except WrongFileError:
+        if not make_latest:
+            return None  # unreadable: not ours to replace
+        state = None
+    if not make_latest and not owned_by(state, ".", [base]):
+        return None
+    known = {} if state is None else dict(zip(state.paths, _padded(state)))
+    start = state if make_latest else State("", last_preserved=_owned_preserved(state, None))
+    return render(with_latest(start, ".", base, _known(known, ".", base) or time.time()))
+
+
 def updated_state(existing: bytes | None, base: str) -> bytes:
     """A state file's new text naming base (relative) as latest, keeping the entries it listed."""
     try:
