@@ -4,8 +4,8 @@ import sys
 import types
 
 from .errors import (CheckpointNotFoundError, ChecksumError, CkptioError, CorruptCheckpointError,
-                     MissingShardError, OutputExistsError, PlanError, ReadError, TensorNotFoundError,
-                     TruncatedError, UnsupportedError, WriteError, WrongFileError)
+                     MissingShardError, OutputBusyError, OutputExistsError, PlanError, ReadError, StateFileWarning,
+                     TensorNotFoundError, TruncatedError, UnsupportedError, WriteError, WrongFileError)
 
 __version__ = "0.1.0"
 
@@ -13,7 +13,7 @@ __all__ = [
     "open", "Checkpoint", "Tensor", "rewrite", "verify", "Select", "StripOptimizer", "Rename", "Cast", "MapNames",
     "CkptioError", "CheckpointNotFoundError", "WrongFileError", "CorruptCheckpointError", "TruncatedError",
     "ChecksumError", "MissingShardError", "ReadError", "UnsupportedError", "TensorNotFoundError", "PlanError",
-    "OutputExistsError", "WriteError",
+    "OutputExistsError", "OutputBusyError", "WriteError", "StateFileWarning",
 ]
 
 # Public name -> the submodule that defines it, imported on first use (PEP 562): the CLI imports

@@ -138,6 +138,7 @@ def world(tmp_path_factory):
     # Batch over the manager's directory (the state file expands to its five checkpoints).
     facts["batch_rc"] = cli("strip", "-q", "--out-dir", root / "out", run)
     facts["out_state"] = read_state(str(root / "out"))
+    facts["out_state_bytes"] = (root / "out" / "checkpoint").read_bytes()
     facts["in_state"] = read_state(str(run))
 
     # A single output into the input's own directory, and into another training directory.
@@ -179,6 +180,8 @@ def test_batch_output_state_file_keeps_the_managers_order_and_timestamps(world):
     assert got.paths == tuple(world["names"]) and got.latest == "ckpt-7"  # relative, like TF writes them
     assert got.timestamps == src.timestamps and len(got.timestamps) == 5
     assert got.last_preserved == src.last_preserved > 0
+    # Same entries as the manager's own file, so the same bytes: TF's text format, field order, doubles.
+    assert world["out_state_bytes"] == world["run_state"]
 
 
 def test_new_manager_lists_the_stripped_checkpoints_and_keeps_only_three(world):
