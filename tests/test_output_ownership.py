@@ -391,3 +391,18 @@ def test_single_output_state_file_rules(tmp_path, capsys):
 def read_state_ts(text: bytes) -> float:
     from ckptio.bundle.state import parse
     return parse(text).timestamps[0]
+
+
+def test_batch_into_a_foreign_state_file_only_with_make_latest(tmp_path, capsys):
+    src = write(tmp_path / "in" / "ckpt-1", training(30))
+    out = tmp_path / "out"
+    write(out / "theirs", training(31))
+    (out / "checkpoint").write_text('model_checkpoint_path: "theirs"\nall_model_checkpoint_paths: "theirs"\n'
+                                    'all_model_checkpoint_timestamps: 1700000000.5\nlast_preserved_timestamp: 1.5\n')
+    before = (out / "checkpoint").read_bytes()
+    rc, stdout, _ = run(capsys, "strip", "--out-dir", out, src)
+    assert rc == 0 and (out / "checkpoint").read_bytes() == before and "left as it was" in stdout
+    rc, _, _ = run(capsys, "strip", "--no-resume", "--make-latest", "--out-dir", out, src)
+    st = read_state(str(out))
+    assert rc == 0 and st.paths == ("theirs", "ckpt-1") and st.latest == "ckpt-1"
+    assert st.timestamps[0] == 1700000000.5 and st.last_preserved == 1.5
