@@ -90,8 +90,10 @@ def unfinished(prefix: str) -> str | None:
     if os.path.basename(os.path.normpath(prefix)).endswith("_temp") and os.path.isdir(prefix):
         return "a save's temporary parts, not a checkpoint"
     if os.path.exists(naming.index_path(prefix)):
-        # The index is written last; a _temp/ left behind by a finished merge does not matter.
-        return _short_shard(prefix)
+        # Every TF writer renames complete data files into place before it writes the index (a
+        # _temp/ left behind by a finished merge does not matter): with the index there, a missing
+        # or short data file is damage, which the rewrite reports as a failure, not a save to wait for.
+        return None
     if os.path.isfile(prefix) or glob.has_magic(prefix) or os.path.isdir(prefix):
         return None  # V1 files, shard patterns and directories: complete when written
     temps = glob.glob(glob.escape(prefix) + "_temp*") + glob.glob(glob.escape(prefix) + ".part-*")
@@ -100,29 +102,6 @@ def unfinished(prefix: str) -> str | None:
     if glob.glob(glob.escape(prefix) + ".data-?????-of-?????"):
         return "save still in progress (data files present, .index not yet written)"
     return None  # not a checkpoint at all: the rewrite says what it is
-
-
-def _short_shard(prefix: str) -> str | None:
-    """A data shard missing or shorter than the index says (a save still writing it), or None."""
-    from .checkpoint import Checkpoint
-
-    try:
-        with Checkpoint(prefix) as ckpt:
-            reader = ckpt._reader
-            ends: dict[int, int] = {}
-            for e in list(reader.entries().values()) + list(reader.slice_entries().values()):
-                if not e.slices:
-                    ends[e.shard_id] = max(ends.get(e.shard_id, 0), e.offset + e.size)
-            for shard in range(ckpt.num_shards):
-                path = reader.shard_path(shard)
-                if not os.path.exists(path):
-                    return f"save still in progress ({os.path.basename(path)} not yet written)"
-                if os.path.getsize(path) < ends.get(shard, 0):
-                    return (f"save still in progress ({os.path.basename(path)} has {os.path.getsize(path)} of "
-                            f"{ends[shard]} bytes)")
-    except CkptioError:
-        return None  # damaged rather than in progress: the rewrite reports it
-    return None
 
 
 def output_prefixes(inputs: list[str], out_dir: str) -> list[str]:

@@ -271,22 +271,41 @@ def test_progress_of_a_strip_ends_at_100_percent(tmp_path, capsys, monkeypatch):
 def test_batch_skips_unfinished_saves_and_says_so(tmp_path, capsys):
     run_dir = tmp_path / "run"
     done = write(run_dir / "ckpt-1", training(9))
-    # ckpt-2: TF's parts are written, the merge has not produced the .index yet (async save in flight).
+    # ckpt-2: TF's merge has renamed the data file into place; the .index is not written yet and
+    # ckpt-2_temp/ still holds the part's index (an async or sharded save in flight).
     write(run_dir / "ckpt-2_temp" / "part-00000-of-00001", training(10))
     os.rename(run_dir / "ckpt-2_temp" / "part-00000-of-00001.data-00000-of-00001",
               run_dir / "ckpt-2.data-00000-of-00001")
-    # ckpt-3: the index is there, its data file is still short.
-    write(run_dir / "ckpt-3", training(11))
-    data = run_dir / "ckpt-3.data-00000-of-00001"
-    os.truncate(data, os.path.getsize(data) // 2)
-    rc, out, err = run(capsys, "strip", "--out-dir", tmp_path / "out", run_dir / "ckpt-*")
+    # ckpt-3: only the parts exist so far.
+    write(run_dir / "ckpt-3_temp" / "part-00000-of-00001", training(11))
+    rc, out, err = run(capsys, "strip", "--out-dir", tmp_path / "out", run_dir / "ckpt-1", run_dir / "ckpt-2",
+                       run_dir / "ckpt-3")
     assert rc == 0, out + err
     rows = {line.split()[0]: line.split()[1] for line in out.splitlines()[1:] if line.startswith(str(run_dir))}
-    assert rows == {done: "ok", str(run_dir / "ckpt-2_temp"): "unfinished", str(run_dir / "ckpt-3"): "unfinished"}
-    assert "save still in progress (ckpt-3.data-00000-of-00001 has" in out
+    assert rows == {done: "ok", str(run_dir / "ckpt-2"): "unfinished", str(run_dir / "ckpt-3"): "unfinished"}
+    assert out.count("save still in progress (ckpt-2_temp present, .index not yet written)") == 1
+    assert out.count("save still in progress (ckpt-3_temp present, .index not yet written)") == 1
     assert "2 unfinished saves skipped" in out
     assert sorted(os.listdir(tmp_path / "out")) == ["checkpoint", "ckpt-1.data-00000-of-00001", "ckpt-1.index"]
     assert read_state(str(tmp_path / "out")).paths == ("ckpt-1",)
+    # A glob over the directory meets the temp directories themselves: skipped the same way.
+    rc, out, _ = run(capsys, "strip", "--out-dir", tmp_path / "out2", run_dir / "ckpt-*")
+    rows = {line.split()[0]: line.split()[1] for line in out.splitlines()[1:] if line.startswith(str(run_dir))}
+    assert rc == 0 and rows == {done: "ok", str(run_dir / "ckpt-2_temp"): "unfinished",
+                                str(run_dir / "ckpt-3_temp"): "unfinished"}
+
+
+def test_batch_short_data_file_under_an_index_is_damage_not_a_save_in_progress(tmp_path, capsys):
+    # TF renames whole data files into place before writing the index: a short one is damage.
+    run_dir = tmp_path / "run"
+    write(run_dir / "ckpt-1", training(24))
+    write(run_dir / "ckpt-3", training(11))
+    data = run_dir / "ckpt-3.data-00000-of-00001"
+    os.truncate(data, os.path.getsize(data) // 2)
+    rc, out, _ = run(capsys, "strip", "--out-dir", tmp_path / "out", run_dir / "ckpt-*")
+    rows = [line.split()[:2] for line in out.splitlines()[1:] if line.startswith(str(run_dir))]
+    assert rc == 1 and rows == [[str(run_dir / "ckpt-1"), "ok"], [str(run_dir / "ckpt-3"), "failed"]]
+    assert "lie past the end" in out or "shard ends" in out
 
 
 def test_batch_unfinished_save_without_its_temp_dir(tmp_path):
@@ -298,6 +317,15 @@ def test_batch_unfinished_save_without_its_temp_dir(tmp_path):
     write(tmp_path / "ckpt-5", training(13))
     os.makedirs(tmp_path / "ckpt-5_temp")  # left behind by a finished merge: complete all the same
     assert unfinished(str(tmp_path / "ckpt-5")) is None
+    assert "save still in progress (ckpt-6.part-00000-of-00001" in unfinished_with_part(tmp_path)
+
+
+def unfinished_with_part(tmp_path) -> str:
+    """An s3-style save in flight: parts written as <prefix>.part-*, no .index yet."""
+    from ckptio.batch import unfinished
+
+    write(tmp_path / "ckpt-6.part-00000-of-00001", training(14))
+    return unfinished(str(tmp_path / "ckpt-6"))
 
 
 def test_batch_bad_inputs_fail_their_own_rows(tmp_path, capsys):

@@ -243,6 +243,7 @@ class BundleWriter:
         return self.prefix
 
     def _close_shards(self) -> None:
+        """Trim each data shard to what was written and close it."""
         for s in self.shards:
             if s.reserved > s.offset:  # give back what the plan over-estimated
                 try:
@@ -253,6 +254,7 @@ class BundleWriter:
             s.fd = -1
 
     def _write_index(self) -> None:
+        """Write the index (header, then every entry in key order) to its temp file."""
         _, fd = self.files.create(naming.index_path(self.prefix))
         try:
             index = ShardFile(fd, naming.index_path(self.prefix))
