@@ -27,8 +27,11 @@ class Outcome:
     seconds: float = 0.0
 
 
-class Input(namedtuple("Input", "path timestamp last_preserved error", defaults=(None, None, None))):
-    """One batch input: a path, its timestamp (and field 4) if a state file lists it, or why it is unusable."""
+class Input(namedtuple("Input", "path timestamp last_preserved error kind", defaults=(None, None, None, None))):
+    """One batch input: a path, its timestamp (and field 4) if a state file lists it, or why it is unusable.
+
+    error: the one-line reason; kind: the CkptioError class expand_inputs raises for it.
+    """
 
     __slots__ = ()
 
@@ -67,7 +70,7 @@ def expand_inputs(args: list[str]) -> list[str]:
     inputs = gather_inputs(args)
     bad = next((i for i in inputs if i.error), None)
     if bad is not None:
-        raise CheckpointNotFoundError(bad.error, path=bad.path)
+        raise (bad.kind or CheckpointNotFoundError)(bad.error, path=bad.path)
     return [i.path for i in inputs]
 
 
@@ -75,7 +78,7 @@ def _listed_in_state(directory: str) -> list[Input]:
     try:
         rows, state = listed(directory)
     except CkptioError as exc:
-        return [Input(directory, error=str(exc).removeprefix(f"{state_path(directory)}: "))]
+        return [Input(directory, error=exc.message, kind=type(exc))]
     return [Input(r.path, r.timestamp, state.last_preserved) if r.path is not None else
             Input(os.path.join(directory, r.stored) if not os.path.isabs(r.stored) else r.stored,
                   error=f"listed in {state_path(directory)} but not there (deleted?)") for r in rows]
@@ -169,6 +172,7 @@ def run_batch(inputs, out_dir: str, steps, *, jobs: int = 1, resume: bool = True
     """
     from .io import take_late_interrupt
 
+    take_late_interrupt()  # one held back before this batch (an earlier rewrite) is not this batch's
     items = [i if isinstance(i, Input) else Input(os.fspath(i)) for i in inputs]
     outputs = output_prefixes([i.path for i in items], out_dir)
     todo, results = [], {}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 
 from ..errors import CheckpointNotFoundError
@@ -127,6 +126,7 @@ def run(args) -> int:
     src, dst = args.paths
     check_output_prefix(dst)
     import ckptio
+    from ..io import interrupts_deferred, take_late_interrupt
     from ..rewrite import rewrite
 
     with ckptio.open(src) as ckpt:
@@ -136,13 +136,14 @@ def run(args) -> int:
             report = rewrite(ckpt, dst, steps, progress=bar, **options)
         finally:
             bar.close()
-    # The output is complete and in place: a Ctrl-C now must not turn that into exit 130.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if args.json:
-        json.dump(report.to_json(), sys.stdout)
-        sys.stdout.write("\n")
-        return 0
-    _print_report(report)
+    # The output is complete and in place: a Ctrl-C while reporting it must not turn that into exit 130.
+    with interrupts_deferred():
+        if args.json:
+            json.dump(report.to_json(), sys.stdout)
+            sys.stdout.write("\n")
+        else:
+            _print_report(report)
+    take_late_interrupt()  # held back during the commit or the report: the run succeeded all the same
     return 0
 
 
