@@ -434,3 +434,46 @@ def test_batch_into_a_foreign_state_file_only_with_make_latest(tmp_path, capsys)
     st = read_state(str(out))
     assert rc == 0 and st.paths == ("theirs", "ckpt-1") and st.latest == "ckpt-1"
     assert st.timestamps[0] == 1700000000.5 and st.last_preserved == 1.5
+
+
+# -- bundle/state.py: the state file's encoder and decoder ---------------------------------------------------
+
+
+def test_state_file_round_trip_and_what_tf_readers_accept(tmp_path):
+    from ckptio.bundle.state import State, parse, read_state, render, write_state
+
+    st = State("ckpt-4", ("ckpt-3", "ckpt-4"), (1796177986.2520885, 1e20), 1796177985.1881194)
+    text = render(st)
+    assert text == (b'model_checkpoint_path: "ckpt-4"\nall_model_checkpoint_paths: "ckpt-3"\n'
+                    b'all_model_checkpoint_paths: "ckpt-4"\nall_model_checkpoint_timestamps: 1796177986.2520885\n'
+                    b'all_model_checkpoint_timestamps: 1e+20\nlast_preserved_timestamp: 1796177985.1881194\n')
+    assert parse(text) == st
+    # What TF's reader (text_format.Merge) also accepts: comments, any order, single quotes, lists.
+    odd = b"# note\nall_model_checkpoint_paths: ['a', 'b']\nmodel_checkpoint_path: 'b'\n"
+    assert parse(odd) == State("b", ("a", "b"), (), 0.0)
+    write_state(str(tmp_path), st)
+    assert read_state(str(tmp_path)) == st and os.listdir(tmp_path) == ["checkpoint"]  # no temp file left
+    assert read_state(str(tmp_path / "nowhere")) is None
+
+
+def test_state_file_that_is_not_one_is_a_wrong_file_error(tmp_path):
+    from ckptio.bundle import state
+    from ckptio.errors import WrongFileError
+
+    for text in (b'model_checkpoint_path: "m" garbage {', b"\xff\xfe binary", b"unknown_field: 1\n"):
+        with pytest.raises(WrongFileError, match="cannot parse the 'checkpoint' state file"):
+            state.parse(text)
+    with open(tmp_path / "checkpoint", "wb") as f:  # sparse: no memory is spent on it
+        f.truncate(state.MAX_STATE_BYTES + 10)
+    with pytest.raises(WrongFileError, match="larger than"):
+        state.read_state(str(tmp_path))
+
+
+def test_make_latest_in_a_saver_file_keeps_its_absolute_style(tmp_path):
+    from ckptio.bundle.state import parse, with_latest
+
+    saver = parse(f'model_checkpoint_path: "{tmp_path}/m-2"\nall_model_checkpoint_paths: "{tmp_path}/m-1"\n'
+                  f'all_model_checkpoint_paths: "{tmp_path}/m-2"\n'.encode())
+    got = with_latest(saver, str(tmp_path), str(tmp_path / "s"), 5.0)
+    # Absolute like the rest, and no timestamp (a manager zips paths with timestamps: all or none).
+    assert got.paths == (f"{tmp_path}/m-1", f"{tmp_path}/m-2", f"{tmp_path}/s") and got.timestamps == ()

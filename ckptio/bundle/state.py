@@ -199,6 +199,8 @@ def with_latest(state: State | None, directory: str, prefix: str, timestamp: flo
     """state with prefix appended as the latest (moved to the end if listed); other entries kept."""
     if state is None:
         state = State("")
+    if not state.paths and state.latest:  # a hand-written file naming only its latest: keep that one
+        state = state._replace(paths=(state.latest,))
     old = list(zip(state.paths, _padded(state)))
     kept = [(p, t) for p, t in old if not _same(directory, p, prefix)]
     absolute = bool(old) and all(os.path.isabs(p) for p, _ in old)
