@@ -7,6 +7,7 @@ import re
 import stat
 import sys
 import threading
+import time
 
 from .errors import CheckpointNotFoundError, OutputBusyError, OutputExistsError, ReadError, TruncatedError, WriteError
 
@@ -221,6 +222,9 @@ def write_all(fd: int, data, path: str) -> None:
             raise WriteError(f"cannot write: {exc.strerror or exc}", path=path) from None
 
 
+CLAIM_TRIES = 5  # attempts 20 ms apart before an output counts as held by another writer
+
+
 class OutputClaim:
     """One writer's exclusive hold on an output, from its start until commit or abort.
 
@@ -239,6 +243,7 @@ class OutputClaim:
             import fcntl
         except ImportError:  # no flock here (Windows): the no-replace commit still refuses a second index
             return
+        busy = 0
         while True:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
@@ -248,6 +253,11 @@ class OutputClaim:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
+                # A sweeper (remove_stale_temps) holds a lock file for microseconds; a writer for its whole run.
+                busy += 1
+                if busy < CLAIM_TRIES:
+                    time.sleep(0.02)
+                    continue
                 raise OutputBusyError("another process is writing this output right now; "
                                       "try again when it has finished", path=self.output) from None
             except OSError:  # a filesystem without locks: the no-replace commit is the only guard
