@@ -4,8 +4,9 @@ import sys
 import types
 
 from .errors import (CheckpointNotFoundError, ChecksumError, CkptioError, CorruptCheckpointError,
-                     MismatchError, MissingShardError, OutputExistsError, PlanError, ReadError, TensorNotFoundError,
-                     TruncatedError, UnsupportedError, WriteError, WrongFileError)
+                     MismatchError, MissingShardError, OutputBusyError, OutputExistsError, PlanError, ReadError,
+                     StateFileWarning, TensorNotFoundError, TruncatedError, UnsupportedError, WriteError,
+                     WrongFileError)
 
 __version__ = "0.1.0"
 
@@ -14,7 +15,7 @@ __all__ = [
     "MapNames",
     "CkptioError", "CheckpointNotFoundError", "WrongFileError", "CorruptCheckpointError", "TruncatedError",
     "ChecksumError", "MissingShardError", "ReadError", "UnsupportedError", "TensorNotFoundError", "PlanError",
-    "OutputExistsError", "WriteError", "MismatchError",
+    "OutputExistsError", "OutputBusyError", "WriteError", "MismatchError", "StateFileWarning",
 ]
 
 # Public name -> the submodule that defines it, imported on first use (PEP 562): the CLI imports

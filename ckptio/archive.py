@@ -27,7 +27,8 @@ from .bundle.paths import Located
 from .checkpoint import ARCHIVE_SUFFIXES, Checkpoint
 from .errors import (CheckpointNotFoundError, CorruptCheckpointError, OutputExistsError, Remedy,
                      TruncatedError, UnsupportedError, WriteError, WrongFileError)
-from .io import AtomicFiles, FileSource, MemorySource, Source, make_dirs
+from .io import (AtomicFiles, FileSource, MemorySource, OutputClaim, Source, interrupts_deferred, make_dirs,
+                 remove_stale_temps, staging_dir)
 from .sstable.format import MAGIC_BYTES
 
 SUFFIXES = ARCHIVE_SUFFIXES
@@ -662,14 +663,23 @@ def _write_archive(f, files, level: int, threads: int, progress) -> int:
 
 
 class _LocalOutput:
+    """The archive's temp file, owned by this writer (OutputClaim) until committed or aborted."""
+
     def __init__(self, path: str, force: bool):
-        self.path = path
+        self.path, self.force = path, force
         if os.path.exists(path) and not force:
             raise OutputExistsError("the archive already exists", path=path, remedy=Remedy("force", "replace it"))
         directory = os.path.dirname(path) or "."
         make_dirs(directory)
-        self.files = AtomicFiles(directory)
-        self.tmp, fd = self.files.create(path)
+        self.claim = OutputClaim(path)
+        try:
+            if os.path.exists(path) and not force:  # another writer finished it meanwhile
+                raise OutputExistsError("the archive already exists (use --force to replace it)", path=path)
+            self.files = AtomicFiles(directory)
+            self.tmp, fd = self.files.create(path)
+        except BaseException:
+            self.claim.release()
+            raise
         self._raw = os.fdopen(fd, "wb", buffering=1 << 20)
         self.file = _Counting(self._raw)
 
@@ -678,7 +688,9 @@ class _LocalOutput:
             self._raw.close()
         except OSError as exc:
             raise WriteError(f"cannot write: {exc.strerror}", path=self.tmp) from None
-        self.files.commit()
+        with interrupts_deferred():
+            self.files.commit(no_replace=() if self.force else (self.path,))
+            self.claim.release()
         return self.file.n
 
     def abort(self) -> None:
@@ -687,6 +699,7 @@ class _LocalOutput:
         except OSError:
             pass
         self.files.abort()
+        self.claim.release()
 
 
 def _open_output(path: str, *, force: bool):
@@ -812,8 +825,20 @@ def rewrite_packed(src, out_path, steps=(), *, level: int = DEFAULT_LEVEL, threa
     if "://" not in out_path and os.path.exists(out_path) and not force:
         raise OutputExistsError("the archive already exists", path=out_path, remedy=Remedy("force", "replace it"))
     ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src)
-    local_dir = os.path.dirname(os.path.abspath(out_path)) if "://" not in out_path else None
-    tmp = tempfile.mkdtemp(prefix=".ckptio-pack-", dir=local_dir)
+    try:
+        if "://" in out_path:
+            tmp = tempfile.mkdtemp(prefix=".ckptio-pack-")
+        else:
+            # Beside the archive (one filesystem), named after this process: a later writer there
+            # removes it if this one is killed (io.remove_stale_temps).
+            local_dir = os.path.dirname(os.path.abspath(out_path))
+            make_dirs(local_dir)
+            remove_stale_temps(local_dir)
+            tmp = staging_dir(local_dir)
+    except BaseException:
+        if ckpt is not src:
+            ckpt.close()
+        raise
     try:
         base = name or _basename(ckpt.prefix) or "model.ckpt"
         report = rewrite(ckpt, os.path.join(tmp, base), steps, state_file=False, **options)

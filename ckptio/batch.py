@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import glob
 import os
+from collections import namedtuple
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 from .bundle import naming
-from .bundle.paths import latest_from_state
-from .errors import CheckpointNotFoundError, CkptioError, WrongFileError
+from .bundle.state import listed, record_outputs, state_path
+from .errors import CheckpointNotFoundError, CkptioError
 
 
 @dataclass
@@ -17,7 +18,7 @@ class Outcome:
 
     src: str
     dst: str
-    status: str  # "ok", "skipped" (complete output exists) or "failed"
+    status: str  # "ok", "skipped" (complete output exists), "unfinished" (a save in progress) or "failed"
     message: str = ""
     kept: int = 0
     dropped: int = 0
@@ -26,56 +27,84 @@ class Outcome:
     seconds: float = 0.0
 
 
-def expand_inputs(args: list[str]) -> list[str]:
-    """Paths, globs, and directories (every checkpoint their state file lists) -> input paths."""
-    out: list[str] = []
+class Input(namedtuple("Input", "path timestamp last_preserved error kind", defaults=(None, None, None, None))):
+    """One batch input: a path, its timestamp (and field 4) if a state file lists it, or why it is unusable.
+
+    error: the one-line reason; kind: the CkptioError class expand_inputs raises for it.
+    """
+
+    __slots__ = ()
+
+
+def gather_inputs(args: list[str]) -> list[Input]:
+    """Paths, globs, and directories (every checkpoint their state file lists) -> inputs, in order.
+
+    A bad argument (a glob matching nothing, an unreadable state file, a listed checkpoint that is
+    gone) becomes an Input with an error: it fails its own row, not the batch.
+    """
+    out: list[Input] = []
     for arg in args:
         matches = sorted(glob.glob(arg)) if glob.has_magic(arg) else [arg]
         if not matches:
-            raise CheckpointNotFoundError("glob matches nothing", path=arg)
+            out.append(Input(arg, error="glob matches nothing"))
         for m in matches:
             if m.endswith(".index"):
                 m = m[: -len(".index")]
             elif naming.split_data_path(m):
                 continue  # a data shard of a prefix listed via its .index
-            if os.path.isdir(m) and os.path.isfile(os.path.join(m, "checkpoint")):
+            if os.path.isdir(m) and os.path.isfile(state_path(m)):
                 out.extend(_listed_in_state(m))
             else:
-                out.append(m)
+                out.append(Input(m))
     seen, unique = set(), []
-    for p in out:
-        key = os.path.abspath(p)
+    for i in out:
+        key = os.path.abspath(i.path)
         if key not in seen:
             seen.add(key)
-            unique.append(p)
+            unique.append(i)
     return unique
 
 
-def _listed_in_state(directory: str) -> list[str]:
-    from google.protobuf import text_format
+def expand_inputs(args: list[str]) -> list[str]:
+    """gather_inputs() as paths; the first bad argument raises CheckpointNotFoundError."""
+    inputs = gather_inputs(args)
+    bad = next((i for i in inputs if i.error), None)
+    if bad is not None:
+        raise (bad.kind or CheckpointNotFoundError)(bad.error, path=bad.path)
+    return [i.path for i in inputs]
 
-    from ._proto.checkpoint_state_pb2 import CheckpointState
 
-    state = CheckpointState()
-    state_path = os.path.join(directory, "checkpoint")
+def _listed_in_state(directory: str) -> list[Input]:
     try:
-        with open(state_path, encoding="utf-8") as f:
-            text_format.Parse(f.read(), state)
-    except (OSError, UnicodeDecodeError, text_format.ParseError) as exc:  # as latest_from_state does
-        raise WrongFileError(f"cannot parse the 'checkpoint' state file ({exc})", path=state_path) from None
-    paths = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
-    out = []
-    for p in paths:
-        full = p if os.path.isabs(p) else os.path.join(directory, p)
-        if not os.path.exists(naming.index_path(full)):
-            full = os.path.join(directory, os.path.basename(p))
-        if os.path.exists(naming.index_path(full)) or os.path.isfile(full):
-            out.append(full)
-    if not out:
-        latest = latest_from_state(directory)
-        if latest:
-            out.append(latest)
-    return out
+        rows, state = listed(directory)
+    except CkptioError as exc:
+        return [Input(directory, error=exc.message, kind=type(exc))]
+    return [Input(r.path, r.timestamp, state.last_preserved) if r.path is not None else
+            Input(os.path.join(directory, r.stored) if not os.path.isabs(r.stored) else r.stored,
+                  error=f"listed in {state_path(directory)} but not there (deleted?)") for r in rows]
+
+
+def unfinished(prefix: str) -> str | None:
+    """Why prefix looks like a save still being written (TF's async or sharded save), or None.
+
+    TF writes each shard as <prefix>_temp/part-*, merges them into <prefix>.data-* and
+    <prefix>.index, removes the temp directory, and only then updates the state file.
+    """
+    if os.path.basename(os.path.normpath(prefix)).endswith("_temp") and os.path.isdir(prefix):
+        return "a save's temporary parts, not a checkpoint"
+    if os.path.exists(naming.index_path(prefix)):
+        # Every TF writer renames complete data files into place before it writes the index (a
+        # _temp/ left behind by a finished merge does not matter): with the index there, a missing
+        # or short data file is damage, which the rewrite reports as a failure, not a save to wait for.
+        return None
+    if os.path.isfile(prefix) or glob.has_magic(prefix) or os.path.isdir(prefix):
+        return None  # V1 files, shard patterns and directories: complete when written
+    temps = glob.glob(glob.escape(prefix) + "_temp*") + glob.glob(glob.escape(prefix) + ".part-*")
+    if temps:
+        return f"save still in progress ({os.path.basename(temps[0])} present, .index not yet written)"
+    if glob.glob(glob.escape(prefix) + ".data-?????-of-?????"):
+        return "save still in progress (data files present, .index not yet written)"
+    return None  # not a checkpoint at all: the rewrite says what it is
 
 
 def output_prefixes(inputs: list[str], out_dir: str) -> list[str]:
@@ -112,8 +141,9 @@ def _one(job) -> Outcome:
 
     try:
         report = rewrite(src, dst, steps, **options)
-    except CkptioError as exc:
-        return Outcome(src, dst, "failed", exc.describe(flags=True))  # batch rows are shown by the CLI
+    except (CkptioError, OSError) as exc:  # one input's problem fails its row only; rows are shown by the CLI
+        return Outcome(src, dst, "failed", exc.describe(flags=True) if isinstance(exc, CkptioError) else
+                       f"{exc.filename or src}: {exc.strerror or exc}")
     return Outcome(src, dst, "ok", "", len(report.kept), len(report.dropped), report.bytes_before,
                    report.bytes_after, report.seconds)
 
@@ -125,31 +155,76 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def run_batch(inputs: list[str], out_dir: str, steps, *, jobs: int = 1, resume: bool = True, on_done=None,
-              **options) -> list[Outcome]:
-    """Rewrite each input into out_dir; inputs whose complete output exists are skipped when resuming."""
-    outputs = output_prefixes(inputs, out_dir)
+class BatchResult(list):
+    """The outcomes, in input order; state_file says what happened to out_dir's `checkpoint` file."""
+
+    state_file: str | None = None
+
+
+def run_batch(inputs, out_dir: str, steps, *, jobs: int = 1, resume: bool = True, on_done=None,
+              state_file: bool = True, make_latest: bool = False, **options) -> BatchResult:
+    """Rewrite each input (a path or an Input) into out_dir; returns the outcomes in input order.
+
+    Skipped: inputs whose complete output exists (when resuming) and saves still being written
+    ("unfinished"). Inputs with an error fail their own row. Then out_dir's state file lists every
+    complete output in input order with the input's timestamps, so a CheckpointManager on out_dir
+    manages them (bundle/state.py says when an existing state file is changed).
+    """
+    from .io import take_late_interrupt
+
+    take_late_interrupt()  # one held back before this batch (an earlier rewrite) is not this batch's
+    items = [i if isinstance(i, Input) else Input(os.fspath(i)) for i in inputs]
+    outputs = output_prefixes([i.path for i in items], out_dir)
     todo, results = [], {}
-    for src, dst in zip(inputs, outputs):
+
+    def done(outcome: Outcome) -> None:
+        results[outcome.src] = outcome
+        if on_done:
+            on_done(outcome)
+
+    for item, dst in zip(items, outputs):
+        src = item.path
         is_input = os.path.realpath(src) == os.path.realpath(dst)  # let rewrite() refuse it
-        if resume and not options.get("force") and not is_input and is_complete(dst):
-            results[src] = Outcome(src, dst, "skipped", "complete output exists")
-            if on_done:
-                on_done(results[src])
+        if item.error:
+            done(Outcome(src, dst, "failed", item.error))
+        elif (why := unfinished(src)) is not None:
+            done(Outcome(src, dst, "unfinished", f"{why}; skipped (run again when the save has finished)"))
+        elif resume and not options.get("force") and not is_input and is_complete(dst):
+            done(Outcome(src, dst, "skipped", "complete output exists"))
         else:
             # An output left incomplete (resuming) or to be redone (--no-resume) is replaced.
             redo = not is_input and os.path.exists(naming.index_path(dst))
-            todo.append((src, dst, tuple(steps), {**options, "force": True} if redo else options))
+            job_options = {**options, "force": True} if redo else dict(options)
+            todo.append((src, dst, tuple(steps), {**job_options, "state_file": False}))
     if jobs > 1 and len(todo) > 1:
         with ProcessPoolExecutor(max_workers=jobs, initializer=_ignore_sigint) as pool:
             for outcome in pool.map(_one, todo):
-                results[outcome.src] = outcome
-                if on_done:
-                    on_done(outcome)
+                done(outcome)
     else:
         for job in todo:
-            outcome = _one(job)
-            results[outcome.src] = outcome
-            if on_done:
-                on_done(outcome)
-    return [results[s] for s in inputs]
+            done(_one(job))
+            if take_late_interrupt():  # Ctrl-C held back while that output was committed
+                raise KeyboardInterrupt
+    result = BatchResult(results[i.path] for i in items)
+    if state_file and not options.get("dry_run"):
+        result.state_file = _record_batch_state(out_dir, items, result, make_latest)
+    return result
+
+
+def _record_batch_state(out_dir: str, items: list[Input], outcomes, make_latest: bool) -> str | None:
+    """List the complete outputs in out_dir's state file, oldest first, with the inputs' timestamps."""
+    import warnings
+
+    from .errors import StateFileWarning
+
+    complete = [(o.dst, i) for i, o in zip(items, outcomes) if o.status in ("ok", "skipped")]
+    if not complete:
+        return None
+    stamped = [i.last_preserved for _, i in complete if i.timestamp is not None and i.last_preserved is not None]
+    try:
+        return record_outputs(out_dir, [(dst, i.timestamp) for dst, i in complete], make_latest=make_latest,
+                              last_preserved=min(stamped) if stamped else None)
+    except (CkptioError, OSError) as exc:  # every output is complete: the state file alone is missing
+        warnings.warn(StateFileWarning(f"{state_path(out_dir)} was not updated ({exc}); the outputs are complete"),
+                      stacklevel=2)
+        return f"failed: {exc}"

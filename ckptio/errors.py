@@ -110,3 +110,9 @@ class WriteError(CkptioError, OSError):
 
 class MismatchError(CkptioError, ValueError):
     """Tensors that must agree do not: merge inputs, or a source tensor and the fit template's."""
+class OutputBusyError(CkptioError, FileExistsError):
+    """Another process is writing the same output right now (it owns it; this writer gave up)."""
+
+
+class StateFileWarning(UserWarning):
+    """A `checkpoint` state file was not as expected (stale latest, not updated); the result is still right."""

@@ -15,7 +15,7 @@ STEP_KEYS = ("global_step", "global_step/.ATTRIBUTES/VARIABLE_VALUE", "step/.ATT
 
 def newest(directory, n: int) -> list[str]:
     """The n newest checkpoints a directory's `checkpoint` state file lists (oldest of them first)."""
-    from .batch import _listed_in_state  # the state-file reader (moving to ckptio/bundle/state.py)
+    from .bundle.state import listed
 
     directory = os.fspath(directory)
     if n < 1:
@@ -23,11 +23,11 @@ def newest(directory, n: int) -> list[str]:
     if not os.path.isfile(os.path.join(directory, "checkpoint")):
         raise PlanError(f"--last N needs a directory with a 'checkpoint' state file; {directory} has none",
                         path=directory)
-    listed = _listed_in_state(directory)
-    if len(listed) < n:
-        raise PlanError(f"the 'checkpoint' state file lists {len(listed)} checkpoint(s) that exist; "
+    present = [r.path for r in listed(directory)[0] if r.path is not None]
+    if len(present) < n:
+        raise PlanError(f"the 'checkpoint' state file lists {len(present)} checkpoint(s) that exist; "
                         f"--last {n} needs {n}", path=directory)
-    return listed[-n:]  # CheckpointManager and Saver list them oldest first
+    return present[-n:]  # CheckpointManager and Saver list them oldest first
 
 
 def _scalar_int(ckpt: Checkpoint, name: str) -> int | None:

@@ -243,19 +243,13 @@ def _resolve_dir(url: str, store: _Store, depth: int) -> Located:
 
 
 def _read_state(state_url: str, store: _Store) -> str | None:
-    from google.protobuf import text_format
-
-    from ._proto.checkpoint_state_pb2 import CheckpointState
+    from .bundle.state import parse
 
     size = store.size(state_url)
     if size > MAX_STATE_FILE:
         raise WrongFileError(f"'checkpoint' state file of {size} bytes (cap {MAX_STATE_FILE})", path=state_url)
     data = RemoteSource(store.fs, store.strip(state_url), name=state_url, size=size).read(0, size)
-    try:
-        state = text_format.Parse(data.decode("utf-8"), CheckpointState())
-    except (UnicodeDecodeError, text_format.ParseError) as exc:
-        raise WrongFileError(f"cannot parse the 'checkpoint' state file ({exc})", path=state_url) from None
-    return state.model_checkpoint_path or None
+    return parse(data, state_url).latest or None
 
 
 def open_remote(url: str, **storage_options) -> Checkpoint:
@@ -458,14 +452,16 @@ def _destination_prefix(ckpt: Checkpoint, dst: str) -> str:
 
 
 def upload_checkpoint(src, url: str, *, overwrite: bool = False, state_file: bool = True,
-                      use_temp: bool | None = None, progress=None, **storage_options) -> TransferStats:
+                      use_temp: bool | None = None, progress=None, make_latest: bool = False,
+                      **storage_options) -> TransferStats:
     """Copy a checkpoint's files byte for byte to a remote prefix URL, committing only when complete.
 
     src: a local prefix (or anything ckptio.open takes, or an open Checkpoint). url: the new
     prefix (`gs://b/run/model.ckpt`), or a directory ending in '/' to keep the source's name.
     Data shards are uploaded first and the .index last, to temp names renamed at the end where
-    the filesystem renames cheaply (use_temp=None decides). state_file: write or update the
-    directory's `checkpoint` state file afterwards, as TensorFlow's savers do.
+    the filesystem renames cheaply (use_temp=None decides). state_file: list the output in the
+    directory's `checkpoint` state file when that file is absent or lists only it; one listing other
+    checkpoints is left as it was unless make_latest (bundle/state.py).
     """
     from .checkpoint import open as open_checkpoint
 
@@ -491,7 +487,7 @@ def upload_checkpoint(src, url: str, *, overwrite: bool = False, state_file: boo
             files.abort()
             raise
         if state_file:
-            _write_state(fs, dst_prefix, use_temp=files.use_temp)
+            _write_state(fs, dst_prefix, use_temp=files.use_temp, make_latest=make_latest)
         return TransferStats(ckpt.prefix, dst_prefix, tuple(d for _, _, d in plan), total,
                              time.perf_counter() - started)
     finally:
@@ -499,19 +495,22 @@ def upload_checkpoint(src, url: str, *, overwrite: bool = False, state_file: boo
             ckpt.close()
 
 
-def _write_state(fs, prefix_url: str, *, use_temp: bool) -> None:
-    """Point <dir>/checkpoint at the prefix (relative name), keeping the paths it lists."""
-    from .bundle.paths import updated_state
+def _write_state(fs, prefix_url: str, *, use_temp: bool, make_latest: bool = False) -> None:
+    """List the prefix (relative name) in <dir>/checkpoint when that file is ours to change."""
+    from .bundle.state import text_for_output
 
     state_url = _join(_dirname(prefix_url), "checkpoint")
     store = _Store(fs)
     existing = None
     if store.is_file(state_url) and store.size(state_url) <= MAX_STATE_FILE:
         existing = fs.cat_file(store.strip(state_url))
+    text = text_for_output(existing, _basename(prefix_url), make_latest=make_latest)
+    if text is None:
+        return
     files = RemoteFiles(fs, use_temp=use_temp)
     f = files.open(state_url)
     try:
-        f.write(updated_state(existing, _basename(prefix_url)))
+        f.write(text)
         f.close()
         files.commit()
     except BaseException:
@@ -577,7 +576,7 @@ def download_checkpoint(src, local_prefix, *, force: bool = False, progress=None
             ckpt.close()
 
 
-def rewrite_to_remote(src, url: str, steps=(), *, force: bool = False, **options):
+def rewrite_to_remote(src, url: str, steps=(), *, force: bool = False, make_latest: bool = False, **options):
     """rewrite() into a local temp directory, then upload_checkpoint() it to url; returns the Report."""
     import shutil
     import tempfile
@@ -592,7 +591,7 @@ def rewrite_to_remote(src, url: str, steps=(), *, force: bool = False, **options
         local = os.path.join(tmp, base or "model.ckpt")
         report = rewrite(ckpt, local, steps, state_file=False, **options)
         try:
-            upload_checkpoint(local, url, overwrite=force)
+            upload_checkpoint(local, url, overwrite=force, make_latest=make_latest)
         except OutputExistsError as exc:  # the caller passed force, not upload_checkpoint's overwrite
             exc.remedy = Remedy("force", "replace it")
             raise

@@ -73,7 +73,7 @@ class Report:
     # not_cast: with a Cast step, the kept tensors it left as they were: (name, dtype, reason), reason
     # one of transform's NOT_FLOATING, LOW, ALREADY, NOT_SELECTED codes.
     __slots__ = ("src", "dst", "kept", "dropped", "cast", "not_cast", "bytes_before", "bytes_after", "seconds",
-                 "dry_run", "object_graph")
+                 "dry_run", "object_graph", "state_file")
 
     def __init__(self, src: str, dst: str | None, kept: list[tuple[str, str]] | None = None,
                  dropped: list[str] | None = None, cast: list[str] | None = None, bytes_before: int = 0,
@@ -86,6 +86,9 @@ class Report:
         self.cast = [] if cast is None else cast
         self.not_cast = [] if not_cast is None else not_cast
         self.bytes_before, self.bytes_after, self.seconds, self.dry_run = bytes_before, bytes_after, seconds, dry_run
+        # What happened to the output directory's `checkpoint` file: None (not asked), "written",
+        # "left" (it lists other checkpoints: not ours to change) or "failed: <reason>".
+        self.state_file: str | None = None
 
     def __repr__(self):
         return (f"Report(src={self.src!r}, dst={self.dst!r}, kept={len(self.kept)}, dropped={len(self.dropped)}, "
@@ -103,7 +106,7 @@ class Report:
                 "object_graph": self.object_graph,
                 "not_cast": [{"name": n, "dtype": d, "reason": r} for n, d, r in self.not_cast],
                 "bytes_before": self.bytes_before, "bytes_after": self.bytes_after,
-                "seconds": round(self.seconds, 3)}
+                "seconds": round(self.seconds, 3), "state_file": self.state_file}
 
 
 def _stored_size(ckpt: Checkpoint, name: str, entry: Entry) -> int:
@@ -192,8 +195,15 @@ def _assign_shards(pieces: list[Piece], num_shards: int | None, max_shard_size: 
 
 def rewrite(src, dst, steps=(), *, num_shards: int | None = 1, max_shard_size: int | None = None,
             force: bool = False, dry_run: bool = False, progress=None, verify: bool = True,
-            state_file: bool = True, fsync: bool = False) -> Report:
-    """Write a new checkpoint at prefix dst from src through steps; returns a Report."""
+            state_file: bool = True, fsync: bool = False, make_latest: bool = False) -> Report:
+    """Write a new checkpoint at prefix dst from src through steps; returns a Report.
+
+    state_file: list dst in its directory's `checkpoint` file when that file is absent or lists only
+    dst; a file listing other checkpoints (a training run's) is left as it was unless make_latest,
+    which appends dst as its latest and keeps every other entry and timestamp.
+    progress: called with each piece's output bytes; if it has set_total(n), that is called first
+    with the bytes the rewrite will write, so the count ends exactly at n.
+    """
     started = time.perf_counter()
     from .checkpoint import open as open_checkpoint
     from .sources import is_remote, is_special
@@ -204,7 +214,7 @@ def rewrite(src, dst, steps=(), *, num_shards: int | None = 1, max_shard_size: i
     if dst is not None and not dry_run and is_special(dst):  # a .tar.zst to pack or a URL to upload to
         from .sources import rewrite_special
         return rewrite_special(src, dst, steps, num_shards=num_shards, max_shard_size=max_shard_size, force=force,
-                               progress=progress, verify=verify)
+                               progress=progress, verify=verify, make_latest=make_latest)
     ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src)
     try:
         plan = make_plan(ckpt, steps)
@@ -220,8 +230,9 @@ def rewrite(src, dst, steps=(), *, num_shards: int | None = 1, max_shard_size: i
 
             check_output(os.fspath(dst), force=force, inputs=[ckpt.located])
         if not dry_run:
-            execute(plan, os.fspath(dst), num_shards=num_shards, max_shard_size=max_shard_size, force=force,
-                    progress=progress, verify=verify, state_file=state_file, fsync=fsync)
+            report.state_file = execute(plan, os.fspath(dst), num_shards=num_shards, max_shard_size=max_shard_size,
+                                        force=force, progress=progress, verify=verify, state_file=state_file,
+                                        fsync=fsync, make_latest=make_latest)
         report.seconds = time.perf_counter() - started
         return report
     finally:
@@ -241,13 +252,16 @@ def _not_cast(items: list[Item], entries, steps) -> list[tuple[str, str, str]]:
 
 
 def execute(plan: Plan, dst: str, *, num_shards=1, max_shard_size=None, force=False, progress=None,
-            verify=True, state_file=True, fsync=False) -> None:
-    """Write the planned checkpoint atomically."""
+            verify=True, state_file=True, fsync=False, make_latest=False) -> str | None:
+    """Write the planned checkpoint atomically; return what happened to the state file."""
     from .bundle.writer import BundleWriter
 
     ckpt = plan.source
     groups = _assign_shards(plan.pieces, num_shards, max_shard_size)
     lock = threading.Lock()
+    if progress is not None and hasattr(progress, "set_total"):
+        # What is written, not the input's size: a strip reads (and writes) a third of its input.
+        progress.set_total(sum(p.size for p in plan.pieces) + (len(plan.graph) if plan.graph else 0))
 
     def tick(n: int) -> None:
         if progress:
@@ -295,7 +309,9 @@ def execute(plan: Plan, dst: str, *, num_shards=1, max_shard_size=None, force=Fa
             graph = np.empty((), dtype=object)
             graph[()] = plan.graph
             writer.add_array(naming.OBJECT_GRAPH_KEY, graph, shard=len(groups) - 1)
-        writer.finish(state_file=state_file, fsync=fsync)
+            tick(len(plan.graph))
+        writer.finish(state_file=state_file, fsync=fsync, make_latest=make_latest)
+        return writer.state_file
 
 
 def _write_piece(ckpt: Checkpoint, writer, piece: Piece, shard: int, verify: bool) -> None:

@@ -67,6 +67,7 @@ def rewrite_special(src, dst, steps=(), *, level: int | None = None, threads: in
     if options.get("dry_run"):
         return rewrite(src, text, steps, **options)
     options.pop("state_file", None)
+    make_latest = options.pop("make_latest", False)  # a remote directory's state file; none beside an archive
     if is_archive(text):
         from .archive import DEFAULT_LEVEL, rewrite_packed
         report, _ = rewrite_packed(src, _local(text), steps, level=DEFAULT_LEVEL if level is None else level,
@@ -74,8 +75,8 @@ def rewrite_special(src, dst, steps=(), *, level: int | None = None, threads: in
         return report
     if is_remote(text):
         from .remote import rewrite_to_remote
-        return rewrite_to_remote(src, text, steps, **options)
-    return rewrite(src, _local(text), steps, **options)
+        return rewrite_to_remote(src, text, steps, make_latest=make_latest, **options)
+    return rewrite(src, _local(text), steps, make_latest=make_latest, **options)
 
 
 __all__ = ["open_special", "rewrite_special", "is_special", "is_archive", "is_remote"]

@@ -9,7 +9,6 @@ and what it returns for damaged input is either an error or exactly the original
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

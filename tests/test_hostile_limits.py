@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from ckptio.bundle import strings
-from ckptio.bundle.entry import Entry, Header
+from ckptio.bundle.entry import Entry
 from ckptio.bundle.slices import Slice, encode_key
 from ckptio.sstable import TableBuilder
 from ckptio.sstable.coding import crc32c, encode_varint, mask

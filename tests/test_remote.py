@@ -213,8 +213,11 @@ def test_rewrite_remote_to_local_matches_local_to_local(www, tmp_path):
     server, root = www
     rewrite(f"{server.url}/est_tfx_taxi_2019", tmp_path / "a" / "m", [StripOptimizer()], num_shards=2)
     rewrite(root / "est_tfx_taxi_2019", tmp_path / "b" / "m", [StripOptimizer()], num_shards=2)
-    for f in ("m.index", "m.data-00000-of-00002", "m.data-00001-of-00002", "checkpoint"):
+    for f in ("m.index", "m.data-00000-of-00002", "m.data-00001-of-00002"):
         assert filecmp.cmp(tmp_path / "a" / f, tmp_path / "b" / f, shallow=False), f
+    from ckptio.bundle.state import read_state  # the state files differ only in their timestamps
+    a, b = read_state(str(tmp_path / "a")), read_state(str(tmp_path / "b"))
+    assert a.paths == b.paths == ("m",) and len(a.timestamps) == len(b.timestamps) == 1
 
 
 def test_pack_and_download_a_remote_checkpoint(www, tmp_path):
@@ -301,8 +304,12 @@ def test_upload_then_read_back(corpus, bucket):
     remote.upload_checkpoint(corpus / "tf2_golf_int32", f"{base}/run/model.ckpt", overwrite=True)
     with ckptio.open(f"{base}/run/model.ckpt") as far:
         assert len(far) == 26 and far.num_shards == 1
-    # A directory destination keeps the source's name; the state file lists both.
+    # A directory destination keeps the source's name. The state file lists another checkpoint
+    # (model.ckpt): left as it was unless make_latest, which then lists both.
+    before = fs.cat_file(fs._strip_protocol(f"{base}/run/checkpoint"))
     remote.upload_checkpoint(corpus / "tf2_golf_int32", f"{base}/run/")
+    assert fs.cat_file(fs._strip_protocol(f"{base}/run/checkpoint")) == before
+    remote.upload_checkpoint(corpus / "tf2_golf_int32", f"{base}/run/", overwrite=True, make_latest=True)
     state = fs.cat_file(fs._strip_protocol(f"{base}/run/checkpoint")).decode()
     assert 'model_checkpoint_path: "ckpt-2"' in state and '"model.ckpt"' in state
 

@@ -10,6 +10,7 @@ from collections import namedtuple
 from ..errors import CheckpointNotFoundError, ReadError, UnsupportedError, WrongFileError
 from ..io import odd_file_kind
 from . import naming
+from .state import latest_from_state, updated_state  # noqa: F401 - their old home
 
 _V1_SHARD_RE = re.compile(r"^(?P<base>.+)-(?P<shard>\d{5})-of-(?P<count>\d{5})$")
 _TABLE_MAGIC = bytes.fromhex("57fb808b247547db")
@@ -182,56 +183,6 @@ def refuse_saved_model_output(prefix: str) -> None:
                            "key and dtype, so edited variables would not load; write a plain checkpoint elsewhere "
                            "(e.g. out/model.ckpt) and restore it with tf.train.Checkpoint, or re-export the "
                            "SavedModel from the model", path=prefix)
-
-
-def latest_from_state(directory: str) -> str | None:
-    """The checkpoint a directory's `checkpoint` state file names, as TF's latest_checkpoint finds it."""
-    from google.protobuf import text_format
-
-    from .._proto.checkpoint_state_pb2 import CheckpointState
-
-    state_path = os.path.join(directory, "checkpoint")
-    try:
-        with open(state_path, encoding="utf-8") as f:
-            state = text_format.Parse(f.read(), CheckpointState())
-    except (OSError, UnicodeDecodeError, text_format.ParseError) as exc:
-        raise WrongFileError(f"cannot parse the 'checkpoint' state file ({exc})", path=state_path) from None
-    named = state.model_checkpoint_path
-    if not named:
-        return None
-    candidates = [named if os.path.isabs(named) else os.path.join(directory, named)]
-    # A directory that was moved keeps stale absolute paths; TF gives up, we look next door.
-    candidates.append(os.path.join(directory, os.path.basename(named)))
-    for c in candidates:
-        if os.path.exists(naming.index_path(c)) or os.path.isfile(c):
-            return c
-        if glob.has_magic(c) and glob.glob(c):  # a V1 shard pattern
-            return c
-    present = sorted(os.path.basename(i)[: -len(".index")]
-                     for i in glob.glob(os.path.join(glob.escape(directory), "*.index")))
-    hint = f"; checkpoints present: {', '.join(present[:5])}" if present else ""
-    raise CheckpointNotFoundError(f"the 'checkpoint' state file names {named!r}, which does not exist"
-                                  f"{hint}", path=state_path)
-
-
-def updated_state(existing: bytes | None, base: str) -> bytes:
-    """A `checkpoint` state file's new text naming base as latest, keeping the paths it listed."""
-    from google.protobuf import text_format
-
-    from .._proto.checkpoint_state_pb2 import CheckpointState
-
-    state = CheckpointState()
-    if existing:
-        try:
-            text_format.Parse(existing.decode("utf-8"), state)
-        except (UnicodeDecodeError, text_format.ParseError):
-            state = CheckpointState()  # an unreadable state file is replaced, not trusted
-    paths = [p for p in state.all_model_checkpoint_paths if p != base]
-    del state.all_model_checkpoint_paths[:]
-    del state.all_model_checkpoint_timestamps[:]
-    state.all_model_checkpoint_paths.extend(paths + [base])
-    state.model_checkpoint_path = base
-    return text_format.MessageToString(state).encode()
 
 
 def _refuse_non_regular(path: str) -> None:

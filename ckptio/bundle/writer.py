@@ -9,7 +9,7 @@ import os
 import threading
 
 from ..errors import ChecksumError, OutputExistsError, PlanError, Remedy, TruncatedError, WriteError
-from ..io import AtomicFiles, Source, make_dirs, preallocate
+from ..io import AtomicFiles, OutputClaim, Source, interrupts_deferred, make_dirs, preallocate
 from ..sstable import TableBuilder
 from ..sstable.coding import crc32c, mask, unmask
 from . import dtypes, naming, strings
@@ -61,11 +61,21 @@ class BundleWriter:
             raise PlanError(f"num_shards must be >= 1, not {num_shards}")
         self.prefix = os.fspath(prefix)
         self.num_shards = num_shards
+        self.force = force
         directory = os.path.dirname(self.prefix) or "."
         refuse_saved_model_output(self.prefix)  # force or not: new tensors there would not load
         check_output(self.prefix, force=force, inputs=inputs)
         make_dirs(directory)
+        # Own the output before looking again: of two writers of one prefix exactly one gets here,
+        # and a checkpoint committed by the other meanwhile is seen by the second check.
+        self.claim = OutputClaim(self.prefix)
+        try:
+            check_output(self.prefix, force=force, inputs=inputs)
+        except BaseException:
+            self.claim.release()
+            raise
         self.files = AtomicFiles(directory)
+        self.state_file = None  # after finish(): "written", "left" (someone else's) or "failed: <reason>"
         self.shards: list[ShardFile] = []
         self.entries: dict[bytes, Entry] = {}
         self._lock = threading.Lock()
@@ -201,44 +211,77 @@ class BundleWriter:
 
     # -- commit --------------------------------------------------------------------------------
 
-    def finish(self, *, state_file: bool = True, fsync: bool = False) -> str:
-        """Validate and write the index, rename everything into place; return the prefix."""
+    def finish(self, *, state_file: bool = True, fsync: bool = False, make_latest: bool = False) -> str:
+        """Validate and write the index, rename everything into place; return the prefix.
+
+        state_file: list the output in its directory's `checkpoint` file when that file is new or
+        ckptio's own (bundle/state.py); make_latest: also in someone else's, as its latest.
+        """
         try:
             self._wait_checks()
             self._validate()
-            for s in self.shards:
-                if s.reserved > s.offset:  # give back what the plan over-estimated
-                    try:
-                        os.ftruncate(s.fd, s.offset)
-                    except OSError as exc:
-                        raise WriteError(f"cannot trim: {exc.strerror}", path=s.path, offset=s.offset) from None
-                os.close(s.fd)
-                s.fd = -1
-            _, fd = self.files.create(naming.index_path(self.prefix))
-            try:
-                index = ShardFile(fd, naming.index_path(self.prefix))
-                builder = TableBuilder(index.write)
-                builder.add(b"", Header(num_shards=self.num_shards).encode())
-                for key in sorted(self.entries):
-                    builder.add(key, self.entries[key].encode())
-                builder.finish()
-            finally:
-                os.close(fd)  # also when writing failed (disk full): abort() knows only the shards
+            self._close_shards()
+            self._write_index()
             stale = [p for p in _existing_shards(self.prefix)
                      if p not in {s.path for s in self.shards}]
-            self.files.commit(remove_first=[naming.index_path(self.prefix)], fsync=fsync)
-            for p in stale:  # data files of the checkpoint we replaced (--force)
-                try:
-                    os.unlink(p)
-                except OSError:
-                    pass
-            if state_file:
-                write_state_file(self.prefix)
+            index = naming.index_path(self.prefix)
+            # From the first rename on, finishing is the only right outcome: Ctrl-C waits until the
+            # output and its state file are in place (and the run then succeeds).
+            with interrupts_deferred():
+                self.files.commit(remove_first=[index] if self.force else [], fsync=fsync,
+                                  no_replace=() if self.force else (index,))
+                self._done = True
+                for p in stale:  # data files of the checkpoint we replaced (--force)
+                    try:
+                        os.unlink(p)
+                    except OSError:
+                        pass
+                if state_file:
+                    self._record_state(make_latest)
+                self.claim.release()
         except BaseException:
             self.abort()
             raise
-        self._done = True
         return self.prefix
+
+    def _close_shards(self) -> None:
+        """Trim each data shard to what was written and close it."""
+        for s in self.shards:
+            if s.reserved > s.offset:  # give back what the plan over-estimated
+                try:
+                    os.ftruncate(s.fd, s.offset)
+                except OSError as exc:
+                    raise WriteError(f"cannot trim: {exc.strerror}", path=s.path, offset=s.offset) from None
+            os.close(s.fd)
+            s.fd = -1
+
+    def _write_index(self) -> None:
+        """Write the index (header, then every entry in key order) to its temp file."""
+        _, fd = self.files.create(naming.index_path(self.prefix))
+        try:
+            index = ShardFile(fd, naming.index_path(self.prefix))
+            builder = TableBuilder(index.write)
+            builder.add(b"", Header(num_shards=self.num_shards).encode())
+            for key in sorted(self.entries):
+                builder.add(key, self.entries[key].encode())
+            builder.finish()
+        finally:
+            os.close(fd)  # also when writing failed (disk full): abort() knows only the shards
+
+    def _record_state(self, make_latest: bool) -> None:
+        """Update the state file; the checkpoint is complete already, so a failure here only warns."""
+        import warnings
+
+        from ..errors import CkptioError, StateFileWarning
+        from .state import record_outputs, state_path
+
+        directory = os.path.dirname(self.prefix) or "."
+        try:
+            self.state_file = record_outputs(directory, [(self.prefix, None)], make_latest=make_latest)
+        except (CkptioError, OSError) as exc:
+            self.state_file = f"failed: {exc}"
+            warnings.warn(StateFileWarning(f"{state_path(directory)} was not updated ({exc}); the checkpoint "
+                                           f"{self.prefix} is complete"), stacklevel=2)
 
     def _validate(self) -> None:
         """Refuse what would make TensorFlow abort or mis-index (FORMAT §11.7)."""
@@ -256,6 +299,7 @@ class BundleWriter:
                     raise PlanError(f"slice {s.spec()} has no data entry", key=name)
 
     def abort(self) -> None:
+        """Remove what was not committed and give up the output (after a commit: only the latter)."""
         if self._checker is not None:
             self._checker.close(cancel=True)
             self._checker = None
@@ -267,6 +311,7 @@ class BundleWriter:
                     pass
                 s.fd = -1
         self.files.abort()
+        self.claim.release()
 
     def __enter__(self) -> "BundleWriter":
         return self
@@ -429,25 +474,8 @@ def check_output(prefix: str, *, force: bool, inputs=()) -> None:
         raise OutputExistsError("a checkpoint already exists here", path=index, remedy=Remedy("force", "replace it"))
 
 
-def write_state_file(prefix: str) -> None:
-    """Point <dir>/checkpoint at prefix (relative), keeping the paths it already lists."""
-    from .paths import updated_state
+def write_state_file(prefix: str, *, make_latest: bool = True) -> str:
+    """List prefix in its directory's state file (see bundle/state.py); "written" or "left"."""
+    from .state import record_outputs
 
-    directory, base = os.path.split(prefix)
-    path = os.path.join(directory or ".", "checkpoint")
-    try:
-        with open(path, "rb") as f:
-            existing = f.read(1 << 20)
-    except OSError:
-        existing = None
-    files = AtomicFiles(directory or ".")
-    _, fd = files.create(path)
-    try:
-        try:
-            ShardFile(fd, path).write(updated_state(existing, base))  # WriteError, and no short write
-        finally:
-            os.close(fd)
-        files.commit()
-    except BaseException:
-        files.abort()
-        raise
+    return record_outputs(os.path.dirname(prefix) or ".", [(prefix, None)], make_latest=make_latest)

@@ -37,6 +37,10 @@ class Progress:
         self.started = self._last = time.monotonic()
         self.drawn = False
 
+    def set_total(self, total: int) -> None:
+        """The bytes the work will count (known once it is planned)."""
+        self.total = max(total, 1)
+
     def __call__(self, n: int) -> None:
         self.done += n
         now = time.monotonic()

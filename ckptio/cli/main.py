@@ -77,8 +77,12 @@ def main(argv=None) -> int:
     if not args.command:
         build_parser(load_all=False).print_help()
         return EXIT_USAGE
-    from ..errors import CkptioError, OutputExistsError, PlanError
+    import warnings
 
+    from ..errors import CkptioError, OutputExistsError, PlanError, StateFileWarning
+
+    warnings.showwarning = _show_warning
+    warnings.simplefilter("always", StateFileWarning)  # each stale or unwritten state file, every time
     try:
         _check_paths(args)
         return int(_module(args._module).run(args) or 0)
@@ -103,6 +107,11 @@ def main(argv=None) -> int:
         print(f"ckptio: internal error: {type(exc).__name__}: {exc} (a bug in ckptio; "
               "CKPTIO_DEBUG=1 shows the traceback)", file=sys.stderr)
         return EXIT_BAD_CHECKPOINT
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning (stale state file, state file not updated) as one stderr line."""
+    print(f"ckptio: warning: {message}", file=sys.stderr)
 
 
 def _check_paths(args) -> None:

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 
+from ..errors import CheckpointNotFoundError
 from .common import Progress, check_output_prefix, human, parse_size
 
 
@@ -57,6 +58,9 @@ def add_arguments(name, p) -> None:
     g.add_argument("--shards", type=int, metavar="N", help="number of output data shards (default 1)")
     g.add_argument("--max-shard-size", type=parse_size, metavar="SIZE", help="start a new shard past SIZE (e.g. 2G)")
     g.add_argument("--force", action="store_true", help="replace an existing output checkpoint")
+    g.add_argument("--make-latest", action="store_true",
+                   help="make the output the latest in its directory's 'checkpoint' state file even when that "
+                        "file lists other checkpoints (a training run's); by default such a file is left as it was")
     g.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
     g.add_argument("--json", action="store_true", help="print the report as JSON")
     g.add_argument("--no-verify", action="store_true", help="do not check input checksums while copying")
@@ -118,7 +122,7 @@ def run(args) -> int:
     if args.jobs < 1:
         raise UsageError("--jobs must be >= 1")
     options = dict(num_shards=args.shards or 1, max_shard_size=args.max_shard_size, force=args.force,
-                   dry_run=args.dry_run, verify=not args.no_verify, fsync=args.fsync)
+                   dry_run=args.dry_run, verify=not args.no_verify, fsync=args.fsync, make_latest=args.make_latest)
     if args.out_dir:
         if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
             raise UsageError(f"--out-dir {args.out_dir}: exists and is not a directory")
@@ -128,20 +132,24 @@ def run(args) -> int:
     src, dst = args.paths
     check_output_prefix(dst)
     import ckptio
+    from ..io import interrupts_deferred, take_late_interrupt
     from ..rewrite import rewrite
 
     with ckptio.open(src) as ckpt:
-        total = sum(e.size for e in ckpt.entries().values())
-        bar = Progress(total, args.command, enabled=False if (args.quiet or args.json or args.dry_run) else None)
+        # Its total is set by rewrite() once planned: the bytes written, not the input's size.
+        bar = Progress(None, args.command, enabled=False if (args.quiet or args.json or args.dry_run) else None)
         try:
             report = rewrite(ckpt, dst, steps, progress=bar, **options)
         finally:
             bar.close()
-    if args.json:
-        json.dump(report.to_json(), sys.stdout)
-        sys.stdout.write("\n")
-        return 0
-    _print_report(report)
+    # The output is complete and in place: a Ctrl-C while reporting it must not turn that into exit 130.
+    with interrupts_deferred():
+        if args.json:
+            json.dump(report.to_json(), sys.stdout)
+            sys.stdout.write("\n")
+        else:
+            _print_report(report)
+    take_late_interrupt()  # held back during the commit or the report: the run succeeded all the same
     return 0
 
 
@@ -158,6 +166,10 @@ def _print_report(report) -> None:
             out.append(f"cast    {shown(name)}")
         for name, dtype, reason in report.not_cast:
             out.append(f"uncast  {shown(name)} ({dtype}: {_LEFT[reason]})")
+    if report.state_file == "left":
+        state = os.path.join(os.path.dirname(report.dst) or ".", "checkpoint")
+        out.append(f"note: {shown(state)} lists other checkpoints and was left as it was (--make-latest makes "
+                   "this output its latest)")
     verb = "would write" if report.dry_run else "wrote"
     graph = f" and the object graph ({report.object_graph})" if report.object_graph else ""
     out.append(f"{verb} {shown(report.dst) if report.dst else 'nothing'}: kept {len(report.kept)} tensors "
@@ -185,41 +197,63 @@ def _left_summary(report) -> str:
 
 
 def _run_batch(args, steps, options) -> int:
-    from ..batch import expand_inputs, output_prefixes, run_batch
+    from ..batch import gather_inputs, output_prefixes, run_batch
 
-    inputs = expand_inputs(args.paths)
+    inputs = gather_inputs(args.paths)  # a bad input fails its own row below, not the whole batch
     if options.pop("dry_run"):
-        from ..rewrite import rewrite
-        # force: an existing output would be skipped or replaced, not refused; the input itself still is.
-        reports = [rewrite(src, dst, steps, dry_run=True, force=True)
-                   for src, dst in zip(inputs, output_prefixes(inputs, args.out_dir))]
-        if args.json:
-            json.dump([r.to_json() for r in reports], sys.stdout)
-            sys.stdout.write("\n")
-        else:
-            for r in reports:
-                _print_report(r)
-        return 0
+        return _dry_run_batch(args, steps, inputs, output_prefixes([i.path for i in inputs], args.out_dir))
     from ..errors import show_name as shown
 
     outcomes = run_batch(inputs, args.out_dir, steps, jobs=args.jobs, resume=not args.no_resume, **options,
                          on_done=None if args.quiet or args.json else
-                         lambda o: print(f"{o.status:<7} {shown(o.src)}", file=sys.stderr))
+                         lambda o: print(f"{o.status:<10} {shown(o.src)}", file=sys.stderr))
     failed = [o for o in outcomes if o.status == "failed"]
     if args.json:
         json.dump([o.__dict__ for o in outcomes], sys.stdout)
         sys.stdout.write("\n")
     else:
-        width = min(max(len(shown(o.src)) for o in outcomes), 60)
-        lines = [f"{'input':<{width}}  {'status':<7} {'kept':>5} {'dropped':>7} {'before':>10} {'after':>10} {'sec':>6}"]
-        for o in outcomes:
-            lines.append(f"{shown(o.src):<{width}}  {o.status:<7} {o.kept:>5} {o.dropped:>7} {human(o.bytes_before):>10} "
-                         f"{human(o.bytes_after):>10} {o.seconds:>6.2f}")
-            if o.message and o.status == "failed":
-                lines.append(f"    {o.message if o.message.isprintable() else shown(o.message)}")
-        ok = sum(o.status == "ok" for o in outcomes)
-        skipped = sum(o.status == "skipped" for o in outcomes)
-        lines.append(f"{len(outcomes)} inputs: {ok} written, {skipped} skipped, {len(failed)} failed -> "
-                     f"{shown(args.out_dir)}")
-        sys.stdout.write("\n".join(lines) + "\n")
+        _print_batch(args, outcomes)
+    return 1 if failed else 0
+
+
+def _print_batch(args, outcomes) -> None:
+    from ..errors import show_name as shown
+
+    width = min(max(len(shown(o.src)) for o in outcomes), 60)
+    lines = [f"{'input':<{width}}  {'status':<10} {'kept':>5} {'dropped':>7} {'before':>10} {'after':>10} {'sec':>6}"]
+    for o in outcomes:
+        lines.append(f"{shown(o.src):<{width}}  {o.status:<10} {o.kept:>5} {o.dropped:>7} {human(o.bytes_before):>10} "
+                     f"{human(o.bytes_after):>10} {o.seconds:>6.2f}")
+        if o.message and o.status in ("failed", "unfinished"):
+            lines.append(f"    {o.message if o.message.isprintable() else shown(o.message)}")
+    counts = {k: sum(o.status == k for o in outcomes) for k in ("ok", "skipped", "unfinished", "failed")}
+    lines.append(f"{len(outcomes)} inputs: {counts['ok']} written, {counts['skipped']} skipped, "
+                 + (f"{counts['unfinished']} unfinished saves skipped, " if counts["unfinished"] else "")
+                 + f"{counts['failed']} failed -> {shown(args.out_dir)}")
+    if outcomes.state_file == "left":
+        lines.append(f"note: {shown(os.path.join(args.out_dir, 'checkpoint'))} lists other checkpoints and was left "
+                     "as it was (--make-latest adds these outputs to it)")
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+def _dry_run_batch(args, steps, inputs, outputs) -> int:
+    from ..errors import CkptioError
+    from ..rewrite import rewrite
+
+    reports, failed = [], 0
+    for item, dst in zip(inputs, outputs):
+        try:
+            if item.error:
+                raise CheckpointNotFoundError(item.error, path=item.path)
+            # force: an existing output would be skipped or replaced, not refused; the input itself still is.
+            reports.append(rewrite(item.path, dst, steps, dry_run=True, force=True))
+        except CkptioError as exc:
+            failed += 1
+            print(f"ckptio: {exc.describe(flags=True)}", file=sys.stderr)
+    if args.json:
+        json.dump([r.to_json() for r in reports], sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        for r in reports:
+            _print_report(r)
     return 1 if failed else 0
