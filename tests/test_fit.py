@@ -251,21 +251,119 @@ def test_public_api_is_the_function():
 
 
 @pytest.mark.parametrize("src_shape, dst_shape", [((7, 3), (10, 5)), ((10, 5), (7, 3)), ((9, 2), (4, 6))])
-def test_slice_streams_rows_a_chunk_at_a_time(tmp_path, monkeypatch, src_shape, dst_shape):
-    import sys
-
-    fit_module = sys.modules["ckptio.fit"]
+def test_slice_streams_rows_a_chunk_at_a_time(tmp_path, bounded_reads, src_shape, dst_shape):
     source = np.arange(np.prod(src_shape), dtype=np.float64).reshape(src_shape)
     template = -np.arange(np.prod(dst_shape), dtype=np.float32).reshape(dst_shape)
     src = write_named(tmp_path / "s/ckpt", {"emb": source})
     tpl = write_named(tmp_path / "t/ckpt", {"emb": template})
-    monkeypatch.setattr(fit_module, "CHUNK_BYTES", 16)  # a row or two per chunk on each side
-    monkeypatch.setattr(fit_module, "_build", lambda *a: pytest.fail("the slice went through memory whole"))
-    report = ckptio.fit(src, tpl, tmp_path / "o/ckpt", on_mismatch="slice")
-    assert report.cast[0]["src_dtype"] == "float64"
+    report = []
+    sizes = bounded_reads(lambda: report.append(ckptio.fit(src, tpl, tmp_path / "o/ckpt", on_mismatch="slice")))
+    assert report[0].cast[0]["src_dtype"] == "float64"
+    widest_row = max(source[0].nbytes, template[0].nbytes)  # one row a step when a row exceeds the chunk
+    assert 0 < max(sizes) <= max(2 * ROW, widest_row) < source.nbytes / 2
     expected = template.copy()
     r, c = min(src_shape[0], dst_shape[0]), min(src_shape[1], dst_shape[1])
     expected[:r, :c] = source[:r, :c]
     got = read_all(tmp_path / "o/ckpt")["emb"]
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got, expected)
+
+
+ROW = 3 * 4  # bytes of one row of the float32 [n, 3] tensors below
+
+
+@pytest.fixture
+def bounded_reads(monkeypatch):
+    """bounded_reads(fn): run fn with two rows per chunk in fit and in crc checks, failing on any whole-tensor
+    read; returns the sizes of the data-shard reads it made."""
+    import sys
+
+    from ckptio import checkpoint
+    from ckptio.io import FileSource
+
+    def run(fn):
+        sizes = []
+        real = FileSource.read
+
+        def read(self, offset, length, **kw):
+            if ".data-" in self.name:
+                sizes.append(length)
+            return real(self, offset, length, **kw)
+
+        whole = lambda *a: pytest.fail("a whole tensor was read")  # noqa: E731
+        with monkeypatch.context() as m:
+            m.setattr(FileSource, "read", read)
+            m.setattr(FileSource, "readinto", whole)
+            m.setattr(sys.modules["ckptio.fit"], "CHUNK_BYTES", 2 * ROW)
+            m.setattr(checkpoint, "VERIFY_CHUNK", 2 * ROW)
+            m.setattr(checkpoint.Checkpoint, "_read", whole)
+            fn()
+        return sizes
+
+    return run
+
+
+BIG_OLD = [f"t{i}" for i in range(40)]
+BIG_NEW = [f"t{i}" for i in range(45, 0, -3)] + [f"t{i}" for i in range(1, 40, 3)]  # reversed, new, dropped
+
+
+@pytest.mark.parametrize("case", ["vocab0", "vocab0-partitioned", "vocab1", "recut", "slice-partitioned"])
+def test_remap_recut_and_slice_pass_through_memory_a_chunk_at_a_time(tmp_path, bounded_reads, case):
+    old = np.arange(40 * 3, dtype=np.float32).reshape(40, 3)
+    rows = len(BIG_NEW) + 2
+    tpl_value = -np.arange(rows * 3, dtype=np.float32).reshape(rows, 3)
+    where = {t: i for i, t in enumerate(BIG_OLD)}
+    expected = tpl_value.copy()
+    for j, t in enumerate(BIG_NEW):
+        if t in where:
+            expected[j] = old[where[t]]
+    vocab, axis, policy = {"emb": (BIG_OLD, BIG_NEW)}, 0, "error"
+    src = write_named(tmp_path / "s/ckpt", {"emb": old})
+    tpl = write_named(tmp_path / "t/ckpt", {"emb": tpl_value})
+    if case == "vocab0-partitioned":
+        src = write_sliced(tmp_path / "s2/ckpt", "emb", old, [(0, 13), (13, 27)])
+        tpl = write_sliced(tmp_path / "t2/ckpt", "emb", tpl_value, [(0, 5), (5, 20), (25, rows - 25)])
+    elif case == "vocab1":
+        old, tpl_value = old.T.copy(), tpl_value.T.copy()  # [3, n]: a row is 40 or `rows` floats, read whole
+        src = write_named(tmp_path / "s2/ckpt", {"emb": old})
+        tpl = write_named(tmp_path / "t2/ckpt", {"emb": tpl_value})
+        expected, axis = expected.T, 1
+    elif case in ("recut", "slice-partitioned"):
+        vocab = None
+        src = write_sliced(tmp_path / "s2/ckpt", "emb", old, [(0, 7), (7, 33)])
+        if case == "recut":
+            tpl = write_sliced(tmp_path / "t2/ckpt", "emb", np.zeros_like(old), [(0, 20), (20, 11), (31, 9)])
+            expected = old
+        else:
+            tpl = write_sliced(tmp_path / "t2/ckpt", "emb", tpl_value, [(0, 20), (20, rows - 20)])
+            expected = tpl_value.copy()
+            expected[:40] = old[:rows] if rows < 40 else old
+            policy = "slice"
+    sizes = bounded_reads(lambda: ckptio.fit(src, tpl, tmp_path / "o/ckpt", vocab=vocab, vocab_axis=axis,
+                                             on_mismatch=policy))
+    # A row of the [3, n] tensors is wider than a chunk: one row at a time then (crc checks stay at 2 * ROW).
+    limit = max(old.shape[1], tpl_value.shape[1]) * 4 if axis else 2 * ROW
+    assert 0 < max(sizes) <= limit <= old.nbytes / 2
+    with ckptio.open(tmp_path / "o/ckpt") as o, ckptio.open(tpl) as t:
+        assert o["emb"].slices == t["emb"].slices
+    np.testing.assert_array_equal(read_all(tmp_path / "o/ckpt")["emb"], expected)
+
+
+def test_read_rows_matches_read_and_checks_the_whole_piece_crc(tmp_path):
+    from ckptio.errors import ChecksumError
+
+    value = np.arange(40 * 3, dtype=np.float32).reshape(40, 3)
+    sliced = write_sliced(tmp_path / "s/ckpt", "emb", value, [(0, 7), (7, 33)], extra={"flat": value})
+    with ckptio.open(sliced) as c:
+        for name in ("emb", "flat"):
+            for start, stop in ((0, 40), (5, 9), (7, 7), (39, 40)):
+                np.testing.assert_array_equal(c[name].read_rows(start, stop), value[start:stop])
+        with pytest.raises(IndexError):
+            c["emb"].read_rows(3, 41)
+        entry = c["flat"].entry
+    data = tmp_path / "s/ckpt.data-00000-of-00001"
+    raw = bytearray(data.read_bytes())
+    raw[entry.offset + entry.size - 1] ^= 1  # the last row; rows 0-1 themselves are intact
+    data.write_bytes(bytes(raw))
+    with ckptio.open(sliced) as c, pytest.raises(ChecksumError):
+        c["flat"].read_rows(0, 2)
