@@ -367,3 +367,35 @@ def test_read_rows_matches_read_and_checks_the_whole_piece_crc(tmp_path):
     data.write_bytes(bytes(raw))
     with ckptio.open(sliced) as c, pytest.raises(ChecksumError):
         c["flat"].read_rows(0, 2)
+
+
+@pytest.mark.parametrize("flags, shards", [(["--shards", "3"], 3), (["--max-shard-size", "100"], None), ([], 1)])
+def test_shards_split_copies_and_built_tensors(tmp_path, capsys, flags, shards):
+    import glob
+
+    emb = np.arange(40 * 3, dtype=np.float32).reshape(40, 3)
+    tensors = {f"w{i}": np.full((5, 4), i, np.float32) for i in range(6)}  # 80 bytes each
+    src = write_named(tmp_path / "s/ckpt", {**tensors, "emb": emb})
+    tpl = write_named(tmp_path / "t/ckpt", {**{n: np.zeros_like(v) for n, v in tensors.items()},
+                                            "emb": np.zeros((50, 3), np.float32), "new": np.ones(3, np.float32)})
+    out = tmp_path / "o/ckpt"
+    code, _ = run(capsys, "fit", src, "--template", tpl, out, "--on-mismatch", "slice", *flags)
+    assert code == 0
+    files = sorted(glob.glob(f"{out}.data-*"))
+    with ckptio.open(out) as o:
+        assert o.num_shards == len(files)
+        used = {e.shard_id for e in o.entries().values()}
+    if shards is None:  # 6 * 80 + 600 + 12 bytes, at most 100 a shard unless one tensor is larger
+        assert len(files) >= 6 and used == set(range(len(files)))
+    else:
+        assert len(files) == shards and used <= set(range(shards)) and len(used) == min(shards, 2)
+    got = read_all(out)
+    for n, v in tensors.items():
+        np.testing.assert_array_equal(got[n], v)
+    expected = np.zeros((50, 3), np.float32)
+    expected[:40] = emb
+    np.testing.assert_array_equal(got["emb"], expected)
+    np.testing.assert_array_equal(got["new"], np.ones(3, np.float32))
+    assert run(capsys, "fit", src, "--template", tpl, tmp_path / "x/ckpt", "--shards", "0")[0] == 2
+    assert run(capsys, "fit", src, "--template", tpl, tmp_path / "x/ckpt", "--shards", "2",
+               "--max-shard-size", "1K")[0] == 2
