@@ -263,3 +263,19 @@ def test_keras_slot_lists_pair_by_variable_never_by_position(tmp_path):
     # once the variables pair, their slots do
     result = ckptio.diff(a, b, rules=Rename((("model/dense/", "model/dense_1/"),)), values=True)
     assert result.identical and (slot, slot, "slot") in result.pairs
+
+
+def test_exact_map_rules_may_name_object_paths_as_ls_objects_shows_them(tmp_path, capsys):
+    a = write_object_based(tmp_path / "a/ckpt", {"model/dense/kernel": F32, "model/dense/bias": F32[0]})
+    b = write_object_based(tmp_path / "b/ckpt", {"model/head/kernel": F32, "model/dense/bias": F32[0]})
+    for rule in ("model/dense/kernel=model/head/kernel", f"{key('model/dense/kernel')}=model/head/kernel",
+                 f"model/dense/kernel={key('model/head/kernel')}"):
+        code, out = run(capsys, "diff", a, b, "--json", "--map", rule)
+        assert (code, json.loads(out)["only_a"]) == (0, []), rule
+    result = ckptio.diff(a, b, rules=Rename((("model/dense/kernel", "model/head/kernel"),)))
+    assert (key("model/dense/kernel"), key("model/head/kernel"), "map") in result.pairs
+    # name-based into object-based: NEW is the template's object path
+    n = write_named(tmp_path / "n/ckpt", {"dense/kernel": F32})
+    pairs = ckptio.diff(n, b, rules=Rename((("dense/kernel", "model/head/kernel"),))).pairs
+    assert pairs == [("dense/kernel", key("model/head/kernel"), "map")]
+    assert run(capsys, "diff", a, b, "--map", "model/dense/kern=model/head/kernel")[0] == 2  # exact means exact

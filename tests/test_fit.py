@@ -399,3 +399,12 @@ def test_shards_split_copies_and_built_tensors(tmp_path, capsys, flags, shards):
     assert run(capsys, "fit", src, "--template", tpl, tmp_path / "x/ckpt", "--shards", "0")[0] == 2
     assert run(capsys, "fit", src, "--template", tpl, tmp_path / "x/ckpt", "--shards", "2",
                "--max-shard-size", "1K")[0] == 2
+
+
+def test_fit_exact_map_rule_on_an_object_path(tmp_path):
+    new_head = np.zeros((3, 4), np.float32)
+    src = write_object_based(tmp_path / "s/ckpt", {"model/dense/kernel": W})
+    tpl = write_object_based(tmp_path / "t/ckpt", {"model/head/kernel": new_head})
+    report = ckptio.fit(src, tpl, tmp_path / "o/ckpt", rules=["model/dense/kernel=model/head/kernel"])
+    assert report.matched == [{"src": key("model/dense/kernel"), "dst": key("model/head/kernel"), "how": "map"}]
+    np.testing.assert_array_equal(read_all(tmp_path / "o/ckpt")[key("model/head/kernel")], W)
