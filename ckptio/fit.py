@@ -91,10 +91,13 @@ def fit(src, template, out, *, rules=None, regex: bool = False, on_mismatch: str
             report, ops = plan(cs, ct, rules, on_mismatch, vocabularies, vocab_axis)
             report.dst, report.dry_run = None if out is None else os.fspath(out), dry_run
             if report.errors and not dry_run:
-                _, why = report.errors[0]
+                dst, why = report.errors[0]
                 more = f" (and {len(report.errors) - 1} more)" if len(report.errors) > 1 else ""
-                raise MismatchError(f"{why}{more}; nothing written (--on-mismatch template keeps the "
-                                    "template's value, slice copies the overlap)")
+                first = next(m for m in report.mismatched if m["dst"] == dst)
+                hint = ("--on-mismatch template keeps the template's value, slice copies the overlap"
+                        if first["src_shape"] != first["dst_shape"] else
+                        "a --map rule can pair it with another source tensor")  # no policy converts a dtype
+                raise MismatchError(f"{why}{more}; nothing written ({hint})")
             if not dry_run:
                 write(cs, ct, ops, os.fspath(out), num_shards=num_shards, max_shard_size=max_shard_size, force=force,
                       verify=verify, state_file=state_file, fsync=fsync, axis=vocab_axis)
@@ -217,8 +220,17 @@ def _vocab_targets(vs, vt, source_of: dict, vocabularies: dict) -> dict[str, tup
             raise PlanError(f"--vocab {name}: no source tensor matches template tensor {keys[0]!r}", key=name)
         out[keys[0]] = tokens + (name,)
     for dst, t in vt.tensors.items():  # optimizer slots of a remapped variable move with it
-        if t.slot_of is not None and t.slot_of[0] in out and dst in source_of:
-            out[dst] = out[t.slot_of[0]]
+        var = t.slot_of[0] if t.slot_of is not None else None
+        if var in out and dst in source_of:
+            src_var, src_slot = source_of[var][0], source_of[dst][0]
+            if t.entry.shape != vt.tensors[var].entry.shape or \
+                    vs.tensors[src_slot].entry.shape != vs.tensors[src_var].entry.shape:
+                # A factored or scalar slot (Adafactor's row/column statistics, a step count) is not one
+                # row per token: moving its entries as rows would be wrong without a word.
+                raise PlanError(f"--vocab {out[var][2]}: optimizer slot {dst!r} is not shaped like its variable "
+                                f"{var!r}, so its rows cannot be remapped; fit with a template without the "
+                                "optimizer, or strip the source's optimizer state first", key=dst)
+            out[dst] = out[var]
     return out
 
 

@@ -279,3 +279,22 @@ def test_exact_map_rules_may_name_object_paths_as_ls_objects_shows_them(tmp_path
     pairs = ckptio.diff(n, b, rules=Rename((("dense/kernel", "model/head/kernel"),))).pairs
     assert pairs == [("dense/kernel", key("model/head/kernel"), "map")]
     assert run(capsys, "diff", a, b, "--map", "model/dense/kern=model/head/kernel")[0] == 2  # exact means exact
+
+
+def test_values_of_partitioned_tensors_are_read_a_chunk_of_rows_at_a_time(tmp_path, monkeypatch):
+    import sys
+
+    from test_fit import write_sliced
+
+    from ckptio.checkpoint import Checkpoint
+
+    value = np.arange(60, dtype=np.float32).reshape(20, 3)
+    changed = value.copy()
+    changed[17, 1] += 0.5
+    a = write_sliced(tmp_path / "a/ckpt", "emb", value, [(0, 7), (7, 13)])
+    b = write_sliced(tmp_path / "b/ckpt", "emb", changed, [(0, 10), (10, 10)])
+    monkeypatch.setattr(sys.modules["ckptio.diff"], "CHUNK_BYTES", 24)
+    monkeypatch.setattr(Checkpoint, "_read", lambda *a: pytest.fail("a partitioned tensor was read whole"))
+    result = ckptio.diff(a, b, values=True)
+    assert [(c.a, c.max_abs) for c in result.changed] == [("emb", 0.5)]
+    assert ckptio.diff(a, a, values=True).equal == 1

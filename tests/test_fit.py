@@ -408,3 +408,48 @@ def test_fit_exact_map_rule_on_an_object_path(tmp_path):
     report = ckptio.fit(src, tpl, tmp_path / "o/ckpt", rules=["model/dense/kernel=model/head/kernel"])
     assert report.matched == [{"src": key("model/dense/kernel"), "dst": key("model/head/kernel"), "how": "map"}]
     np.testing.assert_array_equal(read_all(tmp_path / "o/ckpt")[key("model/head/kernel")], W)
+
+
+def test_non_floating_dtype_change_is_refused_with_a_remedy_that_applies(tmp_path):
+    src = write_named(tmp_path / "s/ckpt", {"ids": np.arange(4, dtype=np.int64), "w": W})
+    tpl = write_named(tmp_path / "t/ckpt", {"ids": np.zeros(4, np.int32), "w": np.zeros((3, 4), np.float16)})
+    for policy in ("error", "template", "slice"):  # no policy converts an int64 into an int32
+        with pytest.raises(MismatchError, match=r"'ids' is int64, template tensor 'ids' is int32.*--map rule"):
+            ckptio.fit(src, tpl, tmp_path / "o/ckpt", on_mismatch=policy)
+    report = ckptio.fit(src, tpl, tmp_path / "o/ckpt", dry_run=True)
+    assert [e[0] for e in report.errors] == ["ids"]
+    assert report.cast == [{"src": "w", "dst": "w", "src_dtype": "float32", "dst_dtype": "float16"}]
+
+
+def test_string_tensors_slice_and_remap_whole(tmp_path):
+    words = np.array([b"a", b"bb", b"", b"dddd"], dtype=object)
+    src = write_named(tmp_path / "s/ckpt", {"words": words, "grid": words.reshape(2, 2)})
+    tpl = write_named(tmp_path / "t/ckpt", {"words": np.array([b"?"] * 5, dtype=object),
+                                            "grid": np.array([[b"x"] * 3] * 3, dtype=object)})
+    ckptio.fit(src, tpl, tmp_path / "o/ckpt", vocab={"words": (OLD, NEW)}, on_mismatch="slice")
+    got = read_all(tmp_path / "o/ckpt")
+    assert list(got["words"]) == [b"", b"?", b"a", b"bb", b"?"]
+    assert got["grid"].tolist() == [[b"a", b"bb", b"x"], [b"", b"dddd", b"x"], [b"x", b"x", b"x"]]
+
+
+def test_tf1_partitioned_source_into_an_object_based_template_by_full_name(tmp_path):
+    emb = np.arange(24, dtype=np.float32).reshape(8, 3)
+    src = write_sliced(tmp_path / "s/ckpt", "embedding/embeddings", emb, [(0, 3), (3, 5)],
+                       extra={"embedding/embeddings/Adam": emb})
+    tpl = write_object_based(tmp_path / "t/ckpt", {"model/emb/embeddings": np.zeros((8, 3), np.float32)},
+                             full_names={"model/emb/embeddings": "embedding/embeddings"})
+    report = ckptio.fit(src, tpl, tmp_path / "o/ckpt")
+    assert report.matched == [{"src": "embedding/embeddings", "dst": key("model/emb/embeddings"), "how": "full_name"}]
+    assert report.source_only == ["embedding/embeddings/Adam"]
+    with ckptio.open(tmp_path / "o/ckpt") as o:
+        assert o[key("model/emb/embeddings")].slices == ()  # the template's layout: whole
+        np.testing.assert_array_equal(o[key("model/emb/embeddings")].read(), emb)
+
+
+def test_vocab_refuses_a_slot_not_shaped_like_its_variable(tmp_path):
+    emb = np.arange(8, dtype=np.float32).reshape(4, 2)
+    src = write_named(tmp_path / "s/ckpt", {"emb": emb, "emb/Adafactor": np.ones(4, np.float32)})
+    tpl = write_named(tmp_path / "t/ckpt", {"emb": np.zeros((5, 2), np.float32),
+                                            "emb/Adafactor": np.zeros(5, np.float32)})
+    with pytest.raises(PlanError, match="slot 'emb/Adafactor' is not shaped like its variable 'emb'"):
+        ckptio.fit(src, tpl, tmp_path / "o/ckpt", vocab={"emb": (OLD, NEW)})
