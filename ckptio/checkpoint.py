@@ -235,7 +235,8 @@ class Checkpoint(Mapping):
                 pass
             verified.add((piece.shard_id, piece.offset))
         data = self._reader.shard(piece.shard_id).read(piece.offset + lo * row_bytes, (hi - lo) * row_bytes, key=name)
-        return from_bytes(data, piece.dtype_info, (hi - lo,) + piece.shape[1:], big_endian=self._reader.header.big_endian)
+        big = self._reader.header.big_endian
+        return from_bytes(data, piece.dtype_info, (hi - lo,) + piece.shape[1:], big_endian=big)
 
     def _iter_chunks(self, name: str, entry: Entry, max_bytes: int):
         info = entry.dtype_info

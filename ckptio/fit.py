@@ -218,10 +218,17 @@ def _vocab_targets(vs, vt, source_of: dict, vocabularies: dict) -> dict[str, tup
                             + (f" ({', '.join(keys[:3])})" if keys else ""), key=name)
         if keys[0] not in source_of:
             raise PlanError(f"--vocab {name}: no source tensor matches template tensor {keys[0]!r}", key=name)
+        if keys[0] in out:  # two vocabularies for one tensor: neither may silently win
+            raise PlanError(f"--vocab {name} and --vocab {out[keys[0]][2]} name one template tensor {keys[0]!r}",
+                            key=name)
         out[keys[0]] = tokens + (name,)
+    named = set(out)
     for dst, t in vt.tensors.items():  # optimizer slots of a remapped variable move with it
         var = t.slot_of[0] if t.slot_of is not None else None
-        if var in out and dst in source_of:
+        if var in named and dst in named:
+            raise PlanError(f"--vocab {out[dst][2]} names optimizer slot {dst!r}, which moves with its variable "
+                            f"(--vocab {out[var][2]}); drop one of them", key=dst)
+        if var in named and dst in source_of:
             src_var, src_slot = source_of[var][0], source_of[dst][0]
             if t.entry.shape != vt.tensors[var].entry.shape or \
                     vs.tensors[src_slot].entry.shape != vs.tensors[src_var].entry.shape:

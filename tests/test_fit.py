@@ -453,3 +453,23 @@ def test_vocab_refuses_a_slot_not_shaped_like_its_variable(tmp_path):
                                             "emb/Adafactor": np.zeros(5, np.float32)})
     with pytest.raises(PlanError, match="slot 'emb/Adafactor' is not shaped like its variable 'emb'"):
         ckptio.fit(src, tpl, tmp_path / "o/ckpt", vocab={"emb": (OLD, NEW)})
+
+
+def test_one_tensor_with_two_vocabularies_is_refused(tmp_path, capsys):
+    emb = np.arange(8, dtype=np.float32).reshape(4, 2)
+    src = write_object_based(tmp_path / "s/ckpt", {"model/emb/embeddings": emb})
+    tpl = write_object_based(tmp_path / "t/ckpt", {"model/emb/embeddings": np.zeros((5, 2), np.float32)})
+    other = list(reversed(NEW))
+    with pytest.raises(PlanError, match="name one template tensor"):
+        ckptio.fit(src, tpl, tmp_path / "o/ckpt", vocab={"model/emb/embeddings": (OLD, NEW),
+                                                         key("model/emb/embeddings"): (OLD, other)})
+    named = write_named(tmp_path / "s2/ckpt", {"emb": emb, "emb/Adam": emb})
+    named_tpl = write_named(tmp_path / "t2/ckpt", {"emb": np.zeros((5, 2), np.float32),
+                                                   "emb/Adam": np.zeros((5, 2), np.float32)})
+    with pytest.raises(PlanError, match="names optimizer slot 'emb/Adam', which moves with its variable"):
+        ckptio.fit(named, named_tpl, tmp_path / "o/ckpt", vocab={"emb": (OLD, NEW), "emb/Adam": (OLD, other)})
+    (tmp_path / "a.txt").write_text("\n".join(OLD))
+    (tmp_path / "b.txt").write_text("\n".join(NEW))
+    files = f"{tmp_path / 'a.txt'}:{tmp_path / 'b.txt'}"
+    assert run(capsys, "fit", named, "--template", named_tpl, tmp_path / "o/ckpt", "--vocab", f"emb={files}",
+               "--vocab", f"emb={files}")[0] == 2

@@ -59,7 +59,11 @@ def run(args) -> int:
         raise UsageError("--max-shard-size must be more than 0 bytes")
     if args.shards is not None and args.max_shard_size is not None:
         raise UsageError("give --shards or --max-shard-size, not both")
-    vocab = dict(parse_vocab(v) for v in args.vocab)
+    vocab = {}
+    for name, files in map(parse_vocab, args.vocab):
+        if name in vocab:  # a dict would let the last one win without a word
+            raise UsageError(f"--vocab {name}: given twice")
+        vocab[name] = files
     report = fit(src, args.template, out, rules=build_rules(args), on_mismatch=args.on_mismatch, vocab=vocab,
                  vocab_axis=args.vocab_axis, dry_run=args.dry_run, force=args.force, num_shards=args.shards or 1,
                  max_shard_size=args.max_shard_size)
