@@ -311,6 +311,8 @@ def _region_chunks(source, target, op: Op, bounds, axis: int):
     """The template's values in the box `bounds` with the source's over them, as arrays of consecutive rows."""
     import numpy as np
 
+    moves = _moves(op.vocab) if op.kind == "vocab" else None
+
     if not bounds:  # a scalar has no rows: sliced, remapped or re-cut, it is the source's value cast
         yield np.asarray(source.read()).astype(target.dtype)
         return
@@ -325,9 +327,9 @@ def _region_chunks(source, target, op: Op, bounds, axis: int):
         if op.kind == "slice":
             _overlay_corner(value, source, target, g0, g1, bounds)
         elif axis == 0:
-            _overlay_rows(value, source, target, g0, g1, bounds, op.vocab)
+            _overlay_rows(value, source, g0, g1, bounds, moves)
         else:
-            _overlay_columns(value, source, target, g0, g1, bounds, op.vocab)
+            _overlay_columns(value, source, g0, g1, bounds, moves)
         yield value
 
 
@@ -359,21 +361,28 @@ def _overlay_corner(value, source, target, g0, g1, bounds) -> None:
     value[(slice(0, n),) + tuple(local for local, _ in clipped)] = corner.astype(value.dtype, copy=False)
 
 
-def _moves(vocab) -> list[tuple[int, int]]:
-    """(new index, old index) of every token in both vocabularies."""
-    old, new, _ = vocab
-    where = {t: i for i, t in enumerate(old)}
-    return [(j, where[t]) for j, t in enumerate(new) if t in where]
-
-
-def _overlay_rows(value, source, target, g0, g1, bounds, vocab) -> None:
-    """Axis-0 remap: each output row [g0, g1) whose token the old vocabulary has gets that old row."""
+def _moves(vocab):
+    """(new indices, old indices) of the tokens in both vocabularies, as int64 arrays ordered by new index."""
     import numpy as np
 
-    moved = [(j, i) for j, i in _moves(vocab) if g0 <= j < g1]
-    if not moved:
+    old, new, _ = vocab
+    where = {t: i for i, t in enumerate(old)}
+    moved = [(j, where[t]) for j, t in enumerate(new) if t in where]
+    return tuple(np.array(x, dtype=np.int64).reshape(-1) for x in (zip(*moved) if moved else ((), ())))
+
+
+def _moves_within(moves, start: int, stop: int):
+    """The part of moves whose new index lies in [start, stop)."""
+    to, frm = moves
+    lo, hi = to.searchsorted(start), to.searchsorted(stop)
+    return to[lo:hi], frm[lo:hi]
+
+
+def _overlay_rows(value, source, g0, g1, bounds, moves) -> None:
+    """Axis-0 remap: each output row [g0, g1) whose token the old vocabulary has gets that old row."""
+    to, frm = _moves_within(moves, g0, g1)
+    if not len(to):
         return
-    to, frm = (np.array(x, dtype=np.int64) for x in zip(*moved))
     inner = tuple(slice(a, b) for a, b in bounds[1:])
     value[to - g0] = _gather_rows(source, frm)[(slice(None),) + inner].astype(value.dtype, copy=False)
 
@@ -394,15 +403,12 @@ def _gather_rows(source, rows):
     return out
 
 
-def _overlay_columns(value, source, target, g0, g1, bounds, vocab) -> None:
+def _overlay_columns(value, source, g0, g1, bounds, moves) -> None:
     """Axis-1 remap: in rows [g0, g1), each column whose token the old vocabulary has gets that old column."""
-    import numpy as np
-
     (c0, c1) = bounds[1]
-    moved = [(j, i) for j, i in _moves(vocab) if c0 <= j < c1]
-    if not moved:
+    to, frm = _moves_within(moves, c0, c1)
+    if not len(to):
         return
-    to, frm = (np.array(x, dtype=np.int64) for x in zip(*moved))
     rest = tuple(slice(a, b) for a, b in bounds[2:])
     rows = source.read_rows(g0, g1)
     value[:, to - c0] = rows[(slice(None), frm) + rest].astype(value.dtype, copy=False)
