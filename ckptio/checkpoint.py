@@ -14,6 +14,9 @@ if TYPE_CHECKING:  # the protobuf-backed modules load on first use, keeping `ckp
     from .bundle.entry import Entry
 
 
+VERIFY_CHUNK = 8 << 20  # bytes per read when a piece's crc32c is checked before ranged reads of it
+
+
 class Tensor:
     """A tensor in a checkpoint; dtype, shape and nbytes cost no I/O, read() loads it."""
 
@@ -64,6 +67,22 @@ class Tensor:
         if s not in self.entry.slices:
             raise TensorNotFoundError(f"slice {s.spec()} is not stored", key=self.name)
         return self._ckpt._read_slice(self.name, self.entry, s)
+
+    def read_rows(self, start: int, stop: int):
+        """Rows [start, stop) along the first axis, reading only the stored rows they lie in.
+
+        Unsliced: one ranged read; sliced: the overlapping rows of each slice that holds any. A crc32c
+        covers a whole stored piece, so each piece is checked once, streamed, before a range of it is
+        trusted. Pieces that cannot be read by range (see ranged_rows) are read whole and cut.
+        """
+        return self._ckpt._read_rows(self.name, self.entry, start, stop)
+
+    @property
+    def ranged_rows(self) -> bool:
+        """True when read_rows reads only the rows asked for: V2, fixed-width, rank >= 1, random access."""
+        info = self.entry.dtype_info
+        return (self._ckpt.format == "v2" and not getattr(self._ckpt, "sequential", False) and info is not None
+                and info.fixed_width and len(self.shape) >= 1)
 
     def iter_chunks(self, max_bytes: int = 64 << 20):
         """Yield consecutive pieces along the first axis, at most ~max_bytes each (fixed-width, unsliced).
@@ -160,15 +179,64 @@ class Checkpoint(Mapping):
         return assemble(name, entry, lambda s: self._read_slice(name, entry, s), path=self.path)
 
     def _read_slice(self, name: str, entry: Entry, s: Slice):
-        expected = s.shape(entry.shape)
         if self.format == "v1":
             return self._reader.read_slice(name, s, entry.shape)
+        return self._reader.read_entry(name, self._slice_piece(name, entry, s))
+
+    def _slice_piece(self, name: str, entry: Entry, s: Slice) -> Entry:
+        """The V2 entry storing slice s of name, checked to hold that slice's dtype and shape."""
+        expected = s.shape(entry.shape)
         piece = self._reader.slice_entry(name, s)
         if piece.dtype != entry.dtype or piece.shape != expected:
             raise CorruptCheckpointError(
                 f"slice {s.spec()} is stored as {dtypes.name_of(piece.dtype)}{list(piece.shape)}, expected "
                 f"{dtypes.name_of(entry.dtype)}{list(expected)}", path=self.path, key=name)
-        return self._reader.read_entry(name, piece)
+        return piece
+
+    def _read_rows(self, name: str, entry: Entry, start: int, stop: int):
+        import numpy as np
+
+        shape = entry.shape
+        if not shape or not 0 <= start <= stop <= shape[0]:
+            raise IndexError(f"rows [{start}, {stop}) of {name!r} {list(shape)}")
+        if not entry.slices:
+            return self._piece_rows(name, entry, None, start, stop)
+        checked = self.__dict__.setdefault("_tiled", set())
+        if name not in checked:  # before allocating: untiled slices would leave np.empty garbage
+            from .bundle.slices import tiling_problem
+
+            problem = tiling_problem(shape, entry.slices)
+            if problem:
+                raise CorruptCheckpointError(problem, path=self.path, key=name)
+            checked.add(name)
+        out = np.empty((stop - start,) + shape[1:], dtype=Tensor(self, name, entry).dtype)
+        for s in entry.slices:
+            bounds = s.bounds(shape)
+            lo, hi = max(start, bounds[0][0]), min(stop, bounds[0][1])
+            if lo < hi:
+                index = (slice(lo - start, hi - start),) + tuple(slice(a, b) for a, b in bounds[1:])
+                out[index] = self._piece_rows(name, entry, s, lo - bounds[0][0], hi - bounds[0][0])
+        return out
+
+    def _piece_rows(self, name: str, entry: Entry, s: Slice | None, lo: int, hi: int):
+        """Rows [lo, hi) of one stored piece: the whole tensor (s None) or slice s."""
+        if not Tensor(self, name, entry).ranged_rows:
+            return (self._read(name, entry) if s is None else self._read_slice(name, entry, s))[lo:hi]
+        from .bundle.decode import from_bytes
+
+        piece = entry if s is None else self._slice_piece(name, entry, s)
+        rows = piece.shape[0]
+        row_bytes = piece.size // rows if rows else 0
+        if row_bytes * rows != piece.size:
+            raise CorruptCheckpointError(f"{piece.size} bytes do not split into {rows} rows", path=self.path, key=name)
+        verified = self.__dict__.setdefault("_verified", set())
+        if (piece.shard_id, piece.offset) not in verified:  # the crc covers the whole piece: stream it once
+            for _ in self._reader.iter_raw(name, piece, VERIFY_CHUNK):
+                pass
+            verified.add((piece.shard_id, piece.offset))
+        data = self._reader.shard(piece.shard_id).read(piece.offset + lo * row_bytes, (hi - lo) * row_bytes, key=name)
+        big = self._reader.header.big_endian
+        return from_bytes(data, piece.dtype_info, (hi - lo,) + piece.shape[1:], big_endian=big)
 
     def _iter_chunks(self, name: str, entry: Entry, max_bytes: int):
         info = entry.dtype_info

@@ -1,7 +1,8 @@
 """diff(a, b): what differs between two checkpoints, by key and by object path, optionally by value.
 
-Values are compared a chunk at a time (Tensor.iter_chunks), so memory stays bounded by the chunk size
-for unsliced tensors; sliced (partitioned) and string tensors are read whole.
+Values are compared a chunk at a time (Tensor.iter_chunks, or Tensor.read_rows for sliced tensors), so
+memory stays bounded by the chunk size; string tensors, and sliced ones of V1 or archived checkpoints,
+are read whole.
 """
 from __future__ import annotations
 
@@ -132,7 +133,12 @@ def _numeric(t) -> bool:
 
 
 def _flat(t):
-    """The tensor's elements as 1-D arrays, a chunk at a time (whole when sliced or V1)."""
+    """The tensor's elements as 1-D arrays, a chunk at a time (whole when V1 or read from an archive)."""
+    if t.slices and t.ranged_rows:  # partitioned: rows gathered from the slices that hold them
+        step = max(1, CHUNK_BYTES // max(1, t.entry.dtype_info.itemsize * math.prod(t.shape[1:])))
+        for start in range(0, t.shape[0], step):
+            yield t.read_rows(start, min(t.shape[0], start + step)).reshape(-1)
+        return
     for chunk in t.iter_chunks(CHUNK_BYTES):
         yield chunk.reshape(-1)
 

@@ -1,12 +1,15 @@
 """fit(src, template, out): the template's structure (keys, dtypes, shapes, object graph) with src's values.
 
 Every template tensor is written once: copied from the source tensor that matches it (views.match),
-copied from the template when none does, or built in memory when it must be sliced, remapped to a new
-vocabulary or re-partitioned. Copies go through rewrite's piece writer, so unchanged bytes are streamed
-with their checksums carried over and memory stays bounded by the chunk size.
+copied from the template when none does, or built when it must be sliced, remapped to a new vocabulary
+or re-partitioned. Copies go through rewrite's piece writer, so unchanged bytes are streamed with their
+checksums carried over. Built tensors are made a chunk of output rows at a time from ranged row reads
+(Tensor.read_rows), so memory stays bounded by the chunk size (strings, V1 and archive inputs excepted:
+those pieces are read whole).
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections import namedtuple
@@ -50,12 +53,14 @@ class FitReport:
 
 
 def fit(src, template, out, *, rules=None, regex: bool = False, on_mismatch: str = "error", vocab=None,
-        vocab_axis: int = 0, dry_run: bool = False, force: bool = False, verify: bool = True,
-        state_file: bool = True, fsync: bool = False) -> FitReport:
+        vocab_axis: int = 0, dry_run: bool = False, force: bool = False, num_shards: int | None = 1,
+        max_shard_size: int | None = None, verify: bool = True, state_file: bool = True,
+        fsync: bool = False) -> FitReport:
     """Write at prefix `out` a checkpoint with template's structure and src's values where a source tensor matches.
 
     rules: a transform.Rename or (old, new) pairs renaming src's names first; on_mismatch: error, template or
-    slice; vocab: {name: (old vocabulary, new vocabulary)}, each a file (one token per line) or a token list.
+    slice; vocab: {name: (old vocabulary, new vocabulary)}, each a file (one token per line) or a token list;
+    num_shards / max_shard_size: output data shards, as for rewrite().
     """
     started = time.perf_counter()
     from .checkpoint import open as open_checkpoint
@@ -64,6 +69,8 @@ def fit(src, template, out, *, rules=None, regex: bool = False, on_mismatch: str
         raise PlanError(f"on_mismatch must be one of {', '.join(ON_MISMATCH)}, not {on_mismatch!r}")
     if vocab_axis not in (0, 1):
         raise PlanError(f"vocab_axis must be 0 or 1, not {vocab_axis!r}")
+    if num_shards is not None and num_shards < 1 or max_shard_size is not None and max_shard_size < 1:
+        raise PlanError("num_shards and max_shard_size must be at least 1")
     if out is None and not dry_run:
         raise PlanError("fit needs an output prefix (or dry_run=True)")
     if out is not None:
@@ -84,13 +91,16 @@ def fit(src, template, out, *, rules=None, regex: bool = False, on_mismatch: str
             report, ops = plan(cs, ct, rules, on_mismatch, vocabularies, vocab_axis)
             report.dst, report.dry_run = None if out is None else os.fspath(out), dry_run
             if report.errors and not dry_run:
-                _, why = report.errors[0]
+                dst, why = report.errors[0]
                 more = f" (and {len(report.errors) - 1} more)" if len(report.errors) > 1 else ""
-                raise MismatchError(f"{why}{more}; nothing written (--on-mismatch template keeps the "
-                                    "template's value, slice copies the overlap)")
+                first = next(m for m in report.mismatched if m["dst"] == dst)
+                hint = ("--on-mismatch template keeps the template's value, slice copies the overlap"
+                        if first["src_shape"] != first["dst_shape"] else
+                        "a --map rule can pair it with another source tensor")  # no policy converts a dtype
+                raise MismatchError(f"{why}{more}; nothing written ({hint})")
             if not dry_run:
-                write(cs, ct, ops, os.fspath(out), force=force, verify=verify, state_file=state_file, fsync=fsync,
-                      axis=vocab_axis)
+                write(cs, ct, ops, os.fspath(out), num_shards=num_shards, max_shard_size=max_shard_size, force=force,
+                      verify=verify, state_file=state_file, fsync=fsync, axis=vocab_axis)
             report.seconds = time.perf_counter() - started
             return report
         finally:
@@ -208,42 +218,65 @@ def _vocab_targets(vs, vt, source_of: dict, vocabularies: dict) -> dict[str, tup
                             + (f" ({', '.join(keys[:3])})" if keys else ""), key=name)
         if keys[0] not in source_of:
             raise PlanError(f"--vocab {name}: no source tensor matches template tensor {keys[0]!r}", key=name)
+        if keys[0] in out:  # two vocabularies for one tensor: neither may silently win
+            raise PlanError(f"--vocab {name} and --vocab {out[keys[0]][2]} name one template tensor {keys[0]!r}",
+                            key=name)
         out[keys[0]] = tokens + (name,)
+    named = set(out)
     for dst, t in vt.tensors.items():  # optimizer slots of a remapped variable move with it
-        if t.slot_of is not None and t.slot_of[0] in out and dst in source_of:
-            out[dst] = out[t.slot_of[0]]
+        var = t.slot_of[0] if t.slot_of is not None else None
+        if var in named and dst in named:
+            raise PlanError(f"--vocab {out[dst][2]} names optimizer slot {dst!r}, which moves with its variable "
+                            f"(--vocab {out[var][2]}); drop one of them", key=dst)
+        if var in named and dst in source_of:
+            src_var, src_slot = source_of[var][0], source_of[dst][0]
+            if t.entry.shape != vt.tensors[var].entry.shape or \
+                    vs.tensors[src_slot].entry.shape != vs.tensors[src_var].entry.shape:
+                # A factored or scalar slot (Adafactor's row/column statistics, a step count) is not one
+                # row per token: moving its entries as rows would be wrong without a word.
+                raise PlanError(f"--vocab {out[var][2]}: optimizer slot {dst!r} is not shaped like its variable "
+                                f"{var!r}, so its rows cannot be remapped; fit with a template without the "
+                                "optimizer, or strip the source's optimizer state first", key=dst)
+            out[dst] = out[var]
     return out
 
 
 # -- writing ----------------------------------------------------------------------------------------
 
-def write(cs, ct, ops: list[Op], out: str, *, force=False, verify=True, state_file=True, fsync=False,
-          axis: int = 0) -> None:
-    """Write the planned checkpoint atomically: copies first (in source order), then built tensors, then the graph."""
-    from .bundle.writer import BundleWriter
-    from .rewrite import _write_piece, tensor_pieces
+CHUNK_BYTES = 8 << 20  # output rows built per step of a sliced, remapped or re-cut tensor
 
-    copies, built, metadata = [], [], {}
+
+def write(cs, ct, ops: list[Op], out: str, *, num_shards: int | None = 1, max_shard_size: int | None = None,
+          force=False, verify=True, state_file=True, fsync=False, axis: int = 0) -> None:
+    """Write the planned checkpoint atomically: copies first (in source order), then built tensors, then the graph.
+
+    Shards are assigned by rewrite's rule over every piece in write order; built tensors are sized as the
+    template's pieces they replace."""
+    from .bundle.writer import BundleWriter
+    from .rewrite import _assign_shards, _write_piece, tensor_pieces
+
+    copies, built, metadata, origin = [], [], {}, {}
     for op in ops:
-        if op.kind in ("copy", "keep"):
-            ckpt = cs if op.kind == "copy" else ct
-            dtype = op.dtype if op.kind == "copy" else ct.entries()[op.dst].dtype
-            pieces, meta = tensor_pieces(ckpt, op.src or op.dst, op.dst, dtype)
-            copies += [(ckpt is ct, p) for p in pieces]
-            if meta is not None:
-                metadata[op.dst] = meta
-        else:
-            built.append(op)
-    copies.sort(key=lambda c: (c[0], c[1].src_entry.shard_id, c[1].src_entry.offset, c[1].key))
-    with BundleWriter(out, 1, force=force, inputs=[cs.located, ct.located]) as writer:
-        for from_template, piece in copies:
-            _write_piece(ct if from_template else cs, writer, piece, 0, verify)
-        for op in built:
-            target, source = ct[op.dst], cs[op.src]
-            if op.kind == "slice" and _streamable(target) and _streamable(source):
-                writer.add_bytes(op.dst, target.entry.dtype, target.shape, _corner_chunks(source, target), 0)
-            else:
-                _write_built(writer, target, _build(cs, ct, op, axis))
+        ckpt = cs if op.kind == "copy" else ct
+        dtype = op.dtype if op.kind == "copy" else ct.entries()[op.dst].dtype
+        # A built tensor takes the template's layout: its pieces say where each part goes and how big it is.
+        pieces, meta = tensor_pieces(ckpt, op.src or op.dst, op.dst, dtype) if op.kind in ("copy", "keep") else \
+            tensor_pieces(ct, op.dst, op.dst, dtype)
+        for p in pieces:
+            origin[p.key] = (ckpt, op)
+        (copies if op.kind in ("copy", "keep") else built).extend(pieces)
+        if meta is not None:
+            metadata[op.dst] = meta
+    copies.sort(key=lambda p: (origin[p.key][0] is ct, p.src_entry.shard_id, p.src_entry.offset, p.key))
+    groups = _assign_shards(copies + built, num_shards, max_shard_size)
+    with BundleWriter(out, len(groups), force=force, inputs=[cs.located, ct.located]) as writer:
+        for shard, group in enumerate(groups):
+            for piece in group:
+                ckpt, op = origin[piece.key]
+                if op.kind in ("copy", "keep"):
+                    _write_piece(ckpt, writer, piece, shard, verify)
+                else:
+                    _write_built(writer, cs[op.src], ct[op.dst], op, piece, axis, shard)
         for name, meta in metadata.items():
             writer.add_entry(name, meta)
         graph = ct.object_graph_bytes
@@ -252,95 +285,134 @@ def write(cs, ct, ops: list[Op], out: str, *, force=False, verify=True, state_fi
 
             value = np.empty((), dtype=object)
             value[()] = graph
-            writer.add_array(naming.OBJECT_GRAPH_KEY, value, 0)
+            writer.add_array(naming.OBJECT_GRAPH_KEY, value, len(groups) - 1)
         writer.finish(state_file=state_file, fsync=fsync)
 
 
-CHUNK_BYTES = 8 << 20
-
-
-def _streamable(t) -> bool:
-    """Unsliced and fixed-width: iter_chunks then yields rows a chunk at a time."""
-    info = t.entry.dtype_info
-    return not t.slices and info is not None and info.fixed_width and len(t.shape) >= 1
-
-
-def _corner_chunks(source, target):
-    """The template's rows with the source's overlapping corner over them, as stored bytes, a chunk at a time."""
+def _write_built(writer, source, target, op: Op, piece, axis: int, shard: int) -> None:
+    """Write one piece of a built tensor (the whole tensor, or one template slice) a chunk of rows at a time."""
     import numpy as np
 
     from .bundle.decode import to_bytes
 
-    info = target.entry.dtype_info
-    overlap = min(source.shape[0], target.shape[0])
-    inner = tuple(slice(0, min(a, b)) for a, b in zip(source.shape[1:], target.shape[1:]))
-    rows = _take_rows(source.iter_chunks(CHUNK_BYTES))
-    done = 0
-    for chunk in target.iter_chunks(CHUNK_BYTES):
-        n = max(0, min(len(chunk), overlap - done))
-        if n:
-            chunk = np.array(chunk)  # writable
-            chunk[(slice(0, n),) + inner] = rows(n)[(slice(None),) + inner]
-        done += len(chunk)
-        yield to_bytes(chunk, info)
+    shape, info = target.shape, target.entry.dtype_info
+    bounds = piece.slice.bounds(shape) if piece.slice is not None else tuple((0, d) for d in shape)
+    region = tuple(b - a for a, b in bounds)
+    chunks = _region_chunks(source, target, op, bounds, axis)
+    if info.fixed_width:
+        writer.add_bytes(piece.key, target.entry.dtype, region, (to_bytes(c, info) for c in chunks), shard)
+    else:  # strings: variable width, one piece in memory
+        parts = list(chunks)
+        value = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        writer.add_array(piece.key, value.reshape(region), shard, dtype=target.entry.dtype)
 
 
-def _take_rows(chunks):
-    """take(n): the next n rows of a stream of row chunks."""
+def _region_chunks(source, target, op: Op, bounds, axis: int):
+    """The template's values in the box `bounds` with the source's over them, as arrays of consecutive rows."""
     import numpy as np
 
-    pending = []
+    moves = _moves(op.vocab) if op.kind == "vocab" else None
 
-    def take(n: int):
-        have = sum(len(p) for p in pending)
-        while have < n:
-            piece = next(chunks)
-            pending.append(piece)
-            have += len(piece)
-        joined = pending[0] if len(pending) == 1 else np.concatenate(pending)
-        pending[:] = [joined[n:]] if len(joined) > n else []
-        return joined[:n]
+    if not bounds:  # a scalar has no rows: sliced, remapped or re-cut, it is the source's value cast
+        yield np.asarray(source.read()).astype(target.dtype)
+        return
+    (r0, r1), inner = bounds[0], tuple(slice(a, b) for a, b in bounds[1:])
+    step = _rows_per_chunk(source, target, r1 - r0)
+    for g0 in range(r0, r1, step):
+        g1 = min(r1, g0 + step)
+        if op.kind == "layout":
+            yield source.read_rows(g0, g1)[(slice(None),) + inner].astype(target.dtype)
+            continue
+        value = np.array(target.read_rows(g0, g1)[(slice(None),) + inner])  # writable
+        if op.kind == "slice":
+            _overlay_corner(value, source, target, g0, g1, bounds)
+        elif axis == 0:
+            _overlay_rows(value, source, g0, g1, bounds, moves)
+        else:
+            _overlay_columns(value, source, g0, g1, bounds, moves)
+        yield value
 
-    return take
+
+def _rows_per_chunk(source, target, rows: int) -> int:
+    """Rows per step: about CHUNK_BYTES of full rows of either side; all of them if either is read whole."""
+    if not (source.ranged_rows and target.ranged_rows):
+        return max(rows, 1)
+    row_bytes = max(t.entry.dtype_info.itemsize * math.prod(t.shape[1:]) for t in (source, target))
+    return max(1, CHUNK_BYTES // row_bytes) if row_bytes else max(rows, 1)
 
 
-def _build(cs, ct, op: Op, axis: int):
-    """The full value of a tensor built in memory: the template's, with the source's rows or corner over it."""
+def _clip(bounds, limits) -> tuple:
+    """Per inner dimension: (local slice into the box, global slice) of the part below each limit."""
+    out = []
+    for (a, b), limit in zip(bounds, limits):
+        stop = max(a, min(b, limit))
+        out.append((slice(0, stop - a), slice(a, stop)))
+    return tuple(out)
+
+
+def _overlay_corner(value, source, target, g0, g1, bounds) -> None:
+    """The source's leading corner over rows [g0, g1) of the box."""
+    n = max(0, min(g1, source.shape[0]) - g0)
+    if not n:
+        return
+    clipped = _clip(bounds[1:], [min(a, b) for a, b in zip(source.shape[1:], target.shape[1:])])
+    rows = source.read_rows(g0, g0 + n)
+    corner = rows[(slice(None),) + tuple(g for _, g in clipped)]
+    value[(slice(0, n),) + tuple(local for local, _ in clipped)] = corner.astype(value.dtype, copy=False)
+
+
+def _moves(vocab):
+    """(new indices, old indices) of the tokens in both vocabularies, as int64 arrays ordered by new index."""
     import numpy as np
 
-    target = ct[op.dst]
-    source = cs[op.src].read().astype(target.dtype, copy=False)
-    if op.kind == "layout":
-        return source
-    value = np.array(target.read())
-    if op.kind == "slice":
-        corner = tuple(slice(0, min(a, b)) for a, b in zip(source.shape, value.shape))
-        value[corner] = source[corner]
-        return value
-    old, new, _ = op.vocab  # checked against the shapes when planned
+    old, new, _ = vocab
     where = {t: i for i, t in enumerate(old)}
     moved = [(j, where[t]) for j, t in enumerate(new) if t in where]
-    if moved:
-        to, frm = (np.array(x, dtype=np.int64) for x in zip(*moved))
-        index = (slice(None),) * axis + (to,)
-        value[index] = np.take(source, frm, axis=axis)
-    return value
+    return tuple(np.array(x, dtype=np.int64).reshape(-1) for x in (zip(*moved) if moved else ((), ())))
+
+
+def _moves_within(moves, start: int, stop: int):
+    """The part of moves whose new index lies in [start, stop)."""
+    to, frm = moves
+    lo, hi = to.searchsorted(start), to.searchsorted(stop)
+    return to[lo:hi], frm[lo:hi]
+
+
+def _overlay_rows(value, source, g0, g1, bounds, moves) -> None:
+    """Axis-0 remap: each output row [g0, g1) whose token the old vocabulary has gets that old row."""
+    to, frm = _moves_within(moves, g0, g1)
+    if not len(to):
+        return
+    inner = tuple(slice(a, b) for a, b in bounds[1:])
+    value[to - g0] = _gather_rows(source, frm)[(slice(None),) + inner].astype(value.dtype, copy=False)
+
+
+def _gather_rows(source, rows):
+    """source rows in the order given, reading each run of consecutive rows once."""
+    import numpy as np
+
+    order = np.argsort(rows, kind="stable")
+    ranked = rows[order]
+    parts, start = [], 0
+    for k in range(1, len(ranked) + 1):
+        if k == len(ranked) or ranked[k] != ranked[k - 1] + 1:
+            parts.append(source.read_rows(int(ranked[start]), int(ranked[k - 1]) + 1))
+            start = k
+    out = np.empty((len(rows),) + tuple(source.shape[1:]), dtype=parts[0].dtype)
+    out[order] = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    return out
+
+
+def _overlay_columns(value, source, g0, g1, bounds, moves) -> None:
+    """Axis-1 remap: in rows [g0, g1), each column whose token the old vocabulary has gets that old column."""
+    (c0, c1) = bounds[1]
+    to, frm = _moves_within(moves, c0, c1)
+    if not len(to):
+        return
+    rest = tuple(slice(a, b) for a, b in bounds[2:])
+    rows = source.read_rows(g0, g1)
+    value[:, to - c0] = rows[(slice(None), frm) + rest].astype(value.dtype, copy=False)
 
 
 def _without(shape, axis: int) -> tuple:
     return tuple(d for i, d in enumerate(shape) if i != axis)
-
-
-def _write_built(writer, target, value) -> None:
-    """Write a built value under the template tensor's name, cut into the template's slices if it has any."""
-    from .bundle.entry import Entry
-    from .bundle.slices import encode_key as slice_key
-
-    entry = target.entry
-    if not entry.slices:
-        writer.add_array(target.name, value, 0, dtype=entry.dtype)
-        return
-    for s in entry.slices:
-        index = tuple(slice(a, b) for a, b in s.bounds(entry.shape))
-        writer.add_array(slice_key(naming.encode_key(target.name), s), value[index], 0, dtype=entry.dtype)
-    writer.add_entry(target.name, Entry(entry.dtype, entry.shape, slices=entry.slices))

@@ -17,6 +17,7 @@ from .bundle.naming import OBJECT_GRAPH_KEY
 from .errors import PlanError
 
 MAX_PATHS = 8  # alternative paths kept per node; real graphs have two or three
+ATTRIBUTES = "/.ATTRIBUTES/"  # between an object path and its attribute in key-form names
 
 
 # paths: key-form object paths (none for name-based tensors); slot_of: (variable key, slot name) when the
@@ -45,7 +46,7 @@ class View:
         out = []
         for key, t in self.tensors.items():
             forms = {key, t.full_name} | set(t.paths)
-            forms |= {p.split("/.ATTRIBUTES/")[0] for p in t.paths}
+            forms |= {p.partition(ATTRIBUTES)[0] for p in t.paths}
             if name in forms:
                 out.append(key)
         return out
@@ -209,8 +210,8 @@ def match(a: View, b: View, rules=None, *, a_label: str = "A", b_label: str = "B
             used.add(ak)
 
     bt = b.tensors
-    if renamed:
-        tier(MAP, renamed, lambda bk: bt[bk].names())
+    if renamed:  # a rule's NEW may name a b tensor by its object path, without `/.ATTRIBUTES/...`
+        tier(MAP, renamed, lambda bk: bt[bk].names() | {p.partition(ATTRIBUTES)[0] for p in bt[bk].paths})
     tier(PATH, {k: set(a.tensors[k].paths) for k in plain_a}, lambda bk: set(bt[bk].paths))
     tier(KEY, {k: {k} & a.tensors[k].names() for k in plain_a}, lambda bk: {bk} & bt[bk].names())
     if a.object_based != b.object_based:
@@ -235,6 +236,13 @@ def _renamed(a: View, rules) -> dict[str, set[str]]:
         names = set()
         for name in sorted(t.names()):
             new, i = rules.rename(name)
+            path, sep, attribute = name.partition(ATTRIBUTES)
+            if i is None and sep and not rules.regex:
+                # An exact rule written as the object path `ls --objects` shows (no `/.ATTRIBUTES/...`):
+                # scope rules already matched the key form, so only an exact rule can match here.
+                new, i = rules.rename(path)
+                if i is not None and ATTRIBUTES not in new:
+                    new += ATTRIBUTES + attribute
             if i is not None:
                 used.add(i)
                 names.add(new)

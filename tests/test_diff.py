@@ -263,3 +263,38 @@ def test_keras_slot_lists_pair_by_variable_never_by_position(tmp_path):
     # once the variables pair, their slots do
     result = ckptio.diff(a, b, rules=Rename((("model/dense/", "model/dense_1/"),)), values=True)
     assert result.identical and (slot, slot, "slot") in result.pairs
+
+
+def test_exact_map_rules_may_name_object_paths_as_ls_objects_shows_them(tmp_path, capsys):
+    a = write_object_based(tmp_path / "a/ckpt", {"model/dense/kernel": F32, "model/dense/bias": F32[0]})
+    b = write_object_based(tmp_path / "b/ckpt", {"model/head/kernel": F32, "model/dense/bias": F32[0]})
+    for rule in ("model/dense/kernel=model/head/kernel", f"{key('model/dense/kernel')}=model/head/kernel",
+                 f"model/dense/kernel={key('model/head/kernel')}"):
+        code, out = run(capsys, "diff", a, b, "--json", "--map", rule)
+        assert (code, json.loads(out)["only_a"]) == (0, []), rule
+    result = ckptio.diff(a, b, rules=Rename((("model/dense/kernel", "model/head/kernel"),)))
+    assert (key("model/dense/kernel"), key("model/head/kernel"), "map") in result.pairs
+    # name-based into object-based: NEW is the template's object path
+    n = write_named(tmp_path / "n/ckpt", {"dense/kernel": F32})
+    pairs = ckptio.diff(n, b, rules=Rename((("dense/kernel", "model/head/kernel"),))).pairs
+    assert pairs == [("dense/kernel", key("model/head/kernel"), "map")]
+    assert run(capsys, "diff", a, b, "--map", "model/dense/kern=model/head/kernel")[0] == 2  # exact means exact
+
+
+def test_values_of_partitioned_tensors_are_read_a_chunk_of_rows_at_a_time(tmp_path, monkeypatch):
+    import sys
+
+    from test_fit import write_sliced
+
+    from ckptio.checkpoint import Checkpoint
+
+    value = np.arange(60, dtype=np.float32).reshape(20, 3)
+    changed = value.copy()
+    changed[17, 1] += 0.5
+    a = write_sliced(tmp_path / "a/ckpt", "emb", value, [(0, 7), (7, 13)])
+    b = write_sliced(tmp_path / "b/ckpt", "emb", changed, [(0, 10), (10, 10)])
+    monkeypatch.setattr(sys.modules["ckptio.diff"], "CHUNK_BYTES", 24)
+    monkeypatch.setattr(Checkpoint, "_read", lambda *a: pytest.fail("a partitioned tensor was read whole"))
+    result = ckptio.diff(a, b, values=True)
+    assert [(c.a, c.max_abs) for c in result.changed] == [("emb", 0.5)]
+    assert ckptio.diff(a, a, values=True).equal == 1

@@ -251,21 +251,225 @@ def test_public_api_is_the_function():
 
 
 @pytest.mark.parametrize("src_shape, dst_shape", [((7, 3), (10, 5)), ((10, 5), (7, 3)), ((9, 2), (4, 6))])
-def test_slice_streams_rows_a_chunk_at_a_time(tmp_path, monkeypatch, src_shape, dst_shape):
-    import sys
-
-    fit_module = sys.modules["ckptio.fit"]
+def test_slice_streams_rows_a_chunk_at_a_time(tmp_path, bounded_reads, src_shape, dst_shape):
     source = np.arange(np.prod(src_shape), dtype=np.float64).reshape(src_shape)
     template = -np.arange(np.prod(dst_shape), dtype=np.float32).reshape(dst_shape)
     src = write_named(tmp_path / "s/ckpt", {"emb": source})
     tpl = write_named(tmp_path / "t/ckpt", {"emb": template})
-    monkeypatch.setattr(fit_module, "CHUNK_BYTES", 16)  # a row or two per chunk on each side
-    monkeypatch.setattr(fit_module, "_build", lambda *a: pytest.fail("the slice went through memory whole"))
-    report = ckptio.fit(src, tpl, tmp_path / "o/ckpt", on_mismatch="slice")
-    assert report.cast[0]["src_dtype"] == "float64"
+    report = []
+    sizes = bounded_reads(lambda: report.append(ckptio.fit(src, tpl, tmp_path / "o/ckpt", on_mismatch="slice")))
+    assert report[0].cast[0]["src_dtype"] == "float64"
+    widest_row = max(source[0].nbytes, template[0].nbytes)  # one row a step when a row exceeds the chunk
+    assert 0 < max(sizes) <= max(2 * ROW, widest_row) < source.nbytes / 2
     expected = template.copy()
     r, c = min(src_shape[0], dst_shape[0]), min(src_shape[1], dst_shape[1])
     expected[:r, :c] = source[:r, :c]
     got = read_all(tmp_path / "o/ckpt")["emb"]
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got, expected)
+
+
+ROW = 3 * 4  # bytes of one row of the float32 [n, 3] tensors below
+
+
+@pytest.fixture
+def bounded_reads(monkeypatch):
+    """bounded_reads(fn): run fn with two rows per chunk in fit and in crc checks, failing on any whole-tensor
+    read; returns the sizes of the data-shard reads it made."""
+    import sys
+
+    from ckptio import checkpoint
+    from ckptio.io import FileSource
+
+    def run(fn):
+        sizes = []
+        real = FileSource.read
+
+        def read(self, offset, length, **kw):
+            if ".data-" in self.name:
+                sizes.append(length)
+            return real(self, offset, length, **kw)
+
+        whole = lambda *a: pytest.fail("a whole tensor was read")  # noqa: E731
+        with monkeypatch.context() as m:
+            m.setattr(FileSource, "read", read)
+            m.setattr(FileSource, "readinto", whole)
+            m.setattr(sys.modules["ckptio.fit"], "CHUNK_BYTES", 2 * ROW)
+            m.setattr(checkpoint, "VERIFY_CHUNK", 2 * ROW)
+            m.setattr(checkpoint.Checkpoint, "_read", whole)
+            fn()
+        return sizes
+
+    return run
+
+
+BIG_OLD = [f"t{i}" for i in range(40)]
+BIG_NEW = [f"t{i}" for i in range(45, 0, -3)] + [f"t{i}" for i in range(1, 40, 3)]  # reversed, new, dropped
+
+
+@pytest.mark.parametrize("case", ["vocab0", "vocab0-partitioned", "vocab1", "recut", "slice-partitioned"])
+def test_remap_recut_and_slice_pass_through_memory_a_chunk_at_a_time(tmp_path, bounded_reads, case):
+    old = np.arange(40 * 3, dtype=np.float32).reshape(40, 3)
+    rows = len(BIG_NEW) + 2
+    tpl_value = -np.arange(rows * 3, dtype=np.float32).reshape(rows, 3)
+    where = {t: i for i, t in enumerate(BIG_OLD)}
+    expected = tpl_value.copy()
+    for j, t in enumerate(BIG_NEW):
+        if t in where:
+            expected[j] = old[where[t]]
+    vocab, axis, policy = {"emb": (BIG_OLD, BIG_NEW)}, 0, "error"
+    src = write_named(tmp_path / "s/ckpt", {"emb": old})
+    tpl = write_named(tmp_path / "t/ckpt", {"emb": tpl_value})
+    if case == "vocab0-partitioned":
+        src = write_sliced(tmp_path / "s2/ckpt", "emb", old, [(0, 13), (13, 27)])
+        tpl = write_sliced(tmp_path / "t2/ckpt", "emb", tpl_value, [(0, 5), (5, 20), (25, rows - 25)])
+    elif case == "vocab1":
+        old, tpl_value = old.T.copy(), tpl_value.T.copy()  # [3, n]: a row is 40 or `rows` floats, read whole
+        src = write_named(tmp_path / "s2/ckpt", {"emb": old})
+        tpl = write_named(tmp_path / "t2/ckpt", {"emb": tpl_value})
+        expected, axis = expected.T, 1
+    elif case in ("recut", "slice-partitioned"):
+        vocab = None
+        src = write_sliced(tmp_path / "s2/ckpt", "emb", old, [(0, 7), (7, 33)])
+        if case == "recut":
+            tpl = write_sliced(tmp_path / "t2/ckpt", "emb", np.zeros_like(old), [(0, 20), (20, 11), (31, 9)])
+            expected = old
+        else:
+            tpl = write_sliced(tmp_path / "t2/ckpt", "emb", tpl_value, [(0, 20), (20, rows - 20)])
+            expected = tpl_value.copy()
+            expected[:40] = old[:rows] if rows < 40 else old
+            policy = "slice"
+    sizes = bounded_reads(lambda: ckptio.fit(src, tpl, tmp_path / "o/ckpt", vocab=vocab, vocab_axis=axis,
+                                             on_mismatch=policy))
+    # A row of the [3, n] tensors is wider than a chunk: one row at a time then (crc checks stay at 2 * ROW).
+    limit = max(old.shape[1], tpl_value.shape[1]) * 4 if axis else 2 * ROW
+    assert 0 < max(sizes) <= limit <= old.nbytes / 2
+    with ckptio.open(tmp_path / "o/ckpt") as o, ckptio.open(tpl) as t:
+        assert o["emb"].slices == t["emb"].slices
+    np.testing.assert_array_equal(read_all(tmp_path / "o/ckpt")["emb"], expected)
+
+
+def test_read_rows_matches_read_and_checks_the_whole_piece_crc(tmp_path):
+    from ckptio.errors import ChecksumError
+
+    value = np.arange(40 * 3, dtype=np.float32).reshape(40, 3)
+    sliced = write_sliced(tmp_path / "s/ckpt", "emb", value, [(0, 7), (7, 33)], extra={"flat": value})
+    with ckptio.open(sliced) as c:
+        for name in ("emb", "flat"):
+            for start, stop in ((0, 40), (5, 9), (7, 7), (39, 40)):
+                np.testing.assert_array_equal(c[name].read_rows(start, stop), value[start:stop])
+        with pytest.raises(IndexError):
+            c["emb"].read_rows(3, 41)
+        entry = c["flat"].entry
+    data = tmp_path / "s/ckpt.data-00000-of-00001"
+    raw = bytearray(data.read_bytes())
+    raw[entry.offset + entry.size - 1] ^= 1  # the last row; rows 0-1 themselves are intact
+    data.write_bytes(bytes(raw))
+    with ckptio.open(sliced) as c, pytest.raises(ChecksumError):
+        c["flat"].read_rows(0, 2)
+
+
+@pytest.mark.parametrize("flags, shards", [(["--shards", "3"], 3), (["--max-shard-size", "100"], None), ([], 1)])
+def test_shards_split_copies_and_built_tensors(tmp_path, capsys, flags, shards):
+    import glob
+
+    emb = np.arange(40 * 3, dtype=np.float32).reshape(40, 3)
+    tensors = {f"w{i}": np.full((5, 4), i, np.float32) for i in range(6)}  # 80 bytes each
+    src = write_named(tmp_path / "s/ckpt", {**tensors, "emb": emb})
+    tpl = write_named(tmp_path / "t/ckpt", {**{n: np.zeros_like(v) for n, v in tensors.items()},
+                                            "emb": np.zeros((50, 3), np.float32), "new": np.ones(3, np.float32)})
+    out = tmp_path / "o/ckpt"
+    code, _ = run(capsys, "fit", src, "--template", tpl, out, "--on-mismatch", "slice", *flags)
+    assert code == 0
+    files = sorted(glob.glob(f"{out}.data-*"))
+    with ckptio.open(out) as o:
+        assert o.num_shards == len(files)
+        used = {e.shard_id for e in o.entries().values()}
+    if shards is None:  # 6 * 80 + 600 + 12 bytes, at most 100 a shard unless one tensor is larger
+        assert len(files) >= 6 and used == set(range(len(files)))
+    else:
+        assert len(files) == shards and used <= set(range(shards)) and len(used) == min(shards, 2)
+    got = read_all(out)
+    for n, v in tensors.items():
+        np.testing.assert_array_equal(got[n], v)
+    expected = np.zeros((50, 3), np.float32)
+    expected[:40] = emb
+    np.testing.assert_array_equal(got["emb"], expected)
+    np.testing.assert_array_equal(got["new"], np.ones(3, np.float32))
+    assert run(capsys, "fit", src, "--template", tpl, tmp_path / "x/ckpt", "--shards", "0")[0] == 2
+    assert run(capsys, "fit", src, "--template", tpl, tmp_path / "x/ckpt", "--shards", "2",
+               "--max-shard-size", "1K")[0] == 2
+
+
+def test_fit_exact_map_rule_on_an_object_path(tmp_path):
+    new_head = np.zeros((3, 4), np.float32)
+    src = write_object_based(tmp_path / "s/ckpt", {"model/dense/kernel": W})
+    tpl = write_object_based(tmp_path / "t/ckpt", {"model/head/kernel": new_head})
+    report = ckptio.fit(src, tpl, tmp_path / "o/ckpt", rules=["model/dense/kernel=model/head/kernel"])
+    assert report.matched == [{"src": key("model/dense/kernel"), "dst": key("model/head/kernel"), "how": "map"}]
+    np.testing.assert_array_equal(read_all(tmp_path / "o/ckpt")[key("model/head/kernel")], W)
+
+
+def test_non_floating_dtype_change_is_refused_with_a_remedy_that_applies(tmp_path):
+    src = write_named(tmp_path / "s/ckpt", {"ids": np.arange(4, dtype=np.int64), "w": W})
+    tpl = write_named(tmp_path / "t/ckpt", {"ids": np.zeros(4, np.int32), "w": np.zeros((3, 4), np.float16)})
+    for policy in ("error", "template", "slice"):  # no policy converts an int64 into an int32
+        with pytest.raises(MismatchError, match=r"'ids' is int64, template tensor 'ids' is int32.*--map rule"):
+            ckptio.fit(src, tpl, tmp_path / "o/ckpt", on_mismatch=policy)
+    report = ckptio.fit(src, tpl, tmp_path / "o/ckpt", dry_run=True)
+    assert [e[0] for e in report.errors] == ["ids"]
+    assert report.cast == [{"src": "w", "dst": "w", "src_dtype": "float32", "dst_dtype": "float16"}]
+
+
+def test_string_tensors_slice_and_remap_whole(tmp_path):
+    words = np.array([b"a", b"bb", b"", b"dddd"], dtype=object)
+    src = write_named(tmp_path / "s/ckpt", {"words": words, "grid": words.reshape(2, 2)})
+    tpl = write_named(tmp_path / "t/ckpt", {"words": np.array([b"?"] * 5, dtype=object),
+                                            "grid": np.array([[b"x"] * 3] * 3, dtype=object)})
+    ckptio.fit(src, tpl, tmp_path / "o/ckpt", vocab={"words": (OLD, NEW)}, on_mismatch="slice")
+    got = read_all(tmp_path / "o/ckpt")
+    assert list(got["words"]) == [b"", b"?", b"a", b"bb", b"?"]
+    assert got["grid"].tolist() == [[b"a", b"bb", b"x"], [b"", b"dddd", b"x"], [b"x", b"x", b"x"]]
+
+
+def test_tf1_partitioned_source_into_an_object_based_template_by_full_name(tmp_path):
+    emb = np.arange(24, dtype=np.float32).reshape(8, 3)
+    src = write_sliced(tmp_path / "s/ckpt", "embedding/embeddings", emb, [(0, 3), (3, 5)],
+                       extra={"embedding/embeddings/Adam": emb})
+    tpl = write_object_based(tmp_path / "t/ckpt", {"model/emb/embeddings": np.zeros((8, 3), np.float32)},
+                             full_names={"model/emb/embeddings": "embedding/embeddings"})
+    report = ckptio.fit(src, tpl, tmp_path / "o/ckpt")
+    assert report.matched == [{"src": "embedding/embeddings", "dst": key("model/emb/embeddings"), "how": "full_name"}]
+    assert report.source_only == ["embedding/embeddings/Adam"]
+    with ckptio.open(tmp_path / "o/ckpt") as o:
+        assert o[key("model/emb/embeddings")].slices == ()  # the template's layout: whole
+        np.testing.assert_array_equal(o[key("model/emb/embeddings")].read(), emb)
+
+
+def test_vocab_refuses_a_slot_not_shaped_like_its_variable(tmp_path):
+    emb = np.arange(8, dtype=np.float32).reshape(4, 2)
+    src = write_named(tmp_path / "s/ckpt", {"emb": emb, "emb/Adafactor": np.ones(4, np.float32)})
+    tpl = write_named(tmp_path / "t/ckpt", {"emb": np.zeros((5, 2), np.float32),
+                                            "emb/Adafactor": np.zeros(5, np.float32)})
+    with pytest.raises(PlanError, match="slot 'emb/Adafactor' is not shaped like its variable 'emb'"):
+        ckptio.fit(src, tpl, tmp_path / "o/ckpt", vocab={"emb": (OLD, NEW)})
+
+
+def test_one_tensor_with_two_vocabularies_is_refused(tmp_path, capsys):
+    emb = np.arange(8, dtype=np.float32).reshape(4, 2)
+    src = write_object_based(tmp_path / "s/ckpt", {"model/emb/embeddings": emb})
+    tpl = write_object_based(tmp_path / "t/ckpt", {"model/emb/embeddings": np.zeros((5, 2), np.float32)})
+    other = list(reversed(NEW))
+    with pytest.raises(PlanError, match="name one template tensor"):
+        ckptio.fit(src, tpl, tmp_path / "o/ckpt", vocab={"model/emb/embeddings": (OLD, NEW),
+                                                         key("model/emb/embeddings"): (OLD, other)})
+    named = write_named(tmp_path / "s2/ckpt", {"emb": emb, "emb/Adam": emb})
+    named_tpl = write_named(tmp_path / "t2/ckpt", {"emb": np.zeros((5, 2), np.float32),
+                                                   "emb/Adam": np.zeros((5, 2), np.float32)})
+    with pytest.raises(PlanError, match="names optimizer slot 'emb/Adam', which moves with its variable"):
+        ckptio.fit(named, named_tpl, tmp_path / "o/ckpt", vocab={"emb": (OLD, NEW), "emb/Adam": (OLD, other)})
+    (tmp_path / "a.txt").write_text("\n".join(OLD))
+    (tmp_path / "b.txt").write_text("\n".join(NEW))
+    files = f"{tmp_path / 'a.txt'}:{tmp_path / 'b.txt'}"
+    assert run(capsys, "fit", named, "--template", named_tpl, tmp_path / "o/ckpt", "--vocab", f"emb={files}",
+               "--vocab", f"emb={files}")[0] == 2

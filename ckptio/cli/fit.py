@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 
-from .common import check_output_prefix
+from .common import check_output_prefix, parse_size
 from .diff import add_map_arguments, build_rules
 
 
@@ -30,6 +30,8 @@ def add_arguments(name, p) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the report, write nothing")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--force", action="store_true", help="replace an existing output checkpoint")
+    p.add_argument("--shards", type=int, metavar="N", help="number of output data shards (default 1)")
+    p.add_argument("--max-shard-size", type=parse_size, metavar="SIZE", help="start a new shard past SIZE (e.g. 2G)")
 
 
 def parse_vocab(text: str) -> tuple[str, tuple[str, str]]:
@@ -51,9 +53,20 @@ def run(args) -> int:
     if not src or not args.template:
         raise UsageError(f"{'SRC' if not src else '--template'}: empty path")
     check_output_prefix(out)
-    vocab = dict(parse_vocab(v) for v in args.vocab)
+    if args.shards is not None and args.shards < 1:  # the same checks as strip/rename/rewrite
+        raise UsageError("--shards must be >= 1")
+    if args.max_shard_size is not None and args.max_shard_size < 1:
+        raise UsageError("--max-shard-size must be more than 0 bytes")
+    if args.shards is not None and args.max_shard_size is not None:
+        raise UsageError("give --shards or --max-shard-size, not both")
+    vocab = {}
+    for name, files in map(parse_vocab, args.vocab):
+        if name in vocab:  # a dict would let the last one win without a word
+            raise UsageError(f"--vocab {name}: given twice")
+        vocab[name] = files
     report = fit(src, args.template, out, rules=build_rules(args), on_mismatch=args.on_mismatch, vocab=vocab,
-                 vocab_axis=args.vocab_axis, dry_run=args.dry_run, force=args.force)
+                 vocab_axis=args.vocab_axis, dry_run=args.dry_run, force=args.force, num_shards=args.shards or 1,
+                 max_shard_size=args.max_shard_size)
     if args.json:
         json.dump(report.to_json(), sys.stdout)
         sys.stdout.write("\n")
