@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "open", "Checkpoint", "Tensor", "rewrite", "verify", "diff", "fit", "Select", "StripOptimizer", "Rename", "Cast",
-    "MapNames",
+    "MapNames", "plan_rewrite", "save_plan", "load_plan", "run_plan", "commit_plan",
     "CkptioError", "CheckpointNotFoundError", "WrongFileError", "CorruptCheckpointError", "TruncatedError",
     "ChecksumError", "MissingShardError", "ReadError", "UnsupportedError", "TensorNotFoundError", "PlanError",
     "OutputExistsError", "WriteError", "MismatchError",
@@ -23,6 +23,7 @@ _LAZY = {
     "open": "checkpoint", "Checkpoint": "checkpoint", "Tensor": "checkpoint", "rewrite": "rewrite",
     "verify": "verify", "Select": "transform", "StripOptimizer": "transform", "Rename": "transform",
     "Cast": "transform", "MapNames": "transform", "diff": "diff", "fit": "fit",
+    "plan_rewrite": "plan", "save_plan": "plan", "load_plan": "plan", "run_plan": "plan", "commit_plan": "plan",
 }
 
 

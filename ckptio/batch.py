@@ -126,8 +126,11 @@ def _ignore_sigint() -> None:
 
 
 def run_batch(inputs: list[str], out_dir: str, steps, *, jobs: int = 1, resume: bool = True, on_done=None,
-              **options) -> list[Outcome]:
-    """Rewrite each input into out_dir; inputs whose complete output exists are skipped when resuming."""
+              map_jobs=None, **options) -> list[Outcome]:
+    """Rewrite each input into out_dir; inputs whose complete output exists are skipped when resuming.
+
+    map_jobs(fn, jobs), when given, runs the jobs elsewhere (e.g. on Ray) and returns their outcomes.
+    """
     outputs = output_prefixes(inputs, out_dir)
     todo, results = [], {}
     for src, dst in zip(inputs, outputs):
@@ -140,7 +143,12 @@ def run_batch(inputs: list[str], out_dir: str, steps, *, jobs: int = 1, resume: 
             # An output left incomplete (resuming) or to be redone (--no-resume) is replaced.
             redo = not is_input and os.path.exists(naming.index_path(dst))
             todo.append((src, dst, tuple(steps), {**options, "force": True} if redo else options))
-    if jobs > 1 and len(todo) > 1:
+    if map_jobs is not None and todo:
+        for outcome in map_jobs(_one, todo):
+            results[outcome.src] = outcome
+            if on_done:
+                on_done(outcome)
+    elif jobs > 1 and len(todo) > 1:
         with ProcessPoolExecutor(max_workers=jobs, initializer=_ignore_sigint) as pool:
             for outcome in pool.map(_one, todo):
                 results[outcome.src] = outcome
