@@ -57,17 +57,24 @@ def wait_all(procs) -> None:
             raise SystemExit(f"ckptio failed: {err.strip()}")
 
 
-def timed_run(plan: Path, tasks: int) -> tuple[float, float]:
-    """Seconds for the tasks (run concurrently) and for the commit; the output is removed afterwards."""
+def _child_cpu() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def timed_run(plan: Path, tasks: int) -> tuple[float, float, float]:
+    """Wall seconds for the tasks (run concurrently), their CPU seconds, and the commit's wall seconds."""
     out_dir = Path(json.loads(plan.read_text())["out"]).parent
-    started = time.perf_counter()
+    cpu, started = _child_cpu(), time.perf_counter()
     wait_all([ckptio("run-plan", plan, "--task", f"{i}/{tasks}", "-q") for i in range(tasks)])
-    run = time.perf_counter() - started
+    run, cpu = time.perf_counter() - started, _child_cpu() - cpu
     started = time.perf_counter()
     wait_all([ckptio("commit", plan, "-q")])
     commit = time.perf_counter() - started
     shutil.rmtree(out_dir)
-    return run, commit
+    return run, cpu, commit
 
 
 def main() -> int:
@@ -90,12 +97,12 @@ def main() -> int:
         wait_all([ckptio("plan", *what, src, work / "out" / "model.ckpt", "--shards", args.shards,
                          "--out-plan", plan, "-q")])
         load_before = os.getloadavg()
-        times = {1: [], 2: []}
-        commits = []
+        times, cpus, commits = {1: [], 2: []}, {1: [], 2: []}, []
         for _ in range(args.repeat):
             for tasks in (1, 2):  # alternate, so a change in the machine's load hits both alike
-                run, commit = timed_run(plan, tasks)
+                run, cpu, commit = timed_run(plan, tasks)
                 times[tasks].append(run)
+                cpus[tasks].append(cpu)
                 commits.append(commit)
         load_after = os.getloadavg()
         total = sum(s["size"] for s in json.loads(plan.read_text())["shards"])
@@ -107,6 +114,8 @@ def main() -> int:
             "one_task_s": [round(t, 3) for t in times[1]], "two_tasks_s": [round(t, 3) for t in times[2]],
             "median_one_task_s": round(m1, 3), "median_two_tasks_s": round(m2, 3),
             "median_commit_s": round(statistics.median(commits), 3),
+            "median_cpu_one_task_s": round(statistics.median(cpus[1]), 3),
+            "median_cpu_two_tasks_s": round(statistics.median(cpus[2]), 3),
             "speedup": round(m1 / m2, 2), "one_task_MiB_s": round(total / m1 / 2**20, 1),
             "two_tasks_MiB_s": round(total / m2 / 2**20, 1)}, indent=1))
     finally:
