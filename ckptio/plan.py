@@ -6,7 +6,7 @@
     commit_plan(plan)                                    # index (merged fragments), state file
 
 The plan is plain JSON: for every output shard, the source byte ranges it takes and what
-happens to them (copy, cast, byteswap; a renamed tensor has name != src_name), the data
+happens to them (copy or cast; a renamed tensor has name != src_name), the data
 file's name and its index fragment; plus the sliced tensors' metadata entries and the object
 graph. It names its inputs by path with the sha256 of each .index and the size of every data
 file, so a task refuses to run against changed inputs. The layout is the one `rewrite` makes

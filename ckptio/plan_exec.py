@@ -96,12 +96,14 @@ def write_shard(plan: dict, ckpt, staging: Staging, shard: int, *, progress=None
     from .bundle.writer import BundleWriter
     from .rewrite import _write_piece
 
+    from .io import make_dirs
+
     spec, options = plan["shards"][shard], plan["options"]
     staging.forget(shard)  # from here until the new receipt, this shard is not done
     part = staging.part(shard)
-    from .io import make_dirs
-
     make_dirs(os.path.dirname(part))
+    # Two runs of one shard at once (a retry while the first still runs) write the same bytes, so
+    # whichever renames last leaves a consistent part.
     with BundleWriter(part, 1, force=True, inputs=[ckpt.located]) as writer:
         writer.reserve(0, spec["size"])
         for piece in map(_piece, spec["pieces"]):
