@@ -11,8 +11,8 @@ from .errors import (CheckpointNotFoundError, ChecksumError, CkptioError, Corrup
 __version__ = "0.1.0"
 
 __all__ = [
-    "open", "Checkpoint", "Tensor", "rewrite", "verify", "diff", "fit", "merge", "Select", "StripOptimizer", "Rename", "Cast",
-    "MapNames",
+    "open", "Checkpoint", "Tensor", "rewrite", "verify", "diff", "fit", "merge", "Select", "StripOptimizer", "Rename",
+    "Cast", "MapNames", "plan_rewrite", "save_plan", "load_plan", "run_plan", "commit_plan",
     "CkptioError", "CheckpointNotFoundError", "WrongFileError", "CorruptCheckpointError", "TruncatedError",
     "ChecksumError", "MissingShardError", "ReadError", "UnsupportedError", "TensorNotFoundError", "PlanError",
     "OutputExistsError", "OutputBusyError", "WriteError", "MismatchError", "StateFileWarning",
@@ -24,6 +24,7 @@ _LAZY = {
     "open": "checkpoint", "Checkpoint": "checkpoint", "Tensor": "checkpoint", "rewrite": "rewrite",
     "verify": "verify", "Select": "transform", "StripOptimizer": "transform", "Rename": "transform",
     "Cast": "transform", "MapNames": "transform", "diff": "diff", "fit": "fit", "merge": "merge",
+    "plan_rewrite": "plan", "save_plan": "plan", "load_plan": "plan", "run_plan": "plan", "commit_plan": "plan",
 }
 
 

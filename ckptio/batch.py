@@ -162,13 +162,14 @@ class BatchResult(list):
 
 
 def run_batch(inputs, out_dir: str, steps, *, jobs: int = 1, resume: bool = True, on_done=None,
-              state_file: bool = True, make_latest: bool = False, **options) -> BatchResult:
+              state_file: bool = True, make_latest: bool = False, map_jobs=None, **options) -> BatchResult:
     """Rewrite each input (a path or an Input) into out_dir; returns the outcomes in input order.
 
     Skipped: inputs whose complete output exists (when resuming) and saves still being written
     ("unfinished"). Inputs with an error fail their own row. Then out_dir's state file lists every
     complete output in input order with the input's timestamps, so a CheckpointManager on out_dir
     manages them (bundle/state.py says when an existing state file is changed).
+    map_jobs(fn, jobs), when given, runs the jobs elsewhere (e.g. on Ray) and returns their outcomes.
     """
     from .io import take_late_interrupt
 
@@ -196,7 +197,10 @@ def run_batch(inputs, out_dir: str, steps, *, jobs: int = 1, resume: bool = True
             redo = not is_input and os.path.exists(naming.index_path(dst))
             job_options = {**options, "force": True} if redo else dict(options)
             todo.append((src, dst, tuple(steps), {**job_options, "state_file": False}))
-    if jobs > 1 and len(todo) > 1:
+    if map_jobs is not None and todo:
+        for outcome in map_jobs(_one, todo):
+            done(outcome)
+    elif jobs > 1 and len(todo) > 1:
         with ProcessPoolExecutor(max_workers=jobs, initializer=_ignore_sigint) as pool:
             for outcome in pool.map(_one, todo):
                 done(outcome)

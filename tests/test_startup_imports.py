@@ -108,6 +108,8 @@ def test_public_names_resolve_and_rewrite_verify_are_functions():
         assert report["functions"] == [True] * 6, first
         assert report["modules"] == [True, True], first
         kinds = report["all"]
-        assert len(kinds) == 29  # + diff, fit, merge, MismatchError, OutputBusyError, StateFileWarning
-        assert {name for name, kind in kinds.items() if kind != "class"} == {"open", "rewrite", "verify", "diff", "fit", "merge"}
+        assert len(kinds) == 34  # + diff, fit, merge, plans, MismatchError, OutputBusyError, StateFileWarning
+        assert {name for name, kind in kinds.items() if kind != "class"} == {
+            "open", "rewrite", "verify", "diff", "fit", "merge", "plan_rewrite", "save_plan", "load_plan", "run_plan",
+            "commit_plan"}
         assert kinds["open"] == kinds["rewrite"] == kinds["verify"] == "function"

@@ -24,6 +24,9 @@ COMMANDS = {
     "doctor": ("doctor", "diagnose a broken checkpoint in plain words; --salvage the intact tensors"),
     "pack": ("archive", "pack a checkpoint into one .tar.zst archive"),
     "unpack": ("archive", "unpack a .tar.zst archive into checkpoint files"),
+    "plan": ("plan", "plan a strip/rename/rewrite as independent tasks (PLAN.json); writes nothing to OUT"),
+    "run-plan": ("plan", "run one task of a plan: the output shards whose number is I mod N"),
+    "commit": ("plan", "finish a plan whose tasks are all done: index, state file, clean up"),
 }
 
 EXIT_OK, EXIT_BAD_CHECKPOINT, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -68,9 +71,13 @@ def main(argv=None) -> int:
             command = argv[at]
             module, help_text = COMMANDS[command]
             parser = _Parser(prog=f"ckptio {command}", description=help_text)
-            _module(module).add_arguments(command, parser)
-            # Intermixed: options may sit between IN and OUT (`ckptio strip IN --force OUT`).
-            args = parser.parse_intermixed_args(argv[at + 1:])
+            mod = _module(module)
+            mod.add_arguments(command, parser)
+            if hasattr(mod, "parse"):  # a command with its own sub-syntax (`plan strip ...`)
+                args = mod.parse(command, parser, argv[at + 1:])
+            else:
+                # Intermixed: options may sit between IN and OUT (`ckptio strip IN --force OUT`).
+                args = parser.parse_intermixed_args(argv[at + 1:])
             args.command, args._module = command, module
     except SystemExit as exc:
         return int(exc.code or 0)

@@ -71,6 +71,8 @@ def add_arguments(name, p) -> None:
     g.add_argument("--out-dir", metavar="DIR", help="rewrite every input into DIR")
     g.add_argument("--jobs", type=int, default=1, metavar="N", help="worker processes for batch jobs")
     g.add_argument("--no-resume", action="store_true", help="redo inputs whose output already exists")
+    p.add_argument("--engine", metavar="ray[=ADDRESS]", help="run the work as tasks on a Ray cluster (ADDRESS, "
+                   "or a local instance); needs pip install 'ckptio[ray]'")
 
 
 def build_steps(args) -> list:
@@ -123,6 +125,9 @@ def run(args) -> int:
         raise UsageError("--jobs must be >= 1")
     options = dict(num_shards=args.shards or 1, max_shard_size=args.max_shard_size, force=args.force,
                    dry_run=args.dry_run, verify=not args.no_verify, fsync=args.fsync, make_latest=args.make_latest)
+    if getattr(args, "engine", None) and not args.dry_run and not args.out_dir:  # cli/plan.py
+        from .plan import run_engine
+        return run_engine(args, steps, options)
     if args.out_dir:
         if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
             raise UsageError(f"--out-dir {args.out_dir}: exists and is not a directory")
@@ -204,6 +209,9 @@ def _run_batch(args, steps, options) -> int:
         return _dry_run_batch(args, steps, inputs, output_prefixes([i.path for i in inputs], args.out_dir))
     from ..errors import show_name as shown
 
+    if getattr(args, "engine", None):  # one task per input on a cluster (cli/plan.py)
+        from .plan import engine_map
+        options["map_jobs"] = engine_map(args, len(inputs))
     outcomes = run_batch(inputs, args.out_dir, steps, jobs=args.jobs, resume=not args.no_resume, **options,
                          on_done=None if args.quiet or args.json else
                          lambda o: print(f"{o.status:<10} {shown(o.src)}", file=sys.stderr))

@@ -1,0 +1,197 @@
+"""A rewrite split into independent tasks: plan once, run the output shards anywhere, commit once.
+
+    plan = plan_rewrite(src, dst, steps, num_shards=4)   # nothing written to dst
+    save_plan(plan, "plan.json")
+    run_plan(plan, task=i, of=n)                         # each shard whose number is i mod n
+    commit_plan(plan)                                    # index (merged fragments), state file
+
+The plan is plain JSON: for every output shard, the source byte ranges it takes and what
+happens to them (copy or cast; a renamed tensor has name != src_name), the data
+file's name and its index fragment; plus the sliced tensors' metadata entries and the object
+graph. It names its inputs by path with the sha256 of each .index and the size of every data
+file, so a task refuses to run against changed inputs. The layout is the one `rewrite` makes
+with the same options (it reuses make_plan and _assign_shards), so the output is
+byte-identical to a single-process rewrite.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+
+from .bundle import dtypes, naming
+from .errors import MismatchError, PlanError, UnsupportedError
+
+FORMAT = "ckptio-plan"
+VERSION = 1
+SUPPORTED = ("strip", "rename", "rewrite")
+
+
+def plan_rewrite(src, dst, steps=(), *, num_shards: int | None = 1, max_shard_size: int | None = None,
+                 force: bool = False, verify: bool = True, fsync: bool = False, state_file: bool = True,
+                 make_latest: bool = False, command: str = "rewrite") -> dict:
+    """The plan (a JSON-able dict) that writes src through steps to prefix dst; reads no tensor bytes."""
+    from .bundle.paths import refuse_saved_model_output
+    from .bundle.writer import check_output
+    from .checkpoint import Checkpoint
+    from .rewrite import _assign_shards, make_plan
+    from .sources import is_special
+
+    for path in (src, dst):
+        if not isinstance(path, Checkpoint) and is_special(os.fspath(path)):
+            raise UnsupportedError("plans read and write local files only (not archives or URLs); "
+                                   "use rewrite for these", path=os.fspath(path))
+    out = os.path.abspath(os.fspath(dst))
+    refuse_saved_model_output(out)
+    ckpt = src if isinstance(src, Checkpoint) else Checkpoint(src)
+    try:
+        if ckpt.format != "v2" or ckpt.header.big_endian:
+            raise UnsupportedError("plans take little-endian V2 bundles only; use rewrite for this input",
+                                   path=ckpt.path)
+        check_output(out, force=force, inputs=[ckpt.located])
+        rewrite_plan = make_plan(ckpt, steps)
+        groups = _assign_shards(rewrite_plan.pieces, num_shards, max_shard_size)
+        graph = rewrite_plan.graph
+        shards = [_shard(out, i, len(groups), group, graph if i == len(groups) - 1 else None)
+                  for i, group in enumerate(groups)]
+        plan = {
+            "format": FORMAT, "version": VERSION, "command": command, "out": out, "staging": staging_dir(out),
+            "options": {"force": force, "verify": verify, "fsync": fsync, "state_file": state_file,
+                        "make_latest": make_latest},
+            "inputs": [fingerprint(ckpt)],
+            "num_shards": len(groups),
+            "shards": shards,
+            "metadata": {k.hex(): _b64(e.encode()) for k, e in
+                         sorted((naming.encode_key(n), m) for n, m in rewrite_plan.metadata.items())},
+            "graph": None if graph is None else _b64(graph),
+            "kept": [[i.src, i.dst] for i in rewrite_plan.items], "dropped": rewrite_plan.dropped,
+        }
+    finally:
+        if ckpt is not src:
+            ckpt.close()
+    plan["plan_id"] = plan_id(plan)
+    return plan
+
+
+def staging_dir(out: str) -> str:
+    """Where tasks put finished shards: next to the output, so that commit renames, never copies."""
+    directory, base = os.path.split(out)
+    return os.path.join(directory, f".{base}.ckptio-plan")
+
+
+def _shard(out: str, shard: int, num_shards: int, pieces, graph: bytes | None) -> dict:
+    """One output shard: its pieces and the index fragment they make (crc32c unknown until a cast is written)."""
+    offset, steps, fragment = 0, [], {}
+    for p in pieces:
+        e = p.src_entry
+        op = "copy" if p.out_dtype == e.dtype else "cast"
+        steps.append({"op": op, "key": p.key.hex(), "name": p.name, "src_name": p.src_name, "input": 0,
+                      "src_shard": e.shard_id, "src_offset": e.offset, "src_size": e.size,
+                      "src_entry": _b64(e.encode()), "out_dtype": p.out_dtype,
+                      "slice": None if p.slice is None else p.slice.spec()})
+        fragment[p.key.hex()] = {"dtype": p.out_dtype, "shape": list(e.shape), "offset": offset, "size": p.size,
+                                 "crc32c": e.crc32c if op == "copy" else None}
+        offset += p.size
+    if graph is not None:  # the last shard ends with the graph, as rewrite writes it
+        from .bundle import strings
+
+        data, crc = strings.encode([graph])
+        fragment[naming.encode_key(naming.OBJECT_GRAPH_KEY).hex()] = {
+            "dtype": dtypes.STRING, "shape": [], "offset": offset, "size": len(data), "crc32c": crc}
+        offset += len(data)
+    return {"shard": shard, "file": os.path.basename(naming.data_path(out, shard, num_shards)), "size": offset,
+            "pieces": steps, "graph": graph is not None, "fragment": fragment}
+
+
+def fingerprint(ckpt) -> dict:
+    """An input as a plan records it: prefix, index sha256 and size, every data file's size."""
+    index = naming.index_path(ckpt.prefix)
+    digest = hashlib.sha256()
+    with open(index, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    data = []
+    for i in range(ckpt.num_shards):
+        path = ckpt._reader.shard_path(i)
+        data.append({"path": os.path.abspath(path), "size": os.path.getsize(path) if os.path.exists(path) else None})
+    return {"prefix": os.path.abspath(ckpt.prefix), "index": os.path.abspath(index),
+            "index_size": os.path.getsize(index), "index_sha256": digest.hexdigest(), "data": data}
+
+
+def check_inputs(plan: dict) -> None:
+    """Refuse when an input differs from what the plan recorded (MismatchError)."""
+    from .checkpoint import Checkpoint
+
+    for recorded in plan["inputs"]:
+        try:
+            with Checkpoint(recorded["prefix"]) as ckpt:
+                now = fingerprint(ckpt)
+        except FileNotFoundError:
+            raise MismatchError("an input of the plan is gone", path=recorded["prefix"]) from None
+        for field, what in (("index_sha256", "index checksum"), ("index_size", "index size"), ("data", "data files")):
+            if now[field] != recorded[field]:
+                raise MismatchError(f"input changed since the plan was made ({what} differs); make a new plan",
+                                    path=recorded["prefix"])
+
+
+def plan_id(plan: dict) -> str:
+    """sha256 of the plan's canonical JSON (without the id itself)."""
+    body = {k: v for k, v in plan.items() if k != "plan_id"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def save_plan(plan: dict, path) -> None:
+    """Write the plan as JSON, atomically; the same plan gives the same bytes."""
+    from .io import AtomicFiles
+
+    path = os.path.abspath(os.fspath(path))
+    files = AtomicFiles(os.path.dirname(path))
+    _, fd = files.create(path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(plan, f, indent=1, sort_keys=True)
+            f.write("\n")
+        files.commit()
+    except BaseException:
+        files.abort()
+        raise
+
+
+def load_plan(path) -> dict:
+    """Read and check a plan file (PlanError when it is not one, or was edited)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            plan = json.load(f)
+    except FileNotFoundError:
+        raise PlanError("no such plan file", path=os.fspath(path)) from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise PlanError(f"cannot read the plan ({exc})", path=os.fspath(path)) from None
+    if not isinstance(plan, dict) or plan.get("format") != FORMAT:
+        raise PlanError("not a ckptio plan", path=os.fspath(path))
+    if plan.get("version") != VERSION:
+        raise PlanError(f"plan version {plan.get('version')} is not {VERSION}; make it again", path=os.fspath(path))
+    if plan.get("plan_id") != plan_id(plan):
+        raise PlanError("the plan was edited after it was made (its plan_id does not match); make it again",
+                        path=os.fspath(path))
+    return plan
+
+
+def run_plan(plan: dict, task: int = 0, of: int = 1, *, progress=None) -> list[int]:
+    """Write every shard whose number is task mod `of` (skipping finished ones); return the shards written."""
+    from .plan_exec import run_shards
+
+    if not 0 <= task < of:
+        raise PlanError(f"task {task}/{of}: need 0 <= I < N")
+    return run_shards(plan, [s["shard"] for s in plan["shards"] if s["shard"] % of == task], progress=progress)
+
+
+def commit_plan(plan: dict) -> str:
+    """Check every shard, write the merged index and the state file, remove the staging area; return OUT."""
+    from .plan_exec import commit
+
+    return commit(plan)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
