@@ -70,11 +70,11 @@ def rewrite_special(src, dst, steps=(), *, level: int | None = None, threads: in
     """
     from .rewrite import rewrite
 
-    from .formats import export, kind_of
+    from .formats import kind_of, write_format
 
     text = os.fspath(dst)
     if kind_of(text):  # written as .safetensors, .npz or .keras (ckptio/formats)
-        return export(src, text, steps, **options)
+        return write_format(src, text, steps, **options)
     if options.get("dry_run"):
         return rewrite(src, text, steps, **options)
     options.pop("state_file", None)

@@ -7,7 +7,7 @@
     x.keras                          Keras 3 archive                 read; strip writes a new one
 
 open_format() gives a Checkpoint (names -> lazy tensors) so every reading command works on
-them; export() is the write side of strip / rename / rewrite when OUT has one of these names.
+them; write_format() is the write side of strip / rename / rewrite when OUT has one of these names.
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def open_format(path, **kwargs):
     raise ValueError(f"not a weight-format path: {text}")
 
 
-def export(src, dst, steps=(), **options):
+def write_format(src, dst, steps=(), **options):
     """strip / rename / rewrite into a .safetensors, .npz or .keras file; returns the rewrite Report."""
     kind = kind_of(dst)
     if kind == "keras":
@@ -64,4 +64,4 @@ def export(src, dst, steps=(), **options):
     return export_tensors(src, os.fspath(dst), steps, kind=kind, **options)
 
 
-__all__ = ["kind_of", "open_format", "export", "SUFFIXES"]
+__all__ = ["kind_of", "open_format", "write_format", "SUFFIXES"]

@@ -133,7 +133,7 @@ class FileCopier(BundleWriter):
     """
 
     def __init__(self, out: ShardFile):  # deliberately not BundleWriter.__init__: no prefix, no index
-        self.shards, self.entries = [out], {}
+        self.shards = [out]
         self._lock, self._checks_lock = threading.Lock(), threading.Lock()
         self._zero_copy, self._checker, self._done = None, None, False
 
@@ -142,6 +142,9 @@ class FileCopier(BundleWriter):
         out = self.shards[0]
         _seek(out, position)
         self.copy(f"{position}", entry, src, 0, verify=verify, name=name)
+
+    def add_entry(self, key, entry) -> None:
+        pass  # a plain file has no index: the caller laid out every position already
 
     def wait(self) -> None:
         """Wait for the queued checks; raise the first mismatch."""
