@@ -419,3 +419,13 @@ def test_rewrite_from_safetensors_to_a_tf_prefix(tmp_path):
     assert ckptio.verify(prefix).ok
     with ckptio.open(prefix) as ck:
         assert ck.format == "v2" and all(same(ck[n].read(), a) for n, a in arrays.items())
+
+
+def test_show_says_there_is_no_crc(bundle, tmp_path):
+    out = str(tmp_path / "m.safetensors")
+    ckptio.rewrite(bundle, out)
+    proc = subprocess.run([sys.executable, "-m", "ckptio", "show", out, "f32", "--json"], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    doc = json.loads(proc.stdout)
+    assert proc.returncode == 0 and doc["crc32c"] == "none" and doc["shape"] == [3, 5]
+    assert doc["stats"]["max"] == float(ARRAYS["f32"].max())

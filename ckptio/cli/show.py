@@ -30,9 +30,11 @@ def run(args) -> int:
                 exc.message += "; did you mean " + ", ".join(close) + "?"
             raise
         e = tensor.entry
+        # .safetensors, .npz and Keras files store no CRC32C per tensor: say so rather than print 0.
+        crc = f"{e.crc32c:#010x}" if ckpt.format in ("v1", "v2") else "none"
         info = {"name": tensor.name, "dtype": tensor.dtype_name, "shape": list(tensor.shape),
                 "nbytes": tensor.nbytes, "shard": e.shard_id, "offset": e.offset, "size": e.size,
-                "crc32c": f"{e.crc32c:#010x}", "slices": [s.spec() for s in e.slices]}
+                "crc32c": crc, "slices": [s.spec() for s in e.slices]}
         try:
             value = tensor.read()
         except UnsupportedError as exc:  # e.g. a variant: the metadata is still worth showing
@@ -42,7 +44,7 @@ def run(args) -> int:
             else:
                 sys.stdout.write(f"{tensor.name}: {tensor.dtype_name}{list(tensor.shape)}, {tensor.nbytes} bytes\n"
                                  f"  stored: shard {e.shard_id}, offset {e.offset}, size {e.size}, "
-                                 f"crc32c {e.crc32c:#010x}\n  values not shown: {exc.message}\n")
+                                 f"crc32c {crc}\n  values not shown: {exc.message}\n")
             return 0
         stats = _stats(value)
         if args.json:
@@ -53,7 +55,7 @@ def run(args) -> int:
             sys.stdout.write("\n")
             return 0
         lines = [f"{tensor.name}: {tensor.dtype_name}{list(tensor.shape)}, {tensor.nbytes} bytes",
-                 f"  stored: shard {e.shard_id}, offset {e.offset}, size {e.size}, crc32c {e.crc32c:#010x}"
+                 f"  stored: shard {e.shard_id}, offset {e.offset}, size {e.size}, crc32c {crc}"
                  + (f", {len(e.slices)} slices: " + " ".join(s.spec() for s in e.slices) if e.slices else "")]
         if stats:
             lines.append("  " + ", ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}"
