@@ -4,7 +4,8 @@
 
 Builds the same TF1 Adam checkpoints as tools/bench.py (weights 1/3 of the bytes), then times,
 alternating and taking medians: `ckptio strip IN OUT.safetensors` as a whole process with its
-peak RSS, `cp` of a file as large as the kept bytes, and `ckptio strip IN OUT.npz`. Before each
+peak RSS, `cp` of a file as large as the kept bytes, `ckptio strip IN OUT.npz`, and the same
+strip into a TF prefix (the copy path the export reuses, as a baseline on the same machine state). Before each
 timed run the page cache holds exactly the bytes that run reads (tools/bench.py's set_cache),
 then `sync`. Two sizes show whether peak RSS stays flat as the checkpoint grows.
 """
@@ -66,9 +67,9 @@ def bench_size(work: str, size: int, reps: int) -> dict:
     bench.set_cache(data, keep=keep, drop=drop)
     timed_export(".safetensors")  # warm-up: bytecode written, memory faulted in once
     timed_cp()
-    times = {"safetensors": [], "cp": [], "npz": []}
-    rss = {"safetensors": [], "npz": []}
-    order = ("safetensors", "cp", "npz", "cp", "safetensors")
+    times = {"safetensors": [], "cp": [], "npz": [], "tf": []}
+    rss = {"safetensors": [], "npz": [], "tf": []}
+    order = ("safetensors", "cp", "tf", "npz", "cp", "safetensors")
     for rep in range(reps):
         for step in order if rep % 2 == 0 else order[::-1]:
             bench.set_cache(data, keep=keep, drop=drop)
@@ -77,7 +78,7 @@ def bench_size(work: str, size: int, reps: int) -> dict:
             if step == "cp":
                 times["cp"].append(timed_cp())
             else:
-                wall, peak = timed_export("." + step)
+                wall, peak = timed_export(".ckpt" if step == "tf" else "." + step)
                 times[step].append(wall)
                 rss[step].append(peak)
     bench.set_cache(data, whole=False)
@@ -86,7 +87,7 @@ def bench_size(work: str, size: int, reps: int) -> dict:
     return {"tag": tag, "total": sum(e.size for e in entries.values()), "kept": kept, "tensors": len(entries),
             "kept_tensors": len(kept_names), "seconds": med, "runs": times,
             "rss": {k: max(v) for k, v in rss.items()}, "ratio": med["safetensors"] / med["cp"],
-            "ratio_npz": med["npz"] / med["cp"]}
+            "ratio_npz": med["npz"] / med["cp"], "ratio_tf": med["tf"] / med["cp"]}
 
 
 def main() -> int:
@@ -99,20 +100,23 @@ def main() -> int:
     rows = [bench_size(args.workdir, bench.parse_size(s), args.reps) for s in args.sizes.split(",")]
     h = bench.human
     print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
-          f"{platform.python_version()}; warm page cache (exactly the bytes each run reads), medians of {args.reps}.")
+          f"{platform.python_version()}, load average {os.getloadavg()[0]:.1f}; warm page cache (exactly the bytes "
+          f"each run reads), medians of {args.reps} repetitions (two safetensors/cp runs each).")
     print()
     print("| checkpoint | kept | ckptio strip -> .safetensors | peak RSS | cp of kept bytes | safetensors/cp "
-          "| strip -> .npz | peak RSS | npz/cp |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| strip -> TF prefix (same copy path) | tf/cp | strip -> .npz | peak RSS | npz/cp |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         s = r["seconds"]
         print(f"| {h(r['total'])}, {r['tensors']} tensors | {h(r['kept'])} ({r['kept_tensors']} tensors) "
               f"| {s['safetensors']:.2f} s | {h(r['rss']['safetensors'])} | {s['cp']:.2f} s | {r['ratio']:.2f}x "
+              f"| {s['tf']:.2f} s | {r['ratio_tf']:.2f}x "
               f"| {s['npz']:.2f} s | {h(r['rss']['npz'])} | {r['ratio_npz']:.2f}x |")
     print()
     for r in rows:
         print(f"- {r['tag']}: runs ranged: safetensors {min(r['runs']['safetensors']):.2f}-"
               f"{max(r['runs']['safetensors']):.2f} s, cp {min(r['runs']['cp']):.2f}-{max(r['runs']['cp']):.2f} s, "
+              f"TF prefix {min(r['runs']['tf']):.2f}-{max(r['runs']['tf']):.2f} s, "
               f"npz {min(r['runs']['npz']):.2f}-{max(r['runs']['npz']):.2f} s")
     print(json.dumps(rows), file=sys.stderr)
     return 0

@@ -157,8 +157,9 @@ class FileCopier(BundleWriter):
 
 
 def _seek(out: ShardFile, position: int) -> None:
-    os.lseek(out.fd, position, os.SEEK_SET)
-    out.offset = position
+    if out.offset != position:  # usually already there: the layout mostly follows the source order
+        os.lseek(out.fd, position, os.SEEK_SET)
+        out.offset = position
 
 
 def write_runs(ckpt, out: ShardFile, placed, *, verify: bool, progress=None) -> None:

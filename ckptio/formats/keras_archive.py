@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import zipfile
 
-from ..errors import CorruptCheckpointError, PlanError, UnsupportedError, WrongFileError
+from ..errors import PlanError, UnsupportedError, WrongFileError
 from .keras_h5 import OPTIMIZER_GROUP, KerasCheckpoint, import_h5py, open_h5, walk
 
 WEIGHTS = "model.weights.h5"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ..bundle import dtypes
 from ..bundle.entry import Entry
-from ..errors import CkptioError, CorruptCheckpointError, TruncatedError, UnsupportedError, WrongFileError
+from ..errors import CkptioError, TruncatedError, UnsupportedError, WrongFileError
 from .base import ForeignCheckpoint, RangeReader, numel
 
 OPTIMIZER_GROUP = "optimizer"
@@ -145,4 +145,4 @@ def open_weights_h5(path: str) -> KerasCheckpoint:
     return KerasCheckpoint(RangeReader(path, [src], entries, loaders), "keras_h5", path, h5)
 
 
-__all__ = ["open_weights_h5", "KerasCheckpoint", "walk", "OPTIMIZER_GROUP", "CorruptCheckpointError"]
+__all__ = ["open_weights_h5", "KerasCheckpoint", "walk", "OPTIMIZER_GROUP"]
