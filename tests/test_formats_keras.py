@@ -125,6 +125,18 @@ def test_not_keras_files(tmp_path):
         ckptio.open(str(strings))
 
 
+def test_ls_marks_the_optimizer_group(tmp_path):
+    import subprocess
+    import sys
+
+    path = write_weights_h5(tmp_path / "m.weights.h5")
+    proc = subprocess.run([sys.executable, "-m", "ckptio", "ls", path, "--json"], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    doc = json.loads(proc.stdout)
+    assert doc["totals"]["optimizer"]["tensors"] == 12 and doc["totals"]["weight"]["tensors"] == 3
+    assert doc["format"] == "keras_h5"
+
+
 def test_verify_reads_every_dataset(tmp_path):
     path = write_weights_h5(tmp_path / "m.weights.h5")
     report = ckptio.verify(path)

@@ -243,6 +243,11 @@ def test_sharded_export_names_shards_as_hugging_face_and_maps_every_tensor(tmp_p
         assert same(safetensors_numpy.load_file(str(out.parent / shard))[name], arrays[name])
     with ckptio.open(str(out) + ".index.json") as ck:  # and read back through the index
         assert ck.num_shards == 4 and all(same(ck[n].read(), a) for n, a in arrays.items())
+    prefix = str(tmp_path / "tf" / "model.ckpt")  # a sharded set into a TF checkpoint
+    ckptio.rewrite(str(out) + ".index.json", prefix)
+    assert ckptio.verify(prefix).ok
+    with ckptio.open(prefix) as ck:
+        assert ck.format == "v2" and all(same(ck[n].read(), a) for n, a in arrays.items())
     # --force to a single file replaces the whole set
     ckptio.rewrite(src, str(out), force=True)
     assert sorted(os.listdir(out.parent)) == ["model.safetensors"]

@@ -42,6 +42,10 @@ class KerasCheckpoint(ForeignCheckpoint):
                 close()
             super().close()
 
+    def roles(self) -> dict[str, str]:
+        """name -> optimizer for the /optimizer group's variables, weight for the rest (for ls)."""
+        return {n: "optimizer" if n.split("/", 1)[0] == OPTIMIZER_GROUP else "weight" for n in self.entries()}
+
     def verify_format(self, report, progress=None) -> None:
         super().verify_format(report, progress)
         for name in self:
