@@ -238,7 +238,8 @@ def export_tensors(src, dst: str, steps=(), *, kind: str, num_shards: int | None
         elif kind == "npz":
             from . import npz as module
         else:
-            raise PlanError(f"ckptio cannot write {kind} files yet", path=dst)
+            raise PlanError("ckptio cannot write Keras .weights.h5 files yet; write .safetensors or .npz, or "
+                            "strip a .keras archive into a .keras", path=dst)
         plan = make_plan(ckpt, _steps_for(ckpt, steps))
         tensors = plan_tensors(ckpt, plan, module.can_store, module.FORMAT_NAME)
         entries = ckpt.entries()

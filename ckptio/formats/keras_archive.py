@@ -22,7 +22,8 @@ def _open_zip(path: str) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(path)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
-        raise WrongFileError(f"not a Keras .keras archive (not a zip: {exc}); pass a Keras 3 .keras file", path=path) from None
+        raise WrongFileError(f"not a Keras .keras archive (not a zip: {exc}); pass a Keras 3 .keras file",
+                             path=path) from None
     except FileNotFoundError:
         from ..errors import CheckpointNotFoundError
         raise CheckpointNotFoundError("no such file", path=path) from None

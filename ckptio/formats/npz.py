@@ -62,7 +62,8 @@ def parse_npy_header(data: bytes, *, path, key) -> tuple[dict, int]:
     else:
         raise UnsupportedError(f".npy version {major}.{data[7]}", path=path, key=key)
     if n > MAX_NPY_HEADER:
-        raise CorruptCheckpointError(f".npy header of {n} bytes (numpy.load accepts {MAX_NPY_HEADER})", path=path, key=key)
+        raise CorruptCheckpointError(f".npy header of {n} bytes (numpy.load accepts {MAX_NPY_HEADER})",
+                                     path=path, key=key)
     if fixed + n > len(data):
         raise TruncatedError(".npy header runs past the member's end", path=path, key=key)
     try:

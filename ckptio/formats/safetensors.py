@@ -19,7 +19,7 @@ import struct
 
 from ..bundle import dtypes
 from ..bundle.entry import Entry
-from ..errors import CorruptCheckpointError, TruncatedError, UnsupportedError, WrongFileError
+from ..errors import CorruptCheckpointError, MissingShardError, TruncatedError, UnsupportedError, WrongFileError
 from .base import ForeignCheckpoint, RangeReader, check_shape, numel
 
 MAX_HEADER_SIZE = 100_000_000  # the reference implementation's cap, on reading and writing
@@ -196,7 +196,10 @@ def _open_index(path: str) -> SafetensorsCheckpoint:
     try:
         for shard, file in enumerate(files):
             full = os.path.join(directory, file)
-            src = FileSource(full)
+            try:
+                src = FileSource(full)
+            except FileNotFoundError:
+                raise MissingShardError("shard named by the index is missing", path=full) from None
             sources.append(src)
             meta, tensors, start = parse_header(src)
             metadata = metadata or meta
@@ -250,7 +253,7 @@ def encode_header(metadata: dict[str, str], tensors) -> tuple[bytes, list[int]]:
 
 
 def layout_order(tensors):
-    """The reference writer's order: dtype descending in enum order (larger items first, so all stay aligned), then name."""
+    """The reference writer's order: dtype descending in enum order (larger items first, all aligned), then name."""
     return sorted(tensors, key=lambda t: (-RANK[FROM_TF[t.dtype]], t.name))
 
 
