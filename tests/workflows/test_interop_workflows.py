@@ -170,3 +170,15 @@ def test_strip_keras_archive_drops_optimizer_and_loads(keras_outputs):
             assert after[name].read().tobytes() == before[name].read().tobytes()
     assert checked["stripped_same_predictions"] is True
     assert checked["stripped_weights"] == len(made["names"])
+
+
+def test_strip_tf2_checkpoint_into_safetensors_drops_the_optimizer(corpus, corpus_manifest, tmp_path):
+    """strip goes by the object graph, as for a TF prefix: slots and the optimizer's own variables go."""
+    rec = next(c for c in corpus_manifest["checkpoints"] if c["short_name"] == "tf2_eager_vae_adam")
+    out = tmp_path / "vae.safetensors"
+    report = ckptio.rewrite(str(corpus / rec["prefix"]), str(out), [ckptio.StripOptimizer()])
+    got = load_reference(out)
+    assert got and not [n for n in got if ".OPTIMIZER_SLOT" in n or n.startswith("optimizer/")]
+    assert any(".OPTIMIZER_SLOT" in n for n in report.dropped)
+    for name, value in got.items():
+        assert hash_array(value) == rec["tensors"][name]["sha256"], name
