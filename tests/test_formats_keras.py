@@ -104,6 +104,29 @@ def test_keras_weights_export_to_safetensors_drops_the_optimizer_on_strip(tmp_pa
     assert got["layers/emb/vars/0"].tobytes() == BF16.tobytes()
 
 
+def test_strip_into_weights_h5(tmp_path):
+    weights = write_weights_h5(tmp_path / "w.weights.h5")
+    archive = write_keras(tmp_path / "m.keras", weights)
+    for src in (archive, weights):
+        out = tmp_path / "out" / (os.path.basename(src) + ".weights.h5")
+        report = ckptio.rewrite(src, str(out), [ckptio.StripOptimizer()])
+        assert len(report.dropped) == 12
+        with h5py.File(out) as h:
+            assert sorted(h) == ["layers", "vars"] and h["layers/dense/vars"].attrs["name"] == "d1"
+            assert h["layers/emb/vars/0"].attrs["dtype"] == "bfloat16"  # the opaque bfloat16 marker kept
+        with ckptio.open(str(out)) as ck:
+            assert np.array_equal(ck["layers/dense/vars/0"].read(), KERNEL)
+            assert ck["layers/emb/vars/0"].read().tobytes() == BF16.tobytes()
+    from test_formats_safetensors import write_bundle
+
+    prefix = write_bundle(tmp_path / "tf" / "m", {"w": np.ones(2, np.float32)})
+    with pytest.raises(PlanError, match="Keras outputs are written from Keras inputs only"):
+        ckptio.rewrite(prefix, str(tmp_path / "x.weights.h5"))
+    with pytest.raises(PlanError, match="Keras outputs are written from Keras inputs only"):
+        ckptio.rewrite(weights, str(tmp_path / "x.keras"), [ckptio.StripOptimizer()])
+    assert not (tmp_path / "x.weights.h5").exists() and not (tmp_path / "x.keras").exists()
+
+
 def test_not_keras_files(tmp_path):
     bad = tmp_path / "x.weights.h5"
     bad.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))

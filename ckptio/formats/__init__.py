@@ -3,7 +3,7 @@
     x.safetensors                    safetensors (one file)          read, written
     x.safetensors.index.json         a sharded safetensors set       read (written beside shards)
     x.npz                            NumPy archive of .npy members   read, written
-    x.weights.h5                     Keras 3 weights (h5py)          read
+    x.weights.h5                     Keras 3 weights (h5py)          read; strip from Keras files writes one
     x.keras                          Keras 3 archive                 read; strip writes a new one
 
 open_format() gives a Checkpoint (names -> lazy tensors) so every reading command works on
@@ -55,9 +55,9 @@ def open_format(path, **kwargs):
 
 
 def write_format(src, dst, steps=(), **options):
-    """strip / rename / rewrite into a .safetensors, .npz or .keras file; returns the rewrite Report."""
+    """strip / rename / rewrite into a .safetensors, .npz or Keras file; returns the rewrite Report."""
     kind = kind_of(dst)
-    if kind == "keras":
+    if kind in ("keras", "keras_h5"):
         from .keras_archive import rewrite_keras
         return rewrite_keras(src, os.fspath(dst), steps, **options)
     from .export import export_tensors

@@ -1,4 +1,5 @@
-"""Keras 3 .keras archives: read their weights, and strip the optimizer's out of them.
+"""Keras 3 .keras archives: read their weights; strip the optimizer's out of them (into a new
+.keras, or into a .weights.h5 that model.load_weights reads).
 
     zip (stored): metadata.json    {"keras_version": ..., "date_saved": ...}
                   config.json      the model's config (compile_config: optimizer class, not state)
@@ -78,22 +79,29 @@ def _through_h5(h5, name):
 
 def rewrite_keras(src, dst: str, steps=(), *, force: bool = False, dry_run: bool = False, fsync: bool = False,
                   progress=None, **_ignored):
-    """strip IN.keras OUT.keras: a new archive without the optimizer's weights; returns a rewrite Report."""
+    """strip a Keras file into OUT.keras (from a .keras) or OUT.weights.h5 (from either); returns a rewrite Report.
+
+    Only strip applies: the weights keep Keras' layout, less the /optimizer group.
+    """
     import time
 
     from ..rewrite import Report
     from ..transform import StripOptimizer
+    from . import kind_of
     from .export import check_outputs
 
     started = time.perf_counter()
     src_path = getattr(src, "path", None) if not isinstance(src, (str, os.PathLike)) else os.fspath(src)
-    if not src_path or not str(src_path).endswith(".keras"):
-        raise PlanError("a .keras output is written from a .keras input only (ckptio strip IN.keras OUT.keras)",
+    src_kind, dst_kind = kind_of(src_path or ""), kind_of(dst)
+    if src_kind not in ("keras", "keras_h5") or (dst_kind == "keras" and src_kind != "keras"):
+        raise PlanError("Keras outputs are written from Keras inputs only: strip IN.keras OUT.keras, or "
+                        "strip IN.keras|IN.weights.h5 OUT.weights.h5 (other checkpoints: write .safetensors or .npz)",
                         path=dst)
     if any(not isinstance(s, StripOptimizer) for s in steps):
-        raise PlanError("a .keras output supports strip only (dropping the optimizer's weights)", path=dst)
+        raise PlanError("a Keras output supports strip only (dropping the optimizer's weights)", path=dst)
     strip = bool(steps)
-    with open_keras(src_path) as ckpt:
+    opener = open_keras if src_kind == "keras" else _open_weights
+    with opener(src_path) as ckpt:
         entries = ckpt.entries()
         dropped = sorted(n for n in entries if strip and n.split("/", 1)[0] == OPTIMIZER_GROUP)
         kept = [(n, n) for n in sorted(entries) if n not in set(dropped)]
@@ -102,9 +110,45 @@ def rewrite_keras(src, dst: str, steps=(), *, force: bool = False, dry_run: bool
                         bytes_after=sum(entries[n].size for n, _ in kept))
     check_outputs([dst], [dst] if os.path.lexists(dst) else [], force=force, inputs=[src_path])
     if not dry_run:
-        _write_archive(src_path, dst, drop=(OPTIMIZER_GROUP,) if strip else (), fsync=fsync)
+        drop = (OPTIMIZER_GROUP,) if strip else ()
+        if dst_kind == "keras":
+            _write_archive(src_path, dst, drop=drop, fsync=fsync)
+        else:
+            _write_weights(src_path, src_kind, dst, drop=drop, fsync=fsync)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _open_weights(path):
+    from .keras_h5 import open_weights_h5
+    return open_weights_h5(path)
+
+
+def _write_weights(src_path: str, src_kind: str, dst: str, *, drop, fsync: bool) -> None:
+    """A .weights.h5 of the source's weights without the groups in drop; atomic."""
+    from ..io import AtomicFiles, make_dirs
+
+    directory = os.path.dirname(dst) or "."
+    make_dirs(directory)
+    files = AtomicFiles(directory)
+    tmp, fd = files.create(dst)
+    os.close(fd)  # h5py writes the file by name
+    try:
+        if src_kind == "keras":
+            with _open_zip(src_path) as archive, archive.open(_weights_member(archive, src_path)) as inner, \
+                    open_h5(inner, src_path) as h5:
+                _copy_h5(h5, tmp, drop)
+        else:
+            with open_h5(src_path, src_path) as h5:
+                _copy_h5(h5, tmp, drop)
+        files.commit(fsync=fsync)
+    except OSError as exc:
+        files.abort()
+        from .export import write_error
+        raise write_error(exc, dst) from None
+    except BaseException:
+        files.abort()
+        raise
 
 
 def _write_archive(src_path: str, dst: str, *, drop, fsync: bool) -> None:

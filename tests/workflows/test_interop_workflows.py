@@ -4,7 +4,8 @@
   numpy.load) with exactly the sha256 TensorFlow's reading has in MANIFEST.json.
 - A Keras 3 model's weights in safetensors, rewritten to a TF prefix, load in
   tf.train.load_checkpoint and a TF1 Saver with equal values.
-- `strip` of a compiled and trained Keras 3 .keras file: smaller, load_model works, same predictions.
+- `strip` of a compiled and trained Keras 3 .keras file: smaller, load_model works, same predictions;
+  stripped into a .weights.h5, model.load_weights gives the same predictions too.
 TF runs in two subprocesses per module (one writes the Keras inputs, one checks all outputs).
 """
 from __future__ import annotations
@@ -133,6 +134,10 @@ want = np.load(os.path.join(OUT, "pred.npy"))
 m = keras.models.load_model(os.path.join(OUT, "stripped.keras"), compile=False)
 result["stripped_same_predictions"] = bool(np.array_equal(m.predict(x, verbose=0), want))
 result["stripped_weights"] = len(m.weights)
+fresh = keras.models.clone_model(m)  # same architecture, new random weights
+result["fresh_differs"] = not bool(np.array_equal(fresh.predict(x, verbose=0), want))
+fresh.load_weights(os.path.join(OUT, "stripped.weights.h5"))
+result["weights_h5_same_predictions"] = bool(np.array_equal(fresh.predict(x, verbose=0), want))
 print(json.dumps(result))
 """
 
@@ -147,6 +152,7 @@ def keras_outputs(tmp_path_factory):
     strip = subprocess.run([sys.executable, "-m", "ckptio", "strip", str(d / "trained.keras"), str(d / "stripped.keras")],
                            capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert strip.returncode == 0, strip.stderr
+    ckptio.rewrite(str(d / "trained.keras"), str(d / "stripped.weights.h5"), [ckptio.StripOptimizer()])
     checked = run_tf_json(f"OUT = {str(d)!r}\n" + CHECK)
     return d, made, checked
 
@@ -170,6 +176,14 @@ def test_strip_keras_archive_drops_optimizer_and_loads(keras_outputs):
             assert after[name].read().tobytes() == before[name].read().tobytes()
     assert checked["stripped_same_predictions"] is True
     assert checked["stripped_weights"] == len(made["names"])
+
+
+def test_strip_keras_archive_into_weights_h5_loads_with_load_weights(keras_outputs):
+    d, made, checked = keras_outputs
+    with ckptio.open(str(d / "stripped.weights.h5")) as ck:
+        assert len(ck) == len(made["names"]) and not [n for n in ck if n.startswith("optimizer/")]
+    assert checked["fresh_differs"] is True
+    assert checked["weights_h5_same_predictions"] is True
 
 
 def test_strip_tf2_checkpoint_into_safetensors_drops_the_optimizer(corpus, corpus_manifest, tmp_path):
