@@ -470,3 +470,14 @@ def test_random_corruption_gives_only_typed_errors(tmp_path):
         except CkptioError:
             outcomes["refused"] += 1
     assert outcomes["refused"] > 100 and sum(outcomes.values()) == 300, outcomes
+
+
+def test_packing_into_a_tar_zst_is_refused_in_one_line(bundle, tmp_path):
+    out = str(tmp_path / "m.safetensors")
+    ckptio.rewrite(bundle, out)
+    for argv in (["pack", out, str(tmp_path / "p.tar.zst")], ["rewrite", out, str(tmp_path / "r.tar.zst")]):
+        proc = subprocess.run([sys.executable, "-m", "ckptio", *argv], capture_output=True, text=True,
+                              env=dict(os.environ, PYTHONPATH=os.getcwd()))
+        assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+        assert "only TensorFlow checkpoints are packed" in proc.stderr and "internal error" not in proc.stderr
+    assert sorted(os.listdir(tmp_path)) == ["m.safetensors", "src"]

@@ -100,6 +100,13 @@ class RangeReader:
                                          path=self.path, key=name)
         return array
 
+    @property
+    def tables(self):
+        # archive.checkpoint_files lists a non-V2 checkpoint's files through its reader's V1 tables:
+        # packing these formats into a .tar.zst (which ckptio reads as a TF checkpoint) is refused.
+        raise UnsupportedError("only TensorFlow checkpoints are packed into .tar.zst archives; compress this file "
+                               "with zstd itself", path=self.path)
+
     def slice_entry(self, name, s):
         raise CorruptCheckpointError("this format stores no slices", path=self.path, key=name)
 
