@@ -285,10 +285,13 @@ ARCHIVE_SUFFIXES = (".tar.zst", ".tzst")
 
 def open(path, **kwargs) -> Checkpoint:  # noqa: A001 - mirrors builtins.open on purpose
     """Open a checkpoint lazily: prefix, .index/.data path, directory, SavedModel, V1 file,
-    a .tar.zst archive, or a remote URL (gs://, s3://, http(s)://, any fsspec protocol)."""
+    a .tar.zst archive, a remote URL (gs://, s3://, http(s)://, any fsspec protocol), or a
+    .safetensors (.safetensors.index.json), .npz, .weights.h5 or .keras file."""
     if not isinstance(path, Checkpoint):
         text = os.fspath(path)
-        if "://" in text or text.endswith(ARCHIVE_SUFFIXES):
+        from .formats import kind_of
+
+        if "://" in text or text.endswith(ARCHIVE_SUFFIXES) or kind_of(text):
             from .sources import open_special
             return open_special(text, **kwargs)
     return Checkpoint(path, **kwargs)

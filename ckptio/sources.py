@@ -8,7 +8,8 @@ ckptio.open() sends every path containing '://' or ending in .tar.zst/.tzst here
     gs://b/run/model.ckpt           a remote checkpoint (remote.open_remote: byte-range reads)
 
 rewrite_special() is the matching write side: a .tar.zst destination is packed, a URL
-destination is uploaded, each committed only when complete.
+destination is uploaded, each committed only when complete. Paths named as another weight
+format (.safetensors, .npz, .weights.h5, .keras) go to ckptio/formats both ways.
 """
 from __future__ import annotations
 
@@ -28,8 +29,10 @@ def is_remote(path) -> bool:
 
 def is_special(path) -> bool:
     """True when ckptio.open / rewrite must route the path here."""
+    from .formats import kind_of
+
     text = os.fspath(path)
-    return "://" in text or is_archive(text)
+    return "://" in text or is_archive(text) or kind_of(text) is not None
 
 
 def _local(text: str) -> str:
@@ -38,7 +41,11 @@ def _local(text: str) -> str:
 
 def open_special(path, **kwargs) -> Checkpoint:
     """Open an archive or a URL; kwargs are fsspec storage options for remote paths."""
+    from .formats import kind_of, open_format
+
     text = os.fspath(path)
+    if kind_of(text):  # .safetensors, .npz, Keras files (ckptio/formats)
+        return open_format(text, **kwargs)
     if not is_remote(text):
         text = _local(text)
         if is_archive(text):
@@ -63,7 +70,11 @@ def rewrite_special(src, dst, steps=(), *, level: int | None = None, threads: in
     """
     from .rewrite import rewrite
 
+    from .formats import kind_of, write_format
+
     text = os.fspath(dst)
+    if kind_of(text):  # written as .safetensors, .npz or .keras (ckptio/formats)
+        return write_format(src, text, steps, **options)
     if options.get("dry_run"):
         return rewrite(src, text, steps, **options)
     options.pop("state_file", None)

@@ -25,13 +25,14 @@ class Problem(namedtuple("Problem", "message path key offset", defaults=(None, N
 class Report:
     """What verify found: every problem, and how much it checked."""
 
-    __slots__ = ("problems", "tensors", "bytes_checked", "damaged")
+    __slots__ = ("problems", "tensors", "bytes_checked", "damaged", "checked")
 
     def __init__(self, problems: list[Problem] | None = None, tensors: int = 0, bytes_checked: int = 0,
-                 damaged: set[str] | None = None):
+                 damaged: set[str] | None = None, checked: str | None = None):
         self.problems = [] if problems is None else problems
         self.tensors, self.bytes_checked = tensors, bytes_checked
         self.damaged = set() if damaged is None else damaged  # tensor names whose bytes are bad
+        self.checked = checked  # what was checked, when it is not every checksum (other formats)
 
     def __repr__(self):
         return f"Report(problems={self.problems!r}, tensors={self.tensors}, bytes_checked={self.bytes_checked})"
@@ -58,6 +59,10 @@ def verify(ckpt, *, progress: Callable[[int], None] | None = None, check_graph: 
         with open_checkpoint(ckpt) as opened:
             return verify(opened, progress=progress, check_graph=check_graph)
     report = Report()
+    check_format = getattr(ckpt, "verify_format", None)
+    if check_format is not None:  # .safetensors, .npz, Keras (ckptio/formats): their own checks
+        check_format(report, progress)
+        return report
     if ckpt.format == "v1":
         _verify_v1(ckpt, report, progress)
     else:

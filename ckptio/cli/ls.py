@@ -22,6 +22,9 @@ def roles_of(ckpt) -> dict[str, str]:
     from ..transform import OPTIMIZER, SLOT, classify
 
     entries = ckpt.entries()
+    own = getattr(ckpt, "roles", None)
+    if own is not None:  # another weight format that knows its own optimizer state (Keras)
+        return own()
     if naming.OBJECT_GRAPH_KEY in entries:
         if getattr(ckpt, "sequential", False):
             # An archive: the graph sits at the end of the data, and reading it would decompress

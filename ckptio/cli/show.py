@@ -31,9 +31,11 @@ def run(args) -> int:
                 exc.message += "; did you mean " + ", ".join(map(show_name, close)) + "?"
             raise
         e = tensor.entry
+        # .safetensors, .npz and Keras files store no CRC32C per tensor: say so rather than print 0.
+        crc = f"{e.crc32c:#010x}" if ckpt.format in ("v1", "v2") else "none"
         info = {"name": tensor.name, "dtype": tensor.dtype_name, "shape": list(tensor.shape),
                 "nbytes": tensor.nbytes, "shard": e.shard_id, "offset": e.offset, "size": e.size,
-                "crc32c": f"{e.crc32c:#010x}", "slices": [s.spec() for s in e.slices]}
+                "crc32c": crc, "slices": [s.spec() for s in e.slices]}
         if tensor.name == OBJECT_GRAPH_KEY and not args.all:
             return _show_graph(ckpt, args, info)
         try:
@@ -45,7 +47,7 @@ def run(args) -> int:
             else:
                 sys.stdout.write(f"{show_name(tensor.name)}: {tensor.dtype_name}{list(tensor.shape)}, {tensor.nbytes} bytes\n"
                                  f"  stored: shard {e.shard_id}, offset {e.offset}, size {e.size}, "
-                                 f"crc32c {e.crc32c:#010x}\n  values not shown: {exc.message}\n")
+                                 f"crc32c {crc}\n  values not shown: {exc.message}\n")
             return 0
         stats = _stats(value)
         if args.json:
@@ -56,7 +58,7 @@ def run(args) -> int:
             sys.stdout.write("\n")
             return 0
         lines = [f"{show_name(tensor.name)}: {tensor.dtype_name}{list(tensor.shape)}, {tensor.nbytes} bytes",
-                 f"  stored: shard {e.shard_id}, offset {e.offset}, size {e.size}, crc32c {e.crc32c:#010x}"
+                 f"  stored: shard {e.shard_id}, offset {e.offset}, size {e.size}, crc32c {crc}"
                  + (f", {len(e.slices)} slices: " + " ".join(s.spec() for s in e.slices) if e.slices else "")]
         if stats:
             lines.append("  " + ", ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}"

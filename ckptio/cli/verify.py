@@ -35,6 +35,7 @@ def run(args) -> int:
         if args.json:
             json.dump({"path": ckpt.path, "ok": report.ok, "tensors": tensors, "object_graph": graph,
                        "bytes_checked": report.bytes_checked, "seconds": round(seconds, 3),
+                       **({"checked": report.checked} if report.checked else {}),
                        "problems": [{"message": p.message, "path": p.path, "entry": p.key, "offset": p.offset}
                                     for p in report.problems]}, sys.stdout)
             sys.stdout.write("\n")
@@ -45,6 +46,8 @@ def run(args) -> int:
                 from ..errors import show_name
 
                 print(f"CORRUPT: {len(report.problems)} problem(s) in {show_name(ckpt.prefix)}", file=sys.stderr)
+            elif not args.quiet and report.checked:  # another format: say what could be checked
+                print(f"OK: {report.tensors} tensors; checked {report.checked}")
             elif not args.quiet:
                 rate = report.bytes_checked / max(seconds, 1e-9)
                 print(f"OK: {tensors} tensors{' and the object graph' if graph else ''}, "

@@ -1,0 +1,298 @@
+"""strip / rename / rewrite into another format: plan with the usual steps, then copy bytes.
+
+The plan is rewrite.make_plan's (same steps, same validation). Each output tensor becomes one
+or more runs of bytes at offsets within it: a run copied unchanged from the source (a whole
+tensor, or one stored slice of a variable partitioned along its first axis, which is a
+contiguous block of the whole), or a run of converted bytes (a cast, a big-endian source, or a
+tensor that has to be read whole: V1, partitioned along another axis, not one byte range).
+Copied runs go through the bundle writer's checked copy (copy_file_range, CRC32C checked on
+the way when the source has checksums); nothing is decoded unless something changes.
+"""
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections import namedtuple
+from functools import partial
+
+from ..bundle import dtypes
+from ..bundle.writer import BundleWriter, ShardFile
+from ..errors import CorruptCheckpointError, OutputExistsError, PlanError, WriteError
+from .base import ForeignCheckpoint, numel
+
+CHUNK = 8 << 20  # a multiple of every itemsize, so converted chunks hold whole elements
+
+
+class OutTensor(namedtuple("OutTensor", "name src dtype shape nbytes data_name entry")):
+    """One output tensor: its name, dtype enum and shape, and where its bytes come from."""
+
+    __slots__ = ()
+
+
+# at: offset within the output tensor; size: bytes it yields; source/entry: what to copy (chunks
+# is None), or chunks: a callable giving the converted bytes.
+class Run(namedtuple("Run", "at size source entry name chunks")):
+    """One contiguous run of an output tensor's bytes."""
+
+    __slots__ = ()
+
+    def order(self):
+        """Sort key: source position, so a forward-only source is read forward."""
+        e = self.entry
+        return (0, e.shard_id, e.offset) if e is not None else (1, 0, 0)
+
+
+def format_error(name: str, what: str, fmt: str) -> PlanError:
+    """The one error for a tensor a format cannot hold, naming it and the way out."""
+    return PlanError(f"{what}, which {fmt} cannot hold; leave it out with --exclude '^{re.escape(name)}$'",
+                     key=name)
+
+
+def plan_tensors(ckpt, plan, dtype_ok, fmt: str) -> list[OutTensor]:
+    """The output tensors of a plan, each checked against what the format can store (before any write)."""
+    entries = ckpt.entries()
+    out = []
+    for item in plan.items:
+        data_name = item.promoted_from or item.src
+        info = dtypes.lookup(item.dtype)
+        if info is None or not info.fixed_width:
+            kind = "a string" if item.dtype == dtypes.STRING else f"a {dtypes.name_of(item.dtype)}"
+            raise format_error(item.dst, f"{item.dst!r} is {kind} tensor", fmt)
+        if not dtype_ok(item.dtype):
+            raise format_error(item.dst, f"{item.dst!r} is a {info.name} tensor", fmt)
+        shape = entries[item.src].shape
+        out.append(OutTensor(item.dst, item.src, item.dtype, shape, numel(shape) * info.itemsize, data_name,
+                             entries[data_name]))
+    return out
+
+
+def runs_of(ckpt, t: OutTensor) -> list[Run]:
+    """The runs that make up tensor t, from whatever the source stores."""
+    reader = ckpt._reader
+    e = t.entry
+    foreign = isinstance(ckpt, ForeignCheckpoint)
+    bundle = ckpt.format == "v2"
+    big = bundle and reader.header.big_endian
+    if not e.slices and (bundle or (foreign and reader.is_range(t.data_name))):
+        return [_run(reader, t.data_name, e, 0, t.dtype, big)]
+    if e.slices and bundle and _row_slices(e):
+        row = t.nbytes // e.shape[0] if e.shape[0] else 0
+        runs = []
+        for s in sorted(e.slices, key=lambda s: s.bounds(e.shape)[0][0]):
+            piece = reader.slice_entry(t.data_name, s)
+            if piece.dtype != e.dtype or piece.shape != s.shape(e.shape):
+                raise CorruptCheckpointError(f"slice {s.spec()} is stored as {dtypes.name_of(piece.dtype)}"
+                                             f"{list(piece.shape)}, expected {dtypes.name_of(e.dtype)}"
+                                             f"{list(s.shape(e.shape))}", path=ckpt.path, key=t.data_name)
+            runs.append(_run(reader, t.data_name, piece, s.bounds(e.shape)[0][0] * row, t.dtype, big))
+        return runs
+    return [Run(0, t.nbytes, None, None, t.data_name, partial(_whole, ckpt, t))]
+
+
+def _run(reader, name: str, entry, at: int, out_dtype: int, big: bool) -> Run:
+    """A stored entry as a run: copied when unchanged, else converted chunk by chunk."""
+    reader.check_entry(name, entry)
+    size = entry.num_elements * dtypes.lookup(out_dtype).itemsize
+    if entry.dtype == out_dtype and not big:
+        return Run(at, size, reader.shard(entry.shard_id), entry, name, None)
+    return Run(at, size, None, entry, name, partial(_converted, reader, name, entry, out_dtype, big))
+
+
+def _row_slices(entry) -> bool:
+    """Whether every slice spans all but the first axis (so each is one contiguous block of the whole)."""
+    shape = entry.shape
+    return bool(shape) and all(all(b - a == shape[i] for i, (a, b) in enumerate(s.bounds(shape)) if i)
+                               for s in entry.slices)
+
+
+def _converted(reader, name, entry, out_dtype, big):
+    from ..bundle.decode import from_bytes, to_bytes
+
+    info, target = dtypes.lookup(entry.dtype), dtypes.lookup(out_dtype)
+    for chunk in reader.iter_raw(name, entry, CHUNK):
+        values = from_bytes(chunk, info, (len(chunk) // info.itemsize,), big_endian=big)
+        yield to_bytes(values.astype(target.numpy(), copy=False), target)
+
+
+def _whole(ckpt, t: OutTensor):
+    from ..bundle.decode import to_bytes
+
+    target = dtypes.lookup(t.dtype)
+    array = ckpt[t.data_name].read()
+    if array.dtype != target.numpy():
+        array = array.astype(target.numpy())
+    yield to_bytes(array, target)
+
+
+class FileCopier(BundleWriter):
+    """The bundle writer's checked copy (copy_file_range, CRC32C on a second thread) into one plain file.
+
+    Only its copy machinery is used: no bundle files are created, and the output is written
+    at the positions given (so the source can be read in its own order).
+    """
+
+    def __init__(self, out: ShardFile):  # deliberately not BundleWriter.__init__: no prefix, no index
+        self.shards = [out]
+        self._lock, self._checks_lock = threading.Lock(), threading.Lock()
+        self._zero_copy, self._checker, self._done = None, None, False
+
+    def copy_at(self, position: int, entry, src, *, verify: bool, name: str) -> None:
+        """Copy entry's bytes from src to the output at position."""
+        out = self.shards[0]
+        _seek(out, position)
+        self.copy(f"{position}", entry, src, 0, verify=verify, name=name)
+
+    def add_entry(self, key, entry) -> None:
+        pass  # a plain file has no index: the caller laid out every position already
+
+    def wait(self) -> None:
+        """Wait for the queued checks; raise the first mismatch."""
+        self._wait_checks()
+
+    def cancel(self) -> None:
+        if self._checker is not None:
+            self._checker.close(cancel=True)
+            self._checker = None
+
+
+def _seek(out: ShardFile, position: int) -> None:
+    if out.offset != position:  # usually already there: the layout mostly follows the source order
+        os.lseek(out.fd, position, os.SEEK_SET)
+        out.offset = position
+
+
+def write_runs(ckpt, out: ShardFile, placed, *, verify: bool, progress=None) -> None:
+    """Write every (position, run) into out in source order; CRC32C checked where the source has it."""
+    copier = FileCopier(out)
+    checked = verify and not isinstance(ckpt, ForeignCheckpoint) and ckpt.format == "v2"
+    try:
+        for position, run in sorted(placed, key=lambda p: p[1].order()):
+            if run.chunks is None:
+                copier.copy_at(position, run.entry, run.source, verify=checked, name=run.name)
+            else:
+                _seek(out, position)
+                for chunk in run.chunks():
+                    out.write(chunk)
+                if out.offset - position != run.size:
+                    raise CorruptCheckpointError(f"gave {out.offset - position} bytes, expected {run.size}",
+                                                 path=ckpt.path, key=run.name)
+            if progress:
+                progress(run.size)
+        copier.wait()
+    except BaseException:
+        copier.cancel()
+        raise
+
+
+def check_outputs(paths, existing, *, force: bool, inputs) -> None:
+    """Refuse to write over an input (ever) or an existing output (unless force).
+
+    existing: files of an earlier output at this name (also those this one would not rewrite,
+    such as the shards of a set with a different count), which --force replaces.
+    """
+    sources = {os.path.realpath(p) for p in inputs}
+    for p in list(paths) + list(existing):
+        if os.path.realpath(p) in sources:
+            raise OutputExistsError("output is the input; write to another file", path=p)
+    for p in paths:
+        if os.path.isdir(p):
+            raise PlanError("the output is a directory; name a file", path=p)
+    if existing and not force:
+        raise OutputExistsError("the output already exists (use --force to replace it)", path=existing[0])
+
+
+def input_files(ckpt) -> list[str]:
+    """Every file the source reads (for the never-over-the-input check)."""
+    located = ckpt.located
+    files = [located.prefix, *located.files]
+    if ckpt.format == "v2" and not isinstance(ckpt, ForeignCheckpoint):
+        from ..bundle import naming
+
+        files.append(naming.index_path(located.prefix))
+        files += [naming.data_path(located.prefix, i, ckpt.num_shards) for i in range(ckpt.num_shards)]
+    return [f for f in files if "://" not in f]
+
+
+def source_metadata(ckpt) -> dict[str, str]:
+    """Provenance recorded in the output: the source checkpoint and this ckptio's version."""
+    from .. import __version__
+
+    return {"format": "tf", "producer": "ckptio", "ckptio_version": __version__, "source": str(ckpt.prefix)}
+
+
+def export_tensors(src, dst: str, steps=(), *, kind: str, num_shards: int | None = 1,
+                   max_shard_size: int | None = None, force: bool = False, dry_run: bool = False, progress=None,
+                   verify: bool = True, fsync: bool = False, **_ignored):
+    """Write the planned tensors of src as a .safetensors (set) or .npz at dst; returns a rewrite Report."""
+    import time
+
+    from ..checkpoint import Checkpoint, open as open_checkpoint
+    from ..rewrite import Report, make_plan
+
+    started = time.perf_counter()
+    ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src)
+    try:
+        if kind == "safetensors":
+            from . import safetensors as module
+        elif kind == "npz":
+            from . import npz as module
+        else:
+            raise PlanError("ckptio cannot write Keras .weights.h5 files yet; write .safetensors or .npz, or "
+                            "strip a .keras archive into a .keras", path=dst)
+        plan = make_plan(ckpt, _steps_for(ckpt, steps))
+        tensors = plan_tensors(ckpt, plan, module.can_store, module.FORMAT_NAME)
+        entries = ckpt.entries()
+        kept = {i.src for i in plan.items}
+        # The TF2 object graph is not a tensor of the model: it is not exported, and listed as dropped.
+        dropped = plan.dropped + [k for k in entries if k not in kept and k not in set(plan.dropped)]
+        report = Report(ckpt.prefix, dst, dry_run=dry_run, kept=[(i.src, i.dst) for i in plan.items],
+                        dropped=dropped,
+                        cast=[i.dst for i in plan.items if i.dtype != entries[i.src].dtype],
+                        bytes_before=plan.bytes_before, bytes_after=sum(t.nbytes for t in tensors))
+        outputs = module.output_paths(dst, tensors, num_shards=num_shards, max_shard_size=max_shard_size)
+        check_outputs(outputs, module.existing_outputs(dst), force=force, inputs=input_files(ckpt))
+        if not dry_run:
+            module.write(ckpt, tensors, dst, num_shards=num_shards, max_shard_size=max_shard_size, verify=verify,
+                         progress=progress, fsync=fsync, metadata=source_metadata(ckpt))
+        report.seconds = time.perf_counter() - started
+        return report
+    finally:
+        if ckpt is not src:
+            ckpt.close()
+
+
+def _steps_for(ckpt, steps):
+    """Keras sources name their optimizer's variables optimizer/vars/N: StripOptimizer drops those."""
+    from ..transform import Select, StripOptimizer
+
+    if getattr(ckpt, "format", None) in ("keras", "keras_h5"):
+        return [Select(exclude=(r"^optimizer/",)) if isinstance(s, StripOptimizer) else s for s in steps]
+    return list(steps)
+
+
+def groups_by_size(tensors, num_shards: int | None, max_shard_size: int | None) -> list[list]:
+    """Split tensors (in name order) into shards: greedy up to max_shard_size, or num_shards of similar size."""
+    tensors = sorted(tensors, key=lambda t: t.name)
+    if max_shard_size:
+        groups, current, size = [], [], 0
+        for t in tensors:
+            if current and size + t.nbytes > max_shard_size:  # a tensor over the limit gets a shard of its own
+                groups.append(current)
+                current, size = [], 0
+            current.append(t)
+            size += t.nbytes
+        groups.append(current)
+        return groups
+    n = max(1, num_shards or 1)
+    total = sum(t.nbytes for t in tensors) or 1
+    groups = [[] for _ in range(n)]
+    done = 0
+    for t in tensors:
+        groups[min(n - 1, done * n // total)].append(t)
+        done += t.nbytes
+    return [g for g in groups if g] or [[]]
+
+
+def write_error(exc: OSError, path: str) -> WriteError:
+    return WriteError(f"cannot write: {exc.strerror or exc}", path=path)

@@ -1,0 +1,126 @@
+"""Benchmark an export to safetensors (and .npz) against `cp` of the kept bytes, in one run.
+
+    python tools/bench_export.py [--sizes 1G,2G] [--reps 5] [--workdir DIR]
+
+Builds the same TF1 Adam checkpoints as tools/bench.py (weights 1/3 of the bytes), then times,
+alternating and taking medians: `ckptio strip IN OUT.safetensors` as a whole process with its
+peak RSS, `cp` of a file as large as the kept bytes, `ckptio strip IN OUT.npz`, and the same
+strip into a TF prefix (the copy path the export reuses, as a baseline on the same machine state). Before each
+timed run the page cache holds exactly the bytes that run reads (tools/bench.py's set_cache),
+then `sync`. Two sizes show whether peak RSS stays flat as the checkpoint grows.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench  # noqa: E402  tools/bench.py: checkpoint builder, timing, page-cache control
+
+CKPTIO = bench.CKPTIO
+
+
+def bench_size(work: str, size: int, reps: int) -> dict:
+    import ckptio
+    from ckptio.cli.ls import roles_of
+
+    tag = bench.human(size).replace(" ", "")
+    prefix = os.path.join(work, f"adam_{tag}", "model.ckpt")
+    marker = prefix + ".built"
+    if not os.path.exists(marker):
+        print(f"building {tag} checkpoint ...", file=sys.stderr)
+        info = bench.build_transformer(prefix, size)
+        with open(marker, "w") as f:
+            json.dump(info, f)
+    with ckptio.open(prefix) as ck:
+        entries = ck.entries()
+        roles = roles_of(ck)
+    kept_names = {n for n, r in roles.items() if r != "optimizer"}
+    kept = sum(entries[n].size for n in kept_names)
+    keep = [(e.offset, e.size) for n, e in entries.items() if n in kept_names]
+    drop = [(e.offset, e.size) for n, e in entries.items() if n not in kept_names]
+    data = prefix + ".data-00000-of-00001"
+    floor = os.path.join(work, f"floor_{tag}.bin")
+    if not os.path.exists(floor) or os.path.getsize(floor) != kept:
+        with open(data, "rb") as src, open(floor, "wb") as dst:
+            shutil.copyfileobj(src, dst, 8 << 20)
+            dst.truncate(kept)
+    out_dir = os.path.join(work, "out_export")
+
+    def timed_export(suffix: str) -> tuple[float, int]:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        wall, rss, _ = bench.run_rss(CKPTIO + ["strip", prefix, os.path.join(out_dir, "model" + suffix), "-q"])
+        shutil.rmtree(out_dir, ignore_errors=True)
+        return wall, rss
+
+    def timed_cp() -> float:
+        target = os.path.join(work, "out_cp.bin")
+        wall = bench.run_timed(["cp", floor, target])[0]
+        os.unlink(target)
+        return wall
+
+    bench.set_cache(data, keep=keep, drop=drop)
+    timed_export(".safetensors")  # warm-up: bytecode written, memory faulted in once
+    timed_cp()
+    times = {"safetensors": [], "cp": [], "npz": [], "tf": []}
+    rss = {"safetensors": [], "npz": [], "tf": []}
+    order = ("safetensors", "cp", "tf", "npz", "cp", "safetensors")
+    for rep in range(reps):
+        for step in order if rep % 2 == 0 else order[::-1]:
+            bench.set_cache(data, keep=keep, drop=drop)
+            bench.set_cache(floor, whole=True)
+            bench.sync()
+            if step == "cp":
+                times["cp"].append(timed_cp())
+            else:
+                wall, peak = timed_export(".ckpt" if step == "tf" else "." + step)
+                times[step].append(wall)
+                rss[step].append(peak)
+    bench.set_cache(data, whole=False)
+    bench.set_cache(floor, whole=False)
+    med = {k: bench.median(v) for k, v in times.items()}
+    return {"tag": tag, "total": sum(e.size for e in entries.values()), "kept": kept, "tensors": len(entries),
+            "kept_tensors": len(kept_names), "seconds": med, "runs": times,
+            "rss": {k: max(v) for k, v in rss.items()}, "ratio": med["safetensors"] / med["cp"],
+            "ratio_npz": med["npz"] / med["cp"], "ratio_tf": med["tf"] / med["cp"]}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="1G,2G", help="kept (weight) bytes per checkpoint, comma-separated")
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "ckptio-bench-export"))
+    args = p.parse_args()
+    os.makedirs(args.workdir, exist_ok=True)
+    rows = [bench_size(args.workdir, bench.parse_size(s), args.reps) for s in args.sizes.split(",")]
+    h = bench.human
+    print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
+          f"{platform.python_version()}, load average {os.getloadavg()[0]:.1f}; warm page cache (exactly the bytes "
+          f"each run reads), medians of {args.reps} repetitions (two safetensors/cp runs each).")
+    print()
+    print("| checkpoint | kept | ckptio strip -> .safetensors | peak RSS | cp of kept bytes | safetensors/cp "
+          "| strip -> TF prefix (same copy path) | tf/cp | strip -> .npz | peak RSS | npz/cp |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        s = r["seconds"]
+        print(f"| {h(r['total'])}, {r['tensors']} tensors | {h(r['kept'])} ({r['kept_tensors']} tensors) "
+              f"| {s['safetensors']:.2f} s | {h(r['rss']['safetensors'])} | {s['cp']:.2f} s | {r['ratio']:.2f}x "
+              f"| {s['tf']:.2f} s | {r['ratio_tf']:.2f}x "
+              f"| {s['npz']:.2f} s | {h(r['rss']['npz'])} | {r['ratio_npz']:.2f}x |")
+    print()
+    for r in rows:
+        print(f"- {r['tag']}: runs ranged: safetensors {min(r['runs']['safetensors']):.2f}-"
+              f"{max(r['runs']['safetensors']):.2f} s, cp {min(r['runs']['cp']):.2f}-{max(r['runs']['cp']):.2f} s, "
+              f"TF prefix {min(r['runs']['tf']):.2f}-{max(r['runs']['tf']):.2f} s, "
+              f"npz {min(r['runs']['npz']):.2f}-{max(r['runs']['npz']):.2f} s")
+    print(json.dumps(rows), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
