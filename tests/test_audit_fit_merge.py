@@ -1,0 +1,62 @@
+"""Audit of fit/diff/merge (issues 14 and 16): the gaps the checklists found, each with a regression test."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from test_diff import key, write_named, write_object_based
+
+import ckptio
+from ckptio.cli.main import main
+from ckptio.errors import MismatchError
+
+ONES, TWOS = np.ones(2, np.float32), np.full(2, 2, np.float32)
+
+
+# -- fit: a template tensor matched by two sources (a --map rule's and an implicit match) -------------
+
+def test_fit_map_target_also_matched_by_key_is_an_error_naming_both(tmp_path, capsys):
+    """`--map a/=b/` gives b/w to a/w; the source's own b/w matches b/w by key and was dropped silently."""
+    src = write_named(tmp_path / "s/ckpt", {"a/w": ONES, "b/w": TWOS})
+    tpl = write_named(tmp_path / "t/ckpt", {"b/w": np.zeros(2, np.float32)})
+    out = tmp_path / "o/ckpt"
+    with pytest.raises(MismatchError, match=r"'b/w' is matched by two source tensors: 'a/w' \(--map\) and 'b/w' "
+                                            r"\(key\)"):
+        ckptio.fit(src, tpl, out, rules=["a/=b/"])
+    code = main(["fit", src, "--template", tpl, str(out), "--map", "a/=b/"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "'a/w'" in err and "'b/w'" in err, err
+    assert not os.path.exists(f"{out}.index")
+    code = main(["fit", src, "--template", tpl, str(out), "--map", "a/=b/", "--dry-run"])
+    assert code == 1 and "two source tensors" in capsys.readouterr().err
+
+
+def test_fit_map_target_also_matched_by_object_path_is_an_error(tmp_path):
+    """Object-based: the renamed encoder claims the backbone's kernel; the source's own backbone shares its path."""
+    k = np.ones((2, 2), np.float32)
+    src = write_object_based(tmp_path / "s/ckpt", {"model/encoder/_kernel": k, "model/backbone/_kernel": k * 2})
+    tpl = write_object_based(tmp_path / "t/ckpt", {"model/backbone/_kernel": k * 0})
+    with pytest.raises(MismatchError, match=r"'model/encoder/_kernel/.ATTRIBUTES/VARIABLE_VALUE' \(--map\) and "
+                                            r"'model/backbone/_kernel/.ATTRIBUTES/VARIABLE_VALUE' \(path\)"):
+        ckptio.fit(src, tpl, tmp_path / "o/ckpt", rules=["model/encoder/=model/backbone/"])
+
+
+def test_fit_second_source_consumed_by_a_rule_of_its_own_is_fine(tmp_path):
+    """A swap: both sources are claimed by explicit rules, so neither shadows the other."""
+    src = write_named(tmp_path / "s/ckpt", {"a/w": ONES, "b/w": TWOS})
+    tpl = write_named(tmp_path / "t/ckpt", {"a/w": np.zeros(2, np.float32), "b/w": np.zeros(2, np.float32)})
+    report = ckptio.fit(src, tpl, tmp_path / "o/ckpt", rules=["a/=b/", "b/=a/"])
+    assert sorted((m["src"], m["dst"], m["how"]) for m in report.matched) == [("a/w", "b/w", "map"),
+                                                                             ("b/w", "a/w", "map")]
+    with ckptio.open(tmp_path / "o/ckpt") as o:
+        np.testing.assert_array_equal(o["b/w"].read(), ONES)
+        np.testing.assert_array_equal(o["a/w"].read(), TWOS)
+
+
+def test_diff_still_reports_the_shadowed_tensor_as_only_in_a(tmp_path):
+    """diff is a report, not a writer: the second source stays visible as only in A (no refusal)."""
+    a = write_named(tmp_path / "a/ckpt", {"a/w": ONES, "b/w": TWOS})
+    b = write_named(tmp_path / "b/ckpt", {"b/w": ONES})
+    r = ckptio.diff(a, b, rules=ckptio.Rename((("a/", "b/"),)))
+    assert r.only_a == ["b/w"] and [(p[0], p[1]) for p in r.pairs] == [("a/w", "b/w")]
