@@ -60,3 +60,35 @@ def test_diff_still_reports_the_shadowed_tensor_as_only_in_a(tmp_path):
     b = write_named(tmp_path / "b/ckpt", {"b/w": ONES})
     r = ckptio.diff(a, b, rules=ckptio.Rename((("a/", "b/"),)))
     assert r.only_a == ["b/w"] and [(p[0], p[1]) for p in r.pairs] == [("a/w", "b/w")]
+
+
+# -- merge --last N DIR: a listed checkpoint that was deleted --------------------------------------
+
+def _run_dir(tmp_path, names, listed):
+    """A directory holding checkpoints `names` (w = its number) whose state file lists `listed`, oldest first."""
+    from test_merge import write
+
+    d = tmp_path / "run"
+    for n in names:
+        write(d / n, {"w": np.full(2, float(n.rsplit("-", 1)[1]), np.float32), "global_step": np.int64(0)})
+    (d / "checkpoint").write_text(f'model_checkpoint_path: "{listed[-1]}"\n'
+                                  + "".join(f'all_model_checkpoint_paths: "{n}"\n' for n in listed))
+    return str(d)
+
+
+def test_merge_last_refuses_a_listed_checkpoint_that_was_deleted(tmp_path, capsys):
+    """ckpt-5 is listed but gone: --last 3 must not quietly average ckpt-3, ckpt-4 and ckpt-6 instead."""
+    d = _run_dir(tmp_path, ["ckpt-3", "ckpt-4", "ckpt-6"], ["ckpt-3", "ckpt-4", "ckpt-5", "ckpt-6"])
+    out = tmp_path / "avg"
+    with pytest.raises(ckptio.CkptioError, match="lists ckpt-5, which does not exist"):
+        ckptio.merge([d], out, last=3)
+    assert main(["merge", "--last", "3", d, str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ckpt-5" in err, err
+    assert not os.path.exists(f"{out}.index")
+    # A deleted checkpoint older than the window does not matter.
+    d2 = _run_dir(tmp_path / "b", ["ckpt-3", "ckpt-4"], ["ckpt-2", "ckpt-3", "ckpt-4"])
+    report = ckptio.merge([d2], tmp_path / "avg2", last=2)
+    assert [os.path.basename(p) for p in report.inputs] == ["ckpt-3", "ckpt-4"]
+    with ckptio.open(tmp_path / "avg2") as o:
+        assert o["w"].read().tolist() == [3.5, 3.5]
