@@ -92,3 +92,32 @@ def test_merge_last_refuses_a_listed_checkpoint_that_was_deleted(tmp_path, capsy
     assert [os.path.basename(p) for p in report.inputs] == ["ckpt-3", "ckpt-4"]
     with ckptio.open(tmp_path / "avg2") as o:
         assert o["w"].read().tolist() == [3.5, 3.5]
+
+
+# -- diff --values: a corrupt second input is unreadable (exit 2), never "changed" (exit 1) -----------
+
+def _flip_byte_of(prefix, name):
+    """Flip one data byte of tensor `name` (its stored checksum no longer matches)."""
+    with ckptio.open(prefix) as c:
+        e = c.entries()[name]
+    data = f"{prefix}.data-00000-of-00001"
+    raw = bytearray(open(data, "rb").read())
+    raw[e.offset + 1] ^= 0xFF
+    open(data, "wb").write(bytes(raw))
+
+
+@pytest.mark.parametrize("chunk", [1 << 20, 64])  # the tensor in one chunk, or in many
+def test_diff_values_checks_the_checksum_of_both_inputs(tmp_path, capsys, monkeypatch, chunk):
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("ckptio.diff"), "CHUNK_BYTES", chunk)
+    w = np.arange(300, dtype=np.float32)
+    a = write_named(tmp_path / "a/ckpt", {"w": w})
+    b = write_named(tmp_path / "b/ckpt", {"w": w})
+    _flip_byte_of(b, "w")
+    for first, second in ((a, b), (b, a)):
+        with pytest.raises(ckptio.errors.ChecksumError):
+            ckptio.diff(first, second, values=True)
+        assert main(["diff", first, second, "--values"]) == 2
+        err = capsys.readouterr().err
+        assert "checksum" in err and err.count("\n") == 1, err
