@@ -121,3 +121,51 @@ def test_diff_values_checks_the_checksum_of_both_inputs(tmp_path, capsys, monkey
         assert main(["diff", first, second, "--values"]) == 2
         err = capsys.readouterr().err
         assert "checksum" in err and err.count("\n") == 1, err
+
+
+# -- diff --json: the "changed" records exactly as the issue's schema ---------------------------------
+
+def test_diff_values_json_is_exactly_the_issue_schema(tmp_path, capsys):
+    x = np.array([1.0, 2.0, 4.0], np.float32)
+    a = write_named(tmp_path / "a/ckpt", {"x": x, "same": ONES, "gone": ONES})
+    b = write_named(tmp_path / "b/ckpt", {"x": x + np.float32(0.5), "same": ONES, "new": np.ones(3, np.int8)})
+    assert main(["diff", a, b, "--values", "--json"]) == 1
+    import json
+
+    got = json.loads(capsys.readouterr().out)
+    assert got == {"only_a": ["gone"], "only_b": ["new"], "mismatched": [],
+                   "changed": [{"a": "x", "b": "x", "max_abs": 0.5, "rel_l2": pytest.approx(np.sqrt(0.75) / np.sqrt(21))}],
+                   "equal": 1}
+
+
+# -- fit --vocab on a partitioned variable whose optimizer slots are partitioned too ------------------
+
+def test_fit_vocab_moves_partitioned_slots_with_their_partitioned_variable(tmp_path):
+    """TF1 Saver layout: emb and emb/Adam in 2 slices each -> a template with 3 slices each."""
+    from ckptio.bundle.dtypes import from_numpy
+    from ckptio.bundle.entry import Entry
+    from ckptio.bundle.slices import Slice, encode_key
+    from ckptio.bundle.writer import BundleWriter
+
+    def write(prefix, arrays: dict, parts) -> str:
+        with BundleWriter(str(prefix)) as w:
+            for name, value in arrays.items():
+                slices = tuple(Slice(((s, n), (0, None))) for s, n in parts)
+                for s, (start, n) in zip(slices, parts):
+                    w.add_array(encode_key(name, s), value[start:start + n])
+                w.add_entry(name, Entry(from_numpy(value.dtype).enum, value.shape, slices=slices))
+            w.finish()
+        return str(prefix)
+
+    old, new = ["a", "b", "c", "d"], ["c", "x", "a", "b", "y"]
+    emb = np.arange(8, dtype=np.float32).reshape(4, 2)
+    src = write(tmp_path / "s/ckpt", {"emb": emb, "emb/Adam": emb + 100}, [(0, 2), (2, 2)])
+    t_emb = np.full((5, 2), -1, np.float32)
+    tpl = write(tmp_path / "t/ckpt", {"emb": t_emb, "emb/Adam": t_emb - 1}, [(0, 2), (2, 2), (4, 1)])
+    report = ckptio.fit(src, tpl, tmp_path / "o/ckpt", vocab={"emb": (old, new)})
+    assert sorted(r["dst"] for r in report.remapped) == ["emb", "emb/Adam"]
+    with ckptio.open(tmp_path / "o/ckpt") as o:
+        for name, src_v, tpl_v in (("emb", emb, t_emb), ("emb/Adam", emb + 100, t_emb - 1)):
+            assert len(o[name].slices) == 3
+            want = np.stack([src_v[2], tpl_v[1], src_v[0], src_v[1], tpl_v[4]])
+            np.testing.assert_array_equal(o[name].read(), want, err_msg=name)
