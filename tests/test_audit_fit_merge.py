@@ -169,3 +169,19 @@ def test_fit_vocab_moves_partitioned_slots_with_their_partitioned_variable(tmp_p
             assert len(o[name].slices) == 3
             want = np.stack([src_v[2], tpl_v[1], src_v[0], src_v[1], tpl_v[4]])
             np.testing.assert_array_equal(o[name].read(), want, err_msg=name)
+
+
+def test_diff_internal_error_exits_2_not_1(tmp_path, capsys, monkeypatch):
+    """Exit 1 means "the checkpoints differ"; a crash inside diff is trouble (2), like diff(1)."""
+    import importlib
+
+    a = write_named(tmp_path / "a/ckpt", {"x": ONES})
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.delenv("CKPTIO_DEBUG", raising=False)
+    monkeypatch.setattr(importlib.import_module("ckptio.diff"), "_diff", broken)
+    assert main(["diff", a, a]) == 2
+    err = capsys.readouterr().err
+    assert "internal error: RuntimeError: boom" in err and err.count("\n") == 1
