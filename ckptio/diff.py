@@ -150,11 +150,19 @@ def _paired(xs, ys):
         while x is None or not len(x):
             x = next(xs, None)
             if x is None:
+                _drain(ys)
                 return
         while y is None or not len(y):
             y = next(ys, None)
             if y is None:
+                _drain(xs)
                 return
         n = min(len(x), len(y))
         yield x[:n], y[:n]
         x, y = x[n:], y[n:]
+
+
+def _drain(chunks) -> None:
+    """Run a chunk stream to its end: its checksum is checked only once its last bytes are read."""
+    for _ in chunks:
+        pass

@@ -144,6 +144,11 @@ def plan(cs, ct, rules, on_mismatch: str, vocabularies: dict, axis: int) -> tupl
     """Match, then decide how each template tensor is written; reads no tensor bytes."""
     vs, vt = view(cs), view(ct)
     m = match(vs, vt, rules, a_label="source", b_label="template")
+    if m.shadowed:  # two sources for one template tensor: the rule's, and one matching it by name
+        other, dst, how = m.shadowed[0]
+        mapped = next(s for s, d, _ in m.pairs if d == dst)
+        raise MismatchError(f"template tensor {dst!r} is matched by two source tensors: {mapped!r} (--map) and "
+                            f"{other!r} ({how}); send {other!r} elsewhere with a --map rule of its own")
     source_of = {dst: (s, how) for s, dst, how in m.pairs}
     remap = _vocab_targets(vs, vt, source_of, vocabularies)
     report = FitReport(cs.prefix, ct.prefix, None)

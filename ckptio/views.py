@@ -168,11 +168,14 @@ MAP, PATH, KEY, FULL_NAME, SLOT = "map", "path", "key", "full_name", "slot"
 class Match:
     """Pairs (a key, b key, how) found between two views, and what was left on each side."""
 
-    def __init__(self, pairs: list[tuple[str, str, str]], a: View, b: View):
+    def __init__(self, pairs: list[tuple[str, str, str]], a: View, b: View, shadowed=()):
         self.pairs = pairs
         used_a, used_b = {p[0] for p in pairs}, {p[1] for p in pairs}
         self.only_a = sorted(k for k in a.tensors if k not in used_a)
         self.only_b = sorted(k for k in b.tensors if k not in used_b)
+        # (a key, b key, how): an a tensor left unpaired that would have matched (how) a b tensor a --map
+        # rule gave to another a tensor; fit refuses these rather than drop the a tensor without a word.
+        self.shadowed = list(dict.fromkeys(s for s in shadowed if s[0] not in used_a))  # in tier order
 
 
 def match(a: View, b: View, rules=None, *, a_label: str = "A", b_label: str = "B") -> Match:
@@ -182,6 +185,7 @@ def match(a: View, b: View, rules=None, *, a_label: str = "A", b_label: str = "B
     slot of the same name of its variable's partner. Two candidates for one tensor raise PlanError."""
     pairs: dict[str, tuple[str, str]] = {}  # b key -> (a key, how)
     used: set[str] = set()
+    shadowed: list[tuple[str, str, str]] = []
     renamed = _renamed(a, rules)
     plain_a = [k for k, t in a.tensors.items() if t.slot_of is None and k not in renamed]
     plain_b = [k for k, t in b.tensors.items() if t.slot_of is None]
@@ -195,6 +199,8 @@ def match(a: View, b: View, rules=None, *, a_label: str = "A", b_label: str = "B
         claims: dict[str, str] = {}
         for bk in plain_b:
             if bk in pairs:
+                if pairs[bk][1] == MAP:  # a rule took it: another a tensor matching it would be dropped
+                    shadowed.extend((ak, bk, how) for n in b_names(bk) for ak in index.get(n, ()))
                 continue
             found = sorted({ak for n in b_names(bk) for ak in index.get(n, ())})
             if len(found) > 1:
@@ -222,7 +228,7 @@ def match(a: View, b: View, rules=None, *, a_label: str = "A", b_label: str = "B
             names = {k: n for n, k in _unique_full_names(b).items()}
             tier(FULL_NAME, {k: {k} for k in plain_a}, lambda bk: {names[bk]} if bk in names else set())
     _pair_slots(a, b, pairs, used)
-    return Match([(ak, bk, how) for bk, (ak, how) in sorted(pairs.items())], a, b)
+    return Match([(ak, bk, how) for bk, (ak, how) in sorted(pairs.items())], a, b, shadowed)
 
 
 def _renamed(a: View, rules) -> dict[str, set[str]]:

@@ -132,10 +132,11 @@ def test_output_keeps_the_template_object_graph_bytes(tmp_path):
 
 
 def test_map_comes_first_and_claims_its_sources(tmp_path):
-    """`a/=b/` sends a's weight to b even though b's own name also exists in the source."""
+    """`a/=b/` sends a's weight to b even though b's own name also exists in the source (which a rule of
+    its own sends elsewhere; without one, two sources for b/w are refused: test_audit_fit_merge.py)."""
     src = write_named(tmp_path / "s/ckpt", {"a/w": np.full(2, 1, np.float32), "b/w": np.full(2, 2, np.float32)})
     tpl = write_named(tmp_path / "t/ckpt", {"a/w": np.zeros(2, np.float32), "b/w": np.zeros(2, np.float32)})
-    report = ckptio.fit(src, tpl, tmp_path / "o/ckpt", rules=["a/=b/"])
+    report = ckptio.fit(src, tpl, tmp_path / "o/ckpt", rules=["a/=b/", "b/=old_b/"])
     assert report.matched == [{"src": "a/w", "dst": "b/w", "how": "map"}]
     assert report.template_only == ["a/w"] and report.source_only == ["b/w"]
     np.testing.assert_array_equal(read_all(tmp_path / "o/ckpt")["b/w"], np.ones(2))

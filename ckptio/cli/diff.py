@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 
@@ -53,6 +54,12 @@ def run(args) -> int:
         raise
     except (CkptioError, OSError) as exc:  # like diff(1): trouble is 2, "different" is 1
         print(f"ckptio: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a bug must not read as "different" (main's catch-all would exit 1)
+        if os.environ.get("CKPTIO_DEBUG"):
+            raise
+        print(f"ckptio: internal error: {type(exc).__name__}: {exc} (a bug in ckptio; CKPTIO_DEBUG=1 shows the "
+              "traceback)", file=sys.stderr)
         return 2
     if args.json:
         json.dump(result.to_json(), sys.stdout)
