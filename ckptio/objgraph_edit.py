@@ -134,11 +134,13 @@ class GraphPlan:
 
     def select(self, step) -> None:
         """Keep what step keeps by object path (objgraph_select); emptied nodes and optimizers go too."""
-        self.loose = {s: d for s, d in self.loose.items() if step.keeps(d)}
         g = self.graph
         current = {a: [n for n, _ in self._tensors(a)] for _, a in g.attributes()}
+        named = attribute_names(g, self._optimizer_ids(), current)
+        _check_patterns(step, named, current, list(self.loose.values()))
+        self.loose = {s: d for s, d in self.loose.items() if step.keeps(d)}
         drop = set()
-        for a, per_tensor in attribute_names(g, self._optimizer_ids(), current).items():
+        for a, per_tensor in named.items():
             kept = [all(step.keeps_any(names) for names in groups) for groups in per_tensor]
             if not any(kept):
                 drop.add(a)
@@ -531,3 +533,31 @@ def _derive_moves(g: ObjectGraph, want: dict[int, Path]) -> list[tuple[int, Chil
         elif v is not None and v != where:
             moves.append((parent, edge, v))
     return moves
+
+
+def _check_patterns(step, names: dict, current: dict, loose: list[str]) -> None:
+    """Refuse a pattern that selects nothing by object path but matches a storage key: it would be a no-op.
+
+    Filters mean object paths (`ls --objects`); a Keras 3 weight's key (`optimizer/_trainable_variables/0/...`,
+    what plain `ls` shows) is not one of its paths, so a pattern written from `ls` would silently select nothing.
+    """
+    visible = set(loose)
+    keyed: dict[str, str] = {}  # storage key -> the object path that names its tensor
+    for a, per_tensor in names.items():
+        for key, groups in zip(current[a], per_tensor):
+            for group in groups:
+                visible.update(group)
+            keyed[key] = groups[0][0]
+    for kind, patterns, compiled in (("include", step.include, step._inc), ("exclude", step.exclude, step._exc)):
+        for pattern, regex in zip(patterns, compiled):
+            hits = (lambda n: regex.match(n)) if step.glob else (lambda n: regex.search(n))
+            if any(hits(n) for n in visible):
+                continue
+            paths = sorted({path for key, path in keyed.items() if hits(key)})
+            if not paths:
+                continue
+            target = f"its object path is {paths[0]!r}" if len(paths) == 1 else \
+                f"the {len(paths)} tensors it matches have object paths such as {paths[0]!r}"
+            raise PlanError(f"{kind} pattern {pattern!r} matches only storage keys, no object path (filters on "
+                            "an object-based checkpoint match object paths, as `ckptio ls --objects` shows them); "
+                            f"{target}")
