@@ -137,7 +137,8 @@ class GraphPlan:
         g = self.graph
         current = {a: [n for n, _ in self._tensors(a)] for _, a in g.attributes()}
         named = attribute_names(g, self._optimizer_ids(), current)
-        _check_patterns(step, named, current, list(self.loose.values()))
+        source = {a: [k for k, _ in self.owned.get(a.source, ())] for a in current}  # keys as `ls` showed them
+        _check_patterns(step, named, current, source, list(self.loose.values()))
         self.loose = {s: d for s, d in self.loose.items() if step.keeps(d)}
         drop = set()
         for a, per_tensor in named.items():
@@ -535,7 +536,7 @@ def _derive_moves(g: ObjectGraph, want: dict[int, Path]) -> list[tuple[int, Chil
     return moves
 
 
-def _check_patterns(step, names: dict, current: dict, loose: list[str]) -> None:
+def _check_patterns(step, names: dict, current: dict, source: dict, loose: list[str]) -> None:
     """Refuse a pattern that selects nothing by object path but matches a storage key: it would be a no-op.
 
     Filters mean object paths (`ls --objects`); a Keras 3 weight's key (`optimizer/_trainable_variables/0/...`,
@@ -544,10 +545,10 @@ def _check_patterns(step, names: dict, current: dict, loose: list[str]) -> None:
     visible = set(loose)
     keyed: dict[str, str] = {}  # storage key -> the object path that names its tensor
     for a, per_tensor in names.items():
-        for key, groups in zip(current[a], per_tensor):
+        for key, src, groups in zip(current[a], source[a], per_tensor):
             for group in groups:
                 visible.update(group)
-            keyed[key] = groups[0][0]
+            keyed[key] = keyed[src] = groups[0][0]  # the source key too: a strip before may have re-keyed it
     for kind, patterns, compiled in (("include", step.include, step._inc), ("exclude", step.exclude, step._exc)):
         for pattern, regex in zip(patterns, compiled):
             hits = (lambda n: regex.match(n)) if step.glob else (lambda n: regex.search(n))

@@ -1,0 +1,73 @@
+"""Gaps found in the issue 12 review (reviewer a1-audit12), pure Python.
+
+- A filter written from plain `ls` (a Keras 3 weight's storage key, `optimizer/_trainable_variables/0/...`)
+  selects nothing by object path: it is refused, naming the object path to use, instead of a silent no-op.
+- Batch mode over a glob such as 'run/*' passes over the state file, .meta and events files beside the
+  checkpoints instead of failing rows for them (exit 1 on a run that wrote everything).
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ckptio import PlanError, Select, StripOptimizer
+from ckptio.batch import gather_inputs
+from test_objects_semantics import K, WEIGHTS, keras3_functional
+from test_objgraph import run
+
+KEY0 = "optimizer/_trainable_variables/0" + K  # what plain `ls` shows for the first layer's kernel
+
+
+@pytest.mark.parametrize("select", [
+    Select(exclude=("^optimizer/_trainable_variables/0/",)),
+    Select(include=("^optimizer/_trainable_variables/0/", "^save_counter/")),
+    Select(exclude=("optimizer/_trainable_variables/0/*",), glob=True),
+])
+@pytest.mark.parametrize("strip_first", [False, True])
+def test_a_pattern_matching_only_a_storage_key_is_refused_naming_the_object_path(select, strip_first):
+    steps = (StripOptimizer(), select) if strip_first else (select,)
+    with pytest.raises(PlanError) as exc:
+        run(keras3_functional(), *steps)
+    message = str(exc.value)
+    assert "\n" not in message and "matches only storage keys" in message
+    assert "ls --objects" in message and repr(WEIGHTS[KEY0]) in message
+
+
+def test_a_pattern_matching_several_storage_keys_names_an_example():
+    with pytest.raises(PlanError, match="the 2 tensors it matches have object paths such as 'model/_operations/1/"):
+        run(keras3_functional(), Select(exclude=("_trainable_variables/",)))
+
+
+@pytest.mark.parametrize("select", [
+    Select(exclude=("^optimizer/",)),  # matches the optimizer's own state by path: meaningful
+    Select(exclude=("^nothing/",)),  # matches neither: as on name-based checkpoints, a no-op
+    Select(exclude=("^model/_operations/1/",)),  # the object path itself
+])
+def test_patterns_that_match_an_object_path_or_nothing_are_not_refused(select):
+    mapping, _ = run(keras3_functional(), select)
+    assert mapping
+
+
+def _touch(path, data=b""):
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def test_a_batch_glob_passes_over_state_meta_and_events_files(tmp_path):
+    for step in (1, 2):
+        _touch(tmp_path / f"ckpt-{step}.index", b"x")
+        _touch(tmp_path / f"ckpt-{step}.data-00000-of-00001")
+    _touch(tmp_path / "checkpoint", b'model_checkpoint_path: "ckpt-2"\nall_model_checkpoint_paths: "ckpt-2"\n')
+    _touch(tmp_path / "model.ckpt-2.meta", b"\x0a\x00")
+    _touch(tmp_path / "events.out.tfevents.1.host", b"\x00")
+    inputs = gather_inputs([os.path.join(tmp_path, "*")])
+    assert [(os.path.basename(i.path), i.error) for i in inputs] == [("ckpt-1", None), ("ckpt-2", None)]
+
+
+def test_a_batch_glob_of_only_other_files_fails_its_row(tmp_path):
+    _touch(tmp_path / "checkpoint", b'model_checkpoint_path: "ckpt-2"\n')
+    inputs = gather_inputs([os.path.join(tmp_path, "check*")])
+    assert len(inputs) == 1 and "matches no checkpoint" in inputs[0].error
+    # Named explicitly (no glob), the state file is still an input that fails with its own reason.
+    assert gather_inputs([os.path.join(tmp_path, "checkpoint")])[0].error is None
