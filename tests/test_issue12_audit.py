@@ -71,3 +71,18 @@ def test_a_batch_glob_of_only_other_files_fails_its_row(tmp_path):
     assert len(inputs) == 1 and "matches no checkpoint" in inputs[0].error
     # Named explicitly (no glob), the state file is still an input that fails with its own reason.
     assert gather_inputs([os.path.join(tmp_path, "checkpoint")])[0].error is None
+
+
+@pytest.mark.parametrize("pattern", ["*.index", "model.ckpt-*", "*"])
+def test_doctor_of_a_glob_naming_one_checkpoint_checks_its_tensors(tmp_path, pattern, capsys):
+    """Issue 12 item 4 says doctor called a quoted glob healthy with 0 tensors; the path-form tests check ls,
+    show, verify and strip on one match, and doctor only on two."""
+    from ckptio.cli.main import main
+    from test_path_forms import write_ckpt
+
+    write_ckpt(tmp_path / "run" / "model.ckpt-5", 5.0, state_file=True)
+    (tmp_path / "run" / "model.ckpt-5.meta").write_bytes(b"\x0a\x02ab")
+    capsys.readouterr()
+    assert main(["doctor", str(tmp_path / "run" / pattern)]) == 0
+    out = capsys.readouterr().out
+    assert "2 tensor(s)" in out and "intact: w" in out and "intact: global_step" in out

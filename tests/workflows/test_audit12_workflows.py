@@ -138,6 +138,19 @@ def test_a_storage_key_pattern_is_refused_and_names_the_object_path(world, capsy
     assert "ls --objects" in err and "'model/_operations/1/_kernel/.ATTRIBUTES/VARIABLE_VALUE'" in err
 
 
+@pytest.mark.parametrize("flag, pattern", [("--exclude", "encoder"), ("--include", "encoder/kernel"),
+                                           ("--exclude-glob", "*_trainable_variables/2/*")])
+def test_a_pattern_matching_a_variable_name_or_key_but_no_object_path_is_refused(world, capsys, flag, pattern):
+    """Keras 3 Functional paths hold no layer names (`model/_operations/1/`); `ls --objects` shows the
+    variable name `encoder/kernel` beside them, so `--exclude encoder` would silently drop nothing."""
+    root, k3 = world["root"], world["built"]["k3"]
+    capsys.readouterr()
+    assert cli("rewrite", k3, root / "o" / f"name_{flag}", flag, pattern, "--strip-optimizer") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no object path" in err and "'model/_operations/" in err
+    assert not os.path.exists(root / "o" / f"name_{flag}.index")
+
+
 def test_the_object_path_named_by_the_refusal_selects_the_weight(world):
     assert world["path_rc"] == 0
     tf = world["tf"]
