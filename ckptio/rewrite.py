@@ -310,6 +310,9 @@ def execute(plan: Plan, dst: str, *, num_shards=1, max_shard_size=None, force=Fa
             graph[()] = plan.graph
             writer.add_array(naming.OBJECT_GRAPH_KEY, graph, shard=len(groups) - 1)
             tick(len(plan.graph))
+        check_container = getattr(ckpt, "check_container", None)
+        if check_container is not None:  # an archive: a duplicate member past the tensors makes it ambiguous
+            check_container()
         writer.finish(state_file=state_file, fsync=fsync, make_latest=make_latest)
         return writer.state_file
 

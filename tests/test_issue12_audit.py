@@ -86,3 +86,64 @@ def test_doctor_of_a_glob_naming_one_checkpoint_checks_its_tensors(tmp_path, pat
     assert main(["doctor", str(tmp_path / "run" / pattern)]) == 0
     out = capsys.readouterr().out
     assert "2 tensor(s)" in out and "intact: w" in out and "intact: global_step" in out
+
+
+@pytest.mark.parametrize("ci", ["", "true"])
+def test_corpus_tests_skip_with_where_it_goes_and_fail_under_ci(monkeypatch, tmp_path, ci):
+    """Usability bullet: a fresh clone without ../shared/corpus skips corpus tests saying where the corpus
+    goes; with CI set they may not skip."""
+    import support
+
+    monkeypatch.setattr(support, "CORPUS", tmp_path / "nowhere")
+    monkeypatch.setenv("CI", ci)
+    expected = pytest.fail.Exception if ci else pytest.skip.Exception
+    with pytest.raises(expected) as info:
+        support.require_corpus()
+    assert str(tmp_path / "nowhere") in str(info.value) and "MANIFEST.json" in str(info.value)
+
+
+def _archive(path, members) -> str:
+    """A .tar.zst holding members [(name, bytes)] in order, duplicates allowed."""
+    import io
+    import tarfile
+
+    import zstandard
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        for member, blob in members:
+            info = tarfile.TarInfo(member)
+            info.size = len(blob)
+            t.addfile(info, io.BytesIO(blob))
+    path.write_bytes(zstandard.ZstdCompressor().compress(buf.getvalue()))
+    return str(path)
+
+
+@pytest.mark.parametrize("argv", [["strip"], ["rewrite", "--cast", "float16"], ["rename", "--map", "w=v"]])
+@pytest.mark.parametrize("out", ["o/m", "o/m.tar.zst"])
+def test_a_rewrite_from_an_archive_with_a_later_duplicate_member_is_refused(tmp_path, capsys, argv, out):
+    """Hostile bullet "refuse duplicate members": a second copy of the data shard after the one ckptio reads
+    (what `tar -x` would keep) went unnoticed by strip/rewrite, which wrote the first copy's values, exit 0."""
+    import numpy as np
+
+    from ckptio.cli.main import main
+    from test_path_forms import write_ckpt
+
+    prefix = write_ckpt(tmp_path / "src" / "ckpt", 5.0)
+    index = (tmp_path / "src" / "ckpt.index").read_bytes()
+    data = (tmp_path / "src" / "ckpt.data-00000-of-00001").read_bytes()
+    shard = "ckpt.data-00000-of-00001"
+    bad = _archive(tmp_path / "twice.tar.zst", [("ckpt.index", index), (shard, data), (f"./{shard}", bytes(len(data)))])
+    good = _archive(tmp_path / "once.tar.zst", [("ckpt.index", index), (shard, data)])
+    command, *flags = argv
+    capsys.readouterr()
+    assert main([command, bad, str(tmp_path / out), *flags]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "twice" in err and shard in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists() or not [f for f in os.listdir(tmp_path / "o") if not f.startswith(".")]
+    # The same archive without the duplicate still rewrites (the check reads past the tensors, nothing more).
+    assert main([command, good, str(tmp_path / "ok" / "m"), *flags]) == 0
+    import ckptio
+
+    with ckptio.open(prefix) as ck:
+        assert np.array_equal(ck["w"].read(), np.full((2, 2), 5.0, np.float32))
