@@ -569,3 +569,15 @@ def _check_patterns(step, names: dict, current: dict, source: dict, loose: list[
             raise PlanError(f"{kind} pattern {pattern!r} matches only {what}, no object path (filters on an "
                             "object-based checkpoint match object paths, as `ckptio ls --objects` shows them); "
                             f"{target}")
+
+
+def object_names(data: bytes, entries: dict) -> dict[str, list[str]]:
+    """Source key -> the names a filter sees for its tensor (its object paths, as `ls --objects` shows them)."""
+    plan = GraphPlan(ObjectGraph.parse(data), entries)
+    g = plan.graph
+    current = {a: [n for n, _ in plan._tensors(a)] for _, a in g.attributes()}
+    out: dict[str, list[str]] = {}
+    for a, per_tensor in attribute_names(g, plan._optimizer_ids(), current).items():
+        for key, groups in zip(current[a], per_tensor):
+            out[key] = groups[0]
+    return out

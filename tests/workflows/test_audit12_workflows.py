@@ -81,6 +81,11 @@ CHECK = textwrap.dedent('''
     out["encoder_left_out"] = all(got[k] == init[k] for k in got if k.startswith("encoder/"))
     out["no_encoder_keys"] = sorted(n for n, _ in tf.train.list_variables(cases["no_encoder"]))
 
+    # --cast-only by object path: TF reads the encoder's two weights as float16, everything else as it was.
+    dtypes = tf.train.load_checkpoint(cases["cast_only"]).get_variable_to_dtype_map()
+    out["cast_dtypes"] = {k: v.name for k, v in dtypes.items()}
+    out["source_dtypes"] = {k: v.name for k, v in tf.train.load_checkpoint(cases["k3"]).get_variable_to_dtype_map().items()}
+
     # The batch output of a glob over the manager's directory is managed by a new CheckpointManager.
     mgr = tf.train.CheckpointManager(tf.train.Checkpoint(model=model()), cases["batch_out"], max_to_keep=3)
     out["managed"] = [os.path.basename(p) for p in mgr.checkpoints]
@@ -119,10 +124,12 @@ def world(tmp_path_factory):
     facts["key_rc"] = cli("rewrite", k3, root / "o" / "by_key", "--exclude", "^optimizer/_trainable_variables/0/")
     facts["path_rc"] = cli("rewrite", k3, root / "o" / "no_encoder", "--strip-optimizer",
                            "--exclude", "^model/_operations/1/")
+    facts["cast_rc"] = cli("rewrite", k3, root / "o" / "cast_only", "--cast", "float16",
+                           "--cast-only", "^model/_operations/1/", "--json")
     facts["batch_rc"] = cli("strip", "-q", "--out-dir", root / "batch", os.path.join(root, "run", "*"))
     facts["sm_rc"] = cli("strip", root / "tf1_sm", root / "sm_out" / "model.ckpt")
     cases = {"k3": k3, "no_encoder": str(root / "o" / "no_encoder"), "batch_out": str(root / "batch"),
-             "sm": str(root / "tf1_sm"), "sm_stripped": str(root / "sm_out" / "model.ckpt")}
+             "cast_only": str(root / "o" / "cast_only"), "sm": str(root / "tf1_sm"), "sm_stripped": str(root / "sm_out" / "model.ckpt")}
     facts["tf"] = run_tf_json(f"import sys; sys.argv = ['x', {json.dumps(json.dumps(cases))}]\n" + CHECK)
     return facts
 
@@ -171,3 +178,14 @@ def test_a_tf1_builder_saved_model_stripped_to_a_prefix_restores_with_a_saver(wo
     rows = json.loads(capsys.readouterr().out)
     roles = {t["name"]: t["role"] for t in rows["entries"]}
     assert roles == {"dense/kernel": "weight", "dense/bias": "weight", "global_step": "step"}
+
+
+def test_cast_only_matches_object_paths_as_filters_do(world):
+    """`--cast-only '^model/_operations/1/'` cast nothing on a Keras 3 checkpoint (its keys run through the
+    optimizer), exit 0; --include matched the same pattern by object path."""
+    assert world["cast_rc"] == 0
+    got, src = world["tf"]["cast_dtypes"], world["tf"]["source_dtypes"]
+    changed = {k for k in got if got[k] != src[k]}
+    assert changed == {"optimizer/_trainable_variables/0/.ATTRIBUTES/VARIABLE_VALUE",
+                       "optimizer/_trainable_variables/1/.ATTRIBUTES/VARIABLE_VALUE"}
+    assert all(got[k] == "float16" for k in changed)
