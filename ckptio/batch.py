@@ -8,6 +8,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 from .bundle import naming
+from .bundle.paths import is_other_file
 from .bundle.state import listed, record_outputs, state_path
 from .errors import CheckpointNotFoundError, CkptioError
 
@@ -47,6 +48,10 @@ def gather_inputs(args: list[str]) -> list[Input]:
         matches = sorted(glob.glob(arg)) if glob.has_magic(arg) else [arg]
         if not matches:
             out.append(Input(arg, error="glob matches nothing"))
+        elif len(matches) > 1 or matches[0] != arg:  # 'run/*' meets the state file, .meta ...: not inputs
+            matches = [m for m in matches if not is_other_file(m)]
+            if not matches:
+                out.append(Input(arg, error="glob matches no checkpoint (only state, .meta or other files)"))
         for m in matches:
             if m.endswith(".index"):
                 m = m[: -len(".index")]

@@ -47,7 +47,7 @@ class Piece(namedtuple("Piece", "key name src_name src_entry out_dtype slice", d
 class Plan:
     """A validated rewrite: output items, the pieces to write, and the new object graph if any."""
 
-    __slots__ = ("source", "items", "dropped", "pieces", "metadata", "graph", "graph_rewritten")
+    __slots__ = ("source", "items", "dropped", "pieces", "metadata", "graph", "graph_rewritten", "object_names")
 
     def __init__(self, source: Checkpoint, items: list[Item], dropped: list[str], pieces: list[Piece],
                  metadata: dict[str, Entry], graph: bytes | None = None, graph_rewritten: bool = False):
@@ -55,6 +55,7 @@ class Plan:
         self.metadata = metadata  # sliced tensors' metadata entries by output name
         self.graph = graph
         self.graph_rewritten = graph_rewritten  # the graph differs from the source's
+        self.object_names = None  # source key -> its object paths, when --cast-only needed them
 
     @property
     def bytes_before(self) -> int:
@@ -130,17 +131,17 @@ def make_plan(ckpt: Checkpoint, steps=()) -> Plan:
         source_graph = ckpt.object_graph_bytes  # read once: an archive source is forward-only
         mapping, graph = plan_object_based(ckpt, steps, data=source_graph)
         items = [Item(src, dst, entries[src].dtype) for src, dst in mapping.items()]
-        ctx = Context(entries)
+        ctx = Context(entries, _object_names(source_graph, entries, steps))
         for step in steps:
             if isinstance(step, Cast):
                 items = step.apply(items, ctx)
     else:
         items = [Item(n, n, entries[n].dtype) for n in names]
-        ctx = Context(entries)
+        if graph_key in entries:  # only casts: names stay, the graph is copied
+            graph = source_graph = ckpt.object_graph_bytes
+        ctx = Context(entries, _object_names(source_graph, entries, steps))
         for step in steps:
             items = step.apply(items, ctx)
-        if graph_key in entries:
-            graph = source_graph = ckpt.object_graph_bytes
     check_collisions(items)
     if not items and names:
         raise PlanError("the plan keeps no tensor; check --include/--exclude and the rename rules")
@@ -156,7 +157,19 @@ def make_plan(ckpt: Checkpoint, steps=()) -> Plan:
         if meta is not None:
             metadata[item.dst] = meta
     pieces.sort(key=lambda p: (p.src_entry.shard_id, p.src_entry.offset, p.key))
-    return Plan(ckpt, items, dropped, pieces, metadata, graph, graph != source_graph)
+    plan = Plan(ckpt, items, dropped, pieces, metadata, graph, graph != source_graph)
+    plan.object_names = ctx.names
+    return plan
+
+
+def _object_names(data: bytes | None, entries, steps) -> dict[str, list[str]] | None:
+    """For a Cast with `only` on an object-based checkpoint: each source key's object paths, which
+    `--cast-only` matches as `--include` does (a Keras 3 weight's key names the optimizer, not the model)."""
+    if data is None or not any(isinstance(s, Cast) and s.only for s in steps):
+        return None
+    from .objgraph_edit import object_names
+
+    return object_names(data, entries)
 
 
 def tensor_pieces(ckpt: Checkpoint, name: str, dst: str, dtype: int) -> tuple[list[Piece], Entry | None]:
@@ -222,7 +235,7 @@ def rewrite(src, dst, steps=(), *, num_shards: int | None = 1, max_shard_size: i
         report = Report(ckpt.prefix, None if dst is None else os.fspath(dst), dry_run=dry_run,
                         kept=[(i.src, i.dst) for i in plan.items], dropped=plan.dropped,
                         cast=[i.dst for i in plan.items if i.dtype != entries[i.src].dtype],
-                        not_cast=_not_cast(plan.items, entries, steps),
+                        not_cast=_not_cast(plan.items, entries, steps, plan.object_names),
                         bytes_before=plan.bytes_before, bytes_after=plan.bytes_after,
                         object_graph=None if plan.graph is None else "rewritten" if plan.graph_rewritten else "copied")
         if dry_run and dst is not None:  # predict what a real run would refuse
@@ -240,14 +253,15 @@ def rewrite(src, dst, steps=(), *, num_shards: int | None = 1, max_shard_size: i
             ckpt.close()
 
 
-def _not_cast(items: list[Item], entries, steps) -> list[tuple[str, str, str]]:
+def _not_cast(items: list[Item], entries, steps, paths=None) -> list[tuple[str, str, str]]:
     """With a Cast step: the kept tensors whose dtype stays as it was, and why."""
     from .transform import ALREADY
 
     casts = [s for s in steps if isinstance(s, Cast)]
     if not casts:
         return []
-    return [(i.dst, dtypes.name_of(i.dtype), casts[-1].left_as_is(i) or ALREADY)
+    paths = paths or {}
+    return [(i.dst, dtypes.name_of(i.dtype), casts[-1].left_as_is(i, paths.get(i.src, ())) or ALREADY)
             for i in items if i.dtype == entries[i.src].dtype]
 
 
@@ -310,6 +324,9 @@ def execute(plan: Plan, dst: str, *, num_shards=1, max_shard_size=None, force=Fa
             graph[()] = plan.graph
             writer.add_array(naming.OBJECT_GRAPH_KEY, graph, shard=len(groups) - 1)
             tick(len(plan.graph))
+        check_container = getattr(ckpt, "check_container", None)
+        if check_container is not None:  # an archive: a duplicate member past the tensors makes it ambiguous
+            check_container()
         writer.finish(state_file=state_file, fsync=fsync, make_latest=make_latest)
         return writer.state_file
 

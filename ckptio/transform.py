@@ -24,8 +24,9 @@ class Item(namedtuple("Item", "src dst dtype promoted_from", defaults=(None,))):
     __slots__ = ()
 
 
-class Context(namedtuple("Context", "entries")):
-    """What steps may consult: the source's entries (name -> Entry)."""
+class Context(namedtuple("Context", "entries names", defaults=(None,))):
+    """What steps may consult: the source's entries (name -> Entry) and, on object-based checkpoints,
+    each source key's object paths as `ls --objects` shows them (names; None for name-based ones)."""
 
     __slots__ = ()
 
@@ -401,8 +402,10 @@ class Cast(_Step):
             raise PlanError(f"cast target must be one of {', '.join(CASTABLE)}, not {to!r}")
         self._init(to=target.name, only=only, _only=_compile(only, False))
 
-    def left_as_is(self, item: Item) -> str | None:
-        """Why this step leaves item's dtype as it is (NOT_FLOATING, LOW, ALREADY, NOT_SELECTED), or None."""
+    def left_as_is(self, item: Item, names=()) -> str | None:
+        """Why this step leaves item's dtype as it is (NOT_FLOATING, LOW, ALREADY, NOT_SELECTED), or None.
+
+        `only` matches the output name or any of names (a TF2 tensor's object paths, as filters do)."""
         name = dtypes.name_of(item.dtype)
         if name == self.to:
             return ALREADY
@@ -410,13 +413,15 @@ class Cast(_Step):
             return LOW
         if name not in CAST_SOURCES:
             return NOT_FLOATING
-        if self._only and not any(r.search(item.dst) for r in self._only):
+        if self._only and not any(r.search(n) for r in self._only for n in (item.dst, *names)):
             return NOT_SELECTED
         return None
 
     def apply(self, items: list[Item], ctx: Context) -> list[Item]:
         target = dtypes.BY_NAME[self.to].enum
-        return [item if self.left_as_is(item) else item._replace(dtype=target) for item in items]
+        paths = ctx.names or {}
+        return [item if self.left_as_is(item, paths.get(item.src, ())) else item._replace(dtype=target)
+                for item in items]
 
 
 class MapNames(_Step):

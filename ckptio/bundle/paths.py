@@ -211,6 +211,19 @@ def _is_table(path: str) -> bool:
         return False
 
 
+def is_other_file(path: str) -> bool:
+    """A regular file known not to be a checkpoint (a state file, a .meta, a graph, an events file ...)."""
+    if not os.path.isfile(path) or os.path.basename(path).startswith("events.out.tfevents"):
+        return os.path.isfile(path)
+    try:
+        _refuse_odd_file(path)
+    except WrongFileError:
+        return True
+    except CheckpointNotFoundError:
+        return False
+    return False
+
+
 def _refuse_odd_file(path: str) -> None:
     """Raise WrongFileError for files people commonly pass by mistake."""
     try:

@@ -53,7 +53,8 @@ def add_arguments(name, p) -> None:
         g = p.add_argument_group("cast")
         g.add_argument("--cast", choices=("float32", "bfloat16", "float16"), help="cast floating tensors")
         g.add_argument("--cast-only", action="append", default=[], metavar="REGEX",
-                       help="with --cast, cast only matching names")
+                       help="with --cast, cast only matching names (object-based: a name or object path, "
+                            "as for --include)")
     g = p.add_argument_group("output")
     g.add_argument("--shards", type=int, metavar="N", help="number of output data shards (default 1)")
     g.add_argument("--max-shard-size", type=parse_size, metavar="SIZE", help="start a new shard past SIZE (e.g. 2G)")
