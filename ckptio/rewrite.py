@@ -186,23 +186,28 @@ def tensor_pieces(ckpt: Checkpoint, name: str, dst: str, dtype: int) -> tuple[li
 
 def _assign_shards(pieces: list[Piece], num_shards: int | None, max_shard_size: int | None) -> list[list[Piece]]:
     """Split pieces (in source order) into contiguous runs, one per output shard."""
+    return split_runs(pieces, lambda p: p.size, num_shards, max_shard_size)
+
+
+def split_runs(items: list, size_of, num_shards: int | None, max_shard_size: int | None) -> list[list]:
+    """Cut items (in order) into runs: greedy up to max_shard_size, else num_shards runs of similar size."""
     if max_shard_size:
         groups, current, size = [], [], 0
-        for p in pieces:
-            if current and size + p.size > max_shard_size:
+        for item in items:
+            if current and size + size_of(item) > max_shard_size:
                 groups.append(current)
                 current, size = [], 0
-            current.append(p)
-            size += p.size
+            current.append(item)
+            size += size_of(item)
         groups.append(current)
         return groups
     n = max(1, num_shards or 1)
-    total = sum(p.size for p in pieces) or 1
+    total = sum(map(size_of, items)) or 1
     groups = [[] for _ in range(n)]
     done = 0
-    for p in pieces:
-        groups[min(n - 1, done * n // total)].append(p)
-        done += p.size
+    for item in items:
+        groups[min(n - 1, done * n // total)].append(item)
+        done += size_of(item)
     return groups
 
 

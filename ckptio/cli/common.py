@@ -77,3 +77,15 @@ def check_output_prefix(out: str) -> None:
         raise UsageError(f"{out}: not an output prefix (no file name); pass e.g. {example}")
     if "://" not in out and os.path.isdir(out):
         raise UsageError(f"{out}: is a directory; pass an output prefix inside it, e.g. {example}")
+
+
+def check_shard_options(args) -> None:
+    """--shards N and --max-shard-size S: each sane, and not both (strip/rename/rewrite, fit, plan)."""
+    from .main import UsageError
+
+    if args.shards is not None and args.shards < 1:
+        raise UsageError("--shards must be >= 1")
+    if args.max_shard_size is not None and args.max_shard_size < 1:
+        raise UsageError("--max-shard-size must be more than 0 bytes")
+    if args.shards is not None and args.max_shard_size is not None:
+        raise UsageError("give --shards or --max-shard-size, not both")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 
-from .common import check_output_prefix, parse_size
+from .common import check_output_prefix, check_shard_options, parse_size
 from .diff import add_map_arguments, build_rules
 
 
@@ -53,12 +53,7 @@ def run(args) -> int:
     if not src or not args.template:
         raise UsageError(f"{'SRC' if not src else '--template'}: empty path")
     check_output_prefix(out)
-    if args.shards is not None and args.shards < 1:  # the same checks as strip/rename/rewrite
-        raise UsageError("--shards must be >= 1")
-    if args.max_shard_size is not None and args.max_shard_size < 1:
-        raise UsageError("--max-shard-size must be more than 0 bytes")
-    if args.shards is not None and args.max_shard_size is not None:
-        raise UsageError("give --shards or --max-shard-size, not both")
+    check_shard_options(args)
     vocab = {}
     for name, files in map(parse_vocab, args.vocab):
         if name in vocab:  # a dict would let the last one win without a word

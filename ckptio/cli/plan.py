@@ -65,7 +65,7 @@ def run(args) -> int:
 
 def _plan(args) -> int:
     from ..plan import plan_rewrite, save_plan
-    from .common import check_output_prefix, human
+    from .common import check_output_prefix, check_shard_options, human
     from .main import UsageError
     from .rewrite import build_steps
 
@@ -75,12 +75,7 @@ def _plan(args) -> int:
     if given:
         raise UsageError(f"plan {args.planned}: {', '.join(given)} cannot be planned; run the command itself")
     steps = build_steps(args)
-    if args.shards is not None and args.shards < 1:
-        raise UsageError("--shards must be >= 1")
-    if args.max_shard_size is not None and args.max_shard_size < 1:
-        raise UsageError("--max-shard-size must be more than 0 bytes")
-    if args.shards is not None and args.max_shard_size is not None:
-        raise UsageError("give --shards or --max-shard-size, not both")
+    check_shard_options(args)
     if len(args.paths) != 2:
         raise UsageError(f"plan {args.planned} takes IN OUT")
     src, dst = args.paths

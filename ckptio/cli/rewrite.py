@@ -12,7 +12,7 @@ import os
 import sys
 
 from ..errors import CheckpointNotFoundError
-from .common import Progress, check_output_prefix, human, parse_size
+from .common import Progress, check_output_prefix, check_shard_options, human, parse_size
 
 
 def add_arguments(name, p) -> None:
@@ -116,12 +116,7 @@ def run(args) -> int:
     from .main import UsageError
 
     steps = build_steps(args)
-    if args.shards is not None and args.shards < 1:
-        raise UsageError("--shards must be >= 1")
-    if args.max_shard_size is not None and args.max_shard_size < 1:
-        raise UsageError("--max-shard-size must be more than 0 bytes")
-    if args.shards is not None and args.max_shard_size is not None:
-        raise UsageError("give --shards or --max-shard-size, not both")
+    check_shard_options(args)
     if args.jobs < 1:
         raise UsageError("--jobs must be >= 1")
     options = dict(num_shards=args.shards or 1, max_shard_size=args.max_shard_size, force=args.force,

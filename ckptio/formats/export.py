@@ -273,24 +273,9 @@ def _steps_for(ckpt, steps):
 
 def groups_by_size(tensors, num_shards: int | None, max_shard_size: int | None) -> list[list]:
     """Split tensors (in name order) into shards: greedy up to max_shard_size, or num_shards of similar size."""
-    tensors = sorted(tensors, key=lambda t: t.name)
-    if max_shard_size:
-        groups, current, size = [], [], 0
-        for t in tensors:
-            if current and size + t.nbytes > max_shard_size:  # a tensor over the limit gets a shard of its own
-                groups.append(current)
-                current, size = [], 0
-            current.append(t)
-            size += t.nbytes
-        groups.append(current)
-        return groups
-    n = max(1, num_shards or 1)
-    total = sum(t.nbytes for t in tensors) or 1
-    groups = [[] for _ in range(n)]
-    done = 0
-    for t in tensors:
-        groups[min(n - 1, done * n // total)].append(t)
-        done += t.nbytes
+    from ..rewrite import split_runs
+
+    groups = split_runs(sorted(tensors, key=lambda t: t.name), lambda t: t.nbytes, num_shards, max_shard_size)
     return [g for g in groups if g] or [[]]
 
 
