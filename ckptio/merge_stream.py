@@ -24,6 +24,9 @@ from .sstable.coding import crc32c
 # Bytes of every input asked of the kernel ahead of the runs being read (posix_fadvise WILLNEED):
 # from a cold page cache the disk then reads the inputs while the runs before are combined.
 READ_AHEAD = 8 << 20
+# Pieces up to this many bytes are combined on the calling thread when asked for: for a small
+# tensor, handing it to another thread costs more than combining it.
+INLINE = 64 << 10
 
 
 _WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", None)
@@ -103,10 +106,11 @@ class Pipeline:
     """
 
     def __init__(self, pieces, sources, combiner, n_inputs: int, threads: int, *, slots: int | None = None):
-        self._todo = deque((p, j) for p in pieces for j in range(_runs(p)))
+        self._todo = deque((p, j) for p in pieces if p.size > INLINE for j in range(_runs(p)))
         self._sources, self._combiner = sources, combiner
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="ckptio-merge")
         self._free = [_Slot(n_inputs) for _ in range(slots or threads + 2)]
+        self._inline = _Slot(n_inputs)
         self._inflight: deque = deque()  # (piece, run, slot, future), in order
         self._piece = None  # the piece whose runs are being scheduled, and its operands
         self._operands: list[_Source] = []
@@ -127,6 +131,16 @@ class Pipeline:
     def chunks(self, piece):
         """The output bytes of one combined piece, run by run; each view is valid until the next."""
         self._fill()
+        if piece.size <= INLINE:
+            operands = _operands(piece, self._sources(piece))
+            for j in range(_runs(piece)):
+                data, out = _task(piece, j, operands, self._inline, self._combiner)
+                for source, view in zip(operands, data):
+                    source.crc = crc32c(view, source.crc)
+                yield out
+            for source in operands:
+                source.check()
+            return
         operands = None
         for j in range(_runs(piece)):
             if not self._inflight:
@@ -153,12 +167,7 @@ class Pipeline:
         while self._free and self._todo:
             piece, j = self._todo.popleft()
             if j == 0:
-                self._operands = [_Source(*s) for s in self._sources(piece)]
-                sizes = {s.entry.size for s in self._operands}
-                if len(sizes) != 1:
-                    # Entries of equal dtype and shape always have equal sizes; this one is short.
-                    raise CorruptCheckpointError("inputs gave this tensor's elements in unequal runs",
-                                                 key=piece.name)
+                self._operands = _operands(piece, self._sources(piece))
                 self._pending[id(piece)] = self._operands
             per = mm.CHUNK_ELEMENTS * dtypes.lookup(piece.out_dtype).itemsize
             ahead = max(1, READ_AHEAD // per)  # runs
@@ -170,6 +179,15 @@ class Pipeline:
             slot = self._free.pop()
             future = self._pool.submit(_task, piece, j, self._operands, slot, self._combiner)
             self._inflight.append((piece, j, slot, future))
+
+
+def _operands(piece, sources) -> list[_Source]:
+    """Each operand's bytes of a piece, checked to be readable and of one size."""
+    operands = [_Source(*s) for s in sources]
+    if len({s.entry.size for s in operands}) != 1:
+        # Entries of equal dtype and shape always have equal sizes; this one is short.
+        raise CorruptCheckpointError("inputs gave this tensor's elements in unequal runs", key=piece.name)
+    return operands
 
 
 def _runs(piece) -> int:

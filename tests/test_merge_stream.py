@@ -54,10 +54,12 @@ def merged(prefixes, out, kwargs):
     return ckptio.merge(prefixes, out, **kwargs)
 
 
+@pytest.mark.parametrize("inline", [0, 300], ids=["all-on-threads", "small-ones-inline"])
 @pytest.mark.parametrize("kwargs", METHODS, ids=[k["method"] for k in METHODS])
-def test_any_number_of_threads_writes_the_same_bytes_as_the_serial_path(run, tmp_path, monkeypatch, kwargs):
+def test_any_number_of_threads_writes_the_same_bytes_as_the_serial_path(run, tmp_path, monkeypatch, kwargs, inline):
     prefixes, values = run
     monkeypatch.setattr(mm, "CHUNK_ELEMENTS", 7)  # many runs per tensor, many tasks in flight across tensors
+    monkeypatch.setattr(ms, "INLINE", inline)  # 300: the small tensors on the calling thread, emb (600 B) not
     outs = {}
     for threads in (1, 2, 4):
         outs[threads] = files(merged(prefixes, tmp_path / f"t{threads}" / "m", dict(kwargs, threads=threads)).dst)
@@ -106,6 +108,7 @@ def test_tasks_in_flight_and_memory_are_bounded_whatever_the_tensor_size(tmp_pat
 def test_a_read_error_on_a_worker_thread_aborts_the_merge_and_writes_nothing(run, tmp_path, monkeypatch):
     prefixes, _ = run
     monkeypatch.setattr(mm, "CHUNK_ELEMENTS", 7)
+    monkeypatch.setattr(ms, "INLINE", 0)
     from ckptio.io import FileSource
 
     calls, readinto = [0], FileSource.readinto
@@ -127,6 +130,7 @@ def test_a_read_error_on_a_worker_thread_aborts_the_merge_and_writes_nothing(run
 def test_a_short_or_corrupt_input_is_refused_by_the_threaded_path(run, tmp_path, monkeypatch):
     prefixes, _ = run
     monkeypatch.setattr(mm, "CHUNK_ELEMENTS", 7)
+    monkeypatch.setattr(ms, "INLINE", 0)
     with ckptio.open(prefixes[1]) as c:
         e = c.entries()["emb"]
         data = c._reader.shard_path(e.shard_id)
@@ -153,3 +157,26 @@ def test_cli_threads(run, tmp_path, capsys):
     assert "--threads 0" in capsys.readouterr().err
     with pytest.raises(ckptio.errors.PlanError, match="threads"):
         ckptio.merge(prefixes, tmp_path / "y", threads=0)
+
+
+def test_read_ahead_asks_for_every_byte_of_every_input_once(run, tmp_path, monkeypatch):
+    prefixes, _ = run
+    monkeypatch.setattr(mm, "CHUNK_ELEMENTS", 7)
+    monkeypatch.setattr(ms, "INLINE", 0)
+    monkeypatch.setattr(ms, "READ_AHEAD", 64)  # two runs of float32 ahead
+    asked = []
+
+    def advise(fd, offset, n, advice):  # which input: the file the descriptor is open on
+        asked.append((os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).split(".data")[0], offset, n, advice))
+
+    monkeypatch.setattr(ms.os, "posix_fadvise", advise)
+    ckptio.merge(prefixes, tmp_path / "m", threads=2)
+    assert {a for *_, a in asked} == {os.POSIX_FADV_WILLNEED}
+    want = set()
+    for p in prefixes:
+        with ckptio.open(p) as c:
+            for name in ("dense/kernel", "dense/bias", "dense/scale", "emb"):
+                e = c.entries()[name]
+                want |= {(os.path.basename(p), b) for b in range(e.offset, e.offset + e.size)}
+    got = [(name, b) for name, offset, n, _ in asked for b in range(offset, offset + n)]
+    assert len(got) == len(set(got)) and set(got) == want
