@@ -112,8 +112,7 @@ class Pipeline:
         self._free = [_Slot(n_inputs) for _ in range(slots or threads + 2)]
         self._inline = _Slot(n_inputs)
         self._inflight: deque = deque()  # (piece, run, slot, future), in order
-        self._piece = None  # the piece whose runs are being scheduled, and its operands
-        self._operands: list[_Source] = []
+        self._operands: list[_Source] = []  # the operands of the piece whose runs are being scheduled
         self._pending: dict = {}  # id(piece) -> operands, from scheduling until its last run is taken
 
     def close(self) -> None:
