@@ -14,6 +14,7 @@ import os
 import time
 
 from . import merge_math as mm
+from . import merge_stream as ms
 from .bundle import dtypes, naming
 from .checkpoint import Checkpoint
 from .errors import PlanError, UnsupportedError
@@ -92,11 +93,13 @@ def _check_options(method, n_inputs, weights, decay, base) -> list[float] | None
 
 def merge(inputs, dst, *, method: str = "mean", weights=None, decay=None, base=None, last: int | None = None,
           include=(), exclude=(), keep_optimizer: bool = False, force: bool = False, dry_run: bool = False,
-          progress=None, fsync: bool = False) -> MergeReport:
+          progress=None, fsync: bool = False, threads: int | None = None) -> MergeReport:
     """Combine checkpoints into a new one at prefix dst; returns a MergeReport.
 
     inputs: paths (any form ckptio.open takes) or open Checkpoints; with last=N, one directory
     whose `checkpoint` state file lists them. See ckptio.merge_math for each method's rule.
+    threads: how many threads combine chunks (default one per core, at most 4); the result is
+    the same bytes whatever the number.
     """
     started = time.perf_counter()
     if isinstance(inputs, (str, os.PathLike, Checkpoint)):
@@ -107,6 +110,8 @@ def merge(inputs, dst, *, method: str = "mean", weights=None, decay=None, base=N
             raise PlanError("--last N takes one directory")
         inputs = newest(inputs[0], last)
     weights = _check_options(method, len(inputs), weights, decay, base)
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise PlanError(f"threads must be a whole number >= 1, not {threads!r}")
     decay = None if decay is None else float(decay)
     if dst is not None and not dry_run:
         from .sources import is_special
@@ -127,7 +132,8 @@ def merge(inputs, dst, *, method: str = "mean", weights=None, decay=None, base=N
 
             check_output(os.fspath(dst), force=force, inputs=[c.located for c in job.all])
         if not dry_run:
-            job.execute(os.fspath(dst), report, force=force, progress=progress, fsync=fsync)
+            job.execute(os.fspath(dst), report, force=force, progress=progress, fsync=fsync,
+                        threads=threads or ms.default_threads())
         report.bytes_read = sum(c.bytes_read for c in job.all)
         report.seconds = time.perf_counter() - started
         return report
@@ -224,17 +230,25 @@ class Job:
 
     # -- writing --------------------------------------------------------------------------------------
 
-    def execute(self, dst: str, report: MergeReport, *, force: bool, progress, fsync: bool) -> None:
+    def execute(self, dst: str, report: MergeReport, *, force: bool, progress, fsync: bool, threads: int = 1) -> None:
         """Write the merged checkpoint atomically (slerp first reads its inputs once for the angles)."""
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(1, thread_name_prefix="ckptio-merge-read") as self._pool:
-            self._write(dst, report, force=force, progress=progress, fsync=fsync)
+            coefficients = self._slerp_pass(report) if self.method == "slerp" else {}
+            if not ms.streamable(self.operands):  # V1 inputs, or shards without positioned reads
+                self._write(dst, force=force, progress=progress, fsync=fsync, chunks=self._chunks_serial(coefficients))
+                return
+        combined = set(self.combined)
+        pieces = [p for p in self.plan.pieces if p.name in combined]
+        with ms.Pipeline(pieces, self._piece_sources, self._combiner_for(coefficients), len(self.operands),
+                         threads) as pipeline:
+            self._write(dst, force=force, progress=progress, fsync=fsync, chunks=pipeline.chunks)
 
-    def _write(self, dst: str, report: MergeReport, *, force: bool, progress, fsync: bool) -> None:
+    def _write(self, dst: str, *, force: bool, progress, fsync: bool, chunks) -> None:
+        """Write the output, each combined piece's bytes taken from chunks(piece), in plan order."""
         from .bundle.writer import BundleWriter
 
-        coefficients = self._slerp_pass(report) if self.method == "slerp" else {}
         plan = self.plan
         # The output's directory may be a training run's own (an input's): its state file is left alone.
         out_dir = os.path.realpath(os.path.dirname(dst) or ".")
@@ -244,8 +258,7 @@ class Job:
             combined = set(self.combined)
             for piece in plan.pieces:
                 if piece.name in combined:
-                    chunks = self._chunks(piece, coefficients.get(piece.name))
-                    writer.add_bytes(piece.key, piece.out_dtype, _shape(plan.source, piece), chunks, 0)
+                    writer.add_bytes(piece.key, piece.out_dtype, _shape(plan.source, piece), chunks(piece), 0)
                 else:
                     _write_piece(self.keep_from, writer, self._piece_in(self.keep_from, piece), 0, True)
                 if progress:
@@ -287,12 +300,30 @@ class Job:
             return chunks
         return _read_ahead(chunks, self._pool)
 
-    def _chunks(self, piece, coefficients):
-        """The output bytes of one combined piece, chunk by chunk."""
-        combiner = mm.Combiner(self.method, piece.out_dtype, weights=self.weights, decay=self.decay,
-                               coefficients=coefficients, buffers=self._scratch)
-        for xs in self._aligned(piece):
-            yield combiner(xs)
+    def _combiner_for(self, coefficients):
+        """combiner(piece, scratch): the Combiner of one piece, its float64 buffers kept in scratch."""
+        def combiner(piece, scratch):
+            return mm.Combiner(self.method, piece.out_dtype, weights=self.weights, decay=self.decay,
+                               coefficients=coefficients.get(piece.name), buffers=scratch)
+        return combiner
+
+    def _piece_sources(self, piece):
+        """Each operand's (reader, stored name, entry) of one piece (a V2 input's entry or slice entry)."""
+        out = []
+        for ckpt in self.operands:
+            p = self._piece_in(ckpt, piece)
+            out.append((ckpt._reader, p.src_name, p.src_entry))
+        return out
+
+    def _chunks_serial(self, coefficients):
+        """chunks(piece) for inputs the pipeline cannot read: combined here, read one chunk ahead."""
+        make = self._combiner_for(coefficients)
+
+        def chunks(piece):
+            combiner = make(piece, self._scratch)
+            for xs in self._aligned(piece):
+                yield combiner(xs)
+        return chunks
 
     def _slerp_pass(self, report: MergeReport) -> dict[str, tuple[float, float]]:
         """First pass: each tensor's dot product and norms over all its slices -> its two coefficients."""

@@ -4,10 +4,14 @@
 
 For each size, builds --inputs checkpoints of that many bytes each with ckptio's writer (float32
 weights in 16 MiB tensors, a tenth of the bytes bfloat16, small biases and a global_step; values
-differ per checkpoint), warms the page cache with an untimed `cat` and merge, then alternates
-`ckptio merge` (mean; the output removed and `sync` before each run) with `cat` of every input
-file to /dev/null. Reports medians of wall time (whole processes), their ratio, and the peak RSS
-of the merge process (ru_maxrss of that child alone, as tools/bench.py measures it).
+differ per checkpoint), then alternates `ckptio merge` (mean; the output removed and `sync` before
+each run) with `cat` of every input file to /dev/null: first with the page cache warm (every
+input resident, pinned as tools/bench.py does, after an untimed run of each), then cold (every
+input evicted with POSIX_FADV_DONTNEED after `sync` before each run, so both read the disk).
+Reports medians of wall and CPU time (user + system of the whole child process), the ratios
+merge/cat, the bytes cold runs read from disk, and the peak RSS of the merge process (ru_maxrss
+of that child alone, as tools/bench.py measures it). On a shared machine compare the CPU times
+too: wall time also counts waiting for a core.
 """
 from __future__ import annotations
 
@@ -90,8 +94,18 @@ def files_of(prefix: str) -> list[str]:
     return sorted(os.path.join(d, n) for n in os.listdir(d) if n.startswith(base + "."))
 
 
-def bench_size(work: str, size: int, n_inputs: int, reps: int) -> dict:
-    """Build inputs of one size, then time merge and cat alternately; medians and peak RSS."""
+def timed(what: str, merge_cmd, cat_cmd) -> tuple[float, float, int]:
+    """(wall, CPU seconds, peak RSS) of one run of merge or cat (the output removed and `sync` first)."""
+    if what == "merge":
+        wall, peak, cpu, text = run_measured(merge_cmd)
+        json.loads(text.strip().splitlines()[-1])  # the report: merge really ran
+        return wall, cpu, peak
+    wall, _, cpu, _ = run_measured(cat_cmd)
+    return wall, cpu, 0
+
+
+def bench_size(work: str, size: int, n_inputs: int, reps: int, threads: int | None = None) -> dict:
+    """Build inputs of one size, then time merge and cat alternately, page cache warm then cold."""
     d = os.path.join(work, f"size_{size}")
     os.makedirs(d, exist_ok=True)
     prefixes = [os.path.join(d, f"model.ckpt-{1000 * (i + 1)}") for i in range(n_inputs)]
@@ -104,50 +118,69 @@ def bench_size(work: str, size: int, n_inputs: int, reps: int) -> dict:
     total = sum(os.path.getsize(f) for f in inputs)
     out = os.path.join(d, "out", "avg")
     merge_cmd = [*bench.CKPTIO, "merge", *prefixes, out, "--force", "-q", "--json"]
+    if threads:
+        merge_cmd += ["--threads", str(threads)]
     cat_cmd = ["sh", "-c", 'cat "$@" > /dev/null', "cat", *inputs]
-    bench.run_timed(cat_cmd)  # warm-up: page cache, bytecode
-    bench.run_timed(merge_cmd)
-    merges, cats, rss, inner, merge_cpu, cat_cpu = [], [], [], [], [], []
+    runs = {(cache, what): [] for cache in ("warm", "cold") for what in ("merge", "cat")}
+    disk = {"merge": [], "cat": []}
     pressure = [cpu_pressure()]
-    for r in range(reps):
-        order = ("merge", "cat") if r % 2 == 0 else ("cat", "merge")
-        for what in order:
-            shutil.rmtree(os.path.dirname(out), ignore_errors=True)
-            bench.sync()
-            if what == "merge":
-                wall, peak, cpu, text = run_measured(merge_cmd)
-                merges.append(wall)
-                merge_cpu.append(cpu)
-                rss.append(peak)
-                inner.append(json.loads(text.strip().splitlines()[-1])["seconds"])
-            else:
-                wall, _, cpu, _ = run_measured(cat_cmd)
-                cats.append(wall)
-                cat_cpu.append(cpu)
-        pressure.append(cpu_pressure())
-    merge_s, cat_s = statistics.median(merges), statistics.median(cats)
-    return {"size": size, "inputs": n_inputs, "input_bytes": total, "tensors": tensors,
-            "merge_s": merge_s, "merge_runs": merges, "merge_inner_s": statistics.median(inner),
-            "merge_cpu_s": statistics.median(merge_cpu), "cat_cpu_s": statistics.median(cat_cpu),
-            "cat_s": cat_s, "cat_runs": cats, "ratio": merge_s / cat_s, "peak_rss": max(rss), "rss_runs": rss,
-            "cpu_pressure": pressure}
+    for cache in ("warm", "cold"):
+        for f in inputs:  # warm: every input resident (and pinned); cold: evicted before each run
+            bench.set_cache(f, whole=cache == "warm")
+        if cache == "warm":
+            bench.run_timed(cat_cmd)  # untimed: bytecode, and the first output's directory
+            bench.run_timed(merge_cmd)
+        for r in range(reps):
+            for what in (("merge", "cat") if r % 2 == 0 else ("cat", "merge")):
+                shutil.rmtree(os.path.dirname(out), ignore_errors=True)
+                if cache == "cold":
+                    bench.sync()
+                    for f in inputs:
+                        bench.set_cache(f, whole=False)
+                bench.sync()
+                before = bench.disk_reads()
+                runs[cache, what].append(timed(what, merge_cmd, cat_cmd))
+                if cache == "cold":
+                    disk[what].append(bench.disk_reads() - before)
+            pressure.append(cpu_pressure())
+    for f in inputs:
+        bench.set_cache(f, whole=False)  # unpin
+    shutil.rmtree(os.path.dirname(out), ignore_errors=True)
+    row = {"size": size, "inputs": n_inputs, "input_bytes": total, "tensors": tensors, "threads": threads,
+           "runs": {f"{c}_{w}": v for (c, w), v in runs.items()}, "cold_disk_reads": disk, "cpu_pressure": pressure}
+    med = statistics.median
+    for (cache, what), v in runs.items():
+        row[f"{cache}_{what}_s"] = med(w for w, _, _ in v)
+        row[f"{cache}_{what}_cpu_s"] = med(c for _, c, _ in v)
+    for cache in ("warm", "cold"):
+        row[f"{cache}_ratio"] = row[f"{cache}_merge_s"] / row[f"{cache}_cat_s"]
+    row["peak_rss"] = max(p for c in ("warm", "cold") for _, _, p in runs[c, "merge"])
+    return row
 
 
 def render(rows: list[dict]) -> str:
-    lines = [bench.machine_line(), "",
-             "| inputs | ckptio merge (process; in-process) | merge CPU | peak RSS | cat of the inputs (CPU) "
-             "| merge/cat | merge throughput |",
-             "|---|---|---|---|---|---|---|"]
+    machine = bench.machine_line().split("; bytes read warm")[0]
+    lines = [f"{machine}; `sync` before each run, medians; load average at the end {os.getloadavg()[0]:.2f}", "",
+             "| inputs | page cache | ckptio merge: wall (CPU) | cat of the inputs: wall (CPU) | merge/cat wall "
+             "| merge/cat CPU | merge peak RSS | merge throughput |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['inputs']} x {bench.human(r['size'])} ({bench.human(r['input_bytes'])} read) "
-                     f"| {r['merge_s']:.2f} s; {r['merge_inner_s']:.2f} s | {r['merge_cpu_s']:.2f} s "
-                     f"| {bench.human(r['peak_rss'])} | {r['cat_s']:.2f} s ({r['cat_cpu_s']:.2f} s) | {r['ratio']:.2f}x "
-                     f"| {bench.human(r['input_bytes'] / r['merge_s'])}/s |")
+        for cache in ("warm", "cold"):
+            ms, mc = r[f"{cache}_merge_s"], r[f"{cache}_merge_cpu_s"]
+            cs, cc = r[f"{cache}_cat_s"], r[f"{cache}_cat_cpu_s"]
+            lines.append(f"| {r['inputs']} x {bench.human(r['size'])} ({bench.human(r['input_bytes'])} read) | {cache} "
+                         f"| {ms:.2f} s ({mc:.2f} s) | {cs:.2f} s ({cc:.2f} s) | {r[f'{cache}_ratio']:.2f}x "
+                         f"| {mc / cc if cc else float('inf'):.1f}x | {bench.human(r['peak_rss'])} "
+                         f"| {bench.human(r['input_bytes'] / ms)}/s |")
     for r in rows:
-        lines.append(f"- {bench.human(r['size'])} each: merge runs {', '.join(f'{s:.2f}' for s in r['merge_runs'])} s; "
-                     f"cat runs {', '.join(f'{s:.2f}' for s in r['cat_runs'])} s; peak RSS per run "
-                     f"{', '.join(bench.human(x) for x in r['rss_runs'])}; CPU pressure (some, avg60) "
-                     f"before and after each repetition: {', '.join(r['cpu_pressure'])}")
+        for key, v in r["runs"].items():
+            lines.append(f"- {bench.human(r['size'])} each, {key.replace('_', ' ')}: wall "
+                         f"{', '.join(f'{w:.2f}' for w, _, _ in v)} s; CPU {', '.join(f'{c:.2f}' for _, c, _ in v)} s"
+                         + (f"; peak RSS {', '.join(bench.human(p) for _, _, p in v)}" if key.endswith("merge") else ""))
+        lines.append(f"- {bench.human(r['size'])} each, cold runs read from disk: merge "
+                     f"{', '.join(bench.human(x) for x in r['cold_disk_reads']['merge'])}; cat "
+                     f"{', '.join(bench.human(x) for x in r['cold_disk_reads']['cat'])}")
+        lines.append(f"- CPU pressure (some, avg60) before and after each repetition: {', '.join(r['cpu_pressure'])}")
     return "\n".join(lines)
 
 
@@ -158,6 +191,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3, help="timed runs of each tool per size (default 3)")
     ap.add_argument("--workdir", help="where to build the inputs (default: a temporary directory)")
     ap.add_argument("--keep", action="store_true", help="keep the built inputs")
+    ap.add_argument("--threads", type=int, help="merge --threads N (default: merge's own default)")
     ap.add_argument("--json", metavar="FILE", help="also write the measurements as JSON")
     args = ap.parse_args()
     sizes = [bench.parse_size(s) for s in args.size.split(",")]
@@ -165,7 +199,7 @@ def main() -> int:
     try:
         rows = []
         for size in sizes:
-            rows.append(bench_size(work, size, args.inputs, args.reps))
+            rows.append(bench_size(work, size, args.inputs, args.reps, args.threads))
             if not args.keep:
                 shutil.rmtree(os.path.join(work, f"size_{size}"), ignore_errors=True)
         print(render(rows))

@@ -34,6 +34,8 @@ def add_arguments(name, p) -> None:
     p.add_argument("--exclude", action="append", default=[], metavar="REGEX", help="leave out matching names")
     p.add_argument("--keep-optimizer", action="store_true",
                    help="keep optimizer state (floating slots are combined too); dropped by default")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="threads combining chunks (default: one per core, at most 4); same output whatever N")
     g = p.add_argument_group("output")
     g.add_argument("--force", action="store_true", help="replace an existing output checkpoint")
     g.add_argument("--dry-run", action="store_true", help="print what would be combined and how, write nothing")
@@ -63,6 +65,8 @@ def run(args) -> int:
         raise UsageError("--last N takes one directory, then OUT")
     if args.base == "":
         raise UsageError("--base: empty path")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads {args.threads}: needs N >= 1")
     check_output_prefix(dst)
     from ..merge import merge
 
@@ -71,7 +75,7 @@ def run(args) -> int:
         report = merge(inputs, dst, method=args.method, weights=_weights(args.weights), decay=args.decay,
                        base=args.base, last=args.last, include=args.include, exclude=args.exclude,
                        keep_optimizer=args.keep_optimizer, force=args.force, dry_run=args.dry_run,
-                       progress=bar, fsync=args.fsync)
+                       progress=bar, fsync=args.fsync, threads=args.threads)
     finally:
         bar.close()
     if args.json:
