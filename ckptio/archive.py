@@ -18,11 +18,11 @@ random access, so their members are read into memory.
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
 from dataclasses import dataclass
 
+from .bundle import naming
 from .bundle.paths import Located
 from .checkpoint import ARCHIVE_SUFFIXES, Checkpoint
 from .errors import (CheckpointNotFoundError, CorruptCheckpointError, OutputExistsError, Remedy,
@@ -44,7 +44,6 @@ MAX_INDEX = 512 << 20          # cap on an index member held in memory
 MAX_V1 = 512 << 20             # cap on V1 members held in memory (all together)
 READ_CHUNK = 8 << 20           # most bytes asked of the decompressor at once: memory follows what it produces
 DEFAULT_LEVEL = 3
-_V1_SHARD_RE = re.compile(r"^(?P<base>.+)-(?P<shard>\d{5})-of-(?P<count>\d{5})$")
 
 
 # -- tar headers ---------------------------------------------------------------------------------
@@ -518,7 +517,7 @@ def _locate_v1(stream: ArchiveStream, held: dict[str, bytes], label: str) -> Loc
     if not tables:
         raise CheckpointNotFoundError("archive holds no checkpoint (no .index member, no V1 table file)",
                                       path=label)
-    shards = [_V1_SHARD_RE.match(n) for n in tables]
+    shards = [naming.V1_SHARD_RE.match(n) for n in tables]
     if all(shards) and len({(s["base"], s["count"]) for s in shards}) == 1:
         return Located("v1", f"{label}/{shards[0]['base']}", tuple(f"{label}/{n}" for n in sorted(tables)))
     if len(tables) == 1:
