@@ -19,12 +19,12 @@ from __future__ import annotations
 
 # The old single module's names, all still importable from ckptio.archive.
 from ..checkpoint import ARCHIVE_SUFFIXES
-from .pack import COPY_CHUNK, DEFAULT_LEVEL, PackStats, checkpoint_files, pack, rewrite_packed  # noqa: F401
+from .extract import UnpackStats, unpack
 from .reader import MAX_INDEX, MAX_V1, ArchiveCheckpoint, open_archive  # noqa: F401
 from .stream import READ_CHUNK, SKIP_CHUNK, ZSTD_MAGIC, ArchiveStream, MemberSource  # noqa: F401
 from .tar import BLOCK, DIRECTORY, MAX_META, OTHER, RECORD, REGULAR, Member, TarHeader  # noqa: F401
 from .tar import decode_header, encode_header, parse_pax
-from .unpack import UnpackStats, unpack
+from .write import COPY_CHUNK, DEFAULT_LEVEL, PackStats, checkpoint_files, pack, rewrite_packed  # noqa: F401
 
 SUFFIXES = ARCHIVE_SUFFIXES
 

@@ -5,7 +5,8 @@ import threading
 
 from ..errors import CorruptCheckpointError, TruncatedError, WrongFileError
 from ..io import Source
-from .tar import BLOCK, DIRECTORY, MAX_META, NO_DATA_TYPES, OTHER, REGULAR, Member, clean_name, decode_header, parse_pax
+from .tar import (BLOCK, DIRECTORY, MAX_META, NO_DATA_TYPES, OTHER, REGULAR, Member, clean_name, decode_header,
+                  parse_pax)
 
 ZSTD_MAGIC = bytes.fromhex("28b52ffd")
 SKIP_CHUNK = 1 << 20           # bytes per discarded read while skipping forward

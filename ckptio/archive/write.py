@@ -1,4 +1,4 @@
-"""Pack a checkpoint into one .tar.zst (.index first, then the data shards), or rewrite straight into one."""
+"""Write a checkpoint into one .tar.zst (.index first, then the data shards), or rewrite straight into one."""
 from __future__ import annotations
 
 import os
@@ -7,7 +7,15 @@ from dataclasses import dataclass
 
 from ..checkpoint import Checkpoint
 from ..errors import OutputExistsError, Remedy, WriteError
-from ..io import AtomicFiles, OutputClaim, Source, interrupts_deferred, make_dirs, remove_stale_temps, staging_dir
+from ..io import Source
+from ..output import (
+    AtomicFiles,
+    OutputClaim,
+    interrupts_deferred,
+    make_dirs,
+    remove_stale_temps,
+    staging_dir,
+)
 from .tar import BLOCK, RECORD, encode_header
 
 COPY_CHUNK = 4 << 20           # bytes per read while packing

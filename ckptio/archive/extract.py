@@ -1,15 +1,22 @@
-"""Unpack a .tar.zst: every regular file extracted byte for byte in one pass, data files before any .index."""
+"""Extract a .tar.zst: every regular file written byte for byte in one pass, data files before any .index."""
 from __future__ import annotations
 
 import os
 import time
 from dataclasses import dataclass
 
-from ..errors import CheckpointNotFoundError, CorruptCheckpointError, OutputExistsError, Remedy, WriteError
-from ..io import AtomicFiles, FileSource, make_dirs
-from .pack import COPY_CHUNK
+from ..errors import (
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    OutputExistsError,
+    Remedy,
+    WriteError,
+)
+from ..io import FileSource
+from ..output import AtomicFiles, make_dirs
 from .stream import ArchiveStream
 from .tar import REGULAR
+from .write import COPY_CHUNK
 
 
 @dataclass(frozen=True, slots=True)
