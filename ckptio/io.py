@@ -42,6 +42,17 @@ class Source:
         raise NotImplementedError
 
 
+def copy_source(source: Source, write, *, chunk: int, progress=None) -> None:
+    """Pass every byte of source to write(), chunk bytes at a time, in order; progress(n) after each."""
+    pos = 0
+    while pos < source.size:
+        data = source.read(pos, min(chunk, source.size - pos))
+        write(data)
+        pos += len(data)
+        if progress:
+            progress(len(data))
+
+
 def odd_file_kind(mode: int) -> str | None:
     """What a file is when it is neither a regular file nor a directory ("a FIFO" ...), else None."""
     for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),

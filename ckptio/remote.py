@@ -28,7 +28,7 @@ from .bundle.paths import Located
 from .checkpoint import Checkpoint
 from .errors import (CheckpointNotFoundError, CkptioError, OutputExistsError, ReadError, Remedy, TruncatedError,
                      UnsupportedError, WriteError, WrongFileError)
-from .io import Source
+from .io import Source, copy_source
 from .sstable.format import MAGIC_BYTES
 
 CHUNK = 8 << 20
@@ -316,13 +316,7 @@ class RemoteFiles:
         """Stream a Source's bytes to url in chunks; check the size written."""
         f = self.open(url)
         try:
-            pos = 0
-            while pos < source.size:
-                data = source.read(pos, min(CHUNK, source.size - pos))
-                f.write(data)
-                pos += len(data)
-                if progress:
-                    progress(len(data))
+            copy_source(source, f.write, chunk=CHUNK, progress=progress)
         except CkptioError:
             _close_quietly(f)
             raise

@@ -5,15 +5,9 @@ import os
 import time
 from dataclasses import dataclass
 
-from ..errors import (
-    CheckpointNotFoundError,
-    CorruptCheckpointError,
-    OutputExistsError,
-    Remedy,
-    WriteError,
-)
+from ..errors import CheckpointNotFoundError, CorruptCheckpointError, OutputExistsError, Remedy
 from ..io import FileSource
-from ..output import AtomicFiles, make_dirs
+from ..output import AtomicFiles, make_dirs, write_all
 from .stream import ArchiveStream
 from .tar import REGULAR
 from .write import COPY_CHUNK
@@ -71,12 +65,7 @@ def unpack(archive_path, out_dir, *, force: bool = False, progress=None) -> Unpa
                 while pos < m.size:
                     data = stream.read_at(m.data_offset + pos, min(COPY_CHUNK, m.size - pos),
                                           name=f"{label}/{m.name}")
-                    view = memoryview(data)
-                    while view:
-                        try:
-                            view = view[os.write(fd, view):]
-                        except OSError as exc:
-                            raise WriteError(f"cannot write: {exc.strerror}", path=tmp) from None
+                    write_all(fd, data, tmp)
                     pos += len(data)
                     if progress:
                         progress(len(data))

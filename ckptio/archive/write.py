@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ..checkpoint import Checkpoint
 from ..errors import OutputExistsError, Remedy, WriteError
-from ..io import Source
+from ..io import Source, copy_source
 from ..output import (
     AtomicFiles,
     OutputClaim,
@@ -138,13 +138,7 @@ def _write_archive(f, files, level: int, threads: int, progress) -> int:
             source = open_source()
             header = encode_header(_basename(path), source.size, mtime=_mtime(source))
             zw.write(header)
-            pos = 0
-            while pos < source.size:
-                data = source.read(pos, min(COPY_CHUNK, source.size - pos))
-                zw.write(data)
-                pos += len(data)
-                if progress:
-                    progress(len(data))
+            copy_source(source, zw.write, chunk=COPY_CHUNK, progress=progress)
             zw.write(bytes(-source.size % BLOCK))
             written += len(header) + source.size + (-source.size % BLOCK)
             total += source.size

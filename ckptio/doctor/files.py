@@ -90,3 +90,17 @@ def walk_table(d: Diagnosis, file: Source, path: str, what: str) -> recovery.Tab
         kind = truncated if damage.kind == "truncated" else damage.kind
         d.problem(kind, damage.message, path=path, offset=damage.offset)
     return scan
+
+
+def read_table(d: Diagnosis, path: str, what: str) -> recovery.TableScan | None:
+    """Open and walk the table at path; None (with the problem noted) when it cannot be read at all."""
+    table = open_file(d, path)
+    if table is None:
+        return None
+    try:
+        return walk_table(d, table, path, what)
+    except CkptioError as exc:  # an I/O error, or the file shrank, while it was read piece by piece
+        d.problem("unreadable", exc.message, path=exc.path or path, offset=exc.offset)
+        return None
+    finally:
+        table.close()

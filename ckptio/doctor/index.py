@@ -11,7 +11,7 @@ from ..bundle.slices import (SliceKeyError, decode_key as decode_slice_key, enco
 from ..errors import CkptioError
 from ..io import FileSource
 from ..sstable.recovery import TableScan
-from .files import lfs, not_regular, open_file, walk_table
+from .files import lfs, not_regular, read_table
 from .report import Diagnosis, Piece
 from .shards import check_data
 
@@ -25,16 +25,9 @@ def diagnose_v2(d: Diagnosis, prefix: str) -> None:
             if lfs(p):
                 d.problem("lfs-pointer", "this data shard is a Git LFS pointer too", path=p)
         return
-    index = open_file(d, index_path)
-    if index is None:
+    scan = read_table(d, index_path, "index")
+    if scan is None:
         return
-    try:
-        scan = walk_table(d, index, index_path, "index")
-    except CkptioError as exc:  # an I/O error, or the file shrank, while it was read piece by piece
-        d.problem("unreadable", exc.message, path=exc.path or index_path, offset=exc.offset)
-        return
-    finally:
-        index.close()
     header = _v2_header(d, scan, prefix, index_path)
     d.num_shards, d.big_endian = header.num_shards, header.big_endian
     entries, slices = _v2_entries(d, scan, index_path)

@@ -9,7 +9,7 @@ from ..bundle.slices import Slice, encode_key as slice_key, tiling_problem
 from ..bundle.v1 import declared, parse_slices, slice_data, tensor_proto_to_array
 from ..checkpoint import assemble
 from ..errors import CkptioError
-from .files import lfs, open_file, walk_table
+from .files import lfs, read_table
 from .index import slice_base
 from .report import Diagnosis
 
@@ -32,16 +32,9 @@ def diagnose_v1(d: Diagnosis, files: list[str], prefix: str) -> None:
             d.problem("lfs-pointer", "this V1 file is a Git LFS pointer, not the file itself; run 'git lfs pull'",
                       path=path)
             continue
-        table = open_file(d, path)
-        if table is None:
+        scan = read_table(d, path, "V1 file")
+        if scan is None:
             continue
-        try:
-            scan = walk_table(d, table, path, "V1 file")
-        except CkptioError as exc:  # an I/O error, or the file shrank, while it was read piece by piece
-            d.problem("unreadable", exc.message, path=exc.path or path, offset=exc.offset)
-            continue
-        finally:
-            table.close()
         if not scan.items or scan.items[0][0] != b"":
             if (scan.items or scan.complete) and not any(after is None for after, _ in scan.lost):
                 d.problem("bad-header", "the V1 metadata entry (key \"\") is missing or lost; the tensors this "
