@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 from .bundle.naming import OBJECT_GRAPH_KEY
 from .errors import PlanError, Remedy, UnsupportedError
-from .objgraph import (_ATTRIBUTES_SEP, Attribute, Child, Node, ObjectGraph, Path, _resolve_user_path,
-                       find_optimizers, owned_keys, parse_path, path_string)
+from .objgraph_check import find_optimizers, owned_keys, resolve_user_path
+from .objgraph_model import ATTRIBUTES_SEP, Attribute, Child, Node, ObjectGraph, Path, parse_path, path_string
 from .objgraph_select import attribute_names
 from .transform import Rename
 
@@ -59,7 +59,7 @@ class GraphPlan:
         g.recompute_checkpoint_values()
         mapping: dict[str, str] = {}
         for nid, a in g.attributes():
-            if a.checkpoint_key != a.source and _ATTRIBUTES_SEP[1:] not in a.checkpoint_key:
+            if a.checkpoint_key != a.source and ATTRIBUTES_SEP[1:] not in a.checkpoint_key:
                 raise PlanError("TensorFlow restores only keys containing '.ATTRIBUTES/'", key=a.checkpoint_key)
             for src, suffix in self.owned.get(a.source, ()):
                 # Several attributes may share one tensor; the first (BFS order) decides its name.
@@ -111,7 +111,7 @@ class GraphPlan:
             if node.registered_saver:
                 raise PlanError(f"object {old!r} has registered saver {node.registered_saver[0]!r}, which names "
                                 "its own tensors; ckptio cannot move it", key=old)
-            head = old + _ATTRIBUTES_SEP
+            head = old + ATTRIBUTES_SEP
             for a in node.attributes:
                 if a.checkpoint_key.startswith(head):  # canonical: follows the node; else opaque, kept
                     a.checkpoint_key = new + a.checkpoint_key[len(old):]
@@ -318,7 +318,7 @@ class GraphPlan:
                 self._edit(lambda: self._reroot_under(parse_path(new)), may_lose_values=False)
                 used.add(i)
             else:
-                nid = _resolve_user_path(g, old)
+                nid = resolve_user_path(g, old)
                 if nid is not None:
                     self._edit(lambda: self._reroot_at(nid), may_lose_values=False)
                     used.add(i)
@@ -439,7 +439,7 @@ class GraphPlan:
         canonical = set()
         for nid, a in g.attributes():
             prefix = prefixes.get(nid)
-            if prefix is None or not a.checkpoint_key.startswith(prefix + _ATTRIBUTES_SEP):
+            if prefix is None or not a.checkpoint_key.startswith(prefix + ATTRIBUTES_SEP):
                 continue  # an opaque key: it is renamed verbatim below
             canonical.add(a)
             if nid not in paths:

@@ -157,7 +157,8 @@ def _v2_graph(d: Diagnosis, entries, prefix: str, header: Header, scan: TableSca
     if data is None:
         return
     try:
-        from ..objgraph import ObjectGraph, graph_problems
+        from ..objgraph_check import graph_problems
+        from ..objgraph_model import ObjectGraph
     except ImportError:
         return
     try:
