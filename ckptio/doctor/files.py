@@ -84,12 +84,14 @@ def open_file(d: Diagnosis, path: str) -> FileSource | None:
 
 def walk_table(d: Diagnosis, file: Source, path: str, what: str) -> recovery.TableScan:
     """Every entry of every readable block of a table, each unreadable part reported once."""
-    scan = recovery.walk(file, what, show_key=lambda k: repr(naming.decode_key(k)))
+    found: list[recovery.Damage] = []
     truncated = "truncated-index" if what == "index" else "truncated-file"
-    for damage in scan.damage:
-        kind = truncated if damage.kind == "truncated" else damage.kind
-        d.problem(kind, damage.message, path=path, offset=damage.offset)
-    return scan
+    try:
+        return recovery.walk(file, what, show_key=lambda k: repr(naming.decode_key(k)), damage=found)
+    finally:  # what was found before a read failed is reported too
+        for damage in found:
+            kind = truncated if damage.kind == "truncated" else damage.kind
+            d.problem(kind, damage.message, path=path, offset=damage.offset)
 
 
 def read_table(d: Diagnosis, path: str, what: str) -> recovery.TableScan | None:

@@ -60,13 +60,15 @@ class _Head(Source):
         return self._src.read(offset, length)
 
 
-def walk(file: Source, what: str, *, show_key: Callable[[bytes], str] = repr) -> TableScan:
+def walk(file: Source, what: str, *, show_key: Callable[[bytes], str] = repr,
+         damage: list[Damage] | None = None) -> TableScan:
     """Every entry of every readable block of the table in file (`what` names it in messages).
 
     The file is read block by block through its Source (sizes checked by read_block), and
     searched at most SCAN_LIMIT bytes from either end: memory never follows the file's size.
+    Damage is appended to `damage` as it is found, so a caller still has it when a read fails.
     """
-    scan = TableScan()
+    scan = TableScan(damage=[] if damage is None else damage)
     size = file.size
     end = size
     magic_ok = file.read(size - 8, 8) == MAGIC_BYTES if size >= FOOTER_SIZE else False
