@@ -12,8 +12,9 @@ from collections.abc import Callable
 
 from .bundle.naming import OBJECT_GRAPH_KEY
 from .errors import PlanError, Remedy, UnsupportedError
-from .objgraph import (_ATTRIBUTES_SEP, Attribute, Child, Node, ObjectGraph, Path, _resolve_user_path,
-                       find_optimizers, owned_keys, parse_path, path_string)
+from .objgraph_check import find_optimizers, owned_keys, resolve_user_path
+from .objgraph_model import ATTRIBUTES_SEP, Attribute, Node, ObjectGraph, Path, parse_path
+from .objgraph_moves import derive_moves, edge_at, move_edges, reroot_at, reroot_under
 from .objgraph_select import attribute_names
 from .transform import Rename
 
@@ -59,7 +60,7 @@ class GraphPlan:
         g.recompute_checkpoint_values()
         mapping: dict[str, str] = {}
         for nid, a in g.attributes():
-            if a.checkpoint_key != a.source and _ATTRIBUTES_SEP[1:] not in a.checkpoint_key:
+            if a.checkpoint_key != a.source and ATTRIBUTES_SEP[1:] not in a.checkpoint_key:
                 raise PlanError("TensorFlow restores only keys containing '.ATTRIBUTES/'", key=a.checkpoint_key)
             for src, suffix in self.owned.get(a.source, ()):
                 # Several attributes may share one tensor; the first (BFS order) decides its name.
@@ -111,7 +112,7 @@ class GraphPlan:
             if node.registered_saver:
                 raise PlanError(f"object {old!r} has registered saver {node.registered_saver[0]!r}, which names "
                                 "its own tensors; ckptio cannot move it", key=old)
-            head = old + _ATTRIBUTES_SEP
+            head = old + ATTRIBUTES_SEP
             for a in node.attributes:
                 if a.checkpoint_key.startswith(head):  # canonical: follows the node; else opaque, kept
                     a.checkpoint_key = new + a.checkpoint_key[len(old):]
@@ -306,7 +307,7 @@ class GraphPlan:
                     raise PlanError("moving the root ('/') must be the only rule of its rename step")
                 reroot = (i, old, new)
                 continue
-            found = self._edge_at(old)
+            found = edge_at(g, old)
             if found is None or any(found[1] is m[1] for m in moves):
                 continue  # unmatched, or an earlier rule moves this edge already (first match wins)
             parent, edge, via_alias = found
@@ -318,85 +319,16 @@ class GraphPlan:
         if reroot is not None:
             i, old, new = reroot
             if old == "/":
-                self._edit(lambda: self._reroot_under(parse_path(new)), may_lose_values=False)
+                self._edit(lambda: reroot_under(g, parse_path(new), self._new_node), may_lose_values=False)
                 used.add(i)
             else:
-                nid = _resolve_user_path(g, old)
+                nid = resolve_user_path(g, old)
                 if nid is not None:
-                    self._edit(lambda: self._reroot_at(nid), may_lose_values=False)
+                    self._edit(lambda: reroot_at(g, nid), may_lose_values=False)
                     used.add(i)
         if moves:
-            self._edit(lambda: self._move_edges(moves), may_lose_values=False)
+            self._edit(lambda: move_edges(g, moves, self._new_node), may_lose_values=False)
         return used
-
-    def _edge_at(self, text: str) -> tuple[int, Child, bool] | None:
-        """(parent id, edge, whether `root/` was read as node 0) for a user path; a real edge wins."""
-        path = parse_path(text)
-        for p, alias in ((path, False), (path[1:] if path[:1] == ("root",) else (), True)):
-            if p:
-                parent = self.graph.resolve(p[:-1])
-                if parent is not None:
-                    edge = next((c for c in self.graph.nodes[parent].children if c.local_name == p[-1]), None)
-                    if edge is not None:
-                        return parent, edge, alias
-        return None
-
-    def _move_edges(self, moves: list[tuple[int, Child, Path]]) -> None:
-        """Detach every edge first, then attach each at its new path (so swaps work)."""
-        g = self.graph
-        slots = {}
-        for parent, edge, _ in moves:
-            siblings = g.nodes[parent].children
-            slots[id(edge)] = (parent, siblings.index(edge))
-            siblings.remove(edge)
-        for parent, edge, new in moves:
-            if not new:
-                raise PlanError("an object cannot be moved onto the root; use '/' as the old scope instead",
-                                key=path_string(new))
-            target = self._ensure(new[:-1])
-            # Graphs may already hold cycles (Checkpoint(root=m) has an edge `root` to itself); only
-            # refuse one this move would make.
-            if _reaches(g, edge.node_id, target):
-                raise PlanError("this would put an object inside itself", key=path_string(new) + "/")
-            siblings = g.nodes[target].children
-            clash = next((c for c in siblings if c.local_name == new[-1]), None)
-            if clash is not None:
-                if clash.node_id == edge.node_id:
-                    continue
-                raise PlanError("an object already exists at this path", key=path_string(new) + "/")
-            moved = Child(edge.node_id, new[-1], edge.extra)
-            old_parent, index = slots[id(edge)]
-            # Renamed in place keeps its position, so BFS order (and with it every key) stays as TF's.
-            siblings.insert(min(index, len(siblings)) if target == old_parent else len(siblings), moved)
-
-    def _ensure(self, path: Path) -> int:
-        """The node at path, creating empty container nodes on the way."""
-        g, nid = self.graph, 0
-        for name in path:
-            nxt = next((c.node_id for c in g.nodes[nid].children if c.local_name == name), None)
-            if nxt is None:
-                g.nodes.append(self._new_node())
-                nxt = len(g.nodes) - 1
-                g.nodes[nid].children.append(Child(nxt, name))
-            nid = nxt
-        return nid
-
-    def _reroot_under(self, path: Path) -> None:
-        """`/=model/`: a new root whose path `model` leads to the old root (save_weights -> Checkpoint)."""
-        if not path:
-            return
-        g = self.graph
-        g.nodes.append(g.nodes[0])
-        g.nodes[0] = self._new_node()
-        _swap_ids(g, 0, len(g.nodes) - 1)
-        old_root = len(g.nodes) - 1
-        g.nodes[self._ensure(path[:-1])].children.append(Child(old_root, path[-1]))
-
-    def _reroot_at(self, nid: int) -> None:
-        """`model/=/`: the node at model becomes the root (Checkpoint -> save_weights layout)."""
-        g = self.graph
-        g.nodes[0], g.nodes[nid] = g.nodes[nid], g.nodes[0]
-        _swap_ids(g, 0, nid)
 
     # -- map names (and exact / regex renames) -----------------------------------------------------
 
@@ -442,7 +374,7 @@ class GraphPlan:
         canonical = set()
         for nid, a in g.attributes():
             prefix = prefixes.get(nid)
-            if prefix is None or not a.checkpoint_key.startswith(prefix + _ATTRIBUTES_SEP):
+            if prefix is None or not a.checkpoint_key.startswith(prefix + ATTRIBUTES_SEP):
                 continue  # an opaque key: it is renamed verbatim below
             canonical.add(a)
             if nid not in paths:
@@ -456,9 +388,9 @@ class GraphPlan:
             if want.setdefault(nid, path) != path:
                 raise PlanError(f"the attributes of object {prefix!r} would be renamed to different objects",
                                 key=a.checkpoint_key)
-        moves = _derive_moves(g, want)
+        moves = derive_moves(g, want)
         if moves:
-            self._edit(lambda: self._move_edges(moves), may_lose_values=False)
+            self._edit(lambda: move_edges(g, moves, self._new_node), may_lose_values=False)
         for a, new in target.items():
             if a.checkpoint_key == new:
                 continue
@@ -482,58 +414,6 @@ def _call(fn, name: str) -> str | None:
 def _single_rules(step, indices) -> list[tuple[int, object]]:
     """One-rule copies of a Rename step, so each rule keeps the step's own matching semantics."""
     return [(i, Rename((step.rules[i],), step.regex, allow_unmatched=True)) for i in indices]
-
-
-def _swap_ids(g: ObjectGraph, a: int, b: int) -> None:
-    swap = {a: b, b: a}
-    for n in g.nodes:
-        for c in n.children:
-            c.node_id = swap.get(c.node_id, c.node_id)
-        for s in n.slot_variables:
-            s.original_node = swap.get(s.original_node, s.original_node)
-            s.slot_node = swap.get(s.slot_node, s.slot_node)
-
-
-def _reaches(g: ObjectGraph, start: int, goal: int) -> bool:
-    seen, todo = {start}, [start]
-    while todo:
-        nid = todo.pop()
-        if nid == goal:
-            return True
-        for c in g.nodes[nid].children:
-            if c.node_id not in seen:
-                seen.add(c.node_id)
-                todo.append(c.node_id)
-    return False
-
-
-def _derive_moves(g: ObjectGraph, want: dict[int, Path]) -> list[tuple[int, Child, Path]]:
-    """Edge moves that put every node of `want` at its wanted path, moving whole subtrees when they agree.
-
-    Bottom-up over the first-path spanning tree, each node learns the one path its subtree asks
-    for (or that it is torn); top-down, the highest agreeing node whose path changes is moved.
-    """
-    paths, tree = g.spanning_tree()
-    torn = ("\x00torn",)  # no real path: local names never reach here with a NUL-only marker
-    ask: dict[int, Path] = {}  # node -> the path its subtree wants, or torn; absent: no opinion
-    for nid in sorted(paths, key=lambda n: -len(paths[n])):
-        votes = {want[nid]} if nid in want else set()
-        for edge in tree.get(nid, ()):
-            v = ask.get(edge.node_id)
-            if v is not None:
-                votes.add(v[:-1] if v is not torn and v and v[-1] == edge.local_name else torn)
-        if votes:
-            ask[nid] = votes.pop() if len(votes) == 1 else torn
-    moves = []
-    queue = deque((0, edge, (edge.local_name,)) for edge in tree.get(0, ()))
-    while queue:
-        parent, edge, where = queue.popleft()
-        v = ask.get(edge.node_id)
-        if v is torn:
-            queue.extend((edge.node_id, e, where + (e.local_name,)) for e in tree.get(edge.node_id, ()))
-        elif v is not None and v != where:
-            moves.append((parent, edge, v))
-    return moves
 
 
 def _check_patterns(step, names: dict, current: dict, source: dict, loose: list[str]) -> None:

@@ -18,7 +18,7 @@ plan does (strip before or after, renames):
 from __future__ import annotations
 
 from .errors import UnsupportedError
-from .objgraph import _ATTRIBUTES_SEP, Attribute, ObjectGraph, Path, attribute_key, path_string, slot_prefix
+from .objgraph_model import ATTRIBUTES_SEP, Attribute, ObjectGraph, Path, attribute_key, path_string, slot_prefix
 
 # Keras graphs have a handful of paths per node (aliases such as layer-0 / layer_with_weights-0);
 # the cap only stops a crafted graph from making path enumeration exponential.
@@ -103,6 +103,6 @@ def _stems(graph: ObjectGraph, paths: dict[int, list[Path]]) -> dict[int, list[s
 
 def _tail(a: Attribute, prefix: str | None) -> str:
     """The `/.ATTRIBUTES/...` part of an attribute's key."""
-    if prefix is not None and a.checkpoint_key.startswith(prefix + _ATTRIBUTES_SEP):
+    if prefix is not None and a.checkpoint_key.startswith(prefix + ATTRIBUTES_SEP):
         return a.checkpoint_key[len(prefix):]
     return attribute_key("", a.name)

@@ -28,7 +28,7 @@ from .bundle.paths import Located
 from .checkpoint import Checkpoint
 from .errors import (CheckpointNotFoundError, CkptioError, OutputExistsError, ReadError, Remedy, TruncatedError,
                      UnsupportedError, WriteError, WrongFileError)
-from .io import Source
+from .io import Source, copy_source
 from .sstable.format import MAGIC_BYTES
 
 CHUNK = 8 << 20
@@ -36,7 +36,6 @@ INDEX_PREFETCH = 16 << 20   # an .index (or V1 table) up to this size is fetched
 MAX_STATE_FILE = 1 << 20
 OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "r2", "b2",
                            "http", "https"})
-_V1_SHARD_RE = re.compile(r"^(?P<base>.+)-(?P<shard>\d{5})-of-(?P<count>\d{5})$")
 
 
 def filesystem(url: str, **storage_options):
@@ -200,7 +199,7 @@ def _resolve(url: str, store: _Store, depth: int) -> Located:
             size = store.size(url)
             if size >= 48 and RemoteSource(store.fs, store.strip(url), name=url, size=size).read(size - 8, 8) \
                     == MAGIC_BYTES:
-                m = _V1_SHARD_RE.match(url)
+                m = naming.V1_SHARD_RE.match(url)
                 if m:
                     names = store.glob(f"{m['base']}-*-of-{m['count']}", re.compile(
                         re.escape(_basename(m["base"])) + rf"-\d{{5}}-of-{m['count']}"))
@@ -317,13 +316,7 @@ class RemoteFiles:
         """Stream a Source's bytes to url in chunks; check the size written."""
         f = self.open(url)
         try:
-            pos = 0
-            while pos < source.size:
-                data = source.read(pos, min(CHUNK, source.size - pos))
-                f.write(data)
-                pos += len(data)
-                if progress:
-                    progress(len(data))
+            copy_source(source, f.write, chunk=CHUNK, progress=progress)
         except CkptioError:
             _close_quietly(f)
             raise

@@ -224,7 +224,7 @@ def test_killed_archive_writer_leaves_staging_that_the_next_run_removes(tmp_path
     src = write(tmp_path / "in", training(6))
     out_dir = tmp_path / "arch"
     # This writer hangs once its staging directory holds the stripped checkpoint; then it is killed -9.
-    code = ("import sys, time\nimport ckptio.archive as a\n"
+    code = ("import sys, time\nimport ckptio.archive.write as a  # rewrite_packed calls pack here\n"
             "def hang(*args, **kw):\n    print('staged', flush=True)\n    time.sleep(600)\n"
             "a.pack = hang\nfrom ckptio.cli.main import main\nsys.exit(main(sys.argv[1:]))\n")
     p = subprocess.Popen([sys.executable, "-c", code, "strip", "-q", src, str(out_dir / "m.tar.zst")], env=env(),

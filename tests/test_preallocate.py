@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import ckptio
-from ckptio import io as ckio
+from ckptio import output as ckio  # preallocate and its libc lookup live on the output side
 from ckptio.bundle import writer as writer_mod
 from ckptio.bundle.writer import BundleWriter
 from ckptio.cli.main import main

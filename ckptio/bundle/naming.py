@@ -1,10 +1,12 @@
-"""File names of a V2 bundle: P.index and P.data-SSSSS-of-NNNNN."""
+"""File names of a V2 bundle (P.index and P.data-SSSSS-of-NNNNN) and of V1 shards (B-SSSSS-of-NNNNN)."""
 from __future__ import annotations
 
 import re
 
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 _DATA_RE = re.compile(r"^(?P<prefix>.+)\.data-(?P<shard>\d{5})-of-(?P<count>\d{5})$")
+# A V1 checkpoint saved in shards: base-SSSSS-of-NNNNN (groups base, shard, count).
+V1_SHARD_RE = re.compile(r"^(?P<base>.+)-(?P<shard>\d{5})-of-(?P<count>\d{5})$")
 
 
 def index_path(prefix: str) -> str:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import glob
 import os
-import re
 import stat
 from collections import namedtuple
 
@@ -12,7 +11,6 @@ from ..io import odd_file_kind
 from . import naming
 from .state import latest_from_state, updated_state  # noqa: F401 - their old home
 
-_V1_SHARD_RE = re.compile(r"^(?P<base>.+)-(?P<shard>\d{5})-of-(?P<count>\d{5})$")
 _TABLE_MAGIC = bytes.fromhex("57fb808b247547db")
 LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 # A SavedModel's graph: saved_model.pb, or saved_model.cpb in the chunked "image format" that
@@ -50,7 +48,7 @@ def _resolve(path: str, *, patterns: bool) -> Located:
     if os.path.isfile(path):
         _refuse_odd_file(path)
         if _is_table(path):
-            m = _V1_SHARD_RE.match(path)
+            m = naming.V1_SHARD_RE.match(path)
             if m:
                 files = sorted(glob.glob(f"{glob.escape(m['base'])}-?????-of-{m['count']}"))
                 return Located("v1", m["base"], tuple(files))
@@ -141,7 +139,7 @@ def _v1_checkpoints_in(directory: str) -> list[str]:
         full = os.path.join(directory, name)
         if name == "checkpoint" or name.endswith(".index") or naming.split_data_path(name) or not _is_table(full):
             continue
-        m = _V1_SHARD_RE.match(full)
+        m = naming.V1_SHARD_RE.match(full)
         found.add(m["base"] if m else full)
     return sorted(found)
 

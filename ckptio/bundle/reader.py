@@ -227,19 +227,13 @@ class BundleReader:
 
     def _stored_crc(self, name: str, entry: Entry, data: bytes) -> int:
         """The unmasked crc TensorFlow computes for an entry's bytes (per dtype)."""
-        where = dict(path=self.shard_path(entry.shard_id), key=name, offset=entry.offset)
-        if entry.dtype == dtypes.STRING:
-            if entry.num_elements == 0 and not data:
-                return 0
-            return strings.decode(data, entry.num_elements, big_endian=self.header.big_endian, **where)[1]
-        if entry.dtype == dtypes.VARIANT:
-            return strings.variant_crc(data, entry.num_elements, **where)
-        return crc32c(data)
+        return stored_crc(entry, data, big_endian=self.header.big_endian, path=self.shard_path(entry.shard_id),
+                          key=name)
 
     def _check_crc(self, name: str, entry: Entry, crc: int) -> None:
-        if crc != unmask(entry.crc32c):
-            raise ChecksumError(f"checksum does not match: stored {unmask(entry.crc32c):#010x}, computed {crc:#010x}",
-                                path=self.shard_path(entry.shard_id), key=name, offset=entry.offset)
+        problem = crc_problem(entry, crc)
+        if problem:
+            raise ChecksumError(problem, path=self.shard_path(entry.shard_id), key=name, offset=entry.offset)
 
     def read_entry(self, name: str, entry: Entry, *, verify: bool = True):
         """Decode one unsliced entry into a numpy array."""
@@ -264,9 +258,7 @@ class BundleReader:
                                            path=self.shard_path(entry.shard_id), key=name, offset=entry.offset)
             if verify:
                 self._check_crc(name, entry, crc)
-            arr = np.empty(len(elements), dtype=object)
-            arr[:] = elements
-            return arr.reshape(entry.shape)
+            return strings.to_array(elements, entry.shape)
         if info is None or not info.fixed_width:
             raise UnsupportedError(f"cannot decode {dtypes.name_of(entry.dtype)} tensors (bytes can still be copied)",
                                    path=self.path, key=name)
@@ -303,3 +295,22 @@ def is_lfs_pointer(src: Source) -> bool:
     except CkptioError:
         return False
 
+
+
+def stored_crc(entry: Entry, data: bytes, *, big_endian: bool = False, path=None, key=None) -> int:
+    """The unmasked crc TensorFlow computes over an entry's stored bytes (per dtype, FORMAT §4)."""
+    where = dict(path=path, key=key, offset=entry.offset)
+    if entry.dtype == dtypes.STRING:
+        if entry.num_elements == 0 and not data:
+            return 0
+        return strings.decode(data, entry.num_elements, big_endian=big_endian, **where)[1]
+    if entry.dtype == dtypes.VARIANT:
+        return strings.variant_crc(data, entry.num_elements, **where)
+    return crc32c(data)
+
+
+def crc_problem(entry: Entry, crc: int) -> str | None:
+    """Why an entry's computed (unmasked) crc shows its bytes are not as written, or None."""
+    if crc == unmask(entry.crc32c):
+        return None
+    return f"checksum does not match: stored {unmask(entry.crc32c):#010x}, computed {crc:#010x}"

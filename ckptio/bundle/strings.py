@@ -60,6 +60,41 @@ def decode(data: bytes, count: int, *, big_endian: bool = False, path=None, key=
     return out, crc
 
 
+def prefix_problem(head: bytes, count: int, size: int, *, big_endian: bool = False) -> str | None:
+    """Why head cannot be the start of a `size`-byte string tensor of `count` elements, or None if it can.
+
+    For a tensor cut short: its lengths and their checksum come first, so what is there tells
+    whether these are the right bytes cut off, or some other file's bytes.
+    """
+    pos, total, crc = 0, 0, 0
+    order = "big" if big_endian else "little"
+    for _ in range(count):
+        try:
+            length, pos = decode_varint(head, pos, len(head))
+        except VarintError:
+            return None if len(head) - pos < 10 else "bad string length varint"
+        total += length
+        if pos + 4 + total > size:
+            return f"its string lengths add up to more than its {size} bytes"
+        crc = crc32c(_length_bytes(length, order), crc)
+    if pos + 4 > len(head):
+        return None
+    if pos + 4 + total != size:
+        return f"its string lengths add up to {total} bytes, not the {size - pos - 4} its size leaves"
+    if unmask(int.from_bytes(head[pos:pos + 4], order)) != crc:
+        return "the length checksum of the string tensor does not match"
+    return None
+
+
+def to_array(elements: list[bytes], shape: tuple[int, ...]):
+    """The decoded elements as a numpy object array of shape (the form a string tensor is read as)."""
+    import numpy as np
+
+    arr = np.empty(len(elements), dtype=object)
+    arr[:] = elements
+    return arr.reshape(shape)
+
+
 def encode(elements, *, big_endian: bool = False) -> tuple[bytes, int]:
     """Serialize byte strings; return (tensor bytes, masked entry crc32c)."""
     order = "big" if big_endian else "little"

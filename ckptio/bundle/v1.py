@@ -6,7 +6,7 @@ The TensorProto carries only its typed value list (float_val, int_val, ...), no 
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from .._proto import saved_tensor_slice_pb2 as pb
 from ..errors import CorruptCheckpointError, TensorNotFoundError, UnsupportedError, WrongFileError
@@ -60,30 +60,28 @@ class V1Reader:
             raise WrongFileError("this is a V2 .index file (its first entry is a bundle header), not a V1 "
                                  "checkpoint; pass its prefix P, with the file named P.index beside P.data-*",
                                  path=path)
-        sts = pb.SavedTensorSlices()
-        if not parse_proto(sts, first[1]):
+        sts = parse_slices(first[1])
+        if sts is None:
             raise CorruptCheckpointError("metadata entry is not a SavedTensorSlices", path=path, key="")
         versions = sts.meta.versions
         if versions.min_consumer > CONSUMER_VERSION or CONSUMER_VERSION in versions.bad_consumers:
             raise UnsupportedError(f"V1 checkpoint needs reader version {versions.min_consumer}", path=path, key="")
-        for meta in sts.meta.tensor:
-            shape = tuple(d.size for d in meta.shape.dim)
-            slices = tuple(from_proto(s) for s in meta.slice)
-            old = self._entries.get(meta.name)
+        for name, dtype, shape, slices in declared(sts):
+            old = self._entries.get(name)
             if old is not None:
-                old = old._replace(slices=self._stored[meta.name])
-                if old.dtype != meta.type or old.shape != shape:
+                old = old._replace(slices=self._stored[name])
+                if old.dtype != dtype or old.shape != shape:
                     raise CorruptCheckpointError("tensor declared with different dtype or shape in two files",
-                                                 path=path, key=meta.name)
+                                                 path=path, key=name)
                 slices = old.slices + slices
-            entry = Entry(meta.type, shape, i, 0, _estimate_size(meta.type, shape), 0, slices)
+            entry = Entry(dtype, shape, i, 0, _estimate_size(dtype, shape), 0, slices)
             problem = entry.problem()
             if problem:
-                raise CorruptCheckpointError(problem, path=path, key=meta.name)
-            self._entries[meta.name] = entry
-            self._stored[meta.name] = slices
+                raise CorruptCheckpointError(problem, path=path, key=name)
+            self._entries[name] = entry
+            self._stored[name] = slices
             for s in slices[len(old.slices) if old else 0:]:
-                self._file_of[encode_key(meta.name, s)] = i
+                self._file_of[encode_key(name, s)] = i
 
     def entries(self) -> dict[str, Entry]:
         return self._entries
@@ -117,18 +115,34 @@ class V1Reader:
         if value is None:
             raise CorruptCheckpointError(f"slice {s.spec() or '(scalar)'} is listed but not stored",
                                          path=table.source.name, key=name)
-        sts = pb.SavedTensorSlices()
-        if not parse_proto(sts, value):
-            raise CorruptCheckpointError("slice entry is not a SavedTensorSlices", path=table.source.name,
-                                         key=name)
-        if sts.data.name != name:
-            raise CorruptCheckpointError(f"slice entry names {sts.data.name!r}", path=table.source.name, key=name)
-        return tensor_proto_to_array(sts.data.data, entry.dtype, s.shape(shape),
+        return tensor_proto_to_array(slice_data(value, name, path=table.source.name), entry.dtype, s.shape(shape),
                                      path=table.source.name, key=name)
 
     def close(self) -> None:
         for t in self.tables:
             t.source.close()
+
+
+def parse_slices(value: bytes):
+    """The SavedTensorSlices proto a V1 table value holds, or None if it is not one."""
+    sts = pb.SavedTensorSlices()
+    return sts if parse_proto(sts, value) else None
+
+
+def declared(sts) -> Iterator[tuple[str, int, tuple[int, ...], tuple[Slice, ...]]]:
+    """(name, dtype, shape, stored slices) of every tensor a V1 metadata entry declares."""
+    for meta in sts.meta.tensor:
+        yield meta.name, meta.type, tuple(d.size for d in meta.shape.dim), tuple(from_proto(s) for s in meta.slice)
+
+
+def slice_data(value: bytes, name: str, *, path=None):
+    """The TensorProto of one stored slice of tensor name, from its V1 table value."""
+    sts = parse_slices(value)
+    if sts is None:
+        raise CorruptCheckpointError("slice entry is not a SavedTensorSlices", path=path, key=name)
+    if sts.data.name != name:
+        raise CorruptCheckpointError(f"slice entry names {sts.data.name!r}", path=path, key=name)
+    return sts.data.data
 
 
 def _estimate_size(dtype: int, shape: tuple[int, ...]) -> int:

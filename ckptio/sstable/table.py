@@ -24,26 +24,7 @@ class Table:
         self.footer = Footer.decode(source.read(footer_at, FOOTER_SIZE), path=path, offset=footer_at)
         index = Block(read_block(source, self.footer.index, what="index block", verify=verify),
                       path=path, offset=self.footer.index.offset)
-        self.index: list[tuple[bytes, BlockHandle]] = []
-        data_end = 0
-        for key, value in index.entries():
-            try:
-                handle, _ = BlockHandle.decode(value, 0, len(value))
-            except VarintError:
-                raise CorruptCheckpointError("bad block handle in index block", path=path,
-                                             offset=self.footer.index.offset) from None
-            if self.index and key <= self.index[-1][0]:
-                raise CorruptCheckpointError("index block keys are not in order", path=path,
-                                             offset=self.footer.index.offset)
-            # Data blocks lie back to back in key order before the metaindex and index. Holding
-            # the handles to that keeps a scan linear in the file size (no block read twice).
-            if handle.offset < data_end or handle.offset + handle.size + TRAILER_SIZE > self.footer.index.offset:
-                raise CorruptCheckpointError(
-                    f"index entry {len(self.index)} points at bytes [{handle.offset}, "
-                    f"{handle.offset + handle.size + TRAILER_SIZE}), overlapping another block or the index",
-                    path=path, offset=self.footer.index.offset)
-            data_end = handle.offset + handle.size + TRAILER_SIZE
-            self.index.append((key, handle))
+        self.index: list[tuple[bytes, BlockHandle]] = index_handles(index, self.footer, path=path)
         self._separators = [key for key, _ in self.index]
 
     def check_metaindex(self) -> None:
@@ -52,9 +33,7 @@ class Table:
         Opening never reads it: TensorFlow does not either (FORMAT §2.6), so a table whose
         metaindex alone is damaged still loads there. Only a full check (verify) calls this.
         """
-        handle = self.footer.metaindex
-        contents = read_block(self.source, handle, what="metaindex block")
-        list(Block(contents, path=self.source.name, offset=handle.offset).entries())
+        check_metaindex(self.source, self.footer)
 
     def block(self, i: int) -> Block:
         """Read and decode data block i."""
@@ -92,3 +71,34 @@ class Table:
         for found, value in self.block(i).seek(key):
             return value if found == key else None
         return None
+
+
+def check_metaindex(source, footer: Footer) -> None:
+    """Read and decode the metaindex block at footer.metaindex, checksum checked; raise if damaged."""
+    handle = footer.metaindex
+    contents = read_block(source, handle, what="metaindex block")
+    list(Block(contents, path=source.name, offset=handle.offset).entries())
+
+
+def index_handles(index: Block, footer: Footer, *, path=None) -> list[tuple[bytes, BlockHandle]]:
+    """The (separator, handle) pairs of an index block, checked to be in order and in bounds."""
+    handles: list[tuple[bytes, BlockHandle]] = []
+    data_end = 0
+    for key, value in index.entries():
+        try:
+            handle, _ = BlockHandle.decode(value, 0, len(value))
+        except VarintError:
+            raise CorruptCheckpointError("bad block handle in index block", path=path,
+                                         offset=footer.index.offset) from None
+        if handles and key <= handles[-1][0]:
+            raise CorruptCheckpointError("index block keys are not in order", path=path, offset=footer.index.offset)
+        # Data blocks lie back to back in key order before the metaindex and index. Holding
+        # the handles to that keeps a scan linear in the file size (no block read twice).
+        if handle.offset < data_end or handle.offset + handle.size + TRAILER_SIZE > footer.index.offset:
+            raise CorruptCheckpointError(
+                f"index entry {len(handles)} points at bytes [{handle.offset}, "
+                f"{handle.offset + handle.size + TRAILER_SIZE}), overlapping another block or the index",
+                path=path, offset=footer.index.offset)
+        data_end = handle.offset + handle.size + TRAILER_SIZE
+        handles.append((key, handle))
+    return handles

@@ -1,0 +1,32 @@
+"""Checkpoints in one zstandard-compressed tar archive (.tar.zst): pack, unpack, and stream-read.
+
+    archive   := zstd( member* end-of-archive )          any number of zstd frames, content checksums on
+    member    := [pax header block + records, padded]  header block (512 bytes)  data, zero-padded to 512
+    end       := two zero blocks, then zeros up to a multiple of 10240 bytes (the tar record size)
+
+`pack` writes the `.index` member first, then the data shards in shard order (V1: the table files
+in order), and nothing else: no manifest, so `tar --zstd -xf` gives back exactly the checkpoint.
+
+Reading never makes an unpacked copy. Opening decompresses only up to the end of the `.index`
+member, which is kept in memory; each data shard is then a forward-only `Source` over the one
+decompressing stream. Reads must come in increasing (member, offset) order, as `rewrite` and
+`verify` make them; a backward read starts a new pass from the beginning of the archive and skips
+forward, which is correct but costs a decompression of everything before it (`passes` counts
+them). Memory stays bounded by the read size. V1 archives are the exception: V1 tables need
+random access, so their members are read into memory.
+"""
+from __future__ import annotations
+
+# The old single module's names, all still importable from ckptio.archive.
+from ..checkpoint import ARCHIVE_SUFFIXES
+from .extract import UnpackStats, unpack
+from .reader import MAX_INDEX, MAX_V1, ArchiveCheckpoint, open_archive  # noqa: F401
+from .stream import READ_CHUNK, SKIP_CHUNK, ZSTD_MAGIC, ArchiveStream, MemberSource  # noqa: F401
+from .tar import BLOCK, DIRECTORY, MAX_META, OTHER, RECORD, REGULAR, Member, TarHeader  # noqa: F401
+from .tar import decode_header, encode_header, parse_pax
+from .write import COPY_CHUNK, DEFAULT_LEVEL, PackStats, checkpoint_files, pack, rewrite_packed  # noqa: F401
+
+SUFFIXES = ARCHIVE_SUFFIXES
+
+__all__ = ["pack", "unpack", "open_archive", "rewrite_packed", "PackStats", "UnpackStats", "ArchiveCheckpoint",
+           "ArchiveStream", "MemberSource", "encode_header", "decode_header", "parse_pax", "SUFFIXES"]

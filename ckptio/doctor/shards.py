@@ -1,0 +1,149 @@
+"""A V2 checkpoint's data shards: every stored piece's bytes checked as TensorFlow checks them."""
+from __future__ import annotations
+
+import glob
+import os
+
+from ..bundle import dtypes, naming, strings
+from ..bundle.entry import Entry, Header
+from ..bundle.reader import crc_problem, stored_crc
+from ..errors import CkptioError
+from ..io import FileSource
+from ..sstable.coding import crc32c
+from .files import lfs, not_regular
+from .report import Diagnosis, Piece
+
+CHUNK = 8 << 20
+FOREIGN_FRACTION = 0.5  # a shard failing at least this share of its checksums is "from elsewhere"
+
+
+def check_data(d: Diagnosis, prefix: str, header: Header, pieces) -> None:
+    """Check every shard and every piece's bytes; classify shard-level damage once per shard."""
+    n = header.num_shards
+    present = sorted(glob.glob(glob.escape(prefix) + ".data-?????-of-?????"))
+    other_counts = sorted({naming.split_data_path(p)[2] for p in present} - {n})
+    if other_counts:
+        d.problem("shard-count-mismatch", f"data files for a {other_counts[0]}-shard save are present "
+                  f"({os.path.basename(next(p for p in present if naming.split_data_path(p)[2] == other_counts[0]))}) "
+                  f"but the index says {n} shard(s): the index and data files come from different saves",
+                  path=naming.index_path(prefix))
+    by_shard: dict[int, list[tuple[str, Piece]]] = {}
+    for name, parts in pieces.items():
+        for _, piece in parts:
+            by_shard.setdefault(piece.shard, []).append((name, piece))
+    results: dict[str, str | None] = {}  # piece label -> failure reason
+    for shard in sorted(by_shard):
+        items = sorted(by_shard[shard], key=lambda it: it[1].entry.offset)
+        if not 0 <= shard < n:
+            for name, piece in items:
+                results[piece.label] = f"its entry names shard {shard} but the header says {n} shard(s)"
+            d.problem("bad-shard-id", f"{len(items)} entries name shard {shard}, but the header says {n} shard(s)",
+                      path=naming.index_path(prefix))
+            continue
+        path = naming.data_path(prefix, shard, n)
+        d._shard_paths[shard] = path
+        results.update(_check_shard(d, path, header, items))
+    for shard in range(n):
+        if shard not in by_shard:
+            path = naming.data_path(prefix, shard, n)
+            d._shard_paths[shard] = path
+            if not os.path.exists(path):
+                d.note("missing-empty-shard", "data shard is missing, but no tensor is stored in it", path=path)
+    for name, parts in pieces.items():
+        for _, piece in parts:
+            why = results.get(piece.label)
+            if why:
+                d.damage(name, why if piece.label == name else f"slice {piece.label[len(name):]}: {why}")
+                break
+
+
+def _check_shard(d: Diagnosis, path: str, header: Header, items) -> dict[str, str | None]:
+    results: dict[str, str | None] = {}
+    base = os.path.basename(path)
+    if not os.path.exists(path):
+        d.problem("missing-shard", f"data shard {base} is missing; {len(items)} tensor(s) are stored there",
+                  path=path)
+        return {piece.label: f"its data shard {base} is missing" for _, piece in items}
+    why = not_regular(path)
+    if why:
+        d.problem("not-a-file", why, path=path)
+        return {piece.label: f"its data shard {base} is not a regular file" for _, piece in items}
+    if lfs(path):
+        d.problem("lfs-pointer", "this data shard is a Git LFS pointer, not the file itself; run 'git lfs pull' "
+                  "to fetch it", path=path)
+        return {piece.label: f"its data shard {base} is a Git LFS pointer" for _, piece in items}
+    try:
+        src = FileSource(path)
+    except CkptioError as exc:
+        d.problem("unreadable", exc.message, path=path)
+        return {piece.label: f"its data shard {base} cannot be read" for _, piece in items}
+    try:
+        size = src.size
+        need = max(piece.entry.offset + piece.entry.size for _, piece in items)
+        beyond, checked, failed = 0, 0, []
+        for _, piece in items:
+            status, why = check_piece(src, piece.entry, header.big_endian)
+            if status == "beyond":
+                beyond += 1
+                why = f"its bytes lie past the end of {base} ({size} bytes, truncated)"
+            elif status == "bytes":
+                checked += 1
+                if why:
+                    failed.append(piece.label)
+            results[piece.label] = why
+    finally:
+        src.close()
+    foreign = len(failed) >= 2 and len(failed) >= FOREIGN_FRACTION * checked or \
+        (len(failed) == 1 and checked == 1 and size != need)
+    wild = size > 2 * need + 4096 or size < need // 2
+    if foreign or (wild and failed):
+        d.problem("foreign-shard", f"{len(failed)} of {checked} tensors in {base} do not match their index entries"
+                  + (f" and the file is {size} bytes where the index expects {need}" if size != need else "")
+                  + ": this data file probably belongs to a different checkpoint (or a different save)", path=path)
+        elsewhere = f"{base} does not hold its bytes (the shard seems to come from another checkpoint)"
+        for label, why in results.items():
+            if why and (label in failed or "past the end" in why):
+                results[label] = elsewhere
+        return results
+    if size < need:
+        d.problem("truncated-shard", f"data shard {base} is truncated: it has {size} bytes but the index needs "
+                  f"{need}; {beyond} tensor(s) lie (partly) beyond its end", path=path, offset=size)
+    elif size > need:
+        d.note("trailing-bytes", f"{size - need} bytes at the end of {base} belong to no tensor", path=path,
+               offset=need)
+    for _, piece in items:
+        why = results.get(piece.label)
+        if why and "past the end" not in why:
+            d.problem("corrupt-tensor", why, path=path, key=piece.label, offset=piece.entry.offset)
+    return results
+
+
+def check_piece(src, entry: Entry, big_endian: bool) -> tuple[str, str | None]:
+    """(status, reason): status "entry" (the entry itself is unusable), "beyond" (bytes past the end
+    of the shard) or "bytes" (they were read; reason None if they check out)."""
+    problem = entry.data_problem()
+    if problem:
+        return "entry", problem
+    if entry.dtype == dtypes.VARIANT and big_endian:
+        return "entry", "variant tensors in big-endian bundles cannot be read (TensorFlow: Unimplemented)"
+    if entry.offset + entry.size > src.size:
+        if entry.dtype == dtypes.STRING and entry.offset < src.size:
+            # The lengths and their checksum come first: what is there tells whether these are
+            # the right bytes cut short, or some other file's bytes.
+            why = strings.prefix_problem(src.read(entry.offset, src.size - entry.offset), entry.num_elements,
+                                         entry.size, big_endian=big_endian)
+            if why:
+                return "bytes", why
+        return "beyond", None
+    try:
+        if entry.dtype in (dtypes.STRING, dtypes.VARIANT):
+            crc = stored_crc(entry, src.read(entry.offset, entry.size), big_endian=big_endian)
+        else:
+            crc, pos, end = 0, entry.offset, entry.offset + entry.size
+            while pos < end:
+                chunk = src.read(pos, min(CHUNK, end - pos))
+                crc = crc32c(chunk, crc)
+                pos += len(chunk)
+    except CkptioError as exc:
+        return "bytes", exc.message
+    return "bytes", crc_problem(entry, crc)

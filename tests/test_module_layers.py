@@ -1,0 +1,65 @@
+"""Imports point one way among the modules split out of large ones (issue 13): the pieces never
+import the front modules that re-export them, and sstable/ knows nothing of bundle/ or doctor."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parents[1] / "ckptio"
+
+
+def _imports(path: Path) -> set[str]:
+    """Absolute ckptio module names a file imports anywhere (lazy imports included)."""
+    package = ".".join(path.relative_to(PKG.parent).with_suffix("").parts)
+    if path.name != "__init__.py":
+        package = package.rsplit(".", 1)[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            base = package.split(".")
+            if node.level:
+                base = base[:len(base) - node.level + 1]
+                name = ".".join(base + ([node.module] if node.module else []))
+            else:
+                name = node.module or ""
+            out.add(name)
+            out.update(f"{name}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+    return {n for n in out if n.split(".")[0] == "ckptio"}
+
+
+def _reaches(imports: set[str], target: str) -> bool:
+    return any(n == target or n.startswith(target + ".") for n in imports)
+
+
+def test_objgraph_pieces_do_not_import_the_front_module():
+    for name in ("objgraph_model", "objgraph_check", "objgraph_moves", "objgraph_select", "objgraph_edit"):
+        imports = _imports(PKG / f"{name}.py")
+        assert "ckptio.objgraph" not in imports, name
+        assert not any(n.startswith("ckptio.objgraph.") for n in imports), name
+
+
+def test_objgraph_model_is_the_bottom():
+    imports = _imports(PKG / "objgraph_model.py")
+    assert not any(_reaches(imports, f"ckptio.{m}") for m in ("objgraph_check", "objgraph_edit", "objgraph_moves",
+                                                              "objgraph_select", "transform")), imports
+
+
+def test_sstable_imports_nothing_about_checkpoints():
+    for path in (PKG / "sstable").glob("*.py"):
+        imports = _imports(path)
+        for above in ("ckptio.bundle", "ckptio.doctor", "ckptio.checkpoint", "ckptio.archive"):
+            assert not _reaches(imports, above), (path.name, above)
+
+
+def test_archive_and_doctor_pieces_do_not_import_their_package_front():
+    for package in ("archive", "doctor"):
+        for path in (PKG / package).glob("*.py"):
+            if path.name != "__init__.py":
+                imports = _imports(path)
+                assert f"ckptio.{package}" not in imports, path
+
+
+def test_output_side_does_not_import_the_sources():
+    assert not _reaches(_imports(PKG / "output.py"), "ckptio.io")
