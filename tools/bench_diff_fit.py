@@ -21,7 +21,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench  # noqa: E402  (tools/bench.py: the checkpoint generator, process timing, sizes)
+import bench  # (tools/bench.py: the checkpoint generator, process timing, sizes)
 
 # A small parent runs the command: a child forked from this (larger) process would inherit its
 # resident pages before exec, and ru_maxrss would count them.
@@ -93,7 +93,7 @@ def bench_size(work: str, size: int, grow: int) -> list[dict]:
     grown = os.path.join(d, "grown", "model.ckpt")
     bench.run_timed([*bench.CKPTIO, "strip", src, template, "-q"])
     bench.run_timed([*bench.CKPTIO, "rewrite", src, cast, "--cast", "bfloat16", "-q"])
-    changed = grown_template(template, grown, grow)
+    grown_template(template, grown, grow)
     out = os.path.join(d, "out", "model.ckpt")
     runs = [
         ("`diff A TEMPLATE`", ["diff", src, template], (1,)),
@@ -116,8 +116,8 @@ def bench_size(work: str, size: int, grow: int) -> list[dict]:
 
 
 def render(rows: list[dict]) -> str:
-    lines = [f"Machine: {bench.machine_line().split('; ')[0]}; load average (1/5/15 min) at the end: "
-             f"{' / '.join(f'{x:.2f}' for x in os.getloadavg())}.", "",
+    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    lines = [f"Machine: {bench.machine_line().split('; ')[0]}; load average (1/5/15 min) at the end: {load}.", "",
              "| checkpoint | command | peak RSS | wall | CPU | exit | load (1 min) before |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
