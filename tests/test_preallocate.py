@@ -11,7 +11,7 @@ import pytest
 
 import ckptio
 from ckptio import io as ckio
-from ckptio.bundle import copy as copy_mod, writer as writer_mod
+from ckptio.bundle import writer as writer_mod
 from ckptio.bundle.writer import BundleWriter
 from ckptio.cli.main import main
 from support import read_all, same
@@ -80,6 +80,8 @@ def test_an_over_estimate_is_given_back(tmp_path):
 def test_a_full_disk_fails_before_copying_anything(src, tmp_path, monkeypatch, capsys, err, text):
     calls, copies = [], []
     monkeypatch.setattr(ckio, "_fallocate", _fake_fallocate(err, calls))
+    from ckptio.bundle import copy as copy_mod
+
     real_copy = copy_mod._copy_range
     monkeypatch.setattr(copy_mod, "_copy_range", lambda *a: copies.append(a) or real_copy(*a))
     before = {n: open(os.path.join(os.path.dirname(src), n), "rb").read() for n in _files(os.path.dirname(src))}
