@@ -162,13 +162,13 @@ def test_partitioned_variables_are_assembled(tmp_path):
 
 
 def test_unchanged_bytes_are_copied_by_the_kernel_not_decoded(tmp_path, monkeypatch):
-    from ckptio.bundle import decode, writer as writer_mod
+    from ckptio.bundle import copy as copy_mod, decode
 
     big = RNG.standard_normal((300, 300)).astype(np.float32)  # 360 KB: over KERNEL_COPY_MIN
     src = write_bundle(tmp_path / "src" / "m", {"big": big, "small": np.float32(1.5)})
     copied = []
-    real = writer_mod._copy_range
-    monkeypatch.setattr(writer_mod, "_copy_range", lambda s, o, off, n: copied.append(n) or real(s, o, off, n))
+    real = copy_mod._copy_range
+    monkeypatch.setattr(copy_mod, "_copy_range", lambda s, o, off, n: copied.append(n) or real(s, o, off, n))
     monkeypatch.setattr(decode, "from_bytes", lambda *a, **k: pytest.fail("decoded a tensor that needs no change"))
     out = str(tmp_path / "m.safetensors")
     ckptio.rewrite(src, out)

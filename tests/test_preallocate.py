@@ -80,8 +80,10 @@ def test_an_over_estimate_is_given_back(tmp_path):
 def test_a_full_disk_fails_before_copying_anything(src, tmp_path, monkeypatch, capsys, err, text):
     calls, copies = [], []
     monkeypatch.setattr(ckio, "_fallocate", _fake_fallocate(err, calls))
-    real_copy = writer_mod._copy_range
-    monkeypatch.setattr(writer_mod, "_copy_range", lambda *a: copies.append(a) or real_copy(*a))
+    from ckptio.bundle import copy as copy_mod
+
+    real_copy = copy_mod._copy_range
+    monkeypatch.setattr(copy_mod, "_copy_range", lambda *a: copies.append(a) or real_copy(*a))
     before = {n: open(os.path.join(os.path.dirname(src), n), "rb").read() for n in _files(os.path.dirname(src))}
     out = tmp_path / "out" / "model.ckpt"
     rc = main(["strip", src, str(out), "-q"])

@@ -74,7 +74,7 @@ def write_big_endian(prefix: str, tensors: dict, dtypes: dict | None = None) -> 
         builder.finish()
 
 
-# -- BundleWriter._check: several output shards queue crc checks at once ----------------------------
+# -- Copier._check: several output shards queue crc checks at once ----------------------------
 
 
 def test_parallel_copies_never_lose_a_checksum_mismatch(tmp_path, monkeypatch):
@@ -88,18 +88,18 @@ def test_parallel_copies_never_lose_a_checksum_mismatch(tmp_path, monkeypatch):
     clean = open(data_path, "rb").read()
     # Send even these small tensors through the kernel copy and the checker thread, and slow
     # the checks down, as a busy machine does, so that checks of four shards pile up.
-    from ckptio.bundle import writer as writer_mod
+    from ckptio.bundle import copy as copy_mod
 
-    monkeypatch.setattr(writer_mod, "KERNEL_COPY_MIN", 0)
+    monkeypatch.setattr(copy_mod, "KERNEL_COPY_MIN", 0)
     checks = []
-    crc_segment = writer_mod._crc_segment
+    crc_segment = copy_mod._crc_segment
 
     def slow_crc_segment(*args):
         checks.append(args[1])
         time.sleep(0.0005)
         return crc_segment(*args)
 
-    monkeypatch.setattr(writer_mod, "_crc_segment", slow_crc_segment)
+    monkeypatch.setattr(copy_mod, "_crc_segment", slow_crc_segment)
     rng = random.Random(0)
     for trial in range(25):
         corrupt = bytearray(clean)
@@ -175,12 +175,12 @@ def test_failed_v1_open_closes_every_file(tmp_path):
 
 def test_finish_stops_the_checker_thread(tmp_path, monkeypatch):
     """The crc checker thread outlived finish() for as long as the writer was referenced."""
-    from ckptio.bundle import writer as writer_mod
+    from ckptio.bundle import copy as copy_mod
 
-    monkeypatch.setattr(writer_mod, "KERNEL_COPY_MIN", 0)  # these tiny tensors too go through the checker
+    monkeypatch.setattr(copy_mod, "KERNEL_COPY_MIN", 0)  # these tiny tensors too go through the checker
     started = []
-    real_init = writer_mod.Checker.__init__
-    monkeypatch.setattr(writer_mod.Checker, "__init__", lambda self, n: started.append(n) or real_init(self, n))
+    real_init = copy_mod.Checker.__init__
+    monkeypatch.setattr(copy_mod.Checker, "__init__", lambda self, n: started.append(n) or real_init(self, n))
     src = str(tmp_path / "src" / "m")
     write_many(src, 5)
     with ckptio.open(src) as c:

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import ckptio
-from ckptio.bundle import writer as writer_mod
+from ckptio.bundle import copy as copy_mod
+from ckptio.bundle.copy import Copier
 from ckptio.bundle.writer import BundleWriter
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,16 +38,16 @@ def test_big_unchanged_tensors_never_pass_through_python(tmp_path, monkeypatch):
     src = str(tmp_path / "src" / "model.ckpt")
     kept = adam_checkpoint(src, 12, 300_000)  # 1.2 MB kernels and an 8-byte global_step
     copied, buffered = [], []
-    real_copy, real_buffered = writer_mod._copy_range, writer_mod._copy_checked
-    monkeypatch.setattr(writer_mod, "_copy_range", lambda s, o, off, n: copied.append(n) or real_copy(s, o, off, n))
-    monkeypatch.setattr(writer_mod, "_copy_checked",
+    real_copy, real_buffered = copy_mod._copy_range, copy_mod._copy_checked
+    monkeypatch.setattr(copy_mod, "_copy_range", lambda s, o, off, n: copied.append(n) or real_copy(s, o, off, n))
+    monkeypatch.setattr(copy_mod, "_copy_checked",
                         lambda s, o, off, n, key: buffered.append(n) or real_buffered(s, o, off, n, key))
     out = str(tmp_path / "out" / "model.ckpt")
     report = ckptio.rewrite(src, out, [ckptio.StripOptimizer()])
     assert report.bytes_after == kept
     assert copied == [1_200_000] * 12  # by the kernel
     assert buffered == [8]  # below KERNEL_COPY_MIN: read, checked and written in one go
-    assert 8 < writer_mod.KERNEL_COPY_MIN < 1_200_000
+    assert 8 < copy_mod.KERNEL_COPY_MIN < 1_200_000
     with ckptio.open(out) as ck:
         assert sorted(ck) == ["global_step"] + [f"layer_{i:03d}/kernel" for i in range(12)]
     assert ckptio.verify(out).ok
@@ -116,7 +117,7 @@ def test_strip_work_grows_linearly_with_the_entry_count(tmp_path, monkeypatch, t
     """Once each tensor queued a check and rescanned every pending one: 100,000 entries took
     8 minutes. Four times the entries must cost about four times the calls, not sixteen."""
     if through_checker:  # tiny tensors too go through the kernel copy and the checker thread
-        monkeypatch.setattr(writer_mod, "KERNEL_COPY_MIN", 0, raising=False)
+        monkeypatch.setattr(copy_mod, "KERNEL_COPY_MIN", 0)
     work = []
     for n in (2_000, 8_000):
         src = str(tmp_path / f"src{n}" / "model.ckpt")
@@ -133,9 +134,9 @@ def test_the_checker_never_lags_more_than_its_backlog(tmp_path, monkeypatch):
     a mismatch surfaces soon and the queue cannot grow with the entry count."""
     src = str(tmp_path / "src" / "model.ckpt")
     small_entries(src, 400)
-    monkeypatch.setattr(writer_mod, "KERNEL_COPY_MIN", 0)
+    monkeypatch.setattr(copy_mod, "KERNEL_COPY_MIN", 0)
     queued = {"now": 0, "max": 0}
-    real_check, real_crc = BundleWriter._check, writer_mod._crc_segment
+    real_check, real_crc = Copier._check, copy_mod._crc_segment
 
     def counting_check(self, fn, *args):
         real_check(self, fn, *args)
@@ -147,11 +148,11 @@ def test_the_checker_never_lags_more_than_its_backlog(tmp_path, monkeypatch):
         real_crc(*args)
         queued["now"] -= 1
 
-    monkeypatch.setattr(BundleWriter, "_check", counting_check)
-    monkeypatch.setattr(writer_mod, "_crc_segment", slow_crc)
+    monkeypatch.setattr(Copier, "_check", counting_check)
+    monkeypatch.setattr(copy_mod, "_crc_segment", slow_crc)
     ckptio.rewrite(src, str(tmp_path / "out" / "model.ckpt"), [ckptio.StripOptimizer()])
     assert queued["now"] == 0
-    assert writer_mod.BACKLOG <= queued["max"] <= writer_mod.BACKLOG + 1, queued
+    assert copy_mod.BACKLOG <= queued["max"] <= copy_mod.BACKLOG + 1, queued
 
 
 def test_copy_buffer_sized_to_what_passes_through_python(tmp_path, monkeypatch):
@@ -159,16 +160,16 @@ def test_copy_buffer_sized_to_what_passes_through_python(tmp_path, monkeypatch):
     src = str(tmp_path / "src" / "model.ckpt")
     adam_checkpoint(src, 3, 300_000)
     sizes = []
-    real_buffer = writer_mod.ShardFile.buffer
-    monkeypatch.setattr(writer_mod.ShardFile, "buffer", lambda self, n: sizes.append(len(real_buffer(self, n))) or
+    real_buffer = copy_mod.ShardFile.buffer
+    monkeypatch.setattr(copy_mod.ShardFile, "buffer", lambda self, n: sizes.append(len(real_buffer(self, n))) or
                         real_buffer(self, n))
     ckptio.rewrite(src, str(tmp_path / "strip" / "model.ckpt"), [ckptio.StripOptimizer()])
     assert sizes == [8]  # only global_step went through Python
-    monkeypatch.setattr(writer_mod, "_copy_range", lambda *args: False)  # no kernel copy (another filesystem)
+    monkeypatch.setattr(copy_mod, "_copy_range", lambda *args: False)  # no kernel copy (another filesystem)
     sizes.clear()
     out = str(tmp_path / "buffered" / "model.ckpt")
     ckptio.rewrite(src, out, [ckptio.StripOptimizer()])
-    assert max(sizes) == 2 << 20 < writer_mod.CHUNK  # 1.2 MB tensors: a 2 MiB buffer
+    assert max(sizes) == 2 << 20 < copy_mod.CHUNK  # 1.2 MB tensors: a 2 MiB buffer
     assert ckptio.verify(out).ok
 
 

@@ -8,50 +8,14 @@ from __future__ import annotations
 import os
 import threading
 
-from ..errors import ChecksumError, OutputExistsError, PlanError, Remedy, TruncatedError, WriteError
+from ..errors import OutputExistsError, PlanError, Remedy, WriteError
 from ..io import AtomicFiles, OutputClaim, Source, interrupts_deferred, make_dirs, preallocate
 from ..sstable import TableBuilder
-from ..sstable.coding import crc32c, mask, unmask
+from ..sstable.coding import crc32c, mask
 from . import dtypes, naming, strings
+from .copy import Copier, ShardFile
 from .entry import Entry, Header
 from .paths import refuse_saved_model_output
-
-CHUNK = 8 << 20
-SEGMENT = 64 << 20  # copy_file_range unit; its crc32c is checked on the checker thread meanwhile
-BACKLOG = 16  # segments queued for the checker at most
-# Below this a tensor is read, checked and written in one go: a kernel copy plus a hand-off to
-# the checker thread costs more than moving the bytes (and 100,000 tiny entries would queue).
-KERNEL_COPY_MIN = 256 << 10
-
-
-class ShardFile:
-    """One output data file being appended to (one writer thread at a time)."""
-
-    def __init__(self, fd: int, path: str):
-        self.fd, self.path, self.offset = fd, path, 0
-        self.reserved = 0  # bytes preallocated past the start (see BundleWriter.reserve)
-        self.lock = threading.Lock()
-        self._buf = None
-
-    def write(self, data) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                n = os.write(self.fd, view)
-            except OSError as exc:
-                raise WriteError(f"cannot write: {exc.strerror}", path=self.path, offset=self.offset) from None
-            view = view[n:]
-            self.offset += n
-
-    def buffer(self, size: int) -> memoryview:
-        """A reused buffer of at least min(size, CHUNK) bytes."""
-        # Sized to what is copied through it: a strip that moves only small tensors through
-        # Python (the big ones go through the kernel) need not allocate and fault in 8 MiB.
-        want = min(CHUNK, 1 << max(size - 1, 1).bit_length())
-        if self._buf is None or len(self._buf) < want:
-            self._buf = memoryview(bytearray(want))
-        return self._buf
-
 
 class BundleWriter:
     """Builds one checkpoint at prefix. Use as a context manager; finish() commits it."""
@@ -80,9 +44,7 @@ class BundleWriter:
         self.entries: dict[bytes, Entry] = {}
         self._lock = threading.Lock()
         self._done = False
-        self._zero_copy: bool | None = None  # copy_file_range usable here? None until tried
-        self._checker: Checker | None = None
-        self._checks_lock = threading.Lock()  # copy() runs on one thread per output shard
+        self.copier = Copier()  # copy() runs on one thread per output shard; one checker for all
         try:
             for i in range(num_shards):
                 path = naming.data_path(self.prefix, i, num_shards)
@@ -150,64 +112,13 @@ class BundleWriter:
         stored bytes (FORMAT §4.3, §4.4), so check those with BundleReader.read_raw and use add_bytes.
         """
         out = self.shards[shard]
-        label = name or key
-        if entry.offset + entry.size > src.size:
-            raise TruncatedError(f"bytes [{entry.offset}, {entry.offset + entry.size}) lie past the end of "
-                                 f"the {src.size}-byte shard", path=src.name, key=label, offset=entry.offset)
         with out.lock:
             start = out.offset
-            if (entry.size >= KERNEL_COPY_MIN and self._zero_copy is not False
-                    and self._copy_in_kernel(src, out, entry, label, verify)):
-                pass
-            elif verify:
-                running = _copy_checked(src, out, entry.offset, entry.size, label)
-                _compare(running, entry, src, label)
-            else:
-                _copy_checked(src, out, entry.offset, entry.size, label)
+            self.copier.copy(src, entry.offset, entry.size, out, crc=entry.crc32c if verify else None,
+                             key=name or key)
             new = Entry(entry.dtype, entry.shape, shard, start, entry.size, entry.crc32c)
         self.add_entry(key, new)
         return new
-
-    def _copy_in_kernel(self, src: Source, out: ShardFile, entry: Entry, label, verify: bool) -> bool:
-        """copy_file_range in segments, each one's crc32c checked on a second thread meanwhile.
-
-        The kernel copies without bringing the bytes into Python; the checker reads them once
-        more from the page cache, on the other core, so checking costs little wall time. A
-        mismatch surfaces at the latest in finish(), before anything is renamed into place.
-        """
-        if src.fileno() is None or not hasattr(src, "readinto"):
-            return False
-        pos, end = entry.offset, entry.offset + entry.size
-        running = [0]
-        _read_exactly(src.fileno(), pos, entry.size)
-        while pos < end:
-            n = min(SEGMENT, end - pos)
-            if not _copy_range(src, out, pos, n):
-                if pos != entry.offset:  # the kernel stopped accepting mid-tensor: never seen, but be safe
-                    raise WriteError("copy_file_range stopped working mid-copy", path=out.path, offset=out.offset)
-                self._zero_copy = False
-                return False
-            self._zero_copy = True
-            if verify:
-                self._check(_crc_segment, src, pos, n, running, label, entry if pos + n == end else None)
-            pos += n
-        return True
-
-    def _check(self, fn, *args) -> None:
-        """Queue a check on the checker thread; raise the first failure found so far."""
-        # Locked, so that two shard threads cannot each start a checker (splitting a tensor's segments).
-        with self._checks_lock:
-            if self._checker is None:
-                self._checker = Checker(BACKLOG)
-        self._checker.submit(fn, *args)
-
-    def _wait_checks(self) -> None:
-        """Wait for every queued check and stop the checker thread; raise the first failure."""
-        if self._checker is not None:
-            checker, self._checker = self._checker, None
-            checker.close()
-            if checker.error is not None:
-                raise checker.error
 
     # -- commit --------------------------------------------------------------------------------
 
@@ -218,7 +129,7 @@ class BundleWriter:
         ckptio's own (bundle/state.py); make_latest: also in someone else's, as its latest.
         """
         try:
-            self._wait_checks()
+            self.copier.wait()  # a mismatch found meanwhile fails the write before anything is renamed
             self._validate()
             self._close_shards()
             self._write_index()
@@ -300,9 +211,7 @@ class BundleWriter:
 
     def abort(self) -> None:
         """Remove what was not committed and give up the output (after a commit: only the latter)."""
-        if self._checker is not None:
-            self._checker.close(cancel=True)
-            self._checker = None
+        self.copier.cancel()
         for s in self.shards:
             if s.fd >= 0:
                 try:
@@ -319,130 +228,6 @@ class BundleWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None or not self._done:
             self.abort()
-
-
-class Checker:
-    """One thread running queued checks in order (a tensor's segments stay in sequence).
-
-    submit() raises the first failure found so far, so a long copy stops soon after a mismatch,
-    and blocks while `backlog` checks are queued, so the checker never falls far behind.
-    """
-
-    def __init__(self, backlog: int):
-        import queue
-
-        self.error: BaseException | None = None
-        self._cancelled = False
-        self._jobs = queue.SimpleQueue()
-        self._slots = threading.BoundedSemaphore(backlog)
-        self._thread = threading.Thread(target=self._run, name="ckptio-crc", daemon=True)
-        self._thread.start()
-
-    def submit(self, fn, *args) -> None:
-        if self.error is not None:
-            raise self.error
-        self._slots.acquire()
-        self._jobs.put((fn, args))
-
-    def close(self, cancel: bool = False) -> None:
-        """Run (or, with cancel, drop) what is queued, then stop the thread."""
-        self._cancelled = cancel
-        self._jobs.put(None)
-        self._thread.join()
-
-    def _run(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            fn, args = job
-            try:
-                if self.error is None and not self._cancelled:
-                    fn(*args)
-            except BaseException as exc:  # kept for the writer's threads to raise
-                self.error = exc
-            finally:
-                self._slots.release()
-
-
-def _crc_segment(src: Source, offset: int, size: int, running: list, key, last: Entry | None) -> None:
-    """Extend running[0] with the crc32c of src[offset:offset+size]; after a tensor's last segment, compare."""
-    buf = _thread_buffer()
-    pos, end, crc = offset, offset + size, running[0]
-    while pos < end:
-        n = min(len(buf), end - pos)
-        got = src.readinto(pos, buf[:n])
-        if got != n:
-            raise TruncatedError(f"shard ends after {got} of {n} bytes", path=src.name, key=key, offset=pos)
-        crc = crc32c(buf[:n], crc)
-        pos += n
-    running[0] = crc
-    if last is not None:
-        _compare(crc, last, src, key)
-
-
-_local = threading.local()
-
-
-def _thread_buffer() -> memoryview:
-    if not hasattr(_local, "buf"):
-        _local.buf = memoryview(bytearray(CHUNK))
-    return _local.buf
-
-
-def _compare(crc: int, entry: Entry, src: Source, key) -> None:
-    if crc != unmask(entry.crc32c):
-        raise ChecksumError(f"checksum does not match: stored {unmask(entry.crc32c):#010x}, computed {crc:#010x}",
-                            path=src.name, key=key, offset=entry.offset)
-
-
-def _copy_checked(src: Source, out: ShardFile, offset: int, size: int, key) -> int:
-    """Copy through a reused buffer, computing the crc32c; return the unmasked crc."""
-    buf = out.buffer(size)
-    running, pos, end = 0, offset, offset + size
-    readinto = getattr(src, "readinto", None)
-    while pos < end:
-        n = min(len(buf), end - pos)
-        if readinto is not None:
-            got = readinto(pos, buf[:n])
-            if got != n:
-                raise TruncatedError(f"shard ends after {got} of {n} bytes", path=src.name, key=key, offset=pos)
-            data = buf[:n]
-        else:
-            data = src.read(pos, n, key=key)
-        running = crc32c(data, running)
-        out.write(data)
-        pos += n
-    return running
-
-
-def _read_exactly(fd: int, offset: int, size: int) -> None:
-    """Have the kernel read this tensor's bytes ahead, and none of its neighbours'."""
-    # Readahead guesses from sequential access and would also pull in the tensors a strip
-    # drops (a weight's Adam slots sit right after it): from a cold cache that read twice the
-    # bytes kept. Random mode stops the guessing; WILLNEED queues exactly this range at once.
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-        os.posix_fadvise(fd, offset, size, os.POSIX_FADV_WILLNEED)
-    except (AttributeError, OSError):  # not Linux, or a file that takes no advice: only slower
-        pass
-
-
-def _copy_range(src: Source, out: ShardFile, offset: int, size: int) -> bool:
-    """Kernel-side copy (copy_file_range) when both ends are local files; False if unavailable."""
-    fd = src.fileno()
-    if fd is None or not hasattr(os, "copy_file_range"):
-        return False
-    pos, done = offset, 0
-    try:
-        while done < size:
-            n = os.copy_file_range(fd, out.fd, size - done, pos + done)
-            if n == 0:
-                raise TruncatedError("shard ended early", path=src.name, offset=pos + done)
-            done += n
-    except OSError as exc:
-        if done == 0 and exc.errno in (18, 22, 38, 95):  # EXDEV, EINVAL, ENOSYS, EOPNOTSUPP
-            return False
-        raise WriteError(f"cannot copy: {exc.strerror}", path=out.path, offset=out.offset) from None
-    out.offset += size
-    return True
 
 
 def _existing_shards(prefix: str) -> list[str]:

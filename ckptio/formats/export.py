@@ -5,19 +5,19 @@ or more runs of bytes at offsets within it: a run copied unchanged from the sour
 tensor, or one stored slice of a variable partitioned along its first axis, which is a
 contiguous block of the whole), or a run of converted bytes (a cast, a big-endian source, or a
 tensor that has to be read whole: V1, partitioned along another axis, not one byte range).
-Copied runs go through the bundle writer's checked copy (copy_file_range, CRC32C checked on
-the way when the source has checksums); nothing is decoded unless something changes.
+Copied runs go through bundle/copy.py's Copier, as the bundle writer's do (copy_file_range,
+CRC32C checked on the way when the source has checksums); nothing is decoded unless something
+changes.
 """
 from __future__ import annotations
 
 import os
 import re
-import threading
 from collections import namedtuple
 from functools import partial
 
 from ..bundle import dtypes
-from ..bundle.writer import BundleWriter, ShardFile
+from ..bundle.copy import Copier, ShardFile
 from ..errors import CorruptCheckpointError, OutputExistsError, PlanError, WriteError
 from .base import ForeignCheckpoint, numel
 
@@ -125,37 +125,6 @@ def _whole(ckpt, t: OutTensor):
     yield to_bytes(array, target)
 
 
-class FileCopier(BundleWriter):
-    """The bundle writer's checked copy (copy_file_range, CRC32C on a second thread) into one plain file.
-
-    Only its copy machinery is used: no bundle files are created, and the output is written
-    at the positions given (so the source can be read in its own order).
-    """
-
-    def __init__(self, out: ShardFile):  # deliberately not BundleWriter.__init__: no prefix, no index
-        self.shards = [out]
-        self._lock, self._checks_lock = threading.Lock(), threading.Lock()
-        self._zero_copy, self._checker, self._done = None, None, False
-
-    def copy_at(self, position: int, entry, src, *, verify: bool, name: str) -> None:
-        """Copy entry's bytes from src to the output at position."""
-        out = self.shards[0]
-        _seek(out, position)
-        self.copy(f"{position}", entry, src, 0, verify=verify, name=name)
-
-    def add_entry(self, key, entry) -> None:
-        pass  # a plain file has no index: the caller laid out every position already
-
-    def wait(self) -> None:
-        """Wait for the queued checks; raise the first mismatch."""
-        self._wait_checks()
-
-    def cancel(self) -> None:
-        if self._checker is not None:
-            self._checker.close(cancel=True)
-            self._checker = None
-
-
 def _seek(out: ShardFile, position: int) -> None:
     if out.offset != position:  # usually already there: the layout mostly follows the source order
         os.lseek(out.fd, position, os.SEEK_SET)
@@ -164,14 +133,15 @@ def _seek(out: ShardFile, position: int) -> None:
 
 def write_runs(ckpt, out: ShardFile, placed, *, verify: bool, progress=None) -> None:
     """Write every (position, run) into out in source order; CRC32C checked where the source has it."""
-    copier = FileCopier(out)
+    copier = Copier()
     checked = verify and not isinstance(ckpt, ForeignCheckpoint) and ckpt.format == "v2"
     try:
         for position, run in sorted(placed, key=lambda p: p[1].order()):
+            _seek(out, position)  # written at its place, so the source is read in its own order
             if run.chunks is None:
-                copier.copy_at(position, run.entry, run.source, verify=checked, name=run.name)
+                e = run.entry
+                copier.copy(run.source, e.offset, e.size, out, crc=e.crc32c if checked else None, key=run.name)
             else:
-                _seek(out, position)
                 for chunk in run.chunks():
                     out.write(chunk)
                 if out.offset - position != run.size:

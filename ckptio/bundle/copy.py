@@ -1,0 +1,253 @@
+"""Checked byte copies: a range of a source appended to an output file, its crc32c checked on the way.
+
+Big ranges are copied by the kernel (copy_file_range) in segments while one checker thread
+re-reads each segment from the page cache and extends its crc32c; small ones are read,
+checked and written in one go. Nothing here knows about bundle entries or indexes.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+from ..errors import ChecksumError, TruncatedError, WriteError
+from ..io import Source
+from ..sstable.coding import crc32c, unmask
+
+CHUNK = 8 << 20
+SEGMENT = 64 << 20  # copy_file_range unit; its crc32c is checked on the checker thread meanwhile
+BACKLOG = 16  # segments queued for the checker at most
+# Below this a range is read, checked and written in one go: a kernel copy plus a hand-off to
+# the checker thread costs more than moving the bytes (and 100,000 tiny entries would queue).
+KERNEL_COPY_MIN = 256 << 10
+
+
+class ShardFile:
+    """One output file being appended to (one writer thread at a time)."""
+
+    def __init__(self, fd: int, path: str):
+        self.fd, self.path, self.offset = fd, path, 0
+        self.reserved = 0  # bytes preallocated past the start (see BundleWriter.reserve)
+        self.lock = threading.Lock()
+        self._buf = None
+
+    def write(self, data) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(self.fd, view)
+            except OSError as exc:
+                raise WriteError(f"cannot write: {exc.strerror}", path=self.path, offset=self.offset) from None
+            view = view[n:]
+            self.offset += n
+
+    def buffer(self, size: int) -> memoryview:
+        """A reused buffer of at least min(size, CHUNK) bytes."""
+        # Sized to what is copied through it: a strip that moves only small tensors through
+        # Python (the big ones go through the kernel) need not allocate and fault in 8 MiB.
+        want = min(CHUNK, 1 << max(size - 1, 1).bit_length())
+        if self._buf is None or len(self._buf) < want:
+            self._buf = memoryview(bytearray(want))
+        return self._buf
+
+
+class Copier:
+    """Copies byte ranges into output files, checking each one's crc32c; one checker thread for all.
+
+    copy() may run on several threads at once, one per output file. A mismatch found by the
+    checker surfaces in a later copy() or at the latest in wait(); cancel() drops the queued
+    checks. Both stop the checker thread (the next copy starts another).
+    """
+
+    def __init__(self):
+        self._zero_copy: bool | None = None  # copy_file_range usable here? None until tried
+        self._checker: Checker | None = None
+        self._lock = threading.Lock()
+
+    def copy(self, src: Source, offset: int, size: int, out: ShardFile, *, crc: int | None = None,
+             key=None) -> None:
+        """Append src[offset:offset+size] to out; crc: the masked crc32c the bytes must have (None: unchecked).
+
+        REQUIRES: the caller holds out (no other copy or write into it meanwhile).
+        """
+        if offset + size > src.size:
+            raise TruncatedError(f"bytes [{offset}, {offset + size}) lie past the end of the {src.size}-byte "
+                                 "shard", path=src.name, key=key, offset=offset)
+        if size >= KERNEL_COPY_MIN and self._zero_copy is not False and self._copy_in_kernel(
+                src, offset, size, out, crc, key):
+            return
+        running = _copy_checked(src, out, offset, size, key)
+        if crc is not None:
+            _compare(running, crc, src, key, offset)
+
+    def wait(self) -> None:
+        """Wait for every queued check and stop the checker thread; raise the first failure."""
+        if self._checker is not None:
+            checker, self._checker = self._checker, None
+            checker.close()
+            if checker.error is not None:
+                raise checker.error
+
+    def cancel(self) -> None:
+        """Drop the queued checks and stop the checker thread (on abort)."""
+        if self._checker is not None:
+            checker, self._checker = self._checker, None
+            checker.close(cancel=True)
+
+    def _copy_in_kernel(self, src: Source, offset: int, size: int, out: ShardFile, crc: int | None, key) -> bool:
+        """copy_file_range in segments, each one's crc32c checked on a second thread meanwhile.
+
+        The kernel copies without bringing the bytes into Python; the checker reads them once
+        more from the page cache, on the other core, so checking costs little wall time.
+        """
+        if src.fileno() is None or not hasattr(src, "readinto"):
+            return False
+        pos, end = offset, offset + size
+        running = [0]
+        _read_exactly(src.fileno(), pos, size)
+        while pos < end:
+            n = min(SEGMENT, end - pos)
+            if not _copy_range(src, out, pos, n):
+                if pos != offset:  # the kernel stopped accepting mid-range: never seen, but be safe
+                    raise WriteError("copy_file_range stopped working mid-copy", path=out.path, offset=out.offset)
+                self._zero_copy = False
+                return False
+            self._zero_copy = True
+            if crc is not None:
+                self._check(_crc_segment, src, pos, n, running, key, (crc, offset) if pos + n == end else None)
+            pos += n
+        return True
+
+    def _check(self, fn, *args) -> None:
+        """Queue a check on the checker thread; raise the first failure found so far."""
+        # Locked, so that two shard threads cannot each start a checker (splitting a range's segments).
+        with self._lock:
+            if self._checker is None:
+                self._checker = Checker(BACKLOG)
+        self._checker.submit(fn, *args)
+
+
+class Checker:
+    """One thread running queued checks in order (a range's segments stay in sequence).
+
+    submit() raises the first failure found so far, so a long copy stops soon after a mismatch,
+    and blocks while `backlog` checks are queued, so the checker never falls far behind.
+    """
+
+    def __init__(self, backlog: int):
+        import queue
+
+        self.error: BaseException | None = None
+        self._cancelled = False
+        self._jobs = queue.SimpleQueue()
+        self._slots = threading.BoundedSemaphore(backlog)
+        self._thread = threading.Thread(target=self._run, name="ckptio-crc", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn, *args) -> None:
+        if self.error is not None:
+            raise self.error
+        self._slots.acquire()
+        self._jobs.put((fn, args))
+
+    def close(self, cancel: bool = False) -> None:
+        """Run (or, with cancel, drop) what is queued, then stop the thread."""
+        self._cancelled = cancel
+        self._jobs.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, args = job
+            try:
+                if self.error is None and not self._cancelled:
+                    fn(*args)
+            except BaseException as exc:  # kept for the copying threads to raise
+                self.error = exc
+            finally:
+                self._slots.release()
+
+
+def _crc_segment(src: Source, offset: int, size: int, running: list, key, last: tuple | None) -> None:
+    """Extend running[0] with the crc32c of src[offset:offset+size]; after a range's last segment
+    (last: its expected masked crc and start), compare."""
+    buf = _thread_buffer()
+    pos, end, crc = offset, offset + size, running[0]
+    while pos < end:
+        n = min(len(buf), end - pos)
+        got = src.readinto(pos, buf[:n])
+        if got != n:
+            raise TruncatedError(f"shard ends after {got} of {n} bytes", path=src.name, key=key, offset=pos)
+        crc = crc32c(buf[:n], crc)
+        pos += n
+    running[0] = crc
+    if last is not None:
+        expected, start = last
+        _compare(crc, expected, src, key, start)
+
+
+_local = threading.local()
+
+
+def _thread_buffer() -> memoryview:
+    if not hasattr(_local, "buf"):
+        _local.buf = memoryview(bytearray(CHUNK))
+    return _local.buf
+
+
+def _compare(crc: int, expected: int, src: Source, key, offset: int) -> None:
+    """Raise unless crc (unmasked, computed) is the masked expected one."""
+    if crc != unmask(expected):
+        raise ChecksumError(f"checksum does not match: stored {unmask(expected):#010x}, computed {crc:#010x}",
+                            path=src.name, key=key, offset=offset)
+
+
+def _copy_checked(src: Source, out: ShardFile, offset: int, size: int, key) -> int:
+    """Copy through a reused buffer, computing the crc32c; return the unmasked crc."""
+    buf = out.buffer(size)
+    running, pos, end = 0, offset, offset + size
+    readinto = getattr(src, "readinto", None)
+    while pos < end:
+        n = min(len(buf), end - pos)
+        if readinto is not None:
+            got = readinto(pos, buf[:n])
+            if got != n:
+                raise TruncatedError(f"shard ends after {got} of {n} bytes", path=src.name, key=key, offset=pos)
+            data = buf[:n]
+        else:
+            data = src.read(pos, n, key=key)
+        running = crc32c(data, running)
+        out.write(data)
+        pos += n
+    return running
+
+
+def _read_exactly(fd: int, offset: int, size: int) -> None:
+    """Have the kernel read this range ahead, and none of its neighbours'."""
+    # Readahead guesses from sequential access and would also pull in the tensors a strip
+    # drops (a weight's Adam slots sit right after it): from a cold cache that read twice the
+    # bytes kept. Random mode stops the guessing; WILLNEED queues exactly this range at once.
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        os.posix_fadvise(fd, offset, size, os.POSIX_FADV_WILLNEED)
+    except (AttributeError, OSError):  # not Linux, or a file that takes no advice: only slower
+        pass
+
+
+def _copy_range(src: Source, out: ShardFile, offset: int, size: int) -> bool:
+    """Kernel-side copy (copy_file_range) when both ends are local files; False if unavailable."""
+    fd = src.fileno()
+    if fd is None or not hasattr(os, "copy_file_range"):
+        return False
+    pos, done = offset, 0
+    try:
+        while done < size:
+            n = os.copy_file_range(fd, out.fd, size - done, pos + done)
+            if n == 0:
+                raise TruncatedError("shard ended early", path=src.name, offset=pos + done)
+            done += n
+    except OSError as exc:
+        if done == 0 and exc.errno in (18, 22, 38, 95):  # EXDEV, EINVAL, ENOSYS, EOPNOTSUPP
+            return False
+        raise WriteError(f"cannot copy: {exc.strerror}", path=out.path, offset=out.offset) from None
+    out.offset += size
+    return True
