@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 from collections import namedtuple
+from contextlib import contextmanager
 from functools import partial
 
 from ..bundle import dtypes
@@ -247,6 +248,20 @@ def groups_by_size(tensors, num_shards: int | None, max_shard_size: int | None) 
 
     groups = split_runs(sorted(tensors, key=lambda t: t.name), lambda t: t.nbytes, num_shards, max_shard_size)
     return [g for g in groups if g] or [[]]
+
+
+@contextmanager
+def committing(files, dst: str, *, fsync: bool):
+    """Commit files when the block ends; on any error abort them, an OSError as a WriteError naming dst."""
+    try:
+        yield
+        files.commit(fsync=fsync)
+    except OSError as exc:
+        files.abort()
+        raise write_error(exc, dst) from None
+    except BaseException:
+        files.abort()
+        raise
 
 
 def write_error(exc: OSError, path: str) -> WriteError:

@@ -127,13 +127,14 @@ def _open_weights(path):
 def _write_weights(src_path: str, src_kind: str, dst: str, *, drop, fsync: bool) -> None:
     """A .weights.h5 of the source's weights without the groups in drop; atomic."""
     from ..io import AtomicFiles, make_dirs
+    from .export import committing
 
     directory = os.path.dirname(dst) or "."
     make_dirs(directory)
     files = AtomicFiles(directory)
     tmp, fd = files.create(dst)
     os.close(fd)  # h5py writes the file by name
-    try:
+    with committing(files, dst, fsync=fsync):
         if src_kind == "keras":
             with _open_zip(src_path) as archive, archive.open(_weights_member(archive, src_path)) as inner, \
                     open_h5(inner, src_path) as h5:
@@ -141,19 +142,12 @@ def _write_weights(src_path: str, src_kind: str, dst: str, *, drop, fsync: bool)
         else:
             with open_h5(src_path, src_path) as h5:
                 _copy_h5(h5, tmp, drop)
-        files.commit(fsync=fsync)
-    except OSError as exc:
-        files.abort()
-        from .export import write_error
-        raise write_error(exc, dst) from None
-    except BaseException:
-        files.abort()
-        raise
 
 
 def _write_archive(src_path: str, dst: str, *, drop, fsync: bool) -> None:
     """Copy the archive member by member (stored), the weights without the groups in drop; atomic."""
     from ..io import AtomicFiles, make_dirs
+    from .export import committing
 
     directory = os.path.dirname(dst) or "."
     make_dirs(directory)
@@ -165,7 +159,7 @@ def _write_archive(src_path: str, dst: str, *, drop, fsync: bool) -> None:
     os.close(scratch_fd)
     _, fd = files.create(dst)
     try:
-        with _open_zip(src_path) as archive:
+        with committing(files, dst, fsync=fsync), _open_zip(src_path) as archive:
             member = _weights_member(archive, src_path)
             with archive.open(member) as inner, open_h5(inner, src_path) as h5:
                 _copy_h5(h5, scratch, drop)
@@ -181,14 +175,6 @@ def _write_archive(src_path: str, dst: str, *, drop, fsync: bool) -> None:
                             _pump(r, w)
                     else:
                         out.writestr(info, b"")
-        files.commit(fsync=fsync)
-    except OSError as exc:
-        files.abort()
-        from .export import write_error
-        raise write_error(exc, dst) from None
-    except BaseException:
-        files.abort()
-        raise
     finally:
         os.unlink(scratch)
 

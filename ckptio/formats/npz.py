@@ -299,7 +299,7 @@ def write(ckpt, tensors, dst: str, *, verify=True, progress=None, fsync=False, m
 
     from ..errors import PlanError
     from ..io import AtomicFiles, make_dirs
-    from .export import runs_of
+    from .export import committing, runs_of
 
     for t in tensors:
         if t.name == SIDE_KEY:
@@ -309,7 +309,7 @@ def write(ckpt, tensors, dst: str, *, verify=True, progress=None, fsync=False, m
     files = AtomicFiles(directory)
     tmp, fd = files.create(dst)
     table = {t.name: recorded_name(t.dtype) for t in tensors if recorded_name(t.dtype)}
-    try:
+    with committing(files, dst, fsync=fsync):
         with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
             work = [(t, runs_of(ckpt, t)) for t in tensors]
             work.sort(key=lambda w: min((r.order() for r in w[1]), default=(2, 0, 0)))
@@ -321,14 +321,6 @@ def write(ckpt, tensors, dst: str, *, verify=True, progress=None, fsync=False, m
             with z.open(_zipinfo(SIDE_MEMBER), "w") as m:
                 m.write(encode_npy_header(text.dtype.str, ()))
                 m.write(text.tobytes())
-        files.commit(fsync=fsync)
-    except OSError as exc:
-        files.abort()
-        from .export import write_error
-        raise write_error(exc, dst) from None
-    except BaseException:
-        files.abort()
-        raise
     return [dst]
 
 
