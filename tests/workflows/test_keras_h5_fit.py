@@ -1,0 +1,183 @@
+"""fit of a Keras 3 model's TF checkpoint onto a .weights.h5 template, with Keras as the oracle.
+
+- A Functional model (Dense, BatchNormalization, LayerNormalization, Dense; named layers), trained one step
+  and saved with tf.train.Checkpoint(model=m).write, fitted onto a fresh model's save_weights file:
+  fresh.load_weights(OUT) predicts exactly what the trained model predicts.
+- The same for a new model whose layers were renamed, with --map rules (a scope rule and a layer-name rule).
+- Refusals: a source where two layers answer to one template layer, and (no TF) a dataset claimed by two
+  source variables, by an explicit rule and by its layer name.
+TF runs in two subprocesses per module (one writes the inputs, one loads the outputs).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ckptio
+from ckptio.errors import MismatchError
+
+from tf_support import require_tf, run_tf_json
+
+REPO = Path(__file__).resolve().parents[2]
+
+MODEL = """
+import json, os, numpy as np, keras, tensorflow as tf
+NAMES = ["d1", "bn", "ln", "head"]
+RENAMED = ["enc", "norm", "ln2", "out"]
+def build(names):
+    i = keras.Input((3,), name="in")
+    x = keras.layers.Dense(5, name=names[0])(i)
+    x = keras.layers.BatchNormalization(name=names[1])(x)
+    x = keras.layers.LayerNormalization(name=names[2])(x)
+    o = keras.layers.Dense(2, name=names[3])(x)
+    return keras.Model(i, o, name="func")
+"""
+
+MAKE = MODEL + """
+rng = np.random.RandomState(0)
+x = rng.rand(8, 3).astype("f4"); y = rng.rand(8, 2).astype("f4")
+m = build(NAMES)
+m.compile(optimizer="adam", loss="mse")
+m.train_on_batch(x, y)
+tf.train.Checkpoint(model=m).write(os.path.join(OUT, "src", "ckpt"))
+np.save(os.path.join(OUT, "x.npy"), x)
+np.save(os.path.join(OUT, "want.npy"), m.predict(x, verbose=0))
+build(NAMES).save_weights(os.path.join(OUT, "same.weights.h5"))
+build(RENAMED).save_weights(os.path.join(OUT, "renamed.weights.h5"))
+# Two variables whose full names put them in two layers both called d1.
+tf.train.Checkpoint(a=tf.Variable(np.ones((3, 5), "f4"), name="x/d1/kernel"),
+                    b=tf.Variable(np.ones((3, 5), "f4"), name="y/d1/kernel")).write(os.path.join(OUT, "twice", "ckpt"))
+order = {l.name: [v.path for v in l.trainable_variables + l.non_trainable_variables] for l in m.layers}
+print(json.dumps({"order": order}))
+"""
+
+CHECK = MODEL + """
+x = np.load(os.path.join(OUT, "x.npy")); want = np.load(os.path.join(OUT, "want.npy"))
+out = {}
+for names, f in ((NAMES, "same_out.weights.h5"), (RENAMED, "renamed_out.weights.h5")):
+    fresh = build(names)
+    before = fresh.predict(x, verbose=0)
+    fresh.load_weights(os.path.join(OUT, f))
+    got = fresh.predict(x, verbose=0)
+    out[f] = {"identical": bool(np.array_equal(got, want)), "differed_before": bool(not np.array_equal(before, want))}
+print(json.dumps(out))
+"""
+
+
+def _cli(*argv):
+    return subprocess.run([sys.executable, "-m", "ckptio", *map(str, argv)], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+
+
+@pytest.fixture(scope="module")
+def keras_fit(tmp_path_factory):
+    """(dir, what MAKE printed, CLI results, what CHECK printed)."""
+    require_tf()
+    d = tmp_path_factory.mktemp("kerasfit")
+    made = run_tf_json(f"OUT = {str(d)!r}\n" + MAKE)
+    runs = {
+        "same": _cli("fit", d / "src" / "ckpt", "--template", d / "same.weights.h5", d / "same_out.weights.h5"),
+        "renamed": _cli("fit", d / "src" / "ckpt", "--template", d / "renamed.weights.h5",
+                        d / "renamed_out.weights.h5", "--map", "d1/=enc/", "--map", "bn=norm", "--map", "ln/=ln2/",
+                        "--map", "head/=out/"),
+        "twice": _cli("fit", d / "twice" / "ckpt", "--template", d / "same.weights.h5", d / "twice.weights.h5"),
+    }
+    checked = run_tf_json(f"OUT = {str(d)!r}\n" + CHECK)
+    return d, made, runs, checked
+
+
+def test_keras_variable_order_is_what_ckptio_assumes(keras_fit):
+    _, made, _, _ = keras_fit
+    order = made["order"]
+    assert order["d1"] == ["d1/kernel", "d1/bias"]
+    assert order["bn"] == ["bn/gamma", "bn/beta", "bn/moving_mean", "bn/moving_variance"]
+    assert order["ln"] == ["ln/gamma", "ln/beta"]
+
+
+def test_fit_onto_weights_h5_loads_with_identical_predictions(keras_fit):
+    d, _, runs, checked = keras_fit
+    assert runs["same"].returncode == 0, runs["same"].stderr
+    assert "10 from source" in runs["same"].stdout and "0 from template only" in runs["same"].stdout
+    assert checked["same_out.weights.h5"] == {"identical": True, "differed_before": True}
+    with ckptio.open(str(d / "same.weights.h5")) as t, ckptio.open(str(d / "same_out.weights.h5")) as o:
+        assert {n: (e.dtype, e.shape) for n, e in t.entries().items()} == \
+               {n: (e.dtype, e.shape) for n, e in o.entries().items()}
+
+
+def test_fit_onto_renamed_layers_with_map(keras_fit):
+    _, _, runs, checked = keras_fit
+    assert runs["renamed"].returncode == 0, runs["renamed"].stderr
+    assert "10 from source" in runs["renamed"].stdout
+    assert checked["renamed_out.weights.h5"] == {"identical": True, "differed_before": True}
+
+
+def test_fit_onto_renamed_layers_without_map_matches_nothing(keras_fit, tmp_path):
+    d, _, _, _ = keras_fit
+    report = ckptio.fit(str(d / "src" / "ckpt"), str(d / "renamed.weights.h5"), str(tmp_path / "o.weights.h5"))
+    assert report.matched == [] and len(report.template_only) == 10 and len(report.source_only) == 10
+
+
+def test_two_source_layers_for_one_template_layer_is_refused(keras_fit):
+    d, _, runs, _ = keras_fit
+    r = runs["twice"]
+    assert r.returncode == 1 and not (d / "twice.weights.h5").exists()
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert "'x/d1'" in r.stderr and "'y/d1'" in r.stderr
+
+
+def test_out_must_be_weights_h5(keras_fit, tmp_path):
+    d, _, _, _ = keras_fit
+    r = _cli("fit", d / "src" / "ckpt", "--template", d / "same.weights.h5", tmp_path / "model.ckpt")
+    assert r.returncode == 2 and ".weights.h5" in r.stderr and not list(tmp_path.iterdir())
+
+
+# -- no TF: the pairing refusals on a template written by h5py ------------------------------------------
+
+def _template(path):
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        g = f.create_group("layers/dense/vars")
+        g.attrs["name"] = "d1"
+        g.create_dataset("0", data=np.zeros((3, 5), "f4"))
+        g.create_dataset("1", data=np.zeros((5,), "f4"))
+
+
+def test_dataset_matched_by_rule_and_by_layer_name_is_refused(tmp_path, monkeypatch):
+    from ckptio.fit import _rules
+    from ckptio.formats import keras_fit
+
+    _template(tmp_path / "t.weights.h5")
+    monkeypatch.setattr(keras_fit, "source_variables",
+                        lambda cs: {"a": "d1/kernel", "b": "d1/bias", "c": "old/w"})
+    with ckptio.open(str(tmp_path / "t.weights.h5")) as ct:
+        with pytest.raises(MismatchError) as e:
+            keras_fit.plan(None, ct, _rules(["old/w=layers/dense/vars/0"], False))
+    assert "'layers/dense/vars/0'" in str(e.value) and "'d1/kernel'" in str(e.value) and "'old/w'" in str(e.value)
+
+
+def test_layer_with_another_variable_count_is_refused(tmp_path, monkeypatch):
+    from ckptio.formats import keras_fit
+
+    _template(tmp_path / "t.weights.h5")
+    monkeypatch.setattr(keras_fit, "source_variables", lambda cs: {"a": "d1/kernel"})
+    with ckptio.open(str(tmp_path / "t.weights.h5")) as ct:
+        with pytest.raises(MismatchError, match="has 2 variables, the source layer has 1"):
+            keras_fit.plan(None, ct, None)
+
+
+def test_layer_with_unknown_variable_order_is_refused(tmp_path, monkeypatch):
+    from ckptio.errors import UnsupportedError
+    from ckptio.formats import keras_fit
+
+    _template(tmp_path / "t.weights.h5")
+    monkeypatch.setattr(keras_fit, "source_variables", lambda cs: {"a": "d1/alpha", "b": "d1/omega"})
+    with ckptio.open(str(tmp_path / "t.weights.h5")) as ct:
+        with pytest.raises(UnsupportedError, match="does not know the order"):
+            keras_fit.plan(None, ct, None)
