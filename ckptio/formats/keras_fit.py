@@ -44,7 +44,7 @@ def fit_weights_h5(src, template, out, *, rules=None, on_mismatch="error", dry_r
     from ..fit import FitReport
 
     started = time.perf_counter()
-    used = [k for k, v in unsupported.items() if v]
+    used = [{"vocab": "--vocab", "shards": "--shards/--max-shard-size"}.get(k, k) for k, v in unsupported.items() if v]
     if used:
         raise PlanError(f"fit onto a .weights.h5 template does not support {', '.join(sorted(used))}")
     from . import kind_of
@@ -68,8 +68,11 @@ def fit_weights_h5(src, template, out, *, rules=None, on_mismatch="error", dry_r
             if report.errors and not dry_run:
                 dst, why = report.errors[0]
                 more = f" (and {len(report.errors) - 1} more)" if len(report.errors) > 1 else ""
-                raise MismatchError(f"{why}{more}; nothing written (--on-mismatch template keeps the template's "
-                                    "value, slice copies the overlap)")
+                first = next(m for m in report.mismatched if m["dst"] == dst)
+                hint = ("--on-mismatch template keeps the template's value, slice copies the overlap"
+                        if first["src_shape"] != first["dst_shape"] else
+                        "a --map rule can pair it with another source variable")  # no policy converts a dtype
+                raise MismatchError(f"{why}{more}; nothing written ({hint})")
             if not dry_run:
                 write(cs, ct, ops, os.fspath(template), out, fsync=fsync)
     finally:
@@ -138,16 +141,17 @@ def _renamed(full_name: str, rules) -> str:
 def plan(cs, ct, rules) -> dict[str, tuple[str, str, str]]:
     """Template dataset path -> (source key, source full_name, how), refusing any doubtful pairing."""
     names = source_variables(cs)
+    s_shapes = {k: tuple(e.shape) for k, e in cs.entries().items() if k in names}
     layers = template_layers(ct)
     datasets = set(ct.entries())
     pairs: dict[str, tuple[str, str, str]] = {}
     by_layer: dict[str, list[tuple[str, str, str]]] = {}  # template layer name -> (key, full_name, var name)
     for key, full in sorted(names.items()):
         new = _renamed(full, rules)
-        if new in datasets or (rules is not None and rules.rename(key)[0] in datasets and
-                               rules.rename(key)[1] is not None):
-            dst = new if new in datasets else rules.rename(key)[0]
-            _pair(pairs, dst, key, full, "--map")
+        by_key, used = rules.rename(key) if rules is not None else (key, None)
+        if rules is not None and (new in datasets or used is not None and by_key in datasets):
+            # an explicit rule names the dataset itself
+            _pair(pairs, new if new in datasets else by_key, key, full, "--map")
             continue
         layer, sep, var = new.rpartition("/")
         if not sep:
@@ -162,7 +166,7 @@ def plan(cs, ct, rules) -> dict[str, tuple[str, str, str]]:
         if len(scopes) > 1:
             raise MismatchError(f"template layer {name!r} is matched by two source layers: {scopes[0]!r} and "
                                 f"{scopes[1]!r}; tell them apart with a --map rule")
-        for dst, (key, full) in _order(ct, name, layers[name], found).items():
+        for dst, (key, full) in _order(ct, name, layers[name], found, s_shapes).items():
             _pair(pairs, dst, key, full, "layer name")
     return pairs
 
@@ -174,8 +178,9 @@ def _pair(pairs, dst, key, full, how) -> None:
     pairs[dst] = (key, full, how)
 
 
-def _order(ct, name, paths, found) -> dict[str, tuple[str, str]]:
+def _order(ct, name, paths, found, s_shapes) -> dict[str, tuple[str, str]]:
     """Dataset path -> (source key, full_name) for one layer, in a known variable order (else refused)."""
+    t_shapes = {p: tuple(ct.entries()[p].shape) for p in paths}
     by_var: dict[str, tuple[str, str]] = {}
     for key, full, var, _ in found:
         if var in by_var:
@@ -187,13 +192,26 @@ def _order(ct, name, paths, found) -> dict[str, tuple[str, str]]:
                             f"{len(by_var)} ({', '.join(sorted(by_var))}); nothing written")
     for order in ORDERS:
         if set(order) == set(by_var):
-            return {p: by_var[v] for p, v in zip(paths, order)}
+            paired = {p: by_var[v] for p, v in zip(paths, order)}
+            _check_order(name, paired, t_shapes, s_shapes)
+            return paired
     if len(by_var) == 1:
         return {paths[0]: next(iter(by_var.values()))}
     shapes = [list(ct.entries()[p].shape) for p in paths]
     raise UnsupportedError(f"template layer {name!r}: ckptio does not know the order of the variables "
                            f"{', '.join(sorted(by_var))} (shapes {shapes}); pair them with explicit --map rules "
                            "SRC_FULL_NAME=layers/.../vars/<i>")
+
+
+def _check_order(name, paired, t_shapes, s_shapes) -> None:
+    """Refuse a known order that the shapes contradict: a dataset whose paired variable differs in shape
+    while another variable of the layer has exactly its shape (a custom layer creating bias first)."""
+    others = {s_shapes[key] for key, _ in paired.values()}
+    for dst, (key, full) in paired.items():
+        if s_shapes[key] != t_shapes[dst] and t_shapes[dst] in others:
+            raise MismatchError(f"template layer {name!r}: {dst!r} {list(t_shapes[dst])} would get {full!r} "
+                                f"{list(s_shapes[key])} by Keras' usual variable order, but another source variable "
+                                "has its shape; pair them with explicit --map rules SRC_FULL_NAME=layers/.../vars/<i>")
 
 
 def decide(report, cs, ct, pairs, on_mismatch):
@@ -207,7 +225,7 @@ def decide(report, cs, ct, pairs, on_mismatch):
             report.template_only.append(dst)
             ops.append(Op("keep", dst))
             continue
-        key, full, how = pairs[dst]
+        key, _, how = pairs[dst]
         op = _decide(report, key, dst, how, src_entries[key], t_entries[dst], on_mismatch, None, 0)
         ops.append(op)
     used = {key for key, _, _ in pairs.values()}
@@ -284,4 +302,4 @@ def _value(cs, ct, op, name, ds):
     return np.frombuffer(raw, dtype=ds.dtype).reshape(ds.shape)
 
 
-__all__ = ["fit_weights_h5", "is_keras_template", "ORDERS"]
+__all__ = ["ORDERS", "fit_weights_h5", "is_keras_template"]

@@ -10,7 +10,6 @@ TF runs in two subprocesses per module (one writes the inputs, one loads the out
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -18,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tf_support import require_tf, run_tf_json
 
 import ckptio
 from ckptio.errors import MismatchError
-
-from tf_support import require_tf, run_tf_json
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -149,16 +147,35 @@ def _template(path):
         g.create_dataset("1", data=np.zeros((5,), "f4"))
 
 
+class FakeSource:
+    """What plan() reads of a source: entries() (shapes); source_variables is patched to give full names."""
+
+    def __init__(self, shapes):
+        from types import SimpleNamespace
+
+        self._entries = {k: SimpleNamespace(shape=s) for k, s in shapes.items()}
+
+    def entries(self):
+        return self._entries
+
+
+def _patch(monkeypatch, variables):
+    """variables: key -> (full_name, shape)."""
+    from ckptio.formats import keras_fit
+
+    monkeypatch.setattr(keras_fit, "source_variables", lambda cs: {k: f for k, (f, _) in variables.items()})
+    return FakeSource({k: s for k, (_, s) in variables.items()})
+
+
 def test_dataset_matched_by_rule_and_by_layer_name_is_refused(tmp_path, monkeypatch):
     from ckptio.fit import _rules
     from ckptio.formats import keras_fit
 
     _template(tmp_path / "t.weights.h5")
-    monkeypatch.setattr(keras_fit, "source_variables",
-                        lambda cs: {"a": "d1/kernel", "b": "d1/bias", "c": "old/w"})
+    cs = _patch(monkeypatch, {"a": ("d1/kernel", (3, 5)), "b": ("d1/bias", (5,)), "c": ("old/w", (3, 5))})
     with ckptio.open(str(tmp_path / "t.weights.h5")) as ct:
         with pytest.raises(MismatchError) as e:
-            keras_fit.plan(None, ct, _rules(["old/w=layers/dense/vars/0"], False))
+            keras_fit.plan(cs, ct, _rules(["old/w=layers/dense/vars/0"], False))
     assert "'layers/dense/vars/0'" in str(e.value) and "'d1/kernel'" in str(e.value) and "'old/w'" in str(e.value)
 
 
@@ -166,10 +183,10 @@ def test_layer_with_another_variable_count_is_refused(tmp_path, monkeypatch):
     from ckptio.formats import keras_fit
 
     _template(tmp_path / "t.weights.h5")
-    monkeypatch.setattr(keras_fit, "source_variables", lambda cs: {"a": "d1/kernel"})
+    cs = _patch(monkeypatch, {"a": ("d1/kernel", (3, 5))})
     with ckptio.open(str(tmp_path / "t.weights.h5")) as ct:
         with pytest.raises(MismatchError, match="has 2 variables, the source layer has 1"):
-            keras_fit.plan(None, ct, None)
+            keras_fit.plan(cs, ct, None)
 
 
 def test_layer_with_unknown_variable_order_is_refused(tmp_path, monkeypatch):
@@ -177,7 +194,29 @@ def test_layer_with_unknown_variable_order_is_refused(tmp_path, monkeypatch):
     from ckptio.formats import keras_fit
 
     _template(tmp_path / "t.weights.h5")
-    monkeypatch.setattr(keras_fit, "source_variables", lambda cs: {"a": "d1/alpha", "b": "d1/omega"})
+    cs = _patch(monkeypatch, {"a": ("d1/alpha", (3, 5)), "b": ("d1/omega", (5,))})
     with ckptio.open(str(tmp_path / "t.weights.h5")) as ct:
         with pytest.raises(UnsupportedError, match="does not know the order"):
-            keras_fit.plan(None, ct, None)
+            keras_fit.plan(cs, ct, None)
+
+
+def test_known_order_contradicted_by_shapes_is_refused(tmp_path, monkeypatch):
+    from ckptio.formats import keras_fit
+
+    _template(tmp_path / "t.weights.h5")  # vars/0 (3, 5), vars/1 (5,): but this source's bias is (3, 5)
+    cs = _patch(monkeypatch, {"a": ("d1/kernel", (5,)), "b": ("d1/bias", (3, 5))})
+    with ckptio.open(str(tmp_path / "t.weights.h5")) as ct:
+        with pytest.raises(MismatchError, match="usual variable order"):
+            keras_fit.plan(cs, ct, None)
+
+
+def test_explicit_rules_pair_a_layer_of_unknown_order(tmp_path, monkeypatch):
+    from ckptio.fit import _rules
+    from ckptio.formats import keras_fit
+
+    _template(tmp_path / "t.weights.h5")
+    cs = _patch(monkeypatch, {"a": ("d1/alpha", (5,)), "b": ("d1/omega", (3, 5))})
+    rules = _rules(["d1/alpha=layers/dense/vars/1", "d1/omega=layers/dense/vars/0"], False)
+    with ckptio.open(str(tmp_path / "t.weights.h5")) as ct:
+        pairs = keras_fit.plan(cs, ct, rules)
+    assert pairs == {"layers/dense/vars/1": ("a", "d1/alpha", "--map"), "layers/dense/vars/0": ("b", "d1/omega", "--map")}
