@@ -3,6 +3,7 @@
 - A Functional model (Dense, BatchNormalization, LayerNormalization, Dense; named layers), trained one step
   and saved with tf.train.Checkpoint(model=m).write, fitted onto a fresh model's save_weights file:
   fresh.load_weights(OUT) predicts exactly what the trained model predicts.
+- The same for Embedding, Conv1D and a Sequential nested in a Functional model.
 - The same for a new model whose layers were renamed, with --map rules (a scope rule and a layer-name rule).
 - Refusals: a source where two layers answer to one template layer, and (no TF) a dataset claimed by two
   source variables, by an explicit rule and by its layer name.
@@ -35,6 +36,14 @@ def build(names):
     x = keras.layers.LayerNormalization(name=names[2])(x)
     o = keras.layers.Dense(2, name=names[3])(x)
     return keras.Model(i, o, name="func")
+def build_nested():
+    i = keras.Input((4,), name="in")
+    x = keras.layers.Embedding(10, 3, name="emb")(i)
+    x = keras.layers.Conv1D(2, 2, name="conv")(x)
+    x = keras.Sequential([keras.layers.Dense(3, name="idense"), keras.layers.BatchNormalization(name="ibn")],
+                         name="block")(x)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    return keras.Model(i, keras.layers.Dense(1, name="head")(x))
 """
 
 MAKE = MODEL + """
@@ -48,6 +57,13 @@ np.save(os.path.join(OUT, "x.npy"), x)
 np.save(os.path.join(OUT, "want.npy"), m.predict(x, verbose=0))
 build(NAMES).save_weights(os.path.join(OUT, "same.weights.h5"))
 build(RENAMED).save_weights(os.path.join(OUT, "renamed.weights.h5"))
+xn = rng.randint(0, 10, (8, 4)); n = build_nested()
+n.compile(optimizer="adam", loss="mse")
+n.train_on_batch(xn, y[:, :1])
+tf.train.Checkpoint(model=n).write(os.path.join(OUT, "nested", "ckpt"))
+np.save(os.path.join(OUT, "xn.npy"), xn)
+np.save(os.path.join(OUT, "want_nested.npy"), n.predict(xn, verbose=0))
+build_nested().save_weights(os.path.join(OUT, "nested.weights.h5"))
 # Two variables whose full names put them in two layers both called d1.
 tf.train.Checkpoint(a=tf.Variable(np.ones((3, 5), "f4"), name="x/d1/kernel"),
                     b=tf.Variable(np.ones((3, 5), "f4"), name="y/d1/kernel")).write(os.path.join(OUT, "twice", "ckpt"))
@@ -64,6 +80,12 @@ for names, f in ((NAMES, "same_out.weights.h5"), (RENAMED, "renamed_out.weights.
     fresh.load_weights(os.path.join(OUT, f))
     got = fresh.predict(x, verbose=0)
     out[f] = {"identical": bool(np.array_equal(got, want)), "differed_before": bool(not np.array_equal(before, want))}
+xn = np.load(os.path.join(OUT, "xn.npy")); want = np.load(os.path.join(OUT, "want_nested.npy"))
+fresh = build_nested()
+before = fresh.predict(xn, verbose=0)
+fresh.load_weights(os.path.join(OUT, "nested_out.weights.h5"))
+got = fresh.predict(xn, verbose=0)
+out["nested"] = {"identical": bool(np.array_equal(got, want)), "differed_before": bool(not np.array_equal(before, want))}
 print(json.dumps(out))
 """
 
@@ -84,6 +106,8 @@ def keras_fit(tmp_path_factory):
         "renamed": _cli("fit", d / "src" / "ckpt", "--template", d / "renamed.weights.h5",
                         d / "renamed_out.weights.h5", "--map", "d1/=enc/", "--map", "bn=norm", "--map", "ln/=ln2/",
                         "--map", "head/=out/"),
+        "nested": _cli("fit", d / "nested" / "ckpt", "--template", d / "nested.weights.h5",
+                       d / "nested_out.weights.h5"),
         "twice": _cli("fit", d / "twice" / "ckpt", "--template", d / "same.weights.h5", d / "twice.weights.h5"),
     }
     checked = run_tf_json(f"OUT = {str(d)!r}\n" + CHECK)
@@ -106,6 +130,13 @@ def test_fit_onto_weights_h5_loads_with_identical_predictions(keras_fit):
     with ckptio.open(str(d / "same.weights.h5")) as t, ckptio.open(str(d / "same_out.weights.h5")) as o:
         assert {n: (e.dtype, e.shape) for n, e in t.entries().items()} == \
                {n: (e.dtype, e.shape) for n, e in o.entries().items()}
+
+
+def test_fit_embedding_conv_and_nested_sequential(keras_fit):
+    _, _, runs, checked = keras_fit
+    assert runs["nested"].returncode == 0, runs["nested"].stderr
+    assert "11 from source" in runs["nested"].stdout and "0 from template only" in runs["nested"].stdout
+    assert checked["nested"] == {"identical": True, "differed_before": True}
 
 
 def test_fit_onto_renamed_layers_with_map(keras_fit):
