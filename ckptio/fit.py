@@ -73,6 +73,12 @@ def fit(src, template, out, *, rules=None, regex: bool = False, on_mismatch: str
         raise PlanError("num_shards and max_shard_size must be at least 1")
     if out is None and not dry_run:
         raise PlanError("fit needs an output prefix (or dry_run=True)")
+    from .formats.keras_fit import fit_weights_h5, is_keras_template
+
+    if is_keras_template(template):  # a Keras 3 .weights.h5 template: written as one, through h5py
+        return fit_weights_h5(src, template, out, rules=_rules(rules, regex), on_mismatch=on_mismatch,
+                              dry_run=dry_run, force=force, fsync=fsync, vocab=vocab,
+                              shards=num_shards not in (None, 1) or max_shard_size is not None)
     if out is not None:
         from .sources import is_special
 

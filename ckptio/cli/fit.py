@@ -3,6 +3,7 @@
   ckptio fit old.ckpt --template new_untrained.ckpt out.ckpt --on-mismatch template
   ckptio fit old.ckpt --template new.ckpt out.ckpt --map model/encoder/=model/backbone/
   ckptio fit old.ckpt --template new.ckpt out.ckpt --vocab emb=old_vocab.txt:new_vocab.txt
+  ckptio fit tf_ckpt/ckpt --template new.weights.h5 out.weights.h5 --map encoder/=backbone/   (Keras 3)
 Exit 0 written, 1 a mismatch under --on-mismatch error (or unreadable input), 2 usage.
 """
 from __future__ import annotations
@@ -16,9 +17,10 @@ from .diff import add_map_arguments, build_rules
 
 def add_arguments(name, p) -> None:
     p.add_argument("src", metavar="SRC", help="the old checkpoint")
-    p.add_argument("out", metavar="OUT", help="output prefix (e.g. fitted/model.ckpt)")
+    p.add_argument("out", metavar="OUT", help="output prefix (e.g. fitted/model.ckpt); OUT.weights.h5 with a .weights.h5 template")
     p.add_argument("--template", required=True, metavar="TEMPLATE",
-                   help="a checkpoint the new model wrote, e.g. tf.train.Checkpoint(model=new).write(path)")
+                   help="a checkpoint the new model wrote, e.g. tf.train.Checkpoint(model=new).write(path), "
+                        "or Keras 3's new.save_weights('new.weights.h5')")
     add_map_arguments(p, "SRC")
     p.add_argument("--on-mismatch", choices=("error", "template", "slice"), default="error",
                    help="a matched tensor of another shape: stop (default), keep the template's value, or copy "
