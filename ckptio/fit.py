@@ -52,6 +52,15 @@ class FitReport:
                 f"remapped={len(self.remapped)}, dry_run={self.dry_run})")
 
 
+def refuse_if_nothing_matched(report: FitReport) -> None:
+    """A fit that takes no value from the source would write the template back: refuse it."""
+    if report.matched or any(m.get("action") == "slice" for m in report.mismatched):
+        return
+    raise MismatchError("no template tensor matched a source tensor, so the output would be the template "
+                        "unchanged; nothing written (compare the names with `ckptio diff`, pair them with rules "
+                        "such as --map OLD=NEW)", path=report.template)
+
+
 def fit(src, template, out, *, rules=None, regex: bool = False, on_mismatch: str = "error", vocab=None,
         vocab_axis: int = 0, dry_run: bool = False, force: bool = False, num_shards: int | None = 1,
         max_shard_size: int | None = None, verify: bool = True, state_file: bool = True,
@@ -105,6 +114,7 @@ def fit(src, template, out, *, rules=None, regex: bool = False, on_mismatch: str
                         "a --map rule can pair it with another source tensor")  # no policy converts a dtype
                 raise MismatchError(f"{why}{more}; nothing written ({hint})")
             if not dry_run:
+                refuse_if_nothing_matched(report)
                 write(cs, ct, ops, os.fspath(out), num_shards=num_shards, max_shard_size=max_shard_size, force=force,
                       verify=verify, state_file=state_file, fsync=fsync, axis=vocab_axis)
             report.seconds = time.perf_counter() - started

@@ -474,3 +474,19 @@ def test_one_tensor_with_two_vocabularies_is_refused(tmp_path, capsys):
     files = f"{tmp_path / 'a.txt'}:{tmp_path / 'b.txt'}"
     assert run(capsys, "fit", named, "--template", named_tpl, tmp_path / "o/ckpt", "--vocab", f"emb={files}",
                "--vocab", f"emb={files}")[0] == 2
+
+
+def test_a_fit_that_takes_nothing_from_the_source_is_refused(tmp_path, capsys):
+    """Nothing matched: the output would be the template unchanged, so it is refused (one line, exit 1)."""
+    src = write_named(tmp_path / "src/ckpt", {"old_enc": W, "old_head": np.ones((4, 2), np.float32)})
+    tpl = write_named(tmp_path / "tpl/ckpt", {"enc": np.zeros((3, 4), np.float32), "head": np.zeros((4, 2), np.float32)})
+    out = str(tmp_path / "out/ckpt")
+    report = ckptio.fit(src, tpl, None, dry_run=True)  # a dry run still reports
+    assert report.matched == [] and sorted(report.template_only) == ["enc", "head"]
+    with pytest.raises(MismatchError, match="no template tensor matched a source tensor"):
+        ckptio.fit(src, tpl, out)
+    code = main(["fit", src, "--template", tpl, out])
+    err = capsys.readouterr().err
+    assert code == 1 and "nothing written" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert ckptio.fit(src, tpl, out, rules=["old_enc=enc", "old_head=head"]).matched  # rules make it fit

@@ -41,7 +41,7 @@ def fit_weights_h5(src, template, out, *, rules=None, on_mismatch="error", dry_r
 
     from ..checkpoint import Checkpoint
     from ..checkpoint import open as open_checkpoint
-    from ..fit import FitReport
+    from ..fit import FitReport, refuse_if_nothing_matched
 
     started = time.perf_counter()
     used = [{"vocab": "--vocab", "shards": "--shards/--max-shard-size"}.get(k, k) for k, v in unsupported.items() if v]
@@ -74,6 +74,7 @@ def fit_weights_h5(src, template, out, *, rules=None, on_mismatch="error", dry_r
                         "a --map rule can pair it with another source variable")  # no policy converts a dtype
                 raise MismatchError(f"{why}{more}; nothing written ({hint})")
             if not dry_run:
+                refuse_if_nothing_matched(report)
                 write(cs, ct, ops, os.fspath(template), out, fsync=fsync)
     finally:
         if cs is not src:

@@ -148,8 +148,12 @@ def test_fit_onto_renamed_layers_with_map(keras_fit):
 
 def test_fit_onto_renamed_layers_without_map_matches_nothing(keras_fit, tmp_path):
     d, _, _, _ = keras_fit
-    report = ckptio.fit(str(d / "src" / "ckpt"), str(d / "renamed.weights.h5"), str(tmp_path / "o.weights.h5"))
+    report = ckptio.fit(str(d / "src" / "ckpt"), str(d / "renamed.weights.h5"), None, dry_run=True)
     assert report.matched == [] and len(report.template_only) == 10 and len(report.source_only) == 10
+    # Written, it would be the template unchanged: refused, nothing written.
+    with pytest.raises(ckptio.MismatchError, match="no template tensor matched a source tensor"):
+        ckptio.fit(str(d / "src" / "ckpt"), str(d / "renamed.weights.h5"), str(tmp_path / "o.weights.h5"))
+    assert not (tmp_path / "o.weights.h5").exists()
 
 
 def test_two_source_layers_for_one_template_layer_is_refused(keras_fit):
