@@ -53,9 +53,13 @@ class DiffResult:
                 f"mismatched={len(self.mismatched)}, changed={len(self.changed)}, equal={self.equal})")
 
 
-def diff(a, b, *, rules=None, values: bool = False, atol: float = 0.0, rtol: float = 0.0) -> DiffResult:
-    """Compare checkpoints a and b (paths or open Checkpoints); rules (a Rename) rename a's names first."""
+def diff(a, b, *, rules=None, regex: bool = False, values: bool = False, atol: float = 0.0,
+         rtol: float = 0.0) -> DiffResult:
+    """Compare checkpoints a and b (paths or open Checkpoints); rules rename a's names first, as in fit()."""
     from .checkpoint import open as open_checkpoint
+    from .fit import _rules
+
+    rules = _rules(rules, regex)
 
     ca = a if isinstance(a, Checkpoint) else open_checkpoint(a)
     try:

@@ -4,17 +4,22 @@ from __future__ import annotations
 from collections import namedtuple
 
 
-class Remedy(namedtuple("Remedy", "param effect flag", defaults=(None,))):
+class Remedy(namedtuple("Remedy", "param effect flag value", defaults=(None, True))):
     """What a caller can pass to get past an error: a keyword parameter (the API) or its flag (the CLI).
 
     param: the Python keyword, e.g. "force"; effect: what passing it does, e.g. "replace it";
-    flag: the command-line flag when it is not "--" + param with dashes (e.g. param "overwrite", flag "--force").
+    flag: the command-line flag when it is not "--" + param with dashes (e.g. param "overwrite", flag "--force");
+    value: the value to pass (True for a switch).
     """
 
     __slots__ = ()
 
     def text(self, *, flags: bool) -> str:
-        how = (self.flag or "--" + self.param.replace("_", "-")) if flags else f"{self.param}=True"
+        if flags:
+            how = self.flag or "--" + self.param.replace("_", "-")
+            how += "" if self.value is True else f" {self.value}"
+        else:
+            how = f"{self.param}={self.value!r}"
         return f"pass {how} to {self.effect}"
 
 

@@ -16,7 +16,7 @@ from collections import namedtuple
 
 from .bundle import dtypes, naming
 from .checkpoint import Checkpoint
-from .errors import MismatchError, PlanError
+from .errors import MismatchError, PlanError, Remedy
 from .views import match, view
 
 ON_MISMATCH = ("error", "template", "slice")
@@ -50,6 +50,18 @@ class FitReport:
         return (f"FitReport(dst={self.dst!r}, matched={len(self.matched)}, template_only={len(self.template_only)}, "
                 f"source_only={len(self.source_only)}, mismatched={len(self.mismatched)}, cast={len(self.cast)}, "
                 f"remapped={len(self.remapped)}, dry_run={self.dry_run})")
+
+
+def mismatch_error(report: FitReport, what: str) -> MismatchError:
+    """The error for the first mismatch that stops a fit, saying what gets past it."""
+    dst, why = report.errors[0]
+    more = f" (and {len(report.errors) - 1} more)" if len(report.errors) > 1 else ""
+    first = next(m for m in report.mismatched if m["dst"] == dst)
+    if first["src_shape"] != first["dst_shape"]:
+        return MismatchError(f"{why}{more}; nothing written", remedy=Remedy(
+            "on_mismatch", "keep the template's value ('slice' copies the overlap)", value="template"))
+    # No policy converts a non-floating dtype: only pairing it otherwise does.
+    return MismatchError(f"{why}{more}; nothing written (a rename rule can pair it with another source {what})")
 
 
 def refuse_if_nothing_matched(report: FitReport) -> None:
@@ -106,13 +118,7 @@ def fit(src, template, out, *, rules=None, regex: bool = False, on_mismatch: str
             report, ops = plan(cs, ct, rules, on_mismatch, vocabularies, vocab_axis)
             report.dst, report.dry_run = None if out is None else os.fspath(out), dry_run
             if report.errors and not dry_run:
-                dst, why = report.errors[0]
-                more = f" (and {len(report.errors) - 1} more)" if len(report.errors) > 1 else ""
-                first = next(m for m in report.mismatched if m["dst"] == dst)
-                hint = ("--on-mismatch template keeps the template's value, slice copies the overlap"
-                        if first["src_shape"] != first["dst_shape"] else
-                        "a --map rule can pair it with another source tensor")  # no policy converts a dtype
-                raise MismatchError(f"{why}{more}; nothing written ({hint})")
+                raise mismatch_error(report, "tensor")
             if not dry_run:
                 refuse_if_nothing_matched(report)
                 write(cs, ct, ops, os.fspath(out), num_shards=num_shards, max_shard_size=max_shard_size, force=force,

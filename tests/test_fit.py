@@ -415,7 +415,7 @@ def test_non_floating_dtype_change_is_refused_with_a_remedy_that_applies(tmp_pat
     src = write_named(tmp_path / "s/ckpt", {"ids": np.arange(4, dtype=np.int64), "w": W})
     tpl = write_named(tmp_path / "t/ckpt", {"ids": np.zeros(4, np.int32), "w": np.zeros((3, 4), np.float16)})
     for policy in ("error", "template", "slice"):  # no policy converts an int64 into an int32
-        with pytest.raises(MismatchError, match=r"'ids' is int64, template tensor 'ids' is int32.*--map rule"):
+        with pytest.raises(MismatchError, match=r"'ids' is int64, template tensor 'ids' is int32.*rename rule can pair it"):
             ckptio.fit(src, tpl, tmp_path / "o/ckpt", on_mismatch=policy)
     report = ckptio.fit(src, tpl, tmp_path / "o/ckpt", dry_run=True)
     assert [e[0] for e in report.errors] == ["ids"]
@@ -490,3 +490,22 @@ def test_a_fit_that_takes_nothing_from_the_source_is_refused(tmp_path, capsys):
     assert code == 1 and "nothing written" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
     assert ckptio.fit(src, tpl, out, rules=["old_enc=enc", "old_head=head"]).matched  # rules make it fit
+
+
+def test_api_errors_name_keyword_arguments_and_the_cli_names_flags(pair, capsys):
+    """A shape mismatch says what gets past it in the caller's words: on_mismatch='template' or --on-mismatch."""
+    src, tpl, out = pair
+    with pytest.raises(MismatchError) as info:
+        ckptio.fit(src, tpl, out)
+    assert "pass on_mismatch='template' to keep the template's value" in str(info.value)
+    assert info.value.remedy.param == "on_mismatch" and "--on-mismatch" not in str(info.value)
+    assert main(["fit", src, "--template", tpl, out]) == 1
+    assert "pass --on-mismatch template to keep the template's value" in capsys.readouterr().err
+
+
+def test_diff_takes_rules_as_fit_does(pair):
+    src, tpl, _ = pair
+    renamed = ckptio.diff(src, tpl, rules=["enc=new"])  # strings, as fit takes them, not only a Rename
+    assert "new" not in renamed.only_b and "enc" in renamed.only_b
+    assert "enc" not in ckptio.diff(src, tpl).only_b
+    assert "enc" in ckptio.diff(src, tpl, rules=[(r"^(e)nc$", r"\1xx")], regex=True).only_b

@@ -41,7 +41,7 @@ def fit_weights_h5(src, template, out, *, rules=None, on_mismatch="error", dry_r
 
     from ..checkpoint import Checkpoint
     from ..checkpoint import open as open_checkpoint
-    from ..fit import FitReport, refuse_if_nothing_matched
+    from ..fit import FitReport, mismatch_error, refuse_if_nothing_matched
 
     started = time.perf_counter()
     used = [{"vocab": "--vocab", "shards": "--shards/--max-shard-size"}.get(k, k) for k, v in unsupported.items() if v]
@@ -66,13 +66,7 @@ def fit_weights_h5(src, template, out, *, rules=None, on_mismatch="error", dry_r
             pairs = plan(cs, ct, rules)
             ops = decide(report, cs, ct, pairs, on_mismatch)
             if report.errors and not dry_run:
-                dst, why = report.errors[0]
-                more = f" (and {len(report.errors) - 1} more)" if len(report.errors) > 1 else ""
-                first = next(m for m in report.mismatched if m["dst"] == dst)
-                hint = ("--on-mismatch template keeps the template's value, slice copies the overlap"
-                        if first["src_shape"] != first["dst_shape"] else
-                        "a --map rule can pair it with another source variable")  # no policy converts a dtype
-                raise MismatchError(f"{why}{more}; nothing written ({hint})")
+                raise mismatch_error(report, "variable")
             if not dry_run:
                 refuse_if_nothing_matched(report)
                 write(cs, ct, ops, os.fspath(template), out, fsync=fsync)
