@@ -233,7 +233,7 @@ def decide(report, cs, ct, pairs, on_mismatch):
 def write(cs, ct, ops, template_path: str, out: str, *, fsync: bool) -> None:
     """Copy the template's groups, attributes and datasets into OUT with each op's values; atomic."""
     from ..io import AtomicFiles, make_dirs
-    from .export import write_error
+    from .export import committing
 
     values = {op.dst: op for op in ops}
     directory = os.path.dirname(out) or "."
@@ -242,17 +242,9 @@ def write(cs, ct, ops, template_path: str, out: str, *, fsync: bool) -> None:
     tmp, fd = files.create(out)
     os.close(fd)  # h5py writes the file by name
     h5py = import_h5py()
-    try:
-        with h5py.File(template_path, "r") as h5, h5py.File(tmp, "w") as dst:
-            _copy_attrs(h5, dst)
-            _copy_group(h5, dst, lambda name, ds: _value(cs, ct, values.get(name), name, ds))
-        files.commit(fsync=fsync)
-    except OSError as exc:
-        files.abort()
-        raise write_error(exc, out) from None
-    except BaseException:
-        files.abort()
-        raise
+    with committing(files, out, fsync=fsync), h5py.File(template_path, "r") as h5, h5py.File(tmp, "w") as dst:
+        _copy_attrs(h5, dst)
+        _copy_group(h5, dst, lambda name, ds: _value(cs, ct, values.get(name), name, ds))
 
 
 def _copy_attrs(a, b) -> None:
