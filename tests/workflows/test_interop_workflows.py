@@ -196,3 +196,32 @@ def test_strip_tf2_checkpoint_into_safetensors_drops_the_optimizer(corpus, corpu
     assert any(".OPTIMIZER_SLOT" in n for n in report.dropped)
     for name, value in got.items():
         assert hash_array(value) == rec["tensors"][name]["sha256"], name
+
+
+FIT_STAGE = r"""
+import json, os
+import numpy as np
+import tensorflow as tf
+import keras
+x, want = np.load(os.path.join(OUT, "x.npy")), np.load(os.path.join(OUT, "pred.npy"))
+trained = keras.models.load_model(os.path.join(OUT, "trained.keras"), compile=False)
+m = keras.models.clone_model(trained)  # the same architecture and layer names, fresh weights
+if STAGE == "template":
+    tf.train.Checkpoint(model=m).write(os.path.join(OUT, "tpl", "ckpt"))
+    print(json.dumps({"written": True}))
+else:
+    before = bool(np.array_equal(m.predict(x, verbose=0), want))
+    tf.train.Checkpoint(model=m).read(os.path.join(OUT, "fitted", "ckpt")).assert_consumed()
+    print(json.dumps({"before": before, "after": bool(np.array_equal(m.predict(x, verbose=0), want))}))
+"""
+
+
+def test_safetensors_weights_fit_into_a_tf2_model_and_restore_with_assert_consumed(keras_outputs):
+    """Weights from safetensors (Keras variable paths) land in a TF2 model's object-based checkpoint."""
+    d, made, _ = keras_outputs
+    run_tf_json(f"OUT = {str(d)!r}\nSTAGE = 'template'\n" + FIT_STAGE)
+    report = ckptio.fit(str(d / "weights.safetensors"), str(d / "tpl" / "ckpt"), str(d / "fitted" / "ckpt"))
+    assert len(report.matched) == len(made["names"]) and report.template_only == []
+    assert {m["how"] for m in report.matched} == {"full_name"}  # by the variable names TF recorded
+    got = run_tf_json(f"OUT = {str(d)!r}\nSTAGE = 'restore'\n" + FIT_STAGE)
+    assert got == {"before": False, "after": True}  # assert_consumed passed, predictions identical
