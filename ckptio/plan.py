@@ -21,7 +21,8 @@ import json
 import os
 
 from .bundle import dtypes, naming
-from .errors import MismatchError, PlanError, UnsupportedError
+from .errors import PlanError, UnsupportedError
+from .plan_exec import check_inputs, fingerprint  # noqa: F401 - check_inputs: part of this module's API
 
 FORMAT = "ckptio-plan"
 VERSION = 1
@@ -102,37 +103,6 @@ def _shard(out: str, shard: int, num_shards: int, pieces, graph: bytes | None) -
         offset += len(data)
     return {"shard": shard, "file": os.path.basename(naming.data_path(out, shard, num_shards)), "size": offset,
             "pieces": steps, "graph": graph is not None, "fragment": fragment}
-
-
-def fingerprint(ckpt) -> dict:
-    """An input as a plan records it: prefix, index sha256 and size, every data file's size."""
-    index = naming.index_path(ckpt.prefix)
-    digest = hashlib.sha256()
-    with open(index, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    data = []
-    for i in range(ckpt.num_shards):
-        path = ckpt._reader.shard_path(i)
-        data.append({"path": os.path.abspath(path), "size": os.path.getsize(path) if os.path.exists(path) else None})
-    return {"prefix": os.path.abspath(ckpt.prefix), "index": os.path.abspath(index),
-            "index_size": os.path.getsize(index), "index_sha256": digest.hexdigest(), "data": data}
-
-
-def check_inputs(plan: dict) -> None:
-    """Refuse when an input differs from what the plan recorded (MismatchError)."""
-    from .checkpoint import Checkpoint
-
-    for recorded in plan["inputs"]:
-        try:
-            with Checkpoint(recorded["prefix"]) as ckpt:
-                now = fingerprint(ckpt)
-        except FileNotFoundError:
-            raise MismatchError("an input of the plan is gone", path=recorded["prefix"]) from None
-        for field, what in (("index_sha256", "index checksum"), ("index_size", "index size"), ("data", "data files")):
-            if now[field] != recorded[field]:
-                raise MismatchError(f"input changed since the plan was made ({what} differs); make a new plan",
-                                    path=recorded["prefix"])
 
 
 def plan_id(plan: dict) -> str:

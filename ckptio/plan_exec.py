@@ -18,7 +18,7 @@ import shutil
 
 from .bundle import naming
 from .bundle.entry import Entry, Header
-from .errors import CkptioError, PlanError
+from .errors import CkptioError, MismatchError, PlanError
 
 RECEIPT = "done.json"
 
@@ -74,8 +74,6 @@ class Staging:
 def run_shards(plan: dict, shards: list[int], *, progress=None) -> list[int]:
     """Write the given shards (skipping those done and verified); return the ones written."""
     from .checkpoint import Checkpoint
-    from .plan import check_inputs
-
     check_inputs(plan)
     staging = Staging(plan)
     written = []
@@ -201,8 +199,6 @@ def status(plan: dict) -> dict[int, str | None]:
 def commit(plan: dict) -> str:
     """Check every shard, merge the fragments into OUT's index (written last), state file, clean up."""
     from .bundle.writer import check_output
-    from .plan import check_inputs
-
     out, num_shards = plan["out"], plan["num_shards"]
     staging = Staging(plan)
     missing = {s: why for s, why in status(plan).items() if why is not None}
@@ -290,3 +286,37 @@ def _write_output(plan: dict, staging: Staging, entries: dict[bytes, Entry]) -> 
             os.unlink(p)
         except OSError:
             pass
+
+
+# -- inputs: what a plan records of them, and the check that they have not changed ----------------
+
+
+def fingerprint(ckpt) -> dict:
+    """An input as a plan records it: prefix, index sha256 and size, every data file's size."""
+    index = naming.index_path(ckpt.prefix)
+    digest = hashlib.sha256()
+    with open(index, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    data = []
+    for i in range(ckpt.num_shards):
+        path = ckpt._reader.shard_path(i)
+        data.append({"path": os.path.abspath(path), "size": os.path.getsize(path) if os.path.exists(path) else None})
+    return {"prefix": os.path.abspath(ckpt.prefix), "index": os.path.abspath(index),
+            "index_size": os.path.getsize(index), "index_sha256": digest.hexdigest(), "data": data}
+
+
+def check_inputs(plan: dict) -> None:
+    """Refuse when an input differs from what the plan recorded (MismatchError)."""
+    from .checkpoint import Checkpoint
+
+    for recorded in plan["inputs"]:
+        try:
+            with Checkpoint(recorded["prefix"]) as ckpt:
+                now = fingerprint(ckpt)
+        except FileNotFoundError:
+            raise MismatchError("an input of the plan is gone", path=recorded["prefix"]) from None
+        for field, what in (("index_sha256", "index checksum"), ("index_size", "index size"), ("data", "data files")):
+            if now[field] != recorded[field]:
+                raise MismatchError(f"input changed since the plan was made ({what} differs); make a new plan",
+                                    path=recorded["prefix"])

@@ -121,8 +121,8 @@ def run(args) -> int:
         raise UsageError("--jobs must be >= 1")
     options = dict(num_shards=args.shards or 1, max_shard_size=args.max_shard_size, force=args.force,
                    dry_run=args.dry_run, verify=not args.no_verify, fsync=args.fsync, make_latest=args.make_latest)
-    if getattr(args, "engine", None) and not args.dry_run and not args.out_dir:  # cli/plan.py
-        from .plan import run_engine
+    if getattr(args, "engine", None) and not args.dry_run and not args.out_dir:  # cli/engine.py
+        from .engine import run_engine
         return run_engine(args, steps, options)
     if args.out_dir:
         if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
@@ -205,8 +205,8 @@ def _run_batch(args, steps, options) -> int:
         return _dry_run_batch(args, steps, inputs, output_prefixes([i.path for i in inputs], args.out_dir))
     from ..errors import show_name as shown
 
-    if getattr(args, "engine", None):  # one task per input on a cluster (cli/plan.py)
-        from .plan import engine_map
+    if getattr(args, "engine", None):  # one task per input on a cluster (cli/engine.py)
+        from .engine import engine_map
         options["map_jobs"] = engine_map(args, len(inputs))
     outcomes = run_batch(inputs, args.out_dir, steps, jobs=args.jobs, resume=not args.no_resume, **options,
                          on_done=None if args.quiet or args.json else

@@ -41,7 +41,7 @@ def fit_weights_h5(src, template, out, *, rules=None, on_mismatch="error", dry_r
 
     from ..checkpoint import Checkpoint
     from ..checkpoint import open as open_checkpoint
-    from ..fit import FitReport, mismatch_error, refuse_if_nothing_matched
+    from ..fit_decide import FitReport, mismatch_error, refuse_if_nothing_matched
 
     started = time.perf_counter()
     used = [{"vocab": "--vocab", "shards": "--shards/--max-shard-size"}.get(k, k) for k, v in unsupported.items() if v]
@@ -211,7 +211,7 @@ def _check_order(name, paired, t_shapes, s_shapes) -> None:
 
 def decide(report, cs, ct, pairs, on_mismatch):
     """The fit Op of each template dataset, with the report filled as fit() fills it for bundles."""
-    from ..fit import Op, _decide
+    from ..fit_decide import Op, _decide
 
     src_entries, t_entries = cs.entries(), ct.entries()
     ops = []
