@@ -1,30 +1,88 @@
 """ckptio: read, inspect, verify and rewrite TensorFlow checkpoints without TensorFlow."""
+
 import importlib
 import sys
 import types
 
-from .errors import (CheckpointNotFoundError, ChecksumError, CkptioError, CorruptCheckpointError,
-                     MismatchError, MissingShardError, OutputBusyError, OutputExistsError, PlanError, ReadError,
-                     StateFileWarning, TensorNotFoundError, TruncatedError, UnsupportedError, WriteError,
-                     WrongFileError)
+from .errors import (
+    CheckpointNotFoundError,
+    ChecksumError,
+    CkptioError,
+    CorruptCheckpointError,
+    MismatchError,
+    MissingShardError,
+    OutputBusyError,
+    OutputExistsError,
+    PlanError,
+    ReadError,
+    StateFileWarning,
+    TensorNotFoundError,
+    TruncatedError,
+    UnsupportedError,
+    WriteError,
+    WrongFileError,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "open", "Checkpoint", "Tensor", "rewrite", "verify", "diff", "fit", "merge", "Select", "StripOptimizer", "Rename",
-    "Cast", "MapNames", "plan_rewrite", "save_plan", "load_plan", "run_plan", "commit_plan",
-    "CkptioError", "CheckpointNotFoundError", "WrongFileError", "CorruptCheckpointError", "TruncatedError",
-    "ChecksumError", "MissingShardError", "ReadError", "UnsupportedError", "TensorNotFoundError", "PlanError",
-    "OutputExistsError", "OutputBusyError", "WriteError", "MismatchError", "StateFileWarning",
+    "open",
+    "Checkpoint",
+    "Tensor",
+    "rewrite",
+    "verify",
+    "diff",
+    "fit",
+    "merge",
+    "Select",
+    "StripOptimizer",
+    "Rename",
+    "Cast",
+    "MapNames",
+    "plan_rewrite",
+    "save_plan",
+    "load_plan",
+    "run_plan",
+    "commit_plan",
+    "CkptioError",
+    "CheckpointNotFoundError",
+    "WrongFileError",
+    "CorruptCheckpointError",
+    "TruncatedError",
+    "ChecksumError",
+    "MissingShardError",
+    "ReadError",
+    "UnsupportedError",
+    "TensorNotFoundError",
+    "PlanError",
+    "OutputExistsError",
+    "OutputBusyError",
+    "WriteError",
+    "MismatchError",
+    "StateFileWarning",
 ]
 
 # Public name -> the submodule that defines it, imported on first use (PEP 562): the CLI imports
 # this package for __version__, and each command should pay only for the modules it runs.
 _LAZY = {
-    "open": "checkpoint", "Checkpoint": "checkpoint", "Tensor": "checkpoint", "rewrite": "rewrite",
-    "verify": "verify", "Select": "transform", "StripOptimizer": "transform", "Rename": "transform",
-    "Cast": "transform", "MapNames": "transform", "diff": "diff", "fit": "fit", "merge": "merge",
-    "plan_rewrite": "plan", "save_plan": "plan", "load_plan": "plan", "run_plan": "plan", "commit_plan": "plan",
+    "open": "checkpoint",
+    "Checkpoint": "checkpoint",
+    "Tensor": "checkpoint",
+    "rewrite": "rewrite",
+    "verify": "verify",
+    "Select": "transform",
+    "StripOptimizer": "transform",
+    "Rename": "transform",
+    "Cast": "transform",
+    "MapNames": "transform",
+    "diff": "diff",
+    "fit": "fit",
+    "merge": "merge",
+    "plan_rewrite": "plan",
+    "save_plan": "plan",
+    "load_plan": "plan",
+    "run_plan": "plan",
+    "commit_plan": "plan",
 }
 
 

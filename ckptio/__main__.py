@@ -1,4 +1,5 @@
 """python -m ckptio."""
+
 from .cli.main import console
 
 console()

@@ -1,4 +1,5 @@
 """Rewrite many checkpoints into one output directory, in worker processes, resumably."""
+
 from __future__ import annotations
 
 import glob
@@ -84,9 +85,15 @@ def _listed_in_state(directory: str) -> list[Input]:
         rows, state = listed(directory)
     except CkptioError as exc:
         return [Input(directory, error=exc.message, kind=type(exc))]
-    return [Input(r.path, r.timestamp, state.last_preserved) if r.path is not None else
-            Input(os.path.join(directory, r.stored) if not os.path.isabs(r.stored) else r.stored,
-                  error=f"listed in {state_path(directory)} but not there (deleted?)") for r in rows]
+    return [
+        Input(r.path, r.timestamp, state.last_preserved)
+        if r.path is not None
+        else Input(
+            os.path.join(directory, r.stored) if not os.path.isabs(r.stored) else r.stored,
+            error=f"listed in {state_path(directory)} but not there (deleted?)",
+        )
+        for r in rows
+    ]
 
 
 def unfinished(prefix: str) -> str | None:
@@ -123,6 +130,7 @@ def output_prefixes(inputs: list[str], out_dir: str) -> list[str]:
         out.append(os.path.join(out_dir, b))
     if len(set(out)) != len(out):
         from .errors import PlanError
+
         raise PlanError("several inputs would be written to the same output name; rewrite them separately")
     return out
 
@@ -147,10 +155,25 @@ def _one(job) -> Outcome:
     try:
         report = rewrite(src, dst, steps, **options)
     except (CkptioError, OSError) as exc:  # one input's problem fails its row only; rows are shown by the CLI
-        return Outcome(src, dst, "failed", exc.describe(flags=True) if isinstance(exc, CkptioError) else
-                       f"{exc.filename or src}: {exc.strerror or exc}")
-    return Outcome(src, dst, "ok", "", len(report.kept), len(report.dropped), report.bytes_before,
-                   report.bytes_after, report.seconds)
+        return Outcome(
+            src,
+            dst,
+            "failed",
+            exc.describe(flags=True)
+            if isinstance(exc, CkptioError)
+            else f"{exc.filename or src}: {exc.strerror or exc}",
+        )
+    return Outcome(
+        src,
+        dst,
+        "ok",
+        "",
+        len(report.kept),
+        len(report.dropped),
+        report.bytes_before,
+        report.bytes_after,
+        report.seconds,
+    )
 
 
 def _ignore_sigint() -> None:
@@ -166,8 +189,19 @@ class BatchResult(list):
     state_file: str | None = None
 
 
-def run_batch(inputs, out_dir: str, steps, *, jobs: int = 1, resume: bool = True, on_done=None,
-              state_file: bool = True, make_latest: bool = False, map_jobs=None, **options) -> BatchResult:
+def run_batch(
+    inputs,
+    out_dir: str,
+    steps,
+    *,
+    jobs: int = 1,
+    resume: bool = True,
+    on_done=None,
+    state_file: bool = True,
+    make_latest: bool = False,
+    map_jobs=None,
+    **options,
+) -> BatchResult:
     """Rewrite each input (a path or an Input) into out_dir; returns the outcomes in input order.
 
     Skipped: inputs whose complete output exists (when resuming) and saves still being written
@@ -231,9 +265,14 @@ def _record_batch_state(out_dir: str, items: list[Input], outcomes, make_latest:
         return None
     stamped = [i.last_preserved for _, i in complete if i.timestamp is not None and i.last_preserved is not None]
     try:
-        return record_outputs(out_dir, [(dst, i.timestamp) for dst, i in complete], make_latest=make_latest,
-                              last_preserved=min(stamped) if stamped else None)
+        return record_outputs(
+            out_dir,
+            [(dst, i.timestamp) for dst, i in complete],
+            make_latest=make_latest,
+            last_preserved=min(stamped) if stamped else None,
+        )
     except (CkptioError, OSError) as exc:  # every output is complete: the state file alone is missing
-        warnings.warn(StateFileWarning(f"{state_path(out_dir)} was not updated ({exc}); the outputs are complete"),
-                      stacklevel=2)
+        warnings.warn(
+            StateFileWarning(f"{state_path(out_dir)} was not updated ({exc}); the outputs are complete"), stacklevel=2
+        )
         return f"failed: {exc}"

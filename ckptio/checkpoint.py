@@ -1,4 +1,5 @@
 """Checkpoint: a read-only Mapping from tensor names to lazy Tensors."""
+
 from __future__ import annotations
 
 import os
@@ -22,7 +23,7 @@ class Tensor:
 
     __slots__ = ("name", "entry", "_ckpt")
 
-    def __init__(self, ckpt: "Checkpoint", name: str, entry: Entry):
+    def __init__(self, ckpt: Checkpoint, name: str, entry: Entry):
         self._ckpt, self.name, self.entry = ckpt, name, entry
 
     @property
@@ -81,8 +82,13 @@ class Tensor:
     def ranged_rows(self) -> bool:
         """True when read_rows reads only the rows asked for: V2, fixed-width, rank >= 1, random access."""
         info = self.entry.dtype_info
-        return (self._ckpt.format == "v2" and not getattr(self._ckpt, "sequential", False) and info is not None
-                and info.fixed_width and len(self.shape) >= 1)
+        return (
+            self._ckpt.format == "v2"
+            and not getattr(self._ckpt, "sequential", False)
+            and info is not None
+            and info.fixed_width
+            and len(self.shape) >= 1
+        )
 
     def iter_chunks(self, max_bytes: int = 64 << 20):
         """Yield consecutive pieces along the first axis, at most ~max_bytes each (fixed-width, unsliced).
@@ -105,9 +111,11 @@ class Checkpoint(Mapping):
         opener = open_source or FileSource
         if self.located.format == "v2":
             from .bundle.reader import BundleReader
+
             self._reader = BundleReader(self.located.prefix, open_source=opener)
         else:
             from .bundle.v1 import V1Reader
+
             self._reader = V1Reader(list(self.located.files), open_source=opener)
         self.format = self.located.format
         self.prefix = self.located.prefix
@@ -162,7 +170,7 @@ class Checkpoint(Mapping):
     def close(self) -> None:
         self._reader.close()
 
-    def __enter__(self) -> "Checkpoint":
+    def __enter__(self) -> Checkpoint:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -190,7 +198,10 @@ class Checkpoint(Mapping):
         if piece.dtype != entry.dtype or piece.shape != expected:
             raise CorruptCheckpointError(
                 f"slice {s.spec()} is stored as {dtypes.name_of(piece.dtype)}{list(piece.shape)}, expected "
-                f"{dtypes.name_of(entry.dtype)}{list(expected)}", path=self.path, key=name)
+                f"{dtypes.name_of(entry.dtype)}{list(expected)}",
+                path=self.path,
+                key=name,
+            )
         return piece
 
     def _read_rows(self, name: str, entry: Entry, start: int, stop: int):
@@ -255,8 +266,8 @@ class Checkpoint(Mapping):
             buffered += data
             n = len(buffered) // row_bytes if row_bytes else 0
             if n:
-                yield from_bytes(buffered[:n * row_bytes], info, (n, *shape[1:]), big_endian=big)
-                buffered = buffered[n * row_bytes:]
+                yield from_bytes(buffered[: n * row_bytes], info, (n, *shape[1:]), big_endian=big)
+                buffered = buffered[n * row_bytes :]
         if not shape or rows == 0 or row_bytes == 0:
             yield from_bytes(buffered, info, shape, big_endian=big)
 
@@ -293,5 +304,6 @@ def open(path, **kwargs) -> Checkpoint:  # noqa: A001 - mirrors builtins.open on
 
         if "://" in text or text.endswith(ARCHIVE_SUFFIXES) or kind_of(text):
             from .sources import open_special
+
             return open_special(text, **kwargs)
     return Checkpoint(path, **kwargs)

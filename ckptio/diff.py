@@ -4,6 +4,7 @@ Values are compared a chunk at a time (Tensor.iter_chunks, or Tensor.read_rows f
 memory stays bounded by the chunk size; string tensors, and sliced ones of V1 or archived checkpoints,
 are read whole.
 """
+
 from __future__ import annotations
 
 import math
@@ -43,18 +44,34 @@ class DiffResult:
         return not (self.only_a or self.only_b or self.mismatched or self.changed)
 
     def to_json(self) -> dict:
-        return {"only_a": self.only_a, "only_b": self.only_b,
-                "mismatched": [{"a": m.a, "b": m.b, "a_dtype": m.a_dtype, "b_dtype": m.b_dtype,
-                                "a_shape": list(m.a_shape), "b_shape": list(m.b_shape)} for m in self.mismatched],
-                "changed": [c._asdict() for c in self.changed], "equal": self.equal}
+        return {
+            "only_a": self.only_a,
+            "only_b": self.only_b,
+            "mismatched": [
+                {
+                    "a": m.a,
+                    "b": m.b,
+                    "a_dtype": m.a_dtype,
+                    "b_dtype": m.b_dtype,
+                    "a_shape": list(m.a_shape),
+                    "b_shape": list(m.b_shape),
+                }
+                for m in self.mismatched
+            ],
+            "changed": [c._asdict() for c in self.changed],
+            "equal": self.equal,
+        }
 
     def __repr__(self):
-        return (f"DiffResult(only_a={len(self.only_a)}, only_b={len(self.only_b)}, "
-                f"mismatched={len(self.mismatched)}, changed={len(self.changed)}, equal={self.equal})")
+        return (
+            f"DiffResult(only_a={len(self.only_a)}, only_b={len(self.only_b)}, "
+            f"mismatched={len(self.mismatched)}, changed={len(self.changed)}, equal={self.equal})"
+        )
 
 
-def diff(a, b, *, rules=None, regex: bool = False, values: bool = False, atol: float = 0.0,
-         rtol: float = 0.0) -> DiffResult:
+def diff(
+    a, b, *, rules=None, regex: bool = False, values: bool = False, atol: float = 0.0, rtol: float = 0.0
+) -> DiffResult:
     """Compare checkpoints a and b (paths or open Checkpoints); rules rename a's names first, as in fit()."""
     from .checkpoint import open as open_checkpoint
     from .fit import _rules

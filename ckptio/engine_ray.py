@@ -4,6 +4,7 @@ Imported only for `--engine ray`: ckptio itself never imports ray. Tasks are ret
 that dies, an OSError) and shown on a progress bar; a plan's shards are idempotent, so running
 the same command again after a failure redoes only the shards not yet done.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,9 @@ class Cluster:
             if address:
                 ray.init(address=address, **kwargs)
             else:
-                ray.init(num_cpus=num_cpus or min(os.cpu_count() or 2, 8), object_store_memory=LOCAL_OBJECT_STORE,
-                         **kwargs)
+                ray.init(
+                    num_cpus=num_cpus or min(os.cpu_count() or 2, 8), object_store_memory=LOCAL_OBJECT_STORE, **kwargs
+                )
             self.started = True
 
     def map(self, fn, calls, *, sizes=None, progress=None) -> list:
@@ -57,7 +59,7 @@ class Cluster:
             self.ray.shutdown()
             self.started = False
 
-    def __enter__(self) -> "Cluster":
+    def __enter__(self) -> Cluster:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -89,8 +91,12 @@ def run_plan_on_ray(plan: dict, address: str | None = None, *, progress=None) ->
     with Cluster(address) as cluster:
         plan_ref = cluster.ray.put(plan)
         shards = plan["shards"]
-        cluster.map(_run_one_shard, [(plan_ref, s["shard"]) for s in shards], sizes=[s["size"] for s in shards],
-                    progress=progress)
+        cluster.map(
+            _run_one_shard,
+            [(plan_ref, s["shard"]) for s in shards],
+            sizes=[s["size"] for s in shards],
+            progress=progress,
+        )
     return commit_plan(plan)
 
 

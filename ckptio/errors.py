@@ -1,4 +1,5 @@
 """The exception tree: every error ckptio raises on purpose is a CkptioError."""
+
 from __future__ import annotations
 
 from collections import namedtuple
@@ -115,6 +116,8 @@ class WriteError(CkptioError, OSError):
 
 class MismatchError(CkptioError, ValueError):
     """Tensors that must agree do not: merge inputs, or a source tensor and the fit template's."""
+
+
 class OutputBusyError(CkptioError, FileExistsError):
     """Another process is writing the same output right now (it owns it; this writer gave up)."""
 

@@ -7,6 +7,7 @@ checksums carried over. Built tensors are made a chunk of output rows at a time 
 (Tensor.read_rows), so memory stays bounded by the chunk size (strings, V1 and archive inputs excepted:
 those pieces are read whole).
 """
+
 from __future__ import annotations
 
 import math
@@ -16,14 +17,37 @@ import time
 from .bundle import naming
 from .checkpoint import Checkpoint
 from .errors import MismatchError, PlanError
-from .fit_decide import (FLOATING, ON_MISMATCH, FitReport, Op, _decide, _without,  # noqa: F401 - their old home
-                         mismatch_error, refuse_if_nothing_matched)
+from .fit_decide import (  # noqa: F401 - their old home
+    FLOATING,
+    ON_MISMATCH,
+    FitReport,
+    Op,
+    _decide,
+    _without,
+    mismatch_error,
+    refuse_if_nothing_matched,
+)
 from .views import match, view
 
-def fit(src, template, out, *, rules=None, regex: bool = False, on_mismatch: str = "error", vocab=None,
-        vocab_axis: int = 0, dry_run: bool = False, force: bool = False, num_shards: int | None = 1,
-        max_shard_size: int | None = None, verify: bool = True, state_file: bool = True,
-        fsync: bool = False) -> FitReport:
+
+def fit(
+    src,
+    template,
+    out,
+    *,
+    rules=None,
+    regex: bool = False,
+    on_mismatch: str = "error",
+    vocab=None,
+    vocab_axis: int = 0,
+    dry_run: bool = False,
+    force: bool = False,
+    num_shards: int | None = 1,
+    max_shard_size: int | None = None,
+    verify: bool = True,
+    state_file: bool = True,
+    fsync: bool = False,
+) -> FitReport:
     """Write at prefix `out` a checkpoint with template's structure and src's values where a source tensor matches.
 
     rules: a transform.Rename or (old, new) pairs renaming src's names first; on_mismatch: error, template or
@@ -44,9 +68,18 @@ def fit(src, template, out, *, rules=None, regex: bool = False, on_mismatch: str
     from .formats.keras_fit import fit_weights_h5, is_keras_template
 
     if is_keras_template(template):  # a Keras 3 .weights.h5 template: written as one, through h5py
-        return fit_weights_h5(src, template, out, rules=_rules(rules, regex), on_mismatch=on_mismatch,
-                              dry_run=dry_run, force=force, fsync=fsync, vocab=vocab,
-                              shards=num_shards not in (None, 1) or max_shard_size is not None)
+        return fit_weights_h5(
+            src,
+            template,
+            out,
+            rules=_rules(rules, regex),
+            on_mismatch=on_mismatch,
+            dry_run=dry_run,
+            force=force,
+            fsync=fsync,
+            vocab=vocab,
+            shards=num_shards not in (None, 1) or max_shard_size is not None,
+        )
     if out is not None:
         from .sources import is_special
 
@@ -68,8 +101,19 @@ def fit(src, template, out, *, rules=None, regex: bool = False, on_mismatch: str
                 raise mismatch_error(report, "tensor")
             if not dry_run:
                 refuse_if_nothing_matched(report)
-                write(cs, ct, ops, os.fspath(out), num_shards=num_shards, max_shard_size=max_shard_size, force=force,
-                      verify=verify, state_file=state_file, fsync=fsync, axis=vocab_axis)
+                write(
+                    cs,
+                    ct,
+                    ops,
+                    os.fspath(out),
+                    num_shards=num_shards,
+                    max_shard_size=max_shard_size,
+                    force=force,
+                    verify=verify,
+                    state_file=state_file,
+                    fsync=fsync,
+                    axis=vocab_axis,
+                )
             report.seconds = time.perf_counter() - started
             return report
         finally:
@@ -109,6 +153,7 @@ def _tokens(value) -> tuple[str, ...]:
 
 # -- planning ---------------------------------------------------------------------------------------
 
+
 def plan(cs, ct, rules, on_mismatch: str, vocabularies: dict, axis: int) -> tuple[FitReport, list[Op]]:
     """Match, then decide how each template tensor is written; reads no tensor bytes."""
     vs, vt = view(cs), view(ct)
@@ -116,8 +161,10 @@ def plan(cs, ct, rules, on_mismatch: str, vocabularies: dict, axis: int) -> tupl
     if m.shadowed:  # two sources for one template tensor: the rule's, and one matching it by name
         other, dst, how = m.shadowed[0]
         mapped = next(s for s, d, _ in m.pairs if d == dst)
-        raise MismatchError(f"template tensor {dst!r} is matched by two source tensors: {mapped!r} (--map) and "
-                            f"{other!r} ({how}); send {other!r} elsewhere with a --map rule of its own")
+        raise MismatchError(
+            f"template tensor {dst!r} is matched by two source tensors: {mapped!r} (--map) and "
+            f"{other!r} ({how}); send {other!r} elsewhere with a --map rule of its own"
+        )
     source_of = {dst: (s, how) for s, dst, how in m.pairs}
     remap = _vocab_targets(vs, vt, source_of, vocabularies)
     report = FitReport(cs.prefix, ct.prefix, None)
@@ -141,29 +188,41 @@ def _vocab_targets(vs, vt, source_of: dict, vocabularies: dict) -> dict[str, tup
         if not keys:  # a source name: the template tensor it matched
             keys = sorted({dst for dst, (s, _) in source_of.items() if s in vs.find(name)})
         if len(keys) != 1:
-            raise PlanError(f"--vocab {name}: names {'no' if not keys else len(keys)} template tensors"
-                            + (f" ({', '.join(keys[:3])})" if keys else ""), key=name)
+            raise PlanError(
+                f"--vocab {name}: names {'no' if not keys else len(keys)} template tensors"
+                + (f" ({', '.join(keys[:3])})" if keys else ""),
+                key=name,
+            )
         if keys[0] not in source_of:
             raise PlanError(f"--vocab {name}: no source tensor matches template tensor {keys[0]!r}", key=name)
         if keys[0] in out:  # two vocabularies for one tensor: neither may silently win
-            raise PlanError(f"--vocab {name} and --vocab {out[keys[0]][2]} name one template tensor {keys[0]!r}",
-                            key=name)
+            raise PlanError(
+                f"--vocab {name} and --vocab {out[keys[0]][2]} name one template tensor {keys[0]!r}", key=name
+            )
         out[keys[0]] = tokens + (name,)
     named = set(out)
     for dst, t in vt.tensors.items():  # optimizer slots of a remapped variable move with it
         var = t.slot_of[0] if t.slot_of is not None else None
         if var in named and dst in named:
-            raise PlanError(f"--vocab {out[dst][2]} names optimizer slot {dst!r}, which moves with its variable "
-                            f"(--vocab {out[var][2]}); drop one of them", key=dst)
+            raise PlanError(
+                f"--vocab {out[dst][2]} names optimizer slot {dst!r}, which moves with its variable "
+                f"(--vocab {out[var][2]}); drop one of them",
+                key=dst,
+            )
         if var in named and dst in source_of:
             src_var, src_slot = source_of[var][0], source_of[dst][0]
-            if t.entry.shape != vt.tensors[var].entry.shape or \
-                    vs.tensors[src_slot].entry.shape != vs.tensors[src_var].entry.shape:
+            if (
+                t.entry.shape != vt.tensors[var].entry.shape
+                or vs.tensors[src_slot].entry.shape != vs.tensors[src_var].entry.shape
+            ):
                 # A factored or scalar slot (Adafactor's row/column statistics, a step count) is not one
                 # row per token: moving its entries as rows would be wrong without a word.
-                raise PlanError(f"--vocab {out[var][2]}: optimizer slot {dst!r} is not shaped like its variable "
-                                f"{var!r}, so its rows cannot be remapped; fit with a template without the "
-                                "optimizer, or strip the source's optimizer state first", key=dst)
+                raise PlanError(
+                    f"--vocab {out[var][2]}: optimizer slot {dst!r} is not shaped like its variable "
+                    f"{var!r}, so its rows cannot be remapped; fit with a template without the "
+                    "optimizer, or strip the source's optimizer state first",
+                    key=dst,
+                )
             out[dst] = out[var]
     return out
 
@@ -173,8 +232,20 @@ def _vocab_targets(vs, vt, source_of: dict, vocabularies: dict) -> dict[str, tup
 CHUNK_BYTES = 8 << 20  # output rows built per step of a sliced, remapped or re-cut tensor
 
 
-def write(cs, ct, ops: list[Op], out: str, *, num_shards: int | None = 1, max_shard_size: int | None = None,
-          force=False, verify=True, state_file=True, fsync=False, axis: int = 0) -> None:
+def write(
+    cs,
+    ct,
+    ops: list[Op],
+    out: str,
+    *,
+    num_shards: int | None = 1,
+    max_shard_size: int | None = None,
+    force=False,
+    verify=True,
+    state_file=True,
+    fsync=False,
+    axis: int = 0,
+) -> None:
     """Write the planned checkpoint atomically: copies first (in source order), then built tensors, then the graph.
 
     Shards are assigned by rewrite's rule over every piece in write order; built tensors are sized as the
@@ -187,8 +258,11 @@ def write(cs, ct, ops: list[Op], out: str, *, num_shards: int | None = 1, max_sh
         ckpt = cs if op.kind == "copy" else ct
         dtype = op.dtype if op.kind == "copy" else ct.entries()[op.dst].dtype
         # A built tensor takes the template's layout: its pieces say where each part goes and how big it is.
-        pieces, meta = tensor_pieces(ckpt, op.src or op.dst, op.dst, dtype) if op.kind in ("copy", "keep") else \
-            tensor_pieces(ct, op.dst, op.dst, dtype)
+        pieces, meta = (
+            tensor_pieces(ckpt, op.src or op.dst, op.dst, dtype)
+            if op.kind in ("copy", "keep")
+            else tensor_pieces(ct, op.dst, op.dst, dtype)
+        )
         for p in pieces:
             origin[p.key] = (ckpt, op)
         (copies if op.kind in ("copy", "keep") else built).extend(pieces)

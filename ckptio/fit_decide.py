@@ -2,6 +2,7 @@
 
 Shared by fit() on TensorBundle templates and by the Keras .weights.h5 fit (formats/keras_fit.py).
 """
+
 from __future__ import annotations
 
 from collections import namedtuple
@@ -23,8 +24,20 @@ class Op(namedtuple("Op", "kind dst src dtype vocab", defaults=(None, None, None
 class FitReport:
     """Where every template tensor of the output comes from."""
 
-    __slots__ = ("src", "template", "dst", "matched", "template_only", "source_only", "mismatched", "cast",
-                 "remapped", "dry_run", "seconds", "errors")
+    __slots__ = (
+        "src",
+        "template",
+        "dst",
+        "matched",
+        "template_only",
+        "source_only",
+        "mismatched",
+        "cast",
+        "remapped",
+        "dry_run",
+        "seconds",
+        "errors",
+    )
 
     def __init__(self, src, template, dst, dry_run=False):
         self.src, self.template, self.dst, self.dry_run, self.seconds = src, template, dst, dry_run, 0.0
@@ -33,13 +46,21 @@ class FitReport:
         self.errors: list[tuple[str, str]] = []  # (template key, why) of each mismatch that stops the fit
 
     def to_json(self) -> dict:
-        return {"matched": self.matched, "template_only": self.template_only, "source_only": self.source_only,
-                "mismatched": self.mismatched, "cast": self.cast, "remapped": self.remapped}
+        return {
+            "matched": self.matched,
+            "template_only": self.template_only,
+            "source_only": self.source_only,
+            "mismatched": self.mismatched,
+            "cast": self.cast,
+            "remapped": self.remapped,
+        }
 
     def __repr__(self):
-        return (f"FitReport(dst={self.dst!r}, matched={len(self.matched)}, template_only={len(self.template_only)}, "
-                f"source_only={len(self.source_only)}, mismatched={len(self.mismatched)}, cast={len(self.cast)}, "
-                f"remapped={len(self.remapped)}, dry_run={self.dry_run})")
+        return (
+            f"FitReport(dst={self.dst!r}, matched={len(self.matched)}, template_only={len(self.template_only)}, "
+            f"source_only={len(self.source_only)}, mismatched={len(self.mismatched)}, cast={len(self.cast)}, "
+            f"remapped={len(self.remapped)}, dry_run={self.dry_run})"
+        )
 
 
 def mismatch_error(report: FitReport, what: str) -> MismatchError:
@@ -48,8 +69,10 @@ def mismatch_error(report: FitReport, what: str) -> MismatchError:
     more = f" (and {len(report.errors) - 1} more)" if len(report.errors) > 1 else ""
     first = next(m for m in report.mismatched if m["dst"] == dst)
     if first["src_shape"] != first["dst_shape"]:
-        return MismatchError(f"{why}{more}; nothing written", remedy=Remedy(
-            "on_mismatch", "keep the template's value ('slice' copies the overlap)", value="template"))
+        return MismatchError(
+            f"{why}{more}; nothing written",
+            remedy=Remedy("on_mismatch", "keep the template's value ('slice' copies the overlap)", value="template"),
+        )
     # No policy converts a non-floating dtype: only pairing it otherwise does.
     return MismatchError(f"{why}{more}; nothing written (a rename rule can pair it with another source {what})")
 
@@ -58,9 +81,12 @@ def refuse_if_nothing_matched(report: FitReport) -> None:
     """A fit that takes no value from the source would write the template back: refuse it."""
     if report.matched or any(m.get("action") == "slice" for m in report.mismatched):
         return
-    raise MismatchError("no template tensor matched a source tensor, so the output would be the template "
-                        "unchanged; nothing written (compare the names with `ckptio diff`, pair them with rules "
-                        "such as --map OLD=NEW)", path=report.template)
+    raise MismatchError(
+        "no template tensor matched a source tensor, so the output would be the template "
+        "unchanged; nothing written (compare the names with `ckptio diff`, pair them with rules "
+        "such as --map OLD=NEW)",
+        path=report.template,
+    )
 
 
 def _decide(report, name, dst, how, es, et, on_mismatch, vocab, axis) -> Op:
@@ -77,7 +103,7 @@ def _decide(report, name, dst, how, es, et, on_mismatch, vocab, axis) -> Op:
     if vocab is not None:
         _check_vocab(name, dst, es.shape, et.shape, vocab, axis)
         old, new, vocab_name = vocab
-        moved = len(set(old[:es.shape[axis]]) & set(new))
+        moved = len(set(old[: es.shape[axis]]) & set(new))
         report.matched.append({"src": name, "dst": dst, "how": how})
         report.remapped.append({"src": name, "dst": dst, "vocab": vocab_name, "moved": moved, "new": len(new) - moved})
         return Op("vocab", dst, name, et.dtype, vocab)
@@ -85,8 +111,9 @@ def _decide(report, name, dst, how, es, et, on_mismatch, vocab, axis) -> Op:
         action = on_mismatch
         if action == "slice" and len(es.shape) != len(et.shape):
             action = "error"
-        why = (f"{name!r} has shape {list(es.shape)}, template tensor {dst!r} has shape {list(et.shape)}"
-               + (" (ranks differ: cannot slice)" if on_mismatch == "slice" else ""))
+        why = f"{name!r} has shape {list(es.shape)}, template tensor {dst!r} has shape {list(et.shape)}" + (
+            " (ranks differ: cannot slice)" if on_mismatch == "slice" else ""
+        )
         report.mismatched.append({**mismatch, "action": action})
         if action == "error":
             report.errors.append((dst, why))
@@ -103,11 +130,16 @@ def _check_vocab(name, dst, src_shape, dst_shape, vocab, axis) -> None:
     if len(src_shape) <= axis or len(dst_shape) <= axis:
         raise PlanError(f"--vocab {vocab_name}: {dst!r} has rank {len(dst_shape)}, no axis {axis}", key=dst)
     if _without(src_shape, axis) != _without(dst_shape, axis):
-        raise MismatchError(f"--vocab {vocab_name}: {name!r} {list(src_shape)} and {dst!r} {list(dst_shape)} "
-                            f"differ beyond axis {axis}", key=dst)
+        raise MismatchError(
+            f"--vocab {vocab_name}: {name!r} {list(src_shape)} and {dst!r} {list(dst_shape)} differ beyond axis {axis}",
+            key=dst,
+        )
     if len(old) > src_shape[axis] or len(new) > dst_shape[axis]:
-        raise PlanError(f"--vocab {vocab_name}: {len(old)} old and {len(new)} new tokens, but {name!r} has "
-                        f"{src_shape[axis]} and {dst!r} {dst_shape[axis]} entries along axis {axis}", key=dst)
+        raise PlanError(
+            f"--vocab {vocab_name}: {len(old)} old and {len(new)} new tokens, but {name!r} has "
+            f"{src_shape[axis]} and {dst!r} {dst_shape[axis]} entries along axis {axis}",
+            key=dst,
+        )
 
 
 def _without(shape, axis: int) -> tuple:

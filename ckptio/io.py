@@ -1,4 +1,5 @@
 """Byte sources: one read(offset, length) interface over local files and memory (output side: output.py)."""
+
 from __future__ import annotations
 
 import os
@@ -23,7 +24,10 @@ class Source:
         if offset < 0 or length < 0 or offset + length > self.size:
             raise TruncatedError(
                 f"needs bytes [{offset}, {offset + length}) but the file has {self.size}",
-                path=self.name, key=key, offset=offset)
+                path=self.name,
+                key=key,
+                offset=offset,
+            )
         data = self._pread(offset, length)
         with self._lock:
             self.bytes_read += len(data)
@@ -55,8 +59,12 @@ def copy_source(source: Source, write, *, chunk: int, progress=None) -> None:
 
 def odd_file_kind(mode: int) -> str | None:
     """What a file is when it is neither a regular file nor a directory ("a FIFO" ...), else None."""
-    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+    for test, kind in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
         if test(mode):
             return kind
     return None if stat.S_ISREG(mode) or stat.S_ISDIR(mode) else "a special file"
@@ -138,9 +146,19 @@ class MemorySource(Source):
         self.size = len(data)
 
     def _pread(self, offset: int, length: int) -> bytes:
-        return bytes(self._data[offset:offset + length])
+        return bytes(self._data[offset : offset + length])
 
 
 # The output side moved to output.py; its names stay importable from here.
-from .output import (CLAIM_TRIES, AtomicFiles, OutputClaim, interrupts_deferred, make_dirs,  # noqa: E402, F401
-                     preallocate, remove_stale_temps, staging_dir, take_late_interrupt, write_all)
+from .output import (  # noqa: E402, F401
+    CLAIM_TRIES,
+    AtomicFiles,
+    OutputClaim,
+    interrupts_deferred,
+    make_dirs,
+    preallocate,
+    remove_stale_temps,
+    staging_dir,
+    take_late_interrupt,
+    write_all,
+)

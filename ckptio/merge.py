@@ -7,6 +7,7 @@ counters such as global_step, strings, bools) is copied from the last input, or 
 task-arithmetic. A TF2 checkpoint keeps the first input's object graph. The output goes through
 the bundle writer: data first, the index last, renamed into place only when complete.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,20 +23,41 @@ from .merge_inputs import check_agree, describe, newest, step_order
 from .rewrite import Plan, _write_piece, make_plan
 from .transform import Select, StripOptimizer
 
+
 class MergeReport:
     """What a merge did (or, for a dry run, would do)."""
 
-    __slots__ = ("inputs", "base", "dst", "method", "weights", "decay", "order", "notes", "combined", "copied",
-                 "copied_from", "dropped", "tensors", "linear", "bytes_read", "bytes_written", "seconds", "dry_run")
+    __slots__ = (
+        "inputs",
+        "base",
+        "dst",
+        "method",
+        "weights",
+        "decay",
+        "order",
+        "notes",
+        "combined",
+        "copied",
+        "copied_from",
+        "dropped",
+        "tensors",
+        "linear",
+        "bytes_read",
+        "bytes_written",
+        "seconds",
+        "dry_run",
+    )
 
     def __init__(self, **fields):
         for name in self.__slots__:
             setattr(self, name, fields.get(name))
 
     def __repr__(self):
-        return (f"MergeReport(method={self.method!r}, inputs={len(self.inputs)}, dst={self.dst!r}, "
-                f"combined={len(self.combined)}, copied={len(self.copied)}, dropped={len(self.dropped)}, "
-                f"dry_run={self.dry_run})")
+        return (
+            f"MergeReport(method={self.method!r}, inputs={len(self.inputs)}, dst={self.dst!r}, "
+            f"combined={len(self.combined)}, copied={len(self.copied)}, dropped={len(self.dropped)}, "
+            f"dry_run={self.dry_run})"
+        )
 
     def to_json(self) -> dict:
         out = {name: getattr(self, name) for name in self.__slots__}
@@ -83,17 +105,33 @@ def _check_options(method, n_inputs, weights, decay, base) -> list[float] | None
         raise PlanError(f"{len(weights)} weights for {n_inputs} inputs")
     if method == "weighted":
         if any(w < 0 for w in weights) or not math.fsum(weights) > 0:
-            raise PlanError("weighted needs weights >= 0 with a positive sum (for other blends use "
-                            "--method task-arithmetic)")
+            raise PlanError(
+                "weighted needs weights >= 0 with a positive sum (for other blends use --method task-arithmetic)"
+            )
     return weights
 
 
 # -- the API ---------------------------------------------------------------------------------------
 
 
-def merge(inputs, dst, *, method: str = "mean", weights=None, decay=None, base=None, last: int | None = None,
-          include=(), exclude=(), keep_optimizer: bool = False, force: bool = False, dry_run: bool = False,
-          progress=None, fsync: bool = False, threads: int | None = None) -> MergeReport:
+def merge(
+    inputs,
+    dst,
+    *,
+    method: str = "mean",
+    weights=None,
+    decay=None,
+    base=None,
+    last: int | None = None,
+    include=(),
+    exclude=(),
+    keep_optimizer: bool = False,
+    force: bool = False,
+    dry_run: bool = False,
+    progress=None,
+    fsync: bool = False,
+    threads: int | None = None,
+) -> MergeReport:
     """Combine checkpoints into a new one at prefix dst; returns a MergeReport.
 
     inputs: paths (any form ckptio.open takes) or open Checkpoints; with last=N, one directory
@@ -132,8 +170,14 @@ def merge(inputs, dst, *, method: str = "mean", weights=None, decay=None, base=N
 
             check_output(os.fspath(dst), force=force, inputs=[c.located for c in job.all])
         if not dry_run:
-            job.execute(os.fspath(dst), report, force=force, progress=progress, fsync=fsync,
-                        threads=threads or ms.default_threads())
+            job.execute(
+                os.fspath(dst),
+                report,
+                force=force,
+                progress=progress,
+                fsync=fsync,
+                threads=threads or ms.default_threads(),
+            )
         report.bytes_read = sum(c.bytes_read for c in job.all)
         report.seconds = time.perf_counter() - started
         return report
@@ -188,8 +232,7 @@ class Job:
             combined = set(self.combined)
             for item in self.plan.items:
                 if item.dst in combined and mm.accumulator(entries[item.src].dtype) is not mm.np.float64:
-                    raise UnsupportedError("slerp of complex tensors is not defined here; exclude them",
-                                           key=item.dst)
+                    raise UnsupportedError("slerp of complex tensors is not defined here; exclude them", key=item.dst)
 
     def _effective_weights(self, weights) -> list[float]:
         """The weight each input's value gets in the result (the base's is 1 - sum for task-arithmetic)."""
@@ -213,20 +256,35 @@ class Job:
         if self.method == "weighted":
             notes.append("weights normalised to sum 1: " + ", ".join(f"{w:.6g}" for w in self.weights))
         if self.method == "ema":
-            notes.append(f"ema over the inputs in step order ({order}): m_1 = x_1, m_k = {self.decay:g} m_(k-1) "
-                         f"+ {1 - self.decay:g} x_k")
+            notes.append(
+                f"ema over the inputs in step order ({order}): m_1 = x_1, m_k = {self.decay:g} m_(k-1) "
+                f"+ {1 - self.decay:g} x_k"
+            )
         if self.method == "slerp":
-            notes.append(f"slerp at t={self.weights[0]:g} per tensor; near-parallel tensors "
-                         f"(|cos| > {mm.PARALLEL}) interpolate linearly")
+            notes.append(
+                f"slerp at t={self.weights[0]:g} per tensor; near-parallel tensors "
+                f"(|cos| > {mm.PARALLEL}) interpolate linearly"
+            )
         return MergeReport(
-            inputs=[c.prefix for c in self.ckpts], base=None if self.base is None else self.base.prefix,
-            dst=None if dst is None else os.fspath(dst), method=self.method, weights=self.weights,
-            decay=self.decay, order=order, notes=notes, dry_run=dry_run,
+            inputs=[c.prefix for c in self.ckpts],
+            base=None if self.base is None else self.base.prefix,
+            dst=None if dst is None else os.fspath(dst),
+            method=self.method,
+            weights=self.weights,
+            decay=self.decay,
+            order=order,
+            notes=notes,
+            dry_run=dry_run,
             combined=list(self.combined),
             copied=[i.dst for i in self.plan.items if i.dst not in combined],
-            copied_from=self.keep_from.prefix, dropped=list(self.plan.dropped), linear=[],
+            copied_from=self.keep_from.prefix,
+            dropped=list(self.plan.dropped),
+            linear=[],
             tensors={i.dst: describe(entries[i.src]) for i in self.plan.items},
-            bytes_read=0, bytes_written=self.plan.bytes_after, seconds=0.0)
+            bytes_read=0,
+            bytes_written=self.plan.bytes_after,
+            seconds=0.0,
+        )
 
     # -- writing --------------------------------------------------------------------------------------
 
@@ -241,8 +299,9 @@ class Job:
                 return
         combined = set(self.combined)
         pieces = [p for p in self.plan.pieces if p.name in combined]
-        with ms.Pipeline(pieces, self._piece_sources, self._combiner_for(coefficients), len(self.operands),
-                         threads) as pipeline:
+        with ms.Pipeline(
+            pieces, self._piece_sources, self._combiner_for(coefficients), len(self.operands), threads
+        ) as pipeline:
             self._write(dst, force=force, progress=progress, fsync=fsync, chunks=pipeline.chunks)
 
     def _write(self, dst: str, *, force: bool, progress, fsync: bool, chunks) -> None:
@@ -302,9 +361,17 @@ class Job:
 
     def _combiner_for(self, coefficients):
         """combiner(piece, scratch): the Combiner of one piece, its float64 buffers kept in scratch."""
+
         def combiner(piece, scratch):
-            return mm.Combiner(self.method, piece.out_dtype, weights=self.weights, decay=self.decay,
-                               coefficients=coefficients.get(piece.name), buffers=scratch)
+            return mm.Combiner(
+                self.method,
+                piece.out_dtype,
+                weights=self.weights,
+                decay=self.decay,
+                coefficients=coefficients.get(piece.name),
+                buffers=scratch,
+            )
+
         return combiner
 
     def _piece_sources(self, piece):
@@ -323,6 +390,7 @@ class Job:
             combiner = make(piece, self._scratch)
             for xs in self._aligned(piece):
                 yield combiner(xs)
+
         return chunks
 
     def _slerp_pass(self, report: MergeReport) -> dict[str, tuple[float, float]]:

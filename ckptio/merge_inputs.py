@@ -1,4 +1,5 @@
 """Choosing and checking the inputs of a merge: --last N, step order for ema, agreement of every tensor."""
+
 from __future__ import annotations
 
 import os
@@ -9,8 +10,12 @@ from .checkpoint import Checkpoint
 from .errors import CheckpointNotFoundError, MismatchError, PlanError
 
 # Integer step counters, in the order tried, that put the inputs of an EMA in step order.
-STEP_KEYS = ("global_step", "global_step/.ATTRIBUTES/VARIABLE_VALUE", "step/.ATTRIBUTES/VARIABLE_VALUE",
-             "save_counter/.ATTRIBUTES/VARIABLE_VALUE")
+STEP_KEYS = (
+    "global_step",
+    "global_step/.ATTRIBUTES/VARIABLE_VALUE",
+    "step/.ATTRIBUTES/VARIABLE_VALUE",
+    "save_counter/.ATTRIBUTES/VARIABLE_VALUE",
+)
 
 
 def newest(directory, n: int) -> list[str]:
@@ -21,17 +26,23 @@ def newest(directory, n: int) -> list[str]:
     if n < 1:
         raise PlanError(f"--last needs N >= 1, not {n}")
     if not os.path.isfile(os.path.join(directory, "checkpoint")):
-        raise PlanError(f"--last N needs a directory with a 'checkpoint' state file; {directory} has none",
-                        path=directory)
+        raise PlanError(
+            f"--last N needs a directory with a 'checkpoint' state file; {directory} has none", path=directory
+        )
     rows = listed(directory)[0]
     present = [r.path for r in rows if r.path is not None]
     if len(present) < n:
-        raise PlanError(f"the 'checkpoint' state file lists {len(present)} checkpoint(s) that exist; "
-                        f"--last {n} needs {n}", path=directory)
+        raise PlanError(
+            f"the 'checkpoint' state file lists {len(present)} checkpoint(s) that exist; --last {n} needs {n}",
+            path=directory,
+        )
     missing = [r.stored for r in rows[-n:] if r.path is None]
     if missing:  # skipping it would quietly widen the window to an older checkpoint
-        raise CheckpointNotFoundError(f"--last {n}: the 'checkpoint' state file lists {missing[-1]}, which does not "
-                                      "exist; name the checkpoints to merge instead", path=directory)
+        raise CheckpointNotFoundError(
+            f"--last {n}: the 'checkpoint' state file lists {missing[-1]}, which does not "
+            "exist; name the checkpoints to merge instead",
+            path=directory,
+        )
     return present[-n:]  # CheckpointManager and Saver list them oldest first
 
 

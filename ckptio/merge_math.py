@@ -15,6 +15,7 @@ chunk per input, never a whole tensor. The rules, for inputs x_1 .. x_n (in merg
                      zero or |cos(theta)| > PARALLEL (near-parallel or opposite: sin(theta) ~ 0),
                      or the angle is undefined (NaN or infinite values).
 """
+
 from __future__ import annotations
 
 import math
@@ -63,7 +64,7 @@ def flat_chunks(ckpt, name: str, entry, slice_=None, buffers=()):
     array = reader.read_entry(name, entry) if slice_ is None else reader.read_slice(name, slice_, entry.shape)
     flat = np.asarray(array).reshape(-1)
     for start in range(0, flat.size, elements):
-        yield flat[start:start + elements]
+        yield flat[start : start + elements]
 
 
 def aligned(streams, name: str):
@@ -193,6 +194,7 @@ def to_bfloat16(x: np.ndarray, out: np.ndarray, scratch=None) -> None:
     elsewhere x and its float32 lie strictly between the same two midpoints. Those few elements
     are rounded again straight from float64.
     """
+
     def buffer(name, dtype):
         return np.empty(x.size, dtype) if scratch is None else scratch(name, x.size, dtype)
 

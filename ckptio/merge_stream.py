@@ -9,6 +9,7 @@ computed there, run after run (the runs of one piece in order, so no crc arithme
 and checked at the end of each piece, before anything is renamed into place. Reads, crc32c and
 numpy release the GIL, so the tasks and the caller's crc and writes use every core.
 """
+
 from __future__ import annotations
 
 import os
@@ -205,8 +206,12 @@ def _task(piece, j: int, operands, slot: _Slot, make_combiner):
     for source, view in zip(operands, views):
         got = source.src.readinto(source.entry.offset + start, view) if n else 0
         if got != n:
-            raise TruncatedError(f"shard ends after {got} of {n} bytes", path=source.src.name, key=source.name,
-                                 offset=source.entry.offset + start)
+            raise TruncatedError(
+                f"shard ends after {got} of {n} bytes",
+                path=source.src.name,
+                key=source.name,
+                offset=source.entry.offset + start,
+            )
     big = operands[0].reader.header.big_endian
     xs = [from_bytes(v, info, (n // info.itemsize,), big_endian=big) for v in views]
     return views, make_combiner(piece, slot.scratch)(xs)

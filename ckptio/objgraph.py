@@ -15,6 +15,7 @@ This module is the front: the pieces live below it, each importing only the ones
 objgraph_model (values, paths, parse/serialize) <- objgraph_check (optimizers, ownership,
 consistency) and objgraph_select (names for selection) <- objgraph_edit (GraphPlan).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -22,15 +23,31 @@ from collections.abc import Sequence
 from .errors import PlanError
 from .objgraph_check import check_consistency, find_optimizers, graph_problems, owned_keys, resolve_user_path  # noqa: F401
 from .objgraph_edit import GraphPlan
-from .objgraph_model import (ATTRIBUTES_SEP, OBJECT_ATTRIBUTES, OPTIMIZER_SLOT, SERIALIZE_TO_TENSORS,  # noqa: F401
-                             Attribute, Child, Node, ObjectGraph, Path, SlotVariable, attribute_key,
-                             escape_path_element, parse_path, path_string, slot_prefix, unescape_path_element)
+from .objgraph_model import (  # noqa: F401
+    ATTRIBUTES_SEP,
+    OBJECT_ATTRIBUTES,
+    OPTIMIZER_SLOT,
+    SERIALIZE_TO_TENSORS,
+    Attribute,
+    Child,
+    Node,
+    ObjectGraph,
+    Path,
+    SlotVariable,
+    attribute_key,
+    escape_path_element,
+    parse_path,
+    path_string,
+    slot_prefix,
+    unescape_path_element,
+)
 
 _ATTRIBUTES_SEP = ATTRIBUTES_SEP  # old names, for callers not yet moved
 _resolve_user_path = resolve_user_path
 
 
 # -- planning a rewrite -------------------------------------------------------------------------------
+
 
 def plan_object_based(ckpt, steps: Sequence, data: bytes | None = None) -> tuple[dict[str, str], bytes]:
     """Apply pipeline steps to the object graph: ({source key: output key} to keep, new graph bytes).
@@ -71,8 +88,23 @@ def optimizer_keys(ckpt) -> set[str]:
     """Bundle keys that stripping the optimizer would drop (for `ls` roles); empty without a graph."""
     return {k for k, role in object_roles(ckpt).items() if role == "optimizer"}
 
+
 __all__ = [
-    "ObjectGraph", "Node", "Child", "Attribute", "SlotVariable", "escape_path_element", "unescape_path_element",
-    "path_string", "parse_path", "attribute_key", "slot_prefix", "find_optimizers", "graph_problems",
-    "check_consistency", "plan_object_based", "optimizer_keys", "object_roles",
+    "ObjectGraph",
+    "Node",
+    "Child",
+    "Attribute",
+    "SlotVariable",
+    "escape_path_element",
+    "unescape_path_element",
+    "path_string",
+    "parse_path",
+    "attribute_key",
+    "slot_prefix",
+    "find_optimizers",
+    "graph_problems",
+    "check_consistency",
+    "plan_object_based",
+    "optimizer_keys",
+    "object_roles",
 ]

@@ -1,5 +1,6 @@
 """Reading an object graph against a bundle: which nodes are optimizers, which bundle keys each
 attribute owns, and what does not match (as verify and doctor report it)."""
+
 from __future__ import annotations
 
 import re
@@ -8,7 +9,6 @@ from collections.abc import Sequence
 from .bundle.naming import OBJECT_GRAPH_KEY
 from .errors import CorruptCheckpointError, PlanError
 from .objgraph_model import ATTRIBUTES_SEP, Node, ObjectGraph, parse_path
-
 
 # -- finding optimizers ------------------------------------------------------------------------------
 
@@ -102,8 +102,10 @@ def graph_problems(graph: ObjectGraph, keys: set[str]) -> list[str]:
             out.append(f"tensor {key!r} is in the bundle but no object graph attribute names it")
     for nid, (node, value) in enumerate(zip(graph.nodes, graph.checkpoint_values())):
         if node.has_checkpoint_values is False and value:
-            out.append(f"{graph.describe(nid, paths)}: has_checkpoint_values is false but it has values "
-                       "(TF would silently skip restoring it)")
+            out.append(
+                f"{graph.describe(nid, paths)}: has_checkpoint_values is false but it has values "
+                "(TF would silently skip restoring it)"
+            )
     return out
 
 

@@ -5,6 +5,7 @@ path) moved gets its attributes' keys moved with it, so bundle keys are always w
 would write for the new structure (FORMAT.md §8, §10.6). Each attribute remembers the bundle key
 it was read from, which is how the final {source key: output key} mapping comes out.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -45,8 +46,12 @@ class GraphPlan:
         kind = type(step).__name__
         if kind == "Cast":  # dtypes only; the graph does not record them
             return
-        handler = {"Select": self.select, "StripOptimizer": self.strip, "Rename": self.rename,
-                   "MapNames": self.map_names}.get(kind)
+        handler = {
+            "Select": self.select,
+            "StripOptimizer": self.strip,
+            "Rename": self.rename,
+            "MapNames": self.map_names,
+        }.get(kind)
         if handler is None:
             raise PlanError(f"step {kind} is not supported on object-based (TF2) checkpoints")
         handler(step)
@@ -59,13 +64,13 @@ class GraphPlan:
             g.keep_only(order)  # number nodes as TF would for this structure
         g.recompute_checkpoint_values()
         mapping: dict[str, str] = {}
-        for nid, a in g.attributes():
+        for _nid, a in g.attributes():
             if a.checkpoint_key != a.source and ATTRIBUTES_SEP[1:] not in a.checkpoint_key:
                 raise PlanError("TensorFlow restores only keys containing '.ATTRIBUTES/'", key=a.checkpoint_key)
             for src, suffix in self.owned.get(a.source, ()):
                 # Several attributes may share one tensor; the first (BFS order) decides its name.
                 if src in mapping and mapping[src] != a.checkpoint_key + suffix:
-                    a.checkpoint_key = mapping[src][:len(mapping[src]) - len(suffix)]
+                    a.checkpoint_key = mapping[src][: len(mapping[src]) - len(suffix)]
                 mapping.setdefault(src, a.checkpoint_key + suffix)
         mapping.update(self.loose)
         seen: dict[str, str] = {}
@@ -95,8 +100,11 @@ class GraphPlan:
         if gone and not may_lose_values:
             lost = [a.checkpoint_key for i in gone for a in g.nodes[i].attributes]
             if lost:
-                raise PlanError(f"this would drop {len(lost)} tensors no longer reachable from the root, e.g. "
-                                f"{lost[0]!r}; drop them with a select step first", key=lost[0])
+                raise PlanError(
+                    f"this would drop {len(lost)} tensors no longer reachable from the root, e.g. "
+                    f"{lost[0]!r}; drop them with a select step first",
+                    key=lost[0],
+                )
         if gone:
             drop = set(gone)
             g.keep_only([i for i in range(len(g.nodes)) if i not in drop])
@@ -110,12 +118,15 @@ class GraphPlan:
             if old is None or new is None or old == new:
                 continue
             if node.registered_saver:
-                raise PlanError(f"object {old!r} has registered saver {node.registered_saver[0]!r}, which names "
-                                "its own tensors; ckptio cannot move it", key=old)
+                raise PlanError(
+                    f"object {old!r} has registered saver {node.registered_saver[0]!r}, which names "
+                    "its own tensors; ckptio cannot move it",
+                    key=old,
+                )
             head = old + ATTRIBUTES_SEP
             for a in node.attributes:
                 if a.checkpoint_key.startswith(head):  # canonical: follows the node; else opaque, kept
-                    a.checkpoint_key = new + a.checkpoint_key[len(old):]
+                    a.checkpoint_key = new + a.checkpoint_key[len(old) :]
 
     def _remove(self, doomed: set[int]) -> None:
         """Delete nodes with every edge and slot reference into them (ids are compacted)."""
@@ -195,8 +206,13 @@ class GraphPlan:
         while queue:
             i = queue.popleft()
             node = g.nodes[i]
-            if (i == 0 or i in doomed or i in slotted or node.has_own_values
-                    or any(c.node_id not in doomed for c in node.children)):
+            if (
+                i == 0
+                or i in doomed
+                or i in slotted
+                or node.has_own_values
+                or any(c.node_id not in doomed for c in node.children)
+            ):
                 continue
             doomed.add(i)
             # Only containers that lose their last child here go; ones empty in the source stay.
@@ -229,15 +245,23 @@ class GraphPlan:
         """
         g = self.graph
         lost = g.live() - g.live(doomed)
-        weights = [a for opt in doomed for c in g.nodes[opt].children if c.local_name == "_trainable_variables"
-                   for w in g.nodes[c.node_id].children if w.node_id in lost for a in g.nodes[w.node_id].attributes]
+        weights = [
+            a
+            for opt in doomed
+            for c in g.nodes[opt].children
+            if c.local_name == "_trainable_variables"
+            for w in g.nodes[c.node_id].children
+            if w.node_id in lost
+            for a in g.nodes[w.node_id].attributes
+        ]
         self.stranded = {k for a in weights for k, _ in self.owned.get(a.source, ())}
         if weights and refuse:
             raise UnsupportedError(
                 f"stripping the optimizer would lose {len(weights)} model weights (this one among them) that only "
                 "the optimizer's list of trainable variables reaches (Keras 3 leaves layers held in Python lists "
                 "or dicts out of tf.train.Checkpoint); keep the optimizer, or drop what you choose with --exclude",
-                key=weights[0].checkpoint_key)
+                key=weights[0].checkpoint_key,
+            )
 
     def _promote_ema(self, optimizers: set[int]) -> None:
         """Take each model weight's value from its optimizer-kept moving average (Keras use_ema)."""
@@ -253,8 +277,10 @@ class GraphPlan:
                 if c.local_name in averages:
                     pairs.append((c.node_id, averages[c.local_name]))
         if not pairs:
-            raise PlanError("--ema promote: this object graph has no optimizer-kept moving averages that "
-                            "ckptio can pair with model weights")
+            raise PlanError(
+                "--ema promote: this object graph has no optimizer-kept moving averages that "
+                "ckptio can pair with model weights"
+            )
         for weight, average in pairs:
             w, m = _value(g.nodes[weight]), _value(g.nodes[average])
             if w is None or m is None:
@@ -281,6 +307,7 @@ class GraphPlan:
             used |= self._move_scopes(scopes)
         singles = _single_rules(step, [i for i in range(len(step.rules)) if i not in {s[0] for s in scopes}])
         if singles:
+
             def fn(name: str) -> str:  # first matching rule wins, as for plain names
                 for i, single in singles:
                     out, rule = single.rename(name)
@@ -288,11 +315,14 @@ class GraphPlan:
                         used.add(i)
                         return out
                 return name
+
             self._map_keys(fn)
         unused = [f"{o}={n}" for i, (o, n) in enumerate(step.rules) if i not in used]
         if unused and not step.allow_unmatched:
-            raise PlanError("rename rule matches no object or tensor: " + ", ".join(unused),
-                            remedy=Remedy("allow_unmatched", "accept"))
+            raise PlanError(
+                "rename rule matches no object or tensor: " + ", ".join(unused),
+                remedy=Remedy("allow_unmatched", "accept"),
+            )
 
     def _move_scopes(self, scopes) -> set[int]:  # returns the indices of the rules that matched
         """Literal `old/=new/` rules: move the edge at path old to path new (any path, aliases too)."""
@@ -300,8 +330,7 @@ class GraphPlan:
         used, moves, reroot = set(), [], None
         for i, old, new in scopes:
             if ".OPTIMIZER_SLOT" in old:
-                raise PlanError("slot variables are named after their variable and optimizer; rename those",
-                                key=old)
+                raise PlanError("slot variables are named after their variable and optimizer; rename those", key=old)
             if old == "/" or new == "/":
                 if reroot is not None or len(scopes) > 1:
                     raise PlanError("moving the root ('/') must be the only rule of its rename step")
@@ -358,11 +387,13 @@ class GraphPlan:
             if all(n is None for n in news):
                 drop.add(a)
                 continue
-            heads = {n[:len(n) - len(s)] if n is not None and n.endswith(s) else None
-                     for n, (_, s) in zip(news, tensors)}
+            heads = {
+                n[: len(n) - len(s)] if n is not None and n.endswith(s) else None for n, (_, s) in zip(news, tensors)
+            }
             if len(heads) != 1 or None in heads:
-                raise PlanError(f"{[t for t, _ in tensors]} are one saved object and must be renamed alike",
-                                key=tensors[0][0])
+                raise PlanError(
+                    f"{[t for t, _ in tensors]} are one saved object and must be renamed alike", key=tensors[0][0]
+                )
             head = heads.pop()
             if head != a.checkpoint_key:
                 target[a] = head
@@ -379,15 +410,19 @@ class GraphPlan:
             canonical.add(a)
             if nid not in paths:
                 continue  # slot keys follow their variable and optimizer
-            tail = a.checkpoint_key[len(prefix):]
+            tail = a.checkpoint_key[len(prefix) :]
             new = target.get(a, a.checkpoint_key)
             if not new.endswith(tail):
-                raise PlanError(f"renaming {a.checkpoint_key!r} to {new!r} changes the attribute part {tail!r}; "
-                                "only object paths can be renamed", key=a.checkpoint_key)
-            path = parse_path(new[:len(new) - len(tail)])
+                raise PlanError(
+                    f"renaming {a.checkpoint_key!r} to {new!r} changes the attribute part {tail!r}; "
+                    "only object paths can be renamed",
+                    key=a.checkpoint_key,
+                )
+            path = parse_path(new[: len(new) - len(tail)])
             if want.setdefault(nid, path) != path:
-                raise PlanError(f"the attributes of object {prefix!r} would be renamed to different objects",
-                                key=a.checkpoint_key)
+                raise PlanError(
+                    f"the attributes of object {prefix!r} would be renamed to different objects", key=a.checkpoint_key
+                )
         moves = derive_moves(g, want)
         if moves:
             self._edit(lambda: move_edges(g, moves, self._new_node), may_lose_values=False)
@@ -395,8 +430,11 @@ class GraphPlan:
             if a.checkpoint_key == new:
                 continue
             if a in canonical:
-                raise PlanError(f"no object structure makes TensorFlow write {new!r} here (it would write "
-                                f"{a.checkpoint_key!r}); rename whole object paths instead", key=new)
+                raise PlanError(
+                    f"no object structure makes TensorFlow write {new!r} here (it would write "
+                    f"{a.checkpoint_key!r}); rename whole object paths instead",
+                    key=new,
+                )
             a.checkpoint_key = new
 
 
@@ -435,7 +473,7 @@ def _check_patterns(step, names: dict, current: dict, source: dict, loose: list[
                 full.setdefault(a.full_name, groups[0][0])
     for kind, patterns, compiled in (("include", step.include, step._inc), ("exclude", step.exclude, step._exc)):
         for pattern, regex in zip(patterns, compiled):
-            hits = (lambda n: regex.match(n)) if step.glob else (lambda n: regex.search(n))
+            hits = regex.match if step.glob else regex.search
             if any(hits(n) for n in visible):
                 continue
             by_key = {path for key, path in keyed.items() if hits(key)}
@@ -444,11 +482,16 @@ def _check_patterns(step, names: dict, current: dict, source: dict, loose: list[
             if not paths:
                 continue
             what = " and ".join(w for w, hit in (("storage keys", by_key), ("variable names", by_name)) if hit)
-            target = f"its object path is {paths[0]!r}" if len(paths) == 1 else \
-                f"the {len(paths)} tensors it matches have object paths such as {paths[0]!r}"
-            raise PlanError(f"{kind} pattern {pattern!r} matches only {what}, no object path (filters on an "
-                            "object-based checkpoint match object paths, as `ckptio ls --objects` shows them); "
-                            f"{target}")
+            target = (
+                f"its object path is {paths[0]!r}"
+                if len(paths) == 1
+                else f"the {len(paths)} tensors it matches have object paths such as {paths[0]!r}"
+            )
+            raise PlanError(
+                f"{kind} pattern {pattern!r} matches only {what}, no object path (filters on an "
+                "object-based checkpoint match object paths, as `ckptio ls --objects` shows them); "
+                f"{target}"
+            )
 
 
 def object_names(data: bytes, entries: dict) -> dict[str, list[str]]:

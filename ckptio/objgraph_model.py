@@ -1,6 +1,7 @@
 """The TF2 object graph as values: nodes, children, attributes, slot variables; its paths and keys;
 parse and serialize (byte-identical round trip of an unedited graph). See objgraph.py for the map.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -20,6 +21,7 @@ Path = tuple[str, ...]  # local names from the root, unescaped
 
 # -- key naming (tensorflow/python/trackable/trackable_utils.py) --------------------------------
 
+
 def escape_path_element(name: str) -> str:
     """Escape one local name as TF does in keys: `.` -> `..`, `/` -> `.S`."""
     return name.replace(".", "..").replace("/", ".S")
@@ -29,7 +31,7 @@ def unescape_path_element(text: str) -> str:
     """Inverse of escape_path_element (a lone `.` is kept as typed)."""
     out, i = [], 0
     while i < len(text):
-        pair = text[i:i + 2]
+        pair = text[i : i + 2]
         if pair in ("..", ".S"):
             out.append("." if pair == ".." else "/")
             i += 2
@@ -64,6 +66,7 @@ def slot_prefix(variable_prefix: str, optimizer_prefix: str, slot_name: str) -> 
 # -- the graph as plain values ---------------------------------------------------------------------
 # `extra` holds a message's unknown fields verbatim (e.g. the retired `optional_restore`), so that
 # re-serializing an unedited graph gives back the input bytes.
+
 
 @dataclass(eq=False, slots=True)
 class Child:
@@ -124,7 +127,7 @@ def _unknown(message) -> bytes:
     known.CopyFrom(message)
     known.DiscardUnknownFields()
     full, head = message.SerializeToString(), known.SerializeToString()
-    return full[len(head):] if full.startswith(head) else b""
+    return full[len(head) :] if full.startswith(head) else b""
 
 
 class ObjectGraph:
@@ -136,30 +139,42 @@ class ObjectGraph:
     # -- bytes ---------------------------------------------------------------------------------
 
     @classmethod
-    def parse(cls, data: bytes, *, path=None) -> "ObjectGraph":
+    def parse(cls, data: bytes, *, path=None) -> ObjectGraph:
         """Decode and validate (every node id in range); CorruptCheckpointError if it is not a graph."""
         from .bundle.entry import parse_proto
 
         proto = _pb().TrackableObjectGraph()
         if not parse_proto(proto, bytes(data)):
-            raise CorruptCheckpointError("the object graph is not a TrackableObjectGraph", path=path,
-                                         key=OBJECT_GRAPH_KEY)
+            raise CorruptCheckpointError(
+                "the object graph is not a TrackableObjectGraph", path=path, key=OBJECT_GRAPH_KEY
+            )
         # Per-message unknown fields cost a copy each, so look for them only when there are any.
         check = proto.ByteSize() != _known_size(proto)
         extra = _unknown if check else (lambda m: b"")
         nodes = []
         for p in proto.nodes:
-            nodes.append(Node(
-                children=[Child(c.node_id, c.local_name, extra(c)) for c in p.children],
-                attributes=[Attribute(a.name, a.full_name, a.checkpoint_key, extra(a), a.checkpoint_key)
-                            for a in p.attributes],
-                slot_variables=[SlotVariable(s.original_variable_node_id, s.slot_name, s.slot_variable_node_id,
-                                             extra(s)) for s in p.slot_variables],
-                registered_saver=((p.registered_saver.name, p.registered_saver.object_name)
-                                  if p.HasField("registered_saver") else None),
-                has_checkpoint_values=(p.has_checkpoint_values.value if p.HasField("has_checkpoint_values")
-                                       else None),
-                extra=extra(p)))
+            nodes.append(
+                Node(
+                    children=[Child(c.node_id, c.local_name, extra(c)) for c in p.children],
+                    attributes=[
+                        Attribute(a.name, a.full_name, a.checkpoint_key, extra(a), a.checkpoint_key)
+                        for a in p.attributes
+                    ],
+                    slot_variables=[
+                        SlotVariable(s.original_variable_node_id, s.slot_name, s.slot_variable_node_id, extra(s))
+                        for s in p.slot_variables
+                    ],
+                    registered_saver=(
+                        (p.registered_saver.name, p.registered_saver.object_name)
+                        if p.HasField("registered_saver")
+                        else None
+                    ),
+                    has_checkpoint_values=(
+                        p.has_checkpoint_values.value if p.HasField("has_checkpoint_values") else None
+                    ),
+                    extra=extra(p),
+                )
+            )
         graph = cls(nodes)
         problems = graph.structure_problems()
         if problems:
@@ -177,8 +192,13 @@ class ObjectGraph:
             for a in n.attributes:
                 _add(p.attributes, a.extra, name=a.name, full_name=a.full_name, checkpoint_key=a.checkpoint_key)
             for s in n.slot_variables:
-                _add(p.slot_variables, s.extra, original_variable_node_id=s.original_node, slot_name=s.slot_name,
-                     slot_variable_node_id=s.slot_node)
+                _add(
+                    p.slot_variables,
+                    s.extra,
+                    original_variable_node_id=s.original_node,
+                    slot_name=s.slot_name,
+                    slot_variable_node_id=s.slot_node,
+                )
             if n.registered_saver is not None:
                 p.registered_saver.name, p.registered_saver.object_name = n.registered_saver
                 p.registered_saver.SetInParent()
@@ -248,8 +268,11 @@ class ObjectGraph:
                     seen.add(nxt)
                     queue.append(nxt)
             if not queue:  # a slot whose variable was found after its optimizer
-                late = {s.slot_node for i in seen for s in self.nodes[i].slot_variables
-                        if s.original_node in seen} - seen - blocked
+                late = (
+                    {s.slot_node for i in seen for s in self.nodes[i].slot_variables if s.original_node in seen}
+                    - seen
+                    - blocked
+                )
                 seen |= late
                 queue.extend(late)
         return seen
@@ -308,8 +331,11 @@ class ObjectGraph:
         nodes = [self.nodes[old] for old in keep]
         for n in nodes:
             n.children = [Child(new_id[c.node_id], c.local_name, c.extra) for c in n.children if c.node_id in new_id]
-            n.slot_variables = [SlotVariable(new_id[s.original_node], s.slot_name, new_id[s.slot_node], s.extra)
-                                for s in n.slot_variables if s.original_node in new_id and s.slot_node in new_id]
+            n.slot_variables = [
+                SlotVariable(new_id[s.original_node], s.slot_name, new_id[s.slot_node], s.extra)
+                for s in n.slot_variables
+                if s.original_node in new_id and s.slot_node in new_id
+            ]
         self.nodes = nodes
 
     def prefixes_by_node(self) -> dict[Node, str]:

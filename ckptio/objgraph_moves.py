@@ -1,6 +1,7 @@
 """Moving objects in a TF2 object graph: edges moved to new paths, containers made on the way, the
 root moved under a path or replaced by a node. Structure only: re-keying is objgraph_edit's job.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -22,6 +23,7 @@ def edge_at(g: ObjectGraph, text: str) -> tuple[int, Child, bool] | None:
                     return parent, edge, alias
     return None
 
+
 def move_edges(g: ObjectGraph, moves: list[tuple[int, Child, Path]], new_node: Callable[[], Node]) -> None:
     """Detach every edge first, then attach each at its new path (so swaps work)."""
     slots = {}
@@ -29,10 +31,11 @@ def move_edges(g: ObjectGraph, moves: list[tuple[int, Child, Path]], new_node: C
         siblings = g.nodes[parent].children
         slots[id(edge)] = (parent, siblings.index(edge))
         siblings.remove(edge)
-    for parent, edge, new in moves:
+    for _parent, edge, new in moves:
         if not new:
-            raise PlanError("an object cannot be moved onto the root; use '/' as the old scope instead",
-                            key=path_string(new))
+            raise PlanError(
+                "an object cannot be moved onto the root; use '/' as the old scope instead", key=path_string(new)
+            )
         target = ensure(g, new[:-1], new_node)
         # Graphs may already hold cycles (Checkpoint(root=m) has an edge `root` to itself); only
         # refuse one this move would make.
@@ -49,6 +52,7 @@ def move_edges(g: ObjectGraph, moves: list[tuple[int, Child, Path]], new_node: C
         # Renamed in place keeps its position, so BFS order (and with it every key) stays as TF's.
         siblings.insert(min(index, len(siblings)) if target == old_parent else len(siblings), moved)
 
+
 def ensure(g: ObjectGraph, path: Path, new_node: Callable[[], Node]) -> int:
     """The node at path, creating empty container nodes on the way."""
     nid = 0
@@ -61,6 +65,7 @@ def ensure(g: ObjectGraph, path: Path, new_node: Callable[[], Node]) -> int:
         nid = nxt
     return nid
 
+
 def reroot_under(g: ObjectGraph, path: Path, new_node: Callable[[], Node]) -> None:
     """`/=model/`: a new root whose path `model` leads to the old root (save_weights -> Checkpoint)."""
     if not path:
@@ -70,6 +75,7 @@ def reroot_under(g: ObjectGraph, path: Path, new_node: Callable[[], Node]) -> No
     swap_ids(g, 0, len(g.nodes) - 1)
     old_root = len(g.nodes) - 1
     g.nodes[ensure(g, path[:-1], new_node)].children.append(Child(old_root, path[-1]))
+
 
 def reroot_at(g: ObjectGraph, nid: int) -> None:
     """`model/=/`: the node at model becomes the root (Checkpoint -> save_weights layout)."""

@@ -15,6 +15,7 @@ plan does (strip before or after, renames):
   paths together, as TF keys them; and, living in their optimizer, they are kept only where the
   optimizer's own path (`optimizer/`) is kept too.
 """
+
 from __future__ import annotations
 
 from .errors import UnsupportedError
@@ -25,8 +26,9 @@ from .objgraph_model import ATTRIBUTES_SEP, Attribute, ObjectGraph, Path, attrib
 PATH_LIMIT = 200_000
 
 
-def object_paths(graph: ObjectGraph, optimizers: set[int], limit: int = PATH_LIMIT
-                 ) -> tuple[dict[int, list[Path]], dict[int, list[Path]]]:
+def object_paths(
+    graph: ObjectGraph, optimizers: set[int], limit: int = PATH_LIMIT
+) -> tuple[dict[int, list[Path]], dict[int, list[Path]]]:
     """(the paths that name each node, every simple path to it from the root).
 
     A node's naming paths are those that pass through no optimizer, or all of them if there are none.
@@ -43,8 +45,9 @@ def object_paths(graph: ObjectGraph, optimizers: set[int], limit: int = PATH_LIM
                 continue  # simple paths only: graphs may hold cycles (Checkpoint(root=m))
             count += 1
             if count > limit:
-                raise UnsupportedError(f"the object graph has more than {limit} object paths; ckptio cannot "
-                                       "select by object path in it")
+                raise UnsupportedError(
+                    f"the object graph has more than {limit} object paths; ckptio cannot select by object path in it"
+                )
             path = names + (c.local_name,)
             (via if through else own).setdefault(c.node_id, []).append(path)
             stack.append((c.node_id, path, ids + (c.node_id,), through))
@@ -54,8 +57,11 @@ def object_paths(graph: ObjectGraph, optimizers: set[int], limit: int = PATH_LIM
     return naming, every
 
 
-def attribute_names(graph: ObjectGraph, optimizers: set[int], current: dict[Attribute, list[str]],
-                    ) -> dict[Attribute, list[list[list[str]]]]:
+def attribute_names(
+    graph: ObjectGraph,
+    optimizers: set[int],
+    current: dict[Attribute, list[str]],
+) -> dict[Attribute, list[list[list[str]]]]:
     """attribute -> for each of its tensors, groups of names; a tensor is kept when every group is.
 
     The first group holds the names a filter sees (see the module docstring). `current` gives each
@@ -81,7 +87,7 @@ def attribute_names(graph: ObjectGraph, optimizers: set[int], current: dict[Attr
         tail = _tail(a, prefixes.get(nid))
         groups = []
         for tensor in tensors:
-            suffix = tensor[len(a.checkpoint_key):] if tensor.startswith(a.checkpoint_key) else ""
+            suffix = tensor[len(a.checkpoint_key) :] if tensor.startswith(a.checkpoint_key) else ""
             own = [stem + tail + suffix for stem in stems.get(nid, ())]
             if tensor not in own and not any(tensor == stem + tail + suffix for stem in all_stems.get(nid, ())):
                 own.append(tensor)  # an opaque key: the user sees it in `ls`, so it names the tensor
@@ -96,13 +102,18 @@ def _stems(graph: ObjectGraph, paths: dict[int, list[Path]]) -> dict[int, list[s
     for nid, node in enumerate(graph.nodes):  # slot nodes are reached through slot_variables only
         for s in node.slot_variables:
             have = stems.setdefault(s.slot_node, [])
-            have.extend(n for n in (slot_prefix(v, o, s.slot_name) for v in stems.get(s.original_node, ())
-                                    for o in stems.get(nid, ())) if n not in have)
+            have.extend(
+                n
+                for n in (
+                    slot_prefix(v, o, s.slot_name) for v in stems.get(s.original_node, ()) for o in stems.get(nid, ())
+                )
+                if n not in have
+            )
     return stems
 
 
 def _tail(a: Attribute, prefix: str | None) -> str:
     """The `/.ATTRIBUTES/...` part of an attribute's key."""
     if prefix is not None and a.checkpoint_key.startswith(prefix + ATTRIBUTES_SEP):
-        return a.checkpoint_key[len(prefix):]
+        return a.checkpoint_key[len(prefix) :]
     return attribute_key("", a.name)

@@ -4,6 +4,7 @@ writers, holding Ctrl-C during a commit, and reserving disk space.
 Every output appears atomically or not at all: temp names in the destination directory, data
 first and the index last, rename into place; a second writer of the same output is refused.
 """
+
 from __future__ import annotations
 
 import errno
@@ -99,15 +100,17 @@ def _rename_no_replace(tmp: str, final: str) -> None:
     try:
         os.link(tmp, final)
     except FileExistsError:
-        raise OutputExistsError("another writer committed a checkpoint here first; this one was not written",
-                                path=final) from None
+        raise OutputExistsError(
+            "another writer committed a checkpoint here first; this one was not written", path=final
+        ) from None
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS):
             raise
         # No hard links on this filesystem: check, then rename (the output claim still serializes ckptio writers).
         if os.path.lexists(final):
-            raise OutputExistsError("another writer committed a checkpoint here first; this one was not written",
-                                    path=final) from None
+            raise OutputExistsError(
+                "another writer committed a checkpoint here first; this one was not written", path=final
+            ) from None
         os.replace(tmp, final)
         return
     os.unlink(tmp)
@@ -118,7 +121,7 @@ def write_all(fd: int, data, path: str) -> None:
     view = memoryview(data)
     while view:
         try:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         except OSError as exc:
             raise WriteError(f"cannot write: {exc.strerror or exc}", path=path) from None
 
@@ -159,8 +162,9 @@ class OutputClaim:
                 if busy < CLAIM_TRIES:
                     time.sleep(0.02)
                     continue
-                raise OutputBusyError("another process is writing this output right now; "
-                                      "try again when it has finished", path=self.output) from None
+                raise OutputBusyError(
+                    "another process is writing this output right now; try again when it has finished", path=self.output
+                ) from None
             except OSError:  # a filesystem without locks: the no-replace commit is the only guard
                 os.close(fd)
                 return
@@ -213,6 +217,7 @@ def remove_stale_temps(directory: str) -> None:
             try:
                 if os.path.isdir(path) and not os.path.islink(path):
                     import shutil
+
                     shutil.rmtree(path, ignore_errors=True)
                 else:
                     os.unlink(path)

@@ -13,6 +13,7 @@ file, so a task refuses to run against changed inputs. The layout is the one `re
 with the same options (it reuses make_plan and _assign_shards), so the output is
 byte-identical to a single-process rewrite.
 """
+
 from __future__ import annotations
 
 import base64
@@ -29,9 +30,20 @@ VERSION = 1
 SUPPORTED = ("strip", "rename", "rewrite")
 
 
-def plan_rewrite(src, dst, steps=(), *, num_shards: int | None = 1, max_shard_size: int | None = None,
-                 force: bool = False, verify: bool = True, fsync: bool = False, state_file: bool = True,
-                 make_latest: bool = False, command: str = "rewrite") -> dict:
+def plan_rewrite(
+    src,
+    dst,
+    steps=(),
+    *,
+    num_shards: int | None = 1,
+    max_shard_size: int | None = None,
+    force: bool = False,
+    verify: bool = True,
+    fsync: bool = False,
+    state_file: bool = True,
+    make_latest: bool = False,
+    command: str = "rewrite",
+) -> dict:
     """The plan (a JSON-able dict) that writes src through steps to prefix dst; reads no tensor bytes."""
     from .bundle.paths import refuse_saved_model_output
     from .bundle.writer import check_output
@@ -41,32 +53,49 @@ def plan_rewrite(src, dst, steps=(), *, num_shards: int | None = 1, max_shard_si
 
     for path in (src, dst):
         if not isinstance(path, Checkpoint) and is_special(os.fspath(path)):
-            raise UnsupportedError("plans read and write local files only (not archives or URLs); "
-                                   "use rewrite for these", path=os.fspath(path))
+            raise UnsupportedError(
+                "plans read and write local files only (not archives or URLs); use rewrite for these",
+                path=os.fspath(path),
+            )
     out = os.path.abspath(os.fspath(dst))
     refuse_saved_model_output(out)
     ckpt = src if isinstance(src, Checkpoint) else Checkpoint(src)
     try:
         if ckpt.format != "v2" or ckpt.header.big_endian:
-            raise UnsupportedError("plans take little-endian V2 bundles only; use rewrite for this input",
-                                   path=ckpt.path)
+            raise UnsupportedError(
+                "plans take little-endian V2 bundles only; use rewrite for this input", path=ckpt.path
+            )
         check_output(out, force=force, inputs=[ckpt.located])
         rewrite_plan = make_plan(ckpt, steps)
         groups = _assign_shards(rewrite_plan.pieces, num_shards, max_shard_size)
         graph = rewrite_plan.graph
-        shards = [_shard(out, i, len(groups), group, graph if i == len(groups) - 1 else None)
-                  for i, group in enumerate(groups)]
+        shards = [
+            _shard(out, i, len(groups), group, graph if i == len(groups) - 1 else None)
+            for i, group in enumerate(groups)
+        ]
         plan = {
-            "format": FORMAT, "version": VERSION, "command": command, "out": out, "staging": staging_dir(out),
-            "options": {"force": force, "verify": verify, "fsync": fsync, "state_file": state_file,
-                        "make_latest": make_latest},
+            "format": FORMAT,
+            "version": VERSION,
+            "command": command,
+            "out": out,
+            "staging": staging_dir(out),
+            "options": {
+                "force": force,
+                "verify": verify,
+                "fsync": fsync,
+                "state_file": state_file,
+                "make_latest": make_latest,
+            },
             "inputs": [fingerprint(ckpt)],
             "num_shards": len(groups),
             "shards": shards,
-            "metadata": {k.hex(): _b64(e.encode()) for k, e in
-                         sorted((naming.encode_key(n), m) for n, m in rewrite_plan.metadata.items())},
+            "metadata": {
+                k.hex(): _b64(e.encode())
+                for k, e in sorted((naming.encode_key(n), m) for n, m in rewrite_plan.metadata.items())
+            },
             "graph": None if graph is None else _b64(graph),
-            "kept": [[i.src, i.dst] for i in rewrite_plan.items], "dropped": rewrite_plan.dropped,
+            "kept": [[i.src, i.dst] for i in rewrite_plan.items],
+            "dropped": rewrite_plan.dropped,
         }
     finally:
         if ckpt is not src:
@@ -87,22 +116,49 @@ def _shard(out: str, shard: int, num_shards: int, pieces, graph: bytes | None) -
     for p in pieces:
         e = p.src_entry
         op = "copy" if p.out_dtype == e.dtype else "cast"
-        steps.append({"op": op, "key": p.key.hex(), "name": p.name, "src_name": p.src_name, "input": 0,
-                      "src_shard": e.shard_id, "src_offset": e.offset, "src_size": e.size,
-                      "src_entry": _b64(e.encode()), "out_dtype": p.out_dtype,
-                      "slice": None if p.slice is None else p.slice.spec()})
-        fragment[p.key.hex()] = {"dtype": p.out_dtype, "shape": list(e.shape), "offset": offset, "size": p.size,
-                                 "crc32c": e.crc32c if op == "copy" else None}
+        steps.append(
+            {
+                "op": op,
+                "key": p.key.hex(),
+                "name": p.name,
+                "src_name": p.src_name,
+                "input": 0,
+                "src_shard": e.shard_id,
+                "src_offset": e.offset,
+                "src_size": e.size,
+                "src_entry": _b64(e.encode()),
+                "out_dtype": p.out_dtype,
+                "slice": None if p.slice is None else p.slice.spec(),
+            }
+        )
+        fragment[p.key.hex()] = {
+            "dtype": p.out_dtype,
+            "shape": list(e.shape),
+            "offset": offset,
+            "size": p.size,
+            "crc32c": e.crc32c if op == "copy" else None,
+        }
         offset += p.size
     if graph is not None:  # the last shard ends with the graph, as rewrite writes it
         from .bundle import strings
 
         data, crc = strings.encode([graph])
         fragment[naming.encode_key(naming.OBJECT_GRAPH_KEY).hex()] = {
-            "dtype": dtypes.STRING, "shape": [], "offset": offset, "size": len(data), "crc32c": crc}
+            "dtype": dtypes.STRING,
+            "shape": [],
+            "offset": offset,
+            "size": len(data),
+            "crc32c": crc,
+        }
         offset += len(data)
-    return {"shard": shard, "file": os.path.basename(naming.data_path(out, shard, num_shards)), "size": offset,
-            "pieces": steps, "graph": graph is not None, "fragment": fragment}
+    return {
+        "shard": shard,
+        "file": os.path.basename(naming.data_path(out, shard, num_shards)),
+        "size": offset,
+        "pieces": steps,
+        "graph": graph is not None,
+        "fragment": fragment,
+    }
 
 
 def plan_id(plan: dict) -> str:
@@ -142,8 +198,9 @@ def load_plan(path) -> dict:
     if plan.get("version") != VERSION:
         raise PlanError(f"plan version {plan.get('version')} is not {VERSION}; make it again", path=os.fspath(path))
     if plan.get("plan_id") != plan_id(plan):
-        raise PlanError("the plan was edited after it was made (its plan_id does not match); make it again",
-                        path=os.fspath(path))
+        raise PlanError(
+            "the plan was edited after it was made (its plan_id does not match); make it again", path=os.fspath(path)
+        )
     return plan
 
 

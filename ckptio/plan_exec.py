@@ -8,6 +8,7 @@ Commit merges the fragments as TF's MergeV2Checkpoints does (shard id i for part
 the data files next to OUT, writes the index last, then the state file, and removes STAGING.
 Everything here goes through Staging and plain paths, to move onto the storage layer later.
 """
+
 from __future__ import annotations
 
 import base64
@@ -71,9 +72,11 @@ class Staging:
 
 # -- tasks -------------------------------------------------------------------------------------
 
+
 def run_shards(plan: dict, shards: list[int], *, progress=None) -> list[int]:
     """Write the given shards (skipping those done and verified); return the ones written."""
     from .checkpoint import Checkpoint
+
     check_inputs(plan)
     staging = Staging(plan)
     written = []
@@ -92,9 +95,8 @@ def run_shards(plan: dict, shards: list[int], *, progress=None) -> list[int]:
 def write_shard(plan: dict, ckpt, staging: Staging, shard: int, *, progress=None) -> None:
     """Write one output shard as a one-shard bundle in the staging area, then its receipt."""
     from .bundle.writer import BundleWriter
-    from .rewrite import _write_piece
-
     from .io import make_dirs
+    from .rewrite import _write_piece
 
     spec, options = plan["shards"][shard], plan["options"]
     staging.forget(shard)  # from here until the new receipt, this shard is not done
@@ -118,8 +120,9 @@ def write_shard(plan: dict, ckpt, staging: Staging, shard: int, *, progress=None
     problem = part_problem(spec, staging, shard)
     if problem:  # the planned layout and what was written disagree: a bug, never committed
         raise PlanError(f"shard {shard} does not match its plan: {problem}", path=part)
-    staging.write_receipt(shard, {"shard": shard, "index_sha256": _sha256(naming.index_path(part)),
-                                  "data_size": spec["size"]})
+    staging.write_receipt(
+        shard, {"shard": shard, "index_sha256": _sha256(naming.index_path(part)), "data_size": spec["size"]}
+    )
 
 
 def _piece(d: dict):
@@ -130,6 +133,7 @@ def _piece(d: dict):
 
 
 # -- checks ------------------------------------------------------------------------------------
+
 
 def shard_problem(plan: dict, staging: Staging, shard: int) -> str | None:
     """Why a shard is not done (no receipt, changed part), or None when it is complete and verified."""
@@ -151,8 +155,13 @@ def part_problem(spec: dict, staging: Staging, shard: int) -> str | None:
         return "its keys differ from the plan"
     for key_hex, want in spec["fragment"].items():
         e = entries[bytes.fromhex(key_hex)]
-        got = {"dtype": e.dtype, "shape": list(e.shape), "offset": e.offset, "size": e.size,
-               "crc32c": e.crc32c if want["crc32c"] is not None else None}
+        got = {
+            "dtype": e.dtype,
+            "shape": list(e.shape),
+            "offset": e.offset,
+            "size": e.size,
+            "crc32c": e.crc32c if want["crc32c"] is not None else None,
+        }
         if e.shard_id != 0 or got != want:
             return f"entry {naming.decode_key(bytes.fromhex(key_hex))!r} differs from the plan"
     data = staging.part_data(shard)
@@ -190,6 +199,7 @@ def _sha256(path: str) -> str:
 
 # -- commit ------------------------------------------------------------------------------------
 
+
 def status(plan: dict) -> dict[int, str | None]:
     """Each shard's problem (None when done)."""
     staging = Staging(plan)
@@ -199,13 +209,17 @@ def status(plan: dict) -> dict[int, str | None]:
 def commit(plan: dict) -> str:
     """Check every shard, merge the fragments into OUT's index (written last), state file, clean up."""
     from .bundle.writer import check_output
+
     out, num_shards = plan["out"], plan["num_shards"]
     staging = Staging(plan)
     missing = {s: why for s, why in status(plan).items() if why is not None}
     if missing:
         first = min(missing)
-        raise PlanError(f"{len(missing)} of {num_shards} shards are not done (shard {first}: {missing[first]}); "
-                        f"run every `ckptio run-plan PLAN --task I/N` first", path=out)
+        raise PlanError(
+            f"{len(missing)} of {num_shards} shards are not done (shard {first}: {missing[first]}); "
+            f"run every `ckptio run-plan PLAN --task I/N` first",
+            path=out,
+        )
     check_inputs(plan)
     check_output(out, force=plan["options"]["force"], inputs=[i["prefix"] for i in plan["inputs"]])
     entries = merged_entries(plan, staging)
@@ -302,8 +316,13 @@ def fingerprint(ckpt) -> dict:
     for i in range(ckpt.num_shards):
         path = ckpt._reader.shard_path(i)
         data.append({"path": os.path.abspath(path), "size": os.path.getsize(path) if os.path.exists(path) else None})
-    return {"prefix": os.path.abspath(ckpt.prefix), "index": os.path.abspath(index),
-            "index_size": os.path.getsize(index), "index_sha256": digest.hexdigest(), "data": data}
+    return {
+        "prefix": os.path.abspath(ckpt.prefix),
+        "index": os.path.abspath(index),
+        "index_size": os.path.getsize(index),
+        "index_sha256": digest.hexdigest(),
+        "data": data,
+    }
 
 
 def check_inputs(plan: dict) -> None:
@@ -318,5 +337,6 @@ def check_inputs(plan: dict) -> None:
             raise MismatchError("an input of the plan is gone", path=recorded["prefix"]) from None
         for field, what in (("index_sha256", "index checksum"), ("index_size", "index size"), ("data", "data files")):
             if now[field] != recorded[field]:
-                raise MismatchError(f"input changed since the plan was made ({what} differs); make a new plan",
-                                    path=recorded["prefix"])
+                raise MismatchError(
+                    f"input changed since the plan was made ({what} differs); make a new plan", path=recorded["prefix"]
+                )

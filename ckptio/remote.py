@@ -16,6 +16,7 @@ last; one PUT is atomic on those stores, so the index PUT is the commit.
 URLs with a query string (signed URLs) are not supported: file names are built by appending
 `.index` / `.data-...` to the prefix.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,16 +27,24 @@ from dataclasses import dataclass
 from .bundle import naming
 from .bundle.paths import Located
 from .checkpoint import Checkpoint
-from .errors import (CheckpointNotFoundError, CkptioError, OutputExistsError, ReadError, Remedy, TruncatedError,
-                     UnsupportedError, WriteError, WrongFileError)
+from .errors import (
+    CheckpointNotFoundError,
+    CkptioError,
+    OutputExistsError,
+    ReadError,
+    Remedy,
+    TruncatedError,
+    UnsupportedError,
+    WriteError,
+    WrongFileError,
+)
 from .io import Source, copy_source
 from .sstable.format import MAGIC_BYTES
 
 CHUNK = 8 << 20
-INDEX_PREFETCH = 16 << 20   # an .index (or V1 table) up to this size is fetched whole, in one request
+INDEX_PREFETCH = 16 << 20  # an .index (or V1 table) up to this size is fetched whole, in one request
 MAX_STATE_FILE = 1 << 20
-OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "r2", "b2",
-                           "http", "https"})
+OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "r2", "b2", "http", "https"})
 
 
 def filesystem(url: str, **storage_options):
@@ -69,8 +78,7 @@ class RemoteSource(Source):
     (used for a small .index, which is read block by block, some blocks twice).
     """
 
-    def __init__(self, fs, path: str, *, name: str | None = None, size: int | None = None,
-                 prefetch: bool = False):
+    def __init__(self, fs, path: str, *, name: str | None = None, size: int | None = None, prefetch: bool = False):
         super().__init__()
         self.fs, self.path = fs, path
         self.name = name or path
@@ -92,13 +100,13 @@ class RemoteSource(Source):
         return data
 
     @classmethod
-    def from_url(cls, url: str, **storage_options) -> "RemoteSource":
+    def from_url(cls, url: str, **storage_options) -> RemoteSource:
         fs, path = filesystem(url, **storage_options)
         return cls(fs, path, name=url)
 
     def _pread(self, offset: int, length: int) -> bytes:
         if self._data is not None:
-            return bytes(self._data[offset:offset + length])
+            return bytes(self._data[offset : offset + length])
         return self._fetch(offset, length)
 
     def _fetch(self, offset: int, length: int) -> bytes:
@@ -113,7 +121,7 @@ class RemoteSource(Source):
         with self._lock:
             self.requests += 1
         if len(data) > length and len(data) == self.size:
-            data = data[offset:offset + length]  # the server ignored the Range header and sent everything
+            data = data[offset : offset + length]  # the server ignored the Range header and sent everything
         return bytes(data)
 
 
@@ -155,8 +163,9 @@ class _Store:
             found = self.fs.glob(self.strip(pattern_url))
         except Exception:  # listing is not available everywhere (plain http servers)
             return []
-        return sorted({p.rstrip("/").rsplit("/", 1)[-1] for p in found
-                       if regex.fullmatch(p.rstrip("/").rsplit("/", 1)[-1])})
+        return sorted(
+            {p.rstrip("/").rsplit("/", 1)[-1] for p in found if regex.fullmatch(p.rstrip("/").rsplit("/", 1)[-1])}
+        )
 
 
 def _join(url: str, name: str) -> str:
@@ -188,26 +197,36 @@ def _resolve(url: str, store: _Store, depth: int) -> Located:
         if store.is_file(naming.index_path(url)):
             return Located("v2", url)
         if url.endswith(".index") and store.is_file(url):
-            return Located("v2", url[:-len(".index")])
+            return Located("v2", url[: -len(".index")])
         split = naming.split_data_path(url)
         if split is not None:
             if store.is_file(naming.index_path(split[0])):
                 return Located("v2", split[0])
-            raise CheckpointNotFoundError(f"this is a data shard but {naming.index_path(split[0])} is missing; "
-                                          "the .index file is needed to read it", path=url)
+            raise CheckpointNotFoundError(
+                f"this is a data shard but {naming.index_path(split[0])} is missing; "
+                "the .index file is needed to read it",
+                path=url,
+            )
         if store.is_file(url):
             size = store.size(url)
-            if size >= 48 and RemoteSource(store.fs, store.strip(url), name=url, size=size).read(size - 8, 8) \
-                    == MAGIC_BYTES:
+            if (
+                size >= 48
+                and RemoteSource(store.fs, store.strip(url), name=url, size=size).read(size - 8, 8) == MAGIC_BYTES
+            ):
                 m = naming.V1_SHARD_RE.match(url)
                 if m:
-                    names = store.glob(f"{m['base']}-*-of-{m['count']}", re.compile(
-                        re.escape(_basename(m["base"])) + rf"-\d{{5}}-of-{m['count']}"))
+                    names = store.glob(
+                        f"{m['base']}-*-of-{m['count']}",
+                        re.compile(re.escape(_basename(m["base"])) + rf"-\d{{5}}-of-{m['count']}"),
+                    )
                     return Located("v1", m["base"], tuple(_join(_dirname(url), n) for n in names) or (url,))
                 return Located("v1", url, (url,))
             if not _protocols(store.fs) & {"http", "https"}:  # over http a directory URL answers with a page
-                raise WrongFileError("not a TensorFlow checkpoint (no table footer); pass a checkpoint prefix, "
-                                     "its .index file, or its directory", path=url)
+                raise WrongFileError(
+                    "not a TensorFlow checkpoint (no table footer); pass a checkpoint prefix, "
+                    "its .index file, or its directory",
+                    path=url,
+                )
     return _resolve_dir(url.rstrip("/"), store, depth)
 
 
@@ -222,23 +241,29 @@ def _resolve_dir(url: str, store: _Store, depth: int) -> Located:
             for c in dict.fromkeys(candidates):
                 if store.is_file(naming.index_path(c)) or store.is_file(c):
                     return _resolve(c, store, depth + 1)
-            raise CheckpointNotFoundError(f"the 'checkpoint' state file names {named!r}, which does not exist",
-                                          path=state)
+            raise CheckpointNotFoundError(
+                f"the 'checkpoint' state file names {named!r}, which does not exist", path=state
+            )
     saved_model = _join(url, "variables/variables")
     if store.is_file(naming.index_path(saved_model)):
         return Located("v2", saved_model)
     indexes = store.glob(_join(url, "*.index"), re.compile(r".+\.index"))
     if len(indexes) == 1:
-        return Located("v2", _join(url, indexes[0][:-len(".index")]))
+        return Located("v2", _join(url, indexes[0][: -len(".index")]))
     if indexes:
-        names = ", ".join(i[:-len(".index")] for i in indexes[:5])
-        raise CheckpointNotFoundError(f"directory holds {len(indexes)} checkpoints and no usable 'checkpoint' "
-                                      f"state file; pass one prefix: {names}", path=url)
+        names = ", ".join(i[: -len(".index")] for i in indexes[:5])
+        raise CheckpointNotFoundError(
+            f"directory holds {len(indexes)} checkpoints and no usable 'checkpoint' "
+            f"state file; pass one prefix: {names}",
+            path=url,
+        )
     shards = store.glob(f"{url}-*-of-*", re.compile(re.escape(_basename(url)) + r"-\d{5}-of-\d{5}"))
     if shards:
         return Located("v1", url, tuple(_join(_dirname(url), n) for n in shards))
-    raise CheckpointNotFoundError("no checkpoint here (no .index file, no 'checkpoint' state file, "
-                                  "no variables/variables.index, no V1 file)", path=url)
+    raise CheckpointNotFoundError(
+        "no checkpoint here (no .index file, no 'checkpoint' state file, no variables/variables.index, no V1 file)",
+        path=url,
+    )
 
 
 def _read_state(state_url: str, store: _Store) -> str | None:
@@ -288,7 +313,7 @@ class RemoteFiles:
         self.store = _Store(fs)
         self.use_temp = renames_cheaply(fs) if use_temp is None else use_temp
         self._token = f"{os.getpid()}-{os.urandom(4).hex()}"
-        self._pending: list[tuple[str, str, str]] = []   # (written path, final path, final url)
+        self._pending: list[tuple[str, str, str]] = []  # (written path, final path, final url)
 
     def _target(self, url: str) -> tuple[str, str]:
         final = self.store.strip(url)
@@ -350,8 +375,9 @@ class RemoteFiles:
                     self.fs.mv(target, final)
         except Exception as exc:
             self.abort()
-            raise WriteError(f"cannot commit output: {exc}", path=self._pending[-1][2] if self._pending else None) \
-                from None
+            raise WriteError(
+                f"cannot commit output: {exc}", path=self._pending[-1][2] if self._pending else None
+            ) from None
         self._pending = []
 
     def abort(self) -> None:
@@ -420,8 +446,13 @@ class TransferStats:
     seconds: float
 
     def to_json(self) -> dict:
-        return {"src": self.src, "dst": self.dst, "files": list(self.files), "bytes": self.bytes,
-                "seconds": round(self.seconds, 3)}
+        return {
+            "src": self.src,
+            "dst": self.dst,
+            "files": list(self.files),
+            "bytes": self.bytes,
+            "seconds": round(self.seconds, 3),
+        }
 
 
 def _plan_copy(ckpt: Checkpoint, dst_prefix: str) -> list[tuple[str, object, str]]:
@@ -435,7 +466,7 @@ def _plan_copy(ckpt: Checkpoint, dst_prefix: str) -> list[tuple[str, object, str
     out = []
     for path, open_source in files:
         name = _basename(path)
-        suffix = name[len(src_base):] if name.startswith(src_base) else name
+        suffix = name[len(src_base) :] if name.startswith(src_base) else name
         out.append((path, open_source, dst_prefix + suffix))
     return out
 
@@ -444,9 +475,17 @@ def _destination_prefix(ckpt: Checkpoint, dst: str) -> str:
     return dst + _basename(ckpt.prefix) if dst.endswith("/") else dst
 
 
-def upload_checkpoint(src, url: str, *, overwrite: bool = False, state_file: bool = True,
-                      use_temp: bool | None = None, progress=None, make_latest: bool = False,
-                      **storage_options) -> TransferStats:
+def upload_checkpoint(
+    src,
+    url: str,
+    *,
+    overwrite: bool = False,
+    state_file: bool = True,
+    use_temp: bool | None = None,
+    progress=None,
+    make_latest: bool = False,
+    **storage_options,
+) -> TransferStats:
     """Copy a checkpoint's files byte for byte to a remote prefix URL, committing only when complete.
 
     src: a local prefix (or anything ckptio.open takes, or an open Checkpoint). url: the new
@@ -467,8 +506,9 @@ def upload_checkpoint(src, url: str, *, overwrite: bool = False, state_file: boo
         plan = _plan_copy(ckpt, dst_prefix)
         commit_url = plan[-1][2]
         if any(files.store.is_file(d) for _, _, d in plan) and not overwrite:
-            raise OutputExistsError("a checkpoint already exists here", path=commit_url,
-                                    remedy=Remedy("overwrite", "replace it", "--force"))
+            raise OutputExistsError(
+                "a checkpoint already exists here", path=commit_url, remedy=Remedy("overwrite", "replace it", "--force")
+            )
         if overwrite and not files.use_temp and files.store.is_file(commit_url):
             fs.rm_file(files.store.strip(commit_url))  # no index over half-written data
         total = 0
@@ -481,8 +521,9 @@ def upload_checkpoint(src, url: str, *, overwrite: bool = False, state_file: boo
             raise
         if state_file:
             _write_state(fs, dst_prefix, use_temp=files.use_temp, make_latest=make_latest)
-        return TransferStats(ckpt.prefix, dst_prefix, tuple(d for _, _, d in plan), total,
-                             time.perf_counter() - started)
+        return TransferStats(
+            ckpt.prefix, dst_prefix, tuple(d for _, _, d in plan), total, time.perf_counter() - started
+        )
     finally:
         if ckpt is not src:
             ckpt.close()
@@ -512,8 +553,7 @@ def _write_state(fs, prefix_url: str, *, use_temp: bool, make_latest: bool = Fal
         raise
 
 
-def download_checkpoint(src, local_prefix, *, force: bool = False, progress=None,
-                        **storage_options) -> TransferStats:
+def download_checkpoint(src, local_prefix, *, force: bool = False, progress=None, **storage_options) -> TransferStats:
     """Copy a checkpoint's files byte for byte to a local prefix, atomically (data first, index last).
 
     src: a URL (or anything ckptio.open takes, or an open Checkpoint); local_prefix ending in
@@ -552,7 +592,7 @@ def download_checkpoint(src, local_prefix, *, force: bool = False, progress=None
                             progress(len(data))
                         while data:
                             try:
-                                data = data[os.write(fd, data):]
+                                data = data[os.write(fd, data) :]
                             except OSError as exc:
                                 raise WriteError(f"cannot write: {exc.strerror}", path=tmp) from None
                 finally:
@@ -562,8 +602,9 @@ def download_checkpoint(src, local_prefix, *, force: bool = False, progress=None
         except BaseException:
             atomic.abort()
             raise
-        return TransferStats(ckpt.prefix, local_prefix, tuple(d for _, _, d in plan), total,
-                             time.perf_counter() - started)
+        return TransferStats(
+            ckpt.prefix, local_prefix, tuple(d for _, _, d in plan), total, time.perf_counter() - started
+        )
     finally:
         if ckpt is not src:
             ckpt.close()
@@ -596,5 +637,16 @@ def rewrite_to_remote(src, url: str, steps=(), *, force: bool = False, make_late
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-__all__ = ["open_remote", "resolve_remote", "upload_checkpoint", "download_checkpoint", "rewrite_to_remote",
-           "RemoteSource", "RemoteFiles", "RemoteOutput", "TransferStats", "filesystem", "renames_cheaply"]
+__all__ = [
+    "open_remote",
+    "resolve_remote",
+    "upload_checkpoint",
+    "download_checkpoint",
+    "rewrite_to_remote",
+    "RemoteSource",
+    "RemoteFiles",
+    "RemoteOutput",
+    "TransferStats",
+    "filesystem",
+    "renames_cheaply",
+]

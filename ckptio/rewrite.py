@@ -3,6 +3,7 @@
 Unchanged tensors are copied chunk by chunk with their crc32c carried over (and checked on the
 way); only cast, V1 or big-endian tensors are decoded. Memory is bounded by the chunk size.
 """
+
 from __future__ import annotations
 
 import os
@@ -49,8 +50,16 @@ class Plan:
 
     __slots__ = ("source", "items", "dropped", "pieces", "metadata", "graph", "graph_rewritten", "object_names")
 
-    def __init__(self, source: Checkpoint, items: list[Item], dropped: list[str], pieces: list[Piece],
-                 metadata: dict[str, Entry], graph: bytes | None = None, graph_rewritten: bool = False):
+    def __init__(
+        self,
+        source: Checkpoint,
+        items: list[Item],
+        dropped: list[str],
+        pieces: list[Piece],
+        metadata: dict[str, Entry],
+        graph: bytes | None = None,
+        graph_rewritten: bool = False,
+    ):
         self.source, self.items, self.dropped, self.pieces = source, items, dropped, pieces
         self.metadata = metadata  # sliced tensors' metadata entries by output name
         self.graph = graph
@@ -73,13 +82,35 @@ class Report:
     # object_graph says what became of it (None without one, "copied" or "rewritten").
     # not_cast: with a Cast step, the kept tensors it left as they were: (name, dtype, reason), reason
     # one of transform's NOT_FLOATING, LOW, ALREADY, NOT_SELECTED codes.
-    __slots__ = ("src", "dst", "kept", "dropped", "cast", "not_cast", "bytes_before", "bytes_after", "seconds",
-                 "dry_run", "object_graph", "state_file")
+    __slots__ = (
+        "src",
+        "dst",
+        "kept",
+        "dropped",
+        "cast",
+        "not_cast",
+        "bytes_before",
+        "bytes_after",
+        "seconds",
+        "dry_run",
+        "object_graph",
+        "state_file",
+    )
 
-    def __init__(self, src: str, dst: str | None, kept: list[tuple[str, str]] | None = None,
-                 dropped: list[str] | None = None, cast: list[str] | None = None, bytes_before: int = 0,
-                 bytes_after: int = 0, seconds: float = 0.0, dry_run: bool = False,
-                 not_cast: list[tuple[str, str, str]] | None = None, object_graph: str | None = None):
+    def __init__(
+        self,
+        src: str,
+        dst: str | None,
+        kept: list[tuple[str, str]] | None = None,
+        dropped: list[str] | None = None,
+        cast: list[str] | None = None,
+        bytes_before: int = 0,
+        bytes_after: int = 0,
+        seconds: float = 0.0,
+        dry_run: bool = False,
+        not_cast: list[tuple[str, str, str]] | None = None,
+        object_graph: str | None = None,
+    ):
         self.src, self.dst = src, dst
         self.object_graph = object_graph
         self.kept = [] if kept is None else kept
@@ -92,22 +123,32 @@ class Report:
         self.state_file: str | None = None
 
     def __repr__(self):
-        return (f"Report(src={self.src!r}, dst={self.dst!r}, kept={len(self.kept)}, dropped={len(self.dropped)}, "
-                f"cast={len(self.cast)}, bytes_before={self.bytes_before}, bytes_after={self.bytes_after}, "
-                f"object_graph={self.object_graph!r}, dry_run={self.dry_run})")
+        return (
+            f"Report(src={self.src!r}, dst={self.dst!r}, kept={len(self.kept)}, dropped={len(self.dropped)}, "
+            f"cast={len(self.cast)}, bytes_before={self.bytes_before}, bytes_after={self.bytes_after}, "
+            f"object_graph={self.object_graph!r}, dry_run={self.dry_run})"
+        )
 
     @property
     def renamed(self) -> list[tuple[str, str]]:
         return [(s, d) for s, d in self.kept if s != d]
 
     def to_json(self) -> dict:
-        return {"src": self.src, "dst": self.dst, "dry_run": self.dry_run,
-                "kept": [{"src": s, "dst": d} for s, d in self.kept], "dropped": self.dropped,
-                "renamed": [{"src": s, "dst": d} for s, d in self.renamed], "cast": self.cast,
-                "object_graph": self.object_graph,
-                "not_cast": [{"name": n, "dtype": d, "reason": r} for n, d, r in self.not_cast],
-                "bytes_before": self.bytes_before, "bytes_after": self.bytes_after,
-                "seconds": round(self.seconds, 3), "state_file": self.state_file}
+        return {
+            "src": self.src,
+            "dst": self.dst,
+            "dry_run": self.dry_run,
+            "kept": [{"src": s, "dst": d} for s, d in self.kept],
+            "dropped": self.dropped,
+            "renamed": [{"src": s, "dst": d} for s, d in self.renamed],
+            "cast": self.cast,
+            "object_graph": self.object_graph,
+            "not_cast": [{"name": n, "dtype": d, "reason": r} for n, d, r in self.not_cast],
+            "bytes_before": self.bytes_before,
+            "bytes_after": self.bytes_after,
+            "seconds": round(self.seconds, 3),
+            "state_file": self.state_file,
+        }
 
 
 def _stored_size(ckpt: Checkpoint, name: str, entry: Entry) -> int:
@@ -126,8 +167,10 @@ def make_plan(ckpt: Checkpoint, steps=()) -> Plan:
         try:
             from .objgraph import plan_object_based
         except ImportError:
-            raise PlanError("this is an object-based (TF2) checkpoint; rewriting its names needs the object "
-                            "graph support, which this build lacks") from None
+            raise PlanError(
+                "this is an object-based (TF2) checkpoint; rewriting its names needs the object "
+                "graph support, which this build lacks"
+            ) from None
         source_graph = ckpt.object_graph_bytes  # read once: an archive source is forward-only
         mapping, graph = plan_object_based(ckpt, steps, data=source_graph)
         items = [Item(src, dst, entries[src].dtype) for src, dst in mapping.items()]
@@ -179,8 +222,12 @@ def tensor_pieces(ckpt: Checkpoint, name: str, dst: str, dtype: int) -> tuple[li
     entry = ckpt.entries()[name]
     if not entry.slices:
         return [Piece(naming.encode_key(dst), dst, name, entry, dtype)], None
-    pieces = [Piece(slice_key(dst, s), dst, name, ckpt._reader.slice_entry(name, s) if ckpt.format == "v2" else entry,
-                    dtype, s) for s in entry.slices]
+    pieces = [
+        Piece(
+            slice_key(dst, s), dst, name, ckpt._reader.slice_entry(name, s) if ckpt.format == "v2" else entry, dtype, s
+        )
+        for s in entry.slices
+    ]
     return pieces, Entry(dtype, entry.shape, slices=entry.slices)
 
 
@@ -211,9 +258,21 @@ def split_runs(items: list, size_of, num_shards: int | None, max_shard_size: int
     return groups
 
 
-def rewrite(src, dst, steps=(), *, num_shards: int | None = 1, max_shard_size: int | None = None,
-            force: bool = False, dry_run: bool = False, progress=None, verify: bool = True,
-            state_file: bool = True, fsync: bool = False, make_latest: bool = False) -> Report:
+def rewrite(
+    src,
+    dst,
+    steps=(),
+    *,
+    num_shards: int | None = 1,
+    max_shard_size: int | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+    progress=None,
+    verify: bool = True,
+    state_file: bool = True,
+    fsync: bool = False,
+    make_latest: bool = False,
+) -> Report:
     """Write a new checkpoint at prefix dst from src through steps; returns a Report.
 
     state_file: list dst in its directory's `checkpoint` file when that file is absent or lists only
@@ -228,29 +287,55 @@ def rewrite(src, dst, steps=(), *, num_shards: int | None = 1, max_shard_size: i
 
     if dst is not None and not is_remote(dst):  # before anything is planned, packed or written
         from .bundle.paths import refuse_saved_model_output
+
         refuse_saved_model_output(os.fspath(dst).removeprefix("file://"))
     if dst is not None and not dry_run and is_special(dst):  # a .tar.zst to pack or a URL to upload to
         from .sources import rewrite_special
-        return rewrite_special(src, dst, steps, num_shards=num_shards, max_shard_size=max_shard_size, force=force,
-                               progress=progress, verify=verify, make_latest=make_latest)
+
+        return rewrite_special(
+            src,
+            dst,
+            steps,
+            num_shards=num_shards,
+            max_shard_size=max_shard_size,
+            force=force,
+            progress=progress,
+            verify=verify,
+            make_latest=make_latest,
+        )
     ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src)
     try:
         plan = make_plan(ckpt, steps)
         entries = ckpt.entries()
-        report = Report(ckpt.prefix, None if dst is None else os.fspath(dst), dry_run=dry_run,
-                        kept=[(i.src, i.dst) for i in plan.items], dropped=plan.dropped,
-                        cast=[i.dst for i in plan.items if i.dtype != entries[i.src].dtype],
-                        not_cast=_not_cast(plan.items, entries, steps, plan.object_names),
-                        bytes_before=plan.bytes_before, bytes_after=plan.bytes_after,
-                        object_graph=None if plan.graph is None else "rewritten" if plan.graph_rewritten else "copied")
+        report = Report(
+            ckpt.prefix,
+            None if dst is None else os.fspath(dst),
+            dry_run=dry_run,
+            kept=[(i.src, i.dst) for i in plan.items],
+            dropped=plan.dropped,
+            cast=[i.dst for i in plan.items if i.dtype != entries[i.src].dtype],
+            not_cast=_not_cast(plan.items, entries, steps, plan.object_names),
+            bytes_before=plan.bytes_before,
+            bytes_after=plan.bytes_after,
+            object_graph=None if plan.graph is None else "rewritten" if plan.graph_rewritten else "copied",
+        )
         if dry_run and dst is not None:  # predict what a real run would refuse
             from .bundle.writer import check_output
 
             check_output(os.fspath(dst), force=force, inputs=[ckpt.located])
         if not dry_run:
-            report.state_file = execute(plan, os.fspath(dst), num_shards=num_shards, max_shard_size=max_shard_size,
-                                        force=force, progress=progress, verify=verify, state_file=state_file,
-                                        fsync=fsync, make_latest=make_latest)
+            report.state_file = execute(
+                plan,
+                os.fspath(dst),
+                num_shards=num_shards,
+                max_shard_size=max_shard_size,
+                force=force,
+                progress=progress,
+                verify=verify,
+                state_file=state_file,
+                fsync=fsync,
+                make_latest=make_latest,
+            )
         report.seconds = time.perf_counter() - started
         return report
     finally:
@@ -266,12 +351,26 @@ def _not_cast(items: list[Item], entries, steps, paths=None) -> list[tuple[str, 
     if not casts:
         return []
     paths = paths or {}
-    return [(i.dst, dtypes.name_of(i.dtype), casts[-1].left_as_is(i, paths.get(i.src, ())) or ALREADY)
-            for i in items if i.dtype == entries[i.src].dtype]
+    return [
+        (i.dst, dtypes.name_of(i.dtype), casts[-1].left_as_is(i, paths.get(i.src, ())) or ALREADY)
+        for i in items
+        if i.dtype == entries[i.src].dtype
+    ]
 
 
-def execute(plan: Plan, dst: str, *, num_shards=1, max_shard_size=None, force=False, progress=None,
-            verify=True, state_file=True, fsync=False, make_latest=False) -> str | None:
+def execute(
+    plan: Plan,
+    dst: str,
+    *,
+    num_shards=1,
+    max_shard_size=None,
+    force=False,
+    progress=None,
+    verify=True,
+    state_file=True,
+    fsync=False,
+    make_latest=False,
+) -> str | None:
     """Write the planned checkpoint atomically; return what happened to the state file."""
     from .bundle.writer import BundleWriter
 
@@ -364,8 +463,10 @@ def _write_piece(ckpt: Checkpoint, writer, piece: Piece, shard: int, verify: boo
 
         target = dtypes.lookup(piece.out_dtype)
         big = reader.header.big_endian
-        chunks = (to_bytes(cast(from_bytes(c, info, (len(c) // info.itemsize,), big_endian=big), target), target)
-                  for c in reader.iter_raw(piece.src_name, entry, CHUNK_BYTES))
+        chunks = (
+            to_bytes(cast(from_bytes(c, info, (len(c) // info.itemsize,), big_endian=big), target), target)
+            for c in reader.iter_raw(piece.src_name, entry, CHUNK_BYTES)
+        )
         writer.add_bytes(piece.key, piece.out_dtype, entry.shape, chunks, shard)
         return
     _add_array(writer, piece, reader.read_entry(piece.src_name, entry), shard)

@@ -11,6 +11,7 @@ rewrite_special() is the matching write side: a .tar.zst destination is packed, 
 destination is uploaded, each committed only when complete. Paths named as another weight
 format (.safetensors, .npz, .weights.h5, .keras) go to ckptio/formats both ways.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,7 +37,7 @@ def is_special(path) -> bool:
 
 
 def _local(text: str) -> str:
-    return text[len("file://"):] if text.startswith("file://") else text
+    return text[len("file://") :] if text.startswith("file://") else text
 
 
 def open_special(path, **kwargs) -> Checkpoint:
@@ -52,13 +53,16 @@ def open_special(path, **kwargs) -> Checkpoint:
             if kwargs:
                 raise TypeError(f"unexpected options for a local archive: {', '.join(kwargs)}")
             from .archive import open_archive
+
             return open_archive(text)
         return Checkpoint(text, **kwargs)
     if is_archive(text):
         from .archive import open_archive
         from .remote import RemoteSource
+
         return open_archive(text, source=RemoteSource.from_url(text, **kwargs))
     from .remote import open_remote
+
     return open_remote(text, **kwargs)
 
 
@@ -68,9 +72,8 @@ def rewrite_special(src, dst, steps=(), *, level: int | None = None, threads: in
     options are rewrite()'s (num_shards, max_shard_size, force, dry_run, progress, verify).
     level/threads are the zstd settings for archives.
     """
-    from .rewrite import rewrite
-
     from .formats import kind_of, write_format
+    from .rewrite import rewrite
 
     text = os.fspath(dst)
     if kind_of(text):  # written as .safetensors, .npz or .keras (ckptio/formats)
@@ -81,11 +84,14 @@ def rewrite_special(src, dst, steps=(), *, level: int | None = None, threads: in
     make_latest = options.pop("make_latest", False)  # a remote directory's state file; none beside an archive
     if is_archive(text):
         from .archive import DEFAULT_LEVEL, rewrite_packed
-        report, _ = rewrite_packed(src, _local(text), steps, level=DEFAULT_LEVEL if level is None else level,
-                                   threads=threads, **options)
+
+        report, _ = rewrite_packed(
+            src, _local(text), steps, level=DEFAULT_LEVEL if level is None else level, threads=threads, **options
+        )
         return report
     if is_remote(text):
         from .remote import rewrite_to_remote
+
         return rewrite_to_remote(src, text, steps, make_latest=make_latest, **options)
     return rewrite(src, _local(text), steps, make_latest=make_latest, **options)
 

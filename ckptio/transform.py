@@ -3,6 +3,7 @@
 A plan is a list of Items (source name -> output name, output dtype). Each step maps a
 plan to a new plan; nothing is read or written here, so a bad rule fails before any I/O.
 """
+
 from __future__ import annotations
 
 import json
@@ -92,8 +93,9 @@ class Select(_Step):
     __slots__ = _fields + ("_inc", "_exc")  # the compiled patterns
 
     def __init__(self, include: tuple[str, ...] = (), exclude: tuple[str, ...] = (), glob: bool = False):
-        self._init(include=include, exclude=exclude, glob=glob,
-                   _inc=_compile(include, glob), _exc=_compile(exclude, glob))
+        self._init(
+            include=include, exclude=exclude, glob=glob, _inc=_compile(include, glob), _exc=_compile(exclude, glob)
+        )
 
     def keeps(self, name: str) -> bool:
         match = (lambda r: r.match(name)) if self.glob else (lambda r: r.search(name))
@@ -117,25 +119,54 @@ class Select(_Step):
 # -- optimizer state (name-based checkpoints, FORMAT §9.1) ----------------------------------------
 
 # Slot suffixes TF1 optimizers append to a variable's name (`V/Adam`, `V/Adam_1`, ...).
-SLOT_OPTIMIZERS = ("Adam", "Momentum", "RMSProp", "Adagrad", "AdagradDA", "Adadelta", "Ftrl",
-                   "ProximalAdagrad", "LARSOptimizer", "Adafactor", "LazyAdam", "AdamW", "Nadam",
-                   "adam_m", "adam_v", "lamb_m", "lamb_v", "GradientDescent", "Adamax")
+SLOT_OPTIMIZERS = (
+    "Adam",
+    "Momentum",
+    "RMSProp",
+    "Adagrad",
+    "AdagradDA",
+    "Adadelta",
+    "Ftrl",
+    "ProximalAdagrad",
+    "LARSOptimizer",
+    "Adafactor",
+    "LazyAdam",
+    "AdamW",
+    "Nadam",
+    "adam_m",
+    "adam_v",
+    "lamb_m",
+    "lamb_v",
+    "GradientDescent",
+    "Adamax",
+)
 EMA_NAME = "ExponentialMovingAverage"
 _POWER_RE = re.compile(r"(^|/)beta[12]_power(_\d+)?$")
 # Keras-in-TF1 and TF2 name-based optimizer variables: training/Adam/..., Adam/iter, ...
-_KERAS_OPT_RE = re.compile(r"(^|/)training(_\d+)?/(Adam|SGD|RMSprop|Adagrad|Adadelta|Adamax|Nadam|Ftrl|"
-                           r"AdamW|Lion|Adafactor)(_\d+)?/")
-_HYPER_RE = re.compile(r"^(Adam|SGD|RMSprop|Adagrad|Adadelta|Adamax|Nadam|Ftrl|AdamW)(_\d+)?/"
-                       r"(iter|iterations|learning_rate|lr|decay|beta_1|beta_2|rho|momentum|epsilon|"
-                       r"momentum_cache|l1_regularization_strength|l2_regularization_strength|"
-                       r"learning_rate_power|beta)$")
+_KERAS_OPT_RE = re.compile(
+    r"(^|/)training(_\d+)?/(Adam|SGD|RMSprop|Adagrad|Adadelta|Adamax|Nadam|Ftrl|"
+    r"AdamW|Lion|Adafactor)(_\d+)?/"
+)
+_HYPER_RE = re.compile(
+    r"^(Adam|SGD|RMSprop|Adagrad|Adadelta|Adamax|Nadam|Ftrl|AdamW)(_\d+)?/"
+    r"(iter|iterations|learning_rate|lr|decay|beta_1|beta_2|rho|momentum|epsilon|"
+    r"momentum_cache|l1_regularization_strength|l2_regularization_strength|"
+    r"learning_rate_power|beta)$"
+)
 _MESH_SLOT_RE = re.compile(r"^(?P<var>.+)_slot_(vr|vc|v|m)$")
 
 # tf_keras legacy optimizers (OptimizerV2) in graph mode: `<opt>/<var>/<slot>`, with hyperparameters
 # `<opt>/<hyper>` and the step counter `<opt>/iter` beside them (FORMAT-models §4).
-KERAS_SLOTS = {"SGD": ("momentum",), "Adam": ("m", "v", "vhat"), "Adamax": ("m", "v"), "Nadam": ("m", "v"),
-               "RMSprop": ("rms", "momentum", "mg"), "Adagrad": ("accumulator",),
-               "Adadelta": ("accum_grad", "accum_var"), "Ftrl": ("accumulator", "linear")}
+KERAS_SLOTS = {
+    "SGD": ("momentum",),
+    "Adam": ("m", "v", "vhat"),
+    "Adamax": ("m", "v"),
+    "Nadam": ("m", "v"),
+    "RMSprop": ("rms", "momentum", "mg"),
+    "Adagrad": ("accumulator",),
+    "Adadelta": ("accum_grad", "accum_var"),
+    "Ftrl": ("accumulator", "linear"),
+}
 _ALL_KERAS_SLOTS = frozenset(s for slots in KERAS_SLOTS.values() for s in slots)
 _PART_RE = re.compile(r"^(?P<var>.+)/part_(?P<k>\d+)$")  # one part of a partitioned variable
 _INT64 = dtypes.BY_NAME["int64"].enum  # the dtype of `<opt>/iter`
@@ -217,11 +248,11 @@ def _keras_slot(name: str, entries, custom) -> tuple[str, str | None] | None:
         opt = _strip_counter(parts[i])
         if not (slot in KERAS_SLOTS.get(opt, ()) or (opt in custom and slot in _ALL_KERAS_SLOTS)):
             continue
-        owner = _slot_owner("/".join(parts[i + 1:-1]), entries[name], entries)
+        owner = _slot_owner("/".join(parts[i + 1 : -1]), entries[name], entries)
         if owner is not None:
             return SLOT, owner
         # The scope is surely an optimizer's when its step counter is there (an int64 scalar).
-        it = entries.get("/".join(parts[:i + 1]) + "/iter", False)
+        it = entries.get("/".join(parts[: i + 1]) + "/iter", False)
         if it is not False and (it is None or (it.dtype == _INT64 and tuple(it.shape) == ())):
             return AMBIGUOUS, None
     return None
@@ -287,9 +318,12 @@ class StripOptimizer(_Step):
         for item in items:
             role, _ = roles[item.src]
             if role == AMBIGUOUS:
-                raise PlanError("looks like a tf_keras optimizer slot, but no variable in the checkpoint has its "
-                                "dtype and shape: cannot tell optimizer state from a weight (drop it with an "
-                                "exclude filter, or keep it by not stripping)", key=item.src)
+                raise PlanError(
+                    "looks like a tf_keras optimizer slot, but no variable in the checkpoint has its "
+                    "dtype and shape: cannot tell optimizer state from a weight (drop it with an "
+                    "exclude filter, or keep it by not stripping)",
+                    key=item.src,
+                )
             if role in (SLOT, OPTIMIZER) or (role == STEP and not self.keep_global_step):
                 continue
             if role == EMA and self.ema != "keep":
@@ -297,8 +331,11 @@ class StripOptimizer(_Step):
             if role == WEIGHT and self.ema == "promote" and item.src in shadows:
                 shadow = shadows[item.src]
                 src_entry, shadow_entry = ctx.entries[item.src], ctx.entries[shadow]
-                if ((src_entry.dtype, src_entry.shape, src_entry.slices)
-                        != (shadow_entry.dtype, shadow_entry.shape, shadow_entry.slices)):
+                if (src_entry.dtype, src_entry.shape, src_entry.slices) != (
+                    shadow_entry.dtype,
+                    shadow_entry.shape,
+                    shadow_entry.slices,
+                ):
                     raise PlanError("EMA shadow differs in dtype, shape or slicing from its variable", key=shadow)
                 item = item._replace(promoted_from=shadow)
             out.append(item)
@@ -340,8 +377,12 @@ class Rename(_Step):
         for old, new in rules:
             if not regex and old.endswith("/") != new.endswith("/"):
                 raise PlanError(f"rule {old}={new}: a scope must map to a scope (both end with '/')")
-        self._init(rules=rules, regex=regex, allow_unmatched=allow_unmatched,
-                   _compiled=_compile([r for r, _ in rules], False) if regex else ())
+        self._init(
+            rules=rules,
+            regex=regex,
+            allow_unmatched=allow_unmatched,
+            _compiled=_compile([r for r, _ in rules], False) if regex else (),
+        )
 
     def rename(self, name: str) -> tuple[str, int | None]:
         """(new name, index of the rule used or None)."""
@@ -357,7 +398,7 @@ class Rename(_Step):
                 return new + name if new != "/" else name, i
             elif old.endswith("/"):
                 if name.startswith(old):
-                    return (name[len(old):] if new == "/" else new + name[len(old):]), i
+                    return (name[len(old) :] if new == "/" else new + name[len(old) :]), i
             elif name == old:
                 return new, i
         return name, None
@@ -373,8 +414,9 @@ class Rename(_Step):
             out.append(item._replace(dst=new))
         unused = [f"{o}={n}" for i, (o, n) in enumerate(self.rules) if i not in used]
         if unused and not self.allow_unmatched:
-            raise PlanError("rename rule matches no tensor: " + ", ".join(unused),
-                            remedy=Remedy("allow_unmatched", "accept"))
+            raise PlanError(
+                "rename rule matches no tensor: " + ", ".join(unused), remedy=Remedy("allow_unmatched", "accept")
+            )
         return out
 
 
@@ -384,8 +426,14 @@ CASTABLE = ("float32", "bfloat16", "float16")  # cast targets
 # What a cast changes: the usual floating widths. float8/float4 tensors were quantized on purpose and
 # are left as they are, like every non-floating tensor; the report says which and why.
 CAST_SOURCES = ("float64", "float32", "bfloat16", "float16")
-LOW_PRECISION = ("float8_e5m2", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e4m3b11fnuz", "float8_e5m2fnuz",
-                 "float4_e2m1fn")
+LOW_PRECISION = (
+    "float8_e5m2",
+    "float8_e4m3fn",
+    "float8_e4m3fnuz",
+    "float8_e4m3b11fnuz",
+    "float8_e5m2fnuz",
+    "float4_e2m1fn",
+)
 # Why a Cast leaves a tensor as it was (the codes a Report lists).
 NOT_FLOATING, NOT_SELECTED, ALREADY, LOW = "not-floating", "not-selected", "already-target", "low-precision"
 
@@ -420,8 +468,9 @@ class Cast(_Step):
     def apply(self, items: list[Item], ctx: Context) -> list[Item]:
         target = dtypes.BY_NAME[self.to].enum
         paths = ctx.names or {}
-        return [item if self.left_as_is(item, paths.get(item.src, ())) else item._replace(dtype=target)
-                for item in items]
+        return [
+            item if self.left_as_is(item, paths.get(item.src, ())) else item._replace(dtype=target) for item in items
+        ]
 
 
 class MapNames(_Step):

@@ -2,6 +2,7 @@
 
 Unlike TensorFlow, which stops at the first bad checksum, this collects every problem.
 """
+
 from __future__ import annotations
 
 import os
@@ -9,7 +10,8 @@ from collections import namedtuple
 from collections.abc import Callable
 
 from .bundle import dtypes, naming
-from .bundle.slices import encode_key as slice_key, key_label
+from .bundle.slices import encode_key as slice_key
+from .bundle.slices import key_label
 from .errors import CkptioError
 
 
@@ -27,8 +29,14 @@ class Report:
 
     __slots__ = ("problems", "tensors", "bytes_checked", "damaged", "checked")
 
-    def __init__(self, problems: list[Problem] | None = None, tensors: int = 0, bytes_checked: int = 0,
-                 damaged: set[str] | None = None, checked: str | None = None):
+    def __init__(
+        self,
+        problems: list[Problem] | None = None,
+        tensors: int = 0,
+        bytes_checked: int = 0,
+        damaged: set[str] | None = None,
+        checked: str | None = None,
+    ):
         self.problems = [] if problems is None else problems
         self.tensors, self.bytes_checked = tensors, bytes_checked
         self.damaged = set() if damaged is None else damaged  # tensor names whose bytes are bad
@@ -179,12 +187,14 @@ def _check_shards(reader, entries, slices, report: Report) -> None:
             report.add(exc)
             continue
         if size < need.get(shard, 0):
-            report.add(f"shard is {size} bytes but entries need {need[shard]} (truncated)",
-                       path=reader.shard_path(shard))
+            report.add(
+                f"shard is {size} bytes but entries need {need[shard]} (truncated)", path=reader.shard_path(shard)
+            )
     for shard in need:
         if shard >= reader.header.num_shards:
-            report.add(f"entries use shard {shard} but the header says {reader.header.num_shards} shards",
-                       path=reader.path)
+            report.add(
+                f"entries use shard {shard} but the header says {reader.header.num_shards} shards", path=reader.path
+            )
 
 
 def _verify_v1(ckpt, report: Report, progress) -> None:

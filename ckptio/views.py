@@ -9,6 +9,7 @@ optimizer's `_trainable_variables/i` is a list position that shifts when the mod
     view(ckpt) -> View            every tensor as a TensorView
     match(a, b, rules) -> Match   pairs of tensors that are the same variable, and how they were paired
 """
+
 from __future__ import annotations
 
 from collections import deque, namedtuple
@@ -68,7 +69,7 @@ def _name_based(entries: dict) -> dict[str, TensorView]:
     out = {}
     for key, entry in entries.items():
         role, var = roles[key]
-        slot_of = (var, key[len(var) + 1:]) if role == SLOT and key.startswith(var + "/") else None
+        slot_of = (var, key[len(var) + 1 :]) if role == SLOT and key.startswith(var + "/") else None
         out[key] = TensorView(key, entry, (), key, slot_of)
     return out
 
@@ -204,12 +205,18 @@ def match(a: View, b: View, rules=None, *, a_label: str = "A", b_label: str = "B
                 continue
             found = sorted({ak for n in b_names(bk) for ak in index.get(n, ())})
             if len(found) > 1:
-                raise PlanError(f"{b_label} tensor {bk!r} is matched ({how}) by two {a_label} tensors: "
-                                f"{found[0]!r} and {found[1]!r}; add --map rules to choose", key=bk)
+                raise PlanError(
+                    f"{b_label} tensor {bk!r} is matched ({how}) by two {a_label} tensors: "
+                    f"{found[0]!r} and {found[1]!r}; add --map rules to choose",
+                    key=bk,
+                )
             if found:
                 if found[0] in claims:
-                    raise PlanError(f"{a_label} tensor {found[0]!r} matches ({how}) both {claims[found[0]]!r} and "
-                                    f"{bk!r}; add --map rules to choose", key=found[0])
+                    raise PlanError(
+                        f"{a_label} tensor {found[0]!r} matches ({how}) both {claims[found[0]]!r} and "
+                        f"{bk!r}; add --map rules to choose",
+                        key=found[0],
+                    )
                 claims[found[0]] = bk
         for ak, bk in claims.items():
             pairs[bk] = (ak, how)

@@ -1,11 +1,12 @@
 """Fixtures shared by the test modules.
 
-    tf_fixtures   (session)  (fixture dir Path, truth dict) of the checkpoints tools/make_fixtures.py
-                             writes with real TensorFlow; needs TF (skips without it, fails with $CI set)
-    corpus        (session)  Path of the real-world corpus root (/work/shared/corpus), used in place;
-                             never copy its files into the repository
-    corpus_manifest (session) the corpus MANIFEST.json as a dict
+tf_fixtures   (session)  (fixture dir Path, truth dict) of the checkpoints tools/make_fixtures.py
+                         writes with real TensorFlow; needs TF (skips without it, fails with $CI set)
+corpus        (session)  Path of the real-world corpus root (/work/shared/corpus), used in place;
+                         never copy its files into the repository
+corpus_manifest (session) the corpus MANIFEST.json as a dict
 """
+
 from __future__ import annotations
 
 import json

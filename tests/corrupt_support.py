@@ -1,17 +1,18 @@
 """Helpers for the corruption, fuzz, hostile-limit and doctor tests.
 
-    CORPUS                               the real-world corpus root (used in place, copied to tmp)
-    copy_corpus(name, directory)         copy one corpus checkpoint's files; return its prefix there
-    make_fixture(kind, directory)        a checkpoint written with ckptio's BundleWriter; return prefix
-    reindex(prefix, block_size, restart) rewrite the .index with tiny blocks (several data blocks)
-    raw_table(items)                     table bytes with items in the given order (no order checks)
-    write_bundle(prefix, items, shards)  .index from (key, value bytes) + data files, no validation
-    read_all(prefix)                     {name: array} of every tensor, via ckptio.open
-    same(a, b)                           bit-identical arrays (strings element by element)
-    table_regions(data)                  byte ranges of a table file, by what TF checks there
-    cli(argv)                            (exit code, stdout, stderr) of ckptio.cli.main.main(argv)
-    files_of(prefix)                     the files of a V2 prefix or V1 file/pattern
+CORPUS                               the real-world corpus root (used in place, copied to tmp)
+copy_corpus(name, directory)         copy one corpus checkpoint's files; return its prefix there
+make_fixture(kind, directory)        a checkpoint written with ckptio's BundleWriter; return prefix
+reindex(prefix, block_size, restart) rewrite the .index with tiny blocks (several data blocks)
+raw_table(items)                     table bytes with items in the given order (no order checks)
+write_bundle(prefix, items, shards)  .index from (key, value bytes) + data files, no validation
+read_all(prefix)                     {name: array} of every tensor, via ckptio.open
+same(a, b)                           bit-identical arrays (strings element by element)
+table_regions(data)                  byte ranges of a table file, by what TF checks there
+cli(argv)                            (exit code, stdout, stderr) of ckptio.cli.main.main(argv)
+files_of(prefix)                     the files of a V2 prefix or V1 file/pattern
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,7 +29,8 @@ import numpy as np
 import ckptio
 from ckptio.bundle import naming
 from ckptio.bundle.entry import Entry, Header
-from ckptio.bundle.slices import Slice, encode_key as slice_key
+from ckptio.bundle.slices import Slice
+from ckptio.bundle.slices import encode_key as slice_key
 from ckptio.bundle.writer import BundleWriter
 from ckptio.io import MemorySource
 from ckptio.sstable import Table, TableBuilder
@@ -79,6 +81,7 @@ def fixture_arrays(kind: str) -> dict:
     rng = np.random.default_rng(7)
     if kind == "numeric":
         import ml_dtypes
+
         return {
             "dense/kernel": rng.standard_normal((3, 4)).astype(np.float32),
             "dense/bias": np.arange(4, dtype=np.float64),
@@ -88,10 +91,12 @@ def fixture_arrays(kind: str) -> dict:
             "empty": np.zeros((0, 3), dtype=np.float32),
         }
     if kind == "strings":
+
         def objs(items, shape=None):
             a = np.empty(len(items), dtype=object)
             a[:] = items
             return a.reshape(shape or (len(items),))
+
         return {
             "vocab": objs([b"", b"a", b"xyz", b"\x00\xff" * 20, b"hello world"]),
             "scalar": objs([b"hello"], ()),
@@ -119,8 +124,9 @@ def make_fixture(kind: str, directory, *, seed_offset: float = 0.0) -> str:
     prefix = os.path.join(os.fspath(directory), kind, "ckpt")
     arrays = fixture_arrays(kind)
     if seed_offset:
-        arrays = {k: (v + np.asarray(seed_offset, dtype=v.dtype) if v.dtype.kind == "f" else v)
-                  for k, v in arrays.items()}
+        arrays = {
+            k: (v + np.asarray(seed_offset, dtype=v.dtype) if v.dtype.kind == "f" else v) for k, v in arrays.items()
+        }
     shards = 2 if kind == "two_shards" else 1
     with BundleWriter(prefix, num_shards=shards) as w:
         for i, (name, arr) in enumerate(arrays.items()):
@@ -139,6 +145,7 @@ def make_fixture(kind: str, directory, *, seed_offset: float = 0.0) -> str:
 
 def _dtype_enum(arr) -> int:
     from ckptio.bundle import dtypes
+
     return dtypes.from_numpy(arr.dtype).enum
 
 
@@ -169,16 +176,30 @@ def raw_table(items) -> bytes:
     meta_handle = BlockHandle(len(out), len(meta))
     out += meta + encode_trailer(meta)
     last = max((k for k, _ in items), default=b"")
-    index_contents = encode_varint(0) + encode_varint(len(last) + 1) + encode_varint(len(data_handle.encode())) + \
-        last + b"\xff" + data_handle.encode() + struct.pack("<II", 0, 1)
+    index_contents = (
+        encode_varint(0)
+        + encode_varint(len(last) + 1)
+        + encode_varint(len(data_handle.encode()))
+        + last
+        + b"\xff"
+        + data_handle.encode()
+        + struct.pack("<II", 0, 1)
+    )
     index_handle = BlockHandle(len(out), len(index_contents))
     out += index_contents + encode_trailer(index_contents)
     out += Footer(meta_handle, index_handle).encode()
     return bytes(out)
 
 
-def write_bundle(prefix: str, items, shards: dict[int, bytes], *, num_shards: int | None = None,
-                 header: bytes | None = None, sort: bool = True) -> str:
+def write_bundle(
+    prefix: str,
+    items,
+    shards: dict[int, bytes],
+    *,
+    num_shards: int | None = None,
+    header: bytes | None = None,
+    sort: bool = True,
+) -> str:
     """An index of (key, value) pairs (header added unless given) plus data files, unvalidated."""
     os.makedirs(os.path.dirname(prefix), exist_ok=True)
     n = num_shards if num_shards is not None else max(len(shards), 1)

@@ -1,8 +1,9 @@
 """Small helpers shared by test modules: reading whole checkpoints, comparing tensors exactly, the corpus.
 
-    CORPUS            where the real-world corpus must be: ../shared/corpus beside the repository
-    require_corpus()  CORPUS, or skip the test (fail it when $CI is set) saying where the corpus goes
+CORPUS            where the real-world corpus must be: ../shared/corpus beside the repository
+require_corpus()  CORPUS, or skip the test (fail it when $CI is set) saying where the corpus goes
 """
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,10 @@ def require_corpus() -> Path:
     """The corpus root; skips the calling test without it, or fails it when $CI is set."""
     if (CORPUS / "MANIFEST.json").is_file():
         return CORPUS
-    msg = (f"the real-world checkpoint corpus is missing: put it at {CORPUS} (../shared/corpus beside the "
-           "repository, with its MANIFEST.json)")
+    msg = (
+        f"the real-world checkpoint corpus is missing: put it at {CORPUS} (../shared/corpus beside the "
+        "repository, with its MANIFEST.json)"
+    )
     if os.environ.get("CI"):
         pytest.fail(msg + "; CI is set, so corpus tests may not skip", pytrace=False)
     pytest.skip(msg)
@@ -36,5 +39,8 @@ def read_all(prefix) -> dict:
 def same(a, b) -> bool:
     """Same dtype, shape and bytes (element-wise for string object arrays)."""
     a, b = np.asarray(a), np.asarray(b)
-    return a.dtype == b.dtype and a.shape == b.shape and (
-        list(a.flat) == list(b.flat) if a.dtype == object else a.tobytes() == b.tobytes())
+    return (
+        a.dtype == b.dtype
+        and a.shape == b.shape
+        and (list(a.flat) == list(b.flat) if a.dtype == object else a.tobytes() == b.tobytes())
+    )

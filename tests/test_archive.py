@@ -1,6 +1,7 @@
 """Archives (.tar.zst): the tar header codec, pack/unpack byte for byte on the whole corpus, reading
 straight out of an archive in one forward pass (ls stops at the end of the index), corruption,
 atomic output, the pack/unpack commands, and bounded memory on a ~300 MB archive."""
+
 from __future__ import annotations
 
 import filecmp
@@ -16,16 +17,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zstandard
+from support import same
 
 import ckptio
-from support import same
 from ckptio import archive
 from ckptio.archive import BLOCK, ArchiveStream, decode_header, encode_header, pack, parse_pax, unpack
 from ckptio.bundle import dtypes
 from ckptio.bundle.writer import BundleWriter
 from ckptio.cli.main import main
-from ckptio.errors import (CheckpointNotFoundError, CorruptCheckpointError, MissingShardError, OutputExistsError,
-                           TruncatedError, WrongFileError)
+from ckptio.errors import (
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    MissingShardError,
+    OutputExistsError,
+    TruncatedError,
+    WrongFileError,
+)
 from ckptio.io import MemorySource
 
 REPO = Path(__file__).resolve().parent.parent
@@ -82,18 +89,25 @@ def same_tensors(a, b) -> None:
 # -- tar header codec ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, size", [("model.ckpt.index", 0), ("model.ckpt.data-00000-of-00001", 12345),
-                                        ("d/" * 60 + "long.index", 7), ("modèle.index", 1),
-                                        ("big.data-00000-of-00001", 9 << 30)])
+@pytest.mark.parametrize(
+    "name, size",
+    [
+        ("model.ckpt.index", 0),
+        ("model.ckpt.data-00000-of-00001", 12345),
+        ("d/" * 60 + "long.index", 7),
+        ("modèle.index", 1),
+        ("big.data-00000-of-00001", 9 << 30),
+    ],
+)
 def test_header_round_trip_and_tarfile_agrees(name, size):
     raw = encode_header(name, size, mtime=1_700_000_000)
     assert len(raw) % BLOCK == 0
-    needs_pax = len(name.encode()) > 100 or not name.isascii() or size >= 8 ** 11
+    needs_pax = len(name.encode()) > 100 or not name.isascii() or size >= 8**11
     assert len(raw) == (BLOCK * 3 if needs_pax else BLOCK)  # pax header block + records block + header
     last = decode_header(raw[-BLOCK:])
     assert last.typeflag == b"0" and last.mtime == 1_700_000_000 and last.mode == 0o644
     if needs_pax:
-        pax = parse_pax(raw[BLOCK:2 * BLOCK])
+        pax = parse_pax(raw[BLOCK : 2 * BLOCK])
         assert pax.get("path", last.name) == name
         assert int(pax.get("size", last.size)) == size
     else:
@@ -154,8 +168,11 @@ def test_pack_unpack_byte_identical_on_the_whole_corpus(corpus, tmp_path):
         assert stats.bytes_in == sum(os.path.getsize(f) for f in files)
         assert stats.bytes_out == out.stat().st_size
         # Standard tar: the .index first, then the shards in order, and nothing else.
-        with open(out, "rb") as fh, zstandard.ZstdDecompressor().stream_reader(fh) as zr, \
-                tarfile.open(fileobj=zr, mode="r|") as t:
+        with (
+            open(out, "rb") as fh,
+            zstandard.ZstdDecompressor().stream_reader(fh) as zr,
+            tarfile.open(fileobj=zr, mode="r|") as t,
+        ):
             assert [(m.name, m.size) for m in t] == [(os.path.basename(f), os.path.getsize(f)) for f in files]
         got = unpack(out, tmp_path / short)
         assert got.files == stats.files and got.bytes_out == stats.bytes_in
@@ -169,8 +186,9 @@ def test_gnu_tar_extracts_a_packed_archive(corpus, tmp_path):
     prefix = str(corpus / "tf2_keras_weights_2shard" / "model.ckpt")
     pack(prefix, tmp_path / "a.tar.zst")
     (tmp_path / "x").mkdir()
-    r = subprocess.run(["tar", "--zstd", "-xf", str(tmp_path / "a.tar.zst"), "-C", str(tmp_path / "x")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["tar", "--zstd", "-xf", str(tmp_path / "a.tar.zst"), "-C", str(tmp_path / "x")], capture_output=True, text=True
+    )
     assert r.returncode == 0 and r.stderr == ""
     for f in checkpoint_files(prefix):
         assert filecmp.cmp(f, tmp_path / "x" / os.path.basename(f), shallow=False)
@@ -222,8 +240,14 @@ def test_unpack_refuses_existing_files_and_unsafe_names(tmp_path):
 
 
 def test_archive_reads_like_the_directory(corpus, tmp_path):
-    for short in ("tf2_keras_weights_2shard", "sm_a2c_2shard", "tf1_t2t_transformer", "v1_vocal_adam",
-                  "v1_sessionbundle_sharded", "sm_alina_vocab"):
+    for short in (
+        "tf2_keras_weights_2shard",
+        "sm_a2c_2shard",
+        "tf1_t2t_transformer",
+        "v1_vocal_adam",
+        "v1_sessionbundle_sharded",
+        "sm_alina_vocab",
+    ):
         prefix = dict(corpus_prefixes(corpus))[short]
         out = tmp_path / f"{short}.tar.zst"
         pack(prefix, out)
@@ -291,8 +315,9 @@ def test_archives_from_other_writers(tmp_path):
     """tar of a directory in name order: data members before the index, a state file, a subdirectory."""
     kept = make_checkpoint(tmp_path / "run" / "m", [[500, 600]])
     (tmp_path / "run" / "checkpoint").write_text('model_checkpoint_path: "m"\n')
-    members = [("run", None)] + [(f"run/{n}", (tmp_path / "run" / n).read_bytes())
-                                 for n in sorted(os.listdir(tmp_path / "run"))]
+    members = [("run", None)] + [
+        (f"run/{n}", (tmp_path / "run" / n).read_bytes()) for n in sorted(os.listdir(tmp_path / "run"))
+    ]
     (tmp_path / "other.tzst").write_bytes(_zstd_tar(members, fmt=tarfile.GNU_FORMAT))
     with ckptio.open(tmp_path / "other.tzst") as ckpt:
         assert ckpt.prefix == f"{tmp_path / 'other.tzst'}/run/m"
@@ -326,15 +351,19 @@ def test_missing_and_damaged_archives(tmp_path):
         ckptio.open(tmp_path / "stub.tar.zst")
 
     # Cut inside the second shard: the first shard still reads, the second is truncated.
-    (tmp_path / "cut.tar.zst").write_bytes(data[:len(data) - 100000])
+    (tmp_path / "cut.tar.zst").write_bytes(data[: len(data) - 100000])
     with ckptio.open(tmp_path / "cut.tar.zst") as ckpt:
         assert ckpt["s0/t000"].read().tobytes() == kept["s0/t000"]
         with pytest.raises(TruncatedError):
             ckpt["s1/t000"].read()
 
     # Without its last member the second shard is missing.
-    only_first = _zstd_tar([("m.index", (tmp_path / "m.index").read_bytes()),
-                            ("m.data-00000-of-00002", (tmp_path / "m.data-00000-of-00002").read_bytes())])
+    only_first = _zstd_tar(
+        [
+            ("m.index", (tmp_path / "m.index").read_bytes()),
+            ("m.data-00000-of-00002", (tmp_path / "m.data-00000-of-00002").read_bytes()),
+        ]
+    )
     (tmp_path / "short.tar.zst").write_bytes(only_first)
     with ckptio.open(tmp_path / "short.tar.zst") as ckpt:
         with pytest.raises(MissingShardError):
@@ -443,8 +472,9 @@ print("PEAK", rc, hwm * 1024)
 def _peak(args, cwd) -> tuple[int, int]:
     """(exit code, peak RSS in bytes) of `ckptio ARGS` in a fresh interpreter."""
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, "-c", _PEAK, *args], capture_output=True, text=True, cwd=cwd, env=env,
-                       timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", _PEAK, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120
+    )
     line = [ln for ln in r.stdout.splitlines() if ln.startswith("PEAK")]
     assert line, r.stdout + r.stderr
     _, rc, peak = line[-1].split()
@@ -471,8 +501,9 @@ def test_streaming_a_300_mb_archive_keeps_memory_bounded(tmp_path):
     rc, peak = _peak(["rewrite", "-q", archive_path, str(tmp_path / "copy" / "big"), "--shards", "2"], tmp_path)
     assert rc == 0
     assert peak - baseline < 64 << 20, (baseline, peak)
-    assert sum(os.path.getsize(tmp_path / "copy" / f) for f in os.listdir(tmp_path / "copy")
-               if ".data-" in f) == stats.bytes_in - os.path.getsize(tmp_path / "big.index")
+    assert sum(
+        os.path.getsize(tmp_path / "copy" / f) for f in os.listdir(tmp_path / "copy") if ".data-" in f
+    ) == stats.bytes_in - os.path.getsize(tmp_path / "big.index")
     # Control: the measurement does see a whole 64 MiB tensor held in memory.
     rc, peak = _peak(["--read", archive_path, "s0/t000"], tmp_path)
     assert rc == 0 and peak - baseline >= 64 << 20, (baseline, peak)

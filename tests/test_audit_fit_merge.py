@@ -1,4 +1,5 @@
 """Audit of fit/diff/merge (issues 14 and 16): the gaps the checklists found, each with a regression test."""
+
 from __future__ import annotations
 
 import os
@@ -16,13 +17,17 @@ ONES, TWOS = np.ones(2, np.float32), np.full(2, 2, np.float32)
 
 # -- fit: a template tensor matched by two sources (a --map rule's and an implicit match) -------------
 
+
 def test_fit_map_target_also_matched_by_key_is_an_error_naming_both(tmp_path, capsys):
     """`--map a/=b/` gives b/w to a/w; the source's own b/w matches b/w by key and was dropped silently."""
     src = write_named(tmp_path / "s/ckpt", {"a/w": ONES, "b/w": TWOS})
     tpl = write_named(tmp_path / "t/ckpt", {"b/w": np.zeros(2, np.float32)})
     out = tmp_path / "o/ckpt"
-    with pytest.raises(MismatchError, match=r"'b/w' is matched by two source tensors: 'a/w' \(--map\) and 'b/w' "
-                                            r"\(key\)"):
+    with pytest.raises(
+        MismatchError,
+        match=r"'b/w' is matched by two source tensors: 'a/w' \(--map\) and 'b/w' "
+        r"\(key\)",
+    ):
         ckptio.fit(src, tpl, out, rules=["a/=b/"])
     code = main(["fit", src, "--template", tpl, str(out), "--map", "a/=b/"])
     err = capsys.readouterr().err
@@ -37,8 +42,11 @@ def test_fit_map_target_also_matched_by_object_path_is_an_error(tmp_path):
     k = np.ones((2, 2), np.float32)
     src = write_object_based(tmp_path / "s/ckpt", {"model/encoder/_kernel": k, "model/backbone/_kernel": k * 2})
     tpl = write_object_based(tmp_path / "t/ckpt", {"model/backbone/_kernel": k * 0})
-    with pytest.raises(MismatchError, match=r"'model/encoder/_kernel/.ATTRIBUTES/VARIABLE_VALUE' \(--map\) and "
-                                            r"'model/backbone/_kernel/.ATTRIBUTES/VARIABLE_VALUE' \(path\)"):
+    with pytest.raises(
+        MismatchError,
+        match=r"'model/encoder/_kernel/.ATTRIBUTES/VARIABLE_VALUE' \(--map\) and "
+        r"'model/backbone/_kernel/.ATTRIBUTES/VARIABLE_VALUE' \(path\)",
+    ):
         ckptio.fit(src, tpl, tmp_path / "o/ckpt", rules=["model/encoder/=model/backbone/"])
 
 
@@ -47,8 +55,10 @@ def test_fit_second_source_consumed_by_a_rule_of_its_own_is_fine(tmp_path):
     src = write_named(tmp_path / "s/ckpt", {"a/w": ONES, "b/w": TWOS})
     tpl = write_named(tmp_path / "t/ckpt", {"a/w": np.zeros(2, np.float32), "b/w": np.zeros(2, np.float32)})
     report = ckptio.fit(src, tpl, tmp_path / "o/ckpt", rules=["a/=b/", "b/=a/"])
-    assert sorted((m["src"], m["dst"], m["how"]) for m in report.matched) == [("a/w", "b/w", "map"),
-                                                                             ("b/w", "a/w", "map")]
+    assert sorted((m["src"], m["dst"], m["how"]) for m in report.matched) == [
+        ("a/w", "b/w", "map"),
+        ("b/w", "a/w", "map"),
+    ]
     with ckptio.open(tmp_path / "o/ckpt") as o:
         np.testing.assert_array_equal(o["b/w"].read(), ONES)
         np.testing.assert_array_equal(o["a/w"].read(), TWOS)
@@ -64,6 +74,7 @@ def test_diff_still_reports_the_shadowed_tensor_as_only_in_a(tmp_path):
 
 # -- merge --last N DIR: a listed checkpoint that was deleted --------------------------------------
 
+
 def _run_dir(tmp_path, names, listed):
     """A directory holding checkpoints `names` (w = its number) whose state file lists `listed`, oldest first."""
     from test_merge import write
@@ -71,8 +82,9 @@ def _run_dir(tmp_path, names, listed):
     d = tmp_path / "run"
     for n in names:
         write(d / n, {"w": np.full(2, float(n.rsplit("-", 1)[1]), np.float32), "global_step": np.int64(0)})
-    (d / "checkpoint").write_text(f'model_checkpoint_path: "{listed[-1]}"\n'
-                                  + "".join(f'all_model_checkpoint_paths: "{n}"\n' for n in listed))
+    (d / "checkpoint").write_text(
+        f'model_checkpoint_path: "{listed[-1]}"\n' + "".join(f'all_model_checkpoint_paths: "{n}"\n' for n in listed)
+    )
     return str(d)
 
 
@@ -95,6 +107,7 @@ def test_merge_last_refuses_a_listed_checkpoint_that_was_deleted(tmp_path, capsy
 
 
 # -- diff --values: a corrupt second input is unreadable (exit 2), never "changed" (exit 1) -----------
+
 
 def _flip_byte_of(prefix, name):
     """Flip one data byte of tensor `name` (its stored checksum no longer matches)."""
@@ -125,6 +138,7 @@ def test_diff_values_checks_the_checksum_of_both_inputs(tmp_path, capsys, monkey
 
 # -- diff --json: the "changed" records exactly as the issue's schema ---------------------------------
 
+
 def test_diff_values_json_is_exactly_the_issue_schema(tmp_path, capsys):
     x = np.array([1.0, 2.0, 4.0], np.float32)
     a = write_named(tmp_path / "a/ckpt", {"x": x, "same": ONES, "gone": ONES})
@@ -133,12 +147,17 @@ def test_diff_values_json_is_exactly_the_issue_schema(tmp_path, capsys):
     import json
 
     got = json.loads(capsys.readouterr().out)
-    assert got == {"only_a": ["gone"], "only_b": ["new"], "mismatched": [],
-                   "changed": [{"a": "x", "b": "x", "max_abs": 0.5, "rel_l2": pytest.approx(np.sqrt(0.75) / np.sqrt(21))}],
-                   "equal": 1}
+    assert got == {
+        "only_a": ["gone"],
+        "only_b": ["new"],
+        "mismatched": [],
+        "changed": [{"a": "x", "b": "x", "max_abs": 0.5, "rel_l2": pytest.approx(np.sqrt(0.75) / np.sqrt(21))}],
+        "equal": 1,
+    }
 
 
 # -- fit --vocab on a partitioned variable whose optimizer slots are partitioned too ------------------
+
 
 def test_fit_vocab_moves_partitioned_slots_with_their_partitioned_variable(tmp_path):
     """TF1 Saver layout: emb and emb/Adam in 2 slices each -> a template with 3 slices each."""
@@ -152,7 +171,7 @@ def test_fit_vocab_moves_partitioned_slots_with_their_partitioned_variable(tmp_p
             for name, value in arrays.items():
                 slices = tuple(Slice(((s, n), (0, None))) for s, n in parts)
                 for s, (start, n) in zip(slices, parts):
-                    w.add_array(encode_key(name, s), value[start:start + n])
+                    w.add_array(encode_key(name, s), value[start : start + n])
                 w.add_entry(name, Entry(from_numpy(value.dtype).enum, value.shape, slices=slices))
             w.finish()
         return str(prefix)

@@ -1,15 +1,17 @@
 """Batch rewrites: many inputs (paths, globs, directories whose `checkpoint` state file lists several
 checkpoints) into one --out-dir, in worker processes, with a summary table, and resumable (a second
 run skips complete outputs and redoes one that lost a shard)."""
+
 from __future__ import annotations
 
 import json
 import os
 
 import pytest
+from support import read_all as contents
+from support import same
 
 import ckptio
-from support import read_all as contents, same
 from ckptio.batch import expand_inputs, is_complete, output_prefixes, run_batch
 from ckptio.cli.main import main
 from ckptio.errors import CheckpointNotFoundError, PlanError
@@ -27,9 +29,15 @@ def run(capsys, *argv):
     return rc, out, err
 
 
-
-OPT = {"model/dense/kernel/Adam", "model/dense/kernel/Adam_1", "model/dense/bias/Adam", "model/dense/bias/Adam_1",
-       "beta1_power", "beta2_power", "model/embedding/Adam"}
+OPT = {
+    "model/dense/kernel/Adam",
+    "model/dense/kernel/Adam_1",
+    "model/dense/bias/Adam",
+    "model/dense/bias/Adam_1",
+    "beta1_power",
+    "beta2_power",
+    "model/embedding/Adam",
+}
 
 
 @pytest.fixture
@@ -45,7 +53,8 @@ def inputs(tmp_path):
         'model_checkpoint_path: "model.ckpt-3"\n'
         'all_model_checkpoint_paths: "model.ckpt-1"\n'
         f'all_model_checkpoint_paths: "{tmp_path / "run" / "model.ckpt-2"}"\n'
-        'all_model_checkpoint_paths: "model.ckpt-3"\n')
+        'all_model_checkpoint_paths: "model.ckpt-3"\n'
+    )
     return tmp_path, made
 
 
@@ -54,10 +63,22 @@ def inputs(tmp_path):
 
 def test_expand_inputs_paths_globs_and_state_file_directories(inputs):
     root, _ = inputs
-    got = expand_inputs([str(root / "a" / "one"), str(root / "b" / "*.index"), str(root / "run"),
-                         str(root / "a" / "one.index"), str(root / "a" / "one.data-00000-of-00001")])
-    assert got == [str(root / "a" / "one"), str(root / "b" / "two"), str(root / "run" / "model.ckpt-1"),
-                   str(root / "run" / "model.ckpt-2"), str(root / "run" / "model.ckpt-3")]
+    got = expand_inputs(
+        [
+            str(root / "a" / "one"),
+            str(root / "b" / "*.index"),
+            str(root / "run"),
+            str(root / "a" / "one.index"),
+            str(root / "a" / "one.data-00000-of-00001"),
+        ]
+    )
+    assert got == [
+        str(root / "a" / "one"),
+        str(root / "b" / "two"),
+        str(root / "run" / "model.ckpt-1"),
+        str(root / "run" / "model.ckpt-2"),
+        str(root / "run" / "model.ckpt-3"),
+    ]
     # a glob over data files and index files of one prefix gives it once
     assert expand_inputs([str(root / "a" / "one*")]) == [str(root / "a" / "one")]
     with pytest.raises(CheckpointNotFoundError, match="glob matches nothing"):
@@ -66,7 +87,10 @@ def test_expand_inputs_paths_globs_and_state_file_directories(inputs):
 
 def test_output_names_stay_distinct(tmp_path):
     assert output_prefixes(["x/a/model.ckpt", "x/b/model.ckpt", "x/c/other"], "out") == [
-        os.path.join("out", "a_model.ckpt"), os.path.join("out", "b_model.ckpt"), os.path.join("out", "other")]
+        os.path.join("out", "a_model.ckpt"),
+        os.path.join("out", "b_model.ckpt"),
+        os.path.join("out", "other"),
+    ]
     with pytest.raises(PlanError, match="same output name"):
         output_prefixes(["p/a/m", "q/a/m"], "out")
 
@@ -80,8 +104,13 @@ def test_batch_strip_with_jobs_summary_and_resume(capsys, inputs):
     argv = ["strip", root / "a" / "one", root / "b" / "*.index", root / "run", "--out-dir", out_dir, "--jobs", "2"]
     rc, stdout, err = run(capsys, *argv)
     assert rc == 0, err
-    expected = {"one": "a/one", "two": "b/two", "model.ckpt-1": "run/model.ckpt-1",
-                "model.ckpt-2": "run/model.ckpt-2", "model.ckpt-3": "run/model.ckpt-3"}
+    expected = {
+        "one": "a/one",
+        "two": "b/two",
+        "model.ckpt-1": "run/model.ckpt-1",
+        "model.ckpt-2": "run/model.ckpt-2",
+        "model.ckpt-3": "run/model.ckpt-3",
+    }
     for base, rel in expected.items():
         got = contents(out_dir / base)
         assert set(got) == set(made[rel]) - OPT, base
@@ -102,8 +131,9 @@ def test_batch_strip_with_jobs_summary_and_resume(capsys, inputs):
     rc, stdout, _ = run(capsys, *argv)
     assert rc == 0
     assert stdout.splitlines()[-1] == f"5 inputs: 0 written, 5 skipped, 0 failed -> {out_dir}"
-    assert {p: os.stat(out_dir / p).st_mtime_ns for p in os.listdir(out_dir) if p != "checkpoint"} == \
-        {p: t for p, t in stamps.items() if p != "checkpoint"}
+    assert {p: os.stat(out_dir / p).st_mtime_ns for p in os.listdir(out_dir) if p != "checkpoint"} == {
+        p: t for p, t in stamps.items() if p != "checkpoint"
+    }
     # ... and an output that lost a data shard is redone
     os.unlink(out_dir / "two.data-00000-of-00001")
     assert not is_complete(str(out_dir / "two"))
@@ -139,8 +169,10 @@ def test_batch_failure_is_reported_and_exits_1(capsys, inputs):
     rc, stdout, err = run(capsys, "strip", root / "a" / "one", root / "b" / "two", "--out-dir", root / "o", "--json")
     assert rc == 1
     outcomes = json.loads(stdout)
-    assert [(o["src"], o["status"]) for o in outcomes] == [(str(root / "a" / "one"), "ok"),
-                                                          (str(root / "b" / "two"), "failed")]
+    assert [(o["src"], o["status"]) for o in outcomes] == [
+        (str(root / "a" / "one"), "ok"),
+        (str(root / "b" / "two"), "failed"),
+    ]
     assert "checksum does not match" in outcomes[1]["message"]
     assert outcomes[0]["kept"] == len(made["a/one"]) - len(OPT) and outcomes[0]["dropped"] == len(OPT)
     assert sorted(os.listdir(root / "o")) == ["checkpoint", "one.data-00000-of-00001", "one.index"]
@@ -169,8 +201,14 @@ def test_batch_into_the_input_directory_refuses_to_overwrite(capsys, inputs):
 def test_run_batch_library(inputs):
     root, made = inputs
     done = []
-    outcomes = run_batch([str(root / "a" / "one"), str(root / "b" / "two")], str(root / "lib"),
-                         [StripOptimizer(keep_global_step=False)], jobs=2, num_shards=2, on_done=done.append)
+    outcomes = run_batch(
+        [str(root / "a" / "one"), str(root / "b" / "two")],
+        str(root / "lib"),
+        [StripOptimizer(keep_global_step=False)],
+        jobs=2,
+        num_shards=2,
+        on_done=done.append,
+    )
     assert [o.status for o in outcomes] == ["ok", "ok"] and len(done) == 2
     with ckptio.open(str(root / "lib" / "one")) as c:
         assert c.num_shards == 2 and "global_step" not in c

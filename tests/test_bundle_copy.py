@@ -1,4 +1,5 @@
 """bundle/copy.py's Copier on its own: exact bytes by either path, a mismatch reported, cancel stops the checker."""
+
 from __future__ import annotations
 
 import os
@@ -39,7 +40,7 @@ def out(tmp_path):
 
 
 def good_crc(data: bytes, offset: int, size: int) -> int:
-    return mask(crc32c(data[offset:offset + size]))
+    return mask(crc32c(data[offset : offset + size]))
 
 
 @pytest.mark.parametrize("size", [100, BIG])
@@ -52,7 +53,7 @@ def test_copies_exactly_the_range_and_checks_it(source, out, size, monkeypatch):
     copier.copy(src, 8, size, out, crc=good_crc(data, 8, size), key="t")
     copier.wait()
     assert out.offset == size
-    assert open(out.path, "rb").read() == data[8:8 + size]
+    assert open(out.path, "rb").read() == data[8 : 8 + size]
     assert kernel == ([] if size < copy_mod.KERNEL_COPY_MIN else [size])
     assert not checker_threads()
 

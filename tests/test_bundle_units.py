@@ -5,6 +5,7 @@ Exact bytes come from FORMAT.md (checked there against TensorFlow 2.21); the big
 is written by hand here, independently of ckptio's encoders (tests/test_reader_tf.py also has
 TensorFlow read it).
 """
+
 from __future__ import annotations
 
 import os
@@ -47,19 +48,29 @@ def test_mask_constants():
     assert mask(c) == ((((c >> 15) | (c << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
 
 
-@given(st.integers(0, 2 ** 32 - 1))
+@given(st.integers(0, 2**32 - 1))
 def test_mask_unmask_inverse(c):
     assert unmask(mask(c)) == c
-    assert 0 <= mask(c) < 2 ** 32
+    assert 0 <= mask(c) < 2**32
 
 
 # --------------------------------------------------------------------------- OrderedCode (FORMAT §3.4)
 
 
-@pytest.mark.parametrize("value,encoded", [
-    (0, "80"), (4, "84"), (-1, "7f"), (-64, "40"), (63, "bf"), (64, "c040"), (-65, "3fbf"),
-    (-8193, "1fdfff"), (2 ** 40, "fd0000000000"),
-])
+@pytest.mark.parametrize(
+    "value,encoded",
+    [
+        (0, "80"),
+        (4, "84"),
+        (-1, "7f"),
+        (-64, "40"),
+        (63, "bf"),
+        (64, "c040"),
+        (-65, "3fbf"),
+        (-8193, "1fdfff"),
+        (2**40, "fd0000000000"),
+    ],
+)
 def test_signed_examples(value, encoded):
     key = encode_key(b"n", Slice(((value, 1),)))
     prefix = bytes.fromhex("00") + b"n" + bytes.fromhex("0001 0101")
@@ -82,7 +93,8 @@ def test_full_extent_and_rank_zero():
     assert decode_key(b"\x00global_step\x00\x01\x00") == (b"global_step", Slice(()))
     # the TF1 partitioned fixture's first slice key (tests/test_tf_fixtures.py)
     assert encode_key("model/embedding", Slice(((0, 2), (0, 4)))) == (
-        b"\x00model/embedding\x00\x01" + b"\x01\x02" + b"\x80\x82\x80\x84")
+        b"\x00model/embedding\x00\x01" + b"\x01\x02" + b"\x80\x82\x80\x84"
+    )
 
 
 def test_name_escaping():
@@ -91,9 +103,9 @@ def test_name_escaping():
     assert decode_key(key) == (b"a\x00b\xffc", Slice(((1, 2),)))
 
 
-_int64 = st.integers(-(2 ** 63), 2 ** 63 - 1)
+_int64 = st.integers(-(2**63), 2**63 - 1)
 # (start, length >= 0) or the whole dimension (0, None); a length of -1 *is* "whole" in the key
-_extent = st.one_of(st.tuples(_int64, st.integers(0, 2 ** 63 - 1)), st.tuples(st.just(0), st.none()))
+_extent = st.one_of(st.tuples(_int64, st.integers(0, 2**63 - 1)), st.tuples(st.just(0), st.none()))
 
 
 @settings(max_examples=300)
@@ -119,11 +131,18 @@ def test_ordered_code_orders_names(x, y):
         assert encode_key(x, Slice(((0, 1),))) < encode_key(y, Slice(((0, 1),)))
 
 
-@pytest.mark.parametrize("bad", [
-    b"", b"\x01\x01n\x00\x01\x00",  # leading number is not 0
-    b"\x00name", b"\x00na\x00\x02", b"\x00a\xff\x01\x00\x01\x00",  # bad name escapes / terminator
-    b"\x00n\x00\x01\x01\x01\x80", b"\x00n\x00\x01\x01\x01\x80\x7f\x00",  # truncated, trailing bytes
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"",
+        b"\x01\x01n\x00\x01\x00",  # leading number is not 0
+        b"\x00name",
+        b"\x00na\x00\x02",
+        b"\x00a\xff\x01\x00\x01\x00",  # bad name escapes / terminator
+        b"\x00n\x00\x01\x01\x01\x80",
+        b"\x00n\x00\x01\x01\x01\x80\x7f\x00",  # truncated, trailing bytes
+    ],
+)
 def test_bad_slice_keys(bad):
     with pytest.raises(SliceKeyError):
         decode_key(bad)
@@ -193,12 +212,12 @@ def test_entry_scalar_and_empty_shapes():
 
 
 def test_entry_with_slices_and_shard():
-    e = Entry(dtype=1, shape=(6, 4), shard_id=2,
-              slices=(Slice(((0, 2), (0, None))), Slice(((2, 4), (0, None)))))
+    e = Entry(dtype=1, shape=(6, 4), shard_id=2, slices=(Slice(((0, 2), (0, None))), Slice(((2, 4), (0, None)))))
     raw = e.encode()
     # no offset/size/crc on a metadata entry; a whole-dimension extent is an empty Extent (FORMAT §3.3)
-    assert raw == bytes.fromhex("08 01 12 08 12 02 08 06 12 02 08 04 18 02"
-                                "3a 06 0a 02 10 02 0a 00  3a 08 0a 04 08 02 10 04 0a 00")
+    assert raw == bytes.fromhex(
+        "08 01 12 08 12 02 08 06 12 02 08 04 18 023a 06 0a 02 10 02 0a 00  3a 08 0a 04 08 02 10 04 0a 00"
+    )
     assert Entry.parse(raw) == e
 
 
@@ -251,10 +270,13 @@ def write_index(prefix, items, header) -> None:
         f.write(out)
 
 
-@pytest.mark.parametrize("header,match", [
-    (_header_proto(min_consumer=5), r"version 5.*ckptio reads version 1"),
-    (_header_proto(bad=(1,)), r"bad: \[1\]"),
-])
+@pytest.mark.parametrize(
+    "header,match",
+    [
+        (_header_proto(min_consumer=5), r"version 5.*ckptio reads version 1"),
+        (_header_proto(bad=(1,)), r"bad: \[1\]"),
+    ],
+)
 def test_header_version_refused(tmp_path, header, match):
     prefix = str(tmp_path / "ck")
     write_index(prefix, [], header)
@@ -290,11 +312,11 @@ def big_endian_tensors():
         "f32": f((2, 3)).astype(np.float32),
         "f64": f(3),
         "i16": np.array([-2, 300, 32767], np.int16),
-        "i32": np.array([[1, -1], [2 ** 31 - 1, -(2 ** 31)]], np.int32),
-        "i64": np.array([2 ** 40, -5], np.int64),
+        "i32": np.array([[1, -1], [2**31 - 1, -(2**31)]], np.int32),
+        "i64": np.array([2**40, -5], np.int64),
         "u16": np.array([1, 65535], np.uint16),
-        "u32": np.array([1, 2 ** 32 - 1], np.uint32),
-        "u64": np.array([1, 2 ** 64 - 1], np.uint64),
+        "u32": np.array([1, 2**32 - 1], np.uint32),
+        "u64": np.array([1, 2**64 - 1], np.uint64),
         "f16": f(4).astype(np.float16),
         "bf16": f(4).astype(ml_dtypes.bfloat16),
         "c64": (f(2) + 1j * f(2)).astype(np.complex64),
@@ -312,8 +334,24 @@ BE_STRINGS = [b"", b"big", b"endian\x00\xff", b"z" * 130]
 def write_big_endian_bundle(prefix: str) -> dict:
     """A big-endian V2 bundle written without ckptio's encoders; returns {name: array}."""
     tensors = big_endian_tensors()
-    enums = {"f32": 1, "f64": 2, "i16": 5, "i32": 3, "i64": 9, "u16": 17, "u32": 22, "u64": 23,
-             "f16": 19, "bf16": 14, "c64": 8, "c128": 18, "i8": 6, "u8": 4, "bool": 10, "scalar": 1}
+    enums = {
+        "f32": 1,
+        "f64": 2,
+        "i16": 5,
+        "i32": 3,
+        "i64": 9,
+        "u16": 17,
+        "u32": 22,
+        "u64": 23,
+        "f16": 19,
+        "bf16": 14,
+        "c64": 8,
+        "c128": 18,
+        "i8": 6,
+        "u8": 4,
+        "bool": 10,
+        "scalar": 1,
+    }
     data = bytearray()
     items = []
 
@@ -335,8 +373,7 @@ def write_big_endian_bundle(prefix: str) -> dict:
             stored = arr.view(np.uint16).byteswap().tobytes()
         else:
             stored = arr.byteswap().tobytes()
-        items.append((name.encode(), entry(enums[name], arr.shape, len(data), len(stored),
-                                           mask(crc32c(stored)))))
+        items.append((name.encode(), entry(enums[name], arr.shape, len(data), len(stored), mask(crc32c(stored)))))
         data += stored
     # strings: varint lengths, then the BIG-endian masked crc of the uint32 BE lengths, then bytes
     lengths = b"".join(_v(len(s)) for s in BE_STRINGS)
@@ -418,6 +455,7 @@ def test_every_dtype_round_trip(tmp_path, shape):
             arr = np.asarray(_sample(d, shape, rng))
             if d.name in QUANTIZED:
                 from ckptio.bundle.decode import to_bytes
+
                 w.add_bytes(d.name, d.enum, arr.shape, [to_bytes(arr, d)])
             else:
                 entry = w.add_array(d.name, arr)
@@ -473,7 +511,7 @@ def test_writer_layout_matches_tf(tmp_path):
         assert offs == {"z": (0, 24), "a": (24, 4), "m": (28, 4)}
         for n in ck:
             e = ck[n].entry
-            assert e.crc32c == mask(crc32c(data[e.offset:e.offset + e.size]))
+            assert e.crc32c == mask(crc32c(data[e.offset : e.offset + e.size]))
     index = open(prefix + ".index", "rb").read()
     assert index.startswith(bytes.fromhex("000006 08011a020801"))  # the header entry, as TF writes it
 

@@ -3,6 +3,7 @@ and the import-cost property of the entry point.
 
 Exit codes: 0 ok, 1 bad checkpoint (or missing tensor), 2 usage.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,10 +22,27 @@ from ckptio.cli.main import main
 
 REPO = Path(__file__).resolve().parents[1]
 
-NAMES = ["beta1_power", "beta2_power", "global_step", "dense/bias", "dense/bias/Adam", "dense/bias/Adam_1",
-         "dense/kernel", "dense/kernel/Adam", "dense/kernel/Adam_1", "emb", "vocab"]
-OPTIMIZER = {"beta1_power", "beta2_power", "dense/bias/Adam", "dense/bias/Adam_1", "dense/kernel/Adam",
-             "dense/kernel/Adam_1"}
+NAMES = [
+    "beta1_power",
+    "beta2_power",
+    "global_step",
+    "dense/bias",
+    "dense/bias/Adam",
+    "dense/bias/Adam_1",
+    "dense/kernel",
+    "dense/kernel/Adam",
+    "dense/kernel/Adam_1",
+    "emb",
+    "vocab",
+]
+OPTIMIZER = {
+    "beta1_power",
+    "beta2_power",
+    "dense/bias/Adam",
+    "dense/bias/Adam_1",
+    "dense/kernel/Adam",
+    "dense/kernel/Adam_1",
+}
 
 
 @pytest.fixture
@@ -91,8 +109,11 @@ def test_ls_json(tf1, capsys):
 def test_ls_match(tf1, capsys):
     code, out, _ = run(capsys, "ls", "--json", "--match", r"kernel", tf1)
     assert code == 0
-    assert [e["name"] for e in json.loads(out)["entries"]] == ["dense/kernel", "dense/kernel/Adam",
-                                                               "dense/kernel/Adam_1"]
+    assert [e["name"] for e in json.loads(out)["entries"]] == [
+        "dense/kernel",
+        "dense/kernel/Adam",
+        "dense/kernel/Adam_1",
+    ]
     code, out, _ = run(capsys, "ls", tf1, "--match", "^beta")
     assert code == 0 and [ln.split()[0] for ln in out.splitlines()[:-1]] == ["beta1_power", "beta2_power"]
     code, out, err = run(capsys, "ls", tf1, "--match", "(unclosed")
@@ -228,9 +249,14 @@ def test_usage_errors(capsys):
     assert code == 2
 
 
-@pytest.mark.parametrize("command,options", [
-    ("ls", ["--json", "--match"]), ("show", ["--all", "--json"]), ("verify", ["--json"]),
-])
+@pytest.mark.parametrize(
+    "command,options",
+    [
+        ("ls", ["--json", "--match"]),
+        ("show", ["--all", "--json"]),
+        ("verify", ["--json"]),
+    ],
+)
 def test_command_help(capsys, command, options):
     code, out, _ = run(capsys, command, "--help")
     assert code == 0
@@ -247,8 +273,13 @@ def test_top_level_help(capsys):
 
 
 def _python(code: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args] if not code else [sys.executable, "-c", code],
-                          capture_output=True, text=True, cwd=str(REPO), timeout=120)
+    return subprocess.run(
+        [sys.executable, *args] if not code else [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=str(REPO),
+        timeout=120,
+    )
 
 
 def test_python_m_ckptio_help():
@@ -259,24 +290,28 @@ def test_python_m_ckptio_help():
         assert f"    {command} " in p.stdout
 
 
-@pytest.mark.parametrize("step", [
-    "m.build_parser(load_all=False)",
-    "m.main(['--help'])",
-])
+@pytest.mark.parametrize(
+    "step",
+    [
+        "m.build_parser(load_all=False)",
+        "m.main(['--help'])",
+    ],
+)
 def test_cli_startup_imports_neither_numpy_nor_protobuf(step):
     """`import ckptio.cli.main` + the top-level parser stay light (the benchmark times it)."""
-    code = ("import contextlib, io, json, sys\n"
-            "import ckptio.cli.main as m\n"
-            f"with contextlib.redirect_stdout(io.StringIO()):\n    {step}\n"
-            "heavy = sorted(k for k in sys.modules if k == 'numpy' or k.startswith('numpy.')\n"
-            "               or k == 'google.protobuf' or k.startswith('google.protobuf.'))\n"
-            "print(json.dumps(heavy))\n")
+    code = (
+        "import contextlib, io, json, sys\n"
+        "import ckptio.cli.main as m\n"
+        f"with contextlib.redirect_stdout(io.StringIO()):\n    {step}\n"
+        "heavy = sorted(k for k in sys.modules if k == 'numpy' or k.startswith('numpy.')\n"
+        "               or k == 'google.protobuf' or k.startswith('google.protobuf.'))\n"
+        "print(json.dumps(heavy))\n"
+    )
     p = _python(code)
     assert p.returncode == 0, p.stderr
     heavy = json.loads(p.stdout.strip().splitlines()[-1])
     roots = sorted({"google.protobuf" if h.startswith("google.") else "numpy" for h in heavy})
     assert heavy == [], f"imported at startup: {roots}"
-
 
 
 @pytest.fixture
@@ -296,8 +331,9 @@ def test_process_exit_keeps_output_and_exit_code(many, tmp_path, capsys):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # block-buffered, as usual
     for argv in (["ls", many, "--json"], ["verify", many]):  # one large write; one short line left in the buffer
         code, expected, _ = run(capsys, *argv)
-        p = subprocess.run([sys.executable, "-m", "ckptio", *argv], capture_output=True, text=True,
-                           cwd=str(REPO), env=env, timeout=120)
+        p = subprocess.run(
+            [sys.executable, "-m", "ckptio", *argv], capture_output=True, text=True, cwd=str(REPO), env=env, timeout=120
+        )
         untimed = [re.sub(r" in [0-9.]+ s .*", "", text) for text in (p.stdout, expected)]
         assert p.returncode == code and untimed[0] == untimed[1] and expected.endswith("\n")
     missing = str(tmp_path / "nowhere" / "model.ckpt")
@@ -308,8 +344,9 @@ def test_process_exit_keeps_output_and_exit_code(many, tmp_path, capsys):
 
 def test_process_exit_after_reader_left(many):
     """A reader that stops early (`| head`) gets no traceback and no hang."""
-    proc = subprocess.Popen([sys.executable, "-m", "ckptio", "ls", many], cwd=str(REPO),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ckptio", "ls", many], cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     assert proc.stdout.read(10)
     proc.stdout.close()
     err = proc.stderr.read().decode()

@@ -1,5 +1,6 @@
 """`ckptio strip / rename / rewrite` through `ckptio.cli.main.main(argv)`: options, printed plans and
 reports, exit codes (0 ok, 1 checkpoint problem, 2 usage), and what is (not) left on disk."""
+
 from __future__ import annotations
 
 import hashlib
@@ -10,9 +11,10 @@ import sys
 import ml_dtypes
 import numpy as np
 import pytest
+from support import read_all as values
+from support import same
 
 import ckptio
-from support import read_all as values, same
 from ckptio.bundle import naming
 from ckptio.cli.main import main
 
@@ -40,7 +42,6 @@ def names(prefix) -> set:
         return set(c)
 
 
-
 def tree(directory) -> dict:
     out = {}
     for root, _, files in os.walk(directory):
@@ -50,8 +51,15 @@ def tree(directory) -> dict:
     return out
 
 
-OPT = {"model/dense/kernel/Adam", "model/dense/kernel/Adam_1", "model/dense/bias/Adam", "model/dense/bias/Adam_1",
-       "beta1_power", "beta2_power", "model/embedding/Adam"}
+OPT = {
+    "model/dense/kernel/Adam",
+    "model/dense/kernel/Adam_1",
+    "model/dense/bias/Adam",
+    "model/dense/bias/Adam_1",
+    "beta1_power",
+    "beta2_power",
+    "model/embedding/Adam",
+}
 
 
 # -- the three commands ------------------------------------------------------------------------------------
@@ -64,8 +72,9 @@ def test_strip(capsys, src, tmp_path):
     assert rc == 0, err
     assert names(out) == set(vals) - OPT
     assert "global_step" in names(out)
-    assert stdout.startswith(f"wrote {out}: kept {len(vals) - len(OPT)} tensors (0 renamed, 0 cast), "
-                             f"dropped {len(OPT)}; ")
+    assert stdout.startswith(
+        f"wrote {out}: kept {len(vals) - len(OPT)} tensors (0 renamed, 0 cast), dropped {len(OPT)}; "
+    )
     got = values(out)
     assert all(same(got[n], vals[n]) for n in got)
 
@@ -74,7 +83,10 @@ def test_strip_options(capsys, src, tmp_path):
     prefix, vals = src
     rc, _, err = run(capsys, "strip", prefix, tmp_path / "a" / "m", "--drop-global-step", "--ema", "drop", "-q")
     assert rc == 0, err
-    assert names(tmp_path / "a" / "m") == set(vals) - OPT - {"global_step", "model/dense/kernel/ExponentialMovingAverage"}
+    assert names(tmp_path / "a" / "m") == set(vals) - OPT - {
+        "global_step",
+        "model/dense/kernel/ExponentialMovingAverage",
+    }
     rc, _, err = run(capsys, "strip", prefix, tmp_path / "b" / "m", "--ema", "promote", "-q")
     assert rc == 0, err
     assert same(values(tmp_path / "b" / "m")["model/dense/kernel"], vals["model/dense/kernel/ExponentialMovingAverage"])
@@ -93,14 +105,23 @@ def test_strip_custom_optimizer_name(capsys, tmp_path):
 
 def test_rename_scope_exact_regex_and_map_file(capsys, src, tmp_path):
     prefix, vals = src
-    rc, _, err = run(capsys, "rename", prefix, tmp_path / "a" / "m", "--map", "model/=net/", "--map",
-                     "global_step=step", "-q")
+    rc, _, err = run(
+        capsys, "rename", prefix, tmp_path / "a" / "m", "--map", "model/=net/", "--map", "global_step=step", "-q"
+    )
     assert rc == 0, err
     got = values(tmp_path / "a" / "m")
     assert same(got["net/embedding/Adam"], vals["model/embedding/Adam"])
     assert same(got["step"], vals["global_step"]) and "global_step" not in got
-    rc, _, err = run(capsys, "rename", prefix, tmp_path / "b" / "m", "--regex", "--map",
-                     r"^model/dense/(kernel|bias)(.*)$=layers/0/\1\2", "-q")
+    rc, _, err = run(
+        capsys,
+        "rename",
+        prefix,
+        tmp_path / "b" / "m",
+        "--regex",
+        "--map",
+        r"^model/dense/(kernel|bias)(.*)$=layers/0/\1\2",
+        "-q",
+    )
     assert rc == 0, err
     got = values(tmp_path / "b" / "m")
     assert same(got["layers/0/kernel/Adam_1"], vals["model/dense/kernel/Adam_1"])
@@ -117,25 +138,68 @@ def test_rename_scope_exact_regex_and_map_file(capsys, src, tmp_path):
 def test_rewrite_select_strip_rename_cast(capsys, src, tmp_path):
     prefix, vals = src
     out = tmp_path / "out" / "m"
-    rc, _, err = run(capsys, "rewrite", prefix, out, "--include", "^model/", "--exclude", "half",
-                     "--strip-optimizer", "--map", "model/=net/", "--cast", "bfloat16", "--cast-only", "kernel", "-q")
+    rc, _, err = run(
+        capsys,
+        "rewrite",
+        prefix,
+        out,
+        "--include",
+        "^model/",
+        "--exclude",
+        "half",
+        "--strip-optimizer",
+        "--map",
+        "model/=net/",
+        "--cast",
+        "bfloat16",
+        "--cast-only",
+        "kernel",
+        "-q",
+    )
     assert rc == 0, err
     got = values(out)
-    assert set(got) == {"net/dense/kernel", "net/dense/bias", "net/dense/kernel/ExponentialMovingAverage",
-                        "net/embedding", "net/f64"}
+    assert set(got) == {
+        "net/dense/kernel",
+        "net/dense/bias",
+        "net/dense/kernel/ExponentialMovingAverage",
+        "net/embedding",
+        "net/f64",
+    }
     assert same(got["net/dense/kernel"], vals["model/dense/kernel"].astype(ml_dtypes.bfloat16))
     assert same(got["net/dense/bias"], vals["model/dense/bias"])
-    rc, _, err = run(capsys, "rewrite", prefix, tmp_path / "g" / "m", "--include-glob", "model/dense/*",
-                     "--exclude-glob", "*/Adam*", "-q")
+    rc, _, err = run(
+        capsys,
+        "rewrite",
+        prefix,
+        tmp_path / "g" / "m",
+        "--include-glob",
+        "model/dense/*",
+        "--exclude-glob",
+        "*/Adam*",
+        "-q",
+    )
     assert rc == 0, err
-    assert names(tmp_path / "g" / "m") == {"model/dense/kernel", "model/dense/bias",
-                                            "model/dense/kernel/ExponentialMovingAverage"}
+    assert names(tmp_path / "g" / "m") == {
+        "model/dense/kernel",
+        "model/dense/bias",
+        "model/dense/kernel/ExponentialMovingAverage",
+    }
 
 
 def test_json_report(capsys, src, tmp_path):
     prefix, vals = src
-    rc, out, _ = run(capsys, "rewrite", prefix, tmp_path / "o" / "m", "--strip-optimizer", "--map", "model/=n/",
-                     "--cast", "float16", "--json")
+    rc, out, _ = run(
+        capsys,
+        "rewrite",
+        prefix,
+        tmp_path / "o" / "m",
+        "--strip-optimizer",
+        "--map",
+        "model/=n/",
+        "--cast",
+        "float16",
+        "--json",
+    )
     assert rc == 0
     report = json.loads(out)
     assert set(report["dropped"]) == OPT
@@ -171,11 +235,14 @@ def test_shards_and_max_shard_size(capsys, src, tmp_path):
     assert rc == 0 and sum(os.path.getsize(tmp_path / "c" / f) > 1024 for f in data_files(tmp_path / "c" / "m")) == 0
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--shards", "0"], "--shards must be >= 1"),
-    (["--max-shard-size", "lots"], "not a size: 'lots'"),
-    (["--cast", "int8"], "invalid choice: 'int8'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--shards", "0"], "--shards must be >= 1"),
+        (["--max-shard-size", "lots"], "not a size: 'lots'"),
+        (["--cast", "int8"], "invalid choice: 'int8'"),
+    ],
+)
 def test_bad_output_options_are_usage_errors(capsys, src, tmp_path, argv, message):
     prefix, _ = src
     rc, _, err = run(capsys, "rewrite", prefix, tmp_path / "o" / "m", *argv)
@@ -200,9 +267,12 @@ def test_refuses_to_overwrite_unless_force(capsys, src, tmp_path):
 def test_never_writes_over_its_input_even_with_force(capsys, src, tmp_path):
     prefix, _ = src
     before = tree(tmp_path / "in")
-    for argv in (["strip", prefix, prefix], ["strip", prefix, prefix, "--force"],
-                 ["strip", os.path.dirname(prefix), prefix + ".index", "--force"],
-                 ["rewrite", prefix + ".index", os.path.join(os.path.dirname(prefix), ".", "model.ckpt-7"), "--force"]):
+    for argv in (
+        ["strip", prefix, prefix],
+        ["strip", prefix, prefix, "--force"],
+        ["strip", os.path.dirname(prefix), prefix + ".index", "--force"],
+        ["rewrite", prefix + ".index", os.path.join(os.path.dirname(prefix), ".", "model.ckpt-7"), "--force"],
+    ):
         rc, _, err = run(capsys, *argv)
         assert rc == 2, argv
         assert "output is the input checkpoint" in err, err
@@ -212,8 +282,9 @@ def test_never_writes_over_its_input_even_with_force(capsys, src, tmp_path):
 def test_dry_run_prints_plan_and_writes_nothing(capsys, src, tmp_path):
     prefix, _ = src
     out = tmp_path / "o" / "m"
-    rc, stdout, err = run(capsys, "rewrite", prefix, out, "--strip-optimizer", "--map", "model/=net/",
-                          "--cast", "float16", "--dry-run")
+    rc, stdout, err = run(
+        capsys, "rewrite", prefix, out, "--strip-optimizer", "--map", "model/=net/", "--cast", "float16", "--dry-run"
+    )
     assert rc == 0, err
     assert not (tmp_path / "o").exists()
     lines = stdout.splitlines()
@@ -222,8 +293,10 @@ def test_dry_run_prints_plan_and_writes_nothing(capsys, src, tmp_path):
     assert "drop    beta1_power" in lines and "drop    model/embedding/Adam" in lines
     assert "cast    net/dense/kernel" in lines and "cast    global_step" not in lines
     assert "uncast  global_step (int64: not floating)" in lines
-    assert lines[-1].startswith(f"would write {out}: kept 9 tensors (6 renamed, 5 cast, 4 left as they were: "
-                                "1 already that dtype (float16); 3 not floating (int32, int64, string)), dropped 7; ")
+    assert lines[-1].startswith(
+        f"would write {out}: kept 9 tensors (6 renamed, 5 cast, 4 left as they were: "
+        "1 already that dtype (float16); 3 not floating (int32, int64, string)), dropped 7; "
+    )
     assert " -> " in lines[-1] and "B" in lines[-1]
     # a dry run refuses what the real run would refuse
     run(capsys, "strip", prefix, out, "-q")
@@ -239,8 +312,9 @@ def test_plan_errors_exit_2_before_writing(capsys, src, tmp_path):
     out = tmp_path / "o" / "m"
     rc, _, err = run(capsys, "rename", prefix, out, "--map", "model/dense/bias=model/dense/kernel")
     assert rc == 2
-    assert err == ("ckptio: error: 'model/dense/bias' and 'model/dense/kernel' would both be written as "
-                   "'model/dense/kernel'\n")
+    assert err == (
+        "ckptio: error: 'model/dense/bias' and 'model/dense/kernel' would both be written as 'model/dense/kernel'\n"
+    )
     rc, _, err = run(capsys, "rename", prefix, out, "--map", "model/=net/", "--map", "nothing/=x/")
     assert rc == 2 and "rename rule matches no tensor: nothing/=x/ (pass --allow-unmatched to accept)" in err
     rc, _, err = run(capsys, "rename", prefix, out, "--map", "model=net/")
@@ -250,19 +324,23 @@ def test_plan_errors_exit_2_before_writing(capsys, src, tmp_path):
     rc, _, err = run(capsys, "rename", prefix, out, "--map-file", tmp_path / "missing.json")
     assert rc == 2 and "cannot read map file" in err
     assert not (tmp_path / "o").exists()
-    rc, _, err = run(capsys, "rename", prefix, out, "--map", "model/=net/", "--map", "nothing/=x/",
-                     "--allow-unmatched", "-q")
+    rc, _, err = run(
+        capsys, "rename", prefix, out, "--map", "model/=net/", "--map", "nothing/=x/", "--allow-unmatched", "-q"
+    )
     assert rc == 0, err
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["rename", "IN", "OUT"], "rename needs --map OLD=NEW or --map-file FILE"),
-    (["rename", "IN", "OUT", "--map", "nothing"], "rename rule 'nothing' is not OLD=NEW"),
-    (["strip", "IN"], "strip takes IN OUT (or inputs with --out-dir DIR)"),
-    (["strip", "IN", "OUT", "OTHER"], "strip takes IN OUT"),
-    (["strip"], "the following arguments are required: IN OUT"),
-    (["strip", "IN", "OUT", "--bogus"], "unrecognized arguments: --bogus"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["rename", "IN", "OUT"], "rename needs --map OLD=NEW or --map-file FILE"),
+        (["rename", "IN", "OUT", "--map", "nothing"], "rename rule 'nothing' is not OLD=NEW"),
+        (["strip", "IN"], "strip takes IN OUT (or inputs with --out-dir DIR)"),
+        (["strip", "IN", "OUT", "OTHER"], "strip takes IN OUT"),
+        (["strip"], "the following arguments are required: IN OUT"),
+        (["strip", "IN", "OUT", "--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
 def test_usage_errors_exit_2(capsys, src, tmp_path, argv, message):
     prefix, _ = src
     argv = [prefix if a == "IN" else str(tmp_path / "o" / "m") if a == "OUT" else a for a in argv]

@@ -5,6 +5,7 @@ file written somewhere surprising.
 Each test of a bug failed before its fix (a few more guard what the fixes must keep working).
 Everything goes through ckptio.cli.main.main(argv); no TensorFlow.
 """
+
 from __future__ import annotations
 
 import json
@@ -73,14 +74,17 @@ def test_interrupt_exits_130(capsys, src, monkeypatch):
     assert code == 130 and err == "ckptio: interrupted\n"
 
 
-@pytest.mark.parametrize("argv, name", [
-    (["ls", ""], "PATH"),
-    (["strip", "SRC", ""], "IN OUT"),
-    (["unpack", "x.tar.zst", ""], "DIR"),
-    (["pack", "SRC", ""], "OUT"),
-    (["doctor", "SRC", "--salvage", ""], "--salvage"),
-    (["strip", "SRC", "--out-dir", ""], "--out-dir"),
-])
+@pytest.mark.parametrize(
+    "argv, name",
+    [
+        (["ls", ""], "PATH"),
+        (["strip", "SRC", ""], "IN OUT"),
+        (["unpack", "x.tar.zst", ""], "DIR"),
+        (["pack", "SRC", ""], "OUT"),
+        (["doctor", "SRC", "--salvage", ""], "--salvage"),
+        (["strip", "SRC", "--out-dir", ""], "--out-dir"),
+    ],
+)
 def test_empty_path_is_a_usage_error(capsys, src, tmp_path, monkeypatch, argv, name):
     # An empty OUT used to write `.index` into the current directory; an empty DIR unpacked there.
     monkeypatch.chdir(tmp_path)
@@ -122,23 +126,29 @@ def test_doctor_salvage_into_a_directory_is_refused(capsys, src, tmp_path):
 # --------------------------------------------------------------------------- option checks
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--max-shard-size", "0"], "--max-shard-size must be more than 0 bytes"),
-    (["--shards", "2", "--max-shard-size", "1K"], "give --shards or --max-shard-size, not both"),
-    (["--jobs", "0"], "--jobs must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--max-shard-size", "0"], "--max-shard-size must be more than 0 bytes"),
+        (["--shards", "2", "--max-shard-size", "1K"], "give --shards or --max-shard-size, not both"),
+        (["--jobs", "0"], "--jobs must be >= 1"),
+    ],
+)
 def test_shard_and_job_options_are_checked(capsys, src, tmp_path, argv, message):
     code, _, err = run(capsys, "strip", src, tmp_path / "o" / "m", *argv)
     assert code == 2 and message in err
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--cast-only", "kernel"], "--cast-only needs --cast"),
-    (["--ema", "drop"], "--ema: meaningful only with --strip-optimizer"),
-    (["--drop-global-step"], "--drop-global-step: meaningful only with --strip-optimizer"),
-    (["--optimizer-name", "MyOpt"], "--optimizer-name: meaningful only with --strip-optimizer"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--cast-only", "kernel"], "--cast-only needs --cast"),
+        (["--ema", "drop"], "--ema: meaningful only with --strip-optimizer"),
+        (["--drop-global-step"], "--drop-global-step: meaningful only with --strip-optimizer"),
+        (["--optimizer-name", "MyOpt"], "--optimizer-name: meaningful only with --strip-optimizer"),
+    ],
+)
 def test_rewrite_flags_that_would_be_ignored_or_surprising(capsys, src, tmp_path, argv, message):
     # --cast-only and --optimizer-name were silently ignored; --ema drop alone also stripped the optimizer.
     code, _, err = run(capsys, "rewrite", src, tmp_path / "o" / "m", *argv)
@@ -207,7 +217,7 @@ def test_pack_refuses_a_name_reading_commands_would_not_recognize(capsys, src, t
 def test_unpack_draws_progress_on_a_terminal(capsys, src, tmp_path, monkeypatch):
     assert run(capsys, "pack", src, tmp_path / "m.tar.zst", "-q")[0] == 0
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
-    monkeypatch.setattr(common.time, "monotonic", iter(range(0, 10 ** 6, 10)).__next__)
+    monkeypatch.setattr(common.time, "monotonic", iter(range(0, 10**6, 10)).__next__)
     code, out, err = run(capsys, "unpack", tmp_path / "m.tar.zst", tmp_path / "un")
     assert code == 0 and "unpacked 2 files" in out
     assert err.startswith("\runpack ") and "/s" in err and err.endswith("\n")
@@ -219,10 +229,13 @@ def test_progress_without_total_and_never_drawn_writes_nothing(capsys):
     assert capsys.readouterr().err == ""
 
 
-@pytest.mark.parametrize("path, message", [
-    ("x.tar.zst", "doctor reads plain checkpoint files, not archives"),
-    ("http://127.0.0.1:1/m", "doctor reads local files only"),
-])
+@pytest.mark.parametrize(
+    "path, message",
+    [
+        ("x.tar.zst", "doctor reads plain checkpoint files, not archives"),
+        ("http://127.0.0.1:1/m", "doctor reads local files only"),
+    ],
+)
 def test_doctor_on_archive_or_url_says_what_it_cannot_do(capsys, path, message):
     # It used to report "no such checkpoint" for both, even for an archive that exists.
     code, out, err = run(capsys, "doctor", path)

@@ -5,6 +5,7 @@ written by other people with TF 1.x-2.x, copied byte-exact from public repositor
 MANIFEST.json records what TF 2.21's `tf.train.load_checkpoint` returns for each tensor
 (dtype, shape, sha256 by the corpus hash rule). The files are used in place, read-only.
 """
+
 from __future__ import annotations
 
 import json
@@ -114,9 +115,9 @@ def test_corpus_directory(corpus, rec):
 
 def test_corpus_used_in_place(corpus):
     """Reading and verifying the whole corpus changes nothing and creates nothing there."""
+
     def snapshot():
-        return {str(p.relative_to(corpus)): (p.stat().st_size, p.stat().st_mtime_ns)
-                for p in corpus.rglob("*")}
+        return {str(p.relative_to(corpus)): (p.stat().st_size, p.stat().st_mtime_ns) for p in corpus.rglob("*")}
 
     manifest = json.loads((corpus / "MANIFEST.json").read_text())
     before = snapshot()

@@ -10,6 +10,7 @@ with the string object graph, two shards, V1). For every damaged copy:
   bit-identical to the original;
 - `doctor` agrees with verify on whether the checkpoint is healthy, and names the situation.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,14 +23,36 @@ import pytest
 import ckptio
 from ckptio.bundle.entry import Entry
 from ckptio.doctor import diagnose
-from ckptio.errors import (ChecksumError, CkptioError, CorruptCheckpointError, MissingShardError, TruncatedError)
+from ckptio.errors import ChecksumError, CkptioError, CorruptCheckpointError, MissingShardError, TruncatedError
 
 try:
-    from corrupt_support import (FIXTURE_KINDS, cli, copy_corpus, files_of, make_fixture, raw_table,
-                                 read_all, region_of, same, table_regions, write_bundle)
+    from corrupt_support import (
+        FIXTURE_KINDS,
+        cli,
+        copy_corpus,
+        files_of,
+        make_fixture,
+        raw_table,
+        read_all,
+        region_of,
+        same,
+        table_regions,
+        write_bundle,
+    )
 except ImportError:  # tests/ imported as a package
-    from .corrupt_support import (FIXTURE_KINDS, cli, copy_corpus, files_of, make_fixture, raw_table,
-                                  read_all, region_of, same, table_regions, write_bundle)
+    from .corrupt_support import (
+        FIXTURE_KINDS,
+        cli,
+        copy_corpus,
+        files_of,
+        make_fixture,
+        raw_table,
+        read_all,
+        region_of,
+        same,
+        table_regions,
+        write_bundle,
+    )
 
 CORPUS_CASES = ["tf1_a3c_rmsprop", "tf2_newopt_vars", "sm_a2c_2shard", "est_tfx_taxi_2019", "v1_savenet"]
 CASES = [f"built:{k}" for k in FIXTURE_KINDS] + [f"corpus:{n}" for n in CORPUS_CASES]
@@ -120,8 +143,9 @@ def check(case: Case, expect: str, where: str) -> tuple[int, object]:
         assert rc == 0, f"{where}: verify failed: {err}"
     if rc == 0:
         assert set(got) == set(case.originals), f"{where}: verify passed but tensors are unreadable"
-    assert d.healthy == (rc == 0), f"{where}: doctor healthy={d.healthy} but verify rc={rc}: " \
-                                   f"{[str(p) for p in d.problems]} / {err}"
+    assert d.healthy == (rc == 0), (
+        f"{where}: doctor healthy={d.healthy} but verify rc={rc}: {[str(p) for p in d.problems]} / {err}"
+    )
     assert set(d.intact) >= set(got) - set(d.damaged) or not d.healthy
     return rc, d
 
@@ -216,8 +240,7 @@ def test_flips_in_tensor_bytes(v2case):
 def test_numeric_flip_is_a_checksum_error(v2case):
     with ckptio.open(v2case.prefix) as ck:
         reader = ck._reader
-        name, entry = next((n, e) for n, e in reader.entries().items()
-                           if not e.slices and e.size and e.dtype != 7)
+        name, entry = next((n, e) for n, e in reader.entries().items() if not e.slices and e.size and e.dtype != 7)
         path = reader.shard_path(entry.shard_id)
     with Flipped(path, entry.offset + entry.size - 1, bit=3):
         with ckptio.open(v2case.prefix) as ck:
@@ -244,8 +267,16 @@ def test_truncated_table(case):
         with Truncated(path, cut):
             rc, d = check(case, "bad", f"{os.path.basename(path)} cut at {cut}")
             kinds = {p.kind for p in d.problems}
-            named = {"truncated-index", "truncated-file", "bad-magic", "trailing-bytes", "unusable-index", "bad-footer",
-                     "bad-index-block", "corrupt-block"}
+            named = {
+                "truncated-index",
+                "truncated-file",
+                "bad-magic",
+                "trailing-bytes",
+                "unusable-index",
+                "bad-footer",
+                "bad-index-block",
+                "corrupt-block",
+            }
             if case.v1:  # cut inside its first block, a V1 file is indistinguishable from any other file
                 named.add("wrong-file")
             assert kinds & named, kinds
@@ -338,6 +369,7 @@ def _tiny_entries():
     import numpy as np
 
     from ckptio.sstable.coding import crc32c, mask
+
     a = np.arange(3, dtype=np.float32).tobytes()
     b = np.arange(2, dtype=np.int64).tobytes()
     ea = Entry(1, (3,), 0, 0, len(a), mask(crc32c(a))).encode()
@@ -349,10 +381,13 @@ def _tiny_entries():
 def test_key_order_problems(tmp_path, layout):
     data, ea, eb = _tiny_entries()
     from ckptio.bundle.entry import Header
+
     head = (b"", Header().encode())
-    items = {"unsorted": [head, (b"b", eb), (b"a", ea)],
-             "duplicate": [head, (b"a", ea), (b"a", eb), (b"b", eb)],
-             "no_header": [(b"a", ea), (b"b", eb)]}[layout]
+    items = {
+        "unsorted": [head, (b"b", eb), (b"a", ea)],
+        "duplicate": [head, (b"a", ea), (b"a", eb), (b"b", eb)],
+        "no_header": [(b"a", ea), (b"b", eb)],
+    }[layout]
     prefix = str(tmp_path / "ckpt")
     write_bundle(prefix, [], {0: data}, sort=False)
     Path(prefix + ".index").write_bytes(raw_table(items))

@@ -4,6 +4,7 @@ After any of them the destination holds either no checkpoint or a complete valid
 is byte-identical, and (except after kill -9, which no process can clean up after) no temp file
 is left behind; the next writer in that directory removes a killed writer's leftovers.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,8 +38,9 @@ def source(tmp_path_factory):
     with BundleWriter(prefix, 2) as w:
         for i in range(8):
             for j, suffix in enumerate(("", "/Adam", "/Adam_1")):
-                w.add_array(f"layer_{i}/kernel{suffix}", rng.standard_normal((1024, 1024), dtype=np.float32),
-                            shard=(i + j) % 2)
+                w.add_array(
+                    f"layer_{i}/kernel{suffix}", rng.standard_normal((1024, 1024), dtype=np.float32), shard=(i + j) % 2
+                )
         w.add_array("global_step", np.int64(7))
         w.finish()
     return prefix
@@ -76,8 +78,11 @@ def test_kill_9_at_random_points(source, tmp_path):
     rng = np.random.default_rng(1)
     # Time a full run, then kill runs at points spread over it (and some past its end).
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "ckptio", "strip", source, str(tmp_path / "timing" / "m"), "-q",
-                    "--shards", "2"], check=True, env=_env())
+    subprocess.run(
+        [sys.executable, "-m", "ckptio", "strip", source, str(tmp_path / "timing" / "m"), "-q", "--shards", "2"],
+        check=True,
+        env=_env(),
+    )
     full = time.perf_counter() - start
     outcomes = []
     # The last run is killed only after it has exited: on a loaded machine a timed delay alone
@@ -85,8 +90,12 @@ def test_kill_9_at_random_points(source, tmp_path):
     delays = [*sorted(rng.uniform(0.05, full * 1.1, size=10)), None]
     for i, delay in enumerate(delays):
         out = str(tmp_path / f"run{i}" / "model.ckpt")
-        proc = subprocess.Popen([sys.executable, "-m", "ckptio", "strip", source, out, "-q", "--shards", "2"],
-                                env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ckptio", "strip", source, out, "-q", "--shards", "2"],
+            env=_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         if delay is None:
             proc.wait()
         else:
@@ -109,8 +118,12 @@ def test_ctrl_c_cleans_up(source, tmp_path):
     before = _hashes(source)
     out = tmp_path / "o" / "model.ckpt"
     for delay in (0.3, 0.6, 0.9):
-        proc = subprocess.Popen([sys.executable, "-m", "ckptio", "strip", source, str(out), "-q", "--force"],
-                                env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ckptio", "strip", source, str(out), "-q", "--force"],
+            env=_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate()
@@ -127,14 +140,20 @@ def _limit_file_size(limit: int):
     def apply():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG from write() instead of a signal
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
     return apply
 
 
 def test_file_size_limit_fails_cleanly(source, tmp_path):
     before = _hashes(source)
     out = tmp_path / "o" / "model.ckpt"
-    proc = subprocess.run([sys.executable, "-m", "ckptio", "strip", source, str(out), "-q"], env=_env(),
-                          capture_output=True, text=True, preexec_fn=_limit_file_size(8 << 20))
+    proc = subprocess.run(
+        [sys.executable, "-m", "ckptio", "strip", source, str(out), "-q"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        preexec_fn=_limit_file_size(8 << 20),
+    )
     assert proc.returncode == 1, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr
@@ -175,9 +194,13 @@ def test_batch_ctrl_c_with_workers_prints_no_traceback(tmp_path):
                 os.symlink(sample / name, d / name)
         inputs.append(str(d / "model.ckpt-1"))
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "ckptio", "strip", "--out-dir", str(out), "--jobs", "2",
-                             "-q", *inputs], env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ckptio", "strip", "--out-dir", str(out), "--jobs", "2", "-q", *inputs],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 60
     while not (out.is_dir() and any(n.endswith(".index") for n in os.listdir(out))):  # workers are busy
         assert proc.poll() is None and time.monotonic() < deadline

@@ -1,4 +1,5 @@
 """ckptio diff: names only in A / B, dtype and shape changes, object-path pairing, streamed value comparison."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,9 @@ def write_named(prefix, tensors: dict) -> str:
     return str(prefix)
 
 
-def write_object_based(prefix, variables: dict, aliases: dict | None = None, full_names: dict | None = None,
-                       slots: dict | None = None) -> str:
+def write_object_based(
+    prefix, variables: dict, aliases: dict | None = None, full_names: dict | None = None, slots: dict | None = None
+) -> str:
     """An object-based checkpoint: {"model/enc/kernel": array}; aliases {"optimizer/_tv/0": "model/enc/kernel"}
     are extra edges to a variable's node; slots {("optimizer", "model/enc/kernel", "m"): array} are legacy
     slot_variables. Keys are the first breadth-first paths, as TF writes them; edges listed in order given."""
@@ -91,18 +93,25 @@ F32 = np.arange(12, dtype=np.float32).reshape(3, 4)
 
 
 def test_name_based_differences_and_json_schema(tmp_path, capsys):
-    a = write_named(tmp_path / "a/ckpt", {"w": F32, "b": np.zeros(4, np.float32), "old": np.ones(2, np.int32),
-                                         "step": np.int64(3)})
-    b = write_named(tmp_path / "b/ckpt", {"w": F32.astype(np.float16), "b": np.zeros(5, np.float32),
-                                         "new": np.ones(2, np.int32), "step": np.int64(4)})
+    a = write_named(
+        tmp_path / "a/ckpt", {"w": F32, "b": np.zeros(4, np.float32), "old": np.ones(2, np.int32), "step": np.int64(3)}
+    )
+    b = write_named(
+        tmp_path / "b/ckpt",
+        {"w": F32.astype(np.float16), "b": np.zeros(5, np.float32), "new": np.ones(2, np.int32), "step": np.int64(4)},
+    )
     code, out = run(capsys, "diff", a, b, "--json")
     assert code == 1
     assert json.loads(out) == {
-        "only_a": ["old"], "only_b": ["new"],
-        "mismatched": [{"a": "b", "b": "b", "a_dtype": "float32", "b_dtype": "float32", "a_shape": [4], "b_shape": [5]},
-                       {"a": "w", "b": "w", "a_dtype": "float32", "b_dtype": "float16", "a_shape": [3, 4],
-                        "b_shape": [3, 4]}],
-        "changed": [], "equal": 1}
+        "only_a": ["old"],
+        "only_b": ["new"],
+        "mismatched": [
+            {"a": "b", "b": "b", "a_dtype": "float32", "b_dtype": "float32", "a_shape": [4], "b_shape": [5]},
+            {"a": "w", "b": "w", "a_dtype": "float32", "b_dtype": "float16", "a_shape": [3, 4], "b_shape": [3, 4]},
+        ],
+        "changed": [],
+        "equal": 1,
+    }
     code, out = run(capsys, "diff", a, b)
     assert code == 1 and "only in A   old" in out and "mismatch    b: float32[4] vs float32[5]" in out
 
@@ -143,7 +152,7 @@ def test_values_stream_in_chunks_of_different_dtypes(tmp_path, monkeypatch):
     assert len(pieces) > 19 and 3 in pieces and sum(pieces) == x.size  # chunks were cut to pair up
     d = np.abs(x.astype(np.float64) - x.astype(np.float16).astype(np.float64))
     assert c.max_abs == d.max()
-    assert c.rel_l2 == pytest.approx(np.sqrt((d ** 2).sum()) / np.sqrt((x.astype(np.float64) ** 2).sum()))
+    assert c.rel_l2 == pytest.approx(np.sqrt((d**2).sum()) / np.sqrt((x.astype(np.float64) ** 2).sum()))
 
 
 def test_nan_in_both_is_equal_and_nan_in_one_is_not_a_number(tmp_path):
@@ -159,8 +168,9 @@ def test_nan_in_both_is_equal_and_nan_in_one_is_not_a_number(tmp_path):
 def test_object_path_pairs_a_weight_stored_under_different_keys(tmp_path, capsys):
     """Keras 3 with its optimizer keys the weight `optimizer/_trainable_variables/0`; a model-only save `model/...`."""
     k = np.ones((2, 2), np.float32)
-    a = write_object_based(tmp_path / "a/ckpt", {"model/enc/_kernel": k},
-                           aliases={"optimizer/_trainable_variables/0": "model/enc/_kernel"})
+    a = write_object_based(
+        tmp_path / "a/ckpt", {"model/enc/_kernel": k}, aliases={"optimizer/_trainable_variables/0": "model/enc/_kernel"}
+    )
     b = write_object_based(tmp_path / "b/ckpt", {"model/enc/_kernel": k})
     with ckptio.open(a) as c:
         assert list(c) == [OBJECT_GRAPH_KEY, key("optimizer/_trainable_variables/0")]
@@ -171,10 +181,16 @@ def test_object_path_pairs_a_weight_stored_under_different_keys(tmp_path, capsys
 
 def test_optimizer_list_positions_do_not_pair_different_weights(tmp_path):
     """Both files name a weight `optimizer/_trainable_variables/0`, but it is another layer's in each."""
-    a = write_object_based(tmp_path / "a/ckpt", {"model/old/_kernel": np.ones(2, np.float32)},
-                           aliases={"optimizer/_trainable_variables/0": "model/old/_kernel"})
-    b = write_object_based(tmp_path / "b/ckpt", {"model/new/_kernel": np.ones(2, np.float32)},
-                           aliases={"optimizer/_trainable_variables/0": "model/new/_kernel"})
+    a = write_object_based(
+        tmp_path / "a/ckpt",
+        {"model/old/_kernel": np.ones(2, np.float32)},
+        aliases={"optimizer/_trainable_variables/0": "model/old/_kernel"},
+    )
+    b = write_object_based(
+        tmp_path / "b/ckpt",
+        {"model/new/_kernel": np.ones(2, np.float32)},
+        aliases={"optimizer/_trainable_variables/0": "model/new/_kernel"},
+    )
     result = ckptio.diff(a, b)
     assert result.only_a == [key("optimizer/_trainable_variables/0")]
     assert result.only_b == [key("optimizer/_trainable_variables/0")]
@@ -191,8 +207,11 @@ def test_map_renames_a_before_comparing(tmp_path, capsys):
 
 def test_full_name_pairs_name_based_with_object_based(tmp_path):
     a = write_named(tmp_path / "a/ckpt", {"dense/kernel": F32, "dense/kernel/Adam": F32})
-    b = write_object_based(tmp_path / "b/ckpt", {"model/_operations/1/_kernel": F32},
-                           full_names={"model/_operations/1/_kernel": "dense/kernel"})
+    b = write_object_based(
+        tmp_path / "b/ckpt",
+        {"model/_operations/1/_kernel": F32},
+        full_names={"model/_operations/1/_kernel": "dense/kernel"},
+    )
     result = ckptio.diff(a, b)
     assert result.pairs == [("dense/kernel", key("model/_operations/1/_kernel"), "full_name")]
     assert result.only_a == ["dense/kernel/Adam"] and result.only_b == []
@@ -203,8 +222,11 @@ def test_full_name_pairs_name_based_with_object_based(tmp_path):
 def test_shared_full_names_pair_nothing(tmp_path):
     """Keras 3 subclassed models repeat full_names (`net/kernel`); TF lets the last one win, diff refuses to guess."""
     a = write_named(tmp_path / "a/ckpt", {"net/kernel": F32})
-    b = write_object_based(tmp_path / "b/ckpt", {"model/x/_kernel": F32, "model/y/_kernel": F32},
-                           full_names={"model/x/_kernel": "net/kernel", "model/y/_kernel": "net/kernel"})
+    b = write_object_based(
+        tmp_path / "b/ckpt",
+        {"model/x/_kernel": F32, "model/y/_kernel": F32},
+        full_names={"model/x/_kernel": "net/kernel", "model/y/_kernel": "net/kernel"},
+    )
     assert ckptio.diff(a, b).pairs == []
 
 
@@ -218,10 +240,16 @@ def test_two_candidates_for_one_tensor_is_an_error_naming_both(tmp_path):
 def test_legacy_slots_pair_through_their_variables(tmp_path):
     """A slot is the same slot when its variable is the same variable, whatever the path shift."""
     m = np.full(2, 7.0, np.float32)
-    a = write_object_based(tmp_path / "a/ckpt", {"model/encoder/kernel": np.ones(2, np.float32), "optimizer/iter":
-                                                 np.int64(1)}, slots={("optimizer", "model/encoder/kernel", "m"): m})
-    b = write_object_based(tmp_path / "b/ckpt", {"model/backbone/kernel": np.ones(2, np.float32), "optimizer/iter":
-                                                 np.int64(1)}, slots={("optimizer", "model/backbone/kernel", "m"): m})
+    a = write_object_based(
+        tmp_path / "a/ckpt",
+        {"model/encoder/kernel": np.ones(2, np.float32), "optimizer/iter": np.int64(1)},
+        slots={("optimizer", "model/encoder/kernel", "m"): m},
+    )
+    b = write_object_based(
+        tmp_path / "b/ckpt",
+        {"model/backbone/kernel": np.ones(2, np.float32), "optimizer/iter": np.int64(1)},
+        slots={("optimizer", "model/backbone/kernel", "m"): m},
+    )
     result = ckptio.diff(a, b, rules=Rename((("model/encoder/", "model/backbone/"),)), values=True)
     assert result.identical, result.pairs
     assert {how for _, _, how in result.pairs} == {"map", "path", "slot"}
@@ -246,10 +274,15 @@ def test_public_api_is_the_function():
 def _tf_keras_like(prefix, layer: str, slot_value) -> str:
     """tf_keras >= 2.11 optimizer: slots in `_momentums/i`, named after their variable (`Adam/m/<variable>`)."""
     return write_object_based(
-        prefix, {f"model/{layer}/kernel": np.ones(2, np.float32), "optimizer/_iterations": np.int64(1),
-                 "optimizer/_variables/1": slot_value},
+        prefix,
+        {
+            f"model/{layer}/kernel": np.ones(2, np.float32),
+            "optimizer/_iterations": np.int64(1),
+            "optimizer/_variables/1": slot_value,
+        },
         aliases={"optimizer/_momentums/0": "optimizer/_variables/1"},
-        full_names={f"model/{layer}/kernel": f"{layer}/kernel", "optimizer/_variables/1": f"Adam/m/{layer}/kernel"})
+        full_names={f"model/{layer}/kernel": f"{layer}/kernel", "optimizer/_variables/1": f"Adam/m/{layer}/kernel"},
+    )
 
 
 def test_keras_slot_lists_pair_by_variable_never_by_position(tmp_path):
@@ -268,8 +301,11 @@ def test_keras_slot_lists_pair_by_variable_never_by_position(tmp_path):
 def test_exact_map_rules_may_name_object_paths_as_ls_objects_shows_them(tmp_path, capsys):
     a = write_object_based(tmp_path / "a/ckpt", {"model/dense/kernel": F32, "model/dense/bias": F32[0]})
     b = write_object_based(tmp_path / "b/ckpt", {"model/head/kernel": F32, "model/dense/bias": F32[0]})
-    for rule in ("model/dense/kernel=model/head/kernel", f"{key('model/dense/kernel')}=model/head/kernel",
-                 f"model/dense/kernel={key('model/head/kernel')}"):
+    for rule in (
+        "model/dense/kernel=model/head/kernel",
+        f"{key('model/dense/kernel')}=model/head/kernel",
+        f"model/dense/kernel={key('model/head/kernel')}",
+    ):
         code, out = run(capsys, "diff", a, b, "--json", "--map", rule)
         assert (code, json.loads(out)["only_a"]) == (0, []), rule
     result = ckptio.diff(a, b, rules=Rename((("model/dense/kernel", "model/head/kernel"),)))

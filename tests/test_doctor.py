@@ -3,6 +3,7 @@
 Each broken checkpoint is made from a healthy one (written by BundleWriter, or a corpus copy),
 then diagnosed; salvaged copies must open and hold exactly the intact tensors, bit for bit.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,11 +23,29 @@ from ckptio.errors import PlanError, WrongFileError
 from ckptio.sstable.coding import crc32c, mask
 
 try:
-    from corrupt_support import (CORPUS, cli, copy_corpus, corpus_manifest, files_of, make_fixture, read_all,
-                                 same, write_bundle)
+    from corrupt_support import (
+        CORPUS,
+        cli,
+        copy_corpus,
+        corpus_manifest,
+        files_of,
+        make_fixture,
+        read_all,
+        same,
+        write_bundle,
+    )
 except ImportError:  # tests/ imported as a package
-    from .corrupt_support import (CORPUS, cli, copy_corpus, corpus_manifest, files_of, make_fixture, read_all,
-                                  same, write_bundle)
+    from .corrupt_support import (
+        CORPUS,
+        cli,
+        copy_corpus,
+        corpus_manifest,
+        files_of,
+        make_fixture,
+        read_all,
+        same,
+        write_bundle,
+    )
 
 LFS = b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"0" * 64 + b"\nsize 4242\n"
 
@@ -88,12 +107,15 @@ def test_healthy_fixture_and_cli(tmp_path, kind):
 # -- wrong files ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name,content", [
-    ("model.ckpt.meta", b"\x0a\x04meta"),
-    ("checkpoint", b'model_checkpoint_path: "model.ckpt"\n'),
-    ("weights.h5", b"\x89HDF\r\n\x1a\n" + bytes(600)),
-    ("notes.txt", b"hello, I am not a checkpoint, but I am long enough to have 48 bytes at least\n"),
-])
+@pytest.mark.parametrize(
+    "name,content",
+    [
+        ("model.ckpt.meta", b"\x0a\x04meta"),
+        ("checkpoint", b'model_checkpoint_path: "model.ckpt"\n'),
+        ("weights.h5", b"\x89HDF\r\n\x1a\n" + bytes(600)),
+        ("notes.txt", b"hello, I am not a checkpoint, but I am long enough to have 48 bytes at least\n"),
+    ],
+)
 def test_wrong_file(tmp_path, name, content):
     path = tmp_path / name
     path.write_bytes(content)
@@ -148,8 +170,10 @@ def test_missing_shard_one_line(tmp_path):
     rc, lines, _ = doctor_cli(prefix)
     assert rc == 1
     problems = [line for line in lines if line.startswith("problem:")]
-    assert problems == [f"problem: missing-shard: {prefix}.data-00000-of-00002: data shard "
-                        "ckpt.data-00000-of-00002 is missing; 3 tensor(s) are stored there"]
+    assert problems == [
+        f"problem: missing-shard: {prefix}.data-00000-of-00002: data shard "
+        "ckpt.data-00000-of-00002 is missing; 3 tensor(s) are stored there"
+    ]
     damaged = [line for line in lines if line.startswith("damaged:")]
     assert len(damaged) == 3 and all("is missing" in line for line in damaged)
     assert lines[-1].startswith("verdict: damaged: 3 of 6 tensor(s) lost")
@@ -171,7 +195,7 @@ def test_truncated_and_foreign_shards(tmp_path):
     originals = read_all(prefix)
     shard = prefix + ".data-00001-of-00002"
     good = Path(shard).read_bytes()
-    Path(shard).write_bytes(good[:len(good) // 2])
+    Path(shard).write_bytes(good[: len(good) // 2])
     d = diagnose(prefix)
     assert kinds(d) == ["truncated-shard"] and f"{len(good) // 2} bytes" in d.problems[0].message
     salvaged_equals(d, originals, tmp_path / "o1" / "s")
@@ -186,7 +210,7 @@ def test_index_and_data_from_different_saves(tmp_path):
     two = make_fixture("two_shards", tmp_path / "two")
     os.unlink(one + ".data-00000-of-00001")
     for f in files_of(two)[1:]:
-        shutil.copyfile(f, one + f[len(two):])
+        shutil.copyfile(f, one + f[len(two) :])
     d = diagnose(one)
     assert "shard-count-mismatch" in kinds(d) and "missing-shard" in kinds(d)
 
@@ -211,6 +235,7 @@ def test_bad_index_block_with_usable_handles(tmp_path):
     originals = read_all(prefix)
     from ckptio.io import MemorySource
     from ckptio.sstable.format import Footer
+
     data = Path(prefix + ".index").read_bytes()
     footer = Footer.decode(data[-48:])
     # flip a byte inside a separator key: the handles stay right, the block checksum fails
@@ -227,6 +252,7 @@ def test_corrupt_data_block_names_lost_tensors(tmp_path):
     originals = read_all(prefix)
     from ckptio.io import MemorySource
     from ckptio.sstable import Table
+
     table = Table(MemorySource(Path(prefix + ".index").read_bytes()))
     lost = {k.decode() for k, _ in table.block(2).entries()}
     handle = table.index[2][1]
@@ -243,7 +269,7 @@ def test_truncated_index_recovers_leading_blocks(tmp_path):
     originals = read_all(prefix)
     path = prefix + ".index"
     data = Path(path).read_bytes()
-    Path(path).write_bytes(data[:len(data) // 2])
+    Path(path).write_bytes(data[: len(data) // 2])
     d = diagnose(prefix)
     assert kinds(d) == ["truncated-index"] and "recovered by scanning" in d.problems[0].message
     assert 0 < len(d.intact) < len(originals)
@@ -264,9 +290,11 @@ def test_bad_header_and_bad_entry(tmp_path):
     a = np.arange(6, dtype=np.float32)
     b = np.arange(3, dtype=np.int64)
     data = a.tobytes() + b.tobytes()
-    items = [("a", Entry(1, (6,), 0, 0, 24, mask(crc32c(a.tobytes()))).encode()),
-             ("b", Entry(9, (3,), 0, 24, 24, mask(crc32c(b.tobytes()))).encode()),
-             ("c", b"\x08\x01\x12\x07garbage")]
+    items = [
+        ("a", Entry(1, (6,), 0, 0, 24, mask(crc32c(a.tobytes()))).encode()),
+        ("b", Entry(9, (3,), 0, 24, 24, mask(crc32c(b.tobytes()))).encode()),
+        ("c", b"\x08\x01\x12\x07garbage"),
+    ]
     prefix = write_bundle(str(tmp_path / "x" / "ckpt"), items, {0: data}, header=b"\x08\x80\x80\x80\x80\x08")
     d = diagnose(prefix)
     assert kinds(d) == ["bad-header", "bad-entry"]
@@ -320,6 +348,7 @@ def test_v1_salvage_and_damage(tmp_path):
     salvaged_equals(d, originals, tmp_path / "o1" / "s")
     from ckptio.io import MemorySource
     from ckptio.sstable import Table
+
     table = Table(MemorySource(Path(prefix).read_bytes()))
     handle = table.index[0][1]
     flip(prefix, handle.offset + handle.size - 20)
@@ -347,14 +376,21 @@ def test_big_endian_bundle_salvaged_as_little_endian(tmp_path):
     blob, items = b"", []
     for name, arr in arrays.items():
         raw = arr.astype(arr.dtype.newbyteorder(">")).tobytes()
-        items.append((name, Entry(1 if arr.dtype == np.float32 else 9, arr.shape, 0, len(blob), len(raw),
-                                  mask(crc32c(raw))).encode()))
+        items.append(
+            (
+                name,
+                Entry(
+                    1 if arr.dtype == np.float32 else 9, arr.shape, 0, len(blob), len(raw), mask(crc32c(raw))
+                ).encode(),
+            )
+        )
         blob += raw
     text, crc = strings.encode([b"ab", b"", b"xyz"], big_endian=True)
     items.append(("s", Entry(7, (3,), 0, len(blob), len(text), crc).encode()))
     blob += text
-    prefix = write_bundle(str(tmp_path / "be" / "ckpt"), items, {0: blob},
-                          header=Header(num_shards=1, big_endian=True).encode())
+    prefix = write_bundle(
+        str(tmp_path / "be" / "ckpt"), items, {0: blob}, header=Header(num_shards=1, big_endian=True).encode()
+    )
     originals = read_all(prefix)
     assert same(originals["f"], arrays["f"])
     d = diagnose(prefix)

@@ -1,4 +1,5 @@
 """ckptio fit: template structure, source values; matching order, mismatch policies, casts, vocabulary remaps."""
+
 from __future__ import annotations
 
 import json
@@ -25,15 +26,15 @@ def run(capsys, *argv) -> tuple[int, str]:
 
 def write_sliced(prefix, name: str, value, parts: list[tuple[int, int]], extra: dict | None = None) -> str:
     """A name-based checkpoint with `name` partitioned along axis 0 into [start, length) parts."""
+    from ckptio.bundle.dtypes import from_numpy
     from ckptio.bundle.entry import Entry
     from ckptio.bundle.slices import encode_key
-    from ckptio.bundle.dtypes import from_numpy
 
     slices = tuple(Slice(((start, length),) + ((0, None),) * (value.ndim - 1)) for start, length in parts)
     with BundleWriter(str(prefix)) as w:
         for s in slices:
-            (start, length), = s.extents[:1]
-            w.add_array(encode_key(name, s), value[start:start + length])
+            ((start, length),) = s.extents[:1]
+            w.add_array(encode_key(name, s), value[start : start + length])
         w.add_entry(name, Entry(from_numpy(value.dtype).enum, value.shape, slices=slices))
         for n, v in (extra or {}).items():
             w.add_array(n, v)
@@ -43,11 +44,19 @@ def write_sliced(prefix, name: str, value, parts: list[tuple[int, int]], extra: 
 
 @pytest.fixture
 def pair(tmp_path):
-    src = write_named(tmp_path / "src/ckpt", {"enc": W, "head": np.ones((4, 2), np.float32),
-                                             "gone": np.zeros(3, np.float32), "step": np.int64(7)})
-    tpl = write_named(tmp_path / "tpl/ckpt", {"enc": np.zeros((3, 4), np.float32),
-                                             "head": np.full((4, 5), 9, np.float32), "new": np.full(2, 5, np.float32),
-                                             "step": np.int64(0)})
+    src = write_named(
+        tmp_path / "src/ckpt",
+        {"enc": W, "head": np.ones((4, 2), np.float32), "gone": np.zeros(3, np.float32), "step": np.int64(7)},
+    )
+    tpl = write_named(
+        tmp_path / "tpl/ckpt",
+        {
+            "enc": np.zeros((3, 4), np.float32),
+            "head": np.full((4, 5), 9, np.float32),
+            "new": np.full(2, 5, np.float32),
+            "step": np.int64(0),
+        },
+    )
     return src, tpl, str(tmp_path / "out/ckpt")
 
 
@@ -60,6 +69,7 @@ def test_error_policy_names_both_shapes_and_writes_nothing(pair, capsys):
     report = ckptio.fit(src, tpl, out, dry_run=True)  # a dry run reports instead of raising
     assert report.mismatched[0]["action"] == "error" and report.errors[0][0] == "head"
     import os
+
     assert not os.path.exists(out + ".index")
 
 
@@ -69,9 +79,12 @@ def test_template_policy_keeps_the_template_and_reports_every_tensor(pair, capsy
     assert code == 0
     assert json.loads(text) == {
         "matched": [{"src": "enc", "dst": "enc", "how": "key"}, {"src": "step", "dst": "step", "how": "key"}],
-        "template_only": ["new"], "source_only": ["gone"],
+        "template_only": ["new"],
+        "source_only": ["gone"],
         "mismatched": [{"src": "head", "dst": "head", "src_shape": [4, 2], "dst_shape": [4, 5], "action": "template"}],
-        "cast": [], "remapped": []}
+        "cast": [],
+        "remapped": [],
+    }
     got = read_all(out)
     assert sorted(got) == ["enc", "head", "new", "step"]
     np.testing.assert_array_equal(got["enc"], W)
@@ -116,12 +129,16 @@ def test_floating_dtypes_are_cast_and_others_refused(tmp_path):
 
 def test_output_keeps_the_template_object_graph_bytes(tmp_path):
     k = np.ones((2, 2), np.float32)
-    src = write_object_based(tmp_path / "s/ckpt", {"model/enc/_kernel": k * 3, "optimizer/_iterations": np.int64(5)},
-                             aliases={"optimizer/_trainable_variables/0": "model/enc/_kernel"})
+    src = write_object_based(
+        tmp_path / "s/ckpt",
+        {"model/enc/_kernel": k * 3, "optimizer/_iterations": np.int64(5)},
+        aliases={"optimizer/_trainable_variables/0": "model/enc/_kernel"},
+    )
     tpl = write_object_based(tmp_path / "t/ckpt", {"model/enc/_kernel": k, "model/extra/_kernel": k * 2})
     report = ckptio.fit(src, tpl, tmp_path / "o/ckpt")
-    assert report.matched == [{"src": key("optimizer/_trainable_variables/0"), "dst": key("model/enc/_kernel"),
-                               "how": "path"}]
+    assert report.matched == [
+        {"src": key("optimizer/_trainable_variables/0"), "dst": key("model/enc/_kernel"), "how": "path"}
+    ]
     assert report.source_only == [key("optimizer/_iterations")]
     with ckptio.open(tpl) as t, ckptio.open(tmp_path / "o/ckpt") as o:
         assert o.object_graph_bytes == t.object_graph_bytes
@@ -163,12 +180,23 @@ def test_vocab_moves_rows_and_new_tokens_keep_the_template(tmp_path, capsys):
     tpl = write_named(tmp_path / "t/ckpt", {"emb": tpl_emb, "emb/Adam": tpl_emb - 1})
     (tmp_path / "old.txt").write_text("\n".join(OLD) + "\n")
     (tmp_path / "new.txt").write_text("\n".join(NEW) + "\n")
-    code, text = run(capsys, "fit", src, "--template", tpl, tmp_path / "o/ckpt", "--json", "--vocab",
-                     f"emb={tmp_path / 'old.txt'}:{tmp_path / 'new.txt'}")
+    code, text = run(
+        capsys,
+        "fit",
+        src,
+        "--template",
+        tpl,
+        tmp_path / "o/ckpt",
+        "--json",
+        "--vocab",
+        f"emb={tmp_path / 'old.txt'}:{tmp_path / 'new.txt'}",
+    )
     assert code == 0
     report = json.loads(text)
-    assert report["remapped"] == [{"src": "emb", "dst": "emb", "vocab": "emb", "moved": 3, "new": 2},
-                                  {"src": "emb/Adam", "dst": "emb/Adam", "vocab": "emb", "moved": 3, "new": 2}]
+    assert report["remapped"] == [
+        {"src": "emb", "dst": "emb", "vocab": "emb", "moved": 3, "new": 2},
+        {"src": "emb/Adam", "dst": "emb/Adam", "vocab": "emb", "moved": 3, "new": 2},
+    ]
     assert report["mismatched"] == []
     got = read_all(tmp_path / "o/ckpt")
     for name, old, template in (("emb", emb, tpl_emb), ("emb/Adam", slot, tpl_emb - 1)):
@@ -225,6 +253,7 @@ def test_dry_run_writes_nothing_and_predicts_an_existing_output(pair, capsys):
     code, text = run(capsys, "fit", src, "--template", tpl, out, "--dry-run")
     assert code == 1 and "ERROR" in text  # the mismatch a real run would stop at
     import os
+
     assert not os.path.exists(out + ".index")
     ckptio.fit(src, tpl, out, on_mismatch="template")
     code, _ = run(capsys, "fit", src, "--template", tpl, out, "--on-mismatch", "template", "--dry-run")
@@ -340,8 +369,9 @@ def test_remap_recut_and_slice_pass_through_memory_a_chunk_at_a_time(tmp_path, b
             expected = tpl_value.copy()
             expected[:40] = old[:rows] if rows < 40 else old
             policy = "slice"
-    sizes = bounded_reads(lambda: ckptio.fit(src, tpl, tmp_path / "o/ckpt", vocab=vocab, vocab_axis=axis,
-                                             on_mismatch=policy))
+    sizes = bounded_reads(
+        lambda: ckptio.fit(src, tpl, tmp_path / "o/ckpt", vocab=vocab, vocab_axis=axis, on_mismatch=policy)
+    )
     # A row of the [3, n] tensors is wider than a chunk: one row at a time then (crc checks stay at 2 * ROW).
     limit = max(old.shape[1], tpl_value.shape[1]) * 4 if axis else 2 * ROW
     assert 0 < max(sizes) <= limit <= old.nbytes / 2
@@ -377,8 +407,14 @@ def test_shards_split_copies_and_built_tensors(tmp_path, capsys, flags, shards):
     emb = np.arange(40 * 3, dtype=np.float32).reshape(40, 3)
     tensors = {f"w{i}": np.full((5, 4), i, np.float32) for i in range(6)}  # 80 bytes each
     src = write_named(tmp_path / "s/ckpt", {**tensors, "emb": emb})
-    tpl = write_named(tmp_path / "t/ckpt", {**{n: np.zeros_like(v) for n, v in tensors.items()},
-                                            "emb": np.zeros((50, 3), np.float32), "new": np.ones(3, np.float32)})
+    tpl = write_named(
+        tmp_path / "t/ckpt",
+        {
+            **{n: np.zeros_like(v) for n, v in tensors.items()},
+            "emb": np.zeros((50, 3), np.float32),
+            "new": np.ones(3, np.float32),
+        },
+    )
     out = tmp_path / "o/ckpt"
     code, _ = run(capsys, "fit", src, "--template", tpl, out, "--on-mismatch", "slice", *flags)
     assert code == 0
@@ -398,8 +434,10 @@ def test_shards_split_copies_and_built_tensors(tmp_path, capsys, flags, shards):
     np.testing.assert_array_equal(got["emb"], expected)
     np.testing.assert_array_equal(got["new"], np.ones(3, np.float32))
     assert run(capsys, "fit", src, "--template", tpl, tmp_path / "x/ckpt", "--shards", "0")[0] == 2
-    assert run(capsys, "fit", src, "--template", tpl, tmp_path / "x/ckpt", "--shards", "2",
-               "--max-shard-size", "1K")[0] == 2
+    assert (
+        run(capsys, "fit", src, "--template", tpl, tmp_path / "x/ckpt", "--shards", "2", "--max-shard-size", "1K")[0]
+        == 2
+    )
 
 
 def test_fit_exact_map_rule_on_an_object_path(tmp_path):
@@ -415,7 +453,9 @@ def test_non_floating_dtype_change_is_refused_with_a_remedy_that_applies(tmp_pat
     src = write_named(tmp_path / "s/ckpt", {"ids": np.arange(4, dtype=np.int64), "w": W})
     tpl = write_named(tmp_path / "t/ckpt", {"ids": np.zeros(4, np.int32), "w": np.zeros((3, 4), np.float16)})
     for policy in ("error", "template", "slice"):  # no policy converts an int64 into an int32
-        with pytest.raises(MismatchError, match=r"'ids' is int64, template tensor 'ids' is int32.*rename rule can pair it"):
+        with pytest.raises(
+            MismatchError, match=r"'ids' is int64, template tensor 'ids' is int32.*rename rule can pair it"
+        ):
             ckptio.fit(src, tpl, tmp_path / "o/ckpt", on_mismatch=policy)
     report = ckptio.fit(src, tpl, tmp_path / "o/ckpt", dry_run=True)
     assert [e[0] for e in report.errors] == ["ids"]
@@ -425,8 +465,10 @@ def test_non_floating_dtype_change_is_refused_with_a_remedy_that_applies(tmp_pat
 def test_string_tensors_slice_and_remap_whole(tmp_path):
     words = np.array([b"a", b"bb", b"", b"dddd"], dtype=object)
     src = write_named(tmp_path / "s/ckpt", {"words": words, "grid": words.reshape(2, 2)})
-    tpl = write_named(tmp_path / "t/ckpt", {"words": np.array([b"?"] * 5, dtype=object),
-                                            "grid": np.array([[b"x"] * 3] * 3, dtype=object)})
+    tpl = write_named(
+        tmp_path / "t/ckpt",
+        {"words": np.array([b"?"] * 5, dtype=object), "grid": np.array([[b"x"] * 3] * 3, dtype=object)},
+    )
     ckptio.fit(src, tpl, tmp_path / "o/ckpt", vocab={"words": (OLD, NEW)}, on_mismatch="slice")
     got = read_all(tmp_path / "o/ckpt")
     assert list(got["words"]) == [b"", b"?", b"a", b"bb", b"?"]
@@ -435,10 +477,14 @@ def test_string_tensors_slice_and_remap_whole(tmp_path):
 
 def test_tf1_partitioned_source_into_an_object_based_template_by_full_name(tmp_path):
     emb = np.arange(24, dtype=np.float32).reshape(8, 3)
-    src = write_sliced(tmp_path / "s/ckpt", "embedding/embeddings", emb, [(0, 3), (3, 5)],
-                       extra={"embedding/embeddings/Adam": emb})
-    tpl = write_object_based(tmp_path / "t/ckpt", {"model/emb/embeddings": np.zeros((8, 3), np.float32)},
-                             full_names={"model/emb/embeddings": "embedding/embeddings"})
+    src = write_sliced(
+        tmp_path / "s/ckpt", "embedding/embeddings", emb, [(0, 3), (3, 5)], extra={"embedding/embeddings/Adam": emb}
+    )
+    tpl = write_object_based(
+        tmp_path / "t/ckpt",
+        {"model/emb/embeddings": np.zeros((8, 3), np.float32)},
+        full_names={"model/emb/embeddings": "embedding/embeddings"},
+    )
     report = ckptio.fit(src, tpl, tmp_path / "o/ckpt")
     assert report.matched == [{"src": "embedding/embeddings", "dst": key("model/emb/embeddings"), "how": "full_name"}]
     assert report.source_only == ["embedding/embeddings/Adam"]
@@ -450,8 +496,9 @@ def test_tf1_partitioned_source_into_an_object_based_template_by_full_name(tmp_p
 def test_vocab_refuses_a_slot_not_shaped_like_its_variable(tmp_path):
     emb = np.arange(8, dtype=np.float32).reshape(4, 2)
     src = write_named(tmp_path / "s/ckpt", {"emb": emb, "emb/Adafactor": np.ones(4, np.float32)})
-    tpl = write_named(tmp_path / "t/ckpt", {"emb": np.zeros((5, 2), np.float32),
-                                            "emb/Adafactor": np.zeros(5, np.float32)})
+    tpl = write_named(
+        tmp_path / "t/ckpt", {"emb": np.zeros((5, 2), np.float32), "emb/Adafactor": np.zeros(5, np.float32)}
+    )
     with pytest.raises(PlanError, match="slot 'emb/Adafactor' is not shaped like its variable 'emb'"):
         ckptio.fit(src, tpl, tmp_path / "o/ckpt", vocab={"emb": (OLD, NEW)})
 
@@ -462,24 +509,44 @@ def test_one_tensor_with_two_vocabularies_is_refused(tmp_path, capsys):
     tpl = write_object_based(tmp_path / "t/ckpt", {"model/emb/embeddings": np.zeros((5, 2), np.float32)})
     other = list(reversed(NEW))
     with pytest.raises(PlanError, match="name one template tensor"):
-        ckptio.fit(src, tpl, tmp_path / "o/ckpt", vocab={"model/emb/embeddings": (OLD, NEW),
-                                                         key("model/emb/embeddings"): (OLD, other)})
+        ckptio.fit(
+            src,
+            tpl,
+            tmp_path / "o/ckpt",
+            vocab={"model/emb/embeddings": (OLD, NEW), key("model/emb/embeddings"): (OLD, other)},
+        )
     named = write_named(tmp_path / "s2/ckpt", {"emb": emb, "emb/Adam": emb})
-    named_tpl = write_named(tmp_path / "t2/ckpt", {"emb": np.zeros((5, 2), np.float32),
-                                                   "emb/Adam": np.zeros((5, 2), np.float32)})
+    named_tpl = write_named(
+        tmp_path / "t2/ckpt", {"emb": np.zeros((5, 2), np.float32), "emb/Adam": np.zeros((5, 2), np.float32)}
+    )
     with pytest.raises(PlanError, match="names optimizer slot 'emb/Adam', which moves with its variable"):
         ckptio.fit(named, named_tpl, tmp_path / "o/ckpt", vocab={"emb": (OLD, NEW), "emb/Adam": (OLD, other)})
     (tmp_path / "a.txt").write_text("\n".join(OLD))
     (tmp_path / "b.txt").write_text("\n".join(NEW))
     files = f"{tmp_path / 'a.txt'}:{tmp_path / 'b.txt'}"
-    assert run(capsys, "fit", named, "--template", named_tpl, tmp_path / "o/ckpt", "--vocab", f"emb={files}",
-               "--vocab", f"emb={files}")[0] == 2
+    assert (
+        run(
+            capsys,
+            "fit",
+            named,
+            "--template",
+            named_tpl,
+            tmp_path / "o/ckpt",
+            "--vocab",
+            f"emb={files}",
+            "--vocab",
+            f"emb={files}",
+        )[0]
+        == 2
+    )
 
 
 def test_a_fit_that_takes_nothing_from_the_source_is_refused(tmp_path, capsys):
     """Nothing matched: the output would be the template unchanged, so it is refused (one line, exit 1)."""
     src = write_named(tmp_path / "src/ckpt", {"old_enc": W, "old_head": np.ones((4, 2), np.float32)})
-    tpl = write_named(tmp_path / "tpl/ckpt", {"enc": np.zeros((3, 4), np.float32), "head": np.zeros((4, 2), np.float32)})
+    tpl = write_named(
+        tmp_path / "tpl/ckpt", {"enc": np.zeros((3, 4), np.float32), "head": np.zeros((4, 2), np.float32)}
+    )
     out = str(tmp_path / "out/ckpt")
     report = ckptio.fit(src, tpl, None, dry_run=True)  # a dry run still reports
     assert report.matched == [] and sorted(report.template_only) == ["enc", "head"]

@@ -3,6 +3,7 @@
 Files here are built with h5py in Keras 3's layout (FORMAT-models.md §7); the real Keras round
 trip (a trained model's .keras stripped and loaded) is in tests/workflows/test_interop_workflows.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -153,8 +154,12 @@ def test_ls_marks_the_optimizer_group(tmp_path):
     import sys
 
     path = write_weights_h5(tmp_path / "m.weights.h5")
-    proc = subprocess.run([sys.executable, "-m", "ckptio", "ls", path, "--json"], capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    proc = subprocess.run(
+        [sys.executable, "-m", "ckptio", "ls", path, "--json"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=os.getcwd()),
+    )
     doc = json.loads(proc.stdout)
     assert doc["totals"]["optimizer"]["tensors"] == 12 and doc["totals"]["weight"]["tensors"] == 3
     assert doc["format"] == "keras_h5"

@@ -2,6 +2,7 @@
 
 The oracle is numpy.load(allow_pickle=False) and the arrays the source was built from.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,12 +15,11 @@ import zipfile
 import ml_dtypes
 import numpy as np
 import pytest
+from test_formats_safetensors import ARRAYS, same, write_bundle
 
 import ckptio
 from ckptio.bundle.writer import BundleWriter
 from ckptio.errors import CorruptCheckpointError, OutputExistsError, PlanError, UnsupportedError
-
-from test_formats_safetensors import ARRAYS, same, write_bundle
 
 ML = {"bfloat16": ml_dtypes.bfloat16, "float8_e4m3fn": ml_dtypes.float8_e4m3fn, "float8_e5m2": ml_dtypes.float8_e5m2}
 
@@ -102,8 +102,12 @@ def test_force_and_input(bundle, tmp_path):
 
 
 def test_reads_numpy_savez_and_savez_compressed(tmp_path):
-    arrays = {"a": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.array(5, np.int64),
-              "big_endian": np.arange(6, dtype=">i4").reshape(2, 3), "fortran": np.asfortranarray(np.arange(6.0).reshape(2, 3))}
+    arrays = {
+        "a": np.arange(12, dtype=np.float32).reshape(3, 4),
+        "b": np.array(5, np.int64),
+        "big_endian": np.arange(6, dtype=">i4").reshape(2, 3),
+        "fortran": np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+    }
     for save in (np.savez, np.savez_compressed):
         path = str(tmp_path / f"{save.__name__}.npz")
         save(path, **arrays)
@@ -143,9 +147,14 @@ def test_hostile_members(tmp_path):
         "negative dim": _npy("{'descr': '<f4', 'fortran_order': False, 'shape': (-1,)}\n"),
         "header past the end": b"\x93NUMPY\x01\x00\xff\x00{'descr'",
     }
-    messages = {"bad magic": "bad magic", "bad header": "bad .npy header", "extra key": "bad .npy header",
-                "size mismatch": "member holds 4 data bytes", "negative dim": "bad shape",
-                "header past the end": "runs past the member's end"}
+    messages = {
+        "bad magic": "bad magic",
+        "bad header": "bad .npy header",
+        "extra key": "bad .npy header",
+        "size mismatch": "member holds 4 data bytes",
+        "negative dim": "bad shape",
+        "header past the end": "runs past the member's end",
+    }
     for what, member in cases.items():
         path = str(tmp_path / "bad.npz")
         with zipfile.ZipFile(path, "w") as z:
@@ -166,6 +175,10 @@ def test_verify_checks_member_crcs(bundle, tmp_path):
     out.write_bytes(bytes(raw))
     report = ckptio.verify(str(out))
     assert not report.ok and report.problems[0].key == "f32" and "CRC" in report.problems[0].message
-    proc = subprocess.run([sys.executable, "-m", "ckptio", "verify", str(out)], capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    proc = subprocess.run(
+        [sys.executable, "-m", "ckptio", "verify", str(out)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=os.getcwd()),
+    )
     assert proc.returncode == 1 and "f32" in proc.stderr

@@ -3,6 +3,7 @@
 The oracle for what we write is the reference library (safetensors.numpy.load_file; for BF16/F8,
 which it cannot read, the raw bytes viewed as ml_dtypes) and the arrays the source was built from.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,12 +17,21 @@ import numpy as np
 import pytest
 
 import ckptio
-from ckptio.bundle.entry import Entry
-from ckptio.bundle.slices import Slice, encode_key as slice_key
-from ckptio.bundle.writer import BundleWriter
 from ckptio.bundle import dtypes
-from ckptio.errors import (ChecksumError, CorruptCheckpointError, MissingShardError, OutputExistsError, PlanError,
-                           TruncatedError, UnsupportedError, WrongFileError)
+from ckptio.bundle.entry import Entry
+from ckptio.bundle.slices import Slice
+from ckptio.bundle.slices import encode_key as slice_key
+from ckptio.bundle.writer import BundleWriter
+from ckptio.errors import (
+    ChecksumError,
+    CorruptCheckpointError,
+    MissingShardError,
+    OutputExistsError,
+    PlanError,
+    TruncatedError,
+    UnsupportedError,
+    WrongFileError,
+)
 
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
@@ -113,7 +123,10 @@ def test_every_dtype_round_trips_bit_exact(bundle, tmp_path):
     # ... and ckptio reads its own output back with the TF dtypes
     with ckptio.open(out) as ck:
         assert {n: ck[n].dtype_name for n in ("bf16", "f8_e4m3fn", "bool")} == {
-            "bf16": "bfloat16", "f8_e4m3fn": "float8_e4m3fn", "bool": "bool"}
+            "bf16": "bfloat16",
+            "f8_e4m3fn": "float8_e4m3fn",
+            "bool": "bool",
+        }
         for name, want in ARRAYS.items():
             assert same(ck[name].read(), want), name
 
@@ -130,26 +143,30 @@ def test_metadata_records_source_and_version(bundle, tmp_path):
 
 def test_header_bytes_match_the_reference_writer(tmp_path):
     """Same tensors, no metadata: our header is byte for byte what safetensors' own writer makes."""
-    from ckptio.formats.safetensors import FROM_TF, encode_header, layout_order
     from ckptio.formats.export import OutTensor
+    from ckptio.formats.safetensors import FROM_TF, encode_header, layout_order
 
     arrays = {k: ARRAYS[k] for k in ("f32", "i64", "f16", "u8", "bool", "f64", "i8", "u16", "empty")}
     ref = tmp_path / "ref.safetensors"
     safetensors_numpy.save_file({k: np.asarray(v) for k, v in arrays.items()}, str(ref))
-    tensors = [OutTensor(k, k, dtypes.from_numpy(np.asarray(v).dtype).enum, np.shape(v), np.asarray(v).nbytes, k, None)
-               for k, v in arrays.items()]
+    tensors = [
+        OutTensor(k, k, dtypes.from_numpy(np.asarray(v).dtype).enum, np.shape(v), np.asarray(v).nbytes, k, None)
+        for k, v in arrays.items()
+    ]
     order = layout_order(tensors)
     head, _ = encode_header({}, [(t.name, FROM_TF[t.dtype], t.shape, t.nbytes) for t in order])
-    assert ref.read_bytes()[:len(head)] == head
+    assert ref.read_bytes()[: len(head)] == head
 
 
 def test_partitioned_variables_are_assembled(tmp_path):
     rows = np.arange(40, dtype=np.float32).reshape(10, 4)
     grid = np.arange(24, dtype=np.int64).reshape(4, 6)
     bf = RNG.standard_normal((6, 2)).astype(ml_dtypes.bfloat16)
-    sliced = {"rows": [Slice(((0, 3), (0, None))), Slice(((3, 7), (0, None)))],        # along axis 0: copied
-              "grid": [Slice(((0, 4), (0, 2))), Slice(((0, 4), (2, 4)))],              # along axis 1: read whole
-              "bf": [Slice(((0, 2), (0, None))), Slice(((2, 4), (0, None)))]}
+    sliced = {
+        "rows": [Slice(((0, 3), (0, None))), Slice(((3, 7), (0, None)))],  # along axis 0: copied
+        "grid": [Slice(((0, 4), (0, 2))), Slice(((0, 4), (2, 4)))],  # along axis 1: read whole
+        "bf": [Slice(((0, 2), (0, None))), Slice(((2, 4), (0, None)))],
+    }
     src = write_bundle(tmp_path / "src" / "m", {"rows": rows, "grid": grid, "bf": bf}, sliced)
     out = str(tmp_path / "m.safetensors")
     ckptio.rewrite(src, out)
@@ -162,7 +179,8 @@ def test_partitioned_variables_are_assembled(tmp_path):
 
 
 def test_unchanged_bytes_are_copied_by_the_kernel_not_decoded(tmp_path, monkeypatch):
-    from ckptio.bundle import copy as copy_mod, decode
+    from ckptio.bundle import copy as copy_mod
+    from ckptio.bundle import decode
 
     big = RNG.standard_normal((300, 300)).astype(np.float32)  # 360 KB: over KERNEL_COPY_MIN
     src = write_bundle(tmp_path / "src" / "m", {"big": big, "small": np.float32(1.5)})
@@ -193,13 +211,18 @@ def test_corrupt_source_bytes_fail_the_export_and_leave_nothing(tmp_path):
 
 
 def test_cast_and_rename_and_strip_into_safetensors(tmp_path):
-    arrays = {"dense/kernel": RNG.standard_normal((4, 3)).astype(np.float32),
-              "dense/kernel/Adam": np.ones((4, 3), np.float32), "dense/kernel/Adam_1": np.ones((4, 3), np.float32),
-              "beta1_power": np.float32(0.9), "global_step": np.int64(7)}
+    arrays = {
+        "dense/kernel": RNG.standard_normal((4, 3)).astype(np.float32),
+        "dense/kernel/Adam": np.ones((4, 3), np.float32),
+        "dense/kernel/Adam_1": np.ones((4, 3), np.float32),
+        "beta1_power": np.float32(0.9),
+        "global_step": np.int64(7),
+    }
     src = write_bundle(tmp_path / "src" / "m", arrays)
     out = str(tmp_path / "m.safetensors")
-    ckptio.rewrite(src, out, [ckptio.StripOptimizer(), ckptio.Rename((("dense/", "encoder/dense/"),)),
-                              ckptio.Cast("bfloat16")])
+    ckptio.rewrite(
+        src, out, [ckptio.StripOptimizer(), ckptio.Rename((("dense/", "encoder/dense/"),)), ckptio.Cast("bfloat16")]
+    )
     got = load_reference(out)
     assert set(got) == {"encoder/dense/kernel", "global_step"}
     assert same(got["encoder/dense/kernel"], arrays["dense/kernel"].astype(ml_dtypes.bfloat16))
@@ -216,8 +239,12 @@ def test_string_tensor_is_an_error_naming_it(tmp_path):
     with pytest.raises(PlanError, match=r"'vocab' is a string tensor.*--exclude '\^vocab\$'"):
         ckptio.rewrite(src, str(out))
     assert not out.parent.exists() or os.listdir(out.parent) == []
-    proc = subprocess.run([sys.executable, "-m", "ckptio", "rewrite", src, str(out)], capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    proc = subprocess.run(
+        [sys.executable, "-m", "ckptio", "rewrite", src, str(out)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=os.getcwd()),
+    )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "vocab" in proc.stderr, proc.stderr
     ckptio.rewrite(src, str(out), [ckptio.Select(exclude=("^vocab$",))])
     assert set(load_reference(out)) == {"w"}
@@ -256,11 +283,19 @@ def test_sharded_export_names_shards_as_hugging_face_and_maps_every_tensor(tmp_p
 def test_cli_max_shard_size(tmp_path):
     src = write_bundle(tmp_path / "src" / "m", {f"w{i}": np.zeros(300, np.float32) for i in range(3)})
     out = tmp_path / "o" / "weights.safetensors"
-    proc = subprocess.run([sys.executable, "-m", "ckptio", "rewrite", src, str(out), "--max-shard-size", "1K", "-q"],
-                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    proc = subprocess.run(
+        [sys.executable, "-m", "ckptio", "rewrite", src, str(out), "--max-shard-size", "1K", "-q"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=os.getcwd()),
+    )
     assert proc.returncode == 0, proc.stderr
-    assert sorted(os.listdir(out.parent)) == ["weights-00001-of-00003.safetensors", "weights-00002-of-00003.safetensors",
-                                               "weights-00003-of-00003.safetensors", "weights.safetensors.index.json"]
+    assert sorted(os.listdir(out.parent)) == [
+        "weights-00001-of-00003.safetensors",
+        "weights-00002-of-00003.safetensors",
+        "weights-00003-of-00003.safetensors",
+        "weights.safetensors.index.json",
+    ]
 
 
 def test_existing_output_needs_force_and_the_input_is_never_overwritten(bundle, tmp_path):
@@ -324,8 +359,14 @@ def test_listing_reads_only_the_header(bundle, tmp_path):
 
 def test_strip_and_rename_from_safetensors(tmp_path):
     path = str(tmp_path / "in.safetensors")
-    safetensors_numpy.save_file({"dense/kernel": np.ones((2, 2), np.float32), "dense/kernel/Adam": np.zeros((2, 2), np.float32),
-                                 "beta1_power": np.array(0.9, np.float32)}, path)
+    safetensors_numpy.save_file(
+        {
+            "dense/kernel": np.ones((2, 2), np.float32),
+            "dense/kernel/Adam": np.zeros((2, 2), np.float32),
+            "beta1_power": np.array(0.9, np.float32),
+        },
+        path,
+    )
     out = str(tmp_path / "out.safetensors")
     report = ckptio.rewrite(path, out, [ckptio.StripOptimizer(), ckptio.Rename((("dense/", "d/"),))])
     assert sorted(report.dropped) == ["beta1_power", "dense/kernel/Adam"]
@@ -350,29 +391,77 @@ HOSTILE = [
     ("not json", lambda p: _header_file(p, b"{not json"), CorruptCheckpointError, "not UTF-8 JSON"),
     ("not utf-8", lambda p: _header_file(p, b'{"\xff": 1}'), CorruptCheckpointError, "not UTF-8 JSON"),
     ("not an object", lambda p: _header_file(p, b"[1, 2]"), CorruptCheckpointError, "not a JSON object"),
-    ("duplicate name", lambda p: _header_file(p, b'{"a": %s, "a": %s}' % (json.dumps(_t()).encode(), json.dumps(_t()).encode()), bytes(8)),
-     CorruptCheckpointError, "duplicate key 'a'"),
-    ("metadata not strings", lambda p: _header_file(p, {"__metadata__": {"k": 1}}), CorruptCheckpointError, "__metadata__"),
-    ("unknown dtype", lambda p: _header_file(p, {"a": _t(dtype="F128")}, bytes(8)), CorruptCheckpointError, "unknown dtype"),
+    (
+        "duplicate name",
+        lambda p: _header_file(
+            p, b'{"a": %s, "a": %s}' % (json.dumps(_t()).encode(), json.dumps(_t()).encode()), bytes(8)
+        ),
+        CorruptCheckpointError,
+        "duplicate key 'a'",
+    ),
+    (
+        "metadata not strings",
+        lambda p: _header_file(p, {"__metadata__": {"k": 1}}),
+        CorruptCheckpointError,
+        "__metadata__",
+    ),
+    (
+        "unknown dtype",
+        lambda p: _header_file(p, {"a": _t(dtype="F128")}, bytes(8)),
+        CorruptCheckpointError,
+        "unknown dtype",
+    ),
     ("negative dim", lambda p: _header_file(p, {"a": _t(shape=(-2,))}, bytes(8)), CorruptCheckpointError, "bad shape"),
-    ("float dim", lambda p: _header_file(p, {"a": {"dtype": "F32", "shape": [2.0], "data_offsets": [0, 8]}}, bytes(8)),
-     CorruptCheckpointError, "bad shape"),
-    ("bool dim", lambda p: _header_file(p, {"a": {"dtype": "F32", "shape": [True], "data_offsets": [0, 4]}}, bytes(4)),
-     CorruptCheckpointError, "bad shape"),
-    ("huge shape", lambda p: _header_file(p, {"a": _t(shape=(1 << 40, 1 << 40))}, bytes(8)), CorruptCheckpointError,
-     "too many elements"),
-    ("offsets reversed", lambda p: _header_file(p, {"a": _t(offsets=(8, 0))}, bytes(8)), CorruptCheckpointError,
-     "bad data_offsets"),
-    ("size mismatch", lambda p: _header_file(p, {"a": _t(offsets=(0, 12))}, bytes(12)), CorruptCheckpointError,
-     "hold 12 bytes, but F32[2] needs 8"),
-    ("hole", lambda p: _header_file(p, {"a": _t(offsets=(4, 12))}, bytes(12)), CorruptCheckpointError,
-     "leaves a hole of 4 bytes"),
-    ("overlap", lambda p: _header_file(p, {"a": _t(), "b": _t(offsets=(4, 12))}, bytes(12)), CorruptCheckpointError,
-     "overlaps"),
+    (
+        "float dim",
+        lambda p: _header_file(p, {"a": {"dtype": "F32", "shape": [2.0], "data_offsets": [0, 8]}}, bytes(8)),
+        CorruptCheckpointError,
+        "bad shape",
+    ),
+    (
+        "bool dim",
+        lambda p: _header_file(p, {"a": {"dtype": "F32", "shape": [True], "data_offsets": [0, 4]}}, bytes(4)),
+        CorruptCheckpointError,
+        "bad shape",
+    ),
+    (
+        "huge shape",
+        lambda p: _header_file(p, {"a": _t(shape=(1 << 40, 1 << 40))}, bytes(8)),
+        CorruptCheckpointError,
+        "too many elements",
+    ),
+    (
+        "offsets reversed",
+        lambda p: _header_file(p, {"a": _t(offsets=(8, 0))}, bytes(8)),
+        CorruptCheckpointError,
+        "bad data_offsets",
+    ),
+    (
+        "size mismatch",
+        lambda p: _header_file(p, {"a": _t(offsets=(0, 12))}, bytes(12)),
+        CorruptCheckpointError,
+        "hold 12 bytes, but F32[2] needs 8",
+    ),
+    (
+        "hole",
+        lambda p: _header_file(p, {"a": _t(offsets=(4, 12))}, bytes(12)),
+        CorruptCheckpointError,
+        "leaves a hole of 4 bytes",
+    ),
+    (
+        "overlap",
+        lambda p: _header_file(p, {"a": _t(), "b": _t(offsets=(4, 12))}, bytes(12)),
+        CorruptCheckpointError,
+        "overlaps",
+    ),
     ("trailing bytes", lambda p: _header_file(p, {"a": _t()}, bytes(9)), CorruptCheckpointError, "not fully covered"),
     ("truncated data", lambda p: _header_file(p, {"a": _t()}, bytes(5)), TruncatedError, "holds 5"),
-    ("no TF dtype", lambda p: _header_file(p, {"a": _t(dtype="F8_E8M0", offsets=(0, 2))}, bytes(2)), UnsupportedError,
-     "F8_E8M0 has no TensorFlow equivalent"),
+    (
+        "no TF dtype",
+        lambda p: _header_file(p, {"a": _t(dtype="F8_E8M0", offsets=(0, 2))}, bytes(2)),
+        UnsupportedError,
+        "F8_E8M0 has no TensorFlow equivalent",
+    ),
 ]
 
 
@@ -382,8 +471,12 @@ def test_hostile_headers_give_one_typed_error(tmp_path, make, kind, message):
     with pytest.raises(kind) as info:
         ckptio.open(path)
     assert message in str(info.value)
-    proc = subprocess.run([sys.executable, "-m", "ckptio", "ls", path], capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    proc = subprocess.run(
+        [sys.executable, "-m", "ckptio", "ls", path],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=os.getcwd()),
+    )
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
 
 
@@ -391,13 +484,18 @@ def test_hostile_index_files(tmp_path):
     good = tmp_path / "model-00001-of-00001.safetensors"
     safetensors_numpy.save_file({"a": np.ones(2, np.float32), "b": np.ones(1, np.float32)}, str(good))
     index = tmp_path / "model.safetensors.index.json"
-    cases = [({"weight_map": {"a": "../model-00001-of-00001.safetensors"}}, CorruptCheckpointError, "not a file beside"),
-             ({"weight_map": {"a": "/etc/passwd"}}, CorruptCheckpointError, "not a file beside"),
-             ({"weight_map": {"a": good.name}}, CorruptCheckpointError, "entry b: tensor in shard"),
-             ({"weight_map": {"a": good.name, "b": good.name, "c": good.name}}, CorruptCheckpointError,
-              "lists 1 tensor(s) its shard lacks"),
-             ({"metadata": {}}, WrongFileError, "no \"weight_map\""),
-             ({"weight_map": {"a": "gone.safetensors"}}, MissingShardError, "shard named by the index is missing")]
+    cases = [
+        ({"weight_map": {"a": "../model-00001-of-00001.safetensors"}}, CorruptCheckpointError, "not a file beside"),
+        ({"weight_map": {"a": "/etc/passwd"}}, CorruptCheckpointError, "not a file beside"),
+        ({"weight_map": {"a": good.name}}, CorruptCheckpointError, "entry b: tensor in shard"),
+        (
+            {"weight_map": {"a": good.name, "b": good.name, "c": good.name}},
+            CorruptCheckpointError,
+            "lists 1 tensor(s) its shard lacks",
+        ),
+        ({"metadata": {}}, WrongFileError, 'no "weight_map"'),
+        ({"weight_map": {"a": "gone.safetensors"}}, MissingShardError, "shard named by the index is missing"),
+    ]
     for doc, kind, message in cases:
         index.write_text(json.dumps(doc))
         with pytest.raises(kind) as info:
@@ -411,8 +509,12 @@ def test_verify_says_what_it_checked(bundle, tmp_path):
     report = ckptio.verify(out)
     assert report.ok and report.tensors == len(ARRAYS)
     assert "data_offsets" in report.checked and "no checksums" in report.checked
-    proc = subprocess.run([sys.executable, "-m", "ckptio", "verify", out], capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    proc = subprocess.run(
+        [sys.executable, "-m", "ckptio", "verify", out],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=os.getcwd()),
+    )
     assert proc.returncode == 0 and "no checksums" in proc.stdout
 
 
@@ -430,8 +532,12 @@ def test_rewrite_from_safetensors_to_a_tf_prefix(tmp_path):
 def test_show_says_there_is_no_crc(bundle, tmp_path):
     out = str(tmp_path / "m.safetensors")
     ckptio.rewrite(bundle, out)
-    proc = subprocess.run([sys.executable, "-m", "ckptio", "show", out, "f32", "--json"], capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    proc = subprocess.run(
+        [sys.executable, "-m", "ckptio", "show", out, "f32", "--json"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=os.getcwd()),
+    )
     doc = json.loads(proc.stdout)
     assert proc.returncode == 0 and doc["crc32c"] == "none" and doc["shape"] == [3, 5]
     assert doc["stats"]["max"] == float(ARRAYS["f32"].max())
@@ -444,8 +550,15 @@ def test_random_corruption_gives_only_typed_errors(tmp_path):
     from ckptio.errors import CkptioError
 
     good = tmp_path / "good.safetensors"
-    safetensors_numpy.save_file({"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.arange(3, dtype=np.int64),
-                                 "c": np.zeros((0,), np.float16)}, str(good), metadata={"k": "v"})
+    safetensors_numpy.save_file(
+        {
+            "a": np.arange(6, dtype=np.float32).reshape(2, 3),
+            "b": np.arange(3, dtype=np.int64),
+            "c": np.zeros((0,), np.float16),
+        },
+        str(good),
+        metadata={"k": "v"},
+    )
     clean = good.read_bytes()
     (n,) = struct.unpack("<Q", clean[:8])
     rng = random.Random(15)
@@ -476,8 +589,12 @@ def test_packing_into_a_tar_zst_is_refused_in_one_line(bundle, tmp_path):
     out = str(tmp_path / "m.safetensors")
     ckptio.rewrite(bundle, out)
     for argv in (["pack", out, str(tmp_path / "p.tar.zst")], ["rewrite", out, str(tmp_path / "r.tar.zst")]):
-        proc = subprocess.run([sys.executable, "-m", "ckptio", *argv], capture_output=True, text=True,
-                              env=dict(os.environ, PYTHONPATH=os.getcwd()))
+        proc = subprocess.run(
+            [sys.executable, "-m", "ckptio", *argv],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, PYTHONPATH=os.getcwd()),
+        )
         assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
         assert "only TensorFlow checkpoints are packed" in proc.stderr and "internal error" not in proc.stderr
     assert sorted(os.listdir(tmp_path)) == ["m.safetensors", "src"]

@@ -6,6 +6,7 @@ drives the same parsers with coverage guidance for as long as you like.
 Each target also has a model: what a parser returns for valid input equals what was encoded,
 and what it returns for damaged input is either an error or exactly the original.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,8 +16,8 @@ from hypothesis import strategies as st
 import ckptio
 from ckptio.bundle import strings
 from ckptio.bundle.entry import Entry, Header
-from ckptio.bundle.slices import Slice, SliceKeyError, decode_key, encode_key, tiling_problem
 from ckptio.bundle.paths import Located
+from ckptio.bundle.slices import Slice, SliceKeyError, decode_key, encode_key, tiling_problem
 from ckptio.bundle.v1 import tensor_proto_to_array
 from ckptio.errors import CkptioError, CorruptCheckpointError
 from ckptio.io import MemorySource
@@ -40,7 +41,7 @@ def mutate(data: bytes, edits, cut) -> bytes:
         if out:
             out[int(where * (len(out) - 1))] ^= value
     if cut is not None:
-        out = out[:int(cut * len(out))]
+        out = out[: int(cut * len(out))]
     return bytes(out)
 
 
@@ -76,8 +77,14 @@ def test_block_parser_random_bytes(data, target):
 
 
 @FUZZ
-@given(st.lists(st.tuples(st.binary(max_size=10), st.binary(max_size=20)), max_size=30,
-                unique_by=lambda kv: kv[0]).map(sorted), st.sampled_from([1, 2, 16]), edits_st, st.binary(max_size=10))
+@given(
+    st.lists(st.tuples(st.binary(max_size=10), st.binary(max_size=20)), max_size=30, unique_by=lambda kv: kv[0]).map(
+        sorted
+    ),
+    st.sampled_from([1, 2, 16]),
+    edits_st,
+    st.binary(max_size=10),
+)
 def test_block_round_trip_and_mutation(items, interval, edits, target):
     bb = BlockBuilder(interval)
     for k, v in items:
@@ -153,8 +160,13 @@ def test_entry_and_header_parsers(data):
 
 entry_st = st.builds(
     lambda dtype, shape, shard, offset, size, crc: Entry(dtype, tuple(shape), shard, offset, size, crc),
-    st.integers(1, 30), st.lists(st.integers(0, 1 << 12), max_size=4), st.integers(0, 100),
-    st.integers(0, 1 << 40), st.integers(0, 1 << 40), st.integers(0, 0xFFFFFFFF))
+    st.integers(1, 30),
+    st.lists(st.integers(0, 1 << 12), max_size=4),
+    st.integers(0, 100),
+    st.integers(0, 1 << 40),
+    st.integers(0, 1 << 40),
+    st.integers(0, 0xFFFFFFFF),
+)
 
 
 @FUZZ
@@ -218,10 +230,23 @@ def test_slice_key_random_bytes(data):
 
 
 @FUZZ
-@given(st.lists(st.integers(1, 5), min_size=1, max_size=3).flatmap(
-    lambda shape: st.tuples(st.just(tuple(shape)), st.lists(st.tuples(*[
-        st.integers(0, d - 1).flatmap(lambda a, d=d: st.tuples(st.just(a), st.integers(1, d - a))) for d in shape
-    ]), min_size=1, max_size=6))))
+@given(
+    st.lists(st.integers(1, 5), min_size=1, max_size=3).flatmap(
+        lambda shape: st.tuples(
+            st.just(tuple(shape)),
+            st.lists(
+                st.tuples(
+                    *[
+                        st.integers(0, d - 1).flatmap(lambda a, d=d: st.tuples(st.just(a), st.integers(1, d - a)))
+                        for d in shape
+                    ]
+                ),
+                min_size=1,
+                max_size=6,
+            ),
+        )
+    )
+)
 def test_tiling_against_a_brute_force_model(case):
     shape, boxes = case
     slices = [Slice(tuple(box)) for box in boxes]
@@ -280,8 +305,11 @@ def _v1_file(tensors: dict) -> bytes:
     return bytes(out)
 
 
-V1_TENSORS = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.array([1.5, -2.0], dtype=np.float32),
-              "c": np.zeros((0, 2), dtype=np.float32)}
+V1_TENSORS = {
+    "a": np.arange(6, dtype=np.float32).reshape(2, 3),
+    "b": np.array([1.5, -2.0], dtype=np.float32),
+    "c": np.zeros((0, 2), dtype=np.float32),
+}
 V1_BYTES = _v1_file(V1_TENSORS)
 
 
@@ -311,8 +339,14 @@ def _bundle() -> tuple[bytes, bytes, dict]:
     blob, items = b"", []
     for name, arr in arrays.items():
         raw = arr.tobytes()
-        items.append((name.encode(), Entry(1 if arr.dtype == np.float32 else 9, arr.shape, 0, len(blob), len(raw),
-                                           mask(crc32c(raw))).encode()))
+        items.append(
+            (
+                name.encode(),
+                Entry(
+                    1 if arr.dtype == np.float32 else 9, arr.shape, 0, len(blob), len(raw), mask(crc32c(raw))
+                ).encode(),
+            )
+        )
         blob += raw
     text, crc = strings.encode([b"alpha", b"", b"gamma"])
     items.append((b"vocab", Entry(7, (3,), 0, len(blob), len(text), crc).encode()))
@@ -372,13 +406,19 @@ def test_bundle_mutation(edits, cut, in_index):
             assert name in ARRAYS
             expect = ARRAYS[name]
             assert arr.dtype == expect.dtype and arr.shape == expect.shape
-            assert (list(arr.reshape(-1)) == list(expect.reshape(-1))) if arr.dtype == object else \
-                arr.tobytes() == expect.tobytes()
+            assert (
+                (list(arr.reshape(-1)) == list(expect.reshape(-1)))
+                if arr.dtype == object
+                else arr.tobytes() == expect.tobytes()
+            )
         if report is not None and report.ok:  # verify vouches for every tensor: all must read back
             for name, expect in ARRAYS.items():
                 arr = ck[name].read()
-                assert (list(arr.reshape(-1)) == list(expect.reshape(-1))) if arr.dtype == object else \
-                    arr.tobytes() == expect.tobytes()
+                assert (
+                    (list(arr.reshape(-1)) == list(expect.reshape(-1)))
+                    if arr.dtype == object
+                    else arr.tobytes() == expect.tobytes()
+                )
 
 
 @FEW

@@ -6,6 +6,7 @@ counts) are opened, listed, read, verified and diagnosed in a subprocess whose a
 capped at 1.5 GB. Every step must end in a CkptioError (or a diagnosis), never MemoryError,
 another exception type, or a hang; and nothing may claim the checkpoint is fine.
 """
+
 from __future__ import annotations
 
 import json
@@ -81,8 +82,9 @@ def _entry(dtype, shape, offset=0, size=0, crc=0, slices=()):
     return Entry(dtype, tuple(shape), 0, offset, size, crc, tuple(slices)).encode()
 
 
-def _raw_table(first_block: bytes, kind: int = 0, *, restarts_override: bytes | None = None,
-               index_size: int | None = None) -> bytes:
+def _raw_table(
+    first_block: bytes, kind: int = 0, *, restarts_override: bytes | None = None, index_size: int | None = None
+) -> bytes:
     """A table whose single data block has the given contents and compression type."""
     out = bytearray(first_block + encode_trailer(first_block, kind))
     data = BlockHandle(0, len(first_block))
@@ -90,8 +92,14 @@ def _raw_table(first_block: bytes, kind: int = 0, *, restarts_override: bytes | 
     meta = BlockHandle(len(out), len(meta_contents))
     out += meta_contents + encode_trailer(meta_contents)
     key = b"\xff"
-    idx = encode_varint(0) + encode_varint(len(key)) + encode_varint(len(data.encode())) + key + data.encode() + \
-        struct.pack("<II", 0, 1)
+    idx = (
+        encode_varint(0)
+        + encode_varint(len(key))
+        + encode_varint(len(data.encode()))
+        + key
+        + data.encode()
+        + struct.pack("<II", 0, 1)
+    )
     index = BlockHandle(len(out), len(idx) if index_size is None else index_size)
     out += idx + encode_trailer(idx)
     out += Footer(meta, index).encode()
@@ -106,13 +114,19 @@ def build_cases(root: Path) -> dict[str, str]:
 
     bundle("dims_2_40", [("a", _entry(1, [1 << 40], size=4 << 40))])
     bundle("dims_overflow", [("a", _entry(1, [1 << 40, 1 << 40], size=0))])
-    bundle("zero_dim_huge_others", [("a", _entry(1, [0, 1 << 40, 1 << 30], size=0, crc=mask(0))),
-                                    ("s", _entry(7, [0, 1 << 40, 1 << 30], size=0, crc=mask(0)))])
+    bundle(
+        "zero_dim_huge_others",
+        [
+            ("a", _entry(1, [0, 1 << 40, 1 << 30], size=0, crc=mask(0))),
+            ("s", _entry(7, [0, 1 << 40, 1 << 30], size=0, crc=mask(0))),
+        ],
+    )
     bundle("size_near_2_63", [("a", _entry(1, [2], size=(1 << 63) - 1))])
     bundle("offset_near_2_63", [("a", _entry(1, [2], offset=(1 << 63) - 9, size=8))])
     bundle("num_shards_2_31_minus_1", [("a", _entry(1, [2], size=8))], header=b"\x08\xff\xff\xff\xff\x07")
-    bundle("num_shards_negative", [("a", _entry(1, [2], size=8))],
-           header=b"\x08\x80\x80\x80\x80\xf8\xff\xff\xff\xff\x01")
+    bundle(
+        "num_shards_negative", [("a", _entry(1, [2], size=8))], header=b"\x08\x80\x80\x80\x80\xf8\xff\xff\xff\xff\x01"
+    )
     bundle("shard_id_2_31", [("a", Entry(1, (2,), (1 << 31) - 1, 0, 8, 0).encode())])
     text, crc = strings.encode([b"abc"])
     bundle("string_count_2_40", [("s", _entry(7, [1 << 40], size=len(text), crc=crc))], data=text)
@@ -121,13 +135,20 @@ def build_cases(root: Path) -> dict[str, str]:
     bundle("variant_count_2_40", [("v", _entry(21, [1 << 40], size=32))])
     piece = struct.pack("<f", 1.0)
     s = Slice(((0, 1),))
-    bundle("slices_of_an_exabyte_tensor", [("p", _entry(1, [1 << 58], slices=[s])),
-                                           (encode_key("p", s), _entry(1, [1], 0, 4, mask(crc32c(piece))))],
-           data=piece)
+    bundle(
+        "slices_of_an_exabyte_tensor",
+        [("p", _entry(1, [1 << 58], slices=[s])), (encode_key("p", s), _entry(1, [1], 0, 4, mask(crc32c(piece))))],
+        data=piece,
+    )
     s1, s2 = Slice(((0, 1 << 40),)), Slice(((1 << 39, 1 << 40),))
-    bundle("overlapping_huge_slices", [("p", _entry(1, [1 << 41], slices=[s1, s2])),
-                                       (encode_key("p", s1), _entry(1, [1 << 40], 0, 4 << 40)),
-                                       (encode_key("p", s2), _entry(1, [1 << 40], 0, 4 << 40))])
+    bundle(
+        "overlapping_huge_slices",
+        [
+            ("p", _entry(1, [1 << 41], slices=[s1, s2])),
+            (encode_key("p", s1), _entry(1, [1 << 40], 0, 4 << 40)),
+            (encode_key("p", s2), _entry(1, [1 << 40], 0, 4 << 40)),
+        ],
+    )
     # Tables whose own structure lies.
     for name, table in {
         "snappy_bomb": _raw_table(encode_varint((1 << 31) - 1) + b"\x00" * 40, kind=1),
@@ -175,10 +196,19 @@ def _v1(directory: Path, *, shape, values) -> str:
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory) -> dict:
     cases = build_cases(tmp_path_factory.mktemp("hostile"))
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(LIMIT), json.dumps(cases)], capture_output=True,
-                          text=True, timeout=120, env=env)
+    env = dict(
+        os.environ,
+        OPENBLAS_NUM_THREADS="1",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(LIMIT), json.dumps(cases)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -187,11 +217,28 @@ def test_the_memory_cap_is_real(outcomes):
     assert outcomes.pop("__control__", "MemoryError") == "MemoryError"
 
 
-CASE_NAMES = ["dims_2_40", "dims_overflow", "zero_dim_huge_others", "size_near_2_63", "offset_near_2_63",
-              "num_shards_2_31_minus_1", "num_shards_negative", "shard_id_2_31", "string_count_2_40",
-              "string_length_2_62", "variant_count_2_40", "slices_of_an_exabyte_tensor", "overlapping_huge_slices",
-              "snappy_bomb", "snappy_ratio", "restart_count_2_30", "index_handle_2_40", "unknown_compression",
-              "v1_huge_shape", "v1_values_for_2_40_elements"]
+CASE_NAMES = [
+    "dims_2_40",
+    "dims_overflow",
+    "zero_dim_huge_others",
+    "size_near_2_63",
+    "offset_near_2_63",
+    "num_shards_2_31_minus_1",
+    "num_shards_negative",
+    "shard_id_2_31",
+    "string_count_2_40",
+    "string_length_2_62",
+    "variant_count_2_40",
+    "slices_of_an_exabyte_tensor",
+    "overlapping_huge_slices",
+    "snappy_bomb",
+    "snappy_ratio",
+    "restart_count_2_30",
+    "index_handle_2_40",
+    "unknown_compression",
+    "v1_huge_shape",
+    "v1_values_for_2_40_elements",
+]
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)
@@ -202,4 +249,3 @@ def test_hostile_file_gives_ckptio_errors_only(outcomes, name):
     assert any("Error: " in line for line in log), "\n".join(log)  # something refused it
     assert "doctor: healthy" not in log, "\n".join(log)
     assert "verify: ok" not in log, "\n".join(log)
-

@@ -5,6 +5,7 @@ Memory cases run the CLI in a subprocess whose address space is capped (RLIMIT_A
 regression fails fast with MemoryError instead of eating the machine; FIFO cases run there too,
 under a timeout, so a regression that blocks fails instead of hanging the suite.
 """
+
 from __future__ import annotations
 
 import io
@@ -61,10 +62,19 @@ print(json.dumps({"control": control, "results": results}))
 
 def run_capped(argvs: list[list[str]], timeout: int = 240) -> list[tuple[list[str], int, str, str]]:
     """Run each CLI argv in one child process capped at LIMIT bytes of address space."""
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(LIMIT), json.dumps([[str(a) for a in v] for v in argvs])],
-                          capture_output=True, text=True, timeout=timeout, env=env)
+    env = dict(
+        os.environ,
+        OPENBLAS_NUM_THREADS="1",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(LIMIT), json.dumps([[str(a) for a in v] for v in argvs])],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(proc.stdout.strip().splitlines()[-1])
     assert doc["control"] == "MemoryError"  # the cap is real
@@ -98,10 +108,14 @@ def _rebuilt(prefix: str, out_prefix: str, edit) -> str:
 def test_sliced_tensor_whose_slices_disagree_with_its_metadata_is_refused(tmp_path):
     """The full entry says int32 (or the slice entry a flat shape): verify passed and strip copied it on."""
     prefix = make_fixture("sliced", tmp_path)
-    int32 = _rebuilt(prefix, str(tmp_path / "dtype" / "ckpt"),
-                     lambda k, e: e._replace(dtype=3) if k == b"part_emb" else e)
-    flat = _rebuilt(prefix, str(tmp_path / "shape" / "ckpt"),
-                    lambda k, e: e._replace(shape=(16,)) if k[:1] == b"\x00" and e.shape == (4, 4) else e)
+    int32 = _rebuilt(
+        prefix, str(tmp_path / "dtype" / "ckpt"), lambda k, e: e._replace(dtype=3) if k == b"part_emb" else e
+    )
+    flat = _rebuilt(
+        prefix,
+        str(tmp_path / "shape" / "ckpt"),
+        lambda k, e: e._replace(shape=(16,)) if k[:1] == b"\x00" and e.shape == (4, 4) else e,
+    )
     for bad in (int32, flat):
         rc, out, err = cli(["verify", bad])
         assert rc == 1 and "part_emb" in err and "is stored as" in err, (out, err)
@@ -164,7 +178,7 @@ def test_archive_index_member_inflating_to_2_gib_is_refused_under_a_memory_cap(t
     cut = tmp_path / "cut.tar.zst"  # declares 300 MiB and holds 1 KiB: memory must follow what is there
     _zeros_archive(cut, "model.ckpt.index", 300 << 20, data_bytes=1024)
     results = run_capped([["ls", bomb], ["verify", bomb], ["ls", cut]])
-    for argv, rc, out, err in results[:2]:
+    for _argv, rc, out, err in results[:2]:
         line = one_line_refusal(rc, out, err)
         assert "index member" in line and "unpack" in line, line
     argv, rc, out, err = results[2]
@@ -191,8 +205,9 @@ def test_doctor_is_bounded_on_sparse_index_device_and_fifos(tmp_path):
     fifo_index = tmp_path / "fifo_index" / "model.ckpt"
     fifo_index.parent.mkdir()
     os.mkfifo(f"{fifo_index}.index")
-    results = run_capped([["doctor", p] for p in (sparse, zero, fifo_data, fifo_index)]
-                         + [["doctor", "--json", fifo_data]], timeout=120)
+    results = run_capped(
+        [["doctor", p] for p in (sparse, zero, fifo_data, fifo_index)] + [["doctor", "--json", fifo_data]], timeout=120
+    )
     for (argv, rc, out, err), kind in zip(results, ("bad-magic", "not-a-file", "not-a-file", "not-a-file")):
         assert rc == 1, (argv, rc, out, err)
         assert err == "" and "internal error" not in out, (argv, out, err)
@@ -247,6 +262,7 @@ def test_v1_tensor_with_a_shape_and_no_slices_is_a_typed_error(tmp_path):
         with pytest.raises(CorruptCheckpointError, match="no stored slice"):
             ck["w"].read()
     from ckptio.doctor import diagnose
+
     d = diagnose(path)
     assert "w" in d.damaged and d.intact == ["ok"]
 
@@ -256,8 +272,9 @@ def test_v1_tensor_with_a_shape_and_no_slices_is_a_typed_error(tmp_path):
 
 def test_sliced_tensor_with_an_unknown_dtype_enum_is_refused_by_strip_and_cast(tmp_path):
     prefix = make_fixture("sliced", tmp_path)
-    bad = _rebuilt(prefix, str(tmp_path / "dt999" / "ckpt"),
-                   lambda k, e: e._replace(dtype=999) if k == b"part_emb" else e)
+    bad = _rebuilt(
+        prefix, str(tmp_path / "dt999" / "ckpt"), lambda k, e: e._replace(dtype=999) if k == b"part_emb" else e
+    )
     for i, extra in enumerate(([], ["--cast", "float16"])):
         command = "strip" if not extra else "rewrite"
         line = one_line_refusal(*cli([command, bad, tmp_path / f"out{i}" / "x", *extra]))
@@ -271,9 +288,15 @@ def test_sliced_tensor_with_an_unknown_dtype_enum_is_refused_by_strip_and_cast(t
 
 def test_malformed_map_files_are_one_line_usage_errors(tmp_path):
     prefix = make_fixture("numeric", tmp_path)
-    maps = {"deep_list": "[" * 100_000 + "]" * 100_000, "deep_object": '{"a": ' * 100_000 + "1" + "}" * 100_000,
-            "list": '["dense/=d/"]', "number": '{"dense/": 1}', "nested": '{"dense/": {"x": "y"}}',
-            "broken": '{"dense/": ', "not_utf8": b'{"\xff": "x"}'}
+    maps = {
+        "deep_list": "[" * 100_000 + "]" * 100_000,
+        "deep_object": '{"a": ' * 100_000 + "1" + "}" * 100_000,
+        "list": '["dense/=d/"]',
+        "number": '{"dense/": 1}',
+        "nested": '{"dense/": {"x": "y"}}',
+        "broken": '{"dense/": ',
+        "not_utf8": b'{"\xff": "x"}',
+    }
     for name, text in maps.items():
         f = tmp_path / f"{name}.json"
         f.write_bytes(text if isinstance(text, bytes) else text.encode())
@@ -336,12 +359,15 @@ def test_names_with_control_characters_are_escaped_in_human_output(tmp_path):
     Path(damaged + ".data-00000-of-00001").write_bytes(bytes(40))
 
     outputs = {
-        "ls": cli(["ls", prefix]), "doctor": cli(["doctor", prefix]), "doctor-bad": cli(["doctor", damaged]),
-        "verify-bad": cli(["verify", damaged]), "show": cli(["show", prefix, names[2]]),
+        "ls": cli(["ls", prefix]),
+        "doctor": cli(["doctor", prefix]),
+        "doctor-bad": cli(["doctor", damaged]),
+        "verify-bad": cli(["verify", damaged]),
+        "show": cli(["show", prefix, names[2]]),
         "dry-run": cli(["rewrite", prefix, tmp_path / "o" / "x", "--dry-run", "--exclude", "^ok"]),
         "batch": cli(["strip", prefix, "--out-dir", tmp_path / "batch"]),
     }
-    for what, (rc, out, err) in outputs.items():
+    for what, (_rc, out, err) in outputs.items():
         text = out + err
         assert not any(c in text for c in "\x1b\x07\r"), (what, text)
         assert "\nforged" not in text and "\n3 tensors, 1 B" not in text, (what, text)

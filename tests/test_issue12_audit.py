@@ -5,25 +5,29 @@
 - Batch mode over a glob such as 'run/*' passes over the state file, .meta and events files beside the
   checkpoints instead of failing rows for them (exit 1 on a run that wrote everything).
 """
+
 from __future__ import annotations
 
 import os
 
 import pytest
+from test_objects_semantics import WEIGHTS, K, keras3_functional
+from test_objgraph import run
 
 from ckptio import PlanError, Select, StripOptimizer
 from ckptio.batch import gather_inputs
-from test_objects_semantics import K, WEIGHTS, keras3_functional
-from test_objgraph import run
 
 KEY0 = "optimizer/_trainable_variables/0" + K  # what plain `ls` shows for the first layer's kernel
 
 
-@pytest.mark.parametrize("select", [
-    Select(exclude=("^optimizer/_trainable_variables/0/",)),
-    Select(include=("^optimizer/_trainable_variables/0/", "^save_counter/")),
-    Select(exclude=("optimizer/_trainable_variables/0/*",), glob=True),
-])
+@pytest.mark.parametrize(
+    "select",
+    [
+        Select(exclude=("^optimizer/_trainable_variables/0/",)),
+        Select(include=("^optimizer/_trainable_variables/0/", "^save_counter/")),
+        Select(exclude=("optimizer/_trainable_variables/0/*",), glob=True),
+    ],
+)
 @pytest.mark.parametrize("strip_first", [False, True])
 def test_a_pattern_matching_only_a_storage_key_is_refused_naming_the_object_path(select, strip_first):
     steps = (StripOptimizer(), select) if strip_first else (select,)
@@ -39,11 +43,14 @@ def test_a_pattern_matching_several_storage_keys_names_an_example():
         run(keras3_functional(), Select(exclude=("_trainable_variables/",)))
 
 
-@pytest.mark.parametrize("select", [
-    Select(exclude=("^optimizer/",)),  # matches the optimizer's own state by path: meaningful
-    Select(exclude=("^nothing/",)),  # matches neither: as on name-based checkpoints, a no-op
-    Select(exclude=("^model/_operations/1/",)),  # the object path itself
-])
+@pytest.mark.parametrize(
+    "select",
+    [
+        Select(exclude=("^optimizer/",)),  # matches the optimizer's own state by path: meaningful
+        Select(exclude=("^nothing/",)),  # matches neither: as on name-based checkpoints, a no-op
+        Select(exclude=("^model/_operations/1/",)),  # the object path itself
+    ],
+)
 def test_patterns_that_match_an_object_path_or_nothing_are_not_refused(select):
     mapping, _ = run(keras3_functional(), select)
     assert mapping
@@ -77,8 +84,9 @@ def test_a_batch_glob_of_only_other_files_fails_its_row(tmp_path):
 def test_doctor_of_a_glob_naming_one_checkpoint_checks_its_tensors(tmp_path, pattern, capsys):
     """Issue 12 item 4 says doctor called a quoted glob healthy with 0 tensors; the path-form tests check ls,
     show, verify and strip on one match, and doctor only on two."""
-    from ckptio.cli.main import main
     from test_path_forms import write_ckpt
+
+    from ckptio.cli.main import main
 
     write_ckpt(tmp_path / "run" / "model.ckpt-5", 5.0, state_file=True)
     (tmp_path / "run" / "model.ckpt-5.meta").write_bytes(b"\x0a\x02ab")
@@ -125,9 +133,9 @@ def test_a_rewrite_from_an_archive_with_a_later_duplicate_member_is_refused(tmp_
     """Hostile bullet "refuse duplicate members": a second copy of the data shard after the one ckptio reads
     (what `tar -x` would keep) went unnoticed by strip/rewrite, which wrote the first copy's values, exit 0."""
     import numpy as np
+    from test_path_forms import write_ckpt
 
     from ckptio.cli.main import main
-    from test_path_forms import write_ckpt
 
     prefix = write_ckpt(tmp_path / "src" / "ckpt", 5.0)
     index = (tmp_path / "src" / "ckpt.index").read_bytes()

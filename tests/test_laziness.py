@@ -5,6 +5,7 @@ tensor reads exactly its bytes; iter_chunks streams in bounded pieces.
 Every read goes through a FileSource subclass that logs (file, offset, length), and the totals
 are cross-checked with `Checkpoint.bytes_read` and with the file sizes parsed here independently.
 """
+
 from __future__ import annotations
 
 import os
@@ -77,7 +78,7 @@ def index_layout(index_path) -> dict:
         v, pos = varint(foot, pos)
         handles.append(v)
     idx_off, idx_size = handles[2], handles[3]
-    block = data[idx_off:idx_off + idx_size]
+    block = data[idx_off : idx_off + idx_size]
     n = struct.unpack_from("<I", block, len(block) - 4)[0]
     limit = len(block) - 4 - 4 * n
     pos, key, blocks = 0, b"", []
@@ -85,7 +86,7 @@ def index_layout(index_path) -> dict:
         shared, pos = varint(block, pos)
         unshared, pos = varint(block, pos)
         vlen, pos = varint(block, pos)
-        key = key[:shared] + block[pos:pos + unshared]
+        key = key[:shared] + block[pos : pos + unshared]
         pos += unshared
         off, p2 = varint(block, pos)
         size, _ = varint(block, p2)
@@ -123,8 +124,11 @@ def test_open_reads_footer_index_and_first_block(many):
         idx_off, idx_size = layout["index"]
         _, b0_off, b0_size = layout["blocks"][0]
         assert opened == ["many.index"]  # no data shard opened
-        assert log == [("many.index", size - 48, 48), ("many.index", idx_off, idx_size + 5),
-                       ("many.index", b0_off, b0_size + 5)]
+        assert log == [
+            ("many.index", size - 48, 48),
+            ("many.index", idx_off, idx_size + 5),
+            ("many.index", b0_off, b0_size + 5),
+        ]
         assert ck.bytes_read == 48 + idx_size + 5 + b0_size + 5
         assert ck.bytes_read < size / 4
 
@@ -248,8 +252,11 @@ def test_v1_open_and_lookup_are_lazy(corpus):
     with ck:
         idx_off, idx_size = layout["index"]
         _, b0_off, b0_size = layout["blocks"][0]
-        assert log == [("model.ckpt", layout["file_size"] - 48, 48), ("model.ckpt", idx_off, idx_size + 5),
-                       ("model.ckpt", b0_off, b0_size + 5)]
+        assert log == [
+            ("model.ckpt", layout["file_size"] - 48, 48),
+            ("model.ckpt", idx_off, idx_size + 5),
+            ("model.ckpt", b0_off, b0_size + 5),
+        ]
         n = len(ck)
         names = list(ck)
         assert n == 39 and len(log) == 3  # listing comes from the metadata entry only

@@ -3,6 +3,7 @@ stated rules for non-floating tensors and optimizer state, refusals, chunk bound
 
 Real TensorFlow checkpoints and TF's own reading are in tests/workflows/test_merge_workflows.py.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -14,6 +15,7 @@ import tracemalloc
 import ml_dtypes
 import numpy as np
 import pytest
+from support import read_all
 
 import ckptio
 from ckptio.bundle.entry import Entry
@@ -21,7 +23,6 @@ from ckptio.bundle.slices import Slice, encode_key
 from ckptio.bundle.writer import BundleWriter
 from ckptio.cli.main import main
 from ckptio.errors import ChecksumError, MismatchError, OutputExistsError, PlanError
-from support import read_all
 
 mm = importlib.import_module("ckptio.merge_math")
 BF16 = ml_dtypes.bfloat16
@@ -51,7 +52,7 @@ def model(seed: int, step: int, shape=(6, 5)) -> dict:
         "dense/scale": rng.standard_normal(3).astype(np.float16),
         "dense/kernel/Adam": rng.standard_normal(shape).astype(np.float32),
         "dense/kernel/Adam_1": np.abs(rng.standard_normal(shape)).astype(np.float32),
-        "beta1_power": np.array(0.9 ** step, np.float32),
+        "beta1_power": np.array(0.9**step, np.float32),
         "global_step": np.array(step, np.int64),
         "counts": np.arange(4, dtype=np.int32) + step,
         "vocab": np.array([b"a%d" % step, b"b"], dtype=object),
@@ -140,8 +141,9 @@ def test_task_arithmetic_adds_weighted_task_vectors_to_the_base(run, tmp_path):
     prefixes, values = run
     base = model(9, 50)
     base_prefix = write(tmp_path / "base" / "model.ckpt", base)
-    report = ckptio.merge(prefixes[1:], tmp_path / "t", method="task-arithmetic", base=base_prefix,
-                          weights=[0.5, -0.25])
+    report = ckptio.merge(
+        prefixes[1:], tmp_path / "t", method="task-arithmetic", base=base_prefix, weights=[0.5, -0.25]
+    )
     got = read_all(tmp_path / "t")
     for name in WEIGHTS:
         b = base[name].astype(np.float64)
@@ -172,10 +174,22 @@ def test_slerp_matches_numpy_and_spans_chunks(run, tmp_path, monkeypatch):
 
 
 def test_slerp_of_parallel_or_zero_tensors_interpolates_linearly(tmp_path):
-    a = write(tmp_path / "a", {"p": np.array([1.0, 2.0, 3.0], np.float32), "z": np.zeros(2, np.float32),
-                               "o": np.array([1.0, 0.0], np.float32)})
-    b = write(tmp_path / "b", {"p": np.array([2.0, 4.0, 6.0], np.float32), "z": np.ones(2, np.float32),
-                               "o": np.array([-3.0, 0.0], np.float32)})
+    a = write(
+        tmp_path / "a",
+        {
+            "p": np.array([1.0, 2.0, 3.0], np.float32),
+            "z": np.zeros(2, np.float32),
+            "o": np.array([1.0, 0.0], np.float32),
+        },
+    )
+    b = write(
+        tmp_path / "b",
+        {
+            "p": np.array([2.0, 4.0, 6.0], np.float32),
+            "z": np.ones(2, np.float32),
+            "o": np.array([-3.0, 0.0], np.float32),
+        },
+    )
     report = ckptio.merge([a, b], tmp_path / "s", method="slerp", weights=[0.25])
     got = read_all(tmp_path / "s")
     assert got["p"].tolist() == [1.25, 2.5, 3.75]
@@ -289,8 +303,9 @@ def test_last_takes_the_newest_the_state_file_lists(run, tmp_path):
     d = os.path.dirname(prefixes[0])
     names = [os.path.basename(p) for p in prefixes]
     with open(os.path.join(d, "checkpoint"), "w") as f:
-        f.write(f'model_checkpoint_path: "{names[2]}"\n' +
-                "".join(f'all_model_checkpoint_paths: "{n}"\n' for n in names))
+        f.write(
+            f'model_checkpoint_path: "{names[2]}"\n' + "".join(f'all_model_checkpoint_paths: "{n}"\n' for n in names)
+        )
     report = ckptio.merge([d], tmp_path / "l", last=2)
     assert report.inputs == prefixes[1:]
     want = np.mean(np.stack(f64(values[1:], "dense/kernel")), axis=0).astype(np.float32)
@@ -326,19 +341,22 @@ def test_output_may_not_be_an_input_and_is_not_replaced_without_force(run, tmp_p
     ckptio.merge(prefixes, tmp_path / "o", force=True)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(method="median"), "method must be"),
-    (dict(method="mean", weights=[1, 2, 3]), "mean takes no weights"),
-    (dict(method="weighted"), "needs --weights"),
-    (dict(method="weighted", weights=[1, 2]), "2 weights for 3 inputs"),
-    (dict(method="weighted", weights=[1, -1, 1]), "weights >= 0"),
-    (dict(method="ema"), "needs --decay"),
-    (dict(method="ema", decay=1.0), "needs --decay"),
-    (dict(method="slerp", weights=[0.5]), "exactly two inputs"),
-    (dict(method="task-arithmetic"), "needs --base"),
-    (dict(method="mean", base="x"), "--base is for"),
-    (dict(method="mean", decay=0.5), "--decay is for"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(method="median"), "method must be"),
+        (dict(method="mean", weights=[1, 2, 3]), "mean takes no weights"),
+        (dict(method="weighted"), "needs --weights"),
+        (dict(method="weighted", weights=[1, 2]), "2 weights for 3 inputs"),
+        (dict(method="weighted", weights=[1, -1, 1]), "weights >= 0"),
+        (dict(method="ema"), "needs --decay"),
+        (dict(method="ema", decay=1.0), "needs --decay"),
+        (dict(method="slerp", weights=[0.5]), "exactly two inputs"),
+        (dict(method="task-arithmetic"), "needs --base"),
+        (dict(method="mean", base="x"), "--base is for"),
+        (dict(method="mean", decay=0.5), "--decay is for"),
+    ],
+)
 def test_bad_options_are_refused_before_anything_is_read(run, tmp_path, kwargs, message):
     prefixes, _ = run
     with pytest.raises(PlanError, match=message):
@@ -348,11 +366,17 @@ def test_bad_options_are_refused_before_anything_is_read(run, tmp_path, kwargs, 
 # -- mismatches ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("change, expect", [
-    (lambda v: v.pop("dense/bias"), "'dense/bias' is in {a} but not in {b}"),
-    (lambda v: v.update({"dense/kernel": np.zeros((6, 4), np.float32)}), "float32[6, 5] in {a} but float32[6, 4] in {b}"),
-    (lambda v: v.update({"dense/scale": np.zeros(3, np.float32)}), "float16[3] in {a} but float32[3] in {b}"),
-])
+@pytest.mark.parametrize(
+    "change, expect",
+    [
+        (lambda v: v.pop("dense/bias"), "'dense/bias' is in {a} but not in {b}"),
+        (
+            lambda v: v.update({"dense/kernel": np.zeros((6, 4), np.float32)}),
+            "float32[6, 5] in {a} but float32[6, 4] in {b}",
+        ),
+        (lambda v: v.update({"dense/scale": np.zeros(3, np.float32)}), "float16[3] in {a} but float32[3] in {b}"),
+    ],
+)
 def test_the_first_disagreement_names_the_tensor_and_both_files(run, tmp_path, change, expect):
     prefixes, values = run
     other = dict(values[1])
@@ -397,11 +421,14 @@ def test_cli_mismatch_exits_1_naming_tensor_and_files(run, tmp_path, capsys):
     assert "ckptio diff" in err
 
 
-@pytest.mark.parametrize("argv", [
-    ["merge", "only-out"],
-    ["merge", "a", "b", "out", "--last", "2"],
-    ["merge", "a", "b", "out", "--weights", "1,x"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["merge", "only-out"],
+        ["merge", "a", "b", "out", "--last", "2"],
+        ["merge", "a", "b", "out", "--weights", "1,x"],
+    ],
+)
 def test_cli_usage_errors_exit_2(argv, capsys):
     assert main(argv) == 2
     assert "error" in capsys.readouterr().err
@@ -417,15 +444,27 @@ def test_ckptio_merge_stays_the_function_once_its_module_is_imported():
     import subprocess
     import sys
 
-    code = ("import ckptio, ckptio.merge, ckptio.merge_math; from ckptio.merge import MergeReport; "
-            "import types; print(isinstance(ckptio.merge, types.FunctionType), 'numpy' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", "import sys; " + code], capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    code = (
+        "import ckptio, ckptio.merge, ckptio.merge_math; from ckptio.merge import MergeReport; "
+        "import types; print(isinstance(ckptio.merge, types.FunctionType), 'numpy' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys; " + code],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    )
     assert out.stdout.split() == ["True", "True"], out.stderr
-    light = subprocess.run([sys.executable, "-c", "import sys, ckptio; ckptio.__all__; "
-                            "print(any(m.startswith('ckptio.merge') for m in sys.modules))"],
-                           capture_output=True, text=True,
-                           env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    light = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, ckptio; ckptio.__all__; print(any(m.startswith('ckptio.merge') for m in sys.modules))",
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    )
     assert light.stdout.split() == ["False"], light.stderr  # `import ckptio` does not load merge
 
 
@@ -434,12 +473,18 @@ def test_fast_bfloat16_rounding_is_ml_dtypes_rounding():
     rng = np.random.default_rng(7)
     with np.errstate(all="ignore"):  # some of the bit patterns are NaNs
         grid = (rng.integers(0, 1 << 16, 1 << 16).astype(np.uint32) << 16).view(np.float32).astype(np.float64)
-    cases = np.concatenate([
-        rng.standard_normal(1 << 16), rng.standard_normal(1 << 12) * 1e-39, rng.standard_normal(1 << 12) * 3e38,
-        grid * (1 + 2.0 ** -8), grid * (1 + 2.0 ** -8 * (1 + 2.0 ** -40)), grid * (1 - 2.0 ** -9 * (1 - 2.0 ** -40)),
-        rng.integers(0, 1 << 64, 1 << 14, dtype=np.uint64).view(np.float64),  # every exponent, NaNs, infs
-        [0.0, -0.0, np.inf, -np.inf, np.nan, 1 + 2.0 ** -8 + 2.0 ** -30, 3.4e38, -3.39e38, 5e-324, 2.0 ** -134 * 1.5],
-    ])
+    cases = np.concatenate(
+        [
+            rng.standard_normal(1 << 16),
+            rng.standard_normal(1 << 12) * 1e-39,
+            rng.standard_normal(1 << 12) * 3e38,
+            grid * (1 + 2.0**-8),
+            grid * (1 + 2.0**-8 * (1 + 2.0**-40)),
+            grid * (1 - 2.0**-9 * (1 - 2.0**-40)),
+            rng.integers(0, 1 << 64, 1 << 14, dtype=np.uint64).view(np.float64),  # every exponent, NaNs, infs
+            [0.0, -0.0, np.inf, -np.inf, np.nan, 1 + 2.0**-8 + 2.0**-30, 3.4e38, -3.39e38, 5e-324, 2.0**-134 * 1.5],
+        ]
+    )
     out = np.empty(cases.size, BF16)
     with np.errstate(all="ignore"):
         mm.to_bfloat16(cases, out)
@@ -448,7 +493,7 @@ def test_fast_bfloat16_rounding_is_ml_dtypes_rounding():
     assert (np.isnan(out.astype(np.float32)) == nan).all()
     assert (out.view(np.uint16)[~nan] == want.view(np.uint16)[~nan]).all()
     # the trap itself: through float32 this would round to 1.0
-    assert mm.to_bfloat16(np.array([1 + 2.0 ** -8 + 2.0 ** -30]), out[:1]) is None and out[0] == BF16(1.0078125)
+    assert mm.to_bfloat16(np.array([1 + 2.0**-8 + 2.0**-30]), out[:1]) is None and out[0] == BF16(1.0078125)
 
 
 def test_iter_raw_into_alternating_buffers_gives_the_same_bytes_and_checks_crc(run):

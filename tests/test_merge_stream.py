@@ -1,6 +1,7 @@
 """ckptio.merge_stream: merge's chunks combined on several threads give the same bytes as one thread
 (and as the serial path), in bounded memory, and errors on a worker thread abort the merge cleanly.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -10,12 +11,12 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from support import read_all
+from test_merge import f64, model, write
 
 import ckptio
 from ckptio.cli.main import main
 from ckptio.errors import ChecksumError, ReadError, TruncatedError
-from support import read_all
-from test_merge import f64, model, write
 
 mm = importlib.import_module("ckptio.merge_math")
 ms = importlib.import_module("ckptio.merge_stream")
@@ -76,8 +77,10 @@ def test_any_number_of_threads_writes_the_same_bytes_as_the_serial_path(run, tmp
 def test_tasks_in_flight_and_memory_are_bounded_whatever_the_tensor_size(tmp_path, monkeypatch):
     monkeypatch.setattr(mm, "CHUNK_ELEMENTS", 1 << 15)  # 128 KiB of float32 per input, 256 KiB as float64
     big = 4 << 20  # elements: 16 MiB of float32 per input, 32 MiB as float64
-    prefixes = [write(tmp_path / f"m{i}", {"w": np.full(big, i, np.float32), "v": np.full(big // 2, i, np.float32)})
-                for i in range(3)]
+    prefixes = [
+        write(tmp_path / f"m{i}", {"w": np.full(big, i, np.float32), "v": np.full(big // 2, i, np.float32)})
+        for i in range(3)
+    ]
     running, most, lock = [0], [0], threading.Lock()
     task = ms._task
 

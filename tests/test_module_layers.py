@@ -1,5 +1,6 @@
 """Imports point one way among the modules split out of large ones (issue 13): the pieces never
 import the front modules that re-export them, and sstable/ knows nothing of bundle/ or doctor."""
+
 from __future__ import annotations
 
 import ast
@@ -18,7 +19,7 @@ def _imports(path: Path) -> set[str]:
         if isinstance(node, ast.ImportFrom):
             base = package.split(".")
             if node.level:
-                base = base[:len(base) - node.level + 1]
+                base = base[: len(base) - node.level + 1]
                 name = ".".join(base + ([node.module] if node.module else []))
             else:
                 name = node.module or ""
@@ -42,8 +43,10 @@ def test_objgraph_pieces_do_not_import_the_front_module():
 
 def test_objgraph_model_is_the_bottom():
     imports = _imports(PKG / "objgraph_model.py")
-    assert not any(_reaches(imports, f"ckptio.{m}") for m in ("objgraph_check", "objgraph_edit", "objgraph_moves",
-                                                              "objgraph_select", "transform")), imports
+    assert not any(
+        _reaches(imports, f"ckptio.{m}")
+        for m in ("objgraph_check", "objgraph_edit", "objgraph_moves", "objgraph_select", "transform")
+    ), imports
 
 
 def test_sstable_imports_nothing_about_checkpoints():

@@ -2,6 +2,7 @@
 (a subprocess whose import system refuses tensorflow, tf_keras and keras, and records any attempt,
 opens, reads, verifies and lists real corpus checkpoints through the API and the CLI).
 """
+
 from __future__ import annotations
 
 import ast
@@ -29,8 +30,9 @@ def test_no_module_under_ckptio_imports_tensorflow():
         tree = ast.parse(text, filename=str(path))
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
-                offenders += [f"{path.relative_to(REPO)}:{node.lineno}: import {a.name}"
-                              for a in node.names if _forbidden(a.name)]
+                offenders += [
+                    f"{path.relative_to(REPO)}:{node.lineno}: import {a.name}" for a in node.names if _forbidden(a.name)
+                ]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and _forbidden(node.module):
                 offenders.append(f"{path.relative_to(REPO)}:{node.lineno}: from {node.module} import ...")
         # dynamic imports by name
@@ -102,8 +104,13 @@ CHECKPOINTS = ["tf2_eager_vae_adam", "tf1_t2t_transformer", "v1_vocal_adam", "sm
 
 
 def test_open_read_verify_without_tensorflow(corpus):
-    p = subprocess.run([sys.executable, "-c", _SCRIPT, str(corpus), *CHECKPOINTS], capture_output=True,
-                       text=True, cwd=str(REPO), timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, str(corpus), *CHECKPOINTS],
+        capture_output=True,
+        text=True,
+        cwd=str(REPO),
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     out = json.loads(p.stdout.strip().splitlines()[-1])
     assert out["blocked"] is True  # the finder really refuses tensorflow

@@ -3,12 +3,14 @@
 Pure Python: hand-built graphs shaped like what Keras writes (FORMAT.md §9.4) and real TF2
 checkpoints of the corpus. tests/workflows/test_tf2_objects.py checks the same against TensorFlow.
 """
+
 from __future__ import annotations
 
 import io
 import json
 
 import pytest
+from test_objgraph import VALUE, build, entries_for, keras3_like, legacy_like, run
 
 import ckptio
 from ckptio import PlanError, Rename, Select, StripOptimizer, UnsupportedError
@@ -17,40 +19,50 @@ from ckptio.cli.main import main
 from ckptio.cli.objects import describe_objects, print_objects
 from ckptio.objgraph import Child, Node, ObjectGraph, graph_problems, object_roles, plan_object_based
 from ckptio.objgraph_select import PATH_LIMIT
-from test_objgraph import VALUE, build, entries_for, keras3_like, legacy_like, run
 
 K = f"/{VALUE}"
 
 
 def keras3_functional() -> ObjectGraph:
     """Checkpoint(model=m, optimizer=o) of a Keras 3 Functional model: weights keyed through the optimizer."""
-    return build({
-        0: {"children": [("model", 1), ("optimizer", 2), ("save_counter", 3)]},
-        1: {"children": [("_operations", 4)]},
-        2: {"children": [("_variables", 5), ("_trainable_variables", 6), ("_iterations", 7), ("_momentums", 8)]},
-        3: {"value": "save_counter" + K},
-        4: {"children": [("1", 9), ("2", 10)]},
-        5: {"children": [("0", 7), ("1", 13), ("2", 14)]},
-        6: {"children": [("0", 11), ("1", 12)]},
-        7: {"value": "optimizer/_iterations" + K},
-        8: {"children": [("0", 13), ("1", 14)]},
-        9: {"children": [("_kernel", 11)]},  # the encoder-like first layer
-        10: {"children": [("_kernel", 12)]},
-        11: {"value": "optimizer/_trainable_variables/0" + K},
-        12: {"value": "optimizer/_trainable_variables/1" + K},
-        13: {"value": "optimizer/_variables/1" + K},
-        14: {"value": "optimizer/_variables/2" + K},
-    })
+    return build(
+        {
+            0: {"children": [("model", 1), ("optimizer", 2), ("save_counter", 3)]},
+            1: {"children": [("_operations", 4)]},
+            2: {"children": [("_variables", 5), ("_trainable_variables", 6), ("_iterations", 7), ("_momentums", 8)]},
+            3: {"value": "save_counter" + K},
+            4: {"children": [("1", 9), ("2", 10)]},
+            5: {"children": [("0", 7), ("1", 13), ("2", 14)]},
+            6: {"children": [("0", 11), ("1", 12)]},
+            7: {"value": "optimizer/_iterations" + K},
+            8: {"children": [("0", 13), ("1", 14)]},
+            9: {"children": [("_kernel", 11)]},  # the encoder-like first layer
+            10: {"children": [("_kernel", 12)]},
+            11: {"value": "optimizer/_trainable_variables/0" + K},
+            12: {"value": "optimizer/_trainable_variables/1" + K},
+            13: {"value": "optimizer/_variables/1" + K},
+            14: {"value": "optimizer/_variables/2" + K},
+        }
+    )
 
 
-WEIGHTS = {"optimizer/_trainable_variables/0" + K: "model/_operations/1/_kernel" + K,
-           "optimizer/_trainable_variables/1" + K: "model/_operations/2/_kernel" + K}
+WEIGHTS = {
+    "optimizer/_trainable_variables/0" + K: "model/_operations/1/_kernel" + K,
+    "optimizer/_trainable_variables/1" + K: "model/_operations/2/_kernel" + K,
+}
 
 
 # -- select by object path ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("select", [Select(include=("^model/", "^save_counter/")), Select(exclude=("^optimizer/",)),
-                                    Select(include=("model/*", "save_counter/*"), glob=True)])
+
+@pytest.mark.parametrize(
+    "select",
+    [
+        Select(include=("^model/", "^save_counter/")),
+        Select(exclude=("^optimizer/",)),
+        Select(include=("model/*", "save_counter/*"), glob=True),
+    ],
+)
 def test_filters_keep_the_model_whatever_its_weights_are_keyed_by(select):
     """Issue 12 item 1: keys say optimizer/_trainable_variables, `ls --objects` says model/: the model wins."""
     mapping, g = run(keras3_functional(), select)
@@ -60,11 +72,14 @@ def test_filters_keep_the_model_whatever_its_weights_are_keyed_by(select):
     assert graph_problems(g, set(mapping.values())) == []
 
 
-@pytest.mark.parametrize("select, kept", [
-    (Select(exclude=("^model/_operations/1/",)), ["model/_operations/2/_kernel" + K, "save_counter" + K]),
-    (Select(include=("^model/_operations/1/",)), ["model/_operations/1/_kernel" + K]),
-    (Select(include=("model/_operations/1/*",), glob=True), ["model/_operations/1/_kernel" + K]),
-])
+@pytest.mark.parametrize(
+    "select, kept",
+    [
+        (Select(exclude=("^model/_operations/1/",)), ["model/_operations/2/_kernel" + K, "save_counter" + K]),
+        (Select(include=("^model/_operations/1/",)), ["model/_operations/1/_kernel" + K]),
+        (Select(include=("model/_operations/1/*",), glob=True), ["model/_operations/1/_kernel" + K]),
+    ],
+)
 def test_select_means_the_same_before_and_after_a_strip(select, kept):
     before, g1 = run(keras3_functional(), select, StripOptimizer())
     after, g2 = run(keras3_functional(), StripOptimizer(), select)
@@ -93,8 +108,11 @@ def test_legacy_slots_live_in_their_optimizer():
     assert len(mapping) == 5 and "model/layer-0/kernel/.OPTIMIZER_SLOT/optimizer/m" + K in mapping
     # Excluding a variable takes its slots along.
     mapping, _ = run(legacy_like(), Select(exclude=("^model/layer-0/kernel/",)))
-    assert sorted(mapping) == ["model/layer-0/bias" + K, "model/layer-0/bias/.OPTIMIZER_SLOT/optimizer/m" + K,
-                               "optimizer/iter" + K]
+    assert sorted(mapping) == [
+        "model/layer-0/bias" + K,
+        "model/layer-0/bias/.OPTIMIZER_SLOT/optimizer/m" + K,
+        "optimizer/iter" + K,
+    ]
 
 
 def test_optimizer_state_reachable_through_a_compiled_model_is_under_model():
@@ -108,18 +126,25 @@ def test_optimizer_state_reachable_through_a_compiled_model_is_under_model():
 
 
 def test_select_after_rename_sees_renamed_paths():
-    mapping, _ = run(keras3_functional(), Rename((("model/_operations/", "model/layers/"),)),
-                     Select(exclude=("^model/layers/1/",)), StripOptimizer())
-    assert mapping == {"optimizer/_trainable_variables/1" + K: "model/layers/2/_kernel" + K,
-                       "save_counter" + K: "save_counter" + K}
+    mapping, _ = run(
+        keras3_functional(),
+        Rename((("model/_operations/", "model/layers/"),)),
+        Select(exclude=("^model/layers/1/",)),
+        StripOptimizer(),
+    )
+    assert mapping == {
+        "optimizer/_trainable_variables/1" + K: "model/layers/2/_kernel" + K,
+        "save_counter" + K: "save_counter" + K,
+    }
 
 
 def test_an_opaque_key_is_a_name_too():
     g = build({0: {"children": [("a", 1)]}, 1: {"value": "t000" + K}})
     assert run(g, Select(exclude=("^t000",)))[0] == {}
     assert run(build({0: {"children": [("a", 1)]}, 1: {"value": "t000" + K}}), Select(exclude=("^a/",)))[0] == {}
-    assert run(build({0: {"children": [("a", 1)]}, 1: {"value": "t000" + K}}), Select(include=("^a/",)))[0] == \
-        {"t000" + K: "t000" + K}
+    assert run(build({0: {"children": [("a", 1)]}, 1: {"value": "t000" + K}}), Select(include=("^a/",)))[0] == {
+        "t000" + K: "t000" + K
+    }
 
 
 def test_a_graph_with_too_many_paths_is_refused():
@@ -155,6 +180,7 @@ def test_select_is_order_free_on_every_corpus_graph(corpus, corpus_manifest):
 
 # -- strip ----------------------------------------------------------------------------------------------
 
+
 def listed_weights() -> ObjectGraph:
     """Keras 3 with a layer held in a Python list: only optimizer/_trainable_variables/1 reaches its weight."""
     g = keras3_functional()
@@ -169,6 +195,7 @@ def test_strip_refuses_to_lose_a_weight_only_the_optimizer_reaches():
 
 
 # -- ls roles, counts, show, ls --objects ------------------------------------------------------------------
+
 
 def test_step_counters_are_steps_in_ls_and_what_drop_global_step_drops(corpus, tmp_path, capsys):
     src = str(corpus / "tf2_eager_vae_adam" / "ckpt-1")

@@ -3,6 +3,7 @@
 Pure Python: corpus graphs (real TF2 checkpoints, used in place) and small hand-built graphs.
 tests/test_objgraph_tf.py checks the same edits against real TensorFlow.
 """
+
 from __future__ import annotations
 
 import io
@@ -19,9 +20,24 @@ from ckptio.bundle.naming import OBJECT_GRAPH_KEY
 from ckptio.bundle.writer import BundleWriter
 from ckptio.cli.objects import describe_objects, print_objects
 from ckptio.errors import CorruptCheckpointError
-from ckptio.objgraph import (Attribute, Child, Node, ObjectGraph, SlotVariable, attribute_key, check_consistency,
-                             escape_path_element, find_optimizers, graph_problems, optimizer_keys, parse_path,
-                             path_string, plan_object_based, slot_prefix, unescape_path_element)
+from ckptio.objgraph import (
+    Attribute,
+    Child,
+    Node,
+    ObjectGraph,
+    SlotVariable,
+    attribute_key,
+    check_consistency,
+    escape_path_element,
+    find_optimizers,
+    graph_problems,
+    optimizer_keys,
+    parse_path,
+    path_string,
+    plan_object_based,
+    slot_prefix,
+    unescape_path_element,
+)
 from ckptio.objgraph_edit import GraphPlan
 
 VALUE = ".ATTRIBUTES/VARIABLE_VALUE"
@@ -68,16 +84,24 @@ def value_keys(graph: ObjectGraph) -> set[str]:
 
 # -- hand-built graphs ---------------------------------------------------------------------------------
 
+
 def build(spec: dict[int, dict]) -> ObjectGraph:
     """{id: {"children": [(name, id)], "value": key or None, "slots": [(var, slot name, slot node)]}}."""
     nodes = []
     for i in range(len(spec)):
         s = spec[i]
-        nodes.append(Node(children=[Child(n, name) for name, n in s.get("children", ())],
-                          attributes=([Attribute("VARIABLE_VALUE", s.get("full", ""), s["value"], source=s["value"])]
-                                      if s.get("value") else []),
-                          slot_variables=[SlotVariable(v, name, n) for v, name, n in s.get("slots", ())],
-                          has_checkpoint_values=s.get("hcv", True)))
+        nodes.append(
+            Node(
+                children=[Child(n, name) for name, n in s.get("children", ())],
+                attributes=(
+                    [Attribute("VARIABLE_VALUE", s.get("full", ""), s["value"], source=s["value"])]
+                    if s.get("value")
+                    else []
+                ),
+                slot_variables=[SlotVariable(v, name, n) for v, name, n in s.get("slots", ())],
+                has_checkpoint_values=s.get("hcv", True),
+            )
+        )
     return ObjectGraph(nodes)
 
 
@@ -87,37 +111,47 @@ def entries_for(graph: ObjectGraph, shape=(2,)) -> dict:
 
 def keras3_like() -> ObjectGraph:
     """Checkpoint(model=m, optimizer=o) as Keras 3 writes it: the weight's first path is via the optimizer."""
-    return build({
-        0: {"children": [("model", 1), ("optimizer", 2), ("save_counter", 3)]},
-        1: {"children": [("net", 4), ("optimizer", 2)]},
-        2: {"children": [("_variables", 5), ("_trainable_variables", 6), ("_iterations", 7),
-                         ("_model_variables_moving_average", 11)]},
-        3: {"value": f"save_counter/{VALUE}"},
-        4: {"children": [("layer", 8)]},
-        5: {"children": [("0", 7), ("1", 10)]},
-        6: {"children": [("0", 9)]},
-        7: {"value": f"optimizer/_iterations/{VALUE}"},
-        8: {"children": [("_kernel", 9)]},
-        9: {"value": f"optimizer/_trainable_variables/0/{VALUE}", "full": "seq/d/kernel"},
-        10: {"value": f"optimizer/_variables/1/{VALUE}"},
-        11: {"children": [("0", 12)]},
-        12: {"value": f"optimizer/_model_variables_moving_average/0/{VALUE}"},
-    })
+    return build(
+        {
+            0: {"children": [("model", 1), ("optimizer", 2), ("save_counter", 3)]},
+            1: {"children": [("net", 4), ("optimizer", 2)]},
+            2: {
+                "children": [
+                    ("_variables", 5),
+                    ("_trainable_variables", 6),
+                    ("_iterations", 7),
+                    ("_model_variables_moving_average", 11),
+                ]
+            },
+            3: {"value": f"save_counter/{VALUE}"},
+            4: {"children": [("layer", 8)]},
+            5: {"children": [("0", 7), ("1", 10)]},
+            6: {"children": [("0", 9)]},
+            7: {"value": f"optimizer/_iterations/{VALUE}"},
+            8: {"children": [("_kernel", 9)]},
+            9: {"value": f"optimizer/_trainable_variables/0/{VALUE}", "full": "seq/d/kernel"},
+            10: {"value": f"optimizer/_variables/1/{VALUE}"},
+            11: {"children": [("0", 12)]},
+            12: {"value": f"optimizer/_model_variables_moving_average/0/{VALUE}"},
+        }
+    )
 
 
 def legacy_like() -> ObjectGraph:
     """A Keras 2 legacy optimizer: slot nodes appended after BFS, reachable only via slot_variables."""
-    return build({
-        0: {"children": [("model", 1), ("optimizer", 2)]},
-        1: {"children": [("layer-0", 3), ("layer_with_weights-0", 3), ("optimizer", 2)]},
-        2: {"children": [("iter", 4)], "slots": [(5, "m", 7), (6, "m", 8)]},
-        3: {"children": [("kernel", 5), ("bias", 6)]},
-        4: {"value": f"optimizer/iter/{VALUE}"},
-        5: {"value": f"model/layer-0/kernel/{VALUE}", "full": "d/kernel"},
-        6: {"value": f"model/layer-0/bias/{VALUE}", "full": "d/bias"},
-        7: {"value": f"model/layer-0/kernel/.OPTIMIZER_SLOT/optimizer/m/{VALUE}"},
-        8: {"value": f"model/layer-0/bias/.OPTIMIZER_SLOT/optimizer/m/{VALUE}"},
-    })
+    return build(
+        {
+            0: {"children": [("model", 1), ("optimizer", 2)]},
+            1: {"children": [("layer-0", 3), ("layer_with_weights-0", 3), ("optimizer", 2)]},
+            2: {"children": [("iter", 4)], "slots": [(5, "m", 7), (6, "m", 8)]},
+            3: {"children": [("kernel", 5), ("bias", 6)]},
+            4: {"value": f"optimizer/iter/{VALUE}"},
+            5: {"value": f"model/layer-0/kernel/{VALUE}", "full": "d/kernel"},
+            6: {"value": f"model/layer-0/bias/{VALUE}", "full": "d/bias"},
+            7: {"value": f"model/layer-0/kernel/.OPTIMIZER_SLOT/optimizer/m/{VALUE}"},
+            8: {"value": f"model/layer-0/bias/.OPTIMIZER_SLOT/optimizer/m/{VALUE}"},
+        }
+    )
 
 
 def run(graph: ObjectGraph, *steps, entries=None):
@@ -129,6 +163,7 @@ def run(graph: ObjectGraph, *steps, entries=None):
 
 
 # -- bytes ------------------------------------------------------------------------------------------------
+
 
 def test_every_corpus_graph_round_trips_byte_identical(graphs):
     for name, (_, data) in graphs.items():
@@ -167,17 +202,21 @@ def test_has_checkpoint_values_false_is_written_present():
     assert ObjectGraph.parse(data).nodes[0].has_checkpoint_values is False
 
 
-@pytest.mark.parametrize("data, message", [
-    (b"\xff\xff\xff", "not a TrackableObjectGraph"),
-    (b"", "no nodes"),
-    (b"\x0a\x04\x0a\x02\x08\x05", "points at node 5 of 1"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"\xff\xff\xff", "not a TrackableObjectGraph"),
+        (b"", "no nodes"),
+        (b"\x0a\x04\x0a\x02\x08\x05", "points at node 5 of 1"),
+    ],
+)
 def test_bad_graph_bytes_raise_corrupt(data, message):
     with pytest.raises(CorruptCheckpointError, match=message):
         ObjectGraph.parse(data)
 
 
 # -- naming -----------------------------------------------------------------------------------------------
+
 
 def test_escaping_and_key_generation_match_tf():
     assert escape_path_element("a.b/c") == "a..b.Sc"
@@ -218,6 +257,7 @@ def test_corpus_keys_are_canonical_and_checkpoint_values_match_tf(graphs):
 
 # -- optimizers -------------------------------------------------------------------------------------------
 
+
 def test_find_optimizers_in_corpus(graphs):
     for name, (_, data) in graphs.items():
         g = ObjectGraph.parse(data)
@@ -226,14 +266,20 @@ def test_find_optimizers_in_corpus(graphs):
 
 
 def test_find_optimizers_by_signature_and_by_path():
-    g = build({
-        0: {"children": [("trainer", 1)]},
-        1: {"children": [("opt", 2), ("legacy", 3), ("plain", 4)]},
-        2: {"children": [("_iterations", 5), ("_variables", 6)]},  # Keras >= 2.11 / Keras 3
-        3: {"children": [("iter", 7), ("decay", 8)]},  # OptimizerV2 without slots
-        4: {"children": [("iter", 9)]},  # not enough to call it an optimizer
-        5: {}, 6: {}, 7: {}, 8: {}, 9: {},
-    })
+    g = build(
+        {
+            0: {"children": [("trainer", 1)]},
+            1: {"children": [("opt", 2), ("legacy", 3), ("plain", 4)]},
+            2: {"children": [("_iterations", 5), ("_variables", 6)]},  # Keras >= 2.11 / Keras 3
+            3: {"children": [("iter", 7), ("decay", 8)]},  # OptimizerV2 without slots
+            4: {"children": [("iter", 9)]},  # not enough to call it an optimizer
+            5: {},
+            6: {},
+            7: {},
+            8: {},
+            9: {},
+        }
+    )
     assert find_optimizers(g) == [2, 3]
     assert find_optimizers(g, ["trainer/plain"]) == [4]
     assert find_optimizers(g, ["root/trainer/plain/"]) == [4]  # `root/` names node 0
@@ -242,6 +288,7 @@ def test_find_optimizers_by_signature_and_by_path():
 
 
 # -- strip ------------------------------------------------------------------------------------------------
+
 
 def test_strip_every_corpus_checkpoint_keeps_graph_consistent(graphs):
     for name, (prefix, data) in graphs.items():
@@ -271,18 +318,28 @@ def test_strip_corpus_keeps_exactly_the_model(graphs):
     mapping, _ = plan(graphs["tf2_eager_vae_adam"][0], StripOptimizer(keep_global_step=False))
     assert len(mapping) == 13 and f"optimizer_step/{VALUE}" not in mapping
     mapping, _ = plan(graphs["tf2_newopt_vars"][0], StripOptimizer())
-    assert sorted(mapping) == sorted([f"compensator/{l}/{v}/{VALUE}" for l in ("fc1", "fc2", "q")
-                                      for v in ("_kernel", "bias")] + [f"save_counter/{VALUE}"])
+    assert sorted(mapping) == sorted(
+        [f"compensator/{layer}/{v}/{VALUE}" for layer in ("fc1", "fc2", "q") for v in ("_kernel", "bias")]
+        + [f"save_counter/{VALUE}"]
+    )
     assert all(s == d for s, d in mapping.items())
 
 
 def test_strip_keras3_rekeys_weights_from_their_new_first_path():
     mapping, g = run(keras3_like(), StripOptimizer())
-    assert mapping == {f"save_counter/{VALUE}": f"save_counter/{VALUE}",
-                       f"optimizer/_trainable_variables/0/{VALUE}": f"model/net/layer/_kernel/{VALUE}"}
+    assert mapping == {
+        f"save_counter/{VALUE}": f"save_counter/{VALUE}",
+        f"optimizer/_trainable_variables/0/{VALUE}": f"model/net/layer/_kernel/{VALUE}",
+    }
     # Renumbered in BFS order: root, model, save_counter, net, layer, kernel; the model->optimizer edge is gone.
     assert [[(c.local_name, c.node_id) for c in n.children] for n in g.nodes] == [
-        [("model", 1), ("save_counter", 2)], [("net", 3)], [], [("layer", 4)], [("_kernel", 5)], []]
+        [("model", 1), ("save_counter", 2)],
+        [("net", 3)],
+        [],
+        [("layer", 4)],
+        [("_kernel", 5)],
+        [],
+    ]
     kernel = g.nodes[5].attributes[0]
     assert (kernel.checkpoint_key, kernel.full_name) == (f"model/net/layer/_kernel/{VALUE}", "seq/d/kernel")
     assert [n.has_checkpoint_values for n in g.nodes] == [True] * 6
@@ -327,6 +384,7 @@ def test_optimizer_keys_are_what_strip_drops(graphs):
 
 # -- select -----------------------------------------------------------------------------------------------
 
+
 def test_select_drops_attribute_empty_nodes_and_their_edges():
     mapping, g = run(legacy_like(), Select(exclude=("bias",)))
     assert f"model/layer-0/bias/{VALUE}" not in mapping
@@ -345,8 +403,9 @@ def test_select_keeps_a_variable_node_that_a_kept_slot_needs():
 
 
 def test_select_cascades_to_emptied_containers_only():
-    g = build({0: {"children": [("a", 1), ("empty", 2)]}, 1: {"children": [("w", 3)]}, 2: {},
-               3: {"value": f"a/w/{VALUE}"}})
+    g = build(
+        {0: {"children": [("a", 1), ("empty", 2)]}, 1: {"children": [("w", 3)]}, 2: {}, 3: {"value": f"a/w/{VALUE}"}}
+    )
     mapping, new = run(g, Select(exclude=("a/w",)))
     assert mapping == {}
     assert [(c.local_name, c.node_id) for c in new.nodes[0].children] == [("empty", 1)]  # source-empty node stays
@@ -364,6 +423,7 @@ def test_select_must_keep_a_legacy_saveable_whole(graphs):
 
 # -- rename -----------------------------------------------------------------------------------------------
 
+
 def test_rename_moves_an_edge_and_rekeys_everything_below(graphs):
     prefix, data = graphs["tf2_bert_lite"]
     mapping, new = plan(prefix, Rename((("model/", "encoder/"),)))
@@ -371,15 +431,17 @@ def test_rename_moves_an_edge_and_rekeys_everything_below(graphs):
     assert len(g.nodes) == len(source.nodes)
     assert [c.local_name for c in g.nodes[0].children] == ["encoder", "save_counter"]
     for src, dst in mapping.items():
-        assert dst == (src if src.startswith("save_counter") else "encoder/" + src[len("model/"):])
+        assert dst == (src if src.startswith("save_counter") else "encoder/" + src[len("model/") :])
     assert graph_problems(g, set(mapping.values())) == []
     assert sorted(a.full_name for _, a in g.attributes()) == sorted(a.full_name for _, a in source.attributes())
 
 
 def test_rename_rekeys_slots_with_their_variable(graphs):
     mapping, new = plan(graphs["tf2_keras_weights_2shard"][0], Rename((("layer-1/", "dense_a/"),)))
-    assert mapping[f"layer-1/kernel/.OPTIMIZER_SLOT/optimizer/m/{VALUE}"] == \
-        f"dense_a/kernel/.OPTIMIZER_SLOT/optimizer/m/{VALUE}"
+    assert (
+        mapping[f"layer-1/kernel/.OPTIMIZER_SLOT/optimizer/m/{VALUE}"]
+        == f"dense_a/kernel/.OPTIMIZER_SLOT/optimizer/m/{VALUE}"
+    )
     assert mapping[f"layer-1/bias/{VALUE}"] == f"dense_a/bias/{VALUE}"
     assert graph_problems(ObjectGraph.parse(new), set(mapping.values())) == []
 
@@ -389,8 +451,10 @@ def test_rename_creates_intermediate_nodes_and_swaps():
     mapping, new = run(g, Rename((("a/", "x/y/"),)))
     assert mapping == {f"a/{VALUE}": f"x/y/{VALUE}", f"b/{VALUE}": f"b/{VALUE}"}
     assert len(new.nodes) == 4 and new.nodes[2].has_checkpoint_values is True  # the new `x` container
-    mapping, _ = run(build({0: {"children": [("a", 1), ("b", 2)]}, 1: {"value": f"a/{VALUE}"},
-                            2: {"value": f"b/{VALUE}"}}), Rename((("a/", "b/"), ("b/", "a/"))))
+    mapping, _ = run(
+        build({0: {"children": [("a", 1), ("b", 2)]}, 1: {"value": f"a/{VALUE}"}, 2: {"value": f"b/{VALUE}"}}),
+        Rename((("a/", "b/"), ("b/", "a/"))),
+    )
     assert mapping == {f"a/{VALUE}": f"b/{VALUE}", f"b/{VALUE}": f"a/{VALUE}"}
 
 
@@ -401,8 +465,10 @@ def test_rename_in_place_keeps_position_and_moving_away_lets_an_alias_name_keys(
     # Moved to a later parent, the layer is first reached through its alias, which now names the keys.
     mapping, g = run(legacy_like(), Rename((("model/layer-0/", "other/l/"),)))
     assert mapping[f"model/layer-0/kernel/{VALUE}"] == f"model/layer_with_weights-0/kernel/{VALUE}"
-    assert mapping[f"model/layer-0/kernel/.OPTIMIZER_SLOT/optimizer/m/{VALUE}"] == \
-        f"model/layer_with_weights-0/kernel/.OPTIMIZER_SLOT/optimizer/m/{VALUE}"
+    assert (
+        mapping[f"model/layer-0/kernel/.OPTIMIZER_SLOT/optimizer/m/{VALUE}"]
+        == f"model/layer_with_weights-0/kernel/.OPTIMIZER_SLOT/optimizer/m/{VALUE}"
+    )
     assert [c.local_name for c in g.nodes[0].children] == ["model", "optimizer", "other"]
     assert graph_problems(g, set(mapping.values())) == []
 
@@ -413,8 +479,10 @@ def test_rename_accepts_root_prefix_and_reports_unmatched():
     assert mapping == {f"enc/w/{VALUE}": f"backbone/w/{VALUE}"}
     with pytest.raises(PlanError, match="matches no object or tensor: nope/=x/"):
         run(build({0: {"children": [("a", 1)]}, 1: {"value": f"a/{VALUE}"}}), Rename((("nope/", "x/"),)))
-    mapping, _ = run(build({0: {"children": [("a", 1)]}, 1: {"value": f"a/{VALUE}"}}),
-                     Rename((("nope/", "x/"),), allow_unmatched=True))
+    mapping, _ = run(
+        build({0: {"children": [("a", 1)]}, 1: {"value": f"a/{VALUE}"}}),
+        Rename((("nope/", "x/"),), allow_unmatched=True),
+    )
     assert mapping == {f"a/{VALUE}": f"a/{VALUE}"}
 
 
@@ -426,9 +494,15 @@ def test_rename_regex_and_exact_keys_move_objects(graphs):
     assert [c.local_name for c in g.nodes[0].children] == ["net", "save_counter"]
     assert all(d == (s if s.startswith("save") else "net/" + s[6:]) for s, d in mapping.items())
     key = f"model/layer-0/kernel/{VALUE}"
-    g = build({0: {"children": [("model", 1)]}, 1: {"children": [("layer-0", 2)]},
-               2: {"children": [("kernel", 3), ("bias", 4)]}, 3: {"value": key},
-               4: {"value": f"model/layer-0/bias/{VALUE}"}})
+    g = build(
+        {
+            0: {"children": [("model", 1)]},
+            1: {"children": [("layer-0", 2)]},
+            2: {"children": [("kernel", 3), ("bias", 4)]},
+            3: {"value": key},
+            4: {"value": f"model/layer-0/bias/{VALUE}"},
+        }
+    )
     mapping, new = run(g, Rename(((key, f"model/layer-0/w/{VALUE}"),)))
     assert mapping[key] == f"model/layer-0/w/{VALUE}"
     assert [c.local_name for c in new.nodes[2].children] == ["w", "bias"]
@@ -443,8 +517,10 @@ def test_rename_refuses_what_tf_could_not_write():
     g = build({0: {"children": [("a", 1), ("b", 2)]}, 1: {"value": f"a/{VALUE}"}, 2: {"value": f"b/{VALUE}"}})
     with pytest.raises(PlanError, match="already exists"):
         run(g, Rename((("a/", "b/"),)))
-    aliased = lambda: build({0: {"children": [("a", 1), ("x", 1)]}, 1: {"children": [("b", 2)]},  # noqa: E731
-                             2: {"value": f"a/b/{VALUE}"}})
+
+    def aliased():
+        return build({0: {"children": [("a", 1), ("x", 1)]}, 1: {"children": [("b", 2)]}, 2: {"value": f"a/b/{VALUE}"}})
+
     with pytest.raises(PlanError, match="inside itself"):
         run(aliased(), Rename((("a/", "x/b/c/"),)))  # `x` is the moved object itself
     mapping, _ = run(aliased(), Rename((("a/", "a/b/c/"),)))  # a new `a/b` is made; no cycle
@@ -463,11 +539,12 @@ def test_rename_root_scopes_reroot(graphs):
     with pytest.raises(PlanError, match="no longer reachable from the root.*save_counter"):
         plan(bert, Rename((("model/", "/"),)))
     mapping, new = plan(bert, Select(exclude=("^save_counter",)), Rename((("model/", "/"),)))
-    assert all(d == s[len("model/"):] for s, d in mapping.items())
+    assert all(d == s[len("model/") :] for s, d in mapping.items())
     assert graph_problems(ObjectGraph.parse(new), set(mapping.values())) == []
 
 
 # -- map names --------------------------------------------------------------------------------------------
+
 
 def test_map_names_derives_moves_and_drops(graphs):
     prefix, _ = graphs["tf2_bert_lite"]
@@ -500,6 +577,7 @@ def test_unknown_step_is_a_plan_error():
 
 # -- consistency ------------------------------------------------------------------------------------------
 
+
 def test_check_consistency_is_clean_on_the_corpus(corpus, corpus_manifest):
     for c in corpus_manifest["checkpoints"]:
         if c["format"] == "v2":
@@ -518,8 +596,13 @@ def _write(prefix, graph: ObjectGraph, tensors: dict) -> None:
 
 
 def test_check_consistency_names_every_mismatch(tmp_path):
-    g = build({0: {"children": [("a", 1), ("b", 2)], "hcv": False}, 1: {"value": f"a/{VALUE}"},
-               2: {"value": "b/no-attributes-part"}})
+    g = build(
+        {
+            0: {"children": [("a", 1), ("b", 2)], "hcv": False},
+            1: {"value": f"a/{VALUE}"},
+            2: {"value": "b/no-attributes-part"},
+        }
+    )
     _write(tmp_path / "bad", g, {f"a/{VALUE}": np.zeros(2, np.float32), "stray": np.zeros(1, np.int32)})
     with ckptio.open(tmp_path / "bad") as ckpt:
         problems = check_consistency(ckpt)
@@ -540,6 +623,7 @@ def test_check_consistency_of_a_name_based_checkpoint_is_empty(corpus):
 
 # -- ls --objects -----------------------------------------------------------------------------------------
 
+
 def test_print_objects_text_and_json(graphs):
     prefix = graphs["tf2_keras_weights_2shard"][0]
     with ckptio.open(prefix) as ckpt:
@@ -553,14 +637,19 @@ def test_print_objects_text_and_json(graphs):
     assert text.splitlines()[0] == "(root)  #0"
     assert re.search(r"^  optimizer/  #4 \[optimizer\]$", text, re.M)
     assert re.search(r"^    layer-1/kernel/  #5$", text, re.M)
-    assert f"= VARIABLE_VALUE  float32[784, 256]  layer-1/kernel/{VALUE}  (sequential/dense/kernel)" in text \
+    assert (
+        f"= VARIABLE_VALUE  float32[784, 256]  layer-1/kernel/{VALUE}  (sequential/dense/kernel)" in text
         or re.search(r"= VARIABLE_VALUE  float32\[\d+, \d+\]  layer-1/kernel/\.ATTRIBUTES/VARIABLE_VALUE", text)
+    )
     assert re.search(r"slot 'm' of layer-1/kernel/  #14", text)
     assert text.rstrip().endswith("graph and bundle agree")
     assert doc["object_based"] and doc["problems"] == []
     nodes = {n["id"]: n for n in doc["nodes"]}
-    assert len(nodes) == 22 and nodes[4]["optimizer"] and nodes[14]["slot_of"] == {
-        "optimizer_id": 4, "slot_name": "m", "variable_id": 5}
+    assert (
+        len(nodes) == 22
+        and nodes[4]["optimizer"]
+        and nodes[14]["slot_of"] == {"optimizer_id": 4, "slot_name": "m", "variable_id": 5}
+    )
     assert nodes[5]["attributes"][0]["tensors"][0]["key"] == f"layer-1/kernel/{VALUE}"
 
 

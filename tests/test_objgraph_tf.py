@@ -3,6 +3,7 @@
 Each test writes a checkpoint with TF, rewrites it with ckptio in this process (no TF here), and
 has a fresh TF process restore it. See FORMAT.md §10.4-10.6 for what TF requires.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,7 @@ except ImportError:  # tests/ imported as a package
     from .tf_support import require_tf, run_tf, run_tf_json
 
 # Imports and model builders shared by the TF snippets; each snippet prints one JSON line last.
-PRELUDE = textwrap.dedent('''
+PRELUDE = textwrap.dedent("""
     import gc, io, json, logging, os, sys
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -54,7 +55,7 @@ PRELUDE = textwrap.dedent('''
             return True
         except AssertionError as exc:
             return str(exc)[:400] or "AssertionError"
-''')
+""")
 
 
 def tf_json(code: str, **args):
@@ -72,7 +73,7 @@ def strip(src, dst):
     return ckptio.rewrite(str(src), str(dst), [ckptio.StripOptimizer()])
 
 
-SAVE_MODEL = '''
+SAVE_MODEL = """
     if ARGS["kind"] == "keras3":
         import keras
         keras.utils.set_random_seed(1)
@@ -86,16 +87,16 @@ SAVE_MODEL = '''
     prefix = tf.train.Checkpoint(model=m, optimizer=opt).save(ARGS["prefix"])
     np.savez(ARGS["weights"], *[w.numpy() for w in m.weights])
     print(json.dumps(prefix))
-'''
+"""
 
-RESTORE_MODEL = '''
+RESTORE_MODEL = """
     m = BUILD[ARGS["kind"]]()
     status = tf.train.Checkpoint(model=m).restore(ARGS["prefix"])
     want = np.load(ARGS["weights"])
     got = [w.numpy() for w in m.weights]
     equal = len(got) == len(want.files) and all(np.array_equal(g, want["arr_%d" % i]) for i, g in enumerate(got))
     print(json.dumps({"consumed": consumed(status), "equal": equal}))
-'''
+"""
 
 
 @pytest.fixture(scope="module", params=["keras3", "legacy", "tfkeras"])
@@ -133,7 +134,7 @@ def test_strip_then_model_only_restore_is_consumed(trained, tmp_path):
     assert "optimizer" in before["consumed"]
 
 
-WARNINGS = '''
+WARNINGS = """
     logging.getLogger("tensorflow").setLevel(logging.INFO)
     m = BUILD[ARGS["kind"]]()
     ckpt = tf.train.Checkpoint(model=m)
@@ -142,7 +143,7 @@ WARNINGS = '''
     del status, ckpt, m
     gc.collect()
     print(json.dumps("done"))
-'''
+"""
 
 
 def test_model_only_restore_of_stripped_checkpoint_warns_nothing(trained, tmp_path):
@@ -160,7 +161,7 @@ def test_model_only_restore_of_stripped_checkpoint_warns_nothing(trained, tmp_pa
     assert rc == 0 and any(n in stderr for n in noise), stderr[-3000:]  # the capture does see them
 
 
-MODULE_TREE = '''
+MODULE_TREE = """
     class Dense(tf.Module):
         def __init__(self, name, n_in, n_out, seed):
             super().__init__(name=name)
@@ -185,24 +186,30 @@ MODULE_TREE = '''
         return {"dense": [block.dense.w.numpy().tolist(), block.dense.b.numpy().tolist()],
                 "l0": [block.layers[0].w.numpy().tolist(), block.layers[0].b.numpy().tolist()],
                 "head": [root.head.w.numpy().tolist(), root.head.b.numpy().tolist()]}
-'''
+"""
 
-SAVE_TREE = MODULE_TREE + '''
+SAVE_TREE = (
+    MODULE_TREE
+    + """
     root = tree("encoder")
     prefix = tf.train.Checkpoint(root=root).save(ARGS["prefix"])
     print(json.dumps({"prefix": prefix, "values": values(root, "encoder")}))
-'''
+"""
+)
 
-RESTORE_TREE = MODULE_TREE + '''
+RESTORE_TREE = (
+    MODULE_TREE
+    + """
     root = tree(ARGS["attr"])
     for v in root.trainable_variables:
         v.assign(tf.zeros_like(v))
     status = tf.train.Checkpoint(root=root).restore(ARGS["prefix"])
     print(json.dumps({"consumed": consumed(status), "values": values(root, ARGS["attr"])}))
-'''
+"""
+)
 
 # The TF1 Saver reads an object-based checkpoint by variable name through `full_name`.
-SAVER_FALLBACK = '''
+SAVER_FALLBACK = """
     g = tf.Graph()
     with g.as_default():
         names = ["enc_dense_w", "enc_dense_b", "enc_l0_w", "enc_l0_b", "head_w", "head_b"]
@@ -213,7 +220,7 @@ SAVER_FALLBACK = '''
             saver.restore(sess, ARGS["prefix"])
             got = dict(zip(names, [v.tolist() for v in sess.run(vs)]))
     print(json.dumps(got))
-'''
+"""
 
 
 def test_rename_module_attribute_restores_into_new_structure(tmp_path):
@@ -222,8 +229,10 @@ def test_rename_module_attribute_restores_into_new_structure(tmp_path):
     out = tmp_path / "renamed"
     report = ckptio.rewrite(saved["prefix"], str(out), [ckptio.Rename((("root/encoder/", "root/backbone/"),))])
     # Checkpoint(root=m) makes m node 0 with an edge `root` to itself, so keys have no `root/`.
-    assert sorted(report.renamed) == [(f"encoder/{p}/.ATTRIBUTES/VARIABLE_VALUE", f"backbone/{p}/.ATTRIBUTES/VARIABLE_VALUE")
-                                      for p in ("dense/b", "dense/w", "layers/0/b", "layers/0/w")]
+    assert sorted(report.renamed) == [
+        (f"encoder/{p}/.ATTRIBUTES/VARIABLE_VALUE", f"backbone/{p}/.ATTRIBUTES/VARIABLE_VALUE")
+        for p in ("dense/b", "dense/w", "layers/0/b", "layers/0/w")
+    ]
     with ckptio.open(out) as ckpt:
         keys = set(ckpt) - {OBJECT_GRAPH_KEY}
         assert "backbone/dense/w/.ATTRIBUTES/VARIABLE_VALUE" in keys
@@ -236,16 +245,25 @@ def test_rename_module_attribute_restores_into_new_structure(tmp_path):
     assert old_layout["consumed"] is not True  # the rename really moved the objects
     by_name = tf_json(SAVER_FALLBACK, prefix=str(out))
     v = saved["values"]
-    assert by_name == {"enc_dense_w": v["dense"][0], "enc_dense_b": v["dense"][1], "enc_l0_w": v["l0"][0],
-                       "enc_l0_b": v["l0"][1], "head_w": v["head"][0], "head_b": v["head"][1]}
+    assert by_name == {
+        "enc_dense_w": v["dense"][0],
+        "enc_dense_b": v["dense"][1],
+        "enc_l0_w": v["l0"][0],
+        "enc_l0_b": v["l0"][1],
+        "head_w": v["head"][0],
+        "head_b": v["head"][1],
+    }
 
 
 def _object_based_corpus() -> list[str]:
     corpus = require_corpus()  # skips without the corpus (fails with $CI set)
     manifest = json.loads((corpus / "MANIFEST.json").read_text())
-    return [str(corpus / c["prefix"]) for c in manifest["checkpoints"]
-            if c["kind"] in ("tf2-object", "savedmodel-tf2") or
-            (c["kind"] == "savedmodel-tf1" and _has_graph(corpus / c["prefix"]))]
+    return [
+        str(corpus / c["prefix"])
+        for c in manifest["checkpoints"]
+        if c["kind"] in ("tf2-object", "savedmodel-tf2")
+        or (c["kind"] == "savedmodel-tf1" and _has_graph(corpus / c["prefix"]))
+    ]
 
 
 def _has_graph(prefix) -> bool:
@@ -254,7 +272,7 @@ def _has_graph(prefix) -> bool:
 
 
 # TF's own proto and reader judge the stripped files: graph ids, keys, has_checkpoint_values, values.
-CHECK_CORPUS = '''
+CHECK_CORPUS = """
     from tensorflow.core.protobuf import trackable_object_graph_pb2 as tog
     results = {}
     for case in ARGS["cases"]:
@@ -312,7 +330,7 @@ CHECK_CORPUS = '''
                 differ.append(s)
         results[src] = {"problems": problems, "differ": differ, "tensors": len(keys) - 1}
     print(json.dumps(results))
-'''
+"""
 
 
 def test_strip_every_object_based_corpus_checkpoint(tmp_path):
@@ -333,7 +351,7 @@ def test_strip_every_object_based_corpus_checkpoint(tmp_path):
         assert res == {"problems": [], "differ": [], "tensors": expect[src]}, src
 
 
-EMA_SAVE = '''
+EMA_SAVE = """
     import keras
     keras.utils.set_random_seed(1)
     m = keras3_model()
@@ -346,7 +364,7 @@ EMA_SAVE = '''
     np.savez(ARGS["weights"], *[averages.get(w.path, w.numpy()) for w in m.weights])
     print(json.dumps({"prefix": prefix, "differ": any(not np.array_equal(v.numpy(), a.numpy())
                       for v, a in zip(opt._trainable_variables, opt._model_variables_moving_average))}))
-'''
+"""
 
 
 def test_strip_promotes_keras3_moving_averages_into_the_weights(tmp_path):
@@ -356,7 +374,9 @@ def test_strip_promotes_keras3_moving_averages_into_the_weights(tmp_path):
     assert saved["differ"]  # averages and weights really differ, so the check below means something
     out = tmp_path / "promoted"
     report = ckptio.rewrite(saved["prefix"], str(out), [ckptio.StripOptimizer(ema="promote")])
-    assert sum("_model_variables_moving_average" in s or s.startswith("optimizer/_variables/")
-               for s, _ in report.kept) == 6
+    assert (
+        sum("_model_variables_moving_average" in s or s.startswith("optimizer/_variables/") for s, _ in report.kept)
+        == 6
+    )
     restored = tf_json(RESTORE_MODEL, kind="keras3", prefix=str(out), weights=weights)
     assert restored == {"consumed": True, "equal": True}

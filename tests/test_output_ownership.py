@@ -8,6 +8,7 @@ async-save, stale-state and batch-row defects).
 - Batch: unfinished saves are skipped per row, bad inputs fail their own row.
 - A state file naming a checkpoint that is gone: the one checkpoint present is used, with a warning.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,6 +19,7 @@ import warnings
 
 import numpy as np
 import pytest
+from support import read_all, same
 
 import ckptio
 from ckptio.bundle.state import read_state
@@ -25,7 +27,6 @@ from ckptio.bundle.writer import BundleWriter
 from ckptio.cli.main import main
 from ckptio.errors import CheckpointNotFoundError, OutputBusyError, StateFileWarning
 from ckptio.io import OutputClaim
-from support import read_all, same
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,8 +42,12 @@ def write(prefix, tensors: dict, state_file: bool = False) -> str:
 def training(seed: int, n: int = 1000) -> dict:
     """A weight with its two Adam slots: a strip keeps one third of the bytes."""
     rng = np.random.default_rng(seed)
-    return {"w": rng.standard_normal(n).astype("float32"), "w/Adam": rng.standard_normal(n).astype("float32"),
-            "w/Adam_1": rng.standard_normal(n).astype("float32"), "global_step": np.int64(seed)}
+    return {
+        "w": rng.standard_normal(n).astype("float32"),
+        "w/Adam": rng.standard_normal(n).astype("float32"),
+        "w/Adam_1": rng.standard_normal(n).astype("float32"),
+        "global_step": np.int64(seed),
+    }
 
 
 def run(capsys, *argv):
@@ -63,18 +68,29 @@ def same_as(prefix, tensors: dict) -> bool:
 # -- two writers, one output -------------------------------------------------------------------------------
 
 # Both processes import first and start writing at one agreed instant, so their writes overlap.
-AT_ONCE = ("import sys, time\n"
-           "from ckptio.cli.main import main\n"
-           "time.sleep(max(0.0, float(sys.argv[1]) - time.time()))\n"
-           "sys.exit(main(sys.argv[2:]))\n")
+AT_ONCE = (
+    "import sys, time\n"
+    "from ckptio.cli.main import main\n"
+    "time.sleep(max(0.0, float(sys.argv[1]) - time.time()))\n"
+    "sys.exit(main(sys.argv[2:]))\n"
+)
 
 
 def race(pairs, extra=()) -> list[list[tuple[int, str]]]:
     """Start each pair's two rewrites at the same instant; return [(exit code, stderr)] per pair."""
     start = time.time() + 0.6
-    procs = [[subprocess.Popen([sys.executable, "-c", AT_ONCE, str(start), "rewrite", "-q", *extra, src, dst],
-                               env=env(), stderr=subprocess.PIPE, text=True) for src, dst in pair]
-             for pair in pairs]
+    procs = [
+        [
+            subprocess.Popen(
+                [sys.executable, "-c", AT_ONCE, str(start), "rewrite", "-q", *extra, src, dst],
+                env=env(),
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for src, dst in pair
+        ]
+        for pair in pairs
+    ]
     return [[(p.wait(timeout=120), p.stderr.read()) for p in pair] for pair in procs]
 
 
@@ -88,21 +104,25 @@ def two_inputs(tmp_path_factory):
     return write(root / "a", a), write(root / "b", b), a, b
 
 
-LOSER = ("another process is writing this output right now", "a checkpoint already exists here",
-         "another writer committed a checkpoint here first")
+LOSER = (
+    "another process is writing this output right now",
+    "a checkpoint already exists here",
+    "another writer committed a checkpoint here first",
+)
 
 
 def test_two_writers_without_force_exactly_one_wins(two_inputs, tmp_path):
     pa, pb, a, b = two_inputs
     results = []
     for batch in range(10):  # 50 pairs, 5 at a time
-        pairs = [[(pa, str(tmp_path / f"p{batch}_{i}" / "m")), (pb, str(tmp_path / f"p{batch}_{i}" / "m"))]
-                 for i in range(5)]
+        pairs = [
+            [(pa, str(tmp_path / f"p{batch}_{i}" / "m")), (pb, str(tmp_path / f"p{batch}_{i}" / "m"))] for i in range(5)
+        ]
         results += list(zip(pairs, race(pairs)))
     for pair, outcome in results:
         codes = [c for c, _ in outcome]
         assert sorted(c == 0 for c in codes) == [False, True], outcome
-        (loser_code, loser_err), = [o for o in outcome if o[0] != 0]
+        ((loser_code, loser_err),) = [o for o in outcome if o[0] != 0]
         assert loser_code in (1, 2) and loser_err.count("\n") == 1 and any(m in loser_err for m in LOSER), loser_err
         winner = a if outcome[0][0] == 0 else b
         dst = pair[0][1]
@@ -127,8 +147,9 @@ def test_two_writers_with_force_give_one_whole_result(two_inputs, tmp_path):
         winners = [i for i, (c, _) in enumerate(outcome) if c == 0]
         assert winners, outcome
         for c, err in outcome:
-            assert c == 0 or (c == 1 and "another process is writing this output right now" in err
-                              and err.count("\n") == 1), outcome
+            assert c == 0 or (
+                c == 1 and "another process is writing this output right now" in err and err.count("\n") == 1
+            ), outcome
         dst = pair[0][1]
         assert not ckptio.verify(dst).problems
         assert same_as(dst, a) or same_as(dst, b)
@@ -166,6 +187,7 @@ def test_state_file_failure_after_commit_warns_and_exits_0(tmp_path, capsys, mon
 
     def full_disk(directory, st):
         from ckptio.errors import WriteError
+
         raise WriteError("cannot write: No space left on device", path=os.path.join(directory, "checkpoint"))
 
     monkeypatch.setattr(state, "write_state", full_disk)
@@ -179,25 +201,31 @@ def test_state_file_failure_after_commit_warns_and_exits_0(tmp_path, capsys, mon
 
 # A terminal's Ctrl-C: the default handler, even when the test runner's own SIGINT is ignored.
 SIGINT_ON = "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
-INTERRUPT_AFTER = ("import os, signal, sys\n" + SIGINT_ON +
-                   "import ckptio.io as io\n"
-                   "real = io.AtomicFiles.{method}\n"
-                   "def hooked(self, *a, **k):\n"
-                   "    {before}\n"
-                   "    result = real(self, *a, **k)\n"
-                   "    {after}\n"
-                   "    return result\n"
-                   "io.AtomicFiles.{method} = hooked\n"
-                   "from ckptio.cli.main import main\n"
-                   "sys.exit(main(sys.argv[1:]))\n")
+INTERRUPT_AFTER = (
+    "import os, signal, sys\n" + SIGINT_ON + "import ckptio.io as io\n"
+    "real = io.AtomicFiles.{method}\n"
+    "def hooked(self, *a, **k):\n"
+    "    {before}\n"
+    "    result = real(self, *a, **k)\n"
+    "    {after}\n"
+    "    return result\n"
+    "io.AtomicFiles.{method} = hooked\n"
+    "from ckptio.cli.main import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
 CTRL_C = "os.kill(os.getpid(), signal.SIGINT)"
 
 
 def test_ctrl_c_just_after_the_rename_is_a_success(tmp_path):
     src = write(tmp_path / "in", training(4))
     code = INTERRUPT_AFTER.format(method="commit", before="pass", after=CTRL_C)
-    p = subprocess.run([sys.executable, "-c", code, "strip", src, str(tmp_path / "o" / "m")], env=env(),
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-c", code, "strip", src, str(tmp_path / "o" / "m")],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stderr
     assert same_as(tmp_path / "o" / "m", {k: v for k, v in training(4).items() if "Adam" not in k})
 
@@ -205,13 +233,20 @@ def test_ctrl_c_just_after_the_rename_is_a_success(tmp_path):
 def test_ctrl_c_before_the_commit_still_stops_with_130_and_no_output(tmp_path):
     src = write(tmp_path / "in", training(5))
     # Ctrl-C once the index is written, before anything is renamed into place.
-    code = ("import os, signal, sys\n" + SIGINT_ON + "from ckptio.bundle.writer import BundleWriter\n"
-            "real = BundleWriter._write_index\n"
-            "def hooked(self):\n    real(self)\n    " + CTRL_C + "\n"
-            "BundleWriter._write_index = hooked\n"
-            "from ckptio.cli.main import main\nsys.exit(main(sys.argv[1:]))\n")
-    p = subprocess.run([sys.executable, "-c", code, "strip", src, str(tmp_path / "o" / "m")], env=env(),
-                       capture_output=True, text=True, timeout=120)
+    code = (
+        "import os, signal, sys\n" + SIGINT_ON + "from ckptio.bundle.writer import BundleWriter\n"
+        "real = BundleWriter._write_index\n"
+        "def hooked(self):\n    real(self)\n    " + CTRL_C + "\n"
+        "BundleWriter._write_index = hooked\n"
+        "from ckptio.cli.main import main\nsys.exit(main(sys.argv[1:]))\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code, "strip", src, str(tmp_path / "o" / "m")],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     # The signal is delivered before the first rename: nothing is committed.
     assert p.returncode == 130, p.stderr
     assert os.listdir(tmp_path / "o") == []
@@ -224,11 +259,17 @@ def test_killed_archive_writer_leaves_staging_that_the_next_run_removes(tmp_path
     src = write(tmp_path / "in", training(6))
     out_dir = tmp_path / "arch"
     # This writer hangs once its staging directory holds the stripped checkpoint; then it is killed -9.
-    code = ("import sys, time\nimport ckptio.archive.write as a  # rewrite_packed calls pack here\n"
-            "def hang(*args, **kw):\n    print('staged', flush=True)\n    time.sleep(600)\n"
-            "a.pack = hang\nfrom ckptio.cli.main import main\nsys.exit(main(sys.argv[1:]))\n")
-    p = subprocess.Popen([sys.executable, "-c", code, "strip", "-q", src, str(out_dir / "m.tar.zst")], env=env(),
-                         stdout=subprocess.PIPE, text=True)
+    code = (
+        "import sys, time\nimport ckptio.archive.write as a  # rewrite_packed calls pack here\n"
+        "def hang(*args, **kw):\n    print('staged', flush=True)\n    time.sleep(600)\n"
+        "a.pack = hang\nfrom ckptio.cli.main import main\nsys.exit(main(sys.argv[1:]))\n"
+    )
+    p = subprocess.Popen(
+        [sys.executable, "-c", code, "strip", "-q", src, str(out_dir / "m.tar.zst")],
+        env=env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert p.stdout.readline() == "staged\n"
     finally:
@@ -273,12 +314,14 @@ def test_batch_skips_unfinished_saves_and_says_so(tmp_path, capsys):
     # ckpt-2: TF's merge has renamed the data file into place; the .index is not written yet and
     # ckpt-2_temp/ still holds the part's index (an async or sharded save in flight).
     write(run_dir / "ckpt-2_temp" / "part-00000-of-00001", training(10))
-    os.rename(run_dir / "ckpt-2_temp" / "part-00000-of-00001.data-00000-of-00001",
-              run_dir / "ckpt-2.data-00000-of-00001")
+    os.rename(
+        run_dir / "ckpt-2_temp" / "part-00000-of-00001.data-00000-of-00001", run_dir / "ckpt-2.data-00000-of-00001"
+    )
     # ckpt-3: only the parts exist so far.
     write(run_dir / "ckpt-3_temp" / "part-00000-of-00001", training(11))
-    rc, out, err = run(capsys, "strip", "--out-dir", tmp_path / "out", run_dir / "ckpt-1", run_dir / "ckpt-2",
-                       run_dir / "ckpt-3")
+    rc, out, err = run(
+        capsys, "strip", "--out-dir", tmp_path / "out", run_dir / "ckpt-1", run_dir / "ckpt-2", run_dir / "ckpt-3"
+    )
     assert rc == 0, out + err
     rows = {line.split()[0]: line.split()[1] for line in out.splitlines()[1:] if line.startswith(str(run_dir))}
     assert rows == {done: "ok", str(run_dir / "ckpt-2"): "unfinished", str(run_dir / "ckpt-3"): "unfinished"}
@@ -290,8 +333,11 @@ def test_batch_skips_unfinished_saves_and_says_so(tmp_path, capsys):
     # A glob over the directory meets the temp directories themselves: skipped the same way.
     rc, out, _ = run(capsys, "strip", "--out-dir", tmp_path / "out2", run_dir / "ckpt-*")
     rows = {line.split()[0]: line.split()[1] for line in out.splitlines()[1:] if line.startswith(str(run_dir))}
-    assert rc == 0 and rows == {done: "ok", str(run_dir / "ckpt-2_temp"): "unfinished",
-                                str(run_dir / "ckpt-3_temp"): "unfinished"}
+    assert rc == 0 and rows == {
+        done: "ok",
+        str(run_dir / "ckpt-2_temp"): "unfinished",
+        str(run_dir / "ckpt-3_temp"): "unfinished",
+    }
 
 
 def test_batch_short_data_file_under_an_index_is_damage_not_a_save_in_progress(tmp_path, capsys):
@@ -331,18 +377,24 @@ def test_batch_bad_inputs_fail_their_own_rows(tmp_path, capsys):
     run_dir = tmp_path / "run"
     write(run_dir / "ckpt-1", training(14))
     write(run_dir / "ckpt-3", training(15))
-    (run_dir / "checkpoint").write_text('model_checkpoint_path: "ckpt-3"\n'
-                                        'all_model_checkpoint_paths: "ckpt-1"\n'
-                                        'all_model_checkpoint_paths: "ckpt-2"\n'
-                                        'all_model_checkpoint_paths: "ckpt-3"\n')
+    (run_dir / "checkpoint").write_text(
+        'model_checkpoint_path: "ckpt-3"\n'
+        'all_model_checkpoint_paths: "ckpt-1"\n'
+        'all_model_checkpoint_paths: "ckpt-2"\n'
+        'all_model_checkpoint_paths: "ckpt-3"\n'
+    )
     junk = tmp_path / "junk.index"
     junk.write_bytes(b"not a table at all")
     rc, out, err = run(capsys, "strip", "--out-dir", tmp_path / "out", run_dir, junk, tmp_path / "nothing*")
     assert rc == 1
     rows = [line.split()[:2] for line in out.splitlines()[1:] if line.startswith(str(tmp_path))]
-    assert rows == [[str(run_dir / "ckpt-1"), "ok"], [str(run_dir / "ckpt-2"), "failed"],
-                    [str(run_dir / "ckpt-3"), "ok"], [str(tmp_path / "junk"), "failed"],
-                    [str(tmp_path / "nothing*"), "failed"]]
+    assert rows == [
+        [str(run_dir / "ckpt-1"), "ok"],
+        [str(run_dir / "ckpt-2"), "failed"],
+        [str(run_dir / "ckpt-3"), "ok"],
+        [str(tmp_path / "junk"), "failed"],
+        [str(tmp_path / "nothing*"), "failed"],
+    ]
     assert "listed in" in out and "glob matches nothing" in out
     assert "5 inputs: 2 written, 0 skipped, 3 failed" in out
     assert read_state(str(tmp_path / "out")).paths == ("ckpt-1", "ckpt-3")
@@ -385,8 +437,9 @@ def test_stale_state_file_with_several_present_is_one_line_listing_them(tmp_path
     write(tmp_path / "ckpt-4", training(17))
     write(tmp_path / "ckpt-5", training(18))
     (tmp_path / "checkpoint").write_text('model_checkpoint_path: "ckpt-9"\n')
-    with pytest.raises(CheckpointNotFoundError, match="names 'ckpt-9', which does not exist; "
-                                                      "checkpoints present: ckpt-4, ckpt-5"):
+    with pytest.raises(
+        CheckpointNotFoundError, match="names 'ckpt-9', which does not exist; checkpoints present: ckpt-4, ckpt-5"
+    ):
         ckptio.open(tmp_path)
     rc, _, err = run(capsys, "ls", tmp_path)
     assert rc == 1 and err.count("\n") == 1 and "ckpt-4, ckpt-5" in err
@@ -417,6 +470,7 @@ def test_single_output_state_file_rules(tmp_path, capsys):
 
 def read_state_ts(text: bytes) -> float:
     from ckptio.bundle.state import parse
+
     return parse(text).timestamps[0]
 
 
@@ -424,8 +478,10 @@ def test_batch_into_a_foreign_state_file_only_with_make_latest(tmp_path, capsys)
     src = write(tmp_path / "in" / "ckpt-1", training(30))
     out = tmp_path / "out"
     write(out / "theirs", training(31))
-    (out / "checkpoint").write_text('model_checkpoint_path: "theirs"\nall_model_checkpoint_paths: "theirs"\n'
-                                    'all_model_checkpoint_timestamps: 1700000000.5\nlast_preserved_timestamp: 1.5\n')
+    (out / "checkpoint").write_text(
+        'model_checkpoint_path: "theirs"\nall_model_checkpoint_paths: "theirs"\n'
+        "all_model_checkpoint_timestamps: 1700000000.5\nlast_preserved_timestamp: 1.5\n"
+    )
     before = (out / "checkpoint").read_bytes()
     rc, stdout, _ = run(capsys, "strip", "--out-dir", out, src)
     assert rc == 0 and (out / "checkpoint").read_bytes() == before and "left as it was" in stdout
@@ -443,9 +499,11 @@ def test_state_file_round_trip_and_what_tf_readers_accept(tmp_path):
 
     st = State("ckpt-4", ("ckpt-3", "ckpt-4"), (1796177986.2520885, 1e20), 1796177985.1881194)
     text = render(st)
-    assert text == (b'model_checkpoint_path: "ckpt-4"\nall_model_checkpoint_paths: "ckpt-3"\n'
-                    b'all_model_checkpoint_paths: "ckpt-4"\nall_model_checkpoint_timestamps: 1796177986.2520885\n'
-                    b'all_model_checkpoint_timestamps: 1e+20\nlast_preserved_timestamp: 1796177985.1881194\n')
+    assert text == (
+        b'model_checkpoint_path: "ckpt-4"\nall_model_checkpoint_paths: "ckpt-3"\n'
+        b'all_model_checkpoint_paths: "ckpt-4"\nall_model_checkpoint_timestamps: 1796177986.2520885\n'
+        b"all_model_checkpoint_timestamps: 1e+20\nlast_preserved_timestamp: 1796177985.1881194\n"
+    )
     assert parse(text) == st
     # What TF's reader (text_format.Merge) also accepts: comments, any order, single quotes, lists.
     odd = b"# note\nall_model_checkpoint_paths: ['a', 'b']\nmodel_checkpoint_path: 'b'\n"
@@ -471,8 +529,10 @@ def test_state_file_that_is_not_one_is_a_wrong_file_error(tmp_path):
 def test_make_latest_in_a_saver_file_keeps_its_absolute_style(tmp_path):
     from ckptio.bundle.state import parse, with_latest
 
-    saver = parse(f'model_checkpoint_path: "{tmp_path}/m-2"\nall_model_checkpoint_paths: "{tmp_path}/m-1"\n'
-                  f'all_model_checkpoint_paths: "{tmp_path}/m-2"\n'.encode())
+    saver = parse(
+        f'model_checkpoint_path: "{tmp_path}/m-2"\nall_model_checkpoint_paths: "{tmp_path}/m-1"\n'
+        f'all_model_checkpoint_paths: "{tmp_path}/m-2"\n'.encode()
+    )
     got = with_latest(saver, str(tmp_path), str(tmp_path / "s"), 5.0)
     # Absolute like the rest, and no timestamp (a manager zips paths with timestamps: all or none).
     assert got.paths == (f"{tmp_path}/m-1", f"{tmp_path}/m-2", f"{tmp_path}/s") and got.timestamps == ()

@@ -1,13 +1,14 @@
 """Path forms that used to give a silent wrong answer or hang, and what they give now (issue 12).
 
-    quoted globs            name the one checkpoint they match, or are an error listing the matches
-    a V2 .index read as V1  refused by content, never a checkpoint of 0 tensors
-    V1 in a directory       one unsharded V1 file resolves; several are listed
-    FIFOs and devices       refused at open time (one line, exit 1), never opened blocking
-    SavedModels             saved_model.cpb counts as saved_model.pb; no output inside variables/
-    advice in errors        the API names its parameters, the CLI its flags
-    usage line              strip/rename/rewrite show what they accept
+quoted globs            name the one checkpoint they match, or are an error listing the matches
+a V2 .index read as V1  refused by content, never a checkpoint of 0 tensors
+V1 in a directory       one unsharded V1 file resolves; several are listed
+FIFOs and devices       refused at open time (one line, exit 1), never opened blocking
+SavedModels             saved_model.cpb counts as saved_model.pb; no output inside variables/
+advice in errors        the API names its parameters, the CLI its flags
+usage line              strip/rename/rewrite show what they accept
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,8 +24,14 @@ import pytest
 import ckptio
 from ckptio.bundle.paths import resolve
 from ckptio.bundle.writer import BundleWriter
-from ckptio.errors import (CheckpointNotFoundError, OutputExistsError, PlanError, ReadError, UnsupportedError,
-                           WrongFileError)
+from ckptio.errors import (
+    CheckpointNotFoundError,
+    OutputExistsError,
+    PlanError,
+    ReadError,
+    UnsupportedError,
+    WrongFileError,
+)
 from ckptio.sstable import TableBuilder
 
 try:
@@ -75,8 +82,11 @@ def write_v1(path, tensors: dict) -> None:
 def tree(root) -> dict:
     """{relative path: sha256} of every file under root (what 'byte-identical afterwards' compares)."""
     root = Path(root)
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def one_line(text: str) -> str:
@@ -120,9 +130,15 @@ def test_a_glob_over_two_checkpoints_is_an_error_naming_both(one, tmp_path):
     with pytest.raises(CheckpointNotFoundError) as info:
         ckptio.open(path)
     assert "matches 2 checkpoints" in str(info.value) and prefix in str(info.value) and other in str(info.value)
-    for argv in (["ls", path], ["show", path, "w"], ["verify", path], ["doctor", path],
-                 ["strip", path, tmp_path / "o1" / "m"], ["rename", path, tmp_path / "o2" / "m", "--map", "w=v"],
-                 ["rewrite", path, tmp_path / "o3" / "m"]):
+    for argv in (
+        ["ls", path],
+        ["show", path, "w"],
+        ["verify", path],
+        ["doctor", path],
+        ["strip", path, tmp_path / "o1" / "m"],
+        ["rename", path, tmp_path / "o2" / "m", "--map", "w=v"],
+        ["rewrite", path, tmp_path / "o3" / "m"],
+    ):
         rc, out, err = cli(argv)
         assert rc == 1, (argv, out, err)
         text = one_line(err) if argv[0] != "doctor" else out + err
@@ -257,10 +273,17 @@ def test_an_output_inside_a_saved_model_is_refused_before_anything_is_written(tm
     copy = tmp_path / "copy"
     shutil.copytree(sm, copy)
     before = tree(copy)
-    for dst in (copy / "variables" / "variables", copy / "variables" / "sub" / "model.ckpt",
-                copy / "variables" / "v.tar.zst"):
-        for argv in (["strip", sm, dst, "--force"], ["rewrite", sm, dst, "--force"],  # the identity plan too
-                     ["rename", sm, dst, "--map", "w=v", "--force"], ["strip", sm, dst, "--dry-run"]):
+    for dst in (
+        copy / "variables" / "variables",
+        copy / "variables" / "sub" / "model.ckpt",
+        copy / "variables" / "v.tar.zst",
+    ):
+        for argv in (
+            ["strip", sm, dst, "--force"],
+            ["rewrite", sm, dst, "--force"],  # the identity plan too
+            ["rename", sm, dst, "--map", "w=v", "--force"],
+            ["strip", sm, dst, "--dry-run"],
+        ):
             rc, out, err = cli(argv)
             assert rc == 1 and out == "", (argv, out, err)
             assert f"refusing to write inside the SavedModel {copy}: its {graph} binds every variable" in one_line(err)

@@ -6,6 +6,7 @@ one checkpoint, a SavedModel directory, a V1 file, a V1 shard file, base name or
 Refused with WrongFileError / CheckpointNotFoundError: the text `checkpoint` file, a .meta,
 an .h5, a .keras zip, a Git LFS pointer, saved_model.pb, an empty directory, a missing path.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,9 +23,11 @@ from ckptio.bundle.paths import resolve
 from ckptio.bundle.writer import BundleWriter
 from ckptio.errors import CheckpointNotFoundError, MissingShardError, WrongFileError
 
-LFS_TEXT = (b"version https://git-lfs.github.com/spec/v1\n"
-            b"oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\n"
-            b"size 12345\n")
+LFS_TEXT = (
+    b"version https://git-lfs.github.com/spec/v1\n"
+    b"oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\n"
+    b"size 12345\n"
+)
 
 
 def write_ckpt(prefix, value=1.0, *, state_file=False) -> str:
@@ -85,8 +88,8 @@ def test_directory_with_state_file_relative(tmp_path):
     write_ckpt(tmp_path / "ckpt-1", 1.0)
     write_ckpt(tmp_path / "ckpt-2", 2.0)
     (tmp_path / "checkpoint").write_text(
-        'model_checkpoint_path: "ckpt-1"\nall_model_checkpoint_paths: "ckpt-1"\n'
-        'all_model_checkpoint_paths: "ckpt-2"\n')
+        'model_checkpoint_path: "ckpt-1"\nall_model_checkpoint_paths: "ckpt-1"\nall_model_checkpoint_paths: "ckpt-2"\n'
+    )
     assert resolve(tmp_path).prefix == str(tmp_path / "ckpt-1")  # what the state file says, not the newest
     assert value_of(tmp_path) == 1.0
     (tmp_path / "checkpoint").write_text('model_checkpoint_path: "ckpt-2"\n')
@@ -134,8 +137,7 @@ def test_v1_file_and_shards(corpus, tmp_path):
     shard = corpus / "v1_sessionbundle_sharded" / "export-00000-of-00001"
     base = str(shard)[: -len("-00000-of-00001")]
     failures = {}
-    for label, form in {"shard file": shard, "base name": base,
-                        "shard pattern": base + "-?????-of-00001"}.items():
+    for label, form in {"shard file": shard, "base name": base, "shard pattern": base + "-?????-of-00001"}.items():
         try:
             with ckptio.open(form) as ck:
                 assert ck.format == "v1" and list(ck.located.files) == [str(shard)], label

@@ -4,6 +4,7 @@ Sources here are written by ckptio's BundleWriter (several shards, Adam slots, a
 TF loading the outputs, a TF-written sliced source and the Ray engine are in test_ray_engine.py.
 The oracle for bytes is the single-process `ckptio strip/rewrite` with the same --shards.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -60,16 +61,26 @@ def cli(*argv) -> int:
 
 
 def ckptio_proc(*argv, **kw):
-    return subprocess.Popen([sys.executable, "-m", "ckptio", *map(str, argv)], env=_env(), cwd=str(ROOT),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "ckptio", *map(str, argv)],
+        env=_env(),
+        cwd=str(ROOT),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
-@pytest.mark.parametrize("args", [
-    ["strip", "--shards", "4"],
-    ["rewrite", "--strip-optimizer", "--map", "layer_0/=first/", "--cast", "bfloat16", "--shards", "3"],
-    ["rename", "--map", "/=scope/", "--max-shard-size", "300K"],
-    ["strip", "--shards", "7"],  # more shards than big tensors: empty shards too
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["strip", "--shards", "4"],
+        ["rewrite", "--strip-optimizer", "--map", "layer_0/=first/", "--cast", "bfloat16", "--shards", "3"],
+        ["rename", "--map", "/=scope/", "--max-shard-size", "300K"],
+        ["strip", "--shards", "7"],  # more shards than big tensors: empty shards too
+    ],
+)
 def test_plan_tasks_commit_is_byte_identical_to_one_process(source, tmp_path, args):
     command, options = args[0], args[1:]
     one, split = tmp_path / "one" / "model.ckpt", tmp_path / "split" / "model.ckpt"
@@ -89,15 +100,15 @@ def test_plan_tasks_commit_is_byte_identical_to_one_process(source, tmp_path, ar
 def test_plan_is_deterministic_and_describes_every_shard(source, tmp_path):
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     for p in (a, b):
-        assert cli("plan", "strip", source, tmp_path / "out" / "model.ckpt", "--shards", "3", "--out-plan", p,
-                   "-q") == 0
+        assert (
+            cli("plan", "strip", source, tmp_path / "out" / "model.ckpt", "--shards", "3", "--out-plan", p, "-q") == 0
+        )
     assert a.read_bytes() == b.read_bytes()
     plan = json.loads(a.read_text())
     assert [s["file"] for s in plan["shards"]] == [f"model.ckpt.data-{i:05d}-of-00003" for i in range(3)]
     src = plan["inputs"][0]
     assert src["index_sha256"] == hashlib.sha256(Path(source + ".index").read_bytes()).hexdigest()
-    assert [d["size"] for d in src["data"]] == [os.path.getsize(f"{source}.data-{i:05d}-of-00003")
-                                                for i in range(3)]
+    assert [d["size"] for d in src["data"]] == [os.path.getsize(f"{source}.data-{i:05d}-of-00003") for i in range(3)]
     pieces = [p for s in plan["shards"] for p in s["pieces"]]
     assert {p["op"] for p in pieces} == {"copy"}
     assert not any("Adam" in p["name"] for p in pieces)
@@ -127,8 +138,9 @@ def write_then_die(*a, **k):
 rw._write_piece = write_then_die
 sys.exit(main(["run-plan", {str(plan)!r}, "--task", "0/1", "-q"]))
 """
-    p = subprocess.run([sys.executable, "-c", killer], env=_env(), cwd=str(ROOT), capture_output=True, text=True,
-                       timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-c", killer], env=_env(), cwd=str(ROOT), capture_output=True, text=True, timeout=300
+    )
     assert p.returncode == -signal.SIGKILL, p.stderr
     staging = split.parent / ".model.ckpt.ckptio-plan"
     receipts = sorted(str(r.relative_to(staging)) for r in staging.rglob("done.json"))
@@ -188,8 +200,12 @@ def test_commit_refuses_an_existing_output_unless_planned_with_force(source, tmp
     assert cli("plan", "strip", source, out, "--shards", "2", "--force", "--out-plan", plan, "-q") == 0
     assert cli("run-plan", plan, "-q") == 0 and cli("commit", plan, "-q") == 0
     names = sorted(p.name for p in out.parent.iterdir())
-    assert names == ["checkpoint", "model.ckpt.data-00000-of-00002", "model.ckpt.data-00001-of-00002",
-                     "model.ckpt.index"]  # the replaced checkpoint's single data file is gone
+    assert names == [
+        "checkpoint",
+        "model.ckpt.data-00000-of-00002",
+        "model.ckpt.data-00001-of-00002",
+        "model.ckpt.index",
+    ]  # the replaced checkpoint's single data file is gone
 
 
 def test_edited_plan_and_bad_task_are_refused(source, tmp_path, capsys):
@@ -216,15 +232,16 @@ def test_plan_does_not_import_ray(source, tmp_path):
     code = f"""
 import sys
 from ckptio.cli.main import main
-assert main(["plan", "strip", {source!r}, {str(tmp_path / 'o' / 'm.ckpt')!r}, "--out-plan",
-             {str(tmp_path / 'p.json')!r}, "-q"]) == 0
-assert main(["run-plan", {str(tmp_path / 'p.json')!r}, "-q"]) == 0
-assert main(["commit", {str(tmp_path / 'p.json')!r}, "-q"]) == 0
-assert main(["strip", {source!r}, {str(tmp_path / 'o2' / 'm.ckpt')!r}, "-q"]) == 0
+assert main(["plan", "strip", {source!r}, {str(tmp_path / "o" / "m.ckpt")!r}, "--out-plan",
+             {str(tmp_path / "p.json")!r}, "-q"]) == 0
+assert main(["run-plan", {str(tmp_path / "p.json")!r}, "-q"]) == 0
+assert main(["commit", {str(tmp_path / "p.json")!r}, "-q"]) == 0
+assert main(["strip", {source!r}, {str(tmp_path / "o2" / "m.ckpt")!r}, "-q"]) == 0
 print(sorted(m for m in sys.modules if m.split(".")[0] == "ray"))
 """
-    p = subprocess.run([sys.executable, "-c", code], env=_env(), cwd=str(ROOT), capture_output=True, text=True,
-                       timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-c", code], env=_env(), cwd=str(ROOT), capture_output=True, text=True, timeout=300
+    )
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip().splitlines()[-1] == "[]"
 

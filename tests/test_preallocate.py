@@ -1,5 +1,6 @@
 """Output shards are preallocated to their planned size: a full disk fails before any copying,
 an over-estimate is given back, and filesystems without fallocate still work."""
+
 from __future__ import annotations
 
 import ctypes
@@ -8,13 +9,13 @@ import os
 
 import numpy as np
 import pytest
+from support import read_all, same
 
 import ckptio
 from ckptio import output as ckio  # preallocate and its libc lookup live on the output side
 from ckptio.bundle import writer as writer_mod
 from ckptio.bundle.writer import BundleWriter
 from ckptio.cli.main import main
-from support import read_all, same
 
 
 @pytest.fixture
@@ -25,8 +26,7 @@ def src(tmp_path):
     with BundleWriter(prefix, 2) as w:
         for i in range(4):
             for suffix in ("", "/Adam", "/Adam_1"):
-                w.add_array(f"layer_{i}/kernel{suffix}", rng.standard_normal((256, 256), dtype=np.float32),
-                            shard=i % 2)
+                w.add_array(f"layer_{i}/kernel{suffix}", rng.standard_normal((256, 256), dtype=np.float32), shard=i % 2)
         w.add_array("global_step", np.int64(7))
         w.finish()
     return prefix
@@ -41,6 +41,7 @@ def _fake_fallocate(err: int, calls: list):
         calls.append(length)
         ctypes.set_errno(err)
         return -1
+
     return fallocate
 
 
@@ -75,8 +76,7 @@ def test_an_over_estimate_is_given_back(tmp_path):
     assert list(read_all(prefix)["x"]) == list(range(10))
 
 
-@pytest.mark.parametrize("err, text", [(errno.ENOSPC, "No space left on device"),
-                                       (errno.EDQUOT, "quota exceeded")])
+@pytest.mark.parametrize("err, text", [(errno.ENOSPC, "No space left on device"), (errno.EDQUOT, "quota exceeded")])
 def test_a_full_disk_fails_before_copying_anything(src, tmp_path, monkeypatch, capsys, err, text):
     calls, copies = [], []
     monkeypatch.setattr(ckio, "_fallocate", _fake_fallocate(err, calls))

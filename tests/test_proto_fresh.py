@@ -5,6 +5,7 @@ ckptio/_proto/*_pb2.py are made only by tools/gen_proto.py from proto/ckptio/*.p
 field we declare must have TF's number, name, type and cardinality (checked in a subprocess
 that imports TF's own descriptors next to ours, which also proves the two never clash).
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _gen_proto(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(root / "tools" / "gen_proto.py"), *args],
-                          capture_output=True, text=True, cwd=str(root), timeout=120)
+    return subprocess.run(
+        [sys.executable, str(root / "tools" / "gen_proto.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=str(root),
+        timeout=120,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -152,16 +158,18 @@ def test_our_dtype_table_matches_tensorflow():
     require_tf()
     from ckptio.bundle import dtypes
 
-    code = ("import json, tensorflow as tf\n"
-            "out = {}\n"
-            "for e in range(1, 34):\n"
-            "    try:\n"
-            "        d = tf.dtypes.as_dtype(e)\n"
-            "    except Exception:\n"
-            "        continue\n"
-            "    size = d.size if e not in (7, 20, 21) else 0\n"
-            "    out[e] = [d.name, size]\n"
-            "print(json.dumps(out))\n")
+    code = (
+        "import json, tensorflow as tf\n"
+        "out = {}\n"
+        "for e in range(1, 34):\n"
+        "    try:\n"
+        "        d = tf.dtypes.as_dtype(e)\n"
+        "    except Exception:\n"
+        "        continue\n"
+        "    size = d.size if e not in (7, 20, 21) else 0\n"
+        "    out[e] = [d.name, size]\n"
+        "print(json.dumps(out))\n"
+    )
     tf_table = {int(k): v for k, v in run_tf_json(code).items()}
     aliases = {"float": "float32", "double": "float64", "half": "float16", "bool": "bool"}
     bad = []

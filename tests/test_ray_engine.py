@@ -6,6 +6,7 @@ Ray starts a small local instance from ckptio itself (no ADDRESS: num_cpus = the
 no dashboard, 100 MiB object store). With CI set a missing Ray fails these tests instead of
 skipping them.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,11 +27,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 if importlib.util.find_spec("ray") is None:  # probed only: ckptio imports it in its own processes
     if os.environ.get("CI"):
-        pytest.fail("ray is required for tests/test_ray_engine.py (CI is set: pip install 'ckptio[ray]')",
-                    pytrace=False)
+        pytest.fail(
+            "ray is required for tests/test_ray_engine.py (CI is set: pip install 'ckptio[ray]')", pytrace=False
+        )
     pytest.skip("ray is not installed (pip install 'ckptio[ray]')", allow_module_level=True)
 
-WRITE = r'''
+WRITE = r"""
 import json, sys
 import numpy as np
 import tensorflow as tf
@@ -49,9 +51,9 @@ ckpt = tf.train.Checkpoint(model=model, optimizer=opt)
 policy = tf.train.experimental.MaxShardSizePolicy(max_shard_size=4000)
 prefix = ckpt.save(out + "/ckpt", options=tf.train.CheckpointOptions(experimental_sharding_callback=policy))
 print(json.dumps({"prefix": prefix, "shards": tf.train.load_checkpoint(prefix) is not None}))
-'''
+"""
 
-CHECK = r'''
+CHECK = r"""
 import json
 import numpy as np
 import tensorflow as tf
@@ -77,7 +79,7 @@ for p in OUTS:
                  "n_restored": len(model.variables)}
 result["src_keys"] = sorted(src.get_variable_to_shape_map())
 print(json.dumps(result))
-'''
+"""
 
 
 def _env():
@@ -85,15 +87,25 @@ def _env():
 
 
 def ckptio(*argv, timeout=600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ckptio", *map(str, argv)], env=_env(), cwd=str(ROOT),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "ckptio", *map(str, argv)],
+        env=_env(),
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def files_of(directory: Path) -> dict:
     """sha256 of every file; a state file by what it lists (its timestamps are the time of writing)."""
-    return {str(p.relative_to(directory)): [ln for ln in p.read_text().splitlines() if "timestamp" not in ln]
-            if p.name == "checkpoint" else hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(directory)): [ln for ln in p.read_text().splitlines() if "timestamp" not in ln]
+        if p.name == "checkpoint"
+        else hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +123,16 @@ def test_three_ways_byte_identical_and_restored_by_tf(tf_source, tmp_path):
 
     assert main(["strip", tf_source, str(one), "--shards", "4", "-q"]) == 0
     assert main(["plan", "strip", tf_source, str(split), "--shards", "4", "--out-plan", str(plan), "-q"]) == 0
-    procs = [subprocess.Popen([sys.executable, "-m", "ckptio", "run-plan", str(plan), "--task", f"{i}/4", "-q"],
-                              env=_env(), cwd=str(ROOT), stderr=subprocess.PIPE, text=True) for i in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "ckptio", "run-plan", str(plan), "--task", f"{i}/4", "-q"],
+            env=_env(),
+            cwd=str(ROOT),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
@@ -171,10 +191,13 @@ def test_engine_errors_are_one_line(tmp_path, fifty):
     p = ckptio("strip", src, tmp_path / "o" / "m.ckpt", "--engine", "spark")
     assert p.returncode == 2
     assert p.stderr == "ckptio: error: --engine spark: the only engine is ray (ray or ray=ADDRESS)\n"
-    no_ray = ("import sys; sys.modules['ray'] = None\nfrom ckptio.cli.main import main\n"
-              f"sys.exit(main(['strip', {src!r}, {str(tmp_path / 'o' / 'm.ckpt')!r}, '--engine', 'ray']))")
-    p = subprocess.run([sys.executable, "-c", no_ray], env=_env(), cwd=str(ROOT), capture_output=True, text=True,
-                       timeout=120)
+    no_ray = (
+        "import sys; sys.modules['ray'] = None\nfrom ckptio.cli.main import main\n"
+        f"sys.exit(main(['strip', {src!r}, {str(tmp_path / 'o' / 'm.ckpt')!r}, '--engine', 'ray']))"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", no_ray], env=_env(), cwd=str(ROOT), capture_output=True, text=True, timeout=120
+    )
     assert p.returncode == 1
     assert p.stderr == "ckptio: --engine ray needs Ray: pip install 'ckptio[ray]'\n"
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())

@@ -4,6 +4,7 @@ Golden files: the 27 fixtures of tools/make_fixtures.py, written by real TF 2.21
 truth.json (dtype, shape, sha256 of what `tf.train.load_checkpoint` returns). TF itself runs
 only in subprocesses (tests/tf_support.py); the `tf_fixtures` session fixture is in conftest.py.
 """
+
 from __future__ import annotations
 
 import glob
@@ -34,8 +35,9 @@ def compare(ck, tensors: dict) -> list[str]:
     """Every difference between an open checkpoint and a truth `tensors` map."""
     problems = []
     if set(ck) != set(tensors):
-        problems.append(f"names differ: only ours {sorted(set(ck) - set(tensors))}, "
-                        f"only TF's {sorted(set(tensors) - set(ck))}")
+        problems.append(
+            f"names differ: only ours {sorted(set(ck) - set(tensors))}, only TF's {sorted(set(tensors) - set(ck))}"
+        )
     for name, want in tensors.items():
         if name not in ck:
             continue
@@ -94,9 +96,29 @@ def test_fixture_verifies_clean(tf_fixtures, name, capsys):
 def test_every_dtype_and_kind_is_exercised(tf_fixtures):
     _, truth = tf_fixtures
     seen = {t["dtype"] for rec in truth["fixtures"].values() for t in rec["tensors"].values()}
-    want = {"bfloat16", "float8_e5m2", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e4m3b11fnuz",
-            "float8_e5m2fnuz", "int4", "uint4", "int2", "uint2", "float4_e2m1fn", "qint8", "quint8",
-            "qint16", "quint16", "qint32", "object", "variant", "complex64", "complex128", "float16"}
+    want = {
+        "bfloat16",
+        "float8_e5m2",
+        "float8_e4m3fn",
+        "float8_e4m3fnuz",
+        "float8_e4m3b11fnuz",
+        "float8_e5m2fnuz",
+        "int4",
+        "uint4",
+        "int2",
+        "uint2",
+        "float4_e2m1fn",
+        "qint8",
+        "quint8",
+        "qint16",
+        "quint16",
+        "qint32",
+        "object",
+        "variant",
+        "complex64",
+        "complex128",
+        "float16",
+    }
     assert want <= seen
     all_dtypes = truth["fixtures"]["tf2_all_dtypes"]["tensors"]
     assert any(t["shape"] == [] for t in all_dtypes.values())
@@ -147,8 +169,10 @@ def test_partitioned_slices(tf_fixtures, name):
 
 def test_partitioned_v1_equals_v2(tf_fixtures):
     outdir, truth = tf_fixtures
-    with ckptio.open(fixture_prefix(outdir, truth, "tf1_partitioned_v1")) as v1, \
-            ckptio.open(fixture_prefix(outdir, truth, "tf1_partitioned_v2")) as v2:
+    with (
+        ckptio.open(fixture_prefix(outdir, truth, "tf1_partitioned_v1")) as v1,
+        ckptio.open(fixture_prefix(outdir, truth, "tf1_partitioned_v2")) as v2,
+    ):
         assert v1.format == "v1" and v2.format == "v2"
         assert sorted(v1) == sorted(v2)
         for n in v1:
@@ -177,8 +201,12 @@ def test_v1_sharded(tf_fixtures):
     assert pattern.endswith("-?????-of-00002")
     shards = sorted(glob.glob(pattern))
     assert len(shards) == 2
-    forms = {"base": pattern[: -len("-?????-of-00002")], "shard file": shards[1],
-             "pattern": pattern, "directory": os.path.dirname(pattern)}
+    forms = {
+        "base": pattern[: -len("-?????-of-00002")],
+        "shard file": shards[1],
+        "pattern": pattern,
+        "directory": os.path.dirname(pattern),
+    }
     failures = {}
     for label, path in forms.items():
         try:
@@ -263,8 +291,12 @@ def _ours(prefix) -> dict:
         for n in ck:
             t = ck[n]
             v = t.read()
-            out[n] = {"dtype": truth_dtype(t), "shape": list(t.shape), "sha256": hash_array(v),
-                      "num_elements": int(v.size)}
+            out[n] = {
+                "dtype": truth_dtype(t),
+                "shape": list(t.shape),
+                "sha256": hash_array(v),
+                "num_elements": int(v.size),
+            }
     return out
 
 

@@ -1,6 +1,7 @@
 """Remote checkpoints: byte-range reads against a real HTTP server on 127.0.0.1 that honours Range
 (tools/http_range_server.py) with the bytes it sends counted, URL resolution like local paths,
 and writes (upload, pack, rewrite) to fsspec's memory:// filesystem, committed only when complete."""
+
 from __future__ import annotations
 
 import filecmp
@@ -15,15 +16,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import same
 
 import ckptio
-from support import same
 from ckptio import archive, remote
 from ckptio.bundle import dtypes
 from ckptio.bundle.writer import BundleWriter
 from ckptio.cli.main import main
-from ckptio.errors import (CheckpointNotFoundError, MissingShardError, OutputExistsError, UnsupportedError,
-                           WrongFileError)
+from ckptio.errors import (
+    CheckpointNotFoundError,
+    MissingShardError,
+    OutputExistsError,
+    UnsupportedError,
+    WrongFileError,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tools"))
@@ -88,7 +94,7 @@ def www(tmp_path_factory, corpus):
 
 
 def _path(server, url: str) -> str:
-    return url[len(server.url):]
+    return url[len(server.url) :]
 
 
 # -- the test server itself ----------------------------------------------------------------------
@@ -150,16 +156,19 @@ def test_show_fetches_only_that_tensors_bytes(www, capsys):
     assert ranges == [f"bytes={entry.offset}-{entry.offset + entry.size - 1}"]
 
 
-@pytest.mark.parametrize("suffix, prefix, fmt", [
-    ("/big/m", "/big/m", "v2"),
-    ("/big/m.index", "/big/m", "v2"),
-    ("/big/m.data-00001-of-00002", "/big/m", "v2"),
-    ("/tf1_t2t_transformer", "/tf1_t2t_transformer/model.ckpt-1", "v2"),       # 'checkpoint' state file
-    ("/tf1_t2t_transformer/", "/tf1_t2t_transformer/model.ckpt-1", "v2"),
-    ("/savedmodel", "/savedmodel/variables/variables", "v2"),                  # SavedModel directory
-    ("/v1_vocal_adam/model.ckpt", "/v1_vocal_adam/model.ckpt", "v1"),           # V1 table file
-    ("/v1_vocal_adam", "/v1_vocal_adam/model.ckpt", "v1"),
-])
+@pytest.mark.parametrize(
+    "suffix, prefix, fmt",
+    [
+        ("/big/m", "/big/m", "v2"),
+        ("/big/m.index", "/big/m", "v2"),
+        ("/big/m.data-00001-of-00002", "/big/m", "v2"),
+        ("/tf1_t2t_transformer", "/tf1_t2t_transformer/model.ckpt-1", "v2"),  # 'checkpoint' state file
+        ("/tf1_t2t_transformer/", "/tf1_t2t_transformer/model.ckpt-1", "v2"),
+        ("/savedmodel", "/savedmodel/variables/variables", "v2"),  # SavedModel directory
+        ("/v1_vocal_adam/model.ckpt", "/v1_vocal_adam/model.ckpt", "v1"),  # V1 table file
+        ("/v1_vocal_adam", "/v1_vocal_adam/model.ckpt", "v1"),
+    ],
+)
 def test_urls_resolve_like_local_paths(www, suffix, prefix, fmt):
     server, _ = www
     with ckptio.open(server.url + suffix) as ckpt:
@@ -216,6 +225,7 @@ def test_rewrite_remote_to_local_matches_local_to_local(www, tmp_path):
     for f in ("m.index", "m.data-00000-of-00002", "m.data-00001-of-00002"):
         assert filecmp.cmp(tmp_path / "a" / f, tmp_path / "b" / f, shallow=False), f
     from ckptio.bundle.state import read_state  # the state files differ only in their timestamps
+
     a, b = read_state(str(tmp_path / "a")), read_state(str(tmp_path / "b"))
     assert a.paths == b.paths == ("m",) and len(a.timestamps) == len(b.timestamps) == 1
 
@@ -290,10 +300,15 @@ def test_upload_then_read_back(corpus, bucket):
     fs, base = bucket
     src = corpus / "tf2_keras_weights_2shard" / "model.ckpt"
     stats = remote.upload_checkpoint(src, f"{base}/run/model.ckpt")
-    assert stats.bytes == sum(os.path.getsize(f"{src}{s}")
-                              for s in (".index", ".data-00000-of-00002", ".data-00001-of-00002"))
-    assert _listing(fs, base) == ["checkpoint", "model.ckpt.data-00000-of-00002", "model.ckpt.data-00001-of-00002",
-                                  "model.ckpt.index"]
+    assert stats.bytes == sum(
+        os.path.getsize(f"{src}{s}") for s in (".index", ".data-00000-of-00002", ".data-00001-of-00002")
+    )
+    assert _listing(fs, base) == [
+        "checkpoint",
+        "model.ckpt.data-00000-of-00002",
+        "model.ckpt.data-00001-of-00002",
+        "model.ckpt.index",
+    ]
     for suffix in (".index", ".data-00000-of-00002", ".data-00001-of-00002"):
         assert fs.cat_file(fs._strip_protocol(f"{base}/run/model.ckpt{suffix}")) == Path(f"{src}{suffix}").read_bytes()
     with ckptio.open(src) as local, ckptio.open(f"{base}/run") as far:  # via the state file
@@ -319,8 +334,9 @@ def test_upload_commits_the_index_last(corpus, bucket, monkeypatch, use_temp):
     fs, base = bucket
     events = []
     real_open, real_mv = fs.open, fs.mv
-    monkeypatch.setattr(fs, "open", lambda path, mode="rb", **kw: (events.append(("open", path)),
-                                                                  real_open(path, mode, **kw))[1])
+    monkeypatch.setattr(
+        fs, "open", lambda path, mode="rb", **kw: (events.append(("open", path)), real_open(path, mode, **kw))[1]
+    )
     monkeypatch.setattr(fs, "mv", lambda a, b, **kw: (events.append(("mv", b)), real_mv(a, b, **kw))[1])
     remote.upload_checkpoint(corpus / "tf2_keras_weights_2shard", f"{base}/m", use_temp=use_temp, state_file=False)
     final = [p.rsplit("/", 1)[-1] for kind, p in events if kind == ("mv" if use_temp else "open")]

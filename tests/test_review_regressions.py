@@ -3,6 +3,7 @@ descriptors and threads, non-ckptio errors, and memory that grew with the tensor
 
 Each test failed before its fix. No TensorFlow needed.
 """
+
 from __future__ import annotations
 
 import errno
@@ -59,9 +60,10 @@ def write_big_endian(prefix: str, tensors: dict, dtypes: dict | None = None) -> 
     for name, arr in tensors.items():
         arr = np.asarray(arr)
         stored = arr.byteswap().tobytes()
-        dtype = (dtypes or {}).get(name) or {np.dtype(np.float32): 1, np.dtype(np.int32): 3, np.dtype(np.int64): 9}[arr.dtype]
-        entries[naming.encode_key(name)] = Entry(dtype, arr.shape, 0, len(data), len(stored),
-                                                 mask(crc32c(stored)))
+        dtype = (dtypes or {}).get(name) or {np.dtype(np.float32): 1, np.dtype(np.int32): 3, np.dtype(np.int64): 9}[
+            arr.dtype
+        ]
+        entries[naming.encode_key(name)] = Entry(dtype, arr.shape, 0, len(data), len(stored), mask(crc32c(stored)))
         data += stored
     os.makedirs(os.path.dirname(prefix), exist_ok=True)
     with open(naming.data_path(prefix, 0, 1), "wb") as f:
@@ -269,8 +271,12 @@ def test_big_endian_input_streams(tmp_path, monkeypatch):
     """Big-endian tensors were decoded whole (read, byte-swapped, re-encoded) however large."""
     src = str(tmp_path / "src" / "m")
     rng = np.random.default_rng(1)
-    tensors = {"big": rng.standard_normal((512, 4096)).astype(np.float32),  # 8 MiB
-               "scalar": np.float32(2.5), "ids": np.arange(-3, 5, dtype=np.int64), "empty": np.zeros((0, 3), np.float32)}
+    tensors = {
+        "big": rng.standard_normal((512, 4096)).astype(np.float32),  # 8 MiB
+        "scalar": np.float32(2.5),
+        "ids": np.arange(-3, 5, dtype=np.int64),
+        "empty": np.zeros((0, 3), np.float32),
+    }
     write_big_endian(src, tensors)
     monkeypatch.setattr(rewrite_module, "CHUNK_BYTES", 1 << 16)
     dst = str(tmp_path / "out" / "m")
@@ -328,10 +334,12 @@ def test_v1_quantized_tensors_keep_their_dtype(tmp_path):
 
     src = str(tmp_path / "q.ckpt")
     rows = [Slice(((0, 1), (0, None))), Slice(((1, 2), (0, None)))]
-    tensors = {"qi8": (11, np.array([-3, 4, 5], np.int8), None),
-               "qu8": (12, np.array([3, 250], np.uint8), None),
-               "qi32": (13, np.array([-70000, 5], np.int32), None),
-               "parts": (11, np.arange(-6, 6, dtype=np.int8).reshape(3, 4), rows)}
+    tensors = {
+        "qi8": (11, np.array([-3, 4, 5], np.int8), None),
+        "qu8": (12, np.array([3, 250], np.uint8), None),
+        "qi32": (13, np.array([-70000, 5], np.int32), None),
+        "parts": (11, np.arange(-6, 6, dtype=np.int8).reshape(3, 4), rows),
+    }
     write_v1(src, tensors)
     dst = str(tmp_path / "out" / "m")
     ckptio.rewrite(src, dst, num_shards=2)

@@ -4,6 +4,7 @@ sliced tensors renamed with their slice keys, casts, EMA promotion, V1 and big-e
 
 Inputs are written with ckptio's own BundleWriter (TF-written inputs: test_rewrite_tf.py).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,9 +20,11 @@ import pytest
 import ckptio
 from ckptio.bundle import dtypes, naming
 from ckptio.bundle.entry import Entry, Header
-from ckptio.bundle.slices import Slice, decode_key as decode_slice_key, encode_key as slice_key
+from ckptio.bundle.slices import Slice
+from ckptio.bundle.slices import decode_key as decode_slice_key
+from ckptio.bundle.slices import encode_key as slice_key
 from ckptio.bundle.writer import BundleWriter
-from ckptio.errors import (ChecksumError, CorruptCheckpointError, OutputExistsError, PlanError)
+from ckptio.errors import ChecksumError, CorruptCheckpointError, OutputExistsError, PlanError
 from ckptio.io import FileSource
 from ckptio.rewrite import make_plan, rewrite
 from ckptio.sstable import Table
@@ -152,8 +155,11 @@ def test_identity_rewrite_keeps_every_tensor_and_slice(src, tmp_path):
     with ckptio.open(prefix) as a, ckptio.open(out) as b:
         ea, eb = a.entries(), b.entries()
         for name in values:
-            assert (eb[name].dtype, eb[name].shape, eb[name].slices) == (ea[name].dtype, ea[name].shape,
-                                                                       ea[name].slices), name
+            assert (eb[name].dtype, eb[name].shape, eb[name].slices) == (
+                ea[name].dtype,
+                ea[name].shape,
+                ea[name].slices,
+            ), name
             if not ea[name].slices:
                 assert eb[name].crc32c == ea[name].crc32c, name  # carried over, not recomputed
         assert verify(b).ok, verify(b).problems
@@ -167,8 +173,15 @@ def test_strip_report_and_bytes(src, tmp_path):
     prefix, values = src
     out = str(tmp_path / "out" / "m")
     report = rewrite(prefix, out, [StripOptimizer()])
-    dropped = {"model/dense/kernel/Adam", "model/dense/kernel/Adam_1", "model/dense/bias/Adam",
-               "model/dense/bias/Adam_1", "beta1_power", "beta2_power", "model/embedding/Adam"}
+    dropped = {
+        "model/dense/kernel/Adam",
+        "model/dense/kernel/Adam_1",
+        "model/dense/bias/Adam",
+        "model/dense/bias/Adam_1",
+        "beta1_power",
+        "beta2_power",
+        "model/embedding/Adam",
+    }
     assert set(report.dropped) == dropped
     assert {s for s, _ in report.kept} == set(values) - dropped
     assert all(s == d for s, d in report.kept)
@@ -188,8 +201,7 @@ def test_strip_drop_global_step_and_ema_modes(src, tmp_path):
     shadow = "model/dense/kernel/ExponentialMovingAverage"
     keep = read_all(rewrite(prefix, tmp_path / "keep" / "m", [StripOptimizer()]).dst)
     assert shadow in keep and "global_step" in keep
-    drop = read_all(rewrite(prefix, tmp_path / "drop" / "m",
-                            [StripOptimizer(keep_global_step=False, ema="drop")]).dst)
+    drop = read_all(rewrite(prefix, tmp_path / "drop" / "m", [StripOptimizer(keep_global_step=False, ema="drop")]).dst)
     assert shadow not in drop and "global_step" not in drop
     assert_same_value(drop["model/dense/kernel"], values["model/dense/kernel"])
     report = rewrite(prefix, tmp_path / "promote" / "m", [StripOptimizer(ema="promote")])
@@ -212,8 +224,11 @@ def test_cast_bfloat16_float16_and_back(src, tmp_path):
         for name, value in values.items():
             value = np.asarray(value)
             # tf.cast takes float64 to a 16-bit float through float32
-            want = (value.astype(np.float32) if value.dtype == np.float64 else value).astype(np_type) \
-                if name in castable else value
+            want = (
+                (value.astype(np.float32) if value.dtype == np.float64 else value).astype(np_type)
+                if name in castable
+                else value
+            )
             assert_same_value(got[name], want, name)
         back = rewrite(report.dst, tmp_path / (target + "_back") / "m", [Cast("float32")])
         got = read_all(back.dst)
@@ -233,8 +248,9 @@ def test_cast_only_matching_names(src, tmp_path):
     got = read_all(report.dst)
     for name, value in values.items():
         value = np.asarray(value)
-        want = value.astype(ml_dtypes.bfloat16) if name.startswith("model/dense/") and value.dtype == np.float32 \
-            else value
+        want = (
+            value.astype(ml_dtypes.bfloat16) if name.startswith("model/dense/") and value.dtype == np.float32 else value
+        )
         assert_same_value(got[name], want, name)
 
 
@@ -301,10 +317,12 @@ def test_refuses_existing_output_unless_force(src, tmp_path):
 def test_never_writes_over_its_input(src, tmp_path, spelling):
     prefix, _ = src
     d, base = os.path.split(prefix)
-    dst = {"same": prefix,
-           "dotdot": os.path.join(d, "..", os.path.basename(d), base),
-           "symlinked_dir": os.path.join(str(tmp_path / "link"), base),
-           "index_file_dir": os.path.join(os.path.relpath(d), base)}[spelling]
+    dst = {
+        "same": prefix,
+        "dotdot": os.path.join(d, "..", os.path.basename(d), base),
+        "symlinked_dir": os.path.join(str(tmp_path / "link"), base),
+        "index_file_dir": os.path.join(os.path.relpath(d), base),
+    }[spelling]
     if spelling == "symlinked_dir":
         os.symlink(d, tmp_path / "link")
     before = dir_hashes(d)
@@ -389,8 +407,7 @@ def test_collision_is_an_error_naming_both_sources(src, tmp_path):
     prefix, _ = src
     with pytest.raises(PlanError) as e:
         rewrite(prefix, tmp_path / "out" / "m", [Rename((("model/dense/bias", "model/dense/kernel"),))])
-    assert str(e.value) == ("'model/dense/bias' and 'model/dense/kernel' would both be written as "
-                            "'model/dense/kernel'")
+    assert str(e.value) == ("'model/dense/bias' and 'model/dense/kernel' would both be written as 'model/dense/kernel'")
     with pytest.raises(PlanError, match="'model/dense/bias/Adam' and 'model/dense/kernel/Adam' would both"):
         rewrite(prefix, tmp_path / "out" / "m", [Rename(((r"(bias|kernel)/Adam$", "kernel/Adam"),), regex=True)])
     assert not (tmp_path / "out").exists()
@@ -403,8 +420,7 @@ def test_unmatched_rule_is_an_error_unless_allowed(src, tmp_path):
         rewrite(prefix, tmp_path / "out" / "m", [Rename(rules)])
     assert not (tmp_path / "out").exists()
     report = rewrite(prefix, tmp_path / "out" / "m", [Rename(rules, allow_unmatched=True)])
-    assert set(read_all(report.dst)) == {("net/" + n[len("model/"):]) if n.startswith("model/") else n
-                                        for n in values}
+    assert set(read_all(report.dst)) == {("net/" + n[len("model/") :]) if n.startswith("model/") else n for n in values}
 
 
 def test_regex_rename_with_backreferences(src, tmp_path):
@@ -464,8 +480,13 @@ def test_select_then_strip_then_rename(src, tmp_path):
     steps = [Select(("^model/",), ("half",)), StripOptimizer(), Rename((("model/", "net/"),))]
     report = rewrite(prefix, tmp_path / "out" / "m", steps)
     got = read_all(report.dst)
-    assert set(got) == {"net/dense/kernel", "net/dense/bias", "net/dense/kernel/ExponentialMovingAverage",
-                        "net/embedding", "net/f64"}
+    assert set(got) == {
+        "net/dense/kernel",
+        "net/dense/bias",
+        "net/dense/kernel/ExponentialMovingAverage",
+        "net/embedding",
+        "net/f64",
+    }
     assert_same_value(got["net/embedding"], values["model/embedding"])
 
 
@@ -475,8 +496,7 @@ def test_select_then_strip_then_rename(src, tmp_path):
 def test_dry_run_writes_nothing(src, tmp_path):
     prefix, values = src
     before = dir_hashes(os.path.dirname(prefix))
-    report = rewrite(prefix, tmp_path / "out" / "m", [StripOptimizer(), Rename((("model/", "net/"),))],
-                     dry_run=True)
+    report = rewrite(prefix, tmp_path / "out" / "m", [StripOptimizer(), Rename((("model/", "net/"),))], dry_run=True)
     assert report.dry_run and report.dst == str(tmp_path / "out" / "m")  # where it would write
     assert not (tmp_path / "out").exists()
     assert dir_hashes(os.path.dirname(prefix)) == before
@@ -535,8 +555,9 @@ def write_big_endian(prefix, tensors: dict) -> None:
     data, entries = b"", {}
     for name, value in tensors.items():
         raw = value.astype(value.dtype.newbyteorder(">")).tobytes()
-        entries[naming.encode_key(name)] = Entry(dtypes.from_numpy(value.dtype).enum, value.shape, 0, len(data),
-                                                 len(raw), mask(crc32c(raw)))
+        entries[naming.encode_key(name)] = Entry(
+            dtypes.from_numpy(value.dtype).enum, value.shape, 0, len(data), len(raw), mask(crc32c(raw))
+        )
         data += raw
     with open(naming.data_path(prefix, 0, 1), "wb") as f:
         f.write(data)
@@ -551,7 +572,7 @@ def write_big_endian(prefix, tensors: dict) -> None:
 
 
 def test_big_endian_input_is_written_little_endian(tmp_path):
-    tensors = {"w": np.arange(6, dtype=np.float32).reshape(2, 3) / 7, "n": np.array([1, -2, 2 ** 40], np.int64)}
+    tensors = {"w": np.arange(6, dtype=np.float32).reshape(2, 3) / 7, "n": np.array([1, -2, 2**40], np.int64)}
     prefix = str(tmp_path / "be")
     write_big_endian(prefix, tensors)
     with ckptio.open(prefix) as c:
@@ -612,8 +633,10 @@ def test_object_based_input_without_objgraph_support_is_refused(corpus, corpus_m
     rec = _manifest_entry(corpus_manifest, "tf2_eager_vae_adam")
     with pytest.raises(PlanError) as e:
         rewrite(str(corpus / rec["prefix"]), tmp_path / "out" / "m", [StripOptimizer()])
-    assert str(e.value) == ("this is an object-based (TF2) checkpoint; rewriting its names needs the object "
-                            "graph support, which this build lacks")
+    assert str(e.value) == (
+        "this is an object-based (TF2) checkpoint; rewriting its names needs the object "
+        "graph support, which this build lacks"
+    )
     assert not (tmp_path / "out").exists()
     # a cast does not touch names, so it needs no graph support
     report = rewrite(str(corpus / rec["prefix"]), tmp_path / "cast" / "m", [Cast("float16")])

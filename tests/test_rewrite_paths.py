@@ -1,6 +1,7 @@
 """What keeps a strip fast and small, checked by behaviour rather than by the clock: unchanged
 tensors are copied by the kernel, never through Python buffers, and peak memory does not grow
 with the checkpoint (tools/bench.py measures the speed)."""
+
 from __future__ import annotations
 
 import os
@@ -40,8 +41,9 @@ def test_big_unchanged_tensors_never_pass_through_python(tmp_path, monkeypatch):
     copied, buffered = [], []
     real_copy, real_buffered = copy_mod._copy_range, copy_mod._copy_checked
     monkeypatch.setattr(copy_mod, "_copy_range", lambda s, o, off, n: copied.append(n) or real_copy(s, o, off, n))
-    monkeypatch.setattr(copy_mod, "_copy_checked",
-                        lambda s, o, off, n, key: buffered.append(n) or real_buffered(s, o, off, n, key))
+    monkeypatch.setattr(
+        copy_mod, "_copy_checked", lambda s, o, off, n, key: buffered.append(n) or real_buffered(s, o, off, n, key)
+    )
     out = str(tmp_path / "out" / "model.ckpt")
     report = ckptio.rewrite(src, out, [ckptio.StripOptimizer()])
     assert report.bytes_after == kept
@@ -80,8 +82,10 @@ def test_strip_peak_memory_does_not_grow_with_the_checkpoint(tmp_path, args):
     small, big = str(tmp_path / "small" / "model.ckpt"), str(tmp_path / "big" / "model.ckpt")
     adam_checkpoint(small, 2, 6 * MIB)
     adam_checkpoint(big, 8, 6 * MIB)
-    peaks = [_peak(["strip", src, str(tmp_path / f"out{i}" / "model.ckpt"), "-q", *args])
-             for i, src in enumerate((small, big))]
+    peaks = [
+        _peak(["strip", src, str(tmp_path / f"out{i}" / "model.ckpt"), "-q", *args])
+        for i, src in enumerate((small, big))
+    ]
     assert peaks[1] < 100 * MIB, peaks
     assert peaks[1] - peaks[0] < 8 * MIB, peaks  # 4x the data, one tensor is 24 MiB
 
@@ -123,7 +127,7 @@ def test_strip_work_grows_linearly_with_the_entry_count(tmp_path, monkeypatch, t
         src = str(tmp_path / f"src{n}" / "model.ckpt")
         small_entries(src, n)
         out = str(tmp_path / f"out{n}" / "model.ckpt")
-        work.append(_python_calls(lambda: ckptio.rewrite(src, out, [ckptio.StripOptimizer()])))
+        work.append(_python_calls(lambda src=src, out=out: ckptio.rewrite(src, out, [ckptio.StripOptimizer()])))
         with ckptio.open(out) as ck:
             assert len(ck) == n
     assert 3.5 < work[1] / work[0] < 4.5, work
@@ -161,8 +165,9 @@ def test_copy_buffer_sized_to_what_passes_through_python(tmp_path, monkeypatch):
     adam_checkpoint(src, 3, 300_000)
     sizes = []
     real_buffer = copy_mod.ShardFile.buffer
-    monkeypatch.setattr(copy_mod.ShardFile, "buffer", lambda self, n: sizes.append(len(real_buffer(self, n))) or
-                        real_buffer(self, n))
+    monkeypatch.setattr(
+        copy_mod.ShardFile, "buffer", lambda self, n: sizes.append(len(real_buffer(self, n))) or real_buffer(self, n)
+    )
     ckptio.rewrite(src, str(tmp_path / "strip" / "model.ckpt"), [ckptio.StripOptimizer()])
     assert sizes == [8]  # only global_step went through Python
     monkeypatch.setattr(copy_mod, "_copy_range", lambda *args: False)  # no kernel copy (another filesystem)
@@ -182,7 +187,9 @@ def test_kernel_asked_to_read_exactly_the_kept_tensors(tmp_path, monkeypatch):
         kept = sorted((e.offset, e.size) for n, e in ck.entries().items() if n.endswith("kernel"))
     advice = []
     real = os.posix_fadvise
-    monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, n, how: advice.append((off, n, how)) or real(fd, off, n, how))
+    monkeypatch.setattr(
+        os, "posix_fadvise", lambda fd, off, n, how: advice.append((off, n, how)) or real(fd, off, n, how)
+    )
     ckptio.rewrite(src, str(tmp_path / "out" / "model.ckpt"), [ckptio.StripOptimizer()])
     assert sorted((off, n) for off, n, how in advice if how == os.POSIX_FADV_WILLNEED) == kept
     assert {how for *_, how in advice} == {os.POSIX_FADV_RANDOM, os.POSIX_FADV_WILLNEED}

@@ -7,6 +7,7 @@ without the optimizer (or with new names, partitioners included), and per-variab
 `tf.compat.v1.train.init_from_checkpoint`. Expected hashes come from truth.json (written by TF
 when the fixtures were made), from the corpus MANIFEST, or from `tf.cast` inside TF for casts.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,19 +29,36 @@ except ImportError:  # tests/ imported as a package
 
 HAS_OBJGRAPH = importlib.util.find_spec("ckptio.objgraph") is not None
 
-OPTIMIZER_FIXTURES = ("tf1_gradientdescent", "tf1_momentum", "tf1_adam", "tf1_rmsprop", "tf1_rmsprop_centered",
-                      "tf1_adagrad", "tf1_adagradda", "tf1_adadelta", "tf1_ftrl", "tf1_proximaladagrad",
-                      "tf1_ema", "tf1_two_optimizers")
+OPTIMIZER_FIXTURES = (
+    "tf1_gradientdescent",
+    "tf1_momentum",
+    "tf1_adam",
+    "tf1_rmsprop",
+    "tf1_rmsprop_centered",
+    "tf1_adagrad",
+    "tf1_adagradda",
+    "tf1_adadelta",
+    "tf1_ftrl",
+    "tf1_proximaladagrad",
+    "tf1_ema",
+    "tf1_two_optimizers",
+)
 assert set(OPTIMIZER_FIXTURES) <= set(FIXTURE_NAMES)
 DENSE = [["model/dense/kernel", [3, 2], "float32", 0], ["model/dense/bias", [2], "float32", 0]]
 STEP = [["global_step", [], "int64", 0]]
-EMA = [["model/dense/kernel/ExponentialMovingAverage", [3, 2], "float32", 0],
-       ["model/dense/bias/ExponentialMovingAverage", [2], "float32", 0]]
+EMA = [
+    ["model/dense/kernel/ExponentialMovingAverage", [3, 2], "float32", 0],
+    ["model/dense/bias/ExponentialMovingAverage", [2], "float32", 0],
+]
 PARTITIONED = [["embedding", [6, 4], "float32", 3], ["dense/kernel", [4, 2], "float32", 0]]
 # An independent description of optimizer state in the corpus's name-based checkpoints (FORMAT §9.1),
 # so that the corpus test does not trust ckptio's own classifier.
-CORPUS_OPTIMIZER_STATE = (r"/(Adam|Momentum|RMSProp|Ftrl|Adagrad)(_\d+)?$", r"(^|/)beta[12]_power(_\d+)?$",
-                          r"^training/Ftrl/", r"/learning_rate$")
+CORPUS_OPTIMIZER_STATE = (
+    r"/(Adam|Momentum|RMSProp|Ftrl|Adagrad)(_\d+)?$",
+    r"(^|/)beta[12]_power(_\d+)?$",
+    r"^training/Ftrl/",
+    r"/learning_rate$",
+)
 
 # -- the TF side: one script, many jobs ------------------------------------------------------------------
 
@@ -208,8 +226,9 @@ class Run:
     def result(self, job_id: str):
         assert job_id in self.results, f"{job_id} did not run (rewrite exit codes: {self.rc})"
         value = self.results[job_id]
-        assert not (isinstance(value, dict) and "error" in value), f"{job_id}: {value.get('error')}\n" \
-                                                                      f"{value.get('trace', '')}"
+        assert not (isinstance(value, dict) and "error" in value), (
+            f"{job_id}: {value.get('error')}\n{value.get('trace', '')}"
+        )
         return value
 
     def ok(self, case: str):
@@ -253,8 +272,11 @@ def tf_run(tf_fixtures, corpus, corpus_manifest, tmp_path_factory):
         # the full training state under the new names: Adam slots are partitioned like their variable
         run.jobs[name + ":saver_train"] = {"kind": "saver", "prefix": out, "vars": specs, "train": True}
         # init_from_checkpoint reads each partition's own slice: any partitioning works (FORMAT §10.3)
-        run.jobs[name + ":init_2parts"] = {"kind": "init", "prefix": out,
-                                           "vars": [["renamed/embedding", [6, 4], "float32", 2]]}
+        run.jobs[name + ":init_2parts"] = {
+            "kind": "init",
+            "prefix": out,
+            "vars": [["renamed/embedding", [6, 4], "float32", 2]],
+        }
         out = run.rewrite(name + "_strip", ["rewrite", fx(name), "--strip-optimizer", "--map", "model/=renamed/"])
         run.check(name + "_strip", out, vars=specs)
 
@@ -277,28 +299,52 @@ def tf_run(tf_fixtures, corpus, corpus_manifest, tmp_path_factory):
         run.check("adam_" + dt, out, vars=[[n, s, dt, p] for n, s, _, p in DENSE] + STEP)
         back = run.rewrite("adam_" + dt + "_back", ["rewrite", out, "--cast", "float32"])
         run.check("adam_" + dt + "_back", back, vars=DENSE + STEP)
-    all_names = [n for n, r in truth["fixtures"]["tf2_all_dtypes"]["tensors"].items()
-                 if r["dtype"] in ("float32", "float16", "bfloat16", "float64")]  # float64 too (issue 12)
+    all_names = [
+        n
+        for n, r in truth["fixtures"]["tf2_all_dtypes"]["tensors"].items()
+        if r["dtype"] in ("float32", "float16", "bfloat16", "float64")
+    ]  # float64 too (issue 12)
     for dt in ("bfloat16", "float16"):
-        run.jobs["cast_all_" + dt] = {"kind": "cast", "prefix": fx("tf2_all_dtypes"), "names": all_names,
-                                      "casts": [dt]}
-        run.jobs["cast_all_" + dt + "_back"] = {"kind": "cast", "prefix": fx("tf2_all_dtypes"),
-                                                "names": all_names, "casts": [dt, "float32"]}
-        run.jobs["cast_adam_" + dt] = {"kind": "cast", "prefix": fx("tf1_adam"),
-                                       "names": [n for n, *_ in DENSE], "casts": [dt]}
-        run.jobs["cast_adam_" + dt + "_back"] = {"kind": "cast", "prefix": fx("tf1_adam"),
-                                                 "names": [n for n, *_ in DENSE], "casts": [dt, "float32"]}
+        run.jobs["cast_all_" + dt] = {"kind": "cast", "prefix": fx("tf2_all_dtypes"), "names": all_names, "casts": [dt]}
+        run.jobs["cast_all_" + dt + "_back"] = {
+            "kind": "cast",
+            "prefix": fx("tf2_all_dtypes"),
+            "names": all_names,
+            "casts": [dt, "float32"],
+        }
+        run.jobs["cast_adam_" + dt] = {
+            "kind": "cast",
+            "prefix": fx("tf1_adam"),
+            "names": [n for n, *_ in DENSE],
+            "casts": [dt],
+        }
+        run.jobs["cast_adam_" + dt + "_back"] = {
+            "kind": "cast",
+            "prefix": fx("tf1_adam"),
+            "names": [n for n, *_ in DENSE],
+            "casts": [dt, "float32"],
+        }
     # a V1 input with strings, integers and floats
     out = run.rewrite("v1_plain_f16", ["rewrite", fx("tf1_v1_plain"), "--cast", "float16"])
     run.check("v1_plain_f16", out)
-    run.jobs["cast_v1_plain"] = {"kind": "cast", "prefix": fx("tf1_v1_plain"),
-                                 "names": ["plain/f32", "plain/f32_scalar", "plain/f64"], "casts": ["float16"]}
+    run.jobs["cast_v1_plain"] = {
+        "kind": "cast",
+        "prefix": fx("tf1_v1_plain"),
+        "names": ["plain/f32", "plain/f32_scalar", "plain/f64"],
+        "casts": ["float16"],
+    }
 
     # the corpus: every name-based checkpoint through strip and a root rename; inputs must not change
     run.corpus = [c for c in corpus_manifest["checkpoints"] if "_CHECKPOINTABLE_OBJECT_GRAPH" not in c["tensors"]]
     inputs = [corpus / c["prefix"] for c in corpus_manifest["checkpoints"]]
-    input_files = sorted({p for c in corpus_manifest["checkpoints"] for f in c["files"]
-                          for p in [corpus / Path(c["prefix"]).parent / f["name"]]})
+    input_files = sorted(
+        {
+            p
+            for c in corpus_manifest["checkpoints"]
+            for f in c["files"]
+            for p in [corpus / Path(c["prefix"]).parent / f["name"]]
+        }
+    )
     assert all(p.is_file() for p in input_files)
     run.input_hashes_before = file_hashes(input_files)
     for c in run.corpus:
@@ -391,8 +437,9 @@ def test_strip_ema_drop_and_promote(tf_run):
 def test_scope_rename_of_partitioned_variable(tf_run, name):
     tf_run.ok(name)
     tensors = tensors_of(tf_run, name)
-    renamed = {("renamed/" + k[len("model/"):] if k.startswith("model/") else k): v["sha256"]
-               for k, v in tensors.items()}
+    renamed = {
+        ("renamed/" + k[len("model/") :] if k.startswith("model/") else k): v["sha256"] for k, v in tensors.items()
+    }
     assert "renamed/embedding/Adam_1" in renamed and "beta1_power" in renamed
     assert_loaded(tf_run, name, renamed)
     model = {k: renamed[k] for k in ("renamed/embedding", "renamed/dense/kernel", "global_step")}
@@ -438,8 +485,10 @@ def test_sharded_outputs_load_in_tf(tf_run):
 @pytest.mark.parametrize("dt", ["bfloat16", "float16"])
 def test_cast_all_dtypes_and_back(tf_run, dt):
     tensors = tensors_of(tf_run, "tf2_all_dtypes")
-    for case, cast_job, final in ((f"all_{dt}", f"cast_all_{dt}", dt),
-                                  (f"all_{dt}_back", f"cast_all_{dt}_back", "float32")):
+    for case, cast_job, final in (
+        (f"all_{dt}", f"cast_all_{dt}", dt),
+        (f"all_{dt}_back", f"cast_all_{dt}_back", "float32"),
+    ):
         tf_run.ok(case)
         cast = tf_run.result(cast_job)  # tf.cast of the original values, computed by TF
         got = tf_run.result(case + ":describe")
@@ -456,8 +505,10 @@ def test_cast_all_dtypes_and_back(tf_run, dt):
 @pytest.mark.parametrize("dt", ["bfloat16", "float16"])
 def test_cast_restores_into_a_graph_of_that_dtype(tf_run, dt):
     tensors = tensors_of(tf_run, "tf1_adam")
-    for case, cast_job, final in ((f"adam_{dt}", f"cast_adam_{dt}", dt),
-                                  (f"adam_{dt}_back", f"cast_adam_{dt}_back", "float32")):
+    for case, cast_job, final in (
+        (f"adam_{dt}", f"cast_adam_{dt}", dt),
+        (f"adam_{dt}_back", f"cast_adam_{dt}_back", "float32"),
+    ):
         tf_run.ok(case)
         expected = dict(tf_run.result(cast_job), global_step=tensors["global_step"]["sha256"])
         assert_loaded(tf_run, case, expected)

@@ -1,5 +1,6 @@
 """Issue 12 items 2, 5 and the dtype table: tf_keras graph-mode slots, --cast over float64 and its report,
 and every DataType TF knows."""
+
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ import types
 
 import numpy as np
 import pytest
+from support import same
 
 import ckptio
 from ckptio.bundle import dtypes
@@ -15,9 +17,7 @@ from ckptio.bundle.decode import cast
 from ckptio.bundle.entry import Entry
 from ckptio.bundle.slices import Slice
 from ckptio.errors import PlanError, UnsupportedError
-from ckptio.transform import (AMBIGUOUS, OPTIMIZER, SLOT, WEIGHT, Cast, Context, Item, Select, StripOptimizer,
-                              classify)
-from support import same
+from ckptio.transform import AMBIGUOUS, OPTIMIZER, SLOT, WEIGHT, Cast, Context, Item, Select, StripOptimizer, classify
 
 try:
     from test_rewrite import write_bundle
@@ -40,8 +40,14 @@ def parts(n, rows, cols):
 
 def model_entries():
     """A tf_keras get_updates checkpoint as TF 2.21 writes it (names and shapes from a real one)."""
-    out = {"conv1/kernel": e([3, 3, 3, 4]), "conv1/bias": e([4]), "dense/kernel": e([5, 2]),
-           "part/w": e([144, 5], slices=parts(3, 144, 5)), "d64": e([3], F64), "global_step": e([], I64)}
+    out = {
+        "conv1/kernel": e([3, 3, 3, 4]),
+        "conv1/bias": e([4]),
+        "dense/kernel": e([5, 2]),
+        "part/w": e([144, 5], slices=parts(3, 144, 5)),
+        "d64": e([3], F64),
+        "global_step": e([], I64),
+    }
     slots = {}
     for var in ("conv1/kernel", "conv1/bias", "dense/kernel", "d64"):
         for s in ("m", "v", "vhat"):
@@ -50,8 +56,15 @@ def model_entries():
             slots[f"RMSprop_1/{var}/{s}"] = e(out[var].shape, out[var].dtype)
     for k in range(3):
         slots[f"Adam/part/w/part_{k}/m"] = e([48, 5])
-    hypers = {"Adam/iter": e([], I64), "Adam/beta_1": e([]), "Adam/decay": e([]), "Adam/learning_rate": e([]),
-              "RMSprop_1/iter": e([], I64), "RMSprop_1/rho": e([]), "RMSprop_1/momentum": e([])}
+    hypers = {
+        "Adam/iter": e([], I64),
+        "Adam/beta_1": e([]),
+        "Adam/decay": e([]),
+        "Adam/learning_rate": e([]),
+        "RMSprop_1/iter": e([], I64),
+        "RMSprop_1/rho": e([]),
+        "RMSprop_1/momentum": e([]),
+    }
     return out, slots, hypers
 
 
@@ -70,8 +83,14 @@ def test_tf_keras_graph_slots_belong_to_their_variables():
 def test_a_model_scope_named_like_an_optimizer_stays_weights():
     # Adam/kernel is a model weight; Adam/dense/kernel/m is no slot when dense/kernel differs in shape or
     # dtype and no tf_keras optimizer counter (Adam/iter) marks the scope as an optimizer's.
-    names = {"Adam/kernel": e([4, 4]), "Adam/dense/kernel": e([4, 2]), "dense/kernel": e([5, 2]),
-             "Adam/dense/kernel/m": e([4, 2]), "Adam/x/v": e([3], F64), "x": e([3])}
+    names = {
+        "Adam/kernel": e([4, 4]),
+        "Adam/dense/kernel": e([4, 2]),
+        "dense/kernel": e([5, 2]),
+        "Adam/dense/kernel/m": e([4, 2]),
+        "Adam/x/v": e([3], F64),
+        "x": e([3]),
+    }
     assert {n: r for n, (r, _) in classify(names).items()} == dict.fromkeys(names, WEIGHT)
     items = [Item(n, n, names[n].dtype) for n in sorted(names)]
     assert [i.src for i in StripOptimizer().apply(items, Context(names))] == sorted(names)
@@ -80,10 +99,12 @@ def test_a_model_scope_named_like_an_optimizer_stays_weights():
 @pytest.mark.parametrize("case", ["missing variable", "other shape", "other dtype", "part of another shape"])
 def test_a_slot_without_its_variable_in_an_optimizer_scope_is_refused(case):
     names = {"Adam/iter": e([], I64), "dense/kernel": e([5, 2]), "part/w": e([144, 5], slices=parts(3, 144, 5))}
-    slot = {"missing variable": ("Adam/gone/kernel/m", e([5, 2])),
-            "other shape": ("Adam/dense/kernel/m", e([2, 5])),
-            "other dtype": ("Adam/dense/kernel/v", e([5, 2], F64)),
-            "part of another shape": ("Adam/part/w/part_1/m", e([47, 5]))}[case]
+    slot = {
+        "missing variable": ("Adam/gone/kernel/m", e([5, 2])),
+        "other shape": ("Adam/dense/kernel/m", e([2, 5])),
+        "other dtype": ("Adam/dense/kernel/v", e([5, 2], F64)),
+        "part of another shape": ("Adam/part/w/part_1/m", e([47, 5])),
+    }[case]
     names[slot[0]] = slot[1]
     assert classify(names)[slot[0]] == (AMBIGUOUS, None)
     items = [Item(n, n, names[n].dtype) for n in names]
@@ -93,8 +114,13 @@ def test_a_slot_without_its_variable_in_an_optimizer_scope_is_refused(case):
 
 
 def test_custom_optimizer_name_and_outer_scope():
-    names = {"dense/kernel": e([5, 2]), "MyOpt/dense/kernel/m": e([5, 2]), "MyOpt/iter": e([], I64),
-             "MyOpt/beta_1": e([]), "tower/Adam/dense/kernel/v": e([5, 2])}
+    names = {
+        "dense/kernel": e([5, 2]),
+        "MyOpt/dense/kernel/m": e([5, 2]),
+        "MyOpt/iter": e([], I64),
+        "MyOpt/beta_1": e([]),
+        "tower/Adam/dense/kernel/v": e([5, 2]),
+    }
     got = classify(names, optimizer_names=("MyOpt",))
     assert got["MyOpt/dense/kernel/m"] == (SLOT, "dense/kernel")
     assert got["MyOpt/iter"] == got["MyOpt/beta_1"] == (OPTIMIZER, None)
@@ -123,7 +149,10 @@ def written(tmp_path) -> tuple[str, dict]:
         else:
             values[name] = value
     values["words"] = np.array([b"a", b"bc"], dtype=object)
-    return write_bundle(tmp_path / "in" / "m", values, sliced=sliced), {**values, **{n: v for n, (v, _) in sliced.items()}}
+    return write_bundle(tmp_path / "in" / "m", values, sliced=sliced), {
+        **values,
+        **{n: v for n, (v, _) in sliced.items()},
+    }
 
 
 def test_ls_and_strip_of_a_tf_keras_graph_checkpoint(tmp_path, capsys):
@@ -167,12 +196,12 @@ def test_cast_reports_what_it_left_as_it_was(tmp_path, capsys):
 def test_float64_to_16_bits_rounds_as_tf_does():
     # 1.00390625 is halfway between two bfloat16 values; a float64 just above it rounds up when cast
     # directly, but TF goes through float32 (where it is exactly the halfway point) and ties to even.
-    x = np.array([1.00390625 + 2.0 ** -30], np.float64)
+    x = np.array([1.00390625 + 2.0**-30], np.float64)
     bf16 = dtypes.BY_NAME["bfloat16"]
     assert cast(x, bf16).view(np.uint16)[0] == 0x3F80
     assert x.astype(bf16.numpy()).view(np.uint16)[0] == 0x3F81  # what a direct cast would give
     f16 = dtypes.BY_NAME["float16"]
-    y = np.array([1.00048828125 + 2.0 ** -40], np.float64)  # halfway between two float16 values
+    y = np.array([1.00048828125 + 2.0**-40], np.float64)  # halfway between two float16 values
     assert cast(y, f16).view(np.uint16)[0] == np.float16(1.0).view(np.uint16)
 
 
@@ -201,7 +230,8 @@ def test_every_dtype_tensorflow_defines_is_known():
         "        except Exception:\n"
         "            name = None\n"
         "        out[v.number] = [v.name, name]\n"
-        "print(json.dumps(out))\n")
+        "print(json.dumps(out))\n"
+    )
     from ckptio._proto import types_pb2 as ours
 
     our_proto = {v.number: v.name for v in ours.DataType.DESCRIPTOR.values}
@@ -222,8 +252,12 @@ def test_every_dtype_tensorflow_defines_is_known():
 
 def test_an_orphan_under_keras_in_tf1_training_scope_is_still_optimizer_state():
     # Keras-in-TF1 puts all optimizer variables under training/<Opt>/ (FORMAT §9.1): no doubt there.
-    names = {"dense/kernel": e([5, 2]), "training/Adam/iter": e([], I64), "training/Adam/gone/kernel/m": e([5, 2]),
-             "training/Adam/dense/kernel/m": e([2, 5])}
+    names = {
+        "dense/kernel": e([5, 2]),
+        "training/Adam/iter": e([], I64),
+        "training/Adam/gone/kernel/m": e([5, 2]),
+        "training/Adam/dense/kernel/m": e([2, 5]),
+    }
     got = classify(names)
     assert got["training/Adam/gone/kernel/m"] == got["training/Adam/dense/kernel/m"] == (OPTIMIZER, None)
 

@@ -5,6 +5,7 @@ Four ways, as STYLE.md asks: round trips through our builder against a plain in-
 .index and V1 files re-encode byte for byte; FORMAT.md §2.8's worked example), a corruption
 matrix with exact exception types and messages, and randomized point lookups.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,15 @@ from ckptio.io import FileSource, MemorySource
 from ckptio.sstable import Table, TableBuilder
 from ckptio.sstable.block import Block
 from ckptio.sstable.block_builder import BlockBuilder
-from ckptio.sstable.coding import (VarintError, crc32c, decode_fixed32, decode_varint, encode_fixed32,
-                                   encode_varint, mask)
+from ckptio.sstable.coding import (
+    VarintError,
+    crc32c,
+    decode_fixed32,
+    decode_varint,
+    encode_fixed32,
+    encode_varint,
+    mask,
+)
 from ckptio.sstable.format import BlockHandle, Footer, encode_trailer
 from ckptio.sstable.table_builder import short_successor, shortest_separator
 
@@ -88,9 +96,9 @@ def block_entries(data: bytes):
         shared, pos = decode_varint(data, pos, limit)
         unshared, pos = decode_varint(data, pos, limit)
         vlen, pos = decode_varint(data, pos, limit)
-        key = key[:shared] + data[pos:pos + unshared]
+        key = key[:shared] + data[pos : pos + unshared]
         pos += unshared
-        out.append((key, data[pos:pos + vlen]))
+        out.append((key, data[pos : pos + vlen]))
         pos += vlen
     return out, restarts
 
@@ -108,17 +116,26 @@ def tables(draw):
 # --------------------------------------------------------------------------- coding
 
 
-@pytest.mark.parametrize("value,encoded", [
-    (0, b"\x00"), (1, b"\x01"), (127, b"\x7f"), (128, b"\x80\x01"), (300, b"\xac\x02"),
-    (16383, b"\xff\x7f"), (16384, b"\x80\x80\x01"), (2 ** 32 - 1, b"\xff\xff\xff\xff\x0f"),
-    (2 ** 64 - 1, b"\xff" * 9 + b"\x01"),
-])
+@pytest.mark.parametrize(
+    "value,encoded",
+    [
+        (0, b"\x00"),
+        (1, b"\x01"),
+        (127, b"\x7f"),
+        (128, b"\x80\x01"),
+        (300, b"\xac\x02"),
+        (16383, b"\xff\x7f"),
+        (16384, b"\x80\x80\x01"),
+        (2**32 - 1, b"\xff\xff\xff\xff\x0f"),
+        (2**64 - 1, b"\xff" * 9 + b"\x01"),
+    ],
+)
 def test_varint_examples(value, encoded):
     assert encode_varint(value) == encoded
     assert decode_varint(encoded, 0, len(encoded)) == (value, len(encoded))
 
 
-@given(st.integers(0, 2 ** 64 - 1), st.binary(max_size=4))
+@given(st.integers(0, 2**64 - 1), st.binary(max_size=4))
 def test_varint_round_trip(value, tail):
     enc = encode_varint(value)
     assert decode_varint(enc + tail, 0, len(enc) + len(tail)) == (value, len(enc))
@@ -199,28 +216,34 @@ def test_block_builder_refuses_unsorted_keys():
 # --------------------------------------------------------------------------- separators (FORMAT §2.5)
 
 
-@pytest.mark.parametrize("key,successor", [
-    (b"global_step", b"h"),
-    (b"u8/.ATTRIBUTES/VARIABLE_VALUE", b"v"),
-    (b"\x00model/embedding\x00\x01\x01\x02\x80\x82\x80\x84", b"\x01"),
-    (b"\xff\xffab", b"\xff\xffb"),
-    (b"\xff\xff", b"\xff\xff"),  # nothing to increment: unchanged
-    (b"", b""),
-])
+@pytest.mark.parametrize(
+    "key,successor",
+    [
+        (b"global_step", b"h"),
+        (b"u8/.ATTRIBUTES/VARIABLE_VALUE", b"v"),
+        (b"\x00model/embedding\x00\x01\x01\x02\x80\x82\x80\x84", b"\x01"),
+        (b"\xff\xffab", b"\xff\xffb"),
+        (b"\xff\xff", b"\xff\xff"),  # nothing to increment: unchanged
+        (b"", b""),
+    ],
+)
 def test_short_successor(key, successor):
     assert short_successor(key) == successor
     assert short_successor(key) >= key
 
 
-@pytest.mark.parametrize("start,limit,sep", [
-    (b"k04116/kernel", b"k04117/bias", b"k04116/kernel"),  # next byte is only +1: not shortened
-    (b"abcdef", b"abzzz", b"abd"),
-    (b"abc", b"abcdef", b"abc"),  # prefix: unchanged
-    (b"a\xffz", b"b", b"a\xffz"),  # 'a'+1 == 'b': unchanged
-    (b"a\xff\x00", b"a\xff\x05", b"a\xff\x01"),
-    (b"\xff\x00", b"\xff\x10", b"\xff\x01"),
-    (b"global_step", b"model/dense", b"h"),
-])
+@pytest.mark.parametrize(
+    "start,limit,sep",
+    [
+        (b"k04116/kernel", b"k04117/bias", b"k04116/kernel"),  # next byte is only +1: not shortened
+        (b"abcdef", b"abzzz", b"abd"),
+        (b"abc", b"abcdef", b"abc"),  # prefix: unchanged
+        (b"a\xffz", b"b", b"a\xffz"),  # 'a'+1 == 'b': unchanged
+        (b"a\xff\x00", b"a\xff\x05", b"a\xff\x01"),
+        (b"\xff\x00", b"\xff\x10", b"\xff\x01"),
+        (b"global_step", b"model/dense", b"h"),
+    ],
+)
 def test_shortest_separator(start, limit, sep):
     assert shortest_separator(start, limit) == sep
     assert start <= sep < limit
@@ -379,7 +402,7 @@ def test_snappy_blocks_are_read():
         assert t.get(k) == v
     # the trailer crc covers the compressed bytes and the type byte 1 (FORMAT §2.2)
     h = t.index[0][1]
-    stored = data[h.offset:h.offset + h.size]
+    stored = data[h.offset : h.offset + h.size]
     assert data[h.offset + h.size] == 1
     assert decode_fixed32(data, h.offset + h.size + 1) == mask(crc32c(stored + b"\x01"))
 
@@ -390,9 +413,10 @@ def test_corrupt_snappy_block():
     t = Table(MemorySource(bytes(data)))
     h = t.index[0][1]
     # garble the compressed bytes but keep the block crc valid: a decode error, not a crash
-    data[h.offset + 3:h.offset + 6] = b"\xff\xff\xff"
-    data[h.offset + h.size + 1:h.offset + h.size + 5] = encode_fixed32(
-        mask(crc32c(bytes(data[h.offset:h.offset + h.size]) + b"\x01")))
+    data[h.offset + 3 : h.offset + 6] = b"\xff\xff\xff"
+    data[h.offset + h.size + 1 : h.offset + h.size + 5] = encode_fixed32(
+        mask(crc32c(bytes(data[h.offset : h.offset + h.size]) + b"\x01"))
+    )
     with pytest.raises(CorruptCheckpointError):
         list(Table(MemorySource(bytes(data))))
 
@@ -402,8 +426,9 @@ def test_unknown_compression_type():
     t = Table(MemorySource(bytes(data)))
     h = t.index[0][1]
     data[h.offset + h.size] = 2
-    data[h.offset + h.size + 1:h.offset + h.size + 5] = encode_fixed32(
-        mask(crc32c(bytes(data[h.offset:h.offset + h.size]) + b"\x02")))
+    data[h.offset + h.size + 1 : h.offset + h.size + 5] = encode_fixed32(
+        mask(crc32c(bytes(data[h.offset : h.offset + h.size]) + b"\x02"))
+    )
     with pytest.raises(UnsupportedError, match="compression type 2"):
         list(Table(MemorySource(bytes(data))))
 
@@ -469,7 +494,7 @@ def test_metaindex_crc_is_never_checked():
 def test_handle_past_end_of_file():
     data = build([(b"a", b"b")])
     (m_off, m_size), (i_off, i_size) = parse_footer(data)
-    footer = Footer(BlockHandle(m_off, m_size), BlockHandle(i_off, 10 ** 6)).encode()
+    footer = Footer(BlockHandle(m_off, m_size), BlockHandle(i_off, 10**6)).encode()
     with pytest.raises(CorruptCheckpointError, match="past the end"):
         Table(MemorySource(data[:-48] + footer))
 
@@ -493,13 +518,16 @@ def test_keys_out_of_order_detected_on_iteration():
         list(Table(MemorySource(out)))
 
 
-@pytest.mark.parametrize("contents", [
-    b"\x01\x00",  # shorter than the restart count
-    b"\x00\x01\x00a" + struct.pack("<I", 50),  # restart count larger than the block
-    b"\x00\x01\x00a" + struct.pack("<II", 99, 1),  # restart points past the entries
-    b"\x05\x01\x00a" + struct.pack("<II", 0, 1),  # shares 5 bytes with no previous key
-    b"\x00\x09\x00a" + struct.pack("<II", 0, 1),  # key runs past the block
-])
+@pytest.mark.parametrize(
+    "contents",
+    [
+        b"\x01\x00",  # shorter than the restart count
+        b"\x00\x01\x00a" + struct.pack("<I", 50),  # restart count larger than the block
+        b"\x00\x01\x00a" + struct.pack("<II", 99, 1),  # restart points past the entries
+        b"\x05\x01\x00a" + struct.pack("<II", 0, 1),  # shares 5 bytes with no previous key
+        b"\x00\x09\x00a" + struct.pack("<II", 0, 1),  # key runs past the block
+    ],
+)
 def test_malformed_blocks(contents):
     with pytest.raises(CorruptCheckpointError):
         list(Block(contents).entries())
@@ -511,8 +539,9 @@ def test_every_single_byte_flip_is_caught_or_harmless():
     items, data = _small_table()
     (meta_off, meta_size), _ = parse_footer(data)
     foot = len(data) - 48
-    handles_end = foot + len(BlockHandle(meta_off, meta_size).encode()) + len(
-        Table(MemorySource(data)).footer.index.encode())
+    handles_end = (
+        foot + len(BlockHandle(meta_off, meta_size).encode()) + len(Table(MemorySource(data)).footer.index.encode())
+    )
     harmless = set(range(meta_off, meta_off + meta_size + 5))  # metaindex: never read
     harmless |= set(range(foot, foot + len(BlockHandle(meta_off, meta_size).encode())))  # its handle
     harmless |= set(range(handles_end, foot + 40))  # footer padding

@@ -4,6 +4,7 @@ exports every public name, with `ckptio.rewrite` and `ckptio.verify` the functio
 
 Each check runs in a fresh interpreter: this one has long since imported everything.
 """
+
 from __future__ import annotations
 
 import ast
@@ -35,8 +36,7 @@ print(json.dumps({"codes": codes, "preloaded": [m for m in watched if m in befor
 
 def _python(code: str, *args: str) -> dict:
     """Run code in a new interpreter; its last line of output, as JSON."""
-    p = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=str(REPO),
-                       timeout=120)
+    p = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=str(REPO), timeout=120)
     assert p.returncode == 0, p.stderr
     return json.loads(p.stdout.strip().splitlines()[-1])
 
@@ -66,17 +66,18 @@ def test_strip_and_ls_import_no_dataclasses_typing_inspect_or_numpy(tmp_path):
     assert [m for m in report["loaded"] if m != "typing"] == []
     # So, for all three: no ckptio module the commands loaded imports them, even lazily.
     assert len(report["files"]) > 20
-    offenders = {Path(f).relative_to(REPO).as_posix(): sorted(_imported_roots(f) & set(SLOW))
-                 for f in report["files"]}
+    offenders = {Path(f).relative_to(REPO).as_posix(): sorted(_imported_roots(f) & set(SLOW)) for f in report["files"]}
     assert {f: m for f, m in offenders.items() if m} == {}
 
 
 def test_import_ckptio_loads_only_the_package_and_its_errors():
-    report = _python("import json, sys, ckptio\n"
-                     "missing = sorted(set(ckptio.__all__) - set(dir(ckptio)))\n"
-                     "print(json.dumps({'ckptio': sorted(m for m in sys.modules if m.split('.')[0] == 'ckptio'),\n"
-                     "                  'protobuf': 'google.protobuf' in sys.modules, 'missing': missing,\n"
-                     "                  'slow': [m for m in ('dataclasses', 'inspect') if m in sys.modules]}))")
+    report = _python(
+        "import json, sys, ckptio\n"
+        "missing = sorted(set(ckptio.__all__) - set(dir(ckptio)))\n"
+        "print(json.dumps({'ckptio': sorted(m for m in sys.modules if m.split('.')[0] == 'ckptio'),\n"
+        "                  'protobuf': 'google.protobuf' in sys.modules, 'missing': missing,\n"
+        "                  'slow': [m for m in ('dataclasses', 'inspect') if m in sys.modules]}))"
+    )
     assert report == {"ckptio": ["ckptio", "ckptio.errors"], "protobuf": False, "missing": [], "slow": []}
 
 
@@ -102,14 +103,27 @@ print(json.dumps({{
 
 
 def test_public_names_resolve_and_rewrite_verify_are_functions():
-    for first in ("", "from ckptio.rewrite import make_plan\nfrom ckptio.verify import Report",
-                  "import ckptio.rewrite, ckptio.verify"):
+    for first in (
+        "",
+        "from ckptio.rewrite import make_plan\nfrom ckptio.verify import Report",
+        "import ckptio.rewrite, ckptio.verify",
+    ):
         report = _python(PUBLIC_NAMES.format(first=first))
         assert report["functions"] == [True] * 6, first
         assert report["modules"] == [True, True], first
         kinds = report["all"]
         assert len(kinds) == 34  # + diff, fit, merge, plans, MismatchError, OutputBusyError, StateFileWarning
         assert {name for name, kind in kinds.items() if kind != "class"} == {
-            "open", "rewrite", "verify", "diff", "fit", "merge", "plan_rewrite", "save_plan", "load_plan", "run_plan",
-            "commit_plan"}
+            "open",
+            "rewrite",
+            "verify",
+            "diff",
+            "fit",
+            "merge",
+            "plan_rewrite",
+            "save_plan",
+            "load_plan",
+            "run_plan",
+            "commit_plan",
+        }
         assert kinds["open"] == kinds["rewrite"] == kinds["verify"] == "function"

@@ -15,11 +15,25 @@ import numpy as np
 import pytest
 
 try:
-    from tf_support import (FIXTURE_NAMES, fixture_prefix, generate_fixtures, hash_array, run_tf,
-                            session_fixtures, tf_load)
+    from tf_support import (
+        FIXTURE_NAMES,
+        fixture_prefix,
+        generate_fixtures,
+        hash_array,
+        run_tf,
+        session_fixtures,
+        tf_load,
+    )
 except ImportError:  # tests/ imported as a package
-    from .tf_support import (FIXTURE_NAMES, fixture_prefix, generate_fixtures, hash_array, run_tf,
-                             session_fixtures, tf_load)
+    from .tf_support import (
+        FIXTURE_NAMES,
+        fixture_prefix,
+        generate_fixtures,
+        hash_array,
+        run_tf,
+        session_fixtures,
+        tf_load,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -92,9 +106,9 @@ def _index_entries(index_path, n):
         shared, pos = varint(pos)
         non_shared, pos = varint(pos)
         vlen, pos = varint(pos)
-        key = prev[:shared] + data[pos:pos + non_shared]
+        key = prev[:shared] + data[pos : pos + non_shared]
         pos += non_shared
-        out.append((key, data[pos:pos + vlen]))
+        out.append((key, data[pos : pos + vlen]))
         pos += vlen
         prev = key
     return out
@@ -119,8 +133,9 @@ def test_partitioned_v1_read_via_restore(fx):
     v2 = truth["fixtures"]["tf1_partitioned_v2"]["tensors"]
     assert v1["model/embedding"]["via"] == "RestoreV2"  # load_checkpoint: sliced V1 unsupported
     assert "via" not in v1["model/dense/kernel"]
-    assert v1 == {k: dict(v2[k], **{x: v1[k][x] for x in ("via", "get_tensor_error") if x in v1[k]})
-                  for k in v2}  # same graph and seed: same values in V1 and V2
+    assert v1 == {
+        k: dict(v2[k], **{x: v1[k][x] for x in ("via", "get_tensor_error") if x in v1[k]}) for k in v2
+    }  # same graph and seed: same values in V1 and V2
 
 
 def test_sharded_fixtures(fx):
@@ -139,8 +154,15 @@ def test_sharded_fixtures(fx):
 def test_object_graph_fixtures(fx):
     _, truth = fx
     f = truth["fixtures"]
-    for name in ("tf2_keras3_adam", "tf2_legacy_adam", "tf2_tfkeras_adam", "tf2_module_tree",
-                 "tf2_max_shard", "tf2_misc_state", "savedmodel"):
+    for name in (
+        "tf2_keras3_adam",
+        "tf2_legacy_adam",
+        "tf2_tfkeras_adam",
+        "tf2_module_tree",
+        "tf2_max_shard",
+        "tf2_misc_state",
+        "savedmodel",
+    ):
         assert f[name]["tensors"]["_CHECKPOINTABLE_OBJECT_GRAPH"]["dtype"] == "object", name
     assert any(".OPTIMIZER_SLOT/optimizer/m/" in k for k in f["tf2_legacy_adam"]["tensors"])
     assert "encoder/layers/0/w/.ATTRIBUTES/VARIABLE_VALUE" in f["tf2_module_tree"]["tensors"]
@@ -150,9 +172,28 @@ def test_object_graph_fixtures(fx):
 def test_all_dtypes_covered(fx):
     _, truth = fx
     t = truth["fixtures"]["tf2_all_dtypes"]["tensors"]
-    want = {"float16", "float32", "float64", "bfloat16", "float8_e5m2", "float8_e4m3fn", "int4",
-            "uint4", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-            "bool", "complex64", "complex128", "object"}
+    want = {
+        "float16",
+        "float32",
+        "float64",
+        "bfloat16",
+        "float8_e5m2",
+        "float8_e4m3fn",
+        "int4",
+        "uint4",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "bool",
+        "complex64",
+        "complex128",
+        "object",
+    }
     assert want <= {r["dtype"] for r in t.values()}
     assert want <= {r["dtype"] for k, r in t.items() if k.startswith("scalar/") and r["shape"] == []}
     assert t["empty/float32_0"]["shape"] == [0] and t["empty/float32_3x0"]["shape"] == [3, 0]

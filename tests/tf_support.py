@@ -76,7 +76,7 @@ FIXTURES_ENV = "CKPTIO_TF_FIXTURES"  # optional persistent fixture dir (reused a
 # --------------------------------------------------------------------------- availability
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tf_probe() -> tuple[bool, str]:
     if importlib.util.find_spec("tensorflow") is None:
         return False, "tensorflow is not installed"
@@ -122,12 +122,12 @@ def _env() -> dict:
 
 def _run(argv: list, timeout: float) -> tuple[int, str, str]:
     try:
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=_env(),
-                           cwd=str(REPO))
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=str(REPO))
     except subprocess.TimeoutExpired as e:
         err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
-        raise AssertionError("TF subprocess timed out after %ss: %s\nstderr:\n%s"
-                             % (timeout, argv[1:3], _tail(err))) from None
+        raise AssertionError(
+            "TF subprocess timed out after %ss: %s\nstderr:\n%s" % (timeout, argv[1:3], _tail(err))
+        ) from None
     return p.returncode, p.stdout, p.stderr
 
 
@@ -142,16 +142,16 @@ def run_tf(code: str, timeout: float = DEFAULT_TIMEOUT) -> tuple[int, str, str]:
 
 def _last_json_line(rc: int, out: str, err: str, what: str):
     if rc != 0:
-        raise AssertionError("%s failed (rc=%d)\nstdout:\n%s\nstderr:\n%s"
-                             % (what, rc, _tail(out, 1000), _tail(err)))
+        raise AssertionError("%s failed (rc=%d)\nstdout:\n%s\nstderr:\n%s" % (what, rc, _tail(out, 1000), _tail(err)))
     lines = [ln for ln in out.splitlines() if ln.strip()]
     if not lines:
         raise AssertionError("%s printed nothing on stdout\nstderr:\n%s" % (what, _tail(err)))
     try:
         return json.loads(lines[-1])
     except json.JSONDecodeError as e:
-        raise AssertionError("%s: last stdout line is not JSON (%s): %r\nstderr:\n%s"
-                             % (what, e, lines[-1][:500], _tail(err))) from None
+        raise AssertionError(
+            "%s: last stdout line is not JSON (%s): %r\nstderr:\n%s" % (what, e, lines[-1][:500], _tail(err))
+        ) from None
 
 
 def run_tf_json(code: str, timeout: float = DEFAULT_TIMEOUT):
@@ -228,12 +228,13 @@ def generate_fixtures(outdir, *, force: bool = False, timeout: float = GENERATE_
                 return truth
         rc, out, err = _run([sys.executable, str(MAKE_FIXTURES), str(outdir)], timeout)
         if rc != 0:
-            raise AssertionError("tools/make_fixtures.py failed (rc=%d)\nstderr:\n%s"
-                                 % (rc, _tail(err, 6000)))
+            raise AssertionError("tools/make_fixtures.py failed (rc=%d)\nstderr:\n%s" % (rc, _tail(err, 6000)))
         truth = _cached_truth(outdir)
         if truth is None:
-            raise AssertionError("tools/make_fixtures.py exited 0 but %s is missing, stale or "
-                                 "incomplete\nstderr:\n%s" % (outdir / "truth.json", _tail(err)))
+            raise AssertionError(
+                "tools/make_fixtures.py exited 0 but %s is missing, stale or "
+                "incomplete\nstderr:\n%s" % (outdir / "truth.json", _tail(err))
+            )
         return truth
 
 
@@ -298,7 +299,7 @@ def hash_array(value) -> str:
     return _fixture_tool().hash_array(arr)  # one implementation of the rule, shared with the truth file
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fixture_tool():
     """tools/make_fixtures.py as a module (it imports TensorFlow only when asked to)."""
     spec = importlib.util.spec_from_file_location("_ckptio_make_fixtures", MAKE_FIXTURES)

@@ -12,6 +12,7 @@ throughput, bytes read to get one tensor out, CLI start-up, and zstd archive rat
 Before each timed run, `sync` and the page cache set so that exactly the bytes that run reads are
 resident (see set_cache); then strip and `cp` once more with a cold cache (input read from disk).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,15 +40,18 @@ CKPTIO = [sys.executable, "-m", "ckptio"]
 
 def parse_size(text: str) -> int:
     from ckptio.cli.common import parse_size as p
+
     return p(text)
 
 
 def human(n: float) -> str:
     from ckptio.cli.common import human as h
+
     return h(int(n))
 
 
 # -- building inputs -------------------------------------------------------------------------------
+
 
 def build_transformer(prefix: str, weight_bytes: int) -> dict:
     """A TF1 Adam checkpoint: per layer q/k/v/o [d,d], ffn [d,4d]+[4d,d], biases, layer norms; m and v slots."""
@@ -79,10 +83,10 @@ def build_transformer(prefix: str, weight_bytes: int) -> dict:
                 n = int(np.prod(shape))
                 if offset + n > pool.size:
                     offset = 0
-                w.add_array(name + suffix, (pool[offset:offset + n] * scale).reshape(shape))
+                w.add_array(name + suffix, (pool[offset : offset + n] * scale).reshape(shape))
                 offset += 7919
-        w.add_array("beta1_power", np.float32(0.9 ** 100))
-        w.add_array("beta2_power", np.float32(0.999 ** 100))
+        w.add_array("beta1_power", np.float32(0.9**100))
+        w.add_array("beta2_power", np.float32(0.999**100))
         w.add_array("global_step", np.int64(100))
         w.finish()
     kept = sum(int(np.prod(s)) * 4 for s in shapes.values()) + 8
@@ -103,6 +107,7 @@ def build_many(prefix: str, count: int) -> None:
 
 
 # -- measuring ----------------------------------------------------------------------------------------
+
 
 def run_timed(cmd) -> tuple[float, str]:
     """(wall seconds, stdout) of a child process."""
@@ -175,8 +180,11 @@ def set_cache(path: str, keep=(), drop=(), whole: bool | None = None) -> None:
         pins = []
         for offset, n in _merged([(0, size)] if whole else keep):
             start = offset - offset % mmap.ALLOCATIONGRANULARITY
-            pins.append(mmap.mmap(fd, offset + n - start, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE,
-                                  prot=mmap.PROT_READ, offset=start))
+            pins.append(
+                mmap.mmap(
+                    fd, offset + n - start, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=mmap.PROT_READ, offset=start
+                )
+            )
         _pins[path] = pins
     finally:
         os.close(fd)
@@ -284,7 +292,7 @@ def bench_size(work: str, size: int, reps: int, use_tf: bool, rows: dict) -> Non
     # Two strip/cp pairs per repetition (they are cheap, and their ratio is the noisiest target).
     order = ("strip", "cp", "tf", "cp", "strip", "verify")
     for rep in range(reps):
-        for step in (order if rep % 2 == 0 else order[::-1]):
+        for step in order if rep % 2 == 0 else order[::-1]:
             if step == "verify":  # reads everything: the whole input resident, the cp source not
                 set_cache(floor, whole=False)
                 set_cache(data, whole=True)
@@ -314,7 +322,7 @@ def bench_size(work: str, size: int, reps: int, use_tf: bool, rows: dict) -> Non
     # Cold cache: nothing of the input or the cp source resident, so both read from the disk.
     cold = {"strip": [], "cp": []}  # step -> [(wall seconds, bytes read from disk)]
     for rep in range(reps):
-        for step in (("strip", "cp") if rep % 2 == 0 else ("cp", "strip")):
+        for step in ("strip", "cp") if rep % 2 == 0 else ("cp", "strip"):
             set_cache(data, whole=False)
             set_cache(floor, whole=False)
             sync()
@@ -325,17 +333,39 @@ def bench_size(work: str, size: int, reps: int, use_tf: bool, rows: dict) -> Non
     with ckptio.open(prefix) as ck:
         name = kept_names[len(kept_names) // 2]
         ck[name].read()
-        one = {"name": name, "tensor": ck[name].nbytes, "read": ck.bytes_read, "index": os.path.getsize(prefix + ".index")}
+        one = {
+            "name": name,
+            "tensor": ck[name].nbytes,
+            "read": ck.bytes_read,
+            "index": os.path.getsize(prefix + ".index"),
+        }
     rows[tag] = {
-        "total": total, "kept": kept, "tensors": info["tensors"],
-        "strip": median(strip_t), "strip_in": median(strip_in), "strip_rss": max(strip_rss), "cp": median(cp_t),
-        "tf": median(tf_t) if tf_t else None, "tf_whole": median(tf_whole) if tf_whole else None,
+        "total": total,
+        "kept": kept,
+        "tensors": info["tensors"],
+        "strip": median(strip_t),
+        "strip_in": median(strip_in),
+        "strip_rss": max(strip_rss),
+        "cp": median(cp_t),
+        "tf": median(tf_t) if tf_t else None,
+        "tf_whole": median(tf_whole) if tf_whole else None,
         "tf_rss": max(tf_rss) if tf_rss else None,
-        "runs": {"strip": strip_t, "strip_in": strip_in, "cp": cp_t, "tf": tf_t, "tf_whole": tf_whole, "verify": verify_t,
-                 "cold": cold},
-        "cold_strip": median([w for w, _ in cold["strip"]]), "cold_cp": median([w for w, _ in cold["cp"]]),
-        "cold_read_strip": median([n for _, n in cold["strip"]]), "cold_read_cp": median([n for _, n in cold["cp"]]),
-        "verify": median(verify_t), "ls": median(ls_t), "one_tensor": one,
+        "runs": {
+            "strip": strip_t,
+            "strip_in": strip_in,
+            "cp": cp_t,
+            "tf": tf_t,
+            "tf_whole": tf_whole,
+            "verify": verify_t,
+            "cold": cold,
+        },
+        "cold_strip": median([w for w, _ in cold["strip"]]),
+        "cold_cp": median([w for w, _ in cold["cp"]]),
+        "cold_read_strip": median([n for _, n in cold["strip"]]),
+        "cold_read_cp": median([n for _, n in cold["cp"]]),
+        "verify": median(verify_t),
+        "ls": median(ls_t),
+        "one_tensor": one,
     }
     if use_tf:
         rows[tag]["tf_list"], rows[tag]["tf_list_whole"] = tf_list(prefix, reps)
@@ -356,8 +386,13 @@ def bench_many(work: str, reps: int, use_tf: bool) -> dict:
         strip.append(run_timed(CKPTIO + ["strip", prefix, out, "-q"])[0])
     shutil.rmtree(os.path.dirname(out), ignore_errors=True)
     inside, whole = tf_list(prefix, reps) if use_tf else (None, None)
-    return {"ls": median(ls), "ls_json": median(ls_json), "strip": median(strip), "tf_list": inside,
-            "tf_list_whole": whole}
+    return {
+        "ls": median(ls),
+        "ls_json": median(ls_json),
+        "strip": median(strip),
+        "tf_list": inside,
+        "tf_list_whole": whole,
+    }
 
 
 def tf_list(prefix: str, reps: int) -> tuple[float, float]:
@@ -390,9 +425,10 @@ def bench_archive(work: str) -> dict | None:
     kinds = {
         "float32 weights": w,
         "bfloat16 weights": w.astype("bfloat16") if False else None,
-        "Adam m/v slots": np.concatenate([w[: n // 2] * 1e-3, (w[n // 2:] ** 2) * 1e-6]).astype(np.float32),
+        "Adam m/v slots": np.concatenate([w[: n // 2] * 1e-3, (w[n // 2 :] ** 2) * 1e-6]).astype(np.float32),
     }
     import ml_dtypes
+
     kinds["bfloat16 weights"] = w.astype(ml_dtypes.bfloat16)
     for label, arr in kinds.items():
         prefix = os.path.join(work, "arch", label.split()[0] + label.split()[1][0], "model.ckpt")
@@ -427,52 +463,73 @@ def machine_line() -> str:
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
     fs = subprocess.run(["df", "-T", "/tmp"], capture_output=True, text=True).stdout.splitlines()[-1].split()[1]
-    return (f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {fs} disk, Python {platform.python_version()}, "
-            f"{datetime.date.today().isoformat()}; bytes read warm in the page cache, `sync` before each run, medians")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {fs} disk, Python {platform.python_version()}, "
+        f"{datetime.date.today().isoformat()}; bytes read warm in the page cache, `sync` before each run, medians"
+    )
 
 
 def render(rows: dict, many: dict, startup: float, arch: dict | None) -> str:
     lines = [f"Machine: {machine_line()}.", ""]
-    lines.append("| checkpoint | ckptio strip (process; in-process) | peak RSS | cp of kept bytes | ckptio/cp | "
-                 "TF RestoreV2+SaveV2 (process; ops alone) | TF peak RSS | TF/ckptio (process; in-process) | verify | ls |")
+    lines.append(
+        "| checkpoint | ckptio strip (process; in-process) | peak RSS | cp of kept bytes | ckptio/cp | "
+        "TF RestoreV2+SaveV2 (process; ops alone) | TF peak RSS | TF/ckptio (process; in-process) | verify | ls |"
+    )
     lines.append("|---|---|---|---|---|---|---|---|---|---|")
-    for tag, r in rows.items():
+    for _tag, r in rows.items():
         tf = f"{r['tf_whole']:.2f} s; {r['tf']:.2f} s" if r["tf"] else "n/a"
         tf_rss = human(r["tf_rss"]) if r["tf_rss"] else "n/a"
         ratio_tf = f"{r['tf_whole'] / r['strip']:.1f}x; {r['tf'] / r['strip_in']:.1f}x" if r["tf"] else "n/a"
-        lines.append(f"| {human(r['total'])}, {r['tensors']} tensors ({human(r['kept'])} kept) | {r['strip']:.2f} s; {r['strip_in']:.2f} s | "
-                     f"{human(r['strip_rss'])} | {r['cp']:.2f} s | {r['strip'] / r['cp']:.2f}x | {tf} | {tf_rss} | "
-                     f"{ratio_tf} | {human(r['total'] / r['verify'])}/s ({r['verify']:.2f} s) | {r['ls']:.2f} s |")
+        lines.append(
+            f"| {human(r['total'])}, {r['tensors']} tensors ({human(r['kept'])} kept) | {r['strip']:.2f} s; {r['strip_in']:.2f} s | "
+            f"{human(r['strip_rss'])} | {r['cp']:.2f} s | {r['strip'] / r['cp']:.2f}x | {tf} | {tf_rss} | "
+            f"{ratio_tf} | {human(r['total'] / r['verify'])}/s ({r['verify']:.2f} s) | {r['ls']:.2f} s |"
+        )
     lines.append("")
-    tf_list = (f"{many['tf_list_whole']:.2f} s as a process, {many['tf_list']:.2f} s without the TF import"
-               if many["tf_list"] is not None else "n/a")
-    lines.append(f"- `ckptio ls` of a 100,000-entry checkpoint: {many['ls']:.2f} s ({many['ls_json']:.2f} s with "
-                 f"`--json`), whole process; `tf.train.list_variables`: {tf_list}. `ckptio strip` of it "
-                 f"(100,000 tensors rewritten): {many['strip']:.2f} s.")
+    tf_list = (
+        f"{many['tf_list_whole']:.2f} s as a process, {many['tf_list']:.2f} s without the TF import"
+        if many["tf_list"] is not None
+        else "n/a"
+    )
+    lines.append(
+        f"- `ckptio ls` of a 100,000-entry checkpoint: {many['ls']:.2f} s ({many['ls_json']:.2f} s with "
+        f"`--json`), whole process; `tf.train.list_variables`: {tf_list}. `ckptio strip` of it "
+        f"(100,000 tensors rewritten): {many['strip']:.2f} s."
+    )
     for tag, r in rows.items():
         runs = r["runs"]
-        lines.append(f"- {tag}: runs ranged: strip {min(runs['strip']):.2f}-{max(runs['strip']):.2f} s, `cp` "
-                     f"{min(runs['cp']):.2f}-{max(runs['cp']):.2f} s; against `cp`'s fastest run, strip's median "
-                     f"is {r['strip'] / min(runs['cp']):.2f}x.")
+        lines.append(
+            f"- {tag}: runs ranged: strip {min(runs['strip']):.2f}-{max(runs['strip']):.2f} s, `cp` "
+            f"{min(runs['cp']):.2f}-{max(runs['cp']):.2f} s; against `cp`'s fastest run, strip's median "
+            f"is {r['strip'] / min(runs['cp']):.2f}x."
+        )
     for tag, r in rows.items():
-        lines.append(f"- {tag}, cold page cache (input and `cp` source evicted, read from the disk): strip "
-                     f"{r['cold_strip']:.2f} s, `cp` {r['cold_cp']:.2f} s: {r['cold_strip'] / r['cold_cp']:.2f}x; "
-                     f"read from disk: strip {human(r['cold_read_strip'])}, `cp` {human(r['cold_read_cp'])}.")
+        lines.append(
+            f"- {tag}, cold page cache (input and `cp` source evicted, read from the disk): strip "
+            f"{r['cold_strip']:.2f} s, `cp` {r['cold_cp']:.2f} s: {r['cold_strip'] / r['cold_cp']:.2f}x; "
+            f"read from disk: strip {human(r['cold_read_strip'])}, `cp` {human(r['cold_read_cp'])}."
+        )
     for tag, r in rows.items():
         one = r["one_tensor"]
         if r.get("tf_list") is not None:
-            lines.append(f"- {tag}: `ckptio ls` {r['ls']:.2f} s (process); `tf.train.list_variables` "
-                         f"{r['tf_list_whole']:.2f} s as a process, {r['tf_list']:.3f} s without the TF import.")
-        lines.append(f"- {tag}: reading one {human(one['tensor'])} tensor read {human(one['read'])} from disk "
-                     f"(index {human(one['index'])} + the tensor's bytes).")
+            lines.append(
+                f"- {tag}: `ckptio ls` {r['ls']:.2f} s (process); `tf.train.list_variables` "
+                f"{r['tf_list_whole']:.2f} s as a process, {r['tf_list']:.3f} s without the TF import."
+            )
+        lines.append(
+            f"- {tag}: reading one {human(one['tensor'])} tensor read {human(one['read'])} from disk "
+            f"(index {human(one['index'])} + the tensor's bytes)."
+        )
     lines.append(f"- `ckptio --help` start-up: {startup * 1000:.0f} ms.")
     if arch:
         lines.append("")
         lines.append("| archive (zstd, level 3, all cores) | input | packed | ratio | pack | unpack |")
         lines.append("|---|---|---|---|---|---|")
         for label, a in arch.items():
-            lines.append(f"| {label} | {human(a['in'])} | {human(a['out'])} | {a['in'] / a['out']:.2f} | "
-                         f"{human(a['in'] / a['seconds'])}/s | {human(a['in'] / a['unpack_seconds'])}/s |")
+            lines.append(
+                f"| {label} | {human(a['in'])} | {human(a['out'])} | {a['in'] / a['out']:.2f} | "
+                f"{human(a['in'] / a['seconds'])}/s | {human(a['in'] / a['unpack_seconds'])}/s |"
+            )
     return "\n".join(lines)
 
 

@@ -11,6 +11,7 @@ small parent, so that ru_maxrss is the child's alone, and prints a Markdown tabl
 average before each run. Not a timed test: the page cache is left as it is, and on a shared
 machine the wall times also count waiting for a core.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -100,16 +101,20 @@ def bench_size(work: str, size: int, grow: int) -> list[dict]:
         ("`diff A TEMPLATE --values`", ["diff", src, template, "--values"], (1,)),
         ("`diff A CAST --values`", ["diff", src, cast, "--values"], (1,)),
         ("`fit A --template TEMPLATE OUT`", ["fit", src, "--template", template, out, "--force"], (0,)),
-        (f"`fit A --template GROWN OUT --on-mismatch slice` ({grow} tensors grown)",
-         ["fit", src, "--template", grown, out, "--force", "--on-mismatch", "slice"], (0,)),
+        (
+            f"`fit A --template GROWN OUT --on-mismatch slice` ({grow} tensors grown)",
+            ["fit", src, "--template", grown, out, "--force", "--on-mismatch", "slice"],
+            (0,),
+        ),
     ]
     bench.run_timed([*bench.CKPTIO, "--help"])  # untimed: bytecode written
     rows = []
     for label, args, ok in runs:
         load = os.getloadavg()[0]
         wall, rss, cpu, rc = run_measured([*bench.CKPTIO, *args], ok)
-        rows.append({"size": total_bytes(src), "command": label, "rss": rss, "wall": wall, "cpu": cpu,
-                     "exit": rc, "load": load})
+        rows.append(
+            {"size": total_bytes(src), "command": label, "rss": rss, "wall": wall, "cpu": cpu, "exit": rc, "load": load}
+        )
         print(f"{label}: {bench.human(rss)} peak RSS, {wall:.1f} s", file=sys.stderr)
     shutil.rmtree(d, ignore_errors=True)
     return rows
@@ -117,20 +122,28 @@ def bench_size(work: str, size: int, grow: int) -> list[dict]:
 
 def render(rows: list[dict]) -> str:
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
-    lines = [f"Machine: {bench.machine_line().split('; ')[0]}; load average (1/5/15 min) at the end: {load}.", "",
-             "| checkpoint | command | peak RSS | wall | CPU | exit | load (1 min) before |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Machine: {bench.machine_line().split('; ')[0]}; load average (1/5/15 min) at the end: {load}.",
+        "",
+        "| checkpoint | command | peak RSS | wall | CPU | exit | load (1 min) before |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {bench.human(r['size'])} | {r['command']} | {bench.human(r['rss'])} | {r['wall']:.1f} s | "
-                     f"{r['cpu']:.1f} s | {r['exit']} | {r['load']:.2f} |")
+        lines.append(
+            f"| {bench.human(r['size'])} | {r['command']} | {bench.human(r['rss'])} | {r['wall']:.1f} s | "
+            f"{r['cpu']:.1f} s | {r['exit']} | {r['load']:.2f} |"
+        )
     return "\n".join(lines)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", default="3G", help="whole checkpoint sizes, comma-separated (e.g. 1G,2G); default 3G")
-    p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "ckptio-bench"),
-                   help="work directory; a checkpoint already built there (also by tools/bench.py) is reused")
+    p.add_argument(
+        "--work",
+        default=os.path.join(tempfile.gettempdir(), "ckptio-bench"),
+        help="work directory; a checkpoint already built there (also by tools/bench.py) is reused",
+    )
     p.add_argument("--grow", type=int, default=8, help="how many of the largest template tensors get more rows")
     args = p.parse_args()
     os.makedirs(args.work, exist_ok=True)

@@ -9,6 +9,7 @@ strip into a TF prefix (the copy path the export reuses, as a baseline on the sa
 timed run the page cache holds exactly the bytes that run reads (tools/bench.py's set_cache),
 then `sync`. Two sizes show whether peak RSS stays flat as the checkpoint grows.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,10 +85,19 @@ def bench_size(work: str, size: int, reps: int) -> dict:
     bench.set_cache(data, whole=False)
     bench.set_cache(floor, whole=False)
     med = {k: bench.median(v) for k, v in times.items()}
-    return {"tag": tag, "total": sum(e.size for e in entries.values()), "kept": kept, "tensors": len(entries),
-            "kept_tensors": len(kept_names), "seconds": med, "runs": times,
-            "rss": {k: max(v) for k, v in rss.items()}, "ratio": med["safetensors"] / med["cp"],
-            "ratio_npz": med["npz"] / med["cp"], "ratio_tf": med["tf"] / med["cp"]}
+    return {
+        "tag": tag,
+        "total": sum(e.size for e in entries.values()),
+        "kept": kept,
+        "tensors": len(entries),
+        "kept_tensors": len(kept_names),
+        "seconds": med,
+        "runs": times,
+        "rss": {k: max(v) for k, v in rss.items()},
+        "ratio": med["safetensors"] / med["cp"],
+        "ratio_npz": med["npz"] / med["cp"],
+        "ratio_tf": med["tf"] / med["cp"],
+    }
 
 
 def main() -> int:
@@ -99,25 +109,33 @@ def main() -> int:
     os.makedirs(args.workdir, exist_ok=True)
     rows = [bench_size(args.workdir, bench.parse_size(s), args.reps) for s in args.sizes.split(",")]
     h = bench.human
-    print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
-          f"{platform.python_version()}, load average {os.getloadavg()[0]:.1f}; warm page cache (exactly the bytes "
-          f"each run reads), medians of {args.reps} repetitions (two safetensors/cp runs each).")
+    print(
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, load average {os.getloadavg()[0]:.1f}; warm page cache (exactly the bytes "
+        f"each run reads), medians of {args.reps} repetitions (two safetensors/cp runs each)."
+    )
     print()
-    print("| checkpoint | kept | ckptio strip -> .safetensors | peak RSS | cp of kept bytes | safetensors/cp "
-          "| strip -> TF prefix (same copy path) | tf/cp | strip -> .npz | peak RSS | npz/cp |")
+    print(
+        "| checkpoint | kept | ckptio strip -> .safetensors | peak RSS | cp of kept bytes | safetensors/cp "
+        "| strip -> TF prefix (same copy path) | tf/cp | strip -> .npz | peak RSS | npz/cp |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         s = r["seconds"]
-        print(f"| {h(r['total'])}, {r['tensors']} tensors | {h(r['kept'])} ({r['kept_tensors']} tensors) "
-              f"| {s['safetensors']:.2f} s | {h(r['rss']['safetensors'])} | {s['cp']:.2f} s | {r['ratio']:.2f}x "
-              f"| {s['tf']:.2f} s | {r['ratio_tf']:.2f}x "
-              f"| {s['npz']:.2f} s | {h(r['rss']['npz'])} | {r['ratio_npz']:.2f}x |")
+        print(
+            f"| {h(r['total'])}, {r['tensors']} tensors | {h(r['kept'])} ({r['kept_tensors']} tensors) "
+            f"| {s['safetensors']:.2f} s | {h(r['rss']['safetensors'])} | {s['cp']:.2f} s | {r['ratio']:.2f}x "
+            f"| {s['tf']:.2f} s | {r['ratio_tf']:.2f}x "
+            f"| {s['npz']:.2f} s | {h(r['rss']['npz'])} | {r['ratio_npz']:.2f}x |"
+        )
     print()
     for r in rows:
-        print(f"- {r['tag']}: runs ranged: safetensors {min(r['runs']['safetensors']):.2f}-"
-              f"{max(r['runs']['safetensors']):.2f} s, cp {min(r['runs']['cp']):.2f}-{max(r['runs']['cp']):.2f} s, "
-              f"TF prefix {min(r['runs']['tf']):.2f}-{max(r['runs']['tf']):.2f} s, "
-              f"npz {min(r['runs']['npz']):.2f}-{max(r['runs']['npz']):.2f} s")
+        print(
+            f"- {r['tag']}: runs ranged: safetensors {min(r['runs']['safetensors']):.2f}-"
+            f"{max(r['runs']['safetensors']):.2f} s, cp {min(r['runs']['cp']):.2f}-{max(r['runs']['cp']):.2f} s, "
+            f"TF prefix {min(r['runs']['tf']):.2f}-{max(r['runs']['tf']):.2f} s, "
+            f"npz {min(r['runs']['npz']):.2f}-{max(r['runs']['npz']):.2f} s"
+        )
     print(json.dumps(rows), file=sys.stderr)
     return 0
 

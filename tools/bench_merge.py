@@ -13,6 +13,7 @@ merge/cat, the bytes cold runs read from disk, and the peak RSS of the merge pro
 of that child alone, as tools/bench.py measures it). On a shared machine compare the CPU times
 too: wall time also counts waiting for a core.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,11 +44,11 @@ def build(prefix: str, size: int, seed: int) -> int:
         while done < size:
             shift = (i * 7919) % 4096
             if i % 10 == 9:  # bfloat16: combined in float64 too, cast back
-                value = pool[shift:shift + TENSOR // 4].astype(ml_dtypes.bfloat16).reshape(-1, 1024)
+                value = pool[shift : shift + TENSOR // 4].astype(ml_dtypes.bfloat16).reshape(-1, 1024)
             else:
-                value = pool[shift:shift + TENSOR // 4].reshape(-1, 1024)
+                value = pool[shift : shift + TENSOR // 4].reshape(-1, 1024)
             w.add_array(f"model/layer_{i:05d}/kernel", value)
-            w.add_array(f"model/layer_{i:05d}/bias", pool[shift:shift + 1024])
+            w.add_array(f"model/layer_{i:05d}/bias", pool[shift : shift + 1024])
             done += value.nbytes + 4096
             count += 2
             i += 1
@@ -131,7 +132,7 @@ def bench_size(work: str, size: int, n_inputs: int, reps: int, threads: int | No
             bench.run_timed(cat_cmd)  # untimed: bytecode, and the first output's directory
             bench.run_timed(merge_cmd)
         for r in range(reps):
-            for what in (("merge", "cat") if r % 2 == 0 else ("cat", "merge")):
+            for what in ("merge", "cat") if r % 2 == 0 else ("cat", "merge"):
                 shutil.rmtree(os.path.dirname(out), ignore_errors=True)
                 if cache == "cold":
                     bench.sync()
@@ -146,8 +147,16 @@ def bench_size(work: str, size: int, n_inputs: int, reps: int, threads: int | No
     for f in inputs:
         bench.set_cache(f, whole=False)  # unpin
     shutil.rmtree(os.path.dirname(out), ignore_errors=True)
-    row = {"size": size, "inputs": n_inputs, "input_bytes": total, "tensors": tensors, "threads": threads,
-           "runs": {f"{c}_{w}": v for (c, w), v in runs.items()}, "cold_disk_reads": disk, "cpu_pressure": pressure}
+    row = {
+        "size": size,
+        "inputs": n_inputs,
+        "input_bytes": total,
+        "tensors": tensors,
+        "threads": threads,
+        "runs": {f"{c}_{w}": v for (c, w), v in runs.items()},
+        "cold_disk_reads": disk,
+        "cpu_pressure": pressure,
+    }
     med = statistics.median
     for (cache, what), v in runs.items():
         row[f"{cache}_{what}_s"] = med(w for w, _, _ in v)
@@ -160,26 +169,35 @@ def bench_size(work: str, size: int, n_inputs: int, reps: int, threads: int | No
 
 def render(rows: list[dict]) -> str:
     machine = bench.machine_line().split("; bytes read warm")[0]
-    lines = [f"{machine}; `sync` before each run, medians; load average at the end {os.getloadavg()[0]:.2f}", "",
-             "| inputs | page cache | ckptio merge: wall (CPU) | cat of the inputs: wall (CPU) | merge/cat wall "
-             "| merge/cat CPU | merge peak RSS | merge throughput |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"{machine}; `sync` before each run, medians; load average at the end {os.getloadavg()[0]:.2f}",
+        "",
+        "| inputs | page cache | ckptio merge: wall (CPU) | cat of the inputs: wall (CPU) | merge/cat wall "
+        "| merge/cat CPU | merge peak RSS | merge throughput |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         for cache in ("warm", "cold"):
             ms, mc = r[f"{cache}_merge_s"], r[f"{cache}_merge_cpu_s"]
             cs, cc = r[f"{cache}_cat_s"], r[f"{cache}_cat_cpu_s"]
-            lines.append(f"| {r['inputs']} x {bench.human(r['size'])} ({bench.human(r['input_bytes'])} read) | {cache} "
-                         f"| {ms:.2f} s ({mc:.2f} s) | {cs:.2f} s ({cc:.2f} s) | {r[f'{cache}_ratio']:.2f}x "
-                         f"| {mc / cc if cc else float('inf'):.1f}x | {bench.human(r['peak_rss'])} "
-                         f"| {bench.human(r['input_bytes'] / ms)}/s |")
+            lines.append(
+                f"| {r['inputs']} x {bench.human(r['size'])} ({bench.human(r['input_bytes'])} read) | {cache} "
+                f"| {ms:.2f} s ({mc:.2f} s) | {cs:.2f} s ({cc:.2f} s) | {r[f'{cache}_ratio']:.2f}x "
+                f"| {mc / cc if cc else float('inf'):.1f}x | {bench.human(r['peak_rss'])} "
+                f"| {bench.human(r['input_bytes'] / ms)}/s |"
+            )
     for r in rows:
         for key, v in r["runs"].items():
-            lines.append(f"- {bench.human(r['size'])} each, {key.replace('_', ' ')}: wall "
-                         f"{', '.join(f'{w:.2f}' for w, _, _ in v)} s; CPU {', '.join(f'{c:.2f}' for _, c, _ in v)} s"
-                         + (f"; peak RSS {', '.join(bench.human(p) for _, _, p in v)}" if key.endswith("merge") else ""))
-        lines.append(f"- {bench.human(r['size'])} each, cold runs read from disk: merge "
-                     f"{', '.join(bench.human(x) for x in r['cold_disk_reads']['merge'])}; cat "
-                     f"{', '.join(bench.human(x) for x in r['cold_disk_reads']['cat'])}")
+            lines.append(
+                f"- {bench.human(r['size'])} each, {key.replace('_', ' ')}: wall "
+                f"{', '.join(f'{w:.2f}' for w, _, _ in v)} s; CPU {', '.join(f'{c:.2f}' for _, c, _ in v)} s"
+                + (f"; peak RSS {', '.join(bench.human(p) for _, _, p in v)}" if key.endswith("merge") else "")
+            )
+        lines.append(
+            f"- {bench.human(r['size'])} each, cold runs read from disk: merge "
+            f"{', '.join(bench.human(x) for x in r['cold_disk_reads']['merge'])}; cat "
+            f"{', '.join(bench.human(x) for x in r['cold_disk_reads']['cat'])}"
+        )
         lines.append(f"- CPU pressure (some, avg60) before and after each repetition: {', '.join(r['cpu_pressure'])}")
     return "\n".join(lines)
 

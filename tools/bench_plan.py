@@ -11,6 +11,7 @@ concurrent processes. Commit is timed separately (it only renames and writes the
 source is read once first, so every run reads from the page cache: the numbers are CPU, memory
 and disk-write bound, not network bound. Prints medians and the load average before and after.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,14 @@ def make_source(prefix: str, mib: int) -> None:
 
 def ckptio(*argv) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.Popen([sys.executable, "-m", "ckptio", *map(str, argv)], env=env, cwd=str(ROOT),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "ckptio", *map(str, argv)],
+        env=env,
+        cwd=str(ROOT),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_all(procs) -> None:
@@ -94,8 +101,9 @@ def main() -> int:
             f.read_bytes()
         plan = work / "plan.json"
         what = ["strip"] if args.workload == "strip" else ["rewrite", "--strip-optimizer", "--cast", "bfloat16"]
-        wait_all([ckptio("plan", *what, src, work / "out" / "model.ckpt", "--shards", args.shards,
-                         "--out-plan", plan, "-q")])
+        wait_all(
+            [ckptio("plan", *what, src, work / "out" / "model.ckpt", "--shards", args.shards, "--out-plan", plan, "-q")]
+        )
         load_before = os.getloadavg()
         times, cpus, commits = {1: [], 2: []}, {1: [], 2: []}, []
         for _ in range(args.repeat):
@@ -107,17 +115,30 @@ def main() -> int:
         load_after = os.getloadavg()
         total = sum(s["size"] for s in json.loads(plan.read_text())["shards"])
         m1, m2 = statistics.median(times[1]), statistics.median(times[2])
-        print(json.dumps({
-            "workload": args.workload, "bytes_written": total, "shards": args.shards, "repeat": args.repeat,
-            "cpus": os.cpu_count(), "loadavg_before": [round(x, 2) for x in load_before],
-            "loadavg_after": [round(x, 2) for x in load_after],
-            "one_task_s": [round(t, 3) for t in times[1]], "two_tasks_s": [round(t, 3) for t in times[2]],
-            "median_one_task_s": round(m1, 3), "median_two_tasks_s": round(m2, 3),
-            "median_commit_s": round(statistics.median(commits), 3),
-            "median_cpu_one_task_s": round(statistics.median(cpus[1]), 3),
-            "median_cpu_two_tasks_s": round(statistics.median(cpus[2]), 3),
-            "speedup": round(m1 / m2, 2), "one_task_MiB_s": round(total / m1 / 2**20, 1),
-            "two_tasks_MiB_s": round(total / m2 / 2**20, 1)}, indent=1))
+        print(
+            json.dumps(
+                {
+                    "workload": args.workload,
+                    "bytes_written": total,
+                    "shards": args.shards,
+                    "repeat": args.repeat,
+                    "cpus": os.cpu_count(),
+                    "loadavg_before": [round(x, 2) for x in load_before],
+                    "loadavg_after": [round(x, 2) for x in load_after],
+                    "one_task_s": [round(t, 3) for t in times[1]],
+                    "two_tasks_s": [round(t, 3) for t in times[2]],
+                    "median_one_task_s": round(m1, 3),
+                    "median_two_tasks_s": round(m2, 3),
+                    "median_commit_s": round(statistics.median(commits), 3),
+                    "median_cpu_one_task_s": round(statistics.median(cpus[1]), 3),
+                    "median_cpu_two_tasks_s": round(statistics.median(cpus[2]), 3),
+                    "speedup": round(m1 / m2, 2),
+                    "one_task_MiB_s": round(total / m1 / 2**20, 1),
+                    "two_tasks_MiB_s": round(total / m2 / 2**20, 1),
+                },
+                indent=1,
+            )
+        )
     finally:
         if not args.dir:
             shutil.rmtree(work, ignore_errors=True)

@@ -18,6 +18,7 @@ whole V2 checkpoint: index + data shard, opened, listed, read and verified), obj
 object graph, when ckptio.objgraph exists). Seed inputs are built in, so an empty corpus works;
 the bytes of real .index and V1 files make good extra seeds.
 """
+
 from __future__ import annotations
 
 import os
@@ -105,7 +106,7 @@ def fuzz_v1(data: bytes) -> None:
 def fuzz_bundle(data: bytes) -> None:
     # First 2 bytes: where the index ends and the data shard begins.
     cut = int.from_bytes(data[:2], "little") % (len(data) + 1) if len(data) >= 2 else 0
-    files = {"m.index": data[2:2 + cut], "m.data-00000-of-00001": data[2 + cut:]}
+    files = {"m.index": data[2 : 2 + cut], "m.data-00000-of-00001": data[2 + cut :]}
 
     def source(path):
         if path not in files:
@@ -176,20 +177,20 @@ def main(argv: list[str]) -> int:
         if target not in TARGETS:
             print(f"unknown target {target!r}; choose from {', '.join(TARGETS)}", file=sys.stderr)
             return 2
-        del argv[i:i + 2]
+        del argv[i : i + 2]
     if "--selftest" in argv:
         _imports()
         n = int(argv[argv.index("--selftest") + 1])
         rng = random.Random(0)
         pool = seeds()
-        for i in range(n):
+        for _i in range(n):
             base = bytearray(rng.choice(pool))
             for _ in range(rng.randint(0, 6)):
                 if base:
                     base[rng.randrange(len(base))] = rng.randrange(256)
             if rng.random() < 0.3:
-                base = base[:rng.randrange(len(base) + 1)]
-            for t in ([target] if target else TARGETS):
+                base = base[: rng.randrange(len(base) + 1)]
+            for t in [target] if target else TARGETS:
                 run_one(t, bytes(base))
         print(f"selftest: {n} inputs x {1 if target else len(TARGETS)} target(s), no crash")
         return 0

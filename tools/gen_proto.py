@@ -3,6 +3,7 @@
 Usage: python tools/gen_proto.py [--check]
 --check exits 1 when the checked-in modules differ from what would be generated.
 """
+
 import argparse
 import pathlib
 import re
@@ -21,9 +22,17 @@ def generate() -> dict[str, str]:
     sources = sorted(p.relative_to(PROTO_DIR).as_posix() for p in (PROTO_DIR / "ckptio").glob("*.proto"))
     with tempfile.TemporaryDirectory() as tmp:
         import grpc_tools
+
         include = pathlib.Path(grpc_tools.__file__).parent / "_proto"
-        cmd = [sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO_DIR}", f"-I{include}",
-               f"--python_out={tmp}", *sources]
+        cmd = [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{PROTO_DIR}",
+            f"-I{include}",
+            f"--python_out={tmp}",
+            *sources,
+        ]
         subprocess.run(cmd, check=True)
         out = {}
         for path in sorted((pathlib.Path(tmp) / "ckptio").glob("*_pb2.py")):

@@ -15,6 +15,7 @@ measured at the server. Binds to 127.0.0.1 only.
 Supported: GET and HEAD; one range per request (`bytes=a-b`, `bytes=a-`, `bytes=-n`); 416 for an
 unsatisfiable range; a multi-range request gets the whole file (200), as RFC 9110 allows.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -53,8 +53,8 @@ import shutil
 import struct
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -138,8 +138,11 @@ def _expected_numpy_dtype(dt):
         return np.dtype(object)
     if dt.is_quantized:
         return {
-            "qint8": np.int8, "quint8": np.uint8, "qint16": np.int16,
-            "quint16": np.uint16, "qint32": np.int32,
+            "qint8": np.int8,
+            "quint8": np.uint8,
+            "qint16": np.int16,
+            "quint16": np.uint16,
+            "qint32": np.int32,
         }[dt.name]
     return np.dtype(dt.as_numpy_dtype)
 
@@ -153,9 +156,7 @@ def _variant_elements(prefix: str, key: str) -> np.ndarray:
     t = tf()
     from tensorflow.core.framework import tensor_pb2
 
-    value = t.raw_ops.RestoreV2(
-        prefix=prefix, tensor_names=[key], shape_and_slices=[""], dtypes=[t.variant]
-    )[0]
+    value = t.raw_ops.RestoreV2(prefix=prefix, tensor_names=[key], shape_and_slices=[""], dtypes=[t.variant])[0]
     proto = tensor_pb2.TensorProto()
     proto.ParseFromString(t.io.serialize_tensor(value).numpy())
     n = int(np.prod(value.shape, dtype=np.int64))
@@ -175,7 +176,7 @@ def _variant_elements(prefix: str, key: str) -> np.ndarray:
             lengths.append(length)
         elems = []
         for length in lengths:
-            elems.append(bytes(buf[pos:pos + length]))
+            elems.append(bytes(buf[pos : pos + length]))
             pos += length
         if pos != len(buf):
             raise AssertionError("%s: variant tensor_content has %d trailing bytes" % (key, len(buf) - pos))
@@ -208,9 +209,9 @@ def describe(prefix: str, *, restore_fallback: bool = True) -> dict:
             except t.errors.OpError as e:
                 if not restore_fallback:
                     raise
-                value = t.raw_ops.RestoreV2(
-                    prefix=prefix, tensor_names=[key], shape_and_slices=[""], dtypes=[dt]
-                )[0].numpy()
+                value = t.raw_ops.RestoreV2(prefix=prefix, tensor_names=[key], shape_and_slices=[""], dtypes=[dt])[
+                    0
+                ].numpy()
                 rec["via"] = "RestoreV2"
                 rec["get_tensor_error"] = "%s: %s" % (type(e).__name__, e.message[:200])
         if dt == t.string or dt == t.variant:
@@ -260,16 +261,18 @@ def _tf1_loss(rng, kernel, bias):
     return t.reduce_mean(t.square(t.matmul(t.constant(x), kernel) + bias - t.constant(y)))
 
 
-def _run_and_save(graph, train_op, saver, ckpt_dir: Path, *, global_step=None,
-                  write_meta_graph=False, config=None) -> str:
+def _run_and_save(
+    graph, train_op, saver, ckpt_dir: Path, *, global_step=None, write_meta_graph=False, config=None
+) -> str:
     v1 = tf().compat.v1
     with v1.Session(graph=graph, config=config) as sess:
         sess.run(v1.global_variables_initializer())
         sess.run(v1.local_variables_initializer())
         if train_op is not None:
             sess.run(train_op)
-        prefix = saver.save(sess, str(ckpt_dir / "model.ckpt"), global_step=global_step,
-                            write_meta_graph=write_meta_graph)
+        prefix = saver.save(
+            sess, str(ckpt_dir / "model.ckpt"), global_step=global_step, write_meta_graph=write_meta_graph
+        )
     # TF1 Saver records the absolute save path in <dir>/checkpoint; rewrite it relative (as
     # TF2 does) so a fixture directory can be copied or moved and still resolve.
     rel = os.path.basename(prefix)
@@ -311,8 +314,12 @@ def make_tf1_optimizer(name: str, d: Path) -> dict:
         # One fixture keeps its .meta so tests can try import_meta_graph + restore.
         meta = name == "tf1_adam"
         prefix = _run_and_save(g, train, saver, d, global_step=gs, write_meta_graph=meta)
-    out = {"prefix": prefix, "format": "v2", "kind": "tf1-saver",
-           "notes": "tf.compat.v1.train.%s, one step, Saver V2" % TF1_OPTIMIZERS[name]}
+    out = {
+        "prefix": prefix,
+        "format": "v2",
+        "kind": "tf1-saver",
+        "notes": "tf.compat.v1.train.%s, one step, Saver V2" % TF1_OPTIMIZERS[name],
+    }
     if meta:
         out["meta_graph"] = prefix + ".meta"
     return out
@@ -333,8 +340,12 @@ def make_tf1_ema(name: str, d: Path) -> dict:
             train = ema.apply([kernel, bias])
         saver = v1.train.Saver()  # global variables include the EMA shadows
         prefix = _run_and_save(g, train, saver, d, global_step=gs)
-    return {"prefix": prefix, "format": "v2", "kind": "tf1-saver",
-            "notes": "AdamOptimizer + ExponentialMovingAverage shadows (V/ExponentialMovingAverage)"}
+    return {
+        "prefix": prefix,
+        "format": "v2",
+        "kind": "tf1-saver",
+        "notes": "AdamOptimizer + ExponentialMovingAverage shadows (V/ExponentialMovingAverage)",
+    }
 
 
 def make_tf1_two_optimizers(name: str, d: Path) -> dict:
@@ -359,8 +370,12 @@ def make_tf1_two_optimizers(name: str, d: Path) -> dict:
         )
         saver = v1.train.Saver()
         prefix = _run_and_save(g, train, saver, d, global_step=gs)
-    return {"prefix": prefix, "format": "v2", "kind": "tf1-saver",
-            "notes": "two AdamOptimizers (default name) -> beta1_power_1, kernel/Adam_2, _3"}
+    return {
+        "prefix": prefix,
+        "format": "v2",
+        "kind": "tf1-saver",
+        "notes": "two AdamOptimizers (default name) -> beta1_power_1, kernel/Adam_2, _3",
+    }
 
 
 def _tf1_partitioned_graph(rng):
@@ -371,11 +386,12 @@ def _tf1_partitioned_graph(rng):
 
     def part_init(shape, dtype=None, partition_info=None):
         off = partition_info.var_offset[0] if partition_info is not None else 0
-        return t.constant(full[off:off + shape[0]])
+        return t.constant(full[off : off + shape[0]])
 
     with v1.variable_scope("model"):
-        emb = v1.get_variable("embedding", shape=[6, 4], dtype=t.float32, initializer=part_init,
-                              partitioner=v1.fixed_size_partitioner(3))
+        emb = v1.get_variable(
+            "embedding", shape=[6, 4], dtype=t.float32, initializer=part_init, partitioner=v1.fixed_size_partitioner(3)
+        )
         with v1.variable_scope("dense"):
             kernel = v1.get_variable("kernel", initializer=_f32(rng, 4, 2))
     gs = v1.train.get_or_create_global_step()
@@ -398,10 +414,13 @@ def make_tf1_partitioned(name: str, d: Path) -> dict:
         kw = {"write_version": v1.train.SaverDef.V1} if v1_format else {}
         saver = v1.train.Saver(**kw)
         prefix = _run_and_save(g, train, saver, d, global_step=gs)
-    return {"prefix": prefix, "format": "v1" if v1_format else "v2",
-            "kind": "tf1-saver-v1" if v1_format else "tf1-saver",
-            "notes": "model/embedding partitioned by fixed_size_partitioner(3) (slices rows 0-1, 2-3, "
-                     "4-5 of [6,4]), Adam slots partitioned too; model/dense/kernel unpartitioned"}
+    return {
+        "prefix": prefix,
+        "format": "v1" if v1_format else "v2",
+        "kind": "tf1-saver-v1" if v1_format else "tf1-saver",
+        "notes": "model/embedding partitioned by fixed_size_partitioner(3) (slices rows 0-1, 2-3, "
+        "4-5 of [6,4]), Adam slots partitioned too; model/dense/kernel unpartitioned",
+    }
 
 
 def _tf1_var(t, name, value, dtype=None):
@@ -419,16 +438,21 @@ def make_tf1_v1_plain(name: str, d: Path) -> dict:
             _tf1_var(t, "f32_scalar", np.float32(rng.standard_normal()))
             _tf1_var(t, "f64", rng.standard_normal(3))
             _tf1_var(t, "i32", rng.randint(-1000, 1000, (2, 2)).astype(np.int32))
-            _tf1_var(t, "i64", np.array([-(2 ** 40), -1, 0, 2 ** 62], np.int64))
+            _tf1_var(t, "i64", np.array([-(2**40), -1, 0, 2**62], np.int64))
             _tf1_var(t, "i64_scalar", np.int64(-7))
             _tf1_var(t, "bool", np.array([True, False, True]))
-            _tf1_var(t, "str", np.array([b"hello", b"", "h\xe9llo".encode("utf-8"), b"\x00\xff"],
-                                        dtype=object), dtype=t.string)
+            _tf1_var(
+                t, "str", np.array([b"hello", b"", "h\xe9llo".encode(), b"\x00\xff"], dtype=object), dtype=t.string
+            )
             _tf1_var(t, "str_scalar", b"scalar", dtype=t.string)
         saver = v1.train.Saver(write_version=v1.train.SaverDef.V1)
         prefix = _run_and_save(g, None, saver, d)
-    return {"prefix": prefix, "format": "v1", "kind": "tf1-saver-v1",
-            "notes": "V1 Saver: float32/float64/int32/int64/bool/string, scalars and arrays"}
+    return {
+        "prefix": prefix,
+        "format": "v1",
+        "kind": "tf1-saver-v1",
+        "notes": "V1 Saver: float32/float64/int32/int64/bool/string, scalars and arrays",
+    }
 
 
 def make_tf1_v1_dtypes(name: str, d: Path) -> dict:
@@ -448,10 +472,14 @@ def make_tf1_v1_dtypes(name: str, d: Path) -> dict:
             _tf1_var(t, "c128", rng.standard_normal(2) + 1j * rng.standard_normal(2))
         saver = v1.train.Saver(write_version=v1.train.SaverDef.V1)
         prefix = _run_and_save(g, None, saver, d)
-    return {"prefix": prefix, "format": "v1", "kind": "tf1-saver-v1",
-            "notes": "V1 Saver: float16/int8/int16/uint8/uint16/complex64/complex128 "
-                     "(load_checkpoint.get_tensor cannot read half/uint16/complex -> via RestoreV2). "
-                     "V1 Saver cannot write bfloat16/uint32/uint64."}
+    return {
+        "prefix": prefix,
+        "format": "v1",
+        "kind": "tf1-saver-v1",
+        "notes": "V1 Saver: float16/int8/int16/uint8/uint16/complex64/complex128 "
+        "(load_checkpoint.get_tensor cannot read half/uint16/complex -> via RestoreV2). "
+        "V1 Saver cannot write bfloat16/uint32/uint64.",
+    }
 
 
 def _tf1_two_device_graph(rng, t):
@@ -477,9 +505,13 @@ def make_tf1_v1_sharded(name: str, d: Path) -> dict:
         prefix = _run_and_save(g, None, saver, d)
     if "?????" not in prefix:
         raise AssertionError("V1 sharded save returned %r, expected a -?????-of-N pattern" % prefix)
-    return {"prefix": prefix, "format": "v1", "kind": "tf1-saver-v1",
-            "notes": "V1 Saver(sharded=True), vars on /cpu:0 and on no device; prefix is the glob "
-                     "pattern Saver.save returned (P-?????-of-0000N)"}
+    return {
+        "prefix": prefix,
+        "format": "v1",
+        "kind": "tf1-saver-v1",
+        "notes": "V1 Saver(sharded=True), vars on /cpu:0 and on no device; prefix is the glob "
+        "pattern Saver.save returned (P-?????-of-0000N)",
+    }
 
 
 def make_tf1_sharded_v2(name: str, d: Path) -> dict:
@@ -491,8 +523,12 @@ def make_tf1_sharded_v2(name: str, d: Path) -> dict:
         _tf1_two_device_graph(rng, t)
         saver = v1.train.Saver(sharded=True)
         prefix = _run_and_save(g, None, saver, d)
-    return {"prefix": prefix, "format": "v2", "kind": "tf1-saver",
-            "notes": "V2 Saver(sharded=True), vars on /cpu:0 and on no device -> 2 data shards"}
+    return {
+        "prefix": prefix,
+        "format": "v2",
+        "kind": "tf1-saver",
+        "notes": "V2 Saver(sharded=True), vars on /cpu:0 and on no device -> 2 data shards",
+    }
 
 
 # --------------------------------------------------------------------------- TF2 fixtures
@@ -505,8 +541,7 @@ def make_tf2_keras3_adam(name: str, d: Path) -> dict:
     rng = _rng(name)
     keras.utils.set_random_seed(SEED)
     m = keras.Sequential(
-        [keras.Input((3,)), keras.layers.Dense(4, activation="relu", name="d1"),
-         keras.layers.Dense(2, name="d2")],
+        [keras.Input((3,)), keras.layers.Dense(4, activation="relu", name="d1"), keras.layers.Dense(2, name="d2")],
         name="mlp",
     )
     opt = keras.optimizers.Adam(0.01)
@@ -516,15 +551,18 @@ def make_tf2_keras3_adam(name: str, d: Path) -> dict:
     grads = tape.gradient(loss, m.trainable_variables)
     opt.apply_gradients(zip(grads, m.trainable_variables))
     prefix = t.train.Checkpoint(model=m, optimizer=opt).save(str(d / "ckpt"))
-    return {"prefix": prefix, "format": "v2", "kind": "tf2-keras3",
-            "notes": "keras %s Sequential(d1, d2) + keras.optimizers.Adam, one step, "
-                     "tf.train.Checkpoint(model=, optimizer=).save" % keras.__version__}
+    return {
+        "prefix": prefix,
+        "format": "v2",
+        "kind": "tf2-keras3",
+        "notes": "keras %s Sequential(d1, d2) + keras.optimizers.Adam, one step, "
+        "tf.train.Checkpoint(model=, optimizer=).save" % keras.__version__,
+    }
 
 
 def _tf_keras_model(tf_keras):
     return tf_keras.Sequential(
-        [tf_keras.layers.Dense(4, activation="relu", input_shape=(3,), name="d1"),
-         tf_keras.layers.Dense(2, name="d2")],
+        [tf_keras.layers.Dense(4, activation="relu", input_shape=(3,), name="d1"), tf_keras.layers.Dense(2, name="d2")],
         name="mlp",
     )
 
@@ -547,9 +585,13 @@ def make_tf2_legacy_adam(name: str, d: Path) -> dict:
     opt = tf_keras.optimizers.legacy.Adam(0.01)
     _tf_keras_step(t, m, opt, rng)
     prefix = t.train.Checkpoint(model=m, optimizer=opt).save(str(d / "ckpt"))
-    return {"prefix": prefix, "format": "v2", "kind": "tf2-tf_keras-legacy",
-            "notes": "tf_keras %s Sequential + tf_keras.optimizers.legacy.Adam (OptimizerV2): slots "
-                     "are slot_variables (.OPTIMIZER_SLOT/optimizer/m, v)" % tf_keras.__version__}
+    return {
+        "prefix": prefix,
+        "format": "v2",
+        "kind": "tf2-tf_keras-legacy",
+        "notes": "tf_keras %s Sequential + tf_keras.optimizers.legacy.Adam (OptimizerV2): slots "
+        "are slot_variables (.OPTIMIZER_SLOT/optimizer/m, v)" % tf_keras.__version__,
+    }
 
 
 def make_tf2_tfkeras_adam(name: str, d: Path) -> dict:
@@ -562,9 +604,13 @@ def make_tf2_tfkeras_adam(name: str, d: Path) -> dict:
     opt = tf_keras.optimizers.Adam(0.01)
     _tf_keras_step(t, m, opt, rng)
     prefix = t.train.Checkpoint(model=m, optimizer=opt).save(str(d / "ckpt"))
-    return {"prefix": prefix, "format": "v2", "kind": "tf2-tf_keras-new",
-            "notes": "tf_keras Sequential + tf_keras.optimizers.Adam (new optimizer): no "
-                     "slot_variables, slots under optimizer/_variables/N (N from 1)"}
+    return {
+        "prefix": prefix,
+        "format": "v2",
+        "kind": "tf2-tf_keras-new",
+        "notes": "tf_keras Sequential + tf_keras.optimizers.Adam (new optimizer): no "
+        "slot_variables, slots under optimizer/_variables/N (N from 1)",
+    }
 
 
 def make_tf2_module_tree(name: str, d: Path) -> dict:
@@ -588,9 +634,13 @@ def make_tf2_module_tree(name: str, d: Path) -> dict:
     # the same variable reachable twice: the key uses the first BFS path (encoder/embedding)
     root.decoder.tied = root.encoder.embedding
     prefix = t.train.Checkpoint(root=root).save(str(d / "ckpt"))
-    return {"prefix": prefix, "format": "v2", "kind": "tf2-module",
-            "notes": "tf.Module tree: root/encoder/{embedding, layers/0..1/{w,b}, step}, "
-                     "root/decoder/{w, b, extras/'a.b/c', tied -> encoder.embedding}"}
+    return {
+        "prefix": prefix,
+        "format": "v2",
+        "kind": "tf2-module",
+        "notes": "tf.Module tree: root/encoder/{embedding, layers/0..1/{w,b}, step}, "
+        "root/decoder/{w, b, extras/'a.b/c', tied -> encoder.embedding}",
+    }
 
 
 def make_tf2_max_shard(name: str, d: Path) -> dict:
@@ -606,9 +656,13 @@ def make_tf2_max_shard(name: str, d: Path) -> dict:
         experimental_sharding_callback=t.train.experimental.MaxShardSizePolicy(max_shard_size=600)
     )
     prefix = ckpt.save(str(d / "ckpt"), options=options)
-    return {"prefix": prefix, "format": "v2", "kind": "tf2-object-sharded",
-            "notes": "tf.train.Checkpoint with MaxShardSizePolicy(600 bytes): big [40,10] f32 and "
-                     "mid [12,5] f64 are split into slice entries over several shards"}
+    return {
+        "prefix": prefix,
+        "format": "v2",
+        "kind": "tf2-object-sharded",
+        "notes": "tf.train.Checkpoint with MaxShardSizePolicy(600 bytes): big [40,10] f32 and "
+        "mid [12,5] f64 are split into slice entries over several shards",
+    }
 
 
 def make_tf2_misc_state(name: str, d: Path) -> dict:
@@ -621,9 +675,13 @@ def make_tf2_misc_state(name: str, d: Path) -> dict:
     table.insert(t.constant([b"a", b"b", b"c"]), t.constant([1, 2, 3], t.int64))
     ckpt = t.train.Checkpoint(iterator=it, table=table, w=t.Variable(_f32(rng, 2)))
     prefix = ckpt.save(str(d / "ckpt"))
-    return {"prefix": prefix, "format": "v2", "kind": "tf2-object",
-            "notes": "tf.data iterator (ITERATOR_STATE, DT_VARIANT) + MutableHashTable "
-                     "(table-keys/table-values) + a variable"}
+    return {
+        "prefix": prefix,
+        "format": "v2",
+        "kind": "tf2-object",
+        "notes": "tf.data iterator (ITERATOR_STATE, DT_VARIANT) + MutableHashTable "
+        "(table-keys/table-values) + a variable",
+    }
 
 
 def make_savedmodel(name: str, d: Path) -> dict:
@@ -643,9 +701,13 @@ def make_savedmodel(name: str, d: Path) -> dict:
 
     sm_dir = d / "model"
     t.saved_model.save(Affine(), str(sm_dir))
-    return {"prefix": str(sm_dir / "variables" / "variables"), "savedmodel_dir": str(sm_dir),
-            "format": "v2", "kind": "savedmodel-tf2",
-            "notes": "tf.saved_model.save of a tf.Module with w, b, calls and a serving function"}
+    return {
+        "prefix": str(sm_dir / "variables" / "variables"),
+        "savedmodel_dir": str(sm_dir),
+        "format": "v2",
+        "kind": "savedmodel-tf2",
+        "notes": "tf.saved_model.save of a tf.Module with w, b, calls and a serving function",
+    }
 
 
 def _all_dtype_tensors(rng) -> list:
@@ -658,8 +720,7 @@ def _all_dtype_tensors(rng) -> list:
     f = rng.standard_normal
     out = [
         ("float16", f((2, 3)).astype(np.float16)),
-        ("float32", np.concatenate([_f32(rng, 4),
-                                    np.array([np.inf, -np.inf, -0.0, np.nan], np.float32)])),
+        ("float32", np.concatenate([_f32(rng, 4), np.array([np.inf, -np.inf, -0.0, np.nan], np.float32)])),
         ("float64", f((3, 2))),
         ("bfloat16", f((2, 3)).astype(ml_dtypes.bfloat16)),
         ("float8_e5m2", f((2, 3)).astype(ml_dtypes.float8_e5m2)),
@@ -671,19 +732,26 @@ def _all_dtype_tensors(rng) -> list:
         ("uint4", np.array([0, 1, 2, 9, 14, 15], dtype=ml_dtypes.uint4).reshape(2, 3)),
         ("int8", np.array([-128, -3, 0, 5, 127], np.int8)),
         ("int16", np.array([-32768, -3, 0, 300, 32767], np.int16)),
-        ("int32", ints(np.int32, -(2 ** 31), 2 ** 31 - 1, (2, 2))),
-        ("int64", np.array([-(2 ** 63), -1, 0, 2 ** 40, 2 ** 63 - 1], np.int64)),
+        ("int32", ints(np.int32, -(2**31), 2**31 - 1, (2, 2))),
+        ("int64", np.array([-(2**63), -1, 0, 2**40, 2**63 - 1], np.int64)),
         ("uint8", np.array([0, 1, 128, 255], np.uint8)),
         ("uint16", np.array([0, 1, 40000, 65535], np.uint16)),
-        ("uint32", np.array([0, 1, 2 ** 31, 2 ** 32 - 1], np.uint32)),
-        ("uint64", np.array([0, 1, 2 ** 63, 2 ** 64 - 1], np.uint64)),
+        ("uint32", np.array([0, 1, 2**31, 2**32 - 1], np.uint32)),
+        ("uint64", np.array([0, 1, 2**63, 2**64 - 1], np.uint64)),
         ("bool", np.array([[True, False], [False, True]])),
         ("complex64", (f(3) + 1j * f(3)).astype(np.complex64)),
         ("complex128", f((2, 2)) + 1j * f((2, 2))),
     ]
     strings = np.empty(7, dtype=object)
-    strings[:] = [b"hello", b"", "h\xe9llo w\xf6rld \u2603".encode("utf-8"), b"\x00\xff\xfe\x00",
-                  b"x" * 200, b"", b"end"]  # 200 bytes -> 2-byte varint length
+    strings[:] = [
+        b"hello",
+        b"",
+        "h\xe9llo w\xf6rld \u2603".encode("utf-8"),
+        b"\x00\xff\xfe\x00",
+        b"x" * 200,
+        b"",
+        b"end",
+    ]  # 200 bytes -> 2-byte varint length
     out.append(("string", strings))
     s23 = np.empty((2, 3), dtype=object)
     s23[:] = [[b"a", b"", b"ccc"], [b"\xe2\x98\x83", b"eeeee", b""]]
@@ -694,8 +762,7 @@ def _all_dtype_tensors(rng) -> list:
         if n.startswith("string"):
             scalars.append(("scalar/string", np.array(b"scalar \xff", dtype=object)))
             break
-        scalars.append(("scalar/" + n, np.asarray(v).reshape(-1)[1]
-                        if n != "float32" else np.float32(3.25)))
+        scalars.append(("scalar/" + n, np.asarray(v).reshape(-1)[1] if n != "float32" else np.float32(3.25)))
     scalars.append(("scalar/string_empty", np.array(b"", dtype=object)))
     out += [(n, np.asarray(v, dtype=object) if "string" in n else np.asarray(v)) for n, v in scalars]
     # empty tensors
@@ -714,15 +781,16 @@ def _all_dtype_tensors(rng) -> list:
 def _save_v2(prefix: str, named: list) -> None:
     t = tf()
     tensors = []
-    for n, v in named:
+    for _n, v in named:
         if isinstance(v, np.ndarray) and v.dtype == object:
             tensors.append(t.constant(v, dtype=t.string))
         elif isinstance(v, tuple):  # (values, tf dtype name) for quantized types
             tensors.append(t.constant(v[0], dtype=getattr(t, v[1])))
         else:
             tensors.append(t.constant(v))
-    t.raw_ops.SaveV2(prefix=prefix, tensor_names=[n for n, _ in named],
-                     shape_and_slices=[""] * len(named), tensors=tensors)
+    t.raw_ops.SaveV2(
+        prefix=prefix, tensor_names=[n for n, _ in named], shape_and_slices=[""] * len(named), tensors=tensors
+    )
 
 
 def make_tf2_all_dtypes(name: str, d: Path) -> dict:
@@ -730,11 +798,15 @@ def make_tf2_all_dtypes(name: str, d: Path) -> dict:
     prefix = str(d / "all_dtypes")
     named = _all_dtype_tensors(rng)
     _save_v2(prefix, named)
-    return {"prefix": prefix, "format": "v2", "kind": "savev2-raw",
-            "notes": "tf.raw_ops.SaveV2 (eager) of every numpy/ml_dtypes-representable dtype, a scalar "
-                     "of each, empty tensors, strings with empty/non-ASCII/NUL/200-byte elements. "
-                     "No object graph. float8 *fnuz types: SaveV2 writes them, tf.Variable cannot "
-                     "hold them (no AssignVariableOp kernel)."}
+    return {
+        "prefix": prefix,
+        "format": "v2",
+        "kind": "savev2-raw",
+        "notes": "tf.raw_ops.SaveV2 (eager) of every numpy/ml_dtypes-representable dtype, a scalar "
+        "of each, empty tensors, strings with empty/non-ASCII/NUL/200-byte elements. "
+        "No object graph. float8 *fnuz types: SaveV2 writes them, tf.Variable cannot "
+        "hold them (no AssignVariableOp kernel).",
+    }
 
 
 def make_tf2_exotic_dtypes(name: str, d: Path) -> dict:
@@ -749,12 +821,16 @@ def make_tf2_exotic_dtypes(name: str, d: Path) -> dict:
         ("quint8", (np.array([0, 1, 255], np.uint8), "quint8")),
         ("qint16", (np.array([-300, 0, 300], np.int16), "qint16")),
         ("quint16", (np.array([0, 60000], np.uint16), "quint16")),
-        ("qint32", (np.array([-(2 ** 31), 0, 7], np.int32), "qint32")),
+        ("qint32", (np.array([-(2**31), 0, 7], np.int32), "qint32")),
     ]
     _save_v2(prefix, named)
-    return {"prefix": prefix, "format": "v2", "kind": "savev2-raw",
-            "notes": "SaveV2 of int2/uint2/float4_e2m1fn (1 byte per element, value in the low bits) "
-                     "and the quantized types (dtype named qint8..., hash of the int array TF returns)"}
+    return {
+        "prefix": prefix,
+        "format": "v2",
+        "kind": "savev2-raw",
+        "notes": "SaveV2 of int2/uint2/float4_e2m1fn (1 byte per element, value in the low bits) "
+        "and the quantized types (dtype named qint8..., hash of the int array TF returns)",
+    }
 
 
 FIXTURES: dict[str, Callable[[str, Path], dict]] = {
@@ -823,8 +899,7 @@ def generate(outdir: Path) -> dict:
             raise RuntimeError("fixture %s failed: %s: %s" % (name, type(e).__name__, e)) from e
         if not tensors:
             raise RuntimeError("fixture %s has no tensors" % name)
-        rec = {"prefix": _rel(info.pop("prefix"), outdir), "format": info.pop("format"),
-               "kind": info.pop("kind")}
+        rec = {"prefix": _rel(info.pop("prefix"), outdir), "format": info.pop("format"), "kind": info.pop("kind")}
         for k in ("savedmodel_dir", "meta_graph"):
             if k in info:
                 rec[k] = _rel(info.pop(k), outdir)
@@ -851,22 +926,25 @@ def generate(outdir: Path) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("outdir", nargs="?", type=Path, help="directory to write fixtures into")
-    p.add_argument("--describe", metavar="PREFIX",
-                   help="print the tensors TF reads from PREFIX as one JSON line and exit")
-    p.add_argument("--no-fallback", action="store_true",
-                   help="with --describe: fail instead of falling back to RestoreV2")
+    p.add_argument(
+        "--describe", metavar="PREFIX", help="print the tensors TF reads from PREFIX as one JSON line and exit"
+    )
+    p.add_argument(
+        "--no-fallback", action="store_true", help="with --describe: fail instead of falling back to RestoreV2"
+    )
     args = p.parse_args(argv)
     if args.describe:
-        print(json.dumps(describe(args.describe, restore_fallback=not args.no_fallback),
-                         sort_keys=True))
+        print(json.dumps(describe(args.describe, restore_fallback=not args.no_fallback), sort_keys=True))
         return 0
     if args.outdir is None:
         p.error("OUTDIR is required")
     truth = generate(args.outdir)
     n = sum(len(f["tensors"]) for f in truth["fixtures"].values())
-    print("wrote %d fixtures (%d tensors) to %s in %.1fs" % (
-        len(truth["fixtures"]), n, args.outdir, truth["meta"]["generation_seconds"]),
-        file=sys.stderr)
+    print(
+        "wrote %d fixtures (%d tensors) to %s in %.1fs"
+        % (len(truth["fixtures"]), n, args.outdir, truth["meta"]["generation_seconds"]),
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -1,7 +1,8 @@
 """Write examples/sample: a small real TF1 checkpoint (2-layer MLP trained one step with Adam).
 
-    python tools/make_sample.py      (needs TensorFlow; the result is committed)
+python tools/make_sample.py      (needs TensorFlow; the result is committed)
 """
+
 import os
 import shutil
 import sys
@@ -21,6 +22,7 @@ def main() -> int:
         tf1.set_random_seed(0)
         x = tf1.placeholder(tf.float32, [None, 16])
         y = tf1.placeholder(tf.float32, [None, 4])
+
         def dense(inputs, units, name):
             with tf1.variable_scope(name):
                 kernel = tf1.get_variable("kernel", [inputs.shape[-1], units])

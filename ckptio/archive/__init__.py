@@ -15,6 +15,7 @@ forward, which is correct but costs a decompression of everything before it (`pa
 them). Memory stays bounded by the read size. V1 archives are the exception: V1 tables need
 random access, so their members are read into memory.
 """
+
 from __future__ import annotations
 
 # The old single module's names, all still importable from ckptio.archive.
@@ -22,11 +23,35 @@ from ..checkpoint import ARCHIVE_SUFFIXES
 from .extract import UnpackStats, unpack
 from .reader import MAX_INDEX, MAX_V1, ArchiveCheckpoint, open_archive  # noqa: F401
 from .stream import READ_CHUNK, SKIP_CHUNK, ZSTD_MAGIC, ArchiveStream, MemberSource  # noqa: F401
-from .tar import BLOCK, DIRECTORY, MAX_META, OTHER, RECORD, REGULAR, Member, TarHeader  # noqa: F401
-from .tar import decode_header, encode_header, parse_pax
+from .tar import (  # noqa: F401
+    BLOCK,
+    DIRECTORY,
+    MAX_META,
+    OTHER,
+    RECORD,
+    REGULAR,
+    Member,
+    TarHeader,
+    decode_header,
+    encode_header,
+    parse_pax,
+)
 from .write import COPY_CHUNK, DEFAULT_LEVEL, PackStats, checkpoint_files, pack, rewrite_packed  # noqa: F401
 
 SUFFIXES = ARCHIVE_SUFFIXES
 
-__all__ = ["pack", "unpack", "open_archive", "rewrite_packed", "PackStats", "UnpackStats", "ArchiveCheckpoint",
-           "ArchiveStream", "MemberSource", "encode_header", "decode_header", "parse_pax", "SUFFIXES"]
+__all__ = [
+    "pack",
+    "unpack",
+    "open_archive",
+    "rewrite_packed",
+    "PackStats",
+    "UnpackStats",
+    "ArchiveCheckpoint",
+    "ArchiveStream",
+    "MemberSource",
+    "encode_header",
+    "decode_header",
+    "parse_pax",
+    "SUFFIXES",
+]

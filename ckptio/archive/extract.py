@@ -1,4 +1,5 @@
 """Extract a .tar.zst: every regular file written byte for byte in one pass, data files before any .index."""
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,13 @@ class UnpackStats:
     seconds: float
 
     def to_json(self) -> dict:
-        return {"path": self.path, "out_dir": self.out_dir, "files": list(self.files),
-                "bytes": self.bytes_out, "seconds": round(self.seconds, 3)}
+        return {
+            "path": self.path,
+            "out_dir": self.out_dir,
+            "files": list(self.files),
+            "bytes": self.bytes_out,
+            "seconds": round(self.seconds, 3),
+        }
 
 
 def unpack(archive_path, out_dir, *, force: bool = False, progress=None) -> UnpackStats:
@@ -37,6 +43,7 @@ def unpack(archive_path, out_dir, *, force: bool = False, progress=None) -> Unpa
     out_dir = os.fspath(out_dir)
     if "://" in label:
         from ..remote import RemoteSource
+
         source = RemoteSource.from_url(label)
     else:
         source = FileSource(label)
@@ -45,7 +52,7 @@ def unpack(archive_path, out_dir, *, force: bool = False, progress=None) -> Unpa
     except BaseException:
         source.close()
         raise
-    data_files, index_files = {}, {}   # directory -> AtomicFiles
+    data_files, index_files = {}, {}  # directory -> AtomicFiles
     names, total = [], 0
     try:
         for m in stream:
@@ -63,8 +70,7 @@ def unpack(archive_path, out_dir, *, force: bool = False, progress=None) -> Unpa
             try:
                 pos = 0
                 while pos < m.size:
-                    data = stream.read_at(m.data_offset + pos, min(COPY_CHUNK, m.size - pos),
-                                          name=f"{label}/{m.name}")
+                    data = stream.read_at(m.data_offset + pos, min(COPY_CHUNK, m.size - pos), name=f"{label}/{m.name}")
                     write_all(fd, data, tmp)
                     pos += len(data)
                     if progress:

@@ -1,4 +1,5 @@
 """A Checkpoint read straight out of a .tar.zst archive (see the package docstring)."""
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,8 @@ from .tar import REGULAR
 
 # Members held in memory are capped far above any real checkpoint's (an index of 512 MiB lists
 # millions of tensors) and well below what a 64 KB archive of zeros can inflate to.
-MAX_INDEX = 512 << 20          # cap on an index member held in memory
-MAX_V1 = 512 << 20             # cap on V1 members held in memory (all together)
+MAX_INDEX = 512 << 20  # cap on an index member held in memory
+MAX_V1 = 512 << 20  # cap on V1 members held in memory (all together)
 
 
 class ArchiveCheckpoint(Checkpoint):
@@ -34,7 +35,7 @@ class ArchiveCheckpoint(Checkpoint):
 
     def _open_member(self, path: str) -> Source:
         prefix = self.archive.label + "/"
-        name = path[len(prefix):] if path.startswith(prefix) else None
+        name = path[len(prefix) :] if path.startswith(prefix) else None
         if name is not None and name in self._held:
             return MemorySource(self._held[name], name=path)
         member = self.archive.find(name) if name is not None else None
@@ -82,10 +83,13 @@ def open_archive(path, *, source: Source | None = None) -> ArchiveCheckpoint:
                 index = m
         if index is not None:
             if index.size > MAX_INDEX:  # before a byte of it is decompressed
-                raise UnsupportedError(f"index member of {index.size} bytes is more than ckptio holds in memory "
-                                       f"({MAX_INDEX} bytes); unpack the archive first", path=f"{label}/{index.name}")
+                raise UnsupportedError(
+                    f"index member of {index.size} bytes is more than ckptio holds in memory "
+                    f"({MAX_INDEX} bytes); unpack the archive first",
+                    path=f"{label}/{index.name}",
+                )
             held[index.name] = stream.read_at(index.data_offset, index.size, name=f"{label}/{index.name}")
-            located = Located("v2", f"{label}/{index.name[:-len('.index')]}")
+            located = Located("v2", f"{label}/{index.name[: -len('.index')]}")
         else:
             located = _locate_v1(stream, held, label)
         return ArchiveCheckpoint(label, stream, located, held)
@@ -96,14 +100,20 @@ def open_archive(path, *, source: Source | None = None) -> ArchiveCheckpoint:
 
 def _locate_v1(stream: ArchiveStream, held: dict[str, bytes], label: str) -> Located:
     """Hold every V1 table member in memory and pick the checkpoint they form."""
-    candidates = [m for m in stream.members if m.kind == REGULAR and m.size >= 48
-                  and os.path.basename(m.name) != "checkpoint" and not m.name.endswith(".meta")]
+    candidates = [
+        m
+        for m in stream.members
+        if m.kind == REGULAR
+        and m.size >= 48
+        and os.path.basename(m.name) != "checkpoint"
+        and not m.name.endswith(".meta")
+    ]
     if not candidates:
-        raise CheckpointNotFoundError("archive holds no checkpoint (no .index member, no V1 table file)",
-                                      path=label)
+        raise CheckpointNotFoundError("archive holds no checkpoint (no .index member, no V1 table file)", path=label)
     if sum(m.size for m in candidates) > MAX_V1:
-        raise UnsupportedError(f"V1 archives are read into memory; this one holds more than {MAX_V1} bytes "
-                               "(unpack it first)", path=label)
+        raise UnsupportedError(
+            f"V1 archives are read into memory; this one holds more than {MAX_V1} bytes (unpack it first)", path=label
+        )
     tables = []
     for m in candidates:
         data = stream.read_at(m.data_offset, m.size, name=f"{label}/{m.name}")
@@ -111,12 +121,10 @@ def _locate_v1(stream: ArchiveStream, held: dict[str, bytes], label: str) -> Loc
             held[m.name] = data
             tables.append(m.name)
     if not tables:
-        raise CheckpointNotFoundError("archive holds no checkpoint (no .index member, no V1 table file)",
-                                      path=label)
+        raise CheckpointNotFoundError("archive holds no checkpoint (no .index member, no V1 table file)", path=label)
     shards = [naming.V1_SHARD_RE.match(n) for n in tables]
     if all(shards) and len({(s["base"], s["count"]) for s in shards}) == 1:
         return Located("v1", f"{label}/{shards[0]['base']}", tuple(f"{label}/{n}" for n in sorted(tables)))
     if len(tables) == 1:
         return Located("v1", f"{label}/{tables[0]}", (f"{label}/{tables[0]}",))
-    raise CheckpointNotFoundError(f"archive holds {len(tables)} V1 checkpoints: {', '.join(tables[:5])}",
-                                  path=label)
+    raise CheckpointNotFoundError(f"archive holds {len(tables)} V1 checkpoints: {', '.join(tables[:5])}", path=label)

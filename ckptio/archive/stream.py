@@ -1,16 +1,16 @@
 """Read a .tar.zst forward: one decompressing pass over the tar stream, its members found by scanning."""
+
 from __future__ import annotations
 
 import threading
 
 from ..errors import CorruptCheckpointError, TruncatedError, WrongFileError
 from ..io import Source
-from .tar import (BLOCK, DIRECTORY, MAX_META, NO_DATA_TYPES, OTHER, REGULAR, Member, clean_name, decode_header,
-                  parse_pax)
+from .tar import BLOCK, DIRECTORY, MAX_META, NO_DATA_TYPES, OTHER, REGULAR, Member, clean_name, decode_header, parse_pax
 
 ZSTD_MAGIC = bytes.fromhex("28b52ffd")
-SKIP_CHUNK = 1 << 20           # bytes per discarded read while skipping forward
-READ_CHUNK = 8 << 20           # most bytes asked of the decompressor at once: memory follows what it produces
+SKIP_CHUNK = 1 << 20  # bytes per discarded read while skipping forward
+READ_CHUNK = 8 << 20  # most bytes asked of the decompressor at once: memory follows what it produces
 
 
 class _SourceReader:
@@ -48,9 +48,9 @@ class ArchiveStream:
         self._by_name: dict[str, Member] = {}
         self._seen: set[str] = set()  # normalized names of every member but directories
         self.passes = 0
-        self.decompressed = 0        # bytes decompressed over all passes
-        self.ended = False           # end of archive reached by a scan
-        self._scan_at = 0            # offset of the next header not scanned yet
+        self.decompressed = 0  # bytes decompressed over all passes
+        self.ended = False  # end of archive reached by a scan
+        self._scan_at = 0  # offset of the next header not scanned yet
         self._lock = threading.RLock()
         self._z = None
         if source.size == 0:
@@ -65,8 +65,9 @@ class ArchiveStream:
         if self._z is not None:
             self._z.close()
         self._raw = _SourceReader(self.source)
-        self._z = self._zstd.ZstdDecompressor().stream_reader(self._raw, read_size=1 << 20,
-                                                             read_across_frames=True, closefd=False)
+        self._z = self._zstd.ZstdDecompressor().stream_reader(
+            self._raw, read_size=1 << 20, read_across_frames=True, closefd=False
+        )
         self._pos = 0
         self.passes += 1
 
@@ -80,10 +81,13 @@ class ArchiveStream:
                 piece = self._z.read(min(n - got, READ_CHUNK))
             except self._zstd.ZstdError as exc:
                 if self._pos + got == 0 and self._raw.pos <= 1 << 20 and not self._magic_ok():
-                    raise WrongFileError("not a zstandard-compressed archive (bad magic number)",
-                                         path=self.label) from None
-                raise CorruptCheckpointError(f"compressed data is corrupt after {self._pos + got} bytes "
-                                             f"of the tar stream ({exc})", path=self.label) from None
+                    raise WrongFileError(
+                        "not a zstandard-compressed archive (bad magic number)", path=self.label
+                    ) from None
+                raise CorruptCheckpointError(
+                    f"compressed data is corrupt after {self._pos + got} bytes of the tar stream ({exc})",
+                    path=self.label,
+                ) from None
             if not piece:
                 break
             chunks.append(piece)
@@ -134,8 +138,9 @@ class ArchiveStream:
                 self._seek(pos)
                 block = self._read(BLOCK)
                 if not block:
-                    raise TruncatedError("archive is truncated (it ends before tar's end-of-archive marker)",
-                                         path=self.label, offset=pos)
+                    raise TruncatedError(
+                        "archive is truncated (it ends before tar's end-of-archive marker)", path=self.label, offset=pos
+                    )
                 if block == bytes(BLOCK):  # zero blocks end the archive
                     self.ended = True
                     return None
@@ -144,8 +149,9 @@ class ArchiveStream:
                 padded = hdr.size + (-hdr.size % BLOCK)
                 if hdr.typeflag in (b"x", b"g", b"L", b"K"):
                     if hdr.size > MAX_META:
-                        raise CorruptCheckpointError(f"tar metadata header of {hdr.size} bytes (cap {MAX_META})",
-                                                     path=self.label, offset=pos)
+                        raise CorruptCheckpointError(
+                            f"tar metadata header of {hdr.size} bytes (cap {MAX_META})", path=self.label, offset=pos
+                        )
                     data = self._read(hdr.size)
                     if len(data) != hdr.size:
                         raise TruncatedError("archive ends inside a tar header", path=self.label, offset=data_at)
@@ -162,8 +168,7 @@ class ArchiveStream:
                         size = int(overrides["size"])
                     except ValueError:
                         raise CorruptCheckpointError("bad pax size record", path=self.label, offset=pos) from None
-                kind = (REGULAR if hdr.typeflag in (b"0", b"\0", b"7") else
-                        DIRECTORY if hdr.typeflag == b"5" else OTHER)
+                kind = REGULAR if hdr.typeflag in (b"0", b"\0", b"7") else DIRECTORY if hdr.typeflag == b"5" else OTHER
                 if hdr.typeflag and hdr.typeflag in NO_DATA_TYPES:
                     size = 0
                 if size < 0:
@@ -182,8 +187,12 @@ class ArchiveStream:
             return
         key = "/".join(p for p in member.name.split("/") if p not in ("", "."))
         if key in self._seen:
-            raise CorruptCheckpointError(f"archive holds member {member.name!r} twice (tar would extract the "
-                                         "last copy, ckptio would read the first)", path=self.label, offset=pos)
+            raise CorruptCheckpointError(
+                f"archive holds member {member.name!r} twice (tar would extract the "
+                "last copy, ckptio would read the first)",
+                path=self.label,
+                offset=pos,
+            )
         self._seen.add(key)
 
     def check_rest(self) -> None:

@@ -1,4 +1,5 @@
 """The tar member format: ustar header blocks, pax records, GNU extensions read; the member a scan finds."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,8 +7,8 @@ from dataclasses import dataclass
 from ..errors import CorruptCheckpointError, TruncatedError
 
 BLOCK = 512
-RECORD = 10240                 # tar's default record: 20 blocks; archives end on a record boundary
-MAX_META = 1 << 20             # cap on pax records and GNU long names
+RECORD = 10240  # tar's default record: 20 blocks; archives end on a record boundary
+MAX_META = 1 << 20  # cap on pax records and GNU long names
 
 
 #   ustar header block (512 bytes; numbers are octal text, NUL-terminated):
@@ -20,7 +21,7 @@ MAX_META = 1 << 20             # cap on pax records and GNU long names
 #   Read also: GNU base-256 sizes (first byte 0x80), GNU long names (typeflag 'L'), the ustar prefix.
 
 REGULAR, DIRECTORY, OTHER = "file", "dir", "other"
-NO_DATA_TYPES = b"123456"     # links, devices, directories, fifos carry no data
+NO_DATA_TYPES = b"123456"  # links, devices, directories, fifos carry no data
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,12 +44,12 @@ def _number_field(value: int, width: int) -> bytes:
 
 def _ustar_block(name: bytes, size: int, mtime: int, typeflag: bytes, mode: int) -> bytes:
     block = bytearray(BLOCK)
-    block[0:len(name)] = name
+    block[0 : len(name)] = name
     block[100:108] = _number_field(mode, 8)
     block[108:116] = _number_field(0, 8)
     block[116:124] = _number_field(0, 8)
     block[124:136] = _number_field(size, 12)
-    block[136:148] = _number_field(max(0, min(mtime, 8 ** 11 - 1)), 12)
+    block[136:148] = _number_field(max(0, min(mtime, 8**11 - 1)), 12)
     block[148:156] = b" " * 8
     block[156:157] = typeflag
     block[257:263] = b"ustar\0"
@@ -74,7 +75,7 @@ def encode_header(name: str, size: int, *, mtime: int = 0, mode: int = 0o644) ->
     pax = {}
     if len(raw) > 100 or not name.isascii():
         pax["path"] = name
-    if size >= 8 ** 11:
+    if size >= 8**11:
         pax["size"] = str(size)
     head = b""
     if pax:
@@ -114,11 +115,13 @@ def decode_header(block: bytes, *, path=None, offset=None) -> TarHeader:
         prefix = block[345:500].split(b"\0", 1)[0]
         if prefix:
             name = prefix + b"/" + name
-    return TarHeader(name=name.decode("utf-8", "surrogateescape"),
-                     size=_parse_number(block[124:136], "size", path=path, offset=offset),
-                     typeflag=block[156:157],
-                     mtime=_parse_number(block[136:148], "mtime", path=path, offset=offset),
-                     mode=_parse_number(block[100:108], "mode", path=path, offset=offset))
+    return TarHeader(
+        name=name.decode("utf-8", "surrogateescape"),
+        size=_parse_number(block[124:136], "size", path=path, offset=offset),
+        typeflag=block[156:157],
+        mtime=_parse_number(block[136:148], "mtime", path=path, offset=offset),
+        mode=_parse_number(block[100:108], "mode", path=path, offset=offset),
+    )
 
 
 def parse_pax(data: bytes, *, path=None, offset=None) -> dict[str, str]:
@@ -134,7 +137,7 @@ def parse_pax(data: bytes, *, path=None, offset=None) -> dict[str, str]:
             n = 0
         if space < 0 or n <= space - pos or pos + n > len(data) or data[pos + n - 1] != 0x0A:
             raise CorruptCheckpointError("bad pax extended header record", path=path, offset=offset)
-        key, eq, value = data[space + 1:pos + n - 1].partition(b"=")
+        key, eq, value = data[space + 1 : pos + n - 1].partition(b"=")
         if not eq:
             raise CorruptCheckpointError("bad pax extended header record", path=path, offset=offset)
         out[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
@@ -148,8 +151,8 @@ class Member:
 
     name: str
     size: int
-    kind: str            # REGULAR, DIRECTORY or OTHER
-    data_offset: int     # in the decompressed tar stream
+    kind: str  # REGULAR, DIRECTORY or OTHER
+    data_offset: int  # in the decompressed tar stream
     ordinal: int
     mtime: int = 0
 

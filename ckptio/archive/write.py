@@ -1,4 +1,5 @@
 """Write a checkpoint into one .tar.zst (.index first, then the data shards), or rewrite straight into one."""
+
 from __future__ import annotations
 
 import os
@@ -18,7 +19,7 @@ from ..output import (
 )
 from .tar import BLOCK, RECORD, encode_header
 
-COPY_CHUNK = 4 << 20           # bytes per read while packing
+COPY_CHUNK = 4 << 20  # bytes per read while packing
 DEFAULT_LEVEL = 3
 
 
@@ -45,9 +46,17 @@ class PackStats:
         return self.bytes_in / self.seconds if self.seconds > 0 else 0.0
 
     def to_json(self) -> dict:
-        return {"path": self.path, "files": list(self.files), "bytes_in": self.bytes_in,
-                "bytes_out": self.bytes_out, "ratio": round(self.ratio, 4), "seconds": round(self.seconds, 3),
-                "throughput": round(self.throughput), "level": self.level, "threads": self.threads}
+        return {
+            "path": self.path,
+            "files": list(self.files),
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "ratio": round(self.ratio, 4),
+            "seconds": round(self.seconds, 3),
+            "throughput": round(self.throughput),
+            "level": self.level,
+            "threads": self.threads,
+        }
 
 
 def checkpoint_files(ckpt: Checkpoint) -> list[tuple[str, object]]:
@@ -89,8 +98,9 @@ class _Counting:
         self.f.flush()
 
 
-def pack(src, out_path, *, level: int = DEFAULT_LEVEL, threads: int = -1, force: bool = False,
-         progress=None) -> PackStats:
+def pack(
+    src, out_path, *, level: int = DEFAULT_LEVEL, threads: int = -1, force: bool = False, progress=None
+) -> PackStats:
     """Write the checkpoint src (any path ckptio.open takes, or an open Checkpoint) to one .tar.zst.
 
     Members: the .index, then every data shard in order (V1: its table files). The archive is
@@ -120,8 +130,15 @@ def pack(src, out_path, *, level: int = DEFAULT_LEVEL, threads: int = -1, force:
     finally:
         if ckpt is not src:
             ckpt.close()
-    return PackStats(out_path, tuple(_basename(p) for p, _ in files), bytes_in, bytes_out,
-                     time.perf_counter() - started, level, threads)
+    return PackStats(
+        out_path,
+        tuple(_basename(p) for p, _ in files),
+        bytes_in,
+        bytes_out,
+        time.perf_counter() - started,
+        level,
+        threads,
+    )
 
 
 def _write_archive(f, files, level: int, threads: int, progress) -> int:
@@ -191,12 +208,22 @@ class _LocalOutput:
 def _open_output(path: str, *, force: bool):
     if "://" in path:
         from ..remote import RemoteOutput
+
         return RemoteOutput(path, overwrite=force)
     return _LocalOutput(path, force)
 
 
-def rewrite_packed(src, out_path, steps=(), *, level: int = DEFAULT_LEVEL, threads: int = -1,
-                   force: bool = False, name: str | None = None, **options):
+def rewrite_packed(
+    src,
+    out_path,
+    steps=(),
+    *,
+    level: int = DEFAULT_LEVEL,
+    threads: int = -1,
+    force: bool = False,
+    name: str | None = None,
+    **options,
+):
     """rewrite() into a temp directory beside out_path, then pack it; returns (Report, PackStats).
 
     name: the checkpoint's file name prefix inside the archive (default: the source's).

@@ -4,6 +4,7 @@ Big ranges are copied by the kernel (copy_file_range) in segments while one chec
 re-reads each segment from the page cache and extends its crc32c; small ones are read,
 checked and written in one go. Nothing here knows about bundle entries or indexes.
 """
+
 from __future__ import annotations
 
 import os
@@ -63,17 +64,23 @@ class Copier:
         self._checker: Checker | None = None
         self._lock = threading.Lock()
 
-    def copy(self, src: Source, offset: int, size: int, out: ShardFile, *, crc: int | None = None,
-             key=None) -> None:
+    def copy(self, src: Source, offset: int, size: int, out: ShardFile, *, crc: int | None = None, key=None) -> None:
         """Append src[offset:offset+size] to out; crc: the masked crc32c the bytes must have (None: unchecked).
 
         REQUIRES: the caller holds out (no other copy or write into it meanwhile).
         """
         if offset + size > src.size:
-            raise TruncatedError(f"bytes [{offset}, {offset + size}) lie past the end of the {src.size}-byte "
-                                 "shard", path=src.name, key=key, offset=offset)
-        if size >= KERNEL_COPY_MIN and self._zero_copy is not False and self._copy_in_kernel(
-                src, offset, size, out, crc, key):
+            raise TruncatedError(
+                f"bytes [{offset}, {offset + size}) lie past the end of the {src.size}-byte shard",
+                path=src.name,
+                key=key,
+                offset=offset,
+            )
+        if (
+            size >= KERNEL_COPY_MIN
+            and self._zero_copy is not False
+            and self._copy_in_kernel(src, offset, size, out, crc, key)
+        ):
             return
         running = _copy_checked(src, out, offset, size, key)
         if crc is not None:
@@ -197,8 +204,12 @@ def _thread_buffer() -> memoryview:
 def _compare(crc: int, expected: int, src: Source, key, offset: int) -> None:
     """Raise unless crc (unmasked, computed) is the masked expected one."""
     if crc != unmask(expected):
-        raise ChecksumError(f"checksum does not match: stored {unmask(expected):#010x}, computed {crc:#010x}",
-                            path=src.name, key=key, offset=offset)
+        raise ChecksumError(
+            f"checksum does not match: stored {unmask(expected):#010x}, computed {crc:#010x}",
+            path=src.name,
+            key=key,
+            offset=offset,
+        )
 
 
 def _copy_checked(src: Source, out: ShardFile, offset: int, size: int, key) -> int:

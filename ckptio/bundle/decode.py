@@ -1,4 +1,5 @@
 """Turn stored tensor bytes into numpy arrays (and back) for fixed-width dtypes."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """TensorFlow DataType enum values, their names, sizes and numpy equivalents."""
+
 from __future__ import annotations
 
 from collections import namedtuple
@@ -20,6 +21,7 @@ class DType(namedtuple("DType", "enum name itemsize numpy_name")):
         """The numpy dtype (ml_dtypes for bfloat16, float8, int4); imports numpy on first use."""
         if self.numpy_name is None:
             from ..errors import UnsupportedError
+
             raise UnsupportedError(f"dtype {self.name} has no numpy equivalent")
         return _numpy_dtype(self.numpy_name)
 
@@ -65,8 +67,16 @@ BY_ENUM: dict[int, DType] = {e: DType(e, n, s, np_name) for e, n, s, np_name in 
 BY_NAME: dict[str, DType] = {}
 for _d in BY_ENUM.values():
     BY_NAME.setdefault(_d.name, _d)
-BY_NAME.update({"float": BY_ENUM[1], "double": BY_ENUM[2], "half": BY_ENUM[19], "bf16": BY_ENUM[14],
-                "fp16": BY_ENUM[19], "fp32": BY_ENUM[1]})
+BY_NAME.update(
+    {
+        "float": BY_ENUM[1],
+        "double": BY_ENUM[2],
+        "half": BY_ENUM[19],
+        "bf16": BY_ENUM[14],
+        "fp16": BY_ENUM[19],
+        "fp32": BY_ENUM[1],
+    }
+)
 
 
 def lookup(enum: int) -> DType | None:
@@ -118,6 +128,7 @@ def _ml_dtype(name: str):
     found = getattr(ml_dtypes, name, None)
     if found is None:  # e.g. float4_e2m1fn, int2 and uint2 came in ml_dtypes 0.5
         version = getattr(ml_dtypes, "__version__", "?")
-        raise UnsupportedError(f"dtype {name} is not in the installed ml_dtypes {version}; upgrade ml_dtypes "
-                               "to read it")
+        raise UnsupportedError(
+            f"dtype {name} is not in the installed ml_dtypes {version}; upgrade ml_dtypes to read it"
+        )
     return found

@@ -1,4 +1,5 @@
 """BundleEntryProto and BundleHeaderProto as small immutable values, validated on parse."""
+
 from __future__ import annotations
 
 from collections import namedtuple
@@ -31,20 +32,26 @@ def parse_proto(message, data: bytes) -> bool:
     return True
 
 
-class Header(namedtuple("Header", "num_shards big_endian producer min_consumer bad_consumers",
-                        defaults=(1, False, 1, 0, ()))):
+class Header(
+    namedtuple("Header", "num_shards big_endian producer min_consumer bad_consumers", defaults=(1, False, 1, 0, ()))
+):
     """The "" entry: shard count, byte order and version."""
 
     __slots__ = ()
 
     @staticmethod
-    def parse(value: bytes, *, path=None) -> "Header":
+    def parse(value: bytes, *, path=None) -> Header:
         proto = pb.BundleHeaderProto()
         if not parse_proto(proto, value):
             raise CorruptCheckpointError("header entry is not a BundleHeaderProto", path=path, key="")
         v = proto.version
-        header = Header(proto.num_shards, proto.endianness == pb.BundleHeaderProto.BIG, v.producer,
-                        v.min_consumer, tuple(v.bad_consumers))
+        header = Header(
+            proto.num_shards,
+            proto.endianness == pb.BundleHeaderProto.BIG,
+            v.producer,
+            v.min_consumer,
+            tuple(v.bad_consumers),
+        )
         if not 1 <= header.num_shards <= MAX_SHARDS:
             raise CorruptCheckpointError(f"header says {header.num_shards} shards", path=path, key="")
         if proto.endianness not in (0, 1):
@@ -52,12 +59,16 @@ class Header(namedtuple("Header", "num_shards big_endian producer min_consumer b
         if header.min_consumer > CONSUMER_VERSION or CONSUMER_VERSION in header.bad_consumers:
             raise UnsupportedError(
                 f"checkpoint needs a reader of version {header.min_consumer} (bad: "
-                f"{list(header.bad_consumers)}); ckptio reads version {CONSUMER_VERSION}", path=path, key="")
+                f"{list(header.bad_consumers)}); ckptio reads version {CONSUMER_VERSION}",
+                path=path,
+                key="",
+            )
         return header
 
     def encode(self) -> bytes:
-        proto = pb.BundleHeaderProto(num_shards=self.num_shards,
-                                     endianness=pb.BundleHeaderProto.BIG if self.big_endian else 0)
+        proto = pb.BundleHeaderProto(
+            num_shards=self.num_shards, endianness=pb.BundleHeaderProto.BIG if self.big_endian else 0
+        )
         proto.version.producer = self.producer
         proto.version.min_consumer = self.min_consumer
         proto.version.bad_consumers.extend(self.bad_consumers)
@@ -83,15 +94,22 @@ class Entry(namedtuple("Entry", "dtype shape shard_id offset size crc32c slices"
         return dtypes.lookup(self.dtype)
 
     @staticmethod
-    def parse(value: bytes, *, path=None, key=None) -> "Entry":
+    def parse(value: bytes, *, path=None, key=None) -> Entry:
         proto = pb.BundleEntryProto()
         if not parse_proto(proto, value):
             raise CorruptCheckpointError("entry is not a BundleEntryProto", path=path, key=key)
         shape = proto.shape
         if shape.unknown_rank:
             raise CorruptCheckpointError("entry shape has unknown rank", path=path, key=key)
-        entry = Entry(proto.dtype, tuple([d.size for d in shape.dim]), proto.shard_id, proto.offset,
-                      proto.size, proto.crc32c, tuple([from_proto(s) for s in proto.slices]) if proto.slices else ())
+        entry = Entry(
+            proto.dtype,
+            tuple([d.size for d in shape.dim]),
+            proto.shard_id,
+            proto.offset,
+            proto.size,
+            proto.crc32c,
+            tuple([from_proto(s) for s in proto.slices]) if proto.slices else (),
+        )
         problem = entry.problem()
         if problem:
             raise CorruptCheckpointError(problem, path=path, key=key)
@@ -123,7 +141,7 @@ class Entry(namedtuple("Entry", "dtype shape shard_id offset size crc32c slices"
                 seen.add(s)
         return None
 
-    def piece_problem(self, s, piece: "Entry") -> str | None:
+    def piece_problem(self, s, piece: Entry) -> str | None:
         """Why piece cannot be the stored slice s of this sliced tensor's metadata entry, or None.
 
         TF reads a slice into a tensor of the metadata's dtype and shape and fails on a piece that
@@ -131,8 +149,10 @@ class Entry(namedtuple("Entry", "dtype shape shard_id offset size crc32c slices"
         """
         expected = s.shape(self.shape)
         if piece.dtype != self.dtype or piece.shape != expected:
-            return (f"slice {s.spec()} is stored as {dtypes.name_of(piece.dtype)}{list(piece.shape)}, expected "
-                    f"{dtypes.name_of(self.dtype)}{list(expected)}")
+            return (
+                f"slice {s.spec()} is stored as {dtypes.name_of(piece.dtype)}{list(piece.shape)}, expected "
+                f"{dtypes.name_of(self.dtype)}{list(expected)}"
+            )
         return None
 
     def data_problem(self) -> str | None:
@@ -143,14 +163,17 @@ class Entry(namedtuple("Entry", "dtype shape shard_id offset size crc32c slices"
         if info is None:
             return f"unknown dtype enum {self.dtype}"
         if not self.slices and info.fixed_width and self.size != self.num_elements * info.itemsize:
-            return (f"size {self.size} != {self.num_elements} elements x {info.itemsize} bytes "
-                    f"for {info.name}{list(self.shape)}")
+            return (
+                f"size {self.size} != {self.num_elements} elements x {info.itemsize} bytes "
+                f"for {info.name}{list(self.shape)}"
+            )
         return None
 
     def encode(self) -> bytes:
         """Serialize as TensorFlow does: shape and crc32c always present."""
-        proto = pb.BundleEntryProto(dtype=self.dtype, shard_id=self.shard_id, offset=self.offset,
-                                    size=self.size, crc32c=self.crc32c)
+        proto = pb.BundleEntryProto(
+            dtype=self.dtype, shard_id=self.shard_id, offset=self.offset, size=self.size, crc32c=self.crc32c
+        )
         proto.shape.SetInParent()
         for d in self.shape:
             proto.shape.dim.add().size = d

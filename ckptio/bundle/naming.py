@@ -1,4 +1,5 @@
 """File names of a V2 bundle (P.index and P.data-SSSSS-of-NNNNN) and of V1 shards (B-SSSSS-of-NNNNN)."""
+
 from __future__ import annotations
 
 import re

@@ -1,4 +1,5 @@
 """Resolve what a user passed (prefix, .index, .data-*, directory, SavedModel, V1 file) to a checkpoint."""
+
 from __future__ import annotations
 
 import glob
@@ -43,8 +44,10 @@ def _resolve(path: str, *, patterns: bool) -> Located:
         prefix = split[0]
         if os.path.exists(naming.index_path(prefix)):
             return Located("v2", prefix)
-        raise CheckpointNotFoundError(f"this is a data shard but {naming.index_path(prefix)} is missing; "
-                                      "the .index file is needed to read it", path=path)
+        raise CheckpointNotFoundError(
+            f"this is a data shard but {naming.index_path(prefix)} is missing; the .index file is needed to read it",
+            path=path,
+        )
     if os.path.isfile(path):
         _refuse_odd_file(path)
         if _is_table(path):
@@ -53,8 +56,11 @@ def _resolve(path: str, *, patterns: bool) -> Located:
                 files = sorted(glob.glob(f"{glob.escape(m['base'])}-?????-of-{m['count']}"))
                 return Located("v1", m["base"], tuple(files))
             return Located("v1", path, (path,))
-        raise WrongFileError("not a TensorFlow checkpoint (no table footer); pass a checkpoint prefix, "
-                             "its .index file, or its directory", path=path)
+        raise WrongFileError(
+            "not a TensorFlow checkpoint (no table footer); pass a checkpoint prefix, "
+            "its .index file, or its directory",
+            path=path,
+        )
     shards = sorted(glob.glob(f"{glob.escape(path)}-?????-of-?????"))
     if shards:
         return Located("v1", path, tuple(shards))
@@ -82,11 +88,11 @@ def _resolve_pattern(pattern: str) -> Located:
     if len(found) == 1:
         return next(iter(found.values()))
     if not found:
-        raise CheckpointNotFoundError(f"the pattern matches {_some(matches)}, none of them a checkpoint",
-                                      path=pattern)
+        raise CheckpointNotFoundError(f"the pattern matches {_some(matches)}, none of them a checkpoint", path=pattern)
     names = [located.prefix for located in found.values()]
-    raise CheckpointNotFoundError(f"the pattern matches {len(names)} checkpoints ({_some(names, count=False)}); "
-                                  "pass one of them", path=pattern)
+    raise CheckpointNotFoundError(
+        f"the pattern matches {len(names)} checkpoints ({_some(names, count=False)}); pass one of them", path=pattern
+    )
 
 
 def _some(names: list[str], *, count: bool = True, shown: int = 5) -> str:
@@ -106,8 +112,11 @@ def _resolve_dir(path: str) -> Located:
     variables = os.path.join(path, "variables", "variables")
     graph = saved_model_graph(path)
     if graph and not os.path.exists(naming.index_path(variables)):
-        raise CheckpointNotFoundError(f"this SavedModel ({os.path.basename(graph)}) holds no variables: "
-                                      f"{naming.index_path(variables)} is missing", path=path)
+        raise CheckpointNotFoundError(
+            f"this SavedModel ({os.path.basename(graph)}) holds no variables: "
+            f"{naming.index_path(variables)} is missing",
+            path=path,
+        )
     for candidate in (variables, os.path.join(path, "variables")):
         if os.path.exists(naming.index_path(candidate)):
             return Located("v2", candidate)
@@ -116,16 +125,22 @@ def _resolve_dir(path: str) -> Located:
         return Located("v2", indexes[0][: -len(".index")])
     if indexes:
         names = ", ".join(os.path.basename(i)[: -len(".index")] for i in indexes[:5])
-        raise CheckpointNotFoundError(f"directory holds {len(indexes)} checkpoints and no usable 'checkpoint' "
-                                      f"state file; pass one prefix: {names}", path=path)
+        raise CheckpointNotFoundError(
+            f"directory holds {len(indexes)} checkpoints and no usable 'checkpoint' "
+            f"state file; pass one prefix: {names}",
+            path=path,
+        )
     v1 = _v1_checkpoints_in(path)
     if len(v1) == 1:
         return resolve(v1[0])
     if v1:
         names = ", ".join(os.path.basename(p) for p in v1[:5])
         raise CheckpointNotFoundError(f"directory holds {len(v1)} V1 checkpoints; pass one: {names}", path=path)
-    raise CheckpointNotFoundError("directory holds no checkpoint (no 'checkpoint' state file, no *.index, "
-                                  "no variables/variables.index, no V1 files)", path=path)
+    raise CheckpointNotFoundError(
+        "directory holds no checkpoint (no 'checkpoint' state file, no *.index, "
+        "no variables/variables.index, no V1 files)",
+        path=path,
+    )
 
 
 def _v1_checkpoints_in(directory: str) -> list[str]:
@@ -177,10 +192,13 @@ def refuse_saved_model_output(prefix: str) -> None:
     if sm is None:
         return
     graph = os.path.basename(saved_model_graph(sm) or SAVED_MODEL_GRAPHS[0])
-    raise UnsupportedError(f"refusing to write inside the SavedModel {sm}: its {graph} binds every variable by "
-                           "key and dtype, so edited variables would not load; write a plain checkpoint elsewhere "
-                           "(e.g. out/model.ckpt) and restore it with tf.train.Checkpoint, or re-export the "
-                           "SavedModel from the model", path=prefix)
+    raise UnsupportedError(
+        f"refusing to write inside the SavedModel {sm}: its {graph} binds every variable by "
+        "key and dtype, so edited variables would not load; write a plain checkpoint elsewhere "
+        "(e.g. out/model.ckpt) and restore it with tf.train.Checkpoint, or re-export the "
+        "SavedModel from the model",
+        path=prefix,
+    )
 
 
 def _refuse_non_regular(path: str) -> None:
@@ -232,26 +250,36 @@ def _refuse_odd_file(path: str) -> None:
     base = os.path.basename(path)
     directory = os.path.dirname(path) or "."
     if head.startswith(LFS_POINTER):
-        raise WrongFileError("this is a Git LFS pointer, not the file itself; run 'git lfs pull' to fetch it",
-                             path=path)
+        raise WrongFileError(
+            "this is a Git LFS pointer, not the file itself; run 'git lfs pull' to fetch it", path=path
+        )
     if base == "checkpoint" and b"model_checkpoint_path" in head:
-        raise WrongFileError(f"this is the text 'checkpoint' state file; pass its directory ({directory}) "
-                             "or the prefix it names", path=path)
+        raise WrongFileError(
+            f"this is the text 'checkpoint' state file; pass its directory ({directory}) or the prefix it names",
+            path=path,
+        )
     if base.endswith(".meta"):
-        raise WrongFileError(f"this is a MetaGraphDef (.meta), not tensor data; pass the prefix "
-                             f"{path[:-5]!r} instead", path=path)
+        raise WrongFileError(
+            f"this is a MetaGraphDef (.meta), not tensor data; pass the prefix {path[:-5]!r} instead", path=path
+        )
     if head.startswith(b"\x89HDF\r\n\x1a\n") or base.endswith((".h5", ".hdf5")):
-        raise WrongFileError("this is an HDF5 (Keras .h5) file, not a TensorFlow checkpoint; load it with Keras, "
-                             "or pass a TF checkpoint prefix, its .index file or its directory", path=path)
+        raise WrongFileError(
+            "this is an HDF5 (Keras .h5) file, not a TensorFlow checkpoint; load it with Keras, "
+            "or pass a TF checkpoint prefix, its .index file or its directory",
+            path=path,
+        )
     if head.startswith(b"PK\x03\x04") and base.endswith(".keras"):
-        raise WrongFileError("this is a Keras v3 .keras archive, not a TensorFlow checkpoint; load it with Keras, "
-                             "or pass a TF checkpoint prefix, its .index file or its directory", path=path)
+        raise WrongFileError(
+            "this is a Keras v3 .keras archive, not a TensorFlow checkpoint; load it with Keras, "
+            "or pass a TF checkpoint prefix, its .index file or its directory",
+            path=path,
+        )
     if base in SAVED_MODEL_GRAPHS:
-        raise WrongFileError(f"this is a SavedModel's graph; pass the SavedModel directory ({directory}) instead",
-                             path=path)
+        raise WrongFileError(
+            f"this is a SavedModel's graph; pass the SavedModel directory ({directory}) instead", path=path
+        )
     if base.endswith((".pb", ".pbtxt", ".cpb")):
-        raise WrongFileError("this is a graph/SavedModel protobuf; pass the SavedModel directory instead",
-                             path=path)
+        raise WrongFileError("this is a graph/SavedModel protobuf; pass the SavedModel directory instead", path=path)
 
 
 def _not_found_hint(path: str) -> str:

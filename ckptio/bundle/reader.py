@@ -1,18 +1,28 @@
 """Read a V2 bundle: the .index table on open, data shards lazily, one range read per tensor."""
+
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
 
-from ..errors import (ChecksumError, CkptioError, CorruptCheckpointError, MissingShardError,
-                      TensorNotFoundError, TruncatedError, UnsupportedError, WrongFileError)
+from ..errors import (
+    ChecksumError,
+    CkptioError,
+    CorruptCheckpointError,
+    MissingShardError,
+    TensorNotFoundError,
+    TruncatedError,
+    UnsupportedError,
+    WrongFileError,
+)
 from ..io import FileSource, Source
 from ..sstable import Table
 from ..sstable.coding import crc32c, unmask
 from . import dtypes, naming, strings
 from .entry import Entry, Header
 from .paths import LFS_POINTER
-from .slices import Slice, encode_key as slice_key, tiling_problem
+from .slices import Slice, tiling_problem
+from .slices import encode_key as slice_key
 
 CHUNK = 8 << 20
 
@@ -22,8 +32,9 @@ class BundleReader:
 
     format = "v2"
 
-    def __init__(self, prefix: str, *, open_source: Callable[[str], Source] = FileSource,
-                 index_source: Source | None = None):
+    def __init__(
+        self, prefix: str, *, open_source: Callable[[str], Source] = FileSource, index_source: Source | None = None
+    ):
         self.prefix = prefix
         self._open_source = open_source
         self.index_source = index_source or open_source(naming.index_path(prefix))
@@ -46,12 +57,14 @@ class BundleReader:
             self.table = Table(self.index_source)
         except CorruptCheckpointError:
             if is_lfs_pointer(self.index_source):
-                raise WrongFileError("this .index is a Git LFS pointer, not the file itself; run 'git lfs pull' "
-                                     "to fetch it", path=self.path) from None
+                raise WrongFileError(
+                    "this .index is a Git LFS pointer, not the file itself; run 'git lfs pull' to fetch it",
+                    path=self.path,
+                ) from None
             raise
         first = self.table.first()
         if first is None or first[0] != b"":
-            raise CorruptCheckpointError("the first entry is not the bundle header (key \"\")", path=self.path)
+            raise CorruptCheckpointError('the first entry is not the bundle header (key "")', path=self.path)
         self.header = Header.parse(first[1], path=self.path)
 
     # -- index ---------------------------------------------------------------------------------
@@ -103,8 +116,9 @@ class BundleReader:
             value = self.table.get(key)
             entry = None if value is None else Entry.parse(value, path=self.path, key=f"{name}[{s.spec()}]")
         if entry is None:
-            raise CorruptCheckpointError(f"slice {s.spec()} is listed but its entry is missing",
-                                         path=self.path, key=name)
+            raise CorruptCheckpointError(
+                f"slice {s.spec()} is listed but its entry is missing", path=self.path, key=name
+            )
         problem = meta.piece_problem(s, entry)
         if problem:
             raise CorruptCheckpointError(problem, path=self.path, key=name)
@@ -134,8 +148,9 @@ class BundleReader:
         if src is not None:
             return src
         if not 0 <= shard < self.header.num_shards:
-            raise CorruptCheckpointError(f"shard_id {shard} but the header says {self.header.num_shards} shards",
-                                         path=self.path)
+            raise CorruptCheckpointError(
+                f"shard_id {shard} but the header says {self.header.num_shards} shards", path=self.path
+            )
         with self._shards_lock:  # two threads opening one shard would leak one of the descriptors
             src = self._shards.get(shard)
             if src is None:
@@ -159,21 +174,30 @@ class BundleReader:
         src = self.shard(entry.shard_id)
         if entry.offset + entry.size > src.size:
             if is_lfs_pointer(src):
-                raise WrongFileError("this data shard is a Git LFS pointer, not the file itself; run "
-                                     "'git lfs pull' to fetch it", path=src.name, key=name)
+                raise WrongFileError(
+                    "this data shard is a Git LFS pointer, not the file itself; run 'git lfs pull' to fetch it",
+                    path=src.name,
+                    key=name,
+                )
             raise TruncatedError(
-                f"bytes [{entry.offset}, {entry.offset + entry.size}) lie past the end of the "
-                f"{src.size}-byte shard", path=src.name, key=name, offset=entry.offset)
+                f"bytes [{entry.offset}, {entry.offset + entry.size}) lie past the end of the {src.size}-byte shard",
+                path=src.name,
+                key=name,
+                offset=entry.offset,
+            )
 
     def _blame_lfs(self, entry: Entry) -> None:
         """After a failure: raise WrongFileError instead if the shard is a Git LFS pointer."""
         src = self._shards.get(entry.shard_id)
         if src is not None and is_lfs_pointer(src):
-            raise WrongFileError("this data shard is a Git LFS pointer, not the file itself; run "
-                                 "'git lfs pull' to fetch it", path=src.name) from None
+            raise WrongFileError(
+                "this data shard is a Git LFS pointer, not the file itself; run 'git lfs pull' to fetch it",
+                path=src.name,
+            ) from None
 
-    def iter_raw(self, name: str, entry: Entry, chunk: int = CHUNK, *, verify: bool = True,
-                 buffers=()) -> Iterator[bytes]:
+    def iter_raw(
+        self, name: str, entry: Entry, chunk: int = CHUNK, *, verify: bool = True, buffers=()
+    ) -> Iterator[bytes]:
         """Stream an entry's stored bytes in chunks, checking its crc32c after the last one.
 
         With buffers (writable memoryviews of at least chunk bytes), chunk i is read into
@@ -227,8 +251,9 @@ class BundleReader:
 
     def _stored_crc(self, name: str, entry: Entry, data: bytes) -> int:
         """The unmasked crc TensorFlow computes for an entry's bytes (per dtype)."""
-        return stored_crc(entry, data, big_endian=self.header.big_endian, path=self.shard_path(entry.shard_id),
-                          key=name)
+        return stored_crc(
+            entry, data, big_endian=self.header.big_endian, path=self.shard_path(entry.shard_id), key=name
+        )
 
     def _check_crc(self, name: str, entry: Entry, crc: int) -> None:
         problem = crc_problem(entry, crc)
@@ -254,14 +279,23 @@ class BundleReader:
             if entry.num_elements == 0 and entry.size == 0:  # TF writes no bytes at all for these
                 return np.empty(entry.shape, dtype=object)
             data = self.shard(entry.shard_id).read(entry.offset, entry.size, key=name)
-            elements, crc = strings.decode(data, entry.num_elements, big_endian=self.header.big_endian,
-                                           path=self.shard_path(entry.shard_id), key=name, offset=entry.offset)
+            elements, crc = strings.decode(
+                data,
+                entry.num_elements,
+                big_endian=self.header.big_endian,
+                path=self.shard_path(entry.shard_id),
+                key=name,
+                offset=entry.offset,
+            )
             if verify:
                 self._check_crc(name, entry, crc)
             return strings.to_array(elements, entry.shape)
         if info is None or not info.fixed_width:
-            raise UnsupportedError(f"cannot decode {dtypes.name_of(entry.dtype)} tensors (bytes can still be copied)",
-                                   path=self.path, key=name)
+            raise UnsupportedError(
+                f"cannot decode {dtypes.name_of(entry.dtype)} tensors (bytes can still be copied)",
+                path=self.path,
+                key=name,
+            )
         from .decode import from_bytes
 
         self.check_entry(name, entry)
@@ -270,8 +304,9 @@ class BundleReader:
         if isinstance(src, FileSource):
             got = src.readinto(entry.offset, memoryview(buf))
             if got != entry.size:
-                raise CorruptCheckpointError(f"read {got} of {entry.size} bytes", path=src.name, key=name,
-                                             offset=entry.offset)
+                raise CorruptCheckpointError(
+                    f"read {got} of {entry.size} bytes", path=src.name, key=name, offset=entry.offset
+                )
         else:
             buf[:] = src.read(entry.offset, entry.size, key=name)
         if verify:
@@ -294,7 +329,6 @@ def is_lfs_pointer(src: Source) -> bool:
         return src.read(0, n) == LFS_POINTER
     except CkptioError:
         return False
-
 
 
 def stored_crc(entry: Entry, data: bytes, *, big_endian: bool = False, path=None, key=None) -> int:

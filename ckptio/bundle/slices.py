@@ -6,6 +6,7 @@
     Signed(v):        n-byte big-endian two's complement with a unary length header in the top bits
 A whole dimension is stored as start 0, length -1 in the key and as an Extent without length in the proto.
 """
+
 from __future__ import annotations
 
 from collections import namedtuple
@@ -21,8 +22,9 @@ class Slice(namedtuple("Slice", "extents")):
 
     def bounds(self, shape: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
         """(start, stop) per dimension for a tensor of this full shape."""
-        return tuple((0, dim) if length is None else (start, start + length)
-                     for (start, length), dim in zip(self.extents, shape))
+        return tuple(
+            (0, dim) if length is None else (start, start + length) for (start, length), dim in zip(self.extents, shape)
+        )
 
     def shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(stop - start for start, stop in self.bounds(shape))
@@ -114,8 +116,18 @@ def _num_increasing(value: int) -> bytes:
 
 
 # Header bits XORed into the leading bytes of an n-byte signed number.
-_SIGNED_HEADERS = {1: b"\x80", 2: b"\xc0", 3: b"\xe0", 4: b"\xf0", 5: b"\xf8", 6: b"\xfc", 7: b"\xfe",
-                   8: b"\xff", 9: b"\xff\x80", 10: b"\xff\xc0"}
+_SIGNED_HEADERS = {
+    1: b"\x80",
+    2: b"\xc0",
+    3: b"\xe0",
+    4: b"\xf0",
+    5: b"\xf8",
+    6: b"\xfc",
+    7: b"\xfe",
+    8: b"\xff",
+    9: b"\xff\x80",
+    10: b"\xff\xc0",
+}
 
 
 def _signed(value: int) -> bytes:
@@ -166,7 +178,7 @@ def decode_key(key: bytes) -> tuple[bytes, Slice]:
         n = key[pos]
         if n > 8 or pos + 1 + n > len(key):
             raise SliceKeyError("bad number in slice key")
-        value = int.from_bytes(key[pos + 1:pos + 1 + n], "big")
+        value = int.from_bytes(key[pos + 1 : pos + 1 + n], "big")
         pos += 1 + n
         return value
 
@@ -186,7 +198,7 @@ def decode_key(key: bytes) -> tuple[bytes, Slice]:
                 n = 9 if not second & 0x40 else 10
         if pos + n > len(key):
             raise SliceKeyError("slice key ends early")
-        body = bytearray(key[pos:pos + n])
+        body = bytearray(key[pos : pos + n])
         for i, h in enumerate(_SIGNED_HEADERS[n]):
             body[i] ^= h
         value = int.from_bytes(body, "big")

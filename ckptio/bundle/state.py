@@ -18,6 +18,7 @@ Ownership rule (what ckptio writes): a state file that does not exist, or that l
 the outputs being written, is ckptio's to write; any other state file belongs to someone else (a
 training run) and is left exactly as it was unless the caller asks to make the output the latest.
 """
+
 from __future__ import annotations
 
 import glob
@@ -53,8 +54,12 @@ def parse(text: bytes, path: str = STATE_FILE) -> State:
         proto = text_format.Parse(text.decode("utf-8"), CheckpointState())
     except (UnicodeDecodeError, text_format.ParseError) as exc:
         raise WrongFileError(f"cannot parse the 'checkpoint' state file ({exc})", path=path) from None
-    return State(proto.model_checkpoint_path, tuple(proto.all_model_checkpoint_paths),
-                 tuple(proto.all_model_checkpoint_timestamps), proto.last_preserved_timestamp)
+    return State(
+        proto.model_checkpoint_path,
+        tuple(proto.all_model_checkpoint_paths),
+        tuple(proto.all_model_checkpoint_timestamps),
+        proto.last_preserved_timestamp,
+    )
 
 
 def render(state: State) -> bytes:
@@ -63,9 +68,12 @@ def render(state: State) -> bytes:
 
     from .._proto.checkpoint_state_pb2 import CheckpointState
 
-    proto = CheckpointState(model_checkpoint_path=state.latest, all_model_checkpoint_paths=state.paths,
-                            all_model_checkpoint_timestamps=state.timestamps,
-                            last_preserved_timestamp=state.last_preserved)
+    proto = CheckpointState(
+        model_checkpoint_path=state.latest,
+        all_model_checkpoint_paths=state.paths,
+        all_model_checkpoint_timestamps=state.timestamps,
+        last_preserved_timestamp=state.last_preserved,
+    )
     return text_format.MessageToString(proto).encode("utf-8")
 
 
@@ -106,15 +114,20 @@ def write_state(directory: str, state: State) -> None:
 
 
 def _exists(prefix: str) -> bool:
-    return os.path.exists(naming.index_path(prefix)) or os.path.isfile(prefix) or (
-        glob.has_magic(prefix) and bool(glob.glob(prefix)))  # a V1 shard pattern
+    return (
+        os.path.exists(naming.index_path(prefix))
+        or os.path.isfile(prefix)
+        or (glob.has_magic(prefix) and bool(glob.glob(prefix)))
+    )  # a V1 shard pattern
 
 
 def locate(directory: str, stored: str) -> str | None:
     """Where a listed path is: joined onto the directory if relative, else next door; None if gone."""
-    candidates = [stored if os.path.isabs(stored) else os.path.join(directory, stored),
-                  # A directory that was moved keeps stale absolute paths; TF gives up, we look next door.
-                  os.path.join(directory, os.path.basename(stored))]
+    candidates = [
+        stored if os.path.isabs(stored) else os.path.join(directory, stored),
+        # A directory that was moved keeps stale absolute paths; TF gives up, we look next door.
+        os.path.join(directory, os.path.basename(stored)),
+    ]
     return next((c for c in candidates if _exists(c)), None)
 
 
@@ -142,14 +155,19 @@ def latest_from_state(directory: str) -> str | None:
 def _only_present(directory: str, named: str) -> str:
     present = present_checkpoints(directory)
     if len(present) == 1:
-        warnings.warn(StateFileWarning(f"{state_path(directory)}: names {named!r}, which does not exist; "
-                                       f"using {os.path.basename(present[0])}, the only checkpoint there"),
-                      stacklevel=3)
+        warnings.warn(
+            StateFileWarning(
+                f"{state_path(directory)}: names {named!r}, which does not exist; "
+                f"using {os.path.basename(present[0])}, the only checkpoint there"
+            ),
+            stacklevel=3,
+        )
         return present[0]
     names = ", ".join(os.path.basename(p) for p in present[:5])
     hint = f"; checkpoints present: {names}" if present else "; no checkpoint is present"
-    raise CheckpointNotFoundError(f"the 'checkpoint' state file names {named!r}, which does not exist{hint}",
-                                  path=state_path(directory))
+    raise CheckpointNotFoundError(
+        f"the 'checkpoint' state file names {named!r}, which does not exist{hint}", path=state_path(directory)
+    )
 
 
 class Listed(namedtuple("Listed", "stored path timestamp")):
@@ -178,8 +196,11 @@ def listed(directory: str) -> tuple[list[Listed], State]:
 
 def _stored_form(directory: str, prefix: str, absolute: bool) -> str:
     """A path as the state file stores it: relative to the directory (absolute in Saver's files)."""
-    return os.path.abspath(prefix) if absolute else os.path.relpath(os.path.abspath(prefix),
-                                                                    os.path.abspath(directory or "."))
+    return (
+        os.path.abspath(prefix)
+        if absolute
+        else os.path.relpath(os.path.abspath(prefix), os.path.abspath(directory or "."))
+    )
 
 
 def _same(directory: str, stored: str, prefix: str) -> bool:
@@ -208,8 +229,9 @@ def with_latest(state: State | None, directory: str, prefix: str, timestamp: flo
     # Timestamps are all or none (a manager zips the two lists): keep the file's choice.
     stamped = not old or bool(state.timestamps)
     entries = kept + [(stored, timestamp if timestamp is not None else time.time())]
-    return State(stored, tuple(p for p, _ in entries), tuple(t for _, t in entries) if stamped else (),
-                 state.last_preserved)
+    return State(
+        stored, tuple(p for p, _ in entries), tuple(t for _, t in entries) if stamped else (), state.last_preserved
+    )
 
 
 def _padded(state: State) -> tuple:
@@ -218,8 +240,7 @@ def _padded(state: State) -> tuple:
     return ts + (state.last_preserved,) * (len(state.paths) - len(ts))
 
 
-def record_outputs(directory: str, outputs, *, make_latest: bool = False, last_preserved: float | None = None
-                   ) -> str:
+def record_outputs(directory: str, outputs, *, make_latest: bool = False, last_preserved: float | None = None) -> str:
     """List outputs [(prefix, timestamp or None)], oldest first, in the directory's state file.
 
     Returns "written" or "left" (a state file that belongs to someone else, and no make_latest).

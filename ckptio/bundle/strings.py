@@ -6,6 +6,7 @@
 The entry crc32c runs over the lengths (as uint32), the 4 stored checksum bytes, then the payload.
 In big-endian bundles the uint32 lengths fed to the crc and the stored checksum are big-endian.
 """
+
 from __future__ import annotations
 
 import struct
@@ -18,45 +19,58 @@ def _length_bytes(length: int, order: str) -> bytes:
     return length.to_bytes(4 if length <= 0xFFFFFFFF else 8, order)
 
 
-def decode(data: bytes, count: int, *, big_endian: bool = False, path=None, key=None, offset=None) -> tuple[list[bytes], int]:
+def decode(
+    data: bytes, count: int, *, big_endian: bool = False, path=None, key=None, offset=None
+) -> tuple[list[bytes], int]:
     """Split string tensor bytes into `count` elements; return (elements, unmasked entry crc)."""
     order = "big" if big_endian else "little"
     lengths, pos, crc = [], 0, 0
     if count > len(data):  # every length takes at least one byte
-        raise CorruptCheckpointError(f"string tensor of {count} elements cannot fit {len(data)} bytes",
-                                     path=path, key=key, offset=offset)
+        raise CorruptCheckpointError(
+            f"string tensor of {count} elements cannot fit {len(data)} bytes", path=path, key=key, offset=offset
+        )
     for _ in range(count):
         at = pos
         try:
             length, pos = decode_varint(data, pos, len(data))
         except VarintError:
-            raise CorruptCheckpointError("bad string length varint", path=path, key=key,
-                                         offset=None if offset is None else offset + at) from None
+            raise CorruptCheckpointError(
+                "bad string length varint", path=path, key=key, offset=None if offset is None else offset + at
+            ) from None
         if length > len(data) - pos:  # cannot be: checked before anything is sized by it
             raise CorruptCheckpointError(
-                f"string length {length} is longer than the {len(data)}-byte tensor", path=path, key=key,
-                offset=None if offset is None else offset + at)
+                f"string length {length} is longer than the {len(data)}-byte tensor",
+                path=path,
+                key=key,
+                offset=None if offset is None else offset + at,
+            )
         lengths.append(length)
         crc = crc32c(_length_bytes(length, order), crc)
     if pos + 4 > len(data):
-        raise CorruptCheckpointError("string tensor ends inside its length checksum", path=path, key=key,
-                                     offset=offset)
+        raise CorruptCheckpointError("string tensor ends inside its length checksum", path=path, key=key, offset=offset)
     stored = struct.unpack_from(">I" if big_endian else "<I", data, pos)[0]
     if unmask(stored) != crc:
-        raise ChecksumError("the length checksum of the string tensor does not match", path=path, key=key,
-                            offset=None if offset is None else offset + pos)
-    crc = crc32c(data[pos:pos + 4], crc)
+        raise ChecksumError(
+            "the length checksum of the string tensor does not match",
+            path=path,
+            key=key,
+            offset=None if offset is None else offset + pos,
+        )
+    crc = crc32c(data[pos : pos + 4], crc)
     pos += 4
     if pos + sum(lengths) != len(data):
         raise CorruptCheckpointError(
-            f"string lengths add up to {sum(lengths)} bytes but {len(data) - pos} follow", path=path, key=key,
-            offset=offset)
+            f"string lengths add up to {sum(lengths)} bytes but {len(data) - pos} follow",
+            path=path,
+            key=key,
+            offset=offset,
+        )
     out = []
     view = memoryview(data)
     for length in lengths:
-        out.append(bytes(view[pos:pos + length]))
+        out.append(bytes(view[pos : pos + length]))
         pos += length
-    crc = crc32c(data[len(data) - sum(lengths):], crc)
+    crc = crc32c(data[len(data) - sum(lengths) :], crc)
     return out, crc
 
 
@@ -81,7 +95,7 @@ def prefix_problem(head: bytes, count: int, size: int, *, big_endian: bool = Fal
         return None
     if pos + 4 + total != size:
         return f"its string lengths add up to {total} bytes, not the {size - pos - 4} its size leaves"
-    if unmask(int.from_bytes(head[pos:pos + 4], order)) != crc:
+    if unmask(int.from_bytes(head[pos : pos + 4], order)) != crc:
         return "the length checksum of the string tensor does not match"
     return None
 
@@ -121,27 +135,41 @@ def variant_crc(data: bytes, count: int, *, path=None, key=None, offset=None) ->
     """Check the per-element checksums of `count` variant elements; return the unmasked entry crc."""
     pos, crc = 0, 0
     if count > len(data):
-        raise CorruptCheckpointError(f"variant tensor of {count} elements cannot fit {len(data)} bytes",
-                                     path=path, key=key, offset=offset)
+        raise CorruptCheckpointError(
+            f"variant tensor of {count} elements cannot fit {len(data)} bytes", path=path, key=key, offset=offset
+        )
     for i in range(count):
         at = pos
         try:
             length, pos = decode_varint(data, pos, len(data))
         except VarintError:
-            raise CorruptCheckpointError(f"bad length varint of variant element {i}", path=path, key=key,
-                                         offset=None if offset is None else offset + at) from None
+            raise CorruptCheckpointError(
+                f"bad length varint of variant element {i}",
+                path=path,
+                key=key,
+                offset=None if offset is None else offset + at,
+            ) from None
         if length + 4 > len(data) - pos:
-            raise CorruptCheckpointError(f"variant element {i} of {length} bytes runs past the tensor",
-                                         path=path, key=key, offset=None if offset is None else offset + at)
-        crc = crc32c(data[pos:pos + length], crc32c(length.to_bytes(8, "little"), crc))
+            raise CorruptCheckpointError(
+                f"variant element {i} of {length} bytes runs past the tensor",
+                path=path,
+                key=key,
+                offset=None if offset is None else offset + at,
+            )
+        crc = crc32c(data[pos : pos + length], crc32c(length.to_bytes(8, "little"), crc))
         pos += length
         stored = struct.unpack_from("<I", data, pos)[0]
         if unmask(stored) != crc:
-            raise ChecksumError(f"the checksum of variant element {i} does not match", path=path, key=key,
-                                offset=None if offset is None else offset + pos)
-        crc = crc32c(data[pos:pos + 4], crc)
+            raise ChecksumError(
+                f"the checksum of variant element {i} does not match",
+                path=path,
+                key=key,
+                offset=None if offset is None else offset + pos,
+            )
+        crc = crc32c(data[pos : pos + 4], crc)
         pos += 4
     if pos != len(data):
-        raise CorruptCheckpointError(f"{len(data) - pos} bytes follow the last variant element", path=path,
-                                     key=key, offset=offset)
+        raise CorruptCheckpointError(
+            f"{len(data) - pos} bytes follow the last variant element", path=path, key=key, offset=offset
+        )
     return crc

@@ -4,6 +4,7 @@
     key EncodeTensorNameSlice(n, s) -> SavedTensorSlices{data: SavedSlice{name, slice, data: TensorProto}}
 The TensorProto carries only its typed value list (float_val, int_val, ...), no dtype or shape.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
@@ -53,13 +54,15 @@ class V1Reader:
         path = table.source.name
         first = table.first()
         if first is None or first[0] != b"":
-            raise CorruptCheckpointError("V1 table has no metadata entry (key \"\")", path=path)
+            raise CorruptCheckpointError('V1 table has no metadata entry (key "")', path=path)
         if first[1][:1] == b"\x08":
             # Field 1 as a varint: BundleHeaderProto.num_shards, never SavedTensorSlices.meta (a message).
             # Parsed as V1 it would read as a checkpoint of no tensors.
-            raise WrongFileError("this is a V2 .index file (its first entry is a bundle header), not a V1 "
-                                 "checkpoint; pass its prefix P, with the file named P.index beside P.data-*",
-                                 path=path)
+            raise WrongFileError(
+                "this is a V2 .index file (its first entry is a bundle header), not a V1 "
+                "checkpoint; pass its prefix P, with the file named P.index beside P.data-*",
+                path=path,
+            )
         sts = parse_slices(first[1])
         if sts is None:
             raise CorruptCheckpointError("metadata entry is not a SavedTensorSlices", path=path, key="")
@@ -71,8 +74,9 @@ class V1Reader:
             if old is not None:
                 old = old._replace(slices=self._stored[name])
                 if old.dtype != dtype or old.shape != shape:
-                    raise CorruptCheckpointError("tensor declared with different dtype or shape in two files",
-                                                 path=path, key=name)
+                    raise CorruptCheckpointError(
+                        "tensor declared with different dtype or shape in two files", path=path, key=name
+                    )
                 slices = old.slices + slices
             entry = Entry(dtype, shape, i, 0, _estimate_size(dtype, shape), 0, slices)
             problem = entry.problem()
@@ -80,7 +84,7 @@ class V1Reader:
                 raise CorruptCheckpointError(problem, path=path, key=name)
             self._entries[name] = entry
             self._stored[name] = slices
-            for s in slices[len(old.slices) if old else 0:]:
+            for s in slices[len(old.slices) if old else 0 :]:
                 self._file_of[encode_key(name, s)] = i
 
     def entries(self) -> dict[str, Entry]:
@@ -96,8 +100,11 @@ class V1Reader:
         """Decode a tensor stored whole (as one full slice)."""
         stored = self._stored.get(name)
         if not stored:  # TF's reader finds no data for it either
-            raise CorruptCheckpointError(f"tensor of shape {list(entry.shape)} lists no stored slice "
-                                         "(its values are missing)", path=self.path, key=name)
+            raise CorruptCheckpointError(
+                f"tensor of shape {list(entry.shape)} lists no stored slice (its values are missing)",
+                path=self.path,
+                key=name,
+            )
         return self.read_slice(name, stored[0], entry.shape)
 
     def read_slice(self, name: str, s: Slice, shape: tuple[int, ...]):
@@ -113,10 +120,16 @@ class V1Reader:
         table = self.tables[i]
         value = table.get(key)
         if value is None:
-            raise CorruptCheckpointError(f"slice {s.spec() or '(scalar)'} is listed but not stored",
-                                         path=table.source.name, key=name)
-        return tensor_proto_to_array(slice_data(value, name, path=table.source.name), entry.dtype, s.shape(shape),
-                                     path=table.source.name, key=name)
+            raise CorruptCheckpointError(
+                f"slice {s.spec() or '(scalar)'} is listed but not stored", path=table.source.name, key=name
+            )
+        return tensor_proto_to_array(
+            slice_data(value, name, path=table.source.name),
+            entry.dtype,
+            s.shape(shape),
+            path=table.source.name,
+            key=name,
+        )
 
     def close(self) -> None:
         for t in self.tables:
@@ -155,11 +168,27 @@ def _estimate_size(dtype: int, shape: tuple[int, ...]) -> int:
 
 # dtype name -> TensorProto field holding its values
 _FIELDS = {
-    "float32": "float_val", "float64": "double_val", "int64": "int64_val", "bool": "bool_val",
-    "string": "string_val", "complex64": "scomplex_val", "complex128": "dcomplex_val",
-    "float16": "half_val", "bfloat16": "half_val", "uint32": "uint32_val", "uint64": "uint64_val",
-    "int32": "int_val", "uint8": "int_val", "int8": "int_val", "int16": "int_val", "uint16": "int_val",
-    "qint8": "int_val", "quint8": "int_val", "qint32": "int_val", "qint16": "int_val", "quint16": "int_val",
+    "float32": "float_val",
+    "float64": "double_val",
+    "int64": "int64_val",
+    "bool": "bool_val",
+    "string": "string_val",
+    "complex64": "scomplex_val",
+    "complex128": "dcomplex_val",
+    "float16": "half_val",
+    "bfloat16": "half_val",
+    "uint32": "uint32_val",
+    "uint64": "uint64_val",
+    "int32": "int_val",
+    "uint8": "int_val",
+    "int8": "int_val",
+    "int16": "int_val",
+    "uint16": "int_val",
+    "qint8": "int_val",
+    "quint8": "int_val",
+    "qint32": "int_val",
+    "qint16": "int_val",
+    "quint16": "int_val",
 }
 
 
@@ -176,6 +205,7 @@ def tensor_proto_to_array(proto, dtype: int, shape: tuple[int, ...], *, path=Non
     dt = np.dtype(object) if info.name == "string" else info.numpy()
     if proto.tensor_content:
         from .decode import from_bytes
+
         if len(proto.tensor_content) != n * info.itemsize:
             raise CorruptCheckpointError("tensor_content size does not match the slice", path=path, key=key)
         return from_bytes(bytes(proto.tensor_content), info, shape).copy()

@@ -3,6 +3,7 @@
 Each data shard is tensor bytes back to back (alignment 1, as TensorFlow writes them);
 the index is a table of "" -> BundleHeaderProto and key -> BundleEntryProto in bytewise key order.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,6 +17,7 @@ from . import dtypes, naming, strings
 from .copy import Copier, ShardFile
 from .entry import Entry, Header
 from .paths import refuse_saved_model_output
+
 
 class BundleWriter:
     """Builds one checkpoint at prefix. Use as a context manager; finish() commits it."""
@@ -63,8 +65,7 @@ class BundleWriter:
             if preallocate(out.fd, nbytes):
                 out.reserved = nbytes
         except OSError as exc:
-            raise WriteError(f"cannot reserve {nbytes} bytes for the output: {exc.strerror}",
-                             path=out.path) from None
+            raise WriteError(f"cannot reserve {nbytes} bytes for the output: {exc.strerror}", path=out.path) from None
 
     def add_entry(self, key: str, entry: Entry) -> None:
         """Record an index entry (data already written, or a sliced tensor's metadata)."""
@@ -85,8 +86,7 @@ class BundleWriter:
                 if crc is None:
                     running = crc32c(chunk, running)
                 out.write(chunk)
-            entry = Entry(dtype, tuple(shape), shard, start, out.offset - start,
-                          mask(running) if crc is None else crc)
+            entry = Entry(dtype, tuple(shape), shard, start, out.offset - start, mask(running) if crc is None else crc)
         self.add_entry(key, entry)
         return entry
 
@@ -104,8 +104,9 @@ class BundleWriter:
 
         return self.add_bytes(key, info.enum, array.shape, [to_bytes(array, info)], shard)
 
-    def copy(self, key, entry: Entry, src: Source, shard: int = 0, *, verify: bool = True,
-             name: str | None = None) -> Entry:
+    def copy(
+        self, key, entry: Entry, src: Source, shard: int = 0, *, verify: bool = True, name: str | None = None
+    ) -> Entry:
         """Copy an entry's bytes unchanged from src, carrying its crc32c over (checked on the way).
 
         REQUIRES: a fixed-width dtype when verify is true; a string or variant crc32c is not over the
@@ -114,8 +115,7 @@ class BundleWriter:
         out = self.shards[shard]
         with out.lock:
             start = out.offset
-            self.copier.copy(src, entry.offset, entry.size, out, crc=entry.crc32c if verify else None,
-                             key=name or key)
+            self.copier.copy(src, entry.offset, entry.size, out, crc=entry.crc32c if verify else None, key=name or key)
             new = Entry(entry.dtype, entry.shape, shard, start, entry.size, entry.crc32c)
         self.add_entry(key, new)
         return new
@@ -133,14 +133,14 @@ class BundleWriter:
             self._validate()
             self._close_shards()
             self._write_index()
-            stale = [p for p in _existing_shards(self.prefix)
-                     if p not in {s.path for s in self.shards}]
+            stale = [p for p in _existing_shards(self.prefix) if p not in {s.path for s in self.shards}]
             index = naming.index_path(self.prefix)
             # From the first rename on, finishing is the only right outcome: Ctrl-C waits until the
             # output and its state file are in place (and the run then succeeds).
             with interrupts_deferred():
-                self.files.commit(remove_first=[index] if self.force else [], fsync=fsync,
-                                  no_replace=() if self.force else (index,))
+                self.files.commit(
+                    remove_first=[index] if self.force else [], fsync=fsync, no_replace=() if self.force else (index,)
+                )
                 self._done = True
                 for p in stale:  # data files of the checkpoint we replaced (--force)
                     try:
@@ -191,8 +191,12 @@ class BundleWriter:
             self.state_file = record_outputs(directory, [(self.prefix, None)], make_latest=make_latest)
         except (CkptioError, OSError) as exc:
             self.state_file = f"failed: {exc}"
-            warnings.warn(StateFileWarning(f"{state_path(directory)} was not updated ({exc}); the checkpoint "
-                                           f"{self.prefix} is complete"), stacklevel=2)
+            warnings.warn(
+                StateFileWarning(
+                    f"{state_path(directory)} was not updated ({exc}); the checkpoint {self.prefix} is complete"
+                ),
+                stacklevel=2,
+            )
 
     def _validate(self) -> None:
         """Refuse what would make TensorFlow abort or mis-index (FORMAT §11.7)."""
@@ -222,7 +226,7 @@ class BundleWriter:
         self.files.abort()
         self.claim.release()
 
-    def __enter__(self) -> "BundleWriter":
+    def __enter__(self) -> BundleWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

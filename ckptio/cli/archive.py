@@ -5,6 +5,7 @@
   ckptio unpack ARCHIVE DIR         the files back, byte for byte (also: tar --zstd -xf ARCHIVE -C DIR)
 Every reading command (ls, show, verify, strip, rename, rewrite) also takes the archive directly.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,10 +18,16 @@ def add_arguments(name, p) -> None:
     if name == "pack":
         p.add_argument("path", help="checkpoint (prefix, directory, .index, archive or URL)")
         p.add_argument("out", help="archive to write, e.g. model.tar.zst (a URL works too)")
-        p.add_argument("--level", type=int, default=3, metavar="N",
-                       help="zstd level, 1 (fastest) to 22 (smallest); default 3")
-        p.add_argument("--threads", type=int, default=-1, metavar="N",
-                       help="zstd worker threads; -1 (default) = one per CPU, 0 = none")
+        p.add_argument(
+            "--level", type=int, default=3, metavar="N", help="zstd level, 1 (fastest) to 22 (smallest); default 3"
+        )
+        p.add_argument(
+            "--threads",
+            type=int,
+            default=-1,
+            metavar="N",
+            help="zstd worker threads; -1 (default) = one per CPU, 0 = none",
+        )
     else:
         p.add_argument("archive", help=".tar.zst archive (path or URL)")
         p.add_argument("dir", help="directory to write the checkpoint files into")
@@ -39,6 +46,7 @@ def run(args) -> int:
 
 def _pack(args, archive) -> int:
     import ckptio
+
     from ..checkpoint import ARCHIVE_SUFFIXES
     from .main import UsageError
 
@@ -52,13 +60,16 @@ def _pack(args, archive) -> int:
         total = sum(e.size for e in ckpt.entries().values())
         bar = Progress(total, "pack", enabled=False if (args.quiet or args.json) else None)
         try:
-            stats = archive.pack(ckpt, args.out, level=args.level, threads=args.threads, force=args.force,
-                                 progress=bar)
+            stats = archive.pack(ckpt, args.out, level=args.level, threads=args.threads, force=args.force, progress=bar)
         finally:
             bar.close()
-    return _report(args, stats, f"packed {len(stats.files)} files into {stats.path}: {human(stats.bytes_in)} -> "
-                                f"{human(stats.bytes_out)} ({stats.ratio:.2f}x) in {stats.seconds:.2f} s "
-                                f"({human(stats.throughput)}/s)")
+    return _report(
+        args,
+        stats,
+        f"packed {len(stats.files)} files into {stats.path}: {human(stats.bytes_in)} -> "
+        f"{human(stats.bytes_out)} ({stats.ratio:.2f}x) in {stats.seconds:.2f} s "
+        f"({human(stats.throughput)}/s)",
+    )
 
 
 def _unpack(args, archive) -> int:
@@ -68,8 +79,11 @@ def _unpack(args, archive) -> int:
         stats = archive.unpack(args.archive, args.dir, force=args.force, progress=bar)
     finally:
         bar.close()
-    return _report(args, stats, f"unpacked {len(stats.files)} files ({human(stats.bytes_out)}) into "
-                                f"{stats.out_dir} in {stats.seconds:.2f} s")
+    return _report(
+        args,
+        stats,
+        f"unpacked {len(stats.files)} files ({human(stats.bytes_out)}) into {stats.out_dir} in {stats.seconds:.2f} s",
+    )
 
 
 def _report(args, stats, summary: str) -> int:

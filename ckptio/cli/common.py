@@ -1,4 +1,5 @@
 """Small helpers shared by the command modules: sizes, progress, output."""
+
 from __future__ import annotations
 
 import os
@@ -6,8 +7,21 @@ import re
 import sys
 import time
 
-_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
-          "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tb": 1 << 40}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1 << 10,
+    "kb": 1 << 10,
+    "kib": 1 << 10,
+    "m": 1 << 20,
+    "mb": 1 << 20,
+    "mib": 1 << 20,
+    "g": 1 << 30,
+    "gb": 1 << 30,
+    "gib": 1 << 30,
+    "t": 1 << 40,
+    "tb": 1 << 40,
+}
 
 
 def parse_size(text: str) -> int:
@@ -15,6 +29,7 @@ def parse_size(text: str) -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
     if not m or m[2].lower() not in _UNITS:
         import argparse
+
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 500M, 2G)")
     return int(float(m[1]) * _UNITS[m[2].lower()])
 

@@ -1,9 +1,10 @@
 """ckptio diff A B: what differs between two checkpoints; exit 0 same, 1 different, 2 usage or unreadable.
 
-  ckptio diff old.ckpt new.ckpt                    names only in A / only in B, dtype or shape changes
-  ckptio diff A B --values [--atol X] [--rtol X]  also compare every common tensor's values
-  ckptio diff A B --map encoder/=backbone/         compare A's names after renaming
+ckptio diff old.ckpt new.ckpt                    names only in A / only in B, dtype or shape changes
+ckptio diff A B --values [--atol X] [--rtol X]  also compare every common tensor's values
+ckptio diff A B --map encoder/=backbone/         compare A's names after renaming
 """
+
 from __future__ import annotations
 
 import json
@@ -22,9 +23,14 @@ def add_arguments(name, p) -> None:
 
 
 def add_map_arguments(p, side: str) -> None:
-    p.add_argument("--map", action="append", default=[], metavar="OLD=NEW",
-                   help=f"rename {side}'s names first: 'old_scope/=new_scope/', 'exact=name', or a regex with --regex; "
-                        "object paths are renamed in key form (model/encoder/_kernel/.ATTRIBUTES/VARIABLE_VALUE)")
+    p.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="OLD=NEW",
+        help=f"rename {side}'s names first: 'old_scope/=new_scope/', 'exact=name', or a regex with --regex; "
+        "object paths are renamed in key form (model/encoder/_kernel/.ATTRIBUTES/VARIABLE_VALUE)",
+    )
     p.add_argument("--regex", action="store_true", help="--map rules are regexes; NEW may use \\1 backreferences")
 
 
@@ -58,8 +64,11 @@ def run(args) -> int:
     except Exception as exc:  # a bug must not read as "different" (main's catch-all would exit 1)
         if os.environ.get("CKPTIO_DEBUG"):
             raise
-        print(f"ckptio: internal error: {type(exc).__name__}: {exc} (a bug in ckptio; CKPTIO_DEBUG=1 shows the "
-              "traceback)", file=sys.stderr)
+        print(
+            f"ckptio: internal error: {type(exc).__name__}: {exc} (a bug in ckptio; CKPTIO_DEBUG=1 shows the "
+            "traceback)",
+            file=sys.stderr,
+        )
         return 2
     if args.json:
         json.dump(result.to_json(), sys.stdout)
@@ -83,9 +92,12 @@ def summary(result) -> str:
         out.append(f"changed     {names}{numbers}")
     common = len(result.pairs)
     what = "equal values" if result.values else "same dtype and shape"
-    out.append(f"{len(result.only_a)} only in A, {len(result.only_b)} only in B, {common} in both "
-               f"({len(result.mismatched)} dtype/shape mismatches"
-               + (f", {len(result.changed)} changed" if result.values else "") + f", {result.equal} {what})")
+    out.append(
+        f"{len(result.only_a)} only in A, {len(result.only_b)} only in B, {common} in both "
+        f"({len(result.mismatched)} dtype/shape mismatches"
+        + (f", {len(result.changed)} changed" if result.values else "")
+        + f", {result.equal} {what})"
+    )
     return "\n".join(out) + "\n"
 
 

@@ -4,6 +4,7 @@ Says what is wrong with a checkpoint in plain words, one line per problem, then 
 damaged tensors (with the reason) and the intact ones. Exit 0 if healthy, 1 if not.
 --salvage OUT writes the intact tensors into a new checkpoint at prefix OUT.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,13 +26,16 @@ def run(args) -> int:
 
     # diagnose() reads local files byte by byte; elsewhere it would only say "no such checkpoint".
     if is_archive(args.path):
-        raise UsageError(f"{args.path}: doctor reads plain checkpoint files, not archives; "
-                         "run `ckptio unpack ARCHIVE DIR` first (or `ckptio verify ARCHIVE`)")
+        raise UsageError(
+            f"{args.path}: doctor reads plain checkpoint files, not archives; "
+            "run `ckptio unpack ARCHIVE DIR` first (or `ckptio verify ARCHIVE`)"
+        )
     if is_remote(args.path):
-        raise UsageError(f"{args.path}: doctor reads local files only; copy the checkpoint here first "
-                         "(or run `ckptio verify URL`)")
+        raise UsageError(
+            f"{args.path}: doctor reads local files only; copy the checkpoint here first (or run `ckptio verify URL`)"
+        )
     if args.path.startswith("file://"):
-        args.path = args.path[len("file://"):]
+        args.path = args.path[len("file://") :]
     if args.salvage:
         check_output_prefix(args.salvage)
     try:
@@ -39,8 +43,9 @@ def run(args) -> int:
     except (KeyboardInterrupt, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - doctor's contract on hostile input: one line, never a traceback
-        print(f"ckptio doctor: internal error while diagnosing {args.path}: {type(exc).__name__}: {exc}",
-              file=sys.stderr)
+        print(
+            f"ckptio doctor: internal error while diagnosing {args.path}: {type(exc).__name__}: {exc}", file=sys.stderr
+        )
         return 1
     salvaged = None
     if args.salvage:
@@ -72,17 +77,26 @@ def _print_text(d, args, salvaged) -> None:
     for name in d.intact:
         print(f"intact: {show_name(name)}")
     if d.healthy:
-        print(f"verdict: healthy: all {total} tensor(s) check out"
-              + (f"; wrote all {len(salvaged)} to {args.salvage}" if salvaged is not None else ""))
+        print(
+            f"verdict: healthy: all {total} tensor(s) check out"
+            + (f"; wrote all {len(salvaged)} to {args.salvage}" if salvaged is not None else "")
+        )
         return
     if not d.format:
         print("verdict: not a readable checkpoint")
     elif not d.intact:
-        print(f"verdict: damaged: none of the {total} tensor(s) can be recovered" if total else
-              "verdict: damaged: no tensor can be recovered")
+        print(
+            f"verdict: damaged: none of the {total} tensor(s) can be recovered"
+            if total
+            else "verdict: damaged: no tensor can be recovered"
+        )
     elif salvaged is not None:
-        print(f"verdict: damaged: {len(d.damaged)} of {total} tensor(s) lost; wrote the {len(salvaged)} intact "
-              f"one(s) to {args.salvage}")
+        print(
+            f"verdict: damaged: {len(d.damaged)} of {total} tensor(s) lost; wrote the {len(salvaged)} intact "
+            f"one(s) to {args.salvage}"
+        )
     else:
-        print(f"verdict: damaged: {len(d.damaged)} of {total} tensor(s) lost; {len(d.intact)} intact one(s) can be "
-              f"saved with: ckptio doctor {args.path} --salvage OUT")
+        print(
+            f"verdict: damaged: {len(d.damaged)} of {total} tensor(s) lost; {len(d.intact)} intact one(s) can be "
+            f"saved with: ckptio doctor {args.path} --salvage OUT"
+        )

@@ -1,4 +1,5 @@
 """`--engine ray[=ADDRESS]` on strip/rename/rewrite: one Ray task per output shard, or per batch input."""
+
 from __future__ import annotations
 
 import sys
@@ -29,24 +30,44 @@ def run_engine(args, steps, options) -> int:
     src, dst = args.paths
     check_output_prefix(dst)
     started = time.perf_counter()
-    plan = plan_rewrite(src, dst, steps, num_shards=options["num_shards"], max_shard_size=options["max_shard_size"],
-                        force=options["force"], verify=options["verify"], fsync=options["fsync"],
-                        make_latest=options["make_latest"], command=args.command)
-    bar = Progress(sum(s["size"] for s in plan["shards"]), f"{args.command} (ray)",
-                   enabled=False if (args.quiet or args.json) else None)
+    plan = plan_rewrite(
+        src,
+        dst,
+        steps,
+        num_shards=options["num_shards"],
+        max_shard_size=options["max_shard_size"],
+        force=options["force"],
+        verify=options["verify"],
+        fsync=options["fsync"],
+        make_latest=options["make_latest"],
+        command=args.command,
+    )
+    bar = Progress(
+        sum(s["size"] for s in plan["shards"]),
+        f"{args.command} (ray)",
+        enabled=False if (args.quiet or args.json) else None,
+    )
     try:
         out = run_plan_on_ray(plan, address, progress=bar)
     finally:
         bar.close()
-    summary = {"src": plan["inputs"][0]["prefix"], "dst": out, "shards": plan["num_shards"],
-               "kept": len(plan["kept"]), "dropped": len(plan["dropped"]),
-               "bytes_after": sum(s["size"] for s in plan["shards"]), "seconds": round(time.perf_counter() - started, 3)}
+    summary = {
+        "src": plan["inputs"][0]["prefix"],
+        "dst": out,
+        "shards": plan["num_shards"],
+        "kept": len(plan["kept"]),
+        "dropped": len(plan["dropped"]),
+        "bytes_after": sum(s["size"] for s in plan["shards"]),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
     if args.json:
         json.dump(summary, sys.stdout)
         sys.stdout.write("\n")
     else:
-        print(f"wrote {out}: kept {summary['kept']} tensors, dropped {summary['dropped']}, {summary['shards']} shards "
-              f"as Ray tasks in {summary['seconds']:.2f} s")
+        print(
+            f"wrote {out}: kept {summary['kept']} tensors, dropped {summary['dropped']}, {summary['shards']} shards "
+            f"as Ray tasks in {summary['seconds']:.2f} s"
+        )
     return 0
 
 

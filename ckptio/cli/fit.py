@@ -6,6 +6,7 @@
   ckptio fit tf_ckpt/ckpt --template new.weights.h5 out.weights.h5 --map encoder/=backbone/   (Keras 3)
 Exit 0 written, 1 a mismatch under --on-mismatch error (or unreadable input), 2 usage.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,17 +18,32 @@ from .diff import add_map_arguments, build_rules
 
 def add_arguments(name, p) -> None:
     p.add_argument("src", metavar="SRC", help="the old checkpoint")
-    p.add_argument("out", metavar="OUT", help="output prefix (e.g. fitted/model.ckpt); OUT.weights.h5 with a .weights.h5 template")
-    p.add_argument("--template", required=True, metavar="TEMPLATE",
-                   help="a checkpoint the new model wrote, e.g. tf.train.Checkpoint(model=new).write(path), "
-                        "or Keras 3's new.save_weights('new.weights.h5')")
+    p.add_argument(
+        "out", metavar="OUT", help="output prefix (e.g. fitted/model.ckpt); OUT.weights.h5 with a .weights.h5 template"
+    )
+    p.add_argument(
+        "--template",
+        required=True,
+        metavar="TEMPLATE",
+        help="a checkpoint the new model wrote, e.g. tf.train.Checkpoint(model=new).write(path), "
+        "or Keras 3's new.save_weights('new.weights.h5')",
+    )
     add_map_arguments(p, "SRC")
-    p.add_argument("--on-mismatch", choices=("error", "template", "slice"), default="error",
-                   help="a matched tensor of another shape: stop (default), keep the template's value, or copy "
-                        "the overlapping leading corner")
-    p.add_argument("--vocab", action="append", default=[], metavar="NAME=OLD_VOCAB:NEW_VOCAB",
-                   help="move NAME's rows from the old vocabulary's order to the new one's (files of one token "
-                        "per line); new tokens keep the template's rows; its optimizer slots move too")
+    p.add_argument(
+        "--on-mismatch",
+        choices=("error", "template", "slice"),
+        default="error",
+        help="a matched tensor of another shape: stop (default), keep the template's value, or copy "
+        "the overlapping leading corner",
+    )
+    p.add_argument(
+        "--vocab",
+        action="append",
+        default=[],
+        metavar="NAME=OLD_VOCAB:NEW_VOCAB",
+        help="move NAME's rows from the old vocabulary's order to the new one's (files of one token "
+        "per line); new tokens keep the template's rows; its optimizer slots move too",
+    )
     p.add_argument("--vocab-axis", type=int, choices=(0, 1), default=0, help="the vocabulary axis (default 0: rows)")
     p.add_argument("--dry-run", action="store_true", help="print the report, write nothing")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -61,9 +77,19 @@ def run(args) -> int:
         if name in vocab:  # a dict would let the last one win without a word
             raise UsageError(f"--vocab {name}: given twice")
         vocab[name] = files
-    report = fit(src, args.template, out, rules=build_rules(args), on_mismatch=args.on_mismatch, vocab=vocab,
-                 vocab_axis=args.vocab_axis, dry_run=args.dry_run, force=args.force, num_shards=args.shards or 1,
-                 max_shard_size=args.max_shard_size)
+    report = fit(
+        src,
+        args.template,
+        out,
+        rules=build_rules(args),
+        on_mismatch=args.on_mismatch,
+        vocab=vocab,
+        vocab_axis=args.vocab_axis,
+        dry_run=args.dry_run,
+        force=args.force,
+        num_shards=args.shards or 1,
+        max_shard_size=args.max_shard_size,
+    )
     if args.json:
         json.dump(report.to_json(), sys.stdout)
         sys.stdout.write("\n")
@@ -87,8 +113,9 @@ def table(report) -> str:
         origin = m["src"] if m["src"] == m["dst"] else f"{m['src']} ({m['how']})"
         rows.append((m["dst"], f"source {origin}{note}"))
     for m in report.mismatched:
-        what = {"template": "template (shape differs)", "slice": "source corner over template",
-                "error": "ERROR"}[m["action"]]
+        what = {"template": "template (shape differs)", "slice": "source corner over template", "error": "ERROR"}[
+            m["action"]
+        ]
         rows.append((m["dst"], f"{what}: source {m['src']} {m['src_shape']} vs template {m['dst_shape']}"))
     rows += [(name, "template (no source tensor)") for name in report.template_only]
     rows.sort()
@@ -96,7 +123,9 @@ def table(report) -> str:
     out = [f"{dst:<{width}}  <- {origin}" for dst, origin in rows]
     out += [f"unused source tensor: {name}" for name in report.source_only]
     verb = "would write" if report.dry_run else "wrote"
-    out.append(f"{verb} {report.dst or 'nothing'}: {len(report.matched)} from source, {len(report.mismatched)} "
-               f"mismatched, {len(report.template_only)} from template only, {len(report.source_only)} source "
-               f"tensors unused, {len(report.cast)} cast, {len(report.remapped)} remapped")
+    out.append(
+        f"{verb} {report.dst or 'nothing'}: {len(report.matched)} from source, {len(report.mismatched)} "
+        f"mismatched, {len(report.template_only)} from template only, {len(report.source_only)} source "
+        f"tensors unused, {len(report.cast)} cast, {len(report.remapped)} remapped"
+    )
     return "\n".join(out) + "\n"

@@ -1,4 +1,5 @@
 """ckptio ls PATH: list tensors with dtype, shape and size; optimizer state marked apart."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,11 @@ from .common import human
 
 def add_arguments(name, p) -> None:
     p.add_argument("path", help="checkpoint prefix, .index/.data file, directory, SavedModel or V1 file")
-    p.add_argument("--json", action="store_true", help="print one JSON object (entries with name, dtype, "
-                                                       "shape, nbytes, role and storage)")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object (entries with name, dtype, shape, nbytes, role and storage)",
+    )
     p.add_argument("--match", metavar="REGEX", help="only names matching REGEX (re.search)")
     p.add_argument("--objects", action="store_true", help="print the TF2 object graph as a tree instead")
 
@@ -37,8 +41,7 @@ def roles_of(ckpt) -> dict[str, str]:
 
             found = object_roles(ckpt)
         return {n: "graph" if n == naming.OBJECT_GRAPH_KEY else found.get(n) or "weight" for n in entries}
-    return {n: "optimizer" if role in (SLOT, OPTIMIZER) else role
-            for n, (role, _) in classify(entries).items()}
+    return {n: "optimizer" if role in (SLOT, OPTIMIZER) else role for n, (role, _) in classify(entries).items()}
 
 
 def _tf2_role_by_key(key: str) -> str | None:
@@ -55,14 +58,17 @@ def _tf2_role_by_key(key: str) -> str | None:
 
 def run(args) -> int:
     import ckptio
+
     from ..bundle import dtypes
 
     if args.objects and args.match:
         from .main import UsageError
+
         raise UsageError("--match filters tensors; it does not apply to --objects")
     with ckptio.open(args.path) as ckpt:
         if args.objects:
             from .objects import print_objects
+
             return print_objects(ckpt, sys.stdout, args.json)
         entries = ckpt.entries()
         names = sorted(entries, key=lambda n: n.encode("utf-8", "surrogateescape"))
@@ -71,14 +77,18 @@ def run(args) -> int:
                 pattern = re.compile(args.match)
             except re.error as exc:
                 from .main import UsageError
+
                 raise UsageError(f"bad --match pattern: {exc}") from None
             names = [n for n in names if pattern.search(n)]
         roles = roles_of(ckpt)
         rows = []
         for n in names:
             e = entries[n]
-            nbytes = (sum(ckpt._reader.slice_entry(n, s).size for s in e.slices)
-                      if e.slices and ckpt.format == "v2" else e.size)
+            nbytes = (
+                sum(ckpt._reader.slice_entry(n, s).size for s in e.slices)
+                if e.slices and ckpt.format == "v2"
+                else e.size
+            )
             rows.append((n, dtypes.name_of(e.dtype), e.shape, nbytes, roles.get(n, "weight"), e))
         totals: dict[str, list[int]] = {}
         for _, _, _, nbytes, role, _ in rows:
@@ -90,14 +100,31 @@ def run(args) -> int:
         graph = totals.pop("graph", None)
         count = len(rows) - (1 if graph else 0)
         if args.json:
-            doc = {"path": ckpt.path, "prefix": ckpt.prefix, "format": ckpt.format, "num_shards": ckpt.num_shards,
-                   "num_tensors": count, "object_graph": {"bytes": graph[1]} if graph else None,
-                   "total_bytes": sum(r[3] for r in rows),
-                   "totals": {k: {"tensors": v[0], "bytes": v[1]} for k, v in totals.items()},
-                   "entries": [{"name": n, "dtype": d, "shape": list(s), "nbytes": b, "role": r,
-                                "shard": e.shard_id, "offset": e.offset, "size": e.size,
-                                "crc32c": e.crc32c, "slices": [sl.spec() for sl in e.slices]}
-                               for n, d, s, b, r, e in rows]}
+            doc = {
+                "path": ckpt.path,
+                "prefix": ckpt.prefix,
+                "format": ckpt.format,
+                "num_shards": ckpt.num_shards,
+                "num_tensors": count,
+                "object_graph": {"bytes": graph[1]} if graph else None,
+                "total_bytes": sum(r[3] for r in rows),
+                "totals": {k: {"tensors": v[0], "bytes": v[1]} for k, v in totals.items()},
+                "entries": [
+                    {
+                        "name": n,
+                        "dtype": d,
+                        "shape": list(s),
+                        "nbytes": b,
+                        "role": r,
+                        "shard": e.shard_id,
+                        "offset": e.offset,
+                        "size": e.size,
+                        "crc32c": e.crc32c,
+                        "slices": [sl.spec() for sl in e.slices],
+                    }
+                    for n, d, s, b, r, e in rows
+                ],
+            }
             sys.stdout.write(json.dumps(doc) + "\n")  # dumps uses the C encoder, dump does not
             return 0
         from ..errors import show_name
@@ -111,9 +138,12 @@ def run(args) -> int:
             sliced = f"  ({len(e.slices)} slices)" if e.slices else ""
             out.append(f"{n:<{width}}  {d:<{dwidth}} {str(list(s)):<16} {human(b):>10}{mark}{sliced}")
         summary = ", ".join(f"{k} {v[0]} ({human(v[1])})" for k, v in sorted(totals.items()))
-        out.append(f"{count} tensors" + (f" and the object graph ({human(graph[1])})" if graph else "")
-                   + f", {human(sum(r[3] for r in rows))} in {ckpt.format} checkpoint "
-                   f"{show_name(ckpt.prefix)} ({ckpt.num_shards} shard{'s' if ckpt.num_shards != 1 else ''})"
-                   + (f": {summary}" if summary else ""))
+        out.append(
+            f"{count} tensors"
+            + (f" and the object graph ({human(graph[1])})" if graph else "")
+            + f", {human(sum(r[3] for r in rows))} in {ckpt.format} checkpoint "
+            f"{show_name(ckpt.prefix)} ({ckpt.num_shards} shard{'s' if ckpt.num_shards != 1 else ''})"
+            + (f": {summary}" if summary else "")
+        )
         sys.stdout.write("\n".join(out) + "\n")
     return 0

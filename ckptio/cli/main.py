@@ -3,6 +3,7 @@
 Exit codes: 0 ok, 1 checkpoint problem, 2 usage, 130 interrupted. Heavy modules (numpy,
 protobuf) are imported by the command modules only, so `ckptio --help` starts fast.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser(load_all: bool = True) -> argparse.ArgumentParser:
-    parser = _Parser(prog="ckptio", description="Read, inspect, verify and rewrite TensorFlow checkpoints "
-                                                "without TensorFlow.")
+    parser = _Parser(
+        prog="ckptio", description="Read, inspect, verify and rewrite TensorFlow checkpoints without TensorFlow."
+    )
     from .. import __version__
 
     parser.add_argument("--version", action="version", version=f"ckptio {__version__}")
@@ -74,10 +76,10 @@ def main(argv=None) -> int:
             mod = _module(module)
             mod.add_arguments(command, parser)
             if hasattr(mod, "parse"):  # a command with its own sub-syntax (`plan strip ...`)
-                args = mod.parse(command, parser, argv[at + 1:])
+                args = mod.parse(command, parser, argv[at + 1 :])
             else:
                 # Intermixed: options may sit between IN and OUT (`ckptio strip IN --force OUT`).
-                args = parser.parse_intermixed_args(argv[at + 1:])
+                args = parser.parse_intermixed_args(argv[at + 1 :])
             args.command, args._module = command, module
     except SystemExit as exc:
         return int(exc.code or 0)
@@ -111,8 +113,11 @@ def main(argv=None) -> int:
     except Exception as exc:  # a bug: still one line, as promised; CKPTIO_DEBUG=1 shows the traceback
         if os.environ.get("CKPTIO_DEBUG"):
             raise
-        print(f"ckptio: internal error: {type(exc).__name__}: {exc} (a bug in ckptio; "
-              "CKPTIO_DEBUG=1 shows the traceback)", file=sys.stderr)
+        print(
+            f"ckptio: internal error: {type(exc).__name__}: {exc} (a bug in ckptio; "
+            "CKPTIO_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
         return EXIT_BAD_CHECKPOINT
 
 
@@ -123,8 +128,15 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def _check_paths(args) -> None:
     """An empty path argument is a usage error (it would otherwise mean the current directory)."""
-    names = {"path": "PATH", "paths": "IN OUT", "out": "OUT", "archive": "ARCHIVE", "dir": "DIR",
-             "out_dir": "--out-dir", "salvage": "--salvage"}
+    names = {
+        "path": "PATH",
+        "paths": "IN OUT",
+        "out": "OUT",
+        "archive": "ARCHIVE",
+        "dir": "DIR",
+        "out_dir": "--out-dir",
+        "salvage": "--salvage",
+    }
     for attr, name in names.items():
         value = getattr(args, attr, None)
         if value == "" or (isinstance(value, list) and "" in value):

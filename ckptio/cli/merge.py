@@ -1,10 +1,11 @@
 """ckptio merge CKPT [CKPT ...] OUT: average, weigh or blend checkpoints into a new one.
 
-  ckptio merge a b c OUT                        mean of three checkpoints
-  ckptio merge --last 3 runs/exp OUT            mean of the 3 newest a state file lists
-  ckptio merge a b OUT --method slerp --weights 0.3
-  ckptio merge ft1 ft2 OUT --method task-arithmetic --base pretrained --weights 0.5,0.5
+ckptio merge a b c OUT                        mean of three checkpoints
+ckptio merge --last 3 runs/exp OUT            mean of the 3 newest a state file lists
+ckptio merge a b OUT --method slerp --weights 0.3
+ckptio merge ft1 ft2 OUT --method task-arithmetic --base pretrained --weights 0.5,0.5
 """
+
 from __future__ import annotations
 
 import json
@@ -17,25 +18,43 @@ METHODS = ("mean", "weighted", "ema", "task-arithmetic", "slerp")
 
 
 def add_arguments(name, p) -> None:
-    p.usage = "%(prog)s CKPT [CKPT ...] OUT [--method METHOD] [--weights W1,W2,...] [options]\n" \
-              "       %(prog)s --last N DIR OUT [options]"
-    p.add_argument("paths", nargs="+", metavar="CKPT",
-                   help="input checkpoints (any path form), then the output prefix (e.g. out/model.ckpt); "
-                        "with --last N, one directory and then OUT")
-    p.add_argument("--method", choices=METHODS, default="mean",
-                   help="mean (default); weighted (--weights, normalised); ema (--decay, inputs in step order); "
-                        "task-arithmetic (--base B: B + sum w_i (C_i - B)); slerp (two inputs, --weights T)")
+    p.usage = (
+        "%(prog)s CKPT [CKPT ...] OUT [--method METHOD] [--weights W1,W2,...] [options]\n"
+        "       %(prog)s --last N DIR OUT [options]"
+    )
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="CKPT",
+        help="input checkpoints (any path form), then the output prefix (e.g. out/model.ckpt); "
+        "with --last N, one directory and then OUT",
+    )
+    p.add_argument(
+        "--method",
+        choices=METHODS,
+        default="mean",
+        help="mean (default); weighted (--weights, normalised); ema (--decay, inputs in step order); "
+        "task-arithmetic (--base B: B + sum w_i (C_i - B)); slerp (two inputs, --weights T)",
+    )
     p.add_argument("--weights", metavar="W1,W2,...", help="one weight per input (slerp: one T in [0, 1])")
     p.add_argument("--decay", type=float, metavar="D", help="ema: m_k = D m_(k-1) + (1 - D) x_k, 0 <= D < 1")
     p.add_argument("--base", metavar="CKPT", help="task-arithmetic: the model the inputs were fine-tuned from")
-    p.add_argument("--last", type=int, metavar="N",
-                   help="merge the N newest checkpoints DIR's 'checkpoint' state file lists")
+    p.add_argument(
+        "--last", type=int, metavar="N", help="merge the N newest checkpoints DIR's 'checkpoint' state file lists"
+    )
     p.add_argument("--include", action="append", default=[], metavar="REGEX", help="merge only matching names")
     p.add_argument("--exclude", action="append", default=[], metavar="REGEX", help="leave out matching names")
-    p.add_argument("--keep-optimizer", action="store_true",
-                   help="keep optimizer state (floating slots are combined too); dropped by default")
-    p.add_argument("--threads", type=int, metavar="N",
-                   help="threads combining chunks (default: one per core, at most 4); same output whatever N")
+    p.add_argument(
+        "--keep-optimizer",
+        action="store_true",
+        help="keep optimizer state (floating slots are combined too); dropped by default",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="threads combining chunks (default: one per core, at most 4); same output whatever N",
+    )
     g = p.add_argument_group("output")
     g.add_argument("--force", action="store_true", help="replace an existing output checkpoint")
     g.add_argument("--dry-run", action="store_true", help="print what would be combined and how, write nothing")
@@ -72,10 +91,23 @@ def run(args) -> int:
 
     bar = Progress(None, "merge", enabled=False if (args.quiet or args.json or args.dry_run) else None)
     try:
-        report = merge(inputs, dst, method=args.method, weights=_weights(args.weights), decay=args.decay,
-                       base=args.base, last=args.last, include=args.include, exclude=args.exclude,
-                       keep_optimizer=args.keep_optimizer, force=args.force, dry_run=args.dry_run,
-                       progress=bar, fsync=args.fsync, threads=args.threads)
+        report = merge(
+            inputs,
+            dst,
+            method=args.method,
+            weights=_weights(args.weights),
+            decay=args.decay,
+            base=args.base,
+            last=args.last,
+            include=args.include,
+            exclude=args.exclude,
+            keep_optimizer=args.keep_optimizer,
+            force=args.force,
+            dry_run=args.dry_run,
+            progress=bar,
+            fsync=args.fsync,
+            threads=args.threads,
+        )
     finally:
         bar.close()
     if args.json:
@@ -87,8 +119,11 @@ def run(args) -> int:
 
 
 def _print_report(report) -> None:
-    out = [f"{report.method} of {len(report.inputs)} checkpoints" +
-           (f" onto base {report.base}" if report.base else "") + f" (order {report.order}):"]
+    out = [
+        f"{report.method} of {len(report.inputs)} checkpoints"
+        + (f" onto base {report.base}" if report.base else "")
+        + f" (order {report.order}):"
+    ]
     for prefix, w in zip(report.inputs, report.weights if report.method != "slerp" else (None, None)):
         out.append(f"  {prefix}" + ("" if w is None else f"  weight {w:.6g}"))
     out.extend(f"note: {n}" for n in report.notes)
@@ -98,10 +133,15 @@ def _print_report(report) -> None:
         out.extend(f"copy    {name}  {report.tensors[name]}  (from {report.copied_from})" for name in report.copied)
         out.extend(f"drop    {name}" for name in report.dropped)
     if report.linear:
-        out.append(f"note: {len(report.linear)} near-parallel tensors interpolated linearly: "
-                   + ", ".join(report.linear[:5]) + (" ..." if len(report.linear) > 5 else ""))
+        out.append(
+            f"note: {len(report.linear)} near-parallel tensors interpolated linearly: "
+            + ", ".join(report.linear[:5])
+            + (" ..." if len(report.linear) > 5 else "")
+        )
     verb = "would write" if report.dry_run else "wrote"
-    out.append(f"{verb} {report.dst}: combined {len(report.combined)} tensors, copied {len(report.copied)} "
-               f"from {report.copied_from}, dropped {len(report.dropped)}; {human(report.bytes_written)}"
-               + ("" if report.dry_run else f" in {report.seconds:.2f} s"))
+    out.append(
+        f"{verb} {report.dst}: combined {len(report.combined)} tensors, copied {len(report.copied)} "
+        f"from {report.copied_from}, dropped {len(report.dropped)}; {human(report.bytes_written)}"
+        + ("" if report.dry_run else f" in {report.seconds:.2f} s")
+    )
     sys.stdout.write("\n".join(out) + "\n")

@@ -1,9 +1,10 @@
 """ckptio plan / run-plan / commit: one rewrite split into tasks that any runner can execute.
 
-  ckptio plan strip IN OUT --shards 8 --out-plan PLAN.json   plan only; nothing written to OUT
-  ckptio run-plan PLAN.json --task I/N                        write shards I, I+N, I+2N, ...
-  ckptio commit PLAN.json                                     index, state file, clean up
+ckptio plan strip IN OUT --shards 8 --out-plan PLAN.json   plan only; nothing written to OUT
+ckptio run-plan PLAN.json --task I/N                        write shards I, I+N, I+2N, ...
+ckptio commit PLAN.json                                     index, state file, clean up
 """
+
 from __future__ import annotations
 
 import sys
@@ -20,8 +21,12 @@ def add_arguments(name, p) -> None:
         return
     p.add_argument("plan", metavar="PLAN.json", help="a plan written by `ckptio plan`")
     if name == "run-plan":
-        p.add_argument("--task", default="0/1", metavar="I/N",
-                       help="run the shards whose number is I mod N (0 <= I < N; default 0/1: all)")
+        p.add_argument(
+            "--task",
+            default="0/1",
+            metavar="I/N",
+            help="run the shards whose number is I mod N (0 <= I < N; default 0/1: all)",
+        )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -70,8 +75,17 @@ def _plan(args) -> int:
     from .rewrite import build_steps
 
     args.command = args.planned  # build_steps reads the rewrite command's name
-    given = [f for f, on in (("--out-dir", args.out_dir), ("--dry-run", args.dry_run), ("--jobs", args.jobs != 1),
-                             ("--no-resume", args.no_resume), ("--engine", getattr(args, "engine", None))) if on]
+    given = [
+        f
+        for f, on in (
+            ("--out-dir", args.out_dir),
+            ("--dry-run", args.dry_run),
+            ("--jobs", args.jobs != 1),
+            ("--no-resume", args.no_resume),
+            ("--engine", getattr(args, "engine", None)),
+        )
+        if on
+    ]
     if given:
         raise UsageError(f"plan {args.planned}: {', '.join(given)} cannot be planned; run the command itself")
     steps = build_steps(args)
@@ -80,16 +94,27 @@ def _plan(args) -> int:
         raise UsageError(f"plan {args.planned} takes IN OUT")
     src, dst = args.paths
     check_output_prefix(dst)
-    plan = plan_rewrite(src, dst, steps, num_shards=args.shards or 1, max_shard_size=args.max_shard_size,
-                        force=args.force, verify=not args.no_verify, fsync=args.fsync,
-                        make_latest=args.make_latest, command=args.planned)
+    plan = plan_rewrite(
+        src,
+        dst,
+        steps,
+        num_shards=args.shards or 1,
+        max_shard_size=args.max_shard_size,
+        force=args.force,
+        verify=not args.no_verify,
+        fsync=args.fsync,
+        make_latest=args.make_latest,
+        command=args.planned,
+    )
     save_plan(plan, args.out_plan)
     if not args.quiet:
         total = sum(s["size"] for s in plan["shards"])
         n = plan["num_shards"]
-        print(f"planned {plan['out']}: {n} shards, {human(total)}, kept {len(plan['kept'])} tensors, dropped "
-              f"{len(plan['dropped'])}; now run `ckptio run-plan {args.out_plan} --task I/N` for I in 0..N-1 "
-              f"(N <= {n}), then `ckptio commit {args.out_plan}`")
+        print(
+            f"planned {plan['out']}: {n} shards, {human(total)}, kept {len(plan['kept'])} tensors, dropped "
+            f"{len(plan['dropped'])}; now run `ckptio run-plan {args.out_plan} --task I/N` for I in 0..N-1 "
+            f"(N <= {n}), then `ckptio commit {args.out_plan}`"
+        )
     return 0
 
 
@@ -111,7 +136,7 @@ def _run_plan(args, plan) -> int:
     finally:
         bar.close()
     if not args.quiet:
-        print(f"task {task}/{of}: wrote {len(written)} shards, {len(mine) - len(written)} already done",
-              file=sys.stderr)
+        print(
+            f"task {task}/{of}: wrote {len(written)} shards, {len(mine) - len(written)} already done", file=sys.stderr
+        )
     return 0
-

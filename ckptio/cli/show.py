@@ -1,4 +1,5 @@
 """ckptio show PATH NAME: one tensor's metadata, statistics and a preview (or all of it)."""
+
 from __future__ import annotations
 
 import difflib
@@ -17,6 +18,7 @@ def run(args) -> int:
     import numpy as np
 
     import ckptio
+
     from ..bundle.naming import OBJECT_GRAPH_KEY
     from ..errors import TensorNotFoundError, UnsupportedError, show_name
 
@@ -25,17 +27,27 @@ def run(args) -> int:
             tensor = ckpt[args.name]
         except TensorNotFoundError as exc:
             # A scope name (`mlp`) is not close to its tensors by edit distance: offer those under it.
-            close = (difflib.get_close_matches(args.name, list(ckpt), n=3)
-                     or sorted(n for n in ckpt if n.startswith(args.name.rstrip("/") + "/"))[:3])
+            close = (
+                difflib.get_close_matches(args.name, list(ckpt), n=3)
+                or sorted(n for n in ckpt if n.startswith(args.name.rstrip("/") + "/"))[:3]
+            )
             if close:
                 exc.message += "; did you mean " + ", ".join(map(show_name, close)) + "?"
             raise
         e = tensor.entry
         # .safetensors, .npz and Keras files store no CRC32C per tensor: say so rather than print 0.
         crc = f"{e.crc32c:#010x}" if ckpt.format in ("v1", "v2") else "none"
-        info = {"name": tensor.name, "dtype": tensor.dtype_name, "shape": list(tensor.shape),
-                "nbytes": tensor.nbytes, "shard": e.shard_id, "offset": e.offset, "size": e.size,
-                "crc32c": crc, "slices": [s.spec() for s in e.slices]}
+        info = {
+            "name": tensor.name,
+            "dtype": tensor.dtype_name,
+            "shape": list(tensor.shape),
+            "nbytes": tensor.nbytes,
+            "shard": e.shard_id,
+            "offset": e.offset,
+            "size": e.size,
+            "crc32c": crc,
+            "slices": [s.spec() for s in e.slices],
+        }
         if tensor.name == OBJECT_GRAPH_KEY and not args.all:
             return _show_graph(ckpt, args, info)
         try:
@@ -45,9 +57,11 @@ def run(args) -> int:
                 json.dump(dict(info, stats=None, note=exc.message), sys.stdout)
                 sys.stdout.write("\n")
             else:
-                sys.stdout.write(f"{show_name(tensor.name)}: {tensor.dtype_name}{list(tensor.shape)}, {tensor.nbytes} bytes\n"
-                                 f"  stored: shard {e.shard_id}, offset {e.offset}, size {e.size}, "
-                                 f"crc32c {crc}\n  values not shown: {exc.message}\n")
+                sys.stdout.write(
+                    f"{show_name(tensor.name)}: {tensor.dtype_name}{list(tensor.shape)}, {tensor.nbytes} bytes\n"
+                    f"  stored: shard {e.shard_id}, offset {e.offset}, size {e.size}, "
+                    f"crc32c {crc}\n  values not shown: {exc.message}\n"
+                )
             return 0
         stats = _stats(value)
         if args.json:
@@ -57,12 +71,15 @@ def run(args) -> int:
             json.dump(doc, sys.stdout)
             sys.stdout.write("\n")
             return 0
-        lines = [f"{show_name(tensor.name)}: {tensor.dtype_name}{list(tensor.shape)}, {tensor.nbytes} bytes",
-                 f"  stored: shard {e.shard_id}, offset {e.offset}, size {e.size}, crc32c {crc}"
-                 + (f", {len(e.slices)} slices: " + " ".join(s.spec() for s in e.slices) if e.slices else "")]
+        lines = [
+            f"{show_name(tensor.name)}: {tensor.dtype_name}{list(tensor.shape)}, {tensor.nbytes} bytes",
+            f"  stored: shard {e.shard_id}, offset {e.offset}, size {e.size}, crc32c {crc}"
+            + (f", {len(e.slices)} slices: " + " ".join(s.spec() for s in e.slices) if e.slices else ""),
+        ]
         if stats:
-            lines.append("  " + ", ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}"
-                                          for k, v in stats.items()))
+            lines.append(
+                "  " + ", ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items())
+            )
         if args.all and value.ndim > 1 and value.size > 10_000:
             # numpy's whole-array str() is very slow on millions of values: print one row
             # (the last axis) per line instead, each preceded by its index.
@@ -93,10 +110,13 @@ def _show_graph(ckpt, args, info: dict) -> int:
         json.dump(dict(info, object_graph=summary, note=note or hint), sys.stdout)
         sys.stdout.write("\n")
         return 0
-    sys.stdout.write(f"{info['name']}: the TF2 object graph (a serialized TrackableObjectGraph), {info['nbytes']} "
-                     f"bytes\n  stored: shard {info['shard']}, offset {info['offset']}, size {info['size']}, "
-                     f"crc32c {info['crc32c']}\n  " + (summary_line(summary) if summary else f"does not parse: {note}")
-                     + f"\n  {hint}\n")
+    sys.stdout.write(
+        f"{info['name']}: the TF2 object graph (a serialized TrackableObjectGraph), {info['nbytes']} "
+        f"bytes\n  stored: shard {info['shard']}, offset {info['offset']}, size {info['size']}, "
+        f"crc32c {info['crc32c']}\n  "
+        + (summary_line(summary) if summary else f"does not parse: {note}")
+        + f"\n  {hint}\n"
+    )
     return 0
 
 
@@ -128,8 +148,7 @@ def _stats(value) -> dict:
     finite = x[np.isfinite(x)]
     out = {"count": int(value.size)}
     if finite.size:
-        out.update(min=float(finite.min()), max=float(finite.max()), mean=float(finite.mean()),
-                   std=float(finite.std()))
+        out.update(min=float(finite.min()), max=float(finite.max()), mean=float(finite.mean()), std=float(finite.std()))
     nonfinite = int(x.size - finite.size)
     if nonfinite:
         out["nonfinite"] = nonfinite
@@ -140,8 +159,9 @@ def _jsonable(value):
     import numpy as np
 
     if value.dtype == object:
-        return [v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else v
-                for v in value.reshape(-1).tolist()]
+        return [
+            v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else v for v in value.reshape(-1).tolist()
+        ]
     if value.dtype.kind in "fc" or value.dtype.name.startswith(("bfloat", "float")):
         return np.asarray(value, dtype=np.float64 if value.dtype.kind != "c" else np.complex128).real.tolist()
     return value.tolist()

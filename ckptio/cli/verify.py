@@ -1,4 +1,5 @@
 """ckptio verify PATH: check every block, tensor checksum and shard size; list every problem."""
+
 from __future__ import annotations
 
 import json
@@ -16,6 +17,7 @@ def add_arguments(name, p) -> None:
 
 def run(args) -> int:
     import ckptio
+
     from ..verify import verify
 
     started = time.perf_counter()
@@ -33,11 +35,22 @@ def run(args) -> int:
         graph = OBJECT_GRAPH_KEY in ckpt.entries()
         tensors = report.tensors - (1 if graph else 0)
         if args.json:
-            json.dump({"path": ckpt.path, "ok": report.ok, "tensors": tensors, "object_graph": graph,
-                       "bytes_checked": report.bytes_checked, "seconds": round(seconds, 3),
-                       **({"checked": report.checked} if report.checked else {}),
-                       "problems": [{"message": p.message, "path": p.path, "entry": p.key, "offset": p.offset}
-                                    for p in report.problems]}, sys.stdout)
+            json.dump(
+                {
+                    "path": ckpt.path,
+                    "ok": report.ok,
+                    "tensors": tensors,
+                    "object_graph": graph,
+                    "bytes_checked": report.bytes_checked,
+                    "seconds": round(seconds, 3),
+                    **({"checked": report.checked} if report.checked else {}),
+                    "problems": [
+                        {"message": p.message, "path": p.path, "entry": p.key, "offset": p.offset}
+                        for p in report.problems
+                    ],
+                },
+                sys.stdout,
+            )
             sys.stdout.write("\n")
         else:
             for p in report.problems:
@@ -50,7 +63,9 @@ def run(args) -> int:
                 print(f"OK: {report.tensors} tensors; checked {report.checked}")
             elif not args.quiet:
                 rate = report.bytes_checked / max(seconds, 1e-9)
-                print(f"OK: {tensors} tensors{' and the object graph' if graph else ''}, "
-                      f"{human(report.bytes_checked)} verified in "
-                      f"{seconds:.2f} s ({human(rate)}/s)")
+                print(
+                    f"OK: {tensors} tensors{' and the object graph' if graph else ''}, "
+                    f"{human(report.bytes_checked)} verified in "
+                    f"{seconds:.2f} s ({human(rate)}/s)"
+                )
     return 0 if report.ok else 1

@@ -15,6 +15,7 @@ diagnose(path) never stops at the first problem and never trusts a byte it has n
 salvage(diagnosis, out) then writes a new V2 checkpoint holding exactly the intact tensors, with
 BundleWriter (bytes copied as stored, checksums re-verified on the way).
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """The files a checkpoint should be: what is there instead, and each table walked as far as it reads."""
+
 from __future__ import annotations
 
 import glob
@@ -33,9 +34,13 @@ def explain_not_found(d: Diagnosis, path: str, exc: CheckpointNotFoundError) -> 
     shards = sorted(glob.glob(glob.escape(prefix) + ".data-?????-of-?????"))
     if shards and not os.path.exists(naming.index_path(prefix)):
         d.format, d.prefix = "v2", prefix
-        d.problem("missing-index", f"the .index file is missing, but {len(shards)} data file(s) exist "
-                  f"({os.path.basename(shards[0])}...); tensor names, shapes and offsets live only in the "
-                  "index, so nothing can be read without it", path=naming.index_path(prefix))
+        d.problem(
+            "missing-index",
+            f"the .index file is missing, but {len(shards)} data file(s) exist "
+            f"({os.path.basename(shards[0])}...); tensor names, shapes and offsets live only in the "
+            "index, so nothing can be read without it",
+            path=naming.index_path(prefix),
+        )
         return
     d.problem("not-found", exc.message, path=exc.path)
 

@@ -1,4 +1,5 @@
 """A V2 checkpoint's index: header, entries, slices and the object graph, each checked on its own."""
+
 from __future__ import annotations
 
 import glob
@@ -6,8 +7,9 @@ import glob
 from ..bundle import dtypes, naming, strings
 from ..bundle.entry import Entry, Header, parse_proto
 from ..bundle.reader import crc_problem
-from ..bundle.slices import (SliceKeyError, decode_key as decode_slice_key, encode_key as slice_key, key_label,
-                             tiling_problem)
+from ..bundle.slices import SliceKeyError, key_label, tiling_problem
+from ..bundle.slices import decode_key as decode_slice_key
+from ..bundle.slices import encode_key as slice_key
 from ..errors import CkptioError
 from ..io import FileSource
 from ..sstable.recovery import TableScan
@@ -19,8 +21,11 @@ from .shards import check_data
 def diagnose_v2(d: Diagnosis, prefix: str) -> None:
     index_path = naming.index_path(prefix)
     if lfs(index_path):
-        d.problem("lfs-pointer", "this .index is a Git LFS pointer, not the file itself; run 'git lfs pull' "
-                  "to fetch it", path=index_path)
+        d.problem(
+            "lfs-pointer",
+            "this .index is a Git LFS pointer, not the file itself; run 'git lfs pull' to fetch it",
+            path=index_path,
+        )
         for p in sorted(glob.glob(glob.escape(prefix) + ".data-?????-of-?????")):
             if lfs(p):
                 d.problem("lfs-pointer", "this data shard is a Git LFS pointer too", path=p)
@@ -46,10 +51,13 @@ def _v2_header(d: Diagnosis, scan: TableScan, prefix: str, index_path: str) -> H
         except CkptioError as exc:
             d.problem("bad-header", f"the bundle header is damaged ({exc.message})", path=index_path, key="")
     elif (scan.items or scan.complete) and not any(after is None for after, _ in scan.lost):
-        d.problem("bad-header", "the bundle header (the entry with key \"\") is missing; TensorFlow would misread "
-                  "the first tensor as the header", path=index_path)
-    counts = sorted({naming.split_data_path(p)[2]
-                     for p in glob.glob(glob.escape(prefix) + ".data-?????-of-?????")})
+        d.problem(
+            "bad-header",
+            'the bundle header (the entry with key "") is missing; TensorFlow would misread '
+            "the first tensor as the header",
+            path=index_path,
+        )
+    counts = sorted({naming.split_data_path(p)[2] for p in glob.glob(glob.escape(prefix) + ".data-?????-of-?????")})
     n = counts[0] if len(counts) == 1 and counts[0] > 0 else 1
     d.note("shard-count-inferred", f"assuming {n} data shard(s) from the data files present", path=index_path)
     return Header(num_shards=n)
@@ -68,8 +76,12 @@ def _v2_entries(d: Diagnosis, scan: TableScan, index_path: str) -> tuple[dict[st
         if last is not None and key <= last and key not in values:
             out_of_order += 1
             if out_of_order == 1:
-                d.problem("keys-out-of-order", f"index keys are not in sorted order ({name!r} comes after "
-                          f"{naming.decode_key(last)!r}); TensorFlow's lookups would miss tensors", path=index_path)
+                d.problem(
+                    "keys-out-of-order",
+                    f"index keys are not in sorted order ({name!r} comes after "
+                    f"{naming.decode_key(last)!r}); TensorFlow's lookups would miss tensors",
+                    path=index_path,
+                )
         last = key if last is None or key > last else last
         if key in values:
             if values[key] != value:
@@ -168,16 +180,21 @@ def _v2_graph(d: Diagnosis, entries, prefix: str, header: Header, scan: TableSca
         return
     if d.damaged or scan.lost or not scan.complete:
         lost = len(set(d.damaged) - {naming.OBJECT_GRAPH_KEY})
-        d.note("object-graph", f"the object graph still names the {lost} lost tensor(s): TensorFlow restores "
-               "the rest of a salvaged copy but fails on the objects they belong to", path=naming.index_path(prefix),
-               key=naming.OBJECT_GRAPH_KEY)
+        d.note(
+            "object-graph",
+            f"the object graph still names the {lost} lost tensor(s): TensorFlow restores "
+            "the rest of a salvaged copy but fails on the objects they belong to",
+            path=naming.index_path(prefix),
+            key=naming.OBJECT_GRAPH_KEY,
+        )
         return
     for message in graph_problems(graph, set(entries) - {naming.OBJECT_GRAPH_KEY}):
         d.problem("object-graph", message, path=naming.index_path(prefix), key=naming.OBJECT_GRAPH_KEY)
 
 
-def _v2_pieces(d: Diagnosis, entries: dict[str, Entry], slices: dict[bytes, Entry],
-               index_path: str) -> dict[str, list[tuple[bytes, Piece]]]:
+def _v2_pieces(
+    d: Diagnosis, entries: dict[str, Entry], slices: dict[bytes, Entry], index_path: str
+) -> dict[str, list[tuple[bytes, Piece]]]:
     """Each named tensor's stored pieces (one, or one per slice), with structural checks done."""
     pieces: dict[str, list[tuple[bytes, Piece]]] = {}
     referenced = set()
@@ -196,8 +213,9 @@ def _v2_pieces(d: Diagnosis, entries: dict[str, Entry], slices: dict[bytes, Entr
             piece = slices.get(key)
             label = f"{name}[{s.spec()}]"
             if piece is None:
-                d.problem("missing-slice", f"slice {s.spec()} is listed but its entry is missing", path=index_path,
-                          key=name)
+                d.problem(
+                    "missing-slice", f"slice {s.spec()} is listed but its entry is missing", path=index_path, key=name
+                )
                 d.damage(name, f"the entry of slice {s.spec()} is missing")
                 continue
             why = entry.piece_problem(s, piece)
@@ -209,6 +227,10 @@ def _v2_pieces(d: Diagnosis, entries: dict[str, Entry], slices: dict[bytes, Entr
         pieces[name] = parts
     for key in slices:
         if key not in referenced:
-            d.problem("stray-slice", "slice entry that no tensor lists (TensorFlow would show it as an odd "
-                      "variable)", path=index_path, key=key_label(key))
+            d.problem(
+                "stray-slice",
+                "slice entry that no tensor lists (TensorFlow would show it as an odd variable)",
+                path=index_path,
+                key=key_label(key),
+            )
     return pieces

@@ -1,4 +1,5 @@
 """What doctor found: findings (problems and notes) and the diagnosis that collects them."""
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,7 @@ class Finding:
         return f"{self.kind}: {CkptioError(self.message, path=self.path, key=self.key, offset=self.offset)}"
 
     def as_dict(self) -> dict:
-        return {"kind": self.kind, "message": self.message, "path": self.path, "key": self.key,
-                "offset": self.offset}
+        return {"kind": self.kind, "message": self.message, "path": self.path, "key": self.key, "offset": self.offset}
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,10 +70,17 @@ class Diagnosis:
         self.damaged.setdefault(name, reason)
 
     def as_dict(self) -> dict:
-        return {"path": self.path, "format": self.format, "prefix": self.prefix, "num_shards": self.num_shards,
-                "healthy": self.healthy, "problems": [p.as_dict() for p in self.problems],
-                "notes": [n.as_dict() for n in self.notes], "intact": list(self.intact),
-                "damaged": dict(self.damaged)}
+        return {
+            "path": self.path,
+            "format": self.format,
+            "prefix": self.prefix,
+            "num_shards": self.num_shards,
+            "healthy": self.healthy,
+            "problems": [p.as_dict() for p in self.problems],
+            "notes": [n.as_dict() for n in self.notes],
+            "intact": list(self.intact),
+            "damaged": dict(self.damaged),
+        }
 
 
 def _str(path) -> str | None:

@@ -1,4 +1,5 @@
 """Write the intact tensors of a diagnosed checkpoint into a new V2 checkpoint."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """A V2 checkpoint's data shards: every stored piece's bytes checked as TensorFlow checks them."""
+
 from __future__ import annotations
 
 import glob
@@ -23,10 +24,13 @@ def check_data(d: Diagnosis, prefix: str, header: Header, pieces) -> None:
     present = sorted(glob.glob(glob.escape(prefix) + ".data-?????-of-?????"))
     other_counts = sorted({naming.split_data_path(p)[2] for p in present} - {n})
     if other_counts:
-        d.problem("shard-count-mismatch", f"data files for a {other_counts[0]}-shard save are present "
-                  f"({os.path.basename(next(p for p in present if naming.split_data_path(p)[2] == other_counts[0]))}) "
-                  f"but the index says {n} shard(s): the index and data files come from different saves",
-                  path=naming.index_path(prefix))
+        d.problem(
+            "shard-count-mismatch",
+            f"data files for a {other_counts[0]}-shard save are present "
+            f"({os.path.basename(next(p for p in present if naming.split_data_path(p)[2] == other_counts[0]))}) "
+            f"but the index says {n} shard(s): the index and data files come from different saves",
+            path=naming.index_path(prefix),
+        )
     by_shard: dict[int, list[tuple[str, Piece]]] = {}
     for name, parts in pieces.items():
         for _, piece in parts:
@@ -35,10 +39,13 @@ def check_data(d: Diagnosis, prefix: str, header: Header, pieces) -> None:
     for shard in sorted(by_shard):
         items = sorted(by_shard[shard], key=lambda it: it[1].entry.offset)
         if not 0 <= shard < n:
-            for name, piece in items:
+            for _name, piece in items:
                 results[piece.label] = f"its entry names shard {shard} but the header says {n} shard(s)"
-            d.problem("bad-shard-id", f"{len(items)} entries name shard {shard}, but the header says {n} shard(s)",
-                      path=naming.index_path(prefix))
+            d.problem(
+                "bad-shard-id",
+                f"{len(items)} entries name shard {shard}, but the header says {n} shard(s)",
+                path=naming.index_path(prefix),
+            )
             continue
         path = naming.data_path(prefix, shard, n)
         d._shard_paths[shard] = path
@@ -53,7 +60,7 @@ def check_data(d: Diagnosis, prefix: str, header: Header, pieces) -> None:
         for _, piece in parts:
             why = results.get(piece.label)
             if why:
-                d.damage(name, why if piece.label == name else f"slice {piece.label[len(name):]}: {why}")
+                d.damage(name, why if piece.label == name else f"slice {piece.label[len(name) :]}: {why}")
                 break
 
 
@@ -61,16 +68,18 @@ def _check_shard(d: Diagnosis, path: str, header: Header, items) -> dict[str, st
     results: dict[str, str | None] = {}
     base = os.path.basename(path)
     if not os.path.exists(path):
-        d.problem("missing-shard", f"data shard {base} is missing; {len(items)} tensor(s) are stored there",
-                  path=path)
+        d.problem("missing-shard", f"data shard {base} is missing; {len(items)} tensor(s) are stored there", path=path)
         return {piece.label: f"its data shard {base} is missing" for _, piece in items}
     why = not_regular(path)
     if why:
         d.problem("not-a-file", why, path=path)
         return {piece.label: f"its data shard {base} is not a regular file" for _, piece in items}
     if lfs(path):
-        d.problem("lfs-pointer", "this data shard is a Git LFS pointer, not the file itself; run 'git lfs pull' "
-                  "to fetch it", path=path)
+        d.problem(
+            "lfs-pointer",
+            "this data shard is a Git LFS pointer, not the file itself; run 'git lfs pull' to fetch it",
+            path=path,
+        )
         return {piece.label: f"its data shard {base} is a Git LFS pointer" for _, piece in items}
     try:
         src = FileSource(path)
@@ -93,24 +102,37 @@ def _check_shard(d: Diagnosis, path: str, header: Header, items) -> dict[str, st
             results[piece.label] = why
     finally:
         src.close()
-    foreign = len(failed) >= 2 and len(failed) >= FOREIGN_FRACTION * checked or \
-        (len(failed) == 1 and checked == 1 and size != need)
+    foreign = (
+        len(failed) >= 2
+        and len(failed) >= FOREIGN_FRACTION * checked
+        or (len(failed) == 1 and checked == 1 and size != need)
+    )
     wild = size > 2 * need + 4096 or size < need // 2
     if foreign or (wild and failed):
-        d.problem("foreign-shard", f"{len(failed)} of {checked} tensors in {base} do not match their index entries"
-                  + (f" and the file is {size} bytes where the index expects {need}" if size != need else "")
-                  + ": this data file probably belongs to a different checkpoint (or a different save)", path=path)
+        d.problem(
+            "foreign-shard",
+            f"{len(failed)} of {checked} tensors in {base} do not match their index entries"
+            + (f" and the file is {size} bytes where the index expects {need}" if size != need else "")
+            + ": this data file probably belongs to a different checkpoint (or a different save)",
+            path=path,
+        )
         elsewhere = f"{base} does not hold its bytes (the shard seems to come from another checkpoint)"
         for label, why in results.items():
             if why and (label in failed or "past the end" in why):
                 results[label] = elsewhere
         return results
     if size < need:
-        d.problem("truncated-shard", f"data shard {base} is truncated: it has {size} bytes but the index needs "
-                  f"{need}; {beyond} tensor(s) lie (partly) beyond its end", path=path, offset=size)
+        d.problem(
+            "truncated-shard",
+            f"data shard {base} is truncated: it has {size} bytes but the index needs "
+            f"{need}; {beyond} tensor(s) lie (partly) beyond its end",
+            path=path,
+            offset=size,
+        )
     elif size > need:
-        d.note("trailing-bytes", f"{size - need} bytes at the end of {base} belong to no tensor", path=path,
-               offset=need)
+        d.note(
+            "trailing-bytes", f"{size - need} bytes at the end of {base} belong to no tensor", path=path, offset=need
+        )
     for _, piece in items:
         why = results.get(piece.label)
         if why and "past the end" not in why:
@@ -130,8 +152,9 @@ def check_piece(src, entry: Entry, big_endian: bool) -> tuple[str, str | None]:
         if entry.dtype == dtypes.STRING and entry.offset < src.size:
             # The lengths and their checksum come first: what is there tells whether these are
             # the right bytes cut short, or some other file's bytes.
-            why = strings.prefix_problem(src.read(entry.offset, src.size - entry.offset), entry.num_elements,
-                                         entry.size, big_endian=big_endian)
+            why = strings.prefix_problem(
+                src.read(entry.offset, src.size - entry.offset), entry.num_elements, entry.size, big_endian=big_endian
+            )
             if why:
                 return "bytes", why
         return "beyond", None

@@ -1,11 +1,13 @@
 """A V1 checkpoint: every file's table walked, metadata and slices checked, tensors decoded."""
+
 from __future__ import annotations
 
 import os
 
 from ..bundle import naming
 from ..bundle.entry import Entry
-from ..bundle.slices import Slice, encode_key as slice_key, tiling_problem
+from ..bundle.slices import Slice, tiling_problem
+from ..bundle.slices import encode_key as slice_key
 from ..bundle.v1 import declared, parse_slices, slice_data, tensor_proto_to_array
 from ..checkpoint import assemble
 from ..errors import CkptioError
@@ -23,22 +25,30 @@ def diagnose_v1(d: Diagnosis, files: list[str], prefix: str) -> None:
         for i in range(count):
             p = f"{m['base']}-{i:05d}-of-{count:05d}"
             if p not in files:
-                d.problem("missing-shard", f"V1 file {os.path.basename(p)} of {count} is missing; the tensors "
-                          "(or slices) it held are lost", path=p)
+                d.problem(
+                    "missing-shard",
+                    f"V1 file {os.path.basename(p)} of {count} is missing; the tensors (or slices) it held are lost",
+                    path=p,
+                )
     metas: dict[str, tuple[int, tuple, list]] = {}  # name -> (dtype, shape, [(slice, file)])
     values: dict[bytes, tuple[str, bytes]] = {}
     for path in files:
         if lfs(path):
-            d.problem("lfs-pointer", "this V1 file is a Git LFS pointer, not the file itself; run 'git lfs pull'",
-                      path=path)
+            d.problem(
+                "lfs-pointer", "this V1 file is a Git LFS pointer, not the file itself; run 'git lfs pull'", path=path
+            )
             continue
         scan = read_table(d, path, "V1 file")
         if scan is None:
             continue
         if not scan.items or scan.items[0][0] != b"":
             if (scan.items or scan.complete) and not any(after is None for after, _ in scan.lost):
-                d.problem("bad-header", "the V1 metadata entry (key \"\") is missing or lost; the tensors this "
-                          "file describes cannot be named", path=path)
+                d.problem(
+                    "bad-header",
+                    'the V1 metadata entry (key "") is missing or lost; the tensors this '
+                    "file describes cannot be named",
+                    path=path,
+                )
         else:
             sts = parse_slices(scan.items[0][1])
             if sts is None:
@@ -47,8 +57,12 @@ def diagnose_v1(d: Diagnosis, files: list[str], prefix: str) -> None:
                 for name, dtype, shape, slices in declared(sts):
                     old = metas.get(name)
                     if old is not None and (old[0] != dtype or old[1] != shape):
-                        d.problem("bad-header", "tensor declared with different dtype or shape in two files",
-                                  path=path, key=name)
+                        d.problem(
+                            "bad-header",
+                            "tensor declared with different dtype or shape in two files",
+                            path=path,
+                            key=name,
+                        )
                         d.damage(name, "declared with different dtypes or shapes in two files")
                         continue
                     entry = metas.setdefault(name, (dtype, shape, []))
@@ -71,7 +85,7 @@ def diagnose_v1(d: Diagnosis, files: list[str], prefix: str) -> None:
             d.damage(name, problem)
             continue
         parts = []
-        for s, path in slices:
+        for s, _path in slices:
             key = slice_key(name, s if shape else Slice(()))
             found = values.get(key)
             if found is None:
@@ -80,8 +94,9 @@ def diagnose_v1(d: Diagnosis, files: list[str], prefix: str) -> None:
             try:
                 proto = slice_data(found[1], name, path=found[0])
             except CkptioError:
-                d.problem("bad-entry", f"the data of slice {s.spec() or '(scalar)'} is unparsable", path=found[0],
-                          key=name)
+                d.problem(
+                    "bad-entry", f"the data of slice {s.spec() or '(scalar)'} is unparsable", path=found[0], key=name
+                )
                 d.damage(name, f"the data of slice {s.spec() or '(scalar)'} is unparsable")
                 break
             try:
@@ -94,4 +109,3 @@ def diagnose_v1(d: Diagnosis, files: list[str], prefix: str) -> None:
             arrays = dict(parts)
             d._arrays[name] = assemble(name, entry, arrays.__getitem__, path=prefix)
             d._entries[name] = entry  # its dtype: numpy's cannot tell qint8 from int8
-

@@ -9,13 +9,19 @@
 open_format() gives a Checkpoint (names -> lazy tensors) so every reading command works on
 them; write_format() is the write side of strip / rename / rewrite when OUT has one of these names.
 """
+
 from __future__ import annotations
 
 import os
 
 # (suffix, kind), longest first: ".safetensors.index.json" before ".json" would ever match
-SUFFIXES = ((".safetensors.index.json", "safetensors"), (".safetensors", "safetensors"), (".npz", "npz"),
-            (".weights.h5", "keras_h5"), (".keras", "keras"))
+SUFFIXES = (
+    (".safetensors.index.json", "safetensors"),
+    (".safetensors", "safetensors"),
+    (".npz", "npz"),
+    (".weights.h5", "keras_h5"),
+    (".keras", "keras"),
+)
 WRITABLE = ("safetensors", "npz", "keras")
 
 
@@ -35,21 +41,25 @@ def open_format(path, **kwargs):
     text = os.fspath(path)
     if "://" in text and not text.startswith("file://"):
         raise UnsupportedError("safetensors, .npz and Keras files are read from local paths only", path=text)
-    text = text[len("file://"):] if text.startswith("file://") else text
+    text = text[len("file://") :] if text.startswith("file://") else text
     if kwargs:
         raise TypeError(f"unexpected options for a local file: {', '.join(kwargs)}")
     kind = kind_of(text)
     if kind == "safetensors":
         from .safetensors import open_safetensors
+
         return open_safetensors(text)
     if kind == "npz":
         from .npz import open_npz
+
         return open_npz(text)
     if kind == "keras_h5":
         from .keras_h5 import open_weights_h5
+
         return open_weights_h5(text)
     if kind == "keras":
         from .keras_archive import open_keras
+
         return open_keras(text)
     raise ValueError(f"not a weight-format path: {text}")
 
@@ -59,8 +69,10 @@ def write_format(src, dst, steps=(), **options):
     kind = kind_of(dst)
     if kind in ("keras", "keras_h5"):
         from .keras_archive import rewrite_keras
+
         return rewrite_keras(src, os.fspath(dst), steps, **options)
     from .export import export_tensors
+
     return export_tensors(src, os.fspath(dst), steps, kind=kind, **options)
 
 

@@ -7,6 +7,7 @@ reading and rewriting code works on them unchanged. An Entry here has crc32c 0 (
 shard_id = the index of its file. Tensors that are not a plain byte range (a compressed member,
 a chunked dataset) have a loader instead, which returns the whole array.
 """
+
 from __future__ import annotations
 
 from ..bundle import dtypes
@@ -53,8 +54,12 @@ class RangeReader:
             raise UnsupportedError(f"cannot read {dtypes.name_of(entry.dtype)} tensors here", path=self.path, key=name)
         src = self.sources[entry.shard_id]
         if entry.offset + entry.size > src.size:
-            raise TruncatedError(f"bytes [{entry.offset}, {entry.offset + entry.size}) lie past the end of the "
-                                 f"{src.size}-byte file", path=src.name, key=name, offset=entry.offset)
+            raise TruncatedError(
+                f"bytes [{entry.offset}, {entry.offset + entry.size}) lie past the end of the {src.size}-byte file",
+                path=src.name,
+                key=name,
+                offset=entry.offset,
+            )
 
     def iter_raw(self, name: str, entry: Entry, chunk: int = CHUNK, *, verify: bool = True):
         """The tensor's stored bytes in chunks (there is no checksum to verify)."""
@@ -72,6 +77,7 @@ class RangeReader:
     def read_raw(self, name: str, entry: Entry, *, verify: bool = True) -> bytes:
         if name in self._loaders:
             from ..bundle.decode import to_bytes
+
             return to_bytes(self._load(name, entry), entry.dtype_info)
         self.check_entry(name, entry)
         return self.sources[entry.shard_id].read(entry.offset, entry.size, key=name)
@@ -96,16 +102,19 @@ class RangeReader:
     def _load(self, name: str, entry: Entry):
         array = self._loaders[name]()
         if tuple(array.shape) != tuple(entry.shape):
-            raise CorruptCheckpointError(f"holds shape {list(array.shape)}, its header says {list(entry.shape)}",
-                                         path=self.path, key=name)
+            raise CorruptCheckpointError(
+                f"holds shape {list(array.shape)}, its header says {list(entry.shape)}", path=self.path, key=name
+            )
         return array
 
     @property
     def tables(self):
         # archive.checkpoint_files lists a non-V2 checkpoint's files through its reader's V1 tables:
         # packing these formats into a .tar.zst (which ckptio reads as a TF checkpoint) is refused.
-        raise UnsupportedError("only TensorFlow checkpoints are packed into .tar.zst archives; compress this file "
-                               "with zstd itself", path=self.path)
+        raise UnsupportedError(
+            "only TensorFlow checkpoints are packed into .tar.zst archives; compress this file with zstd itself",
+            path=self.path,
+        )
 
     def slice_entry(self, name, s):
         raise CorruptCheckpointError("this format stores no slices", path=self.path, key=name)

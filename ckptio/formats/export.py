@@ -9,6 +9,7 @@ Copied runs go through bundle/copy.py's Copier, as the bundle writer's do (copy_
 CRC32C checked on the way when the source has checksums); nothing is decoded unless something
 changes.
 """
+
 from __future__ import annotations
 
 import os
@@ -46,8 +47,7 @@ class Run(namedtuple("Run", "at size source entry name chunks")):
 
 def format_error(name: str, what: str, fmt: str) -> PlanError:
     """The one error for a tensor a format cannot hold, naming it and the way out."""
-    return PlanError(f"{what}, which {fmt} cannot hold; leave it out with --exclude '^{re.escape(name)}$'",
-                     key=name)
+    return PlanError(f"{what}, which {fmt} cannot hold; leave it out with --exclude '^{re.escape(name)}$'", key=name)
 
 
 def plan_tensors(ckpt, plan, dtype_ok, fmt: str) -> list[OutTensor]:
@@ -63,8 +63,11 @@ def plan_tensors(ckpt, plan, dtype_ok, fmt: str) -> list[OutTensor]:
         if not dtype_ok(item.dtype):
             raise format_error(item.dst, f"{item.dst!r} is a {info.name} tensor", fmt)
         shape = entries[item.src].shape
-        out.append(OutTensor(item.dst, item.src, item.dtype, shape, numel(shape) * info.itemsize, data_name,
-                             entries[data_name]))
+        out.append(
+            OutTensor(
+                item.dst, item.src, item.dtype, shape, numel(shape) * info.itemsize, data_name, entries[data_name]
+            )
+        )
     return out
 
 
@@ -83,9 +86,13 @@ def runs_of(ckpt, t: OutTensor) -> list[Run]:
         for s in sorted(e.slices, key=lambda s: s.bounds(e.shape)[0][0]):
             piece = reader.slice_entry(t.data_name, s)
             if piece.dtype != e.dtype or piece.shape != s.shape(e.shape):
-                raise CorruptCheckpointError(f"slice {s.spec()} is stored as {dtypes.name_of(piece.dtype)}"
-                                             f"{list(piece.shape)}, expected {dtypes.name_of(e.dtype)}"
-                                             f"{list(s.shape(e.shape))}", path=ckpt.path, key=t.data_name)
+                raise CorruptCheckpointError(
+                    f"slice {s.spec()} is stored as {dtypes.name_of(piece.dtype)}"
+                    f"{list(piece.shape)}, expected {dtypes.name_of(e.dtype)}"
+                    f"{list(s.shape(e.shape))}",
+                    path=ckpt.path,
+                    key=t.data_name,
+                )
             runs.append(_run(reader, t.data_name, piece, s.bounds(e.shape)[0][0] * row, t.dtype, big))
         return runs
     return [Run(0, t.nbytes, None, None, t.data_name, partial(_whole, ckpt, t))]
@@ -103,8 +110,9 @@ def _run(reader, name: str, entry, at: int, out_dtype: int, big: bool) -> Run:
 def _row_slices(entry) -> bool:
     """Whether every slice spans all but the first axis (so each is one contiguous block of the whole)."""
     shape = entry.shape
-    return bool(shape) and all(all(b - a == shape[i] for i, (a, b) in enumerate(s.bounds(shape)) if i)
-                               for s in entry.slices)
+    return bool(shape) and all(
+        all(b - a == shape[i] for i, (a, b) in enumerate(s.bounds(shape)) if i) for s in entry.slices
+    )
 
 
 def _converted(reader, name, entry, out_dtype, big):
@@ -146,8 +154,9 @@ def write_runs(ckpt, out: ShardFile, placed, *, verify: bool, progress=None) -> 
                 for chunk in run.chunks():
                     out.write(chunk)
                 if out.offset - position != run.size:
-                    raise CorruptCheckpointError(f"gave {out.offset - position} bytes, expected {run.size}",
-                                                 path=ckpt.path, key=run.name)
+                    raise CorruptCheckpointError(
+                        f"gave {out.offset - position} bytes, expected {run.size}", path=ckpt.path, key=run.name
+                    )
             if progress:
                 progress(run.size)
         copier.wait()
@@ -192,13 +201,26 @@ def source_metadata(ckpt) -> dict[str, str]:
     return {"format": "tf", "producer": "ckptio", "ckptio_version": __version__, "source": str(ckpt.prefix)}
 
 
-def export_tensors(src, dst: str, steps=(), *, kind: str, num_shards: int | None = 1,
-                   max_shard_size: int | None = None, force: bool = False, dry_run: bool = False, progress=None,
-                   verify: bool = True, fsync: bool = False, **_ignored):
+def export_tensors(
+    src,
+    dst: str,
+    steps=(),
+    *,
+    kind: str,
+    num_shards: int | None = 1,
+    max_shard_size: int | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+    progress=None,
+    verify: bool = True,
+    fsync: bool = False,
+    **_ignored,
+):
     """Write the planned tensors of src as a .safetensors (set) or .npz at dst; returns a rewrite Report."""
     import time
 
-    from ..checkpoint import Checkpoint, open as open_checkpoint
+    from ..checkpoint import Checkpoint
+    from ..checkpoint import open as open_checkpoint
     from ..rewrite import Report, make_plan
 
     started = time.perf_counter()
@@ -209,23 +231,41 @@ def export_tensors(src, dst: str, steps=(), *, kind: str, num_shards: int | None
         elif kind == "npz":
             from . import npz as module
         else:
-            raise PlanError("ckptio cannot write Keras .weights.h5 files yet; write .safetensors or .npz, or "
-                            "strip a .keras archive into a .keras", path=dst)
+            raise PlanError(
+                "ckptio cannot write Keras .weights.h5 files yet; write .safetensors or .npz, or "
+                "strip a .keras archive into a .keras",
+                path=dst,
+            )
         plan = make_plan(ckpt, _steps_for(ckpt, steps))
         tensors = plan_tensors(ckpt, plan, module.can_store, module.FORMAT_NAME)
         entries = ckpt.entries()
         kept = {i.src for i in plan.items}
         # The TF2 object graph is not a tensor of the model: it is not exported, and listed as dropped.
         dropped = plan.dropped + [k for k in entries if k not in kept and k not in set(plan.dropped)]
-        report = Report(ckpt.prefix, dst, dry_run=dry_run, kept=[(i.src, i.dst) for i in plan.items],
-                        dropped=dropped,
-                        cast=[i.dst for i in plan.items if i.dtype != entries[i.src].dtype],
-                        bytes_before=plan.bytes_before, bytes_after=sum(t.nbytes for t in tensors))
+        report = Report(
+            ckpt.prefix,
+            dst,
+            dry_run=dry_run,
+            kept=[(i.src, i.dst) for i in plan.items],
+            dropped=dropped,
+            cast=[i.dst for i in plan.items if i.dtype != entries[i.src].dtype],
+            bytes_before=plan.bytes_before,
+            bytes_after=sum(t.nbytes for t in tensors),
+        )
         outputs = module.output_paths(dst, tensors, num_shards=num_shards, max_shard_size=max_shard_size)
         check_outputs(outputs, module.existing_outputs(dst), force=force, inputs=input_files(ckpt))
         if not dry_run:
-            module.write(ckpt, tensors, dst, num_shards=num_shards, max_shard_size=max_shard_size, verify=verify,
-                         progress=progress, fsync=fsync, metadata=source_metadata(ckpt))
+            module.write(
+                ckpt,
+                tensors,
+                dst,
+                num_shards=num_shards,
+                max_shard_size=max_shard_size,
+                verify=verify,
+                progress=progress,
+                fsync=fsync,
+                metadata=source_metadata(ckpt),
+            )
         report.seconds = time.perf_counter() - started
         return report
     finally:

@@ -8,6 +8,7 @@
 (FORMAT-models.md §7.2.) Keras loads an archive whose h5 has no /optimizer with
 load_model(..., compile=False); a built optimizer only warns about the missing weights.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,10 +24,12 @@ def _open_zip(path: str) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(path)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
-        raise WrongFileError(f"not a Keras .keras archive (not a zip: {exc}); pass a Keras 3 .keras file",
-                             path=path) from None
+        raise WrongFileError(
+            f"not a Keras .keras archive (not a zip: {exc}); pass a Keras 3 .keras file", path=path
+        ) from None
     except FileNotFoundError:
         from ..errors import CheckpointNotFoundError
+
         raise CheckpointNotFoundError("no such file", path=path) from None
 
 
@@ -34,8 +37,9 @@ def _weights_member(archive: zipfile.ZipFile, path: str) -> zipfile.ZipInfo:
     names = set(archive.namelist())
     if WEIGHTS not in names:
         if "model.weights.npz" in names:
-            raise UnsupportedError("this .keras archive holds model.weights.npz; ckptio reads model.weights.h5 only",
-                                   path=path)
+            raise UnsupportedError(
+                "this .keras archive holds model.weights.npz; ckptio reads model.weights.h5 only", path=path
+            )
         raise WrongFileError(f"not a Keras 3 .keras archive (no {WEIGHTS}); pass a Keras 3 .keras file", path=path)
     return archive.getinfo(WEIGHTS)
 
@@ -65,20 +69,30 @@ def open_keras(path: str) -> KerasCheckpoint:
         raise
     from .base import RangeReader
 
-    return KerasCheckpoint(RangeReader(path, [src], entries, loaders), "keras", path, h5,
-                           closers=[inner.close, archive.close])
+    return KerasCheckpoint(
+        RangeReader(path, [src], entries, loaders), "keras", path, h5, closers=[inner.close, archive.close]
+    )
 
 
 def _through_h5(h5, name):
-    from .keras_h5 import _dtype_of, _loader
     from ..bundle import dtypes
+    from .keras_h5 import _dtype_of, _loader
 
     ds = h5[name]
     return _loader(ds, dtypes.lookup(_dtype_of(ds, name, "")))
 
 
-def rewrite_keras(src, dst: str, steps=(), *, force: bool = False, dry_run: bool = False, fsync: bool = False,
-                  progress=None, **_ignored):
+def rewrite_keras(
+    src,
+    dst: str,
+    steps=(),
+    *,
+    force: bool = False,
+    dry_run: bool = False,
+    fsync: bool = False,
+    progress=None,
+    **_ignored,
+):
     """strip a Keras file into OUT.keras (from a .keras) or OUT.weights.h5 (from either); returns a rewrite Report.
 
     Only strip applies: the weights keep Keras' layout, less the /optimizer group.
@@ -94,9 +108,11 @@ def rewrite_keras(src, dst: str, steps=(), *, force: bool = False, dry_run: bool
     src_path = getattr(src, "path", None) if not isinstance(src, (str, os.PathLike)) else os.fspath(src)
     src_kind, dst_kind = kind_of(src_path or ""), kind_of(dst)
     if src_kind not in ("keras", "keras_h5") or (dst_kind == "keras" and src_kind != "keras"):
-        raise PlanError("Keras outputs are written from Keras inputs only: strip IN.keras OUT.keras, or "
-                        "strip IN.keras|IN.weights.h5 OUT.weights.h5 (other checkpoints: write .safetensors or .npz)",
-                        path=dst)
+        raise PlanError(
+            "Keras outputs are written from Keras inputs only: strip IN.keras OUT.keras, or "
+            "strip IN.keras|IN.weights.h5 OUT.weights.h5 (other checkpoints: write .safetensors or .npz)",
+            path=dst,
+        )
     if any(not isinstance(s, StripOptimizer) for s in steps):
         raise PlanError("a Keras output supports strip only (dropping the optimizer's weights)", path=dst)
     strip = bool(steps)
@@ -105,9 +121,15 @@ def rewrite_keras(src, dst: str, steps=(), *, force: bool = False, dry_run: bool
         entries = ckpt.entries()
         dropped = sorted(n for n in entries if strip and n.split("/", 1)[0] == OPTIMIZER_GROUP)
         kept = [(n, n) for n in sorted(entries) if n not in set(dropped)]
-        report = Report(src_path, dst, kept=kept, dropped=dropped, dry_run=dry_run,
-                        bytes_before=sum(e.size for e in entries.values()),
-                        bytes_after=sum(entries[n].size for n, _ in kept))
+        report = Report(
+            src_path,
+            dst,
+            kept=kept,
+            dropped=dropped,
+            dry_run=dry_run,
+            bytes_before=sum(e.size for e in entries.values()),
+            bytes_after=sum(entries[n].size for n, _ in kept),
+        )
     check_outputs([dst], [dst] if os.path.lexists(dst) else [], force=force, inputs=[src_path])
     if not dry_run:
         drop = (OPTIMIZER_GROUP,) if strip else ()
@@ -121,6 +143,7 @@ def rewrite_keras(src, dst: str, steps=(), *, force: bool = False, dry_run: bool
 
 def _open_weights(path):
     from .keras_h5 import open_weights_h5
+
     return open_weights_h5(path)
 
 
@@ -136,8 +159,11 @@ def _write_weights(src_path: str, src_kind: str, dst: str, *, drop, fsync: bool)
     os.close(fd)  # h5py writes the file by name
     with committing(files, dst, fsync=fsync):
         if src_kind == "keras":
-            with _open_zip(src_path) as archive, archive.open(_weights_member(archive, src_path)) as inner, \
-                    open_h5(inner, src_path) as h5:
+            with (
+                _open_zip(src_path) as archive,
+                archive.open(_weights_member(archive, src_path)) as inner,
+                open_h5(inner, src_path) as h5,
+            ):
                 _copy_h5(h5, tmp, drop)
         else:
             with open_h5(src_path, src_path) as h5:

@@ -11,6 +11,7 @@ trainable + non-trainable, each in creation order (FORMAT-models.md §7.1). A TF
 Anything that cannot be paired for sure is refused; datasets no source variable matches keep the
 template's values and are reported. Values are read whole (one tensor at a time) and written by h5py.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,8 +35,9 @@ def is_keras_template(template) -> bool:
     return isinstance(template, (str, os.PathLike)) and kind_of(template) == "keras_h5"
 
 
-def fit_weights_h5(src, template, out, *, rules=None, on_mismatch="error", dry_run=False, force=False,
-                   fsync=False, **unsupported):
+def fit_weights_h5(
+    src, template, out, *, rules=None, on_mismatch="error", dry_run=False, force=False, fsync=False, **unsupported
+):
     """fit() for a .weights.h5 template: write OUT.weights.h5 that Keras 3's load_weights reads."""
     import time
 
@@ -50,8 +52,9 @@ def fit_weights_h5(src, template, out, *, rules=None, on_mismatch="error", dry_r
     from . import kind_of
 
     if out is not None and kind_of(out) != "keras_h5":
-        raise PlanError("fit onto a .weights.h5 template writes a .weights.h5: name OUT *.weights.h5",
-                        path=os.fspath(out))
+        raise PlanError(
+            "fit onto a .weights.h5 template writes a .weights.h5: name OUT *.weights.h5", path=os.fspath(out)
+        )
     cs = src if isinstance(src, Checkpoint) else open_checkpoint(src)
     try:
         with open_checkpoint(template) as ct:
@@ -59,10 +62,13 @@ def fit_weights_h5(src, template, out, *, rules=None, on_mismatch="error", dry_r
                 from .export import check_outputs
 
                 out = os.fspath(out)
-                check_outputs([out], [out] if os.path.lexists(out) else [], force=force,
-                              inputs=[os.fspath(template)] + list(getattr(getattr(cs, "located", None), "files", ()) or ()))
-            report = FitReport(getattr(cs, "prefix", None), os.fspath(template), None if out is None else out,
-                               dry_run)
+                check_outputs(
+                    [out],
+                    [out] if os.path.lexists(out) else [],
+                    force=force,
+                    inputs=[os.fspath(template)] + list(getattr(getattr(cs, "located", None), "files", ()) or ()),
+                )
+            report = FitReport(getattr(cs, "prefix", None), os.fspath(template), None if out is None else out, dry_run)
             pairs = plan(cs, ct, rules)
             ops = decide(report, cs, ct, pairs, on_mismatch)
             if report.errors and not dry_run:
@@ -79,6 +85,7 @@ def fit_weights_h5(src, template, out, *, rules=None, on_mismatch="error", dry_r
 
 # -- matching ---------------------------------------------------------------------------------------
 
+
 def template_layers(ct) -> dict[str, list[str]]:
     """Layer name (the `vars` group's `name` attribute) -> its dataset paths in index order."""
     groups: dict[str, list[str]] = {}
@@ -93,11 +100,15 @@ def template_layers(ct) -> dict[str, list[str]]:
         name = ct.h5[head].attrs.get("name")
         name = name.decode() if isinstance(name, bytes) else name
         if not isinstance(name, str) or not name:
-            raise UnsupportedError(f"template group {head!r} has no layer name attribute; is it a Keras 3 "
-                                   "save_weights file?", path=ct.path)
+            raise UnsupportedError(
+                f"template group {head!r} has no layer name attribute; is it a Keras 3 save_weights file?", path=ct.path
+            )
         if name in out:
-            raise MismatchError(f"template groups {owner[name]!r} and {head!r} both hold a layer named {name!r}: "
-                                "cannot tell which source layer goes where", path=ct.path)
+            raise MismatchError(
+                f"template groups {owner[name]!r} and {head!r} both hold a layer named {name!r}: "
+                "cannot tell which source layer goes where",
+                path=ct.path,
+            )
         owner[name] = head
         out[name] = sorted(paths, key=lambda p: int(p.rpartition("/")[2]))
     return out
@@ -110,12 +121,13 @@ def source_variables(cs) -> dict[str, str]:
 
     v = view(cs)
     if not v.object_based:
-        raise UnsupportedError("fit onto a .weights.h5 template needs a TF2 object-based source "
-                               "(tf.train.Checkpoint(model=m)), whose variables record their full names",
-                               path=getattr(cs, "path", None))
+        raise UnsupportedError(
+            "fit onto a .weights.h5 template needs a TF2 object-based source "
+            "(tf.train.Checkpoint(model=m)), whose variables record their full names",
+            path=getattr(cs, "path", None),
+        )
     roles = object_roles(cs)
-    return {k: t.full_name for k, t in v.tensors.items()
-            if t.full_name and t.slot_of is None and k not in roles}
+    return {k: t.full_name for k, t in v.tensors.items() if t.full_name and t.slot_of is None and k not in roles}
 
 
 def _renamed(full_name: str, rules) -> str:
@@ -159,8 +171,10 @@ def plan(cs, ct, rules) -> dict[str, tuple[str, str, str]]:
     for name, found in sorted(by_layer.items()):
         scopes = sorted({layer for *_, layer in found})
         if len(scopes) > 1:
-            raise MismatchError(f"template layer {name!r} is matched by two source layers: {scopes[0]!r} and "
-                                f"{scopes[1]!r}; tell them apart with a --map rule")
+            raise MismatchError(
+                f"template layer {name!r} is matched by two source layers: {scopes[0]!r} and "
+                f"{scopes[1]!r}; tell them apart with a --map rule"
+            )
         for dst, (key, full) in _order(ct, name, layers[name], found, s_shapes).items():
             _pair(pairs, dst, key, full, "layer name")
     return pairs
@@ -168,8 +182,10 @@ def plan(cs, ct, rules) -> dict[str, tuple[str, str, str]]:
 
 def _pair(pairs, dst, key, full, how) -> None:
     if dst in pairs:
-        raise MismatchError(f"template dataset {dst!r} is matched by two source variables: {pairs[dst][1]!r} "
-                            f"({pairs[dst][2]}) and {full!r} ({how})")
+        raise MismatchError(
+            f"template dataset {dst!r} is matched by two source variables: {pairs[dst][1]!r} "
+            f"({pairs[dst][2]}) and {full!r} ({how})"
+        )
     pairs[dst] = (key, full, how)
 
 
@@ -179,12 +195,15 @@ def _order(ct, name, paths, found, s_shapes) -> dict[str, tuple[str, str]]:
     by_var: dict[str, tuple[str, str]] = {}
     for key, full, var, _ in found:
         if var in by_var:
-            raise MismatchError(f"template layer {name!r}: two source variables are named {var!r}: "
-                                f"{by_var[var][1]!r} and {full!r}")
+            raise MismatchError(
+                f"template layer {name!r}: two source variables are named {var!r}: {by_var[var][1]!r} and {full!r}"
+            )
         by_var[var] = (key, full)
     if len(by_var) != len(paths):
-        raise MismatchError(f"template layer {name!r} has {len(paths)} variables, the source layer has "
-                            f"{len(by_var)} ({', '.join(sorted(by_var))}); nothing written")
+        raise MismatchError(
+            f"template layer {name!r} has {len(paths)} variables, the source layer has "
+            f"{len(by_var)} ({', '.join(sorted(by_var))}); nothing written"
+        )
     for order in ORDERS:
         if set(order) == set(by_var):
             paired = {p: by_var[v] for p, v in zip(paths, order)}
@@ -193,9 +212,11 @@ def _order(ct, name, paths, found, s_shapes) -> dict[str, tuple[str, str]]:
     if len(by_var) == 1:
         return {paths[0]: next(iter(by_var.values()))}
     shapes = [list(ct.entries()[p].shape) for p in paths]
-    raise UnsupportedError(f"template layer {name!r}: ckptio does not know the order of the variables "
-                           f"{', '.join(sorted(by_var))} (shapes {shapes}); pair them with explicit --map rules "
-                           "SRC_FULL_NAME=layers/.../vars/<i>")
+    raise UnsupportedError(
+        f"template layer {name!r}: ckptio does not know the order of the variables "
+        f"{', '.join(sorted(by_var))} (shapes {shapes}); pair them with explicit --map rules "
+        "SRC_FULL_NAME=layers/.../vars/<i>"
+    )
 
 
 def _check_order(name, paired, t_shapes, s_shapes) -> None:
@@ -204,9 +225,11 @@ def _check_order(name, paired, t_shapes, s_shapes) -> None:
     others = {s_shapes[key] for key, _ in paired.values()}
     for dst, (key, full) in paired.items():
         if s_shapes[key] != t_shapes[dst] and t_shapes[dst] in others:
-            raise MismatchError(f"template layer {name!r}: {dst!r} {list(t_shapes[dst])} would get {full!r} "
-                                f"{list(s_shapes[key])} by Keras' usual variable order, but another source variable "
-                                "has its shape; pair them with explicit --map rules SRC_FULL_NAME=layers/.../vars/<i>")
+            raise MismatchError(
+                f"template layer {name!r}: {dst!r} {list(t_shapes[dst])} would get {full!r} "
+                f"{list(s_shapes[key])} by Keras' usual variable order, but another source variable "
+                "has its shape; pair them with explicit --map rules SRC_FULL_NAME=layers/.../vars/<i>"
+            )
 
 
 def decide(report, cs, ct, pairs, on_mismatch):
@@ -229,6 +252,7 @@ def decide(report, cs, ct, pairs, on_mismatch):
 
 
 # -- writing ----------------------------------------------------------------------------------------
+
 
 def write(cs, ct, ops, template_path: str, out: str, *, fsync: bool) -> None:
     """Copy the template's groups, attributes and datasets into OUT with each op's values; atomic."""

@@ -8,6 +8,7 @@ contiguous, unfiltered dataset (what Keras writes) is one byte range of the file
 h5py; anything else is read through h5py. bfloat16 is an opaque 2-byte type with the attribute
 dtype="bfloat16". HDF5 files Keras writes carry no checksums.
 """
+
 from __future__ import annotations
 
 from ..bundle import dtypes
@@ -61,8 +62,10 @@ class KerasCheckpoint(ForeignCheckpoint):
                 report.add(f"unreadable: {exc}", path=self.path, key=name)
 
     def what_is_checked(self) -> str:
-        return ("the HDF5 structure and every dataset read back (shape, dtype and extent in the file); "
-                "Keras writes no checksums, so the values themselves cannot be verified")
+        return (
+            "the HDF5 structure and every dataset read back (shape, dtype and extent in the file); "
+            "Keras writes no checksums, so the values themselves cannot be verified"
+        )
 
 
 def walk(h5file, src, *, base: int, path: str) -> tuple[dict[str, Entry], dict]:
@@ -80,8 +83,9 @@ def walk(h5file, src, *, base: int, path: str) -> tuple[dict[str, Entry], dict]:
         if offset is not None and ds.dtype.byteorder in "<|=" and ds.id.get_storage_size() == nbytes:
             entry = Entry(enum, shape, 0, base + offset, nbytes, 0)
             if entry.offset + nbytes > src.size:
-                raise TruncatedError(f"dataset runs past the end of the {src.size}-byte file", path=path, key=name,
-                                     offset=entry.offset)
+                raise TruncatedError(
+                    f"dataset runs past the end of the {src.size}-byte file", path=path, key=name, offset=entry.offset
+                )
             entries[name] = entry
         else:
             entries[name] = Entry(enum, shape, 0, 0, nbytes, 0)
@@ -119,6 +123,7 @@ def _loader(ds, info):
         value = np.ascontiguousarray(ds[()])
         value = value.astype(value.dtype.newbyteorder("<"), copy=False)
         return from_bytes(bytearray(value.tobytes()), info, value.shape)
+
     return load
 
 
@@ -128,8 +133,9 @@ def open_h5(fileobj_or_path, path: str):
     try:
         return h5py.File(fileobj_or_path, "r")
     except (OSError, ValueError) as exc:
-        raise WrongFileError(f"not an HDF5 file that h5py can open ({exc}); pass a Keras 3 .weights.h5 or "
-                             ".keras file", path=path) from None
+        raise WrongFileError(
+            f"not an HDF5 file that h5py can open ({exc}); pass a Keras 3 .weights.h5 or .keras file", path=path
+        ) from None
 
 
 def open_weights_h5(path: str) -> KerasCheckpoint:

@@ -14,6 +14,7 @@ say it in one extra member, `__ckptio__.npy`: a 0-d unicode array holding JSON
 Every member loads with numpy.load(allow_pickle=False); `array.view(ml_dtypes.bfloat16)` restores a
 bfloat16 one. Strings would need pickle (object arrays) and are refused.
 """
+
 from __future__ import annotations
 
 import ast
@@ -39,6 +40,7 @@ _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # signature .. extra length: 30 
 
 # -- .npy headers -------------------------------------------------------------------------------------
 
+
 def encode_npy_header(descr: str, shape) -> bytes:
     """The .npy preamble and header for a C-order array; version 1.0 unless the header needs 2.0."""
     text = "{'descr': %r, 'fortran_order': False, 'shape': %r, }" % (descr, tuple(shape))
@@ -62,17 +64,22 @@ def parse_npy_header(data: bytes, *, path, key) -> tuple[dict, int]:
     else:
         raise UnsupportedError(f".npy version {major}.{data[7]}", path=path, key=key)
     if n > MAX_NPY_HEADER:
-        raise CorruptCheckpointError(f".npy header of {n} bytes (numpy.load accepts {MAX_NPY_HEADER})",
-                                     path=path, key=key)
+        raise CorruptCheckpointError(
+            f".npy header of {n} bytes (numpy.load accepts {MAX_NPY_HEADER})", path=path, key=key
+        )
     if fixed + n > len(data):
         raise TruncatedError(".npy header runs past the member's end", path=path, key=key)
     try:
-        text = data[fixed:fixed + n].decode("utf-8" if major == 3 else "latin1")
+        text = data[fixed : fixed + n].decode("utf-8" if major == 3 else "latin1")
         header = ast.literal_eval(text)
     except (UnicodeDecodeError, ValueError, SyntaxError, MemoryError, RecursionError) as exc:
         raise CorruptCheckpointError(f"bad .npy header: {exc}", path=path, key=key) from None
-    if (not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}
-            or not isinstance(header["fortran_order"], bool) or not isinstance(header["shape"], tuple)):
+    if (
+        not isinstance(header, dict)
+        or set(header) != {"descr", "fortran_order", "shape"}
+        or not isinstance(header["fortran_order"], bool)
+        or not isinstance(header["shape"], tuple)
+    ):
         raise CorruptCheckpointError(f"bad .npy header {text.strip()!r}", path=path, key=key)
     header["shape"] = check_shape(header["shape"], path=path, key=key)
     return header, fixed + n
@@ -88,8 +95,9 @@ def _numpy_dtype(descr, *, path, key):
     except (TypeError, ValueError):
         raise CorruptCheckpointError(f"bad .npy dtype {descr!r}", path=path, key=key) from None
     if dt.hasobject or dt.kind not in "biufcV" or dt.fields is not None or dt.subdtype is not None:
-        raise UnsupportedError(f".npy dtype {descr!r} is not a numeric tensor (ckptio reads numbers only)",
-                               path=path, key=key)
+        raise UnsupportedError(
+            f".npy dtype {descr!r} is not a numeric tensor (ckptio reads numbers only)", path=path, key=key
+        )
     return dt
 
 
@@ -98,8 +106,9 @@ def tf_dtype_of(dt, recorded: str | None, *, path, key) -> int:
     if recorded is not None:
         info = dtypes.BY_NAME.get(recorded)
         if info is None or not info.fixed_width or info.itemsize != dt.itemsize:
-            raise CorruptCheckpointError(f"recorded dtype {recorded!r} does not fit the stored {dt.str}",
-                                         path=path, key=key)
+            raise CorruptCheckpointError(
+                f"recorded dtype {recorded!r} does not fit the stored {dt.str}", path=path, key=key
+            )
         return info.enum
     if dt.kind == "V":
         raise UnsupportedError(f"raw {dt.str} data with no recorded dtype", path=path, key=key)
@@ -107,6 +116,7 @@ def tf_dtype_of(dt, recorded: str | None, *, path, key) -> int:
 
 
 # -- reading -------------------------------------------------------------------------------------------
+
 
 class NpzCheckpoint(ForeignCheckpoint):
     """An .npz; info is the __ckptio__ member's JSON (empty when another program wrote the file)."""
@@ -128,8 +138,10 @@ class NpzCheckpoint(ForeignCheckpoint):
             report.add(message, path=self.path, key=member[:-4] if member.endswith(".npy") else member)
 
     def what_is_checked(self) -> str:
-        return (f"{len(self.archive.infolist())} zip members: every member's CRC-32 and every .npy header "
-                "(shape, dtype and size against the member)")
+        return (
+            f"{len(self.archive.infolist())} zip members: every member's CRC-32 and every .npy header "
+            "(shape, dtype and size against the member)"
+        )
 
 
 def open_npz(path: str) -> NpzCheckpoint:
@@ -190,8 +202,11 @@ def _member(archive, src, m: zipfile.ZipInfo, key: str, recorded, path):
     enum = tf_dtype_of(dt, recorded, path=path, key=key)
     nbytes = numel(shape) * dt.itemsize
     if m.file_size != hlen + nbytes:
-        raise CorruptCheckpointError(f"member holds {m.file_size - hlen} data bytes, {header['descr']}{list(shape)} "
-                                     f"needs {nbytes}", path=path, key=key)
+        raise CorruptCheckpointError(
+            f"member holds {m.file_size - hlen} data bytes, {header['descr']}{list(shape)} needs {nbytes}",
+            path=path,
+            key=key,
+        )
     plain = dt.byteorder in "<|=" and not (header["fortran_order"] and len(shape) > 1)
     if start is not None and plain and (dt.byteorder != "=" or dt.itemsize == 1 or _little()):
         return Entry(enum, shape, 0, start + hlen, nbytes, 0), None
@@ -200,6 +215,7 @@ def _member(archive, src, m: zipfile.ZipInfo, key: str, recorded, path):
 
 def _little() -> bool:
     import sys
+
     return sys.byteorder == "little"
 
 
@@ -245,7 +261,7 @@ def _side_table(archive, path) -> dict:
         raise CorruptCheckpointError(f"unreadable {SIDE_MEMBER}: {exc}", path=path) from None
     table = info.get("dtypes") if isinstance(info, dict) else None
     if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
-        raise CorruptCheckpointError(f"{SIDE_MEMBER} has no \"dtypes\" table", path=path)
+        raise CorruptCheckpointError(f'{SIDE_MEMBER} has no "dtypes" table', path=path)
     return info
 
 
@@ -265,6 +281,7 @@ def check_members(ckpt: NpzCheckpoint, progress=None) -> tuple[list, int]:
 
 
 # -- writing ---------------------------------------------------------------------------------------------
+
 
 def can_store(enum: int) -> bool:
     return True  # every fixed-width TF dtype: native ones by name, the rest as raw void plus the side table
@@ -335,6 +352,7 @@ def _write_member(ckpt, z, t, runs, verify: bool, progress) -> None:
         member = _zipinfo(t.name + ".npy")
     except UnicodeError:
         from ..errors import PlanError
+
         raise PlanError("the name is not valid UTF-8, which a zip member name cannot hold", key=t.name) from None
     reader = ckpt._reader
     with z.open(member, "w", force_zip64=True) as m:
@@ -343,14 +361,16 @@ def _write_member(ckpt, z, t, runs, verify: bool, progress) -> None:
         for run in sorted(runs, key=lambda r: r.at):
             if run.at != done:
                 raise CorruptCheckpointError(f"pieces leave a gap at byte {done}", path=ckpt.path, key=run.name)
-            chunks = run.chunks() if run.chunks is not None else reader.iter_raw(run.name, run.entry, 8 << 20,
-                                                                                 verify=verify)
+            chunks = (
+                run.chunks() if run.chunks is not None else reader.iter_raw(run.name, run.entry, 8 << 20, verify=verify)
+            )
             for chunk in chunks:
                 m.write(chunk)
                 done += len(chunk)
             if done != run.at + run.size:
-                raise CorruptCheckpointError(f"gave {done - run.at} bytes, expected {run.size}", path=ckpt.path,
-                                             key=run.name)
+                raise CorruptCheckpointError(
+                    f"gave {done - run.at} bytes, expected {run.size}", path=ckpt.path, key=run.name
+                )
             if progress:
                 progress(run.size)
         if done != t.nbytes:

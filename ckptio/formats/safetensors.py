@@ -11,6 +11,7 @@
     with shards model-00001-of-00003.safetensors ... in the same directory.
 (FORMAT-models.md §5.)
 """
+
 from __future__ import annotations
 
 import json
@@ -28,12 +29,30 @@ INDEX_SUFFIX = ".index.json"
 
 # safetensors dtype strings in the reference's enum order, with bits per element and the TF dtype
 # (None: TensorFlow has no such type).
-DTYPES = (("BOOL", 8, "bool"), ("F4", 4, None), ("F6_E2M3", 6, None), ("F6_E3M2", 6, None),
-          ("U8", 8, "uint8"), ("I8", 8, "int8"), ("F8_E5M2", 8, "float8_e5m2"), ("F8_E4M3", 8, "float8_e4m3fn"),
-          ("F8_E8M0", 8, None), ("F8_E4M3FNUZ", 8, "float8_e4m3fnuz"), ("F8_E5M2FNUZ", 8, "float8_e5m2fnuz"),
-          ("I16", 16, "int16"), ("U16", 16, "uint16"), ("F16", 16, "float16"), ("BF16", 16, "bfloat16"),
-          ("I32", 32, "int32"), ("U32", 32, "uint32"), ("F32", 32, "float32"),
-          ("C64", 64, "complex64"), ("F64", 64, "float64"), ("I64", 64, "int64"), ("U64", 64, "uint64"))
+DTYPES = (
+    ("BOOL", 8, "bool"),
+    ("F4", 4, None),
+    ("F6_E2M3", 6, None),
+    ("F6_E3M2", 6, None),
+    ("U8", 8, "uint8"),
+    ("I8", 8, "int8"),
+    ("F8_E5M2", 8, "float8_e5m2"),
+    ("F8_E4M3", 8, "float8_e4m3fn"),
+    ("F8_E8M0", 8, None),
+    ("F8_E4M3FNUZ", 8, "float8_e4m3fnuz"),
+    ("F8_E5M2FNUZ", 8, "float8_e5m2fnuz"),
+    ("I16", 16, "int16"),
+    ("U16", 16, "uint16"),
+    ("F16", 16, "float16"),
+    ("BF16", 16, "bfloat16"),
+    ("I32", 32, "int32"),
+    ("U32", 32, "uint32"),
+    ("F32", 32, "float32"),
+    ("C64", 64, "complex64"),
+    ("F64", 64, "float64"),
+    ("I64", 64, "int64"),
+    ("U64", 64, "uint64"),
+)
 RANK = {name: i for i, (name, _, _) in enumerate(DTYPES)}
 TO_TF = {name: dtypes.BY_NAME[tf].enum for name, _, tf in DTYPES if tf}
 FROM_TF = {enum: name for name, enum in TO_TF.items()}
@@ -45,6 +64,7 @@ def dtype_for(enum: int) -> str | None:
 
 
 # -- reading -----------------------------------------------------------------------------------------
+
 
 def parse_header(src, *, file_size: int | None = None) -> tuple[dict, dict[str, tuple[str, tuple, int, int]], int]:
     """(metadata, {name: (dtype, shape, begin, end)}, data start) of a safetensors file, all validated."""
@@ -91,18 +111,26 @@ def _tensor_info(name: str, info, path) -> tuple[str, tuple, int, int]:
     if dtype not in RANK:
         raise CorruptCheckpointError(f"unknown dtype {dtype!r}", path=path, key=name)
     shape = check_shape(shape, path=path, key=name)
-    if (not isinstance(offsets, list) or len(offsets) != 2
-            or not all(type(o) is int and o >= 0 for o in offsets) or offsets[0] > offsets[1]):
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(type(o) is int and o >= 0 for o in offsets)
+        or offsets[0] > offsets[1]
+    ):
         raise CorruptCheckpointError(f"bad data_offsets {offsets!r}", path=path, key=name)
     bits = DTYPES[RANK[dtype]][1]
     nbits = numel(shape) * bits
     if nbits % 8:
-        raise CorruptCheckpointError(f"{numel(shape)} elements of {bits} bits are not a whole number of bytes",
-                                     path=path, key=name)
+        raise CorruptCheckpointError(
+            f"{numel(shape)} elements of {bits} bits are not a whole number of bytes", path=path, key=name
+        )
     begin, end = offsets
     if end - begin != nbits // 8:
-        raise CorruptCheckpointError(f"data_offsets [{begin}, {end}) hold {end - begin} bytes, but {dtype}"
-                                     f"{list(shape)} needs {nbits // 8}", path=path, key=name)
+        raise CorruptCheckpointError(
+            f"data_offsets [{begin}, {end}) hold {end - begin} bytes, but {dtype}{list(shape)} needs {nbits // 8}",
+            path=path,
+            key=name,
+        )
     return dtype, shape, begin, end
 
 
@@ -117,8 +145,9 @@ def _check_coverage(tensors: dict, buffer_size: int, path) -> None:
     if pos != buffer_size:
         if pos > buffer_size:
             raise TruncatedError(f"tensors need {pos} bytes of data but the file holds {buffer_size}", path=path)
-        raise CorruptCheckpointError(f"file not fully covered: {buffer_size - pos} bytes after the last tensor",
-                                     path=path)
+        raise CorruptCheckpointError(
+            f"file not fully covered: {buffer_size - pos} bytes after the last tensor", path=path
+        )
 
 
 def _entries_of(tensors: dict, data_start: int, shard: int, path) -> dict[str, Entry]:
@@ -176,12 +205,11 @@ def read_index(path: str) -> dict:
         raise CorruptCheckpointError(f"not a safetensors index (bad JSON: {exc})", path=path) from None
     weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-        raise WrongFileError("not a safetensors index: no \"weight_map\" of names to files", path=path)
+        raise WrongFileError('not a safetensors index: no "weight_map" of names to files', path=path)
     for name, file in weight_map.items():
         # Only files beside the index: a hostile index must not make us open /etc/passwd or ../x.
         if not file or os.path.basename(file) != file or file in (".", ".."):
-            raise CorruptCheckpointError(f"weight_map names {file!r}, not a file beside the index", path=path,
-                                         key=name)
+            raise CorruptCheckpointError(f"weight_map names {file!r}, not a file beside the index", path=path, key=name)
     return doc
 
 
@@ -210,8 +238,11 @@ def _open_index(path: str) -> SafetensorsCheckpoint:
                 entries[name] = entry
         missing = sorted(set(weight_map) - set(entries))
         if missing:
-            raise CorruptCheckpointError(f"weight_map lists {len(missing)} tensor(s) its shard lacks, e.g. "
-                                         f"{missing[0]!r} in {weight_map[missing[0]]}", path=path)
+            raise CorruptCheckpointError(
+                f"weight_map lists {len(missing)} tensor(s) its shard lacks, e.g. "
+                f"{missing[0]!r} in {weight_map[missing[0]]}",
+                path=path,
+            )
     except BaseException:
         for s in sources:
             s.close()
@@ -223,14 +254,17 @@ def _open_index(path: str) -> SafetensorsCheckpoint:
 def _what_is_checked(ckpt: SafetensorsCheckpoint) -> str:
     """What verify could check for a safetensors input (the header was validated when it was opened)."""
     files = len(ckpt._reader.sources)
-    what = (f"{len(ckpt)} tensors in {files} file{'s' if files != 1 else ''}: header JSON, dtypes, shapes, "
-            "data_offsets (sizes, order, no overlap or hole, file fully covered)")
+    what = (
+        f"{len(ckpt)} tensors in {files} file{'s' if files != 1 else ''}: header JSON, dtypes, shapes, "
+        "data_offsets (sizes, order, no overlap or hole, file fully covered)"
+    )
     if ckpt.index is not None:
         what += ", and the index's weight map against every shard"
     return what + "; safetensors stores no checksums, so the tensor bytes themselves cannot be verified"
 
 
 # -- writing -----------------------------------------------------------------------------------------
+
 
 def encode_header(metadata: dict[str, str], tensors) -> tuple[bytes, list[int]]:
     """(8-byte length + padded JSON header, begin offset per tensor) for tensors = [(name, dtype, shape, nbytes)].
@@ -247,8 +281,10 @@ def encode_header(metadata: dict[str, str], tensors) -> tuple[bytes, list[int]]:
     text = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     text += b" " * (-len(text) % 8)
     if len(text) > MAX_HEADER_SIZE:
-        raise UnsupportedError(f"the safetensors header would be {len(text)} bytes, over the {MAX_HEADER_SIZE}-byte "
-                               "limit readers enforce; split the output with --max-shard-size")
+        raise UnsupportedError(
+            f"the safetensors header would be {len(text)} bytes, over the {MAX_HEADER_SIZE}-byte "
+            "limit readers enforce; split the output with --max-shard-size"
+        )
     return struct.pack("<Q", len(text)) + text, begins
 
 
@@ -260,12 +296,12 @@ def layout_order(tensors):
 def shard_names(dst: str, count: int) -> tuple[list[str], str | None]:
     """Output file paths for count shards and the index path (None for a single file), named as Hugging Face does."""
     if dst.endswith(INDEX_SUFFIX):
-        base, index = dst[:-len(INDEX_SUFFIX)], dst
+        base, index = dst[: -len(INDEX_SUFFIX)], dst
     elif count == 1:
         return [dst], None
     else:
         base, index = dst, dst + INDEX_SUFFIX
-    stem = base[:-len(".safetensors")]
+    stem = base[: -len(".safetensors")]
     return [f"{stem}-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)], index
 
 
@@ -273,9 +309,9 @@ def stale_outputs(dst: str) -> list[str]:
     """Files an earlier export to dst may have left: the single file, its index and its shards."""
     import re
 
-    base = dst[:-len(INDEX_SUFFIX)] if dst.endswith(INDEX_SUFFIX) else dst
+    base = dst[: -len(INDEX_SUFFIX)] if dst.endswith(INDEX_SUFFIX) else dst
     directory, name = os.path.split(base)
-    stem = re.escape(name[:-len(".safetensors")])
+    stem = re.escape(name[: -len(".safetensors")])
     shard = re.compile(stem + r"-\d{5}-of-\d{5}\.safetensors$")
     try:
         names = os.listdir(directory or ".")
@@ -310,11 +346,21 @@ def output_paths(dst: str, tensors, *, num_shards=1, max_shard_size=None) -> lis
     return paths + ([index] if index else [])
 
 
-def write(ckpt, tensors, dst: str, *, num_shards=1, max_shard_size=None, verify=True, progress=None,
-          fsync=False, metadata=None) -> list[str]:
+def write(
+    ckpt,
+    tensors,
+    dst: str,
+    *,
+    num_shards=1,
+    max_shard_size=None,
+    verify=True,
+    progress=None,
+    fsync=False,
+    metadata=None,
+) -> list[str]:
     """Write tensors as one safetensors file or a sharded set with its index, atomically; return the paths."""
-    from ..io import AtomicFiles, make_dirs, preallocate
     from ..bundle.writer import ShardFile
+    from ..io import AtomicFiles, make_dirs, preallocate
     from .export import groups_by_size, runs_of, write_error, write_runs
 
     for t in tensors:  # JSON cannot carry names that are not valid Unicode text
@@ -322,6 +368,7 @@ def write(ckpt, tensors, dst: str, *, num_shards=1, max_shard_size=None, verify=
             t.name.encode("utf-8")
         except UnicodeEncodeError:
             from ..errors import PlanError
+
             raise PlanError("the name is not valid UTF-8, which a safetensors header cannot hold", key=t.name) from None
     groups = groups_by_size(tensors, num_shards, max_shard_size)
     paths, index = shard_names(dst, len(groups))
@@ -343,8 +390,9 @@ def write(ckpt, tensors, dst: str, *, num_shards=1, max_shard_size=None, verify=
                 except OSError as exc:
                     raise write_error(exc, path) from None
                 out.write(head)
-                placed = [(len(head) + begin + run.at, run) for t, begin in zip(order, begins)
-                          for run in runs_of(ckpt, t)]
+                placed = [
+                    (len(head) + begin + run.at, run) for t, begin in zip(order, begins) for run in runs_of(ckpt, t)
+                ]
                 write_runs(ckpt, out, placed, verify=verify, progress=progress)
                 try:
                     os.ftruncate(fd, total)  # every byte was written; this only pins the size

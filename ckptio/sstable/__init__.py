@@ -1,4 +1,5 @@
 """The LevelDB-style table that holds a checkpoint's index (and whole V1 checkpoints)."""
+
 from .table import Table
 from .table_builder import TableBuilder
 

@@ -1,9 +1,10 @@
 """Decode one block: prefix-compressed entries followed by a restart array.
 
-    entry:   varint32 shared, varint32 unshared, varint32 value_length,
-             key[shared:] (unshared bytes), value (value_length bytes)
-    trailer: fixed32 restart[0..n-1] (offsets of entries with shared == 0), fixed32 n
+entry:   varint32 shared, varint32 unshared, varint32 value_length,
+         key[shared:] (unshared bytes), value (value_length bytes)
+trailer: fixed32 restart[0..n-1] (offsets of entries with shared == 0), fixed32 n
 """
+
 from __future__ import annotations
 
 import bisect
@@ -61,7 +62,7 @@ class Block:
             if shared > len(key) or end + vlen > limit:
                 raise self._error("entry runs past the block or shares more than the previous key", at)
             key = key[:shared] + data[pos:end]
-            yield key, data[end:end + vlen]
+            yield key, data[end : end + vlen]
             pos = end + vlen
 
     def seek(self, target: bytes) -> Iterator[tuple[bytes, bytes]]:
@@ -96,4 +97,4 @@ class _RestartKeys:
             raise block._error("bad entry header at restart point", block.restarts[i]) from None
         if shared != 0 or pos + unshared > block.limit:
             raise block._error("restart point does not hold a full key", block.restarts[i])
-        return bytes(block.data[pos:pos + unshared])
+        return bytes(block.data[pos : pos + unshared])

@@ -2,6 +2,7 @@
 
 REQUIRES: keys are added in strictly increasing bytewise order.
 """
+
 from __future__ import annotations
 
 import struct

@@ -1,4 +1,5 @@
 """Varints, fixed-width integers and masked CRC32C, as the table format encodes them."""
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,9 @@ def _load_crc32c():
             for suffix in EXTENSION_SUFFIXES:
                 path = os.path.join(directory, "_crc32c" + suffix)
                 if os.path.isfile(path):
-                    spec = spec_from_file_location("crc32c._crc32c", path,
-                                                   loader=ExtensionFileLoader("crc32c._crc32c", path))
+                    spec = spec_from_file_location(
+                        "crc32c._crc32c", path, loader=ExtensionFileLoader("crc32c._crc32c", path)
+                    )
                     module = module_from_spec(spec)
                     spec.loader.exec_module(module)
                     return module.crc32c

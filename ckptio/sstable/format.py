@@ -1,12 +1,13 @@
 """Block handles, the footer, and reading one block with its trailer checked.
 
-    footer (48 bytes, at end of file):
-      varint64 metaindex.offset, varint64 metaindex.size,
-      varint64 index.offset, varint64 index.size, zero padding to byte 40,
-      fixed64 LE magic 0xdb4775248b80fb57
-    block trailer (5 bytes, after each block's contents):
-      u8 compression type (0 none, 1 snappy), fixed32 masked crc32c(contents + type byte)
+footer (48 bytes, at end of file):
+  varint64 metaindex.offset, varint64 metaindex.size,
+  varint64 index.offset, varint64 index.size, zero padding to byte 40,
+  fixed64 LE magic 0xdb4775248b80fb57
+block trailer (5 bytes, after each block's contents):
+  u8 compression type (0 none, 1 snappy), fixed32 masked crc32c(contents + type byte)
 """
+
 from __future__ import annotations
 
 from collections import namedtuple
@@ -33,7 +34,7 @@ class BlockHandle(namedtuple("BlockHandle", "offset size")):
         return encode_varint(self.offset) + encode_varint(self.size)
 
     @staticmethod
-    def decode(buf, pos: int, limit: int) -> tuple["BlockHandle", int]:
+    def decode(buf, pos: int, limit: int) -> tuple[BlockHandle, int]:
         offset, pos = decode_varint(buf, pos, limit)
         size, pos = decode_varint(buf, pos, limit)
         return BlockHandle(offset, size), pos
@@ -49,7 +50,7 @@ class Footer(namedtuple("Footer", "metaindex index")):
         return handles + bytes(40 - len(handles)) + MAGIC_BYTES
 
     @staticmethod
-    def decode(data: bytes, *, path=None, offset=None) -> "Footer":
+    def decode(data: bytes, *, path=None, offset=None) -> Footer:
         if len(data) != FOOTER_SIZE:
             raise CorruptCheckpointError("file too short to be a table (no 48-byte footer)", path=path)
         if data[40:] != MAGIC_BYTES:
@@ -74,15 +75,21 @@ def read_block(source, handle: BlockHandle, *, what: str = "block", verify: bool
     if handle.size > MAX_BLOCK_SIZE or handle.offset + handle.size + TRAILER_SIZE > source.size:
         raise CorruptCheckpointError(
             f"{what} handle (offset {handle.offset}, size {handle.size}) points past the end of the "
-            f"{source.size}-byte file", path=path, offset=handle.offset)
+            f"{source.size}-byte file",
+            path=path,
+            offset=handle.offset,
+        )
     raw = source.read(handle.offset, handle.size + TRAILER_SIZE)
-    contents, kind = raw[:handle.size], raw[handle.size]
+    contents, kind = raw[: handle.size], raw[handle.size]
     if verify:
         stored = unmask(decode_fixed32(raw, handle.size + 1))
-        actual = crc32c(raw[handle.size:handle.size + 1], crc32c(contents))
+        actual = crc32c(raw[handle.size : handle.size + 1], crc32c(contents))
         if stored != actual:
-            raise ChecksumError(f"{what} checksum mismatch (stored {stored:#010x}, computed {actual:#010x})",
-                                path=path, offset=handle.offset)
+            raise ChecksumError(
+                f"{what} checksum mismatch (stored {stored:#010x}, computed {actual:#010x})",
+                path=path,
+                offset=handle.offset,
+            )
     if kind == NO_COMPRESSION:
         return contents
     if kind == SNAPPY_COMPRESSION:
@@ -104,12 +111,15 @@ def _snappy_decompress(contents: bytes, path, offset: int, what: str) -> bytes:
     if length > SNAPPY_MAX_RATIO * len(contents):
         raise CorruptCheckpointError(
             f"{what} claims {length} bytes after snappy decompression from {len(contents)} (impossible)",
-            path=path, offset=offset)
+            path=path,
+            offset=offset,
+        )
     try:
         out = bytes(cramjam.snappy.decompress_raw(contents))
     except Exception as exc:  # cramjam raises its own DecompressionError
         raise CorruptCheckpointError(f"{what} snappy data is corrupt ({exc})", path=path, offset=offset) from None
     if len(out) != length:
-        raise CorruptCheckpointError(f"{what} decompressed to {len(out)} bytes, expected {length}",
-                                     path=path, offset=offset)
+        raise CorruptCheckpointError(
+            f"{what} decompressed to {len(out)} bytes, expected {length}", path=path, offset=offset
+        )
     return out

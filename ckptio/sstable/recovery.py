@@ -9,6 +9,7 @@ recognised without its handle by what ends it:
 
 Bytes and keys only: what the keys name is the caller's business (show_key words them).
 """
+
 from __future__ import annotations
 
 import re
@@ -60,8 +61,9 @@ class _Head(Source):
         return self._src.read(offset, length)
 
 
-def walk(file: Source, what: str, *, show_key: Callable[[bytes], str] = repr,
-         damage: list[Damage] | None = None) -> TableScan:
+def walk(
+    file: Source, what: str, *, show_key: Callable[[bytes], str] = repr, damage: list[Damage] | None = None
+) -> TableScan:
     """Every entry of every readable block of the table in file (`what` names it in messages).
 
     The file is read block by block through its Source (sizes checked by read_block), and
@@ -77,19 +79,25 @@ def walk(file: Source, what: str, *, show_key: Callable[[bytes], str] = repr,
         at = file.read(tail_at, size - tail_at).rfind(MAGIC_BYTES)
         at = at + tail_at if at >= 0 else -1
         if size >= FOOTER_SIZE and at >= FOOTER_SIZE - 8:
-            scan.add("trailing-bytes", f"{size - at - 8} bytes follow the {what}'s footer (TensorFlow reads the "
-                     f"footer from the end of the file and fails); the table itself ends at offset {at + 8}",
-                     offset=at + 8)
+            scan.add(
+                "trailing-bytes",
+                f"{size - at - 8} bytes follow the {what}'s footer (TensorFlow reads the "
+                f"footer from the end of the file and fails); the table itself ends at offset {at + 8}",
+                offset=at + 8,
+            )
             end = at + 8
         elif size >= FOOTER_SIZE and sum(a == b for a, b in zip(file.read(size - 8, 8), MAGIC_BYTES)) >= 5:
-            scan.add("bad-magic", f"the table magic number at the end of the {what} is damaged "
-                     "(TensorFlow: 'not an sstable (bad magic number)'); reading on regardless", offset=size - 8)
+            scan.add(
+                "bad-magic",
+                f"the table magic number at the end of the {what} is damaged "
+                "(TensorFlow: 'not an sstable (bad magic number)'); reading on regardless",
+                offset=size - 8,
+            )
         else:
             return recover(file, size, what, why="truncated" if size else "empty", scan=scan)
     footer_at = end - FOOTER_SIZE
     try:
-        footer = Footer.decode(file.read(footer_at, FOOTER_SIZE - 8) + MAGIC_BYTES, path=file.name,
-                               offset=footer_at)
+        footer = Footer.decode(file.read(footer_at, FOOTER_SIZE - 8) + MAGIC_BYTES, path=file.name, offset=footer_at)
     except CkptioError as exc:
         scan.add("bad-footer", f"the {what}'s footer is damaged ({exc.message})", offset=footer_at)
         return recover(file, footer_at, what, why="footer", scan=scan)
@@ -101,9 +109,13 @@ def walk(file: Source, what: str, *, show_key: Callable[[bytes], str] = repr,
         check_metaindex(src, footer)
     except CkptioError as exc:
         # As verify reports it: TF never reads this block, but its bytes changed after they were written.
-        scan.add("bad-metaindex", f"the metaindex block is damaged ({exc.message}); TensorFlow never reads it, "
-                 "so the tensors are unaffected, but the file is not as it was written (salvage writes a "
-                 "clean copy)", offset=footer.metaindex.offset)
+        scan.add(
+            "bad-metaindex",
+            f"the metaindex block is damaged ({exc.message}); TensorFlow never reads it, "
+            "so the tensors are unaffected, but the file is not as it was written (salvage writes a "
+            "clean copy)",
+            offset=footer.metaindex.offset,
+        )
     _read_data_blocks(src, handles, scan, show_key)
     return scan
 
@@ -123,8 +135,12 @@ def _handles(src: Source, footer: Footer, what: str, scan: TableScan) -> list[tu
             handles = index_handles(index, footer, path=path)
         except CkptioError:
             pass
-        scan.add("bad-index-block", f"the {what}'s index block is damaged ({exc.message})"
-                 + ("; its block handles still look usable" if handles else ""), offset=handle.offset)
+        scan.add(
+            "bad-index-block",
+            f"the {what}'s index block is damaged ({exc.message})"
+            + ("; its block handles still look usable" if handles else ""),
+            offset=handle.offset,
+        )
         return handles or None
 
 
@@ -139,19 +155,25 @@ def _read_data_blocks(src: Source, handles, scan: TableScan, show_key) -> None:
             scan.lost.append((previous, separator))
             try:  # the keys are still worth naming (never their values: nothing vouches for them)
                 block = Block(read_block(src, handle, verify=False), path=path, offset=handle.offset)
-                scan.lost_keys.extend(k for k, _ in block.entries() if k and (previous is None or k > previous)
-                                      and k <= separator)
+                scan.lost_keys.extend(
+                    k for k, _ in block.entries() if k and (previous is None or k > previous) and k <= separator
+                )
             except CkptioError:
                 pass
-            scan.add("corrupt-block", f"data block {i} (bytes [{handle.offset}, {handle.offset + handle.size + 5})) "
-                     f"is unreadable ({exc.message}); the entries stored in it "
-                     f"({_range_text(previous, separator, show_key)}) are lost", offset=handle.offset)
+            scan.add(
+                "corrupt-block",
+                f"data block {i} (bytes [{handle.offset}, {handle.offset + handle.size + 5})) "
+                f"is unreadable ({exc.message}); the entries stored in it "
+                f"({_range_text(previous, separator, show_key)}) are lost",
+                offset=handle.offset,
+            )
         previous = separator
 
 
 def _range_text(after: bytes | None, upto: bytes | None, show_key) -> str:
     def show(k):
         return show_key(k) if k else "the start"
+
     if after is None and upto is None:
         return "unknown keys"
     if after is None:
@@ -182,14 +204,20 @@ def recover(file: Source, size: int, what: str, why: str, *, scan: TableScan | N
         scan.add("truncated", f"the {what} is empty (0 bytes)")
     elif why == "truncated":
         if blocks:
-            scan.add("truncated", f"the {what} is cut short: it has {size} bytes and does not end with a table "
-                     f"footer; {found}")
+            scan.add(
+                "truncated",
+                f"the {what} is cut short: it has {size} bytes and does not end with a table footer; {found}",
+            )
         else:
-            scan.add("bad-magic", f"the {what} does not end with the table magic number and holds no readable "
-                     "block: it is truncated beyond repair or not a checkpoint table")
+            scan.add(
+                "bad-magic",
+                f"the {what} does not end with the table magic number and holds no readable "
+                "block: it is truncated beyond repair or not a checkpoint table",
+            )
     else:
-        scan.add("unusable-index", f"the {what}'s {'footer' if why == 'footer' else 'index block'} cannot be "
-                 f"used; {found}")
+        scan.add(
+            "unusable-index", f"the {what}'s {'footer' if why == 'footer' else 'index block'} cannot be used; {found}"
+        )
     for items in blocks:
         scan.items.extend(items)
     return scan
@@ -222,6 +250,6 @@ def _block_end(data: bytes, start: int, limit: int) -> int | None:
         count = struct.unpack_from("<I", data, e - 4)[0]
         if 1 <= count and start + 4 + 4 * count <= e and struct.unpack_from("<I", data, e - 4 - 4 * count)[0] == 0:
             stored = unmask(struct.unpack_from("<I", data, e + 1)[0])
-            if crc32c(data[e:e + 1], crc32c(data[start:e])) == stored:
+            if crc32c(data[e : e + 1], crc32c(data[start:e])) == stored:
                 return e
     return None

@@ -1,4 +1,5 @@
 """Read a table: footer and index block on open, data blocks on demand."""
+
 from __future__ import annotations
 
 import bisect
@@ -19,11 +20,15 @@ class Table:
         path = source.name
         if source.size < FOOTER_SIZE:
             raise CorruptCheckpointError(
-                f"file is {source.size} bytes, too short for a table footer (48 bytes)", path=path)
+                f"file is {source.size} bytes, too short for a table footer (48 bytes)", path=path
+            )
         footer_at = source.size - FOOTER_SIZE
         self.footer = Footer.decode(source.read(footer_at, FOOTER_SIZE), path=path, offset=footer_at)
-        index = Block(read_block(source, self.footer.index, what="index block", verify=verify),
-                      path=path, offset=self.footer.index.offset)
+        index = Block(
+            read_block(source, self.footer.index, what="index block", verify=verify),
+            path=path,
+            offset=self.footer.index.offset,
+        )
         self.index: list[tuple[bytes, BlockHandle]] = index_handles(index, self.footer, path=path)
         self._separators = [key for key, _ in self.index]
 
@@ -38,8 +43,11 @@ class Table:
     def block(self, i: int) -> Block:
         """Read and decode data block i."""
         handle = self.index[i][1]
-        return Block(read_block(self.source, handle, what=f"data block {i}", verify=self.verify),
-                     path=self.source.name, offset=handle.offset)
+        return Block(
+            read_block(self.source, handle, what=f"data block {i}", verify=self.verify),
+            path=self.source.name,
+            offset=handle.offset,
+        )
 
     def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
         """Every (key, value) in key order, checking that order holds across blocks."""
@@ -51,8 +59,9 @@ class Table:
                     what = "duplicate key" if key == last else "keys out of order"
                     raise CorruptCheckpointError(f"{what} in data block {i}", path=self.source.name, key=key)
                 if key > separator:
-                    raise CorruptCheckpointError(f"key is beyond its index separator in data block {i}",
-                                                 path=self.source.name, key=key)
+                    raise CorruptCheckpointError(
+                        f"key is beyond its index separator in data block {i}", path=self.source.name, key=key
+                    )
                 last = key
                 yield key, value
 
@@ -88,8 +97,9 @@ def index_handles(index: Block, footer: Footer, *, path=None) -> list[tuple[byte
         try:
             handle, _ = BlockHandle.decode(value, 0, len(value))
         except VarintError:
-            raise CorruptCheckpointError("bad block handle in index block", path=path,
-                                         offset=footer.index.offset) from None
+            raise CorruptCheckpointError(
+                "bad block handle in index block", path=path, offset=footer.index.offset
+            ) from None
         if handles and key <= handles[-1][0]:
             raise CorruptCheckpointError("index block keys are not in order", path=path, offset=footer.index.offset)
         # Data blocks lie back to back in key order before the metaindex and index. Holding
@@ -98,7 +108,9 @@ def index_handles(index: Block, footer: Footer, *, path=None) -> list[tuple[byte
             raise CorruptCheckpointError(
                 f"index entry {len(handles)} points at bytes [{handle.offset}, "
                 f"{handle.offset + handle.size + TRAILER_SIZE}), overlapping another block or the index",
-                path=path, offset=footer.index.offset)
+                path=path,
+                offset=footer.index.offset,
+            )
         data_end = handle.offset + handle.size + TRAILER_SIZE
         handles.append((key, handle))
     return handles

@@ -6,6 +6,7 @@ Data blocks hold up to ~block_size bytes with a restart every 16 keys; the index
 block maps a short separator key per data block to its handle (restart every key);
 the metaindex is always empty. REQUIRES: keys added in strictly increasing order.
 """
+
 from __future__ import annotations
 
 from .block_builder import BlockBuilder

@@ -4,6 +4,7 @@ One TF process writes a Keras 3 Functional model with Adam under tf.train.Checkp
 a CheckpointManager run of it, and a TF1 Builder SavedModel (Adam, global_step). ckptio runs through
 its CLI; one more TF process restores the outputs as each workflow does and compares values.
 """
+
 from __future__ import annotations
 
 import json
@@ -11,11 +12,11 @@ import os
 import textwrap
 
 import pytest
-
-from ckptio.cli.main import main
 from tf_support import require_tf, run_tf_json
 
-BUILD = textwrap.dedent('''
+from ckptio.cli.main import main
+
+BUILD = textwrap.dedent("""
     import json, os, sys
     import numpy as np
     import tensorflow as tf
@@ -53,9 +54,9 @@ BUILD = textwrap.dedent('''
             builder.add_meta_graph_and_variables(sess, ["serve"])
             builder.save()
     print(json.dumps({"k3": k3, "run": [os.path.basename(p) for p in mgr.checkpoints]}))
-''')
+""")
 
-CHECK = textwrap.dedent('''
+CHECK = textwrap.dedent("""
     import json, os, sys
     import numpy as np
     import tensorflow as tf
@@ -107,7 +108,7 @@ CHECK = textwrap.dedent('''
     r = tf.train.load_checkpoint(os.path.join(cases["sm"], "variables", "variables"))
     out["sm_restored"] = got == [r.get_tensor(n).tolist() for n in ("dense/kernel", "dense/bias", "global_step")]
     print(json.dumps(out))
-''')
+""")
 
 
 def cli(*argv) -> int:
@@ -122,14 +123,22 @@ def world(tmp_path_factory):
     facts = {"root": root, "built": built}
     k3 = built["k3"]
     facts["key_rc"] = cli("rewrite", k3, root / "o" / "by_key", "--exclude", "^optimizer/_trainable_variables/0/")
-    facts["path_rc"] = cli("rewrite", k3, root / "o" / "no_encoder", "--strip-optimizer",
-                           "--exclude", "^model/_operations/1/")
-    facts["cast_rc"] = cli("rewrite", k3, root / "o" / "cast_only", "--cast", "float16",
-                           "--cast-only", "^model/_operations/1/", "--json")
+    facts["path_rc"] = cli(
+        "rewrite", k3, root / "o" / "no_encoder", "--strip-optimizer", "--exclude", "^model/_operations/1/"
+    )
+    facts["cast_rc"] = cli(
+        "rewrite", k3, root / "o" / "cast_only", "--cast", "float16", "--cast-only", "^model/_operations/1/", "--json"
+    )
     facts["batch_rc"] = cli("strip", "-q", "--out-dir", root / "batch", os.path.join(root, "run", "*"))
     facts["sm_rc"] = cli("strip", root / "tf1_sm", root / "sm_out" / "model.ckpt")
-    cases = {"k3": k3, "no_encoder": str(root / "o" / "no_encoder"), "batch_out": str(root / "batch"),
-             "cast_only": str(root / "o" / "cast_only"), "sm": str(root / "tf1_sm"), "sm_stripped": str(root / "sm_out" / "model.ckpt")}
+    cases = {
+        "k3": k3,
+        "no_encoder": str(root / "o" / "no_encoder"),
+        "batch_out": str(root / "batch"),
+        "cast_only": str(root / "o" / "cast_only"),
+        "sm": str(root / "tf1_sm"),
+        "sm_stripped": str(root / "sm_out" / "model.ckpt"),
+    }
     facts["tf"] = run_tf_json(f"import sys; sys.argv = ['x', {json.dumps(json.dumps(cases))}]\n" + CHECK)
     return facts
 
@@ -145,8 +154,10 @@ def test_a_storage_key_pattern_is_refused_and_names_the_object_path(world, capsy
     assert "ls --objects" in err and "'model/_operations/1/_kernel/.ATTRIBUTES/VARIABLE_VALUE'" in err
 
 
-@pytest.mark.parametrize("flag, pattern", [("--exclude", "encoder"), ("--include", "encoder/kernel"),
-                                           ("--exclude-glob", "*_trainable_variables/2/*")])
+@pytest.mark.parametrize(
+    "flag, pattern",
+    [("--exclude", "encoder"), ("--include", "encoder/kernel"), ("--exclude-glob", "*_trainable_variables/2/*")],
+)
 def test_a_pattern_matching_a_variable_name_or_key_but_no_object_path_is_refused(world, capsys, flag, pattern):
     """Keras 3 Functional paths hold no layer names (`model/_operations/1/`); `ls --objects` shows the
     variable name `encoder/kernel` beside them, so `--exclude encoder` would silently drop nothing."""
@@ -186,6 +197,8 @@ def test_cast_only_matches_object_paths_as_filters_do(world):
     assert world["cast_rc"] == 0
     got, src = world["tf"]["cast_dtypes"], world["tf"]["source_dtypes"]
     changed = {k for k in got if got[k] != src[k]}
-    assert changed == {"optimizer/_trainable_variables/0/.ATTRIBUTES/VARIABLE_VALUE",
-                       "optimizer/_trainable_variables/1/.ATTRIBUTES/VARIABLE_VALUE"}
+    assert changed == {
+        "optimizer/_trainable_variables/0/.ATTRIBUTES/VARIABLE_VALUE",
+        "optimizer/_trainable_variables/1/.ATTRIBUTES/VARIABLE_VALUE",
+    }
     assert all(got[k] == "float16" for k in changed)

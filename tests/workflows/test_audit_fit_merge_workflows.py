@@ -3,6 +3,7 @@
 One TF subprocess writes every checkpoint and dumps what TF reads from each (module fixture); ckptio's
 CLI runs as a user would; one more TF subprocess restores the outputs. TF's values are the oracle.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,7 +17,7 @@ from ckptio.cli.main import main
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
-COMMON = r'''
+COMMON = r"""
 import os, json
 import numpy as np
 import tensorflow as tf
@@ -52,9 +53,11 @@ def dump(prefix, tag, out):
     for name in r.get_variable_to_shape_map():
         if name != "_CHECKPOINTABLE_OBJECT_GRAPH":
             out[tag + "|" + name] = r.get_tensor(name)
-'''
+"""
 
-BUILD = COMMON + r'''
+BUILD = (
+    COMMON
+    + r"""
 out = {}
 x = np.random.RandomState(0).randn(8, 5).astype(np.float32)
 # A Keras 3 run kept by a CheckpointManager (max_to_keep=5): ckpt-2 ... ckpt-6 remain.
@@ -91,9 +94,12 @@ dump(os.path.join(D, "tf1src", "model.ckpt-1"), "tf1src", out)
 dump(os.path.join(D, "tf1tpl", "model.ckpt"), "tf1tpl", out)
 np.savez(os.path.join(D, "built.npz"), **out)
 print(json.dumps("ok"))
-'''
+"""
+)
 
-RESTORE = COMMON + r'''
+RESTORE = (
+    COMMON
+    + r"""
 out = {}
 # The fitted TF1 checkpoint, restored by Saver into the template's graph (3 partitions).
 g, e, k, gs = tf1_graph(3, True)
@@ -113,7 +119,8 @@ for layer in ("encoder", "head"):
 out["avg|step"] = c.step.numpy()
 np.savez(os.path.join(D, "restored.npz"), **out)
 print(json.dumps("ok"))
-'''
+"""
+)
 
 
 def _tf(code: str, d) -> None:
@@ -151,8 +158,14 @@ def done(tmp_path_factory):
             os.remove(d / "run" / name)
     codes["last"] = _cli("merge", "--last", "3", d / "run", d / "avg_last" / "ckpt")
     codes["avg"] = _cli("merge", d / "run" / "ckpt-3", d / "run" / "ckpt-4", d / "run" / "ckpt-6", d / "avg" / "ckpt")
-    codes["fit1"] = _cli("fit", d / "tf1src" / "model.ckpt-1", "--template", d / "tf1tpl" / "model.ckpt",
-                         d / "fit1" / "model.ckpt", "--json")
+    codes["fit1"] = _cli(
+        "fit",
+        d / "tf1src" / "model.ckpt-1",
+        "--template",
+        d / "tf1tpl" / "model.ckpt",
+        d / "fit1" / "model.ckpt",
+        "--json",
+    )
     _tf(RESTORE, d)
     return d, built, _load(d / "restored.npz"), codes
 
@@ -172,7 +185,7 @@ def test_merge_of_the_remaining_checkpoints_is_tfs_float64_mean(done):
     for key, value in built["ckpt-6"].items():
         if not key.startswith("model/"):
             continue
-        layer, _, rest = key[len("model/"):].partition("/")
+        layer, _, rest = key[len("model/") :].partition("/")
         weight = rest.split("/")[0].lstrip("_")
         path = f"{layer}/{weight}"
         want = np.mean([built[c][key].astype(np.float64) for c in ("ckpt-3", "ckpt-4", "ckpt-6")], axis=0)
@@ -198,8 +211,9 @@ def test_fit_map_onto_a_weight_the_source_also_has_is_refused_naming_both(done, 
     d, _, _, _ = done
     capfd.readouterr()
     out = tmp_path / "o" / "ckpt"
-    code = _cli("fit", d / "two" / "ckpt", "--template", d / "one" / "ckpt", out, "--map",
-                "model/encoder/=model/backbone/")
+    code = _cli(
+        "fit", d / "two" / "ckpt", "--template", d / "one" / "ckpt", out, "--map", "model/encoder/=model/backbone/"
+    )
     err = capfd.readouterr().err
     assert code == 1 and err.count("\n") == 1, err
     assert "model/encoder/_kernel" in err and "model/backbone/_kernel" in err and "two source tensors" in err

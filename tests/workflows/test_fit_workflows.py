@@ -4,6 +4,7 @@ One TF subprocess writes every source, template and the values TF itself holds (
 ckptio fits each case; one more TF subprocess restores every output into the new model with
 `assert_consumed()` and dumps what the model then holds. TF's values are the oracle throughout.
 """
+
 from __future__ import annotations
 
 import json
@@ -79,7 +80,9 @@ def partitioned_emb(rows, parts):
                                      partitioner=partitioned_variables.fixed_size_partitioner(parts))
 '''
 
-BUILD = MODELS + r'''
+BUILD = (
+    MODELS
+    + r"""
 D = sys.argv[1] if len(sys.argv) > 1 else os.environ["FIT_DIR"]
 keras.utils.set_random_seed(1)
 x = np.linspace(-1, 1, 10, dtype=np.float32).reshape(2, 5)
@@ -144,9 +147,12 @@ for name, rows, parts in (("p_src", 5, 2), ("p_tpl", 7, 3)):
 
 np.savez(f"{D}/saved.npz", **{f"{case}|{k}": v for case, d in saved.items() for k, v in d.items()})
 print(json.dumps({"ok": True}))
-'''
+"""
+)
 
-RESTORE = MODELS + r'''
+RESTORE = (
+    MODELS
+    + r"""
 D = os.environ["FIT_DIR"]
 out, arrays = {}, {}
 
@@ -193,7 +199,8 @@ with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
     dump("p", {"emb": sess.run(tf.convert_to_tensor(emb))})
 np.savez(f"{D}/restored.npz", **arrays)
 print(json.dumps(out))
-'''
+"""
+)
 
 
 def _run(code: str, directory) -> dict:
@@ -235,20 +242,54 @@ def fitted(built):
     """Every case fitted with the CLI, then restored by TF in one subprocess."""
     d, saved = built
     codes = {
-        "a": _cli("fit", d / "a_src/ckpt", "--template", d / "a_tpl/ckpt-1", d / "a_out/ckpt-1", "--on-mismatch",
-                  "template"),
-        "b": _cli("fit", d / "a_src/ckpt", "--template", d / "b_tpl/ckpt", d / "b_out/ckpt", "--map",
-                  "model/encoder/=model/backbone/"),
-        "seq": _cli("fit", d / "seq_src/ckpt", "--template", d / "seq_tpl/ckpt", d / "seq_out/ckpt",
-                    "--on-mismatch", "template"),
-        "ins": _cli("fit", d / "seq_src/ckpt", "--template", d / "ins_tpl/ckpt", d / "ins_out/ckpt", "--map",
-                    "model/_functional/_operations/2/=model/_functional/_operations/3/"),
+        "a": _cli(
+            "fit", d / "a_src/ckpt", "--template", d / "a_tpl/ckpt-1", d / "a_out/ckpt-1", "--on-mismatch", "template"
+        ),
+        "b": _cli(
+            "fit",
+            d / "a_src/ckpt",
+            "--template",
+            d / "b_tpl/ckpt",
+            d / "b_out/ckpt",
+            "--map",
+            "model/encoder/=model/backbone/",
+        ),
+        "seq": _cli(
+            "fit", d / "seq_src/ckpt", "--template", d / "seq_tpl/ckpt", d / "seq_out/ckpt", "--on-mismatch", "template"
+        ),
+        "ins": _cli(
+            "fit",
+            d / "seq_src/ckpt",
+            "--template",
+            d / "ins_tpl/ckpt",
+            d / "ins_out/ckpt",
+            "--map",
+            "model/_functional/_operations/2/=model/_functional/_operations/3/",
+        ),
         "c": _cli("fit", d / "c_src/ckpt", "--template", d / "c_tpl/ckpt", d / "c_out/ckpt"),
         # d and p are written in several shards, so TF's restores below also read sharded fit outputs.
-        "d": _cli("fit", d / "d_src/ckpt", "--template", d / "d_tpl/ckpt", d / "d_out/ckpt", "--vocab",
-                  f"model/emb/_embeddings={d / 'old.txt'}:{d / 'new.txt'}", "--shards", "3"),
-        "p": _cli("fit", d / "p_src/ckpt", "--template", d / "p_tpl/ckpt", d / "p_out/ckpt", "--vocab",
-                  f"emb={d / 'old.txt'}:{d / 'new.txt'}", "--max-shard-size", "64"),
+        "d": _cli(
+            "fit",
+            d / "d_src/ckpt",
+            "--template",
+            d / "d_tpl/ckpt",
+            d / "d_out/ckpt",
+            "--vocab",
+            f"model/emb/_embeddings={d / 'old.txt'}:{d / 'new.txt'}",
+            "--shards",
+            "3",
+        ),
+        "p": _cli(
+            "fit",
+            d / "p_src/ckpt",
+            "--template",
+            d / "p_tpl/ckpt",
+            d / "p_out/ckpt",
+            "--vocab",
+            f"emb={d / 'old.txt'}:{d / 'new.txt'}",
+            "--max-shard-size",
+            "64",
+        ),
     }
     status = _run(RESTORE, d)
     return d, saved, codes, status, _load(d / "restored.npz")
@@ -312,11 +353,12 @@ def test_b_attribute_renamed_with_map(fitted):
 
 def test_b_without_map_the_encoder_is_template_only(built, capsys):
     d, _ = built
-    assert _cli("fit", d / "a_src/ckpt", "--template", d / "b_tpl/ckpt", d / "unused/ckpt", "--dry-run",
-                "--json") == 0
+    assert _cli("fit", d / "a_src/ckpt", "--template", d / "b_tpl/ckpt", d / "unused/ckpt", "--dry-run", "--json") == 0
     report = json.loads(capsys.readouterr().out)
-    assert sorted(report["template_only"]) == ["model/backbone/_kernel/.ATTRIBUTES/VARIABLE_VALUE",
-                                               "model/backbone/bias/.ATTRIBUTES/VARIABLE_VALUE"]
+    assert sorted(report["template_only"]) == [
+        "model/backbone/_kernel/.ATTRIBUTES/VARIABLE_VALUE",
+        "model/backbone/bias/.ATTRIBUTES/VARIABLE_VALUE",
+    ]
     assert not (d / "unused").exists()
 
 
@@ -328,8 +370,7 @@ def test_c_tf1_saver_into_keras3_functional_by_full_name(fitted, capsys):
     assert sorted(got) == sorted(old)  # conv/kernel, conv/bias, dense/kernel, dense/bias
     for k in old:
         np.testing.assert_array_equal(got[k], old[k])
-    _cli("fit", d / "c_src/ckpt", "--template", d / "c_tpl/ckpt", d / "c_out/ckpt", "--dry-run", "--json",
-         "--force")
+    _cli("fit", d / "c_src/ckpt", "--template", d / "c_tpl/ckpt", d / "c_out/ckpt", "--dry-run", "--json", "--force")
     report = json.loads(capsys.readouterr().out)
     assert {m["how"] for m in report["matched"]} == {"full_name"} and len(report["matched"]) == 4
 
@@ -365,25 +406,35 @@ def test_e_diff_json_lists_exactly_the_differences(built, capsys):
     assert _cli("diff", d / "a_src/ckpt", d / "a_tpl/ckpt-1", "--json") == 1
     result = json.loads(capsys.readouterr().out)
     assert set(result) == {"only_a", "only_b", "mismatched", "changed", "equal"}
-    assert result["only_b"] == ["model/extra/_kernel/.ATTRIBUTES/VARIABLE_VALUE",
-                                "model/extra/bias/.ATTRIBUTES/VARIABLE_VALUE",
-                                "save_counter/.ATTRIBUTES/VARIABLE_VALUE"]
+    assert result["only_b"] == [
+        "model/extra/_kernel/.ATTRIBUTES/VARIABLE_VALUE",
+        "model/extra/bias/.ATTRIBUTES/VARIABLE_VALUE",
+        "save_counter/.ATTRIBUTES/VARIABLE_VALUE",
+    ]
     assert all(k.startswith("optimizer/") for k in result["only_a"]) and len(result["only_a"]) == 10
     assert [(m["a"], m["a_shape"], m["b_shape"]) for m in result["mismatched"]] == [
         ("model/head/_kernel/.ATTRIBUTES/VARIABLE_VALUE", [4, 3], [4, 6]),
-        ("model/head/bias/.ATTRIBUTES/VARIABLE_VALUE", [3], [6])]
+        ("model/head/bias/.ATTRIBUTES/VARIABLE_VALUE", [3], [6]),
+    ]
     assert result["changed"] == [] and result["equal"] == 2
     # Sequential: old weights under optimizer/_trainable_variables/N, template's under model paths
     assert _cli("diff", d / "seq_src/ckpt", d / "seq_tpl/ckpt", "--json") == 1
     result = json.loads(capsys.readouterr().out)
     assert [m["a"].split("/.ATTRIBUTES")[0] for m in result["mismatched"]] == [
-        "optimizer/_trainable_variables/2", "optimizer/_trainable_variables/3"]
+        "optimizer/_trainable_variables/2",
+        "optimizer/_trainable_variables/3",
+    ]
     assert not any(k.startswith("optimizer/_trainable_variables") for k in result["only_a"])
     assert result["only_b"] == [] and result["equal"] == 2
     # TF1 names against a Keras 3 template: paired by full_name, nothing left over
     assert _cli("diff", d / "c_src/ckpt", d / "c_tpl/ckpt", "--json") == 0
-    assert json.loads(capsys.readouterr().out) == {"only_a": [], "only_b": [], "mismatched": [], "changed": [],
-                                                  "equal": 4}
+    assert json.loads(capsys.readouterr().out) == {
+        "only_a": [],
+        "only_b": [],
+        "mismatched": [],
+        "changed": [],
+        "equal": 4,
+    }
 
 
 def test_e_diff_exit_codes(built, tmp_path, capsys):
@@ -395,8 +446,7 @@ def test_e_diff_exit_codes(built, tmp_path, capsys):
     assert _cli("diff", d / "a_src/ckpt") == 2
     assert _cli("diff", d / "a_src/ckpt", d / "a_tpl/ckpt-1", "--map", "nothing/=here/") == 2
     capsys.readouterr()
-    assert _cli("diff", d / "a_src/ckpt", d / "b_tpl/ckpt", "--map", "model/encoder/=model/backbone/",
-                "--json") == 1
+    assert _cli("diff", d / "a_src/ckpt", d / "b_tpl/ckpt", "--map", "model/encoder/=model/backbone/", "--json") == 1
     result = json.loads(capsys.readouterr().out)
     assert result["only_b"] == [] and result["mismatched"] == []
 
@@ -415,16 +465,20 @@ def test_e_values_against_a_bfloat16_copy(built, tmp_path, capsys):
     old = saved["a_old"]
     checked = 0
     for key, c in changed.items():
-        name = {"encoder/_kernel": "enc/kernel", "encoder/bias": "enc/bias", "head/_kernel": "head/kernel",
-                "head/bias": "head/bias"}.get(key.split("/.ATTRIBUTES")[0].removeprefix("model/"))
+        name = {
+            "encoder/_kernel": "enc/kernel",
+            "encoder/bias": "enc/bias",
+            "head/_kernel": "head/kernel",
+            "head/bias": "head/bias",
+        }.get(key.split("/.ATTRIBUTES")[0].removeprefix("model/"))
         if name is None:
             continue
         value = _by_suffix(old, name)
-        assert 0 < c["max_abs"] <= np.abs(value).max() * 2.0 ** -8  # round to nearest, 8 significant bits
-        assert 0 < c["rel_l2"] <= 2.0 ** -8
+        assert 0 < c["max_abs"] <= np.abs(value).max() * 2.0**-8  # round to nearest, 8 significant bits
+        assert 0 < c["rel_l2"] <= 2.0**-8
         checked += 1
     assert checked == 4
-    assert _cli("diff", d / "a_src/ckpt", cast, "--values", "--rtol", str(2.0 ** -8), "--json") == 1
+    assert _cli("diff", d / "a_src/ckpt", cast, "--values", "--rtol", str(2.0**-8), "--json") == 1
     loose = json.loads(capsys.readouterr().out)
     assert loose["changed"] == [] and loose["equal"] == 14  # within tolerance; the dtype still differs
 

@@ -8,6 +8,7 @@
   stripped into a .weights.h5, model.load_weights gives the same predictions too.
 TF runs in two subprocesses per module (one writes the Keras inputs, one checks all outputs).
 """
+
 from __future__ import annotations
 
 import json
@@ -18,13 +19,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
-import ckptio
-
-from tf_support import hash_array, require_tf, run_tf_json
-
 from test_formats_npz import load_npz
 from test_formats_safetensors import load_reference
+from tf_support import hash_array, require_tf, run_tf_json
+
+import ckptio
 
 REPO = Path(__file__).resolve().parents[2]
 CORPUS_ROOT = (REPO / ".." / "shared" / "corpus").resolve()
@@ -44,8 +43,11 @@ def _export(corpus, rec, out):
     In a TF2 checkpoint a saved object's tensors are selected together (a lookup table's string
     keys and int64 values), so the whole object of a string tensor is excluded.
     """
-    strings = [n.split("/.ATTRIBUTES/")[0] + "/.ATTRIBUTES/" if "/.ATTRIBUTES/" in n else n
-               for n, t in rec["tensors"].items() if t["dtype"] == "string"]
+    strings = [
+        n.split("/.ATTRIBUTES/")[0] + "/.ATTRIBUTES/" if "/.ATTRIBUTES/" in n else n
+        for n, t in rec["tensors"].items()
+        if t["dtype"] == "string"
+    ]
     patterns = tuple(f"^{re.escape(n)}" + ("" if n.endswith("/") else "$") for n in strings)
     steps = [ckptio.Select(exclude=patterns)] if strings else []
     ckptio.rewrite(str(corpus / rec["prefix"]), str(out), steps)
@@ -149,8 +151,12 @@ def keras_outputs(tmp_path_factory):
     d = tmp_path_factory.mktemp("keras")
     made = run_tf_json(f"OUT = {str(d)!r}\n" + MAKE_KERAS)
     ckptio.rewrite(str(d / "weights.safetensors"), str(d / "tf" / "model.ckpt"))
-    strip = subprocess.run([sys.executable, "-m", "ckptio", "strip", str(d / "trained.keras"), str(d / "stripped.keras")],
-                           capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    strip = subprocess.run(
+        [sys.executable, "-m", "ckptio", "strip", str(d / "trained.keras"), str(d / "stripped.keras")],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
     assert strip.returncode == 0, strip.stderr
     ckptio.rewrite(str(d / "trained.keras"), str(d / "stripped.weights.h5"), [ckptio.StripOptimizer()])
     checked = run_tf_json(f"OUT = {str(d)!r}\n" + CHECK)

@@ -9,6 +9,7 @@
   source variables, by an explicit rule and by its layer name.
 TF runs in two subprocesses per module (one writes the inputs, one loads the outputs).
 """
+
 from __future__ import annotations
 
 import os
@@ -46,7 +47,9 @@ def build_nested():
     return keras.Model(i, keras.layers.Dense(1, name="head")(x))
 """
 
-MAKE = MODEL + """
+MAKE = (
+    MODEL
+    + """
 rng = np.random.RandomState(0)
 x = rng.rand(8, 3).astype("f4"); y = rng.rand(8, 2).astype("f4")
 m = build(NAMES)
@@ -70,8 +73,11 @@ tf.train.Checkpoint(a=tf.Variable(np.ones((3, 5), "f4"), name="x/d1/kernel"),
 order = {l.name: [v.path for v in l.trainable_variables + l.non_trainable_variables] for l in m.layers}
 print(json.dumps({"order": order}))
 """
+)
 
-CHECK = MODEL + """
+CHECK = (
+    MODEL
+    + """
 x = np.load(os.path.join(OUT, "x.npy")); want = np.load(os.path.join(OUT, "want.npy"))
 out = {}
 for names, f in ((NAMES, "same_out.weights.h5"), (RENAMED, "renamed_out.weights.h5")):
@@ -88,11 +94,16 @@ got = fresh.predict(xn, verbose=0)
 out["nested"] = {"identical": bool(np.array_equal(got, want)), "differed_before": bool(not np.array_equal(before, want))}
 print(json.dumps(out))
 """
+)
 
 
 def _cli(*argv):
-    return subprocess.run([sys.executable, "-m", "ckptio", *map(str, argv)], capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    return subprocess.run(
+        [sys.executable, "-m", "ckptio", *map(str, argv)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -103,11 +114,24 @@ def keras_fit(tmp_path_factory):
     made = run_tf_json(f"OUT = {str(d)!r}\n" + MAKE)
     runs = {
         "same": _cli("fit", d / "src" / "ckpt", "--template", d / "same.weights.h5", d / "same_out.weights.h5"),
-        "renamed": _cli("fit", d / "src" / "ckpt", "--template", d / "renamed.weights.h5",
-                        d / "renamed_out.weights.h5", "--map", "d1/=enc/", "--map", "bn=norm", "--map", "ln/=ln2/",
-                        "--map", "head/=out/"),
-        "nested": _cli("fit", d / "nested" / "ckpt", "--template", d / "nested.weights.h5",
-                       d / "nested_out.weights.h5"),
+        "renamed": _cli(
+            "fit",
+            d / "src" / "ckpt",
+            "--template",
+            d / "renamed.weights.h5",
+            d / "renamed_out.weights.h5",
+            "--map",
+            "d1/=enc/",
+            "--map",
+            "bn=norm",
+            "--map",
+            "ln/=ln2/",
+            "--map",
+            "head/=out/",
+        ),
+        "nested": _cli(
+            "fit", d / "nested" / "ckpt", "--template", d / "nested.weights.h5", d / "nested_out.weights.h5"
+        ),
         "twice": _cli("fit", d / "twice" / "ckpt", "--template", d / "same.weights.h5", d / "twice.weights.h5"),
     }
     checked = run_tf_json(f"OUT = {str(d)!r}\n" + CHECK)
@@ -128,8 +152,9 @@ def test_fit_onto_weights_h5_loads_with_identical_predictions(keras_fit):
     assert "10 from source" in runs["same"].stdout and "0 from template only" in runs["same"].stdout
     assert checked["same_out.weights.h5"] == {"identical": True, "differed_before": True}
     with ckptio.open(str(d / "same.weights.h5")) as t, ckptio.open(str(d / "same_out.weights.h5")) as o:
-        assert {n: (e.dtype, e.shape) for n, e in t.entries().items()} == \
-               {n: (e.dtype, e.shape) for n, e in o.entries().items()}
+        assert {n: (e.dtype, e.shape) for n, e in t.entries().items()} == {
+            n: (e.dtype, e.shape) for n, e in o.entries().items()
+        }
 
 
 def test_fit_embedding_conv_and_nested_sequential(keras_fit):
@@ -171,6 +196,7 @@ def test_out_must_be_weights_h5(keras_fit, tmp_path):
 
 
 # -- no TF: the pairing refusals on a template written by h5py ------------------------------------------
+
 
 def _template(path):
     import h5py
@@ -254,4 +280,7 @@ def test_explicit_rules_pair_a_layer_of_unknown_order(tmp_path, monkeypatch):
     rules = _rules(["d1/alpha=layers/dense/vars/1", "d1/omega=layers/dense/vars/0"], False)
     with ckptio.open(str(tmp_path / "t.weights.h5")) as ct:
         pairs = keras_fit.plan(cs, ct, rules)
-    assert pairs == {"layers/dense/vars/1": ("a", "d1/alpha", "--map"), "layers/dense/vars/0": ("b", "d1/omega", "--map")}
+    assert pairs == {
+        "layers/dense/vars/1": ("a", "d1/alpha", "--map"),
+        "layers/dense/vars/0": ("b", "d1/omega", "--map"),
+    }

@@ -6,6 +6,7 @@ and writes single outputs into training directories; one more TF process checks 
 sees: what a new CheckpointManager lists and deletes, what each stripped checkpoint restores, and
 what latest_checkpoint names.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,12 +15,12 @@ import shutil
 import textwrap
 
 import pytest
+from tf_support import require_tf, run_tf_json
 
 from ckptio.bundle.state import read_state
 from ckptio.cli.main import main
-from tf_support import require_tf, run_tf_json
 
-BUILD = textwrap.dedent('''
+BUILD = textwrap.dedent("""
     import json, os, sys, time
     import numpy as np
     import tensorflow as tf
@@ -53,9 +54,9 @@ BUILD = textwrap.dedent('''
                 sess.run(train)
                 saver.save(sess, os.path.join(root, "saver_run", "model.ckpt"), global_step=gs)
     print(json.dumps({"manager": mgr.checkpoints}))
-''')
+""")
 
-CHECK = textwrap.dedent('''
+CHECK = textwrap.dedent("""
     import json, os, sys
     import numpy as np
     import tensorflow as tf
@@ -118,7 +119,7 @@ CHECK = textwrap.dedent('''
     mgr = tf.train.CheckpointManager(tf.train.Checkpoint(), cases["saver_out"], max_to_keep=10)
     out["saver_managed"] = [os.path.basename(p) for p in mgr.checkpoints]
     print(json.dumps(out))
-''')
+""")
 
 
 def cli(*argv) -> int:
@@ -163,12 +164,14 @@ def world(tmp_path_factory):
 
     names = [f"ckpt-{i}" for i in range(3, 8)]
     saver_names = [f"model.ckpt-{i}" for i in range(2, 5)]
-    cases = {"pairs": [[str(run / n), str(root / "out" / n)] for n in names],
-             "out_dir": str(root / "out"),
-             "latest_dirs": {"run": str(run), "other": str(other), "flag": str(flagged)},
-             "made_latest": str(flagged),
-             "saver_pairs": [[str(root / "saver_run" / n), str(root / "saver_out" / n)] for n in saver_names],
-             "saver_out": str(root / "saver_out")}
+    cases = {
+        "pairs": [[str(run / n), str(root / "out" / n)] for n in names],
+        "out_dir": str(root / "out"),
+        "latest_dirs": {"run": str(run), "other": str(other), "flag": str(flagged)},
+        "made_latest": str(flagged),
+        "saver_pairs": [[str(root / "saver_run" / n), str(root / "saver_out" / n)] for n in saver_names],
+        "saver_out": str(root / "saver_out"),
+    }
     facts["tf"] = run_tf_json(f"import sys; sys.argv = ['x', {json.dumps(json.dumps(cases))}]\n" + CHECK)
     facts["names"], facts["saver_names"] = names, saver_names
     return facts

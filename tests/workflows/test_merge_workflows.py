@@ -5,6 +5,7 @@ CheckpointManager, both max_to_keep=5) and dumps what TF reads from each checkpo
 run here (no TF in this process); a second TF subprocess reads every output, restores the TF1 one
 with a Saver and the TF2 one into a fresh Keras model with assert_consumed().
 """
+
 from __future__ import annotations
 
 import json
@@ -14,10 +15,10 @@ import textwrap
 import ml_dtypes
 import numpy as np
 import pytest
+from tf_support import require_tf, run_tf_json
 
 import ckptio
 from ckptio.cli.main import main
-from tf_support import require_tf, run_tf_json
 
 PRELUDE = textwrap.dedent('''
     import json, os, sys
@@ -119,7 +120,7 @@ for run in ("tf1", "tf2"):
 print(json.dumps(listed))
 '''
 
-CHECK = '''
+CHECK = """
 out = {}
 for prefix in ARGS["dump"]:
     dump(prefix, prefix + ".tf.npz")
@@ -148,12 +149,13 @@ for prefix in ARGS["tf2_inputs"]:
     tf.train.Checkpoint(model=m).restore(prefix).expect_partial()
     out["inputs"].append([w.numpy().tolist() for w in m.weights])
 print(json.dumps(out))
-'''
+"""
 
 
 def tf_json(code: str, **args):
-    return run_tf_json(PRELUDE + f"ARGS = json.loads({json.dumps(json.dumps(args))})\n" + textwrap.dedent(code),
-                       timeout=600)
+    return run_tf_json(
+        PRELUDE + f"ARGS = json.loads({json.dumps(json.dumps(args))})\n" + textwrap.dedent(code), timeout=600
+    )
 
 
 def load_tf(prefix) -> dict:
@@ -181,8 +183,10 @@ def merged(runs, tmp_path_factory):
     root, listed = runs
     out = tmp_path_factory.mktemp("merged")
     tf1, tf2 = listed["tf1"], listed["tf2"]
-    o = {k: str(out / k / "model.ckpt") for k in ("tf1", "tf2", "bf16", "weighted", "ema", "task", "slerp",
-                                                    "tf1_opt", "tf2_opt", "v1")}
+    o = {
+        k: str(out / k / "model.ckpt")
+        for k in ("tf1", "tf2", "bf16", "weighted", "ema", "task", "slerp", "tf1_opt", "tf2_opt", "v1")
+    }
     assert main(["merge", "--last", "3", str(root / "tf1"), o["tf1"], "-q"]) == 0
     assert main(["merge", "--last", "3", str(root / "tf2"), o["tf2"], "-q"]) == 0
     cast = []
@@ -199,8 +203,7 @@ def merged(runs, tmp_path_factory):
         "tf1_opt": ckptio.merge(tf1[-3:], o["tf1_opt"], keep_optimizer=True),
         "tf2_opt": ckptio.merge(tf2[-3:], o["tf2_opt"], keep_optimizer=True),
     }
-    checked = tf_json(CHECK, dump=list(o.values()) + cast, tf1_out=o["tf1"], tf2_out=o["tf2"],
-                      tf2_inputs=tf2[-3:])
+    checked = tf_json(CHECK, dump=list(o.values()) + cast, tf1_out=o["tf1"], tf2_out=o["tf2"], tf2_inputs=tf2[-3:])
     return dict(root=root, tf1=tf1, tf2=tf2, out=o, cast=cast, reports=reports, checked=checked)
 
 
@@ -259,7 +262,7 @@ def near(got, want64):
     want = want64.astype(got.dtype)
     ulp = np.spacing(np.abs(want.astype(np.float32))).astype(np.float64)
     if got.dtype == ml_dtypes.bfloat16:
-        ulp = np.abs(want.astype(np.float64)) * 2.0 ** -7 + 1e-38
+        ulp = np.abs(want.astype(np.float64)) * 2.0**-7 + 1e-38
     return got.shape == want.shape and (np.abs(got.astype(np.float64) - want.astype(np.float64)) <= ulp).all()
 
 
@@ -306,7 +309,7 @@ def _slerp(a, b, t):
     if abs(cos) > 0.9995:
         return (1 - t) * a + t * b
     theta = np.arccos(cos)
-    return ((np.sin((1 - t) * theta) * a + np.sin(t * theta) * b) / np.sin(theta))
+    return (np.sin((1 - t) * theta) * a + np.sin(t * theta) * b) / np.sin(theta)
 
 
 def test_keep_optimizer_combines_slots_and_keeps_the_last_counters(merged):
@@ -328,13 +331,19 @@ def test_v1_checkpoints_merge_into_v2(merged):
     assert sorted(got) == ["w"] and exact(got["w"], mean_cast_back([load_tf(p)["w"] for p in inputs]))
 
 
-@pytest.mark.parametrize("other, expect", [
-    ("tf1_wide", "entry dense/bias: float32[2] in {a} but float32[3] in {b}"),
-    ("tf1_noscale", "tensor 'scale_bf16' is in {a} but not in {b}"),
-    # Keras numbers the layers: without BatchNormalization the second Dense is operation 2.
-    ("tf2_nobn", "the object graphs differ: tensor 'model/_functional/_operations/2/_kernel/.ATTRIBUTES/"
-                 "VARIABLE_VALUE' is in {b} but not in {a}"),
-])
+@pytest.mark.parametrize(
+    "other, expect",
+    [
+        ("tf1_wide", "entry dense/bias: float32[2] in {a} but float32[3] in {b}"),
+        ("tf1_noscale", "tensor 'scale_bf16' is in {a} but not in {b}"),
+        # Keras numbers the layers: without BatchNormalization the second Dense is operation 2.
+        (
+            "tf2_nobn",
+            "the object graphs differ: tensor 'model/_functional/_operations/2/_kernel/.ATTRIBUTES/"
+            "VARIABLE_VALUE' is in {b} but not in {a}",
+        ),
+    ],
+)
 def test_mismatched_runs_exit_1_naming_the_tensor_and_both_files(runs, tmp_path, capfd, other, expect):
     root, _ = runs
     first = "tf2" if other.startswith("tf2") else "tf1"

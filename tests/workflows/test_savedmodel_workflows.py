@@ -15,6 +15,7 @@ TF 2.21 cannot write the image format (`SaveOptions(experimental_image_format=Tr
 OSS"), and a renamed saved_model.pb is not a faithful saved_model.cpb (that one is a chunked file), so
 the .cpb case here is a copy whose graph file is named saved_model.cpb: ckptio reads only its presence.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -36,7 +37,7 @@ except ImportError:  # tests/ imported as a package
 KINDS = ("keras3", "tfkeras", "tf1")
 
 # One subprocess writes the three SavedModels and records their values as TF holds them.
-BUILD = r'''
+BUILD = r"""
 import json, os, sys
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import numpy as np
@@ -104,10 +105,10 @@ with g.as_default():
         out["tf1"] = {"weights": {v.op.name: sess.run(v).tolist() for v in (w1, b1, w2, b2, step)},
                       "keys": sorted(v.op.name for v in v1.global_variables())}
 print(json.dumps(out))
-'''
+"""
 
 # One subprocess restores every plain checkpoint ckptio wrote, the way each workflow does.
-RESTORE = r'''
+RESTORE = r"""
 import json, os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import numpy as np
@@ -156,14 +157,17 @@ with g.as_default():
         res["tf1"] = {"after": {v.op.name: sess.run(v).tolist() for v in made},
                       "keys": sorted(k for k, _ in tf.train.list_variables(cfg["tf1"]))}
 print(json.dumps(res))
-'''
+"""
 
 
 def tree(root) -> dict:
     """{relative path: sha256} of every file under root."""
     root = Path(root)
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def ckptio_cli(capsys, *argv) -> tuple[int, str, str]:
@@ -207,8 +211,10 @@ def test_strip_into_a_copy_of_the_saved_model_is_refused(saved, tmp_path, capsys
     rc, out, err = ckptio_cli(capsys, "strip", root / kind, copy / "variables" / "variables", "--force")
     assert rc == 1 and out == ""
     assert err.count("\n") == 1 and err.startswith(f"ckptio: {copy / 'variables' / 'variables'}: ")
-    assert f"refusing to write inside the SavedModel {copy}: its saved_model.pb binds every variable by key and " \
-           "dtype, so edited variables would not load" in err
+    assert (
+        f"refusing to write inside the SavedModel {copy}: its saved_model.pb binds every variable by key and "
+        "dtype, so edited variables would not load" in err
+    )
     assert "write a plain checkpoint elsewhere" in err and "tf.train.Checkpoint" in err and "re-export" in err
     assert tree(copy) == before  # byte-identical, and no `checkpoint` state file in variables/
     assert not (copy / "variables" / "checkpoint").exists()

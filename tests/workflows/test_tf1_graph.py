@@ -8,6 +8,7 @@ which the optimizer's. ckptio then runs as a user runs it (`ckptio ls`, `strip`,
 one more TF subprocess restores every output into a fresh graph without the optimizer, with
 `Saver(var_list=model variables).restore` and with `init_from_checkpoint`, and lists what it holds.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,6 @@ import subprocess
 import sys
 
 import pytest
-
 from tf_support import REPO, require_tf, run_tf_json
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -55,7 +55,9 @@ def key_of(v):
     return info.full_name if info else v.op.name
 '''
 
-BUILD = PRELUDE + r'''
+BUILD = (
+    PRELUDE
+    + r"""
 OUT = sys.argv[1] if len(sys.argv) > 1 else %(out)r
 K = tf_keras.optimizers.legacy
 TF1 = {"tf1_adam": lambda: [v1.train.AdamOptimizer(0.01)],
@@ -106,10 +108,13 @@ for name, make in list(TF1.items()) + list(KERAS.items()):
                     "values": {n: digest(v) for n, v in values.items()},
                     "bf16": {n: digest(v) for n, v in cast.items()}}
 print(json.dumps(result))
-'''
+"""
+)
 
 # jobs: [{"prefix", "dtype": "float32" | "bfloat16"}]; each output is restored both ways.
-RESTORE = PRELUDE + r'''
+RESTORE = (
+    PRELUDE
+    + r"""
 jobs = json.loads(%(jobs)r)
 result = []
 for job in jobs:
@@ -135,14 +140,21 @@ for job in jobs:
                     got[how] = type(exc).__name__ + ": " + exc.message.splitlines()[0]
     result.append(got)
 print(json.dumps(result))
-'''
+"""
+)
 
 
 def ckptio(*argv) -> subprocess.CompletedProcess:
     """The ckptio CLI as a user runs it (this worktree's package)."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "ckptio", *map(str, argv)], capture_output=True, text=True,
-                          env=env, cwd=str(REPO), timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "ckptio", *map(str, argv)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(REPO),
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -176,11 +188,17 @@ def test_the_inputs_hold_what_the_workflow_writes(built):
         assert "part/w" in rec["weights"] and "scale/d64" in rec["weights"]
     assert "Adam/conv1/kernel/vhat" in built["keras_adam_amsgrad"]["optimizer"]
     assert "Adam/part/w/part_1/m" in built["keras_adam_amsgrad"]["optimizer"]
-    assert {"RMSprop/dense/kernel/mg", "RMSprop/dense/kernel/momentum", "RMSprop/dense/kernel/rms"} <= \
-        set(built["keras_rmsprop_centered"]["optimizer"])
+    assert {"RMSprop/dense/kernel/mg", "RMSprop/dense/kernel/momentum", "RMSprop/dense/kernel/rms"} <= set(
+        built["keras_rmsprop_centered"]["optimizer"]
+    )
     assert {"Ftrl/scale/d64/accumulator", "Ftrl/scale/d64/linear"} <= set(built["keras_ftrl"]["optimizer"])
-    assert {"Adam_1/dense/bias/m", "SGD/dense/bias/momentum", "Adadelta/dense/bias/accum_var",
-            "Nadam/dense/bias/v", "Adamax/dense/bias/m"} <= set(built["keras_mix"]["optimizer"])
+    assert {
+        "Adam_1/dense/bias/m",
+        "SGD/dense/bias/momentum",
+        "Adadelta/dense/bias/accum_var",
+        "Nadam/dense/bias/v",
+        "Adamax/dense/bias/m",
+    } <= set(built["keras_mix"]["optimizer"])
     assert built["tf1_momentum_ema"]["shadows"]
 
 

@@ -7,17 +7,18 @@ every order relative to the strip), and one more TF subprocess restores every ou
 workflow does (`tf.train.Checkpoint(model=fresh).restore(OUT)`), asserting what should hold and
 comparing every weight with numpy. Keys are compared with those TF writes for a fresh model.
 """
+
 from __future__ import annotations
 
 import json
 import textwrap
 
 import pytest
+from tf_support import require_tf, run_tf_json
 
 import ckptio
 from ckptio import Rename, Select, StripOptimizer
 from ckptio.cli.main import main
-from tf_support import require_tf, run_tf_json
 
 FRAMEWORKS = ("k3", "tk")  # tf.keras (Keras 3) and tf_keras
 ARCHS = ("sub", "seq", "fun")
@@ -27,10 +28,14 @@ INPUTS = [f"{fw}_{arch}_{how}" for fw in FRAMEWORKS for arch in ARCHS for how in
 INPUTS += ["tl_sub_plain", "tl_sub_compiled", "tl_seq_compiled", "tl_fun_modelonly"]
 
 # The model's first block as `ls --objects` shows it; for tf_keras also through its alias path.
-FIRST = {("k3", "sub"): ["model/encoder/"], ("tk", "sub"): ["model/encoder/"],
-         ("k3", "seq"): ["model/_functional/_operations/1/"], ("k3", "fun"): ["model/_operations/1/"],
-         ("tk", "seq"): ["model/layer_with_weights-0/", "model/layer-0/"],
-         ("tk", "fun"): ["model/layer_with_weights-0/", "model/layer-1/"]}
+FIRST = {
+    ("k3", "sub"): ["model/encoder/"],
+    ("tk", "sub"): ["model/encoder/"],
+    ("k3", "seq"): ["model/_functional/_operations/1/"],
+    ("k3", "fun"): ["model/_operations/1/"],
+    ("tk", "seq"): ["model/layer_with_weights-0/", "model/layer-0/"],
+    ("tk", "fun"): ["model/layer_with_weights-0/", "model/layer-1/"],
+}
 
 PRELUDE = textwrap.dedent('''
     import json, os, sys
@@ -101,7 +106,7 @@ PRELUDE = textwrap.dedent('''
             return str(exc)[:300] or "AssertionError"
 ''')
 
-BUILD = PRELUDE + textwrap.dedent('''
+BUILD = PRELUDE + textwrap.dedent("""
     ROOT = sys.argv[1]
     rs = np.random.RandomState(0)
     x, y = rs.randn(8, 4).astype("float32"), rs.randn(8, 2).astype("float32")
@@ -135,9 +140,9 @@ BUILD = PRELUDE + textwrap.dedent('''
     m, opt = train("k3", "sub", "plain", listed=True)
     out["listed"] = tf.train.Checkpoint(model=m, optimizer=opt).save(f"{ROOT}/listed/ckpt")
     print(json.dumps(out))
-''')
+""")
 
-RESTORE = PRELUDE + textwrap.dedent('''
+RESTORE = PRELUDE + textwrap.dedent("""
     cases = json.load(open(sys.argv[1]))
     results = {}
     for case in cases:
@@ -175,7 +180,7 @@ RESTORE = PRELUDE + textwrap.dedent('''
             res["opt_count"] = [len(got), len(saved.files)]
         results[case["id"]] = res
     print(json.dumps(results))
-''')
+""")
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +200,7 @@ def cli(*argv) -> int:
 
 def _same_output(a, b) -> bool:
     """Two outputs hold the same tensors under the same names, and the same object graph."""
+
     def value(t):  # the graph is a string scalar: an object array, whose bytes would be pointers
         v = t.read()
         return v.tolist() if v.dtype == object else (v.dtype.str, v.shape, v.tobytes())
@@ -217,8 +223,17 @@ def _cases(built) -> tuple[list[dict], dict[str, list]]:
             head = FIRST[fw, arch][0]
             keys = [k for k in keys if k.startswith(head) == (restored == "only_first") or not k.startswith("model/")]
         if (out.parent / "m.index").exists():
-            cases.append({"id": f"{name}:{tag}", "input": name, "out": str(out), "trained": str(root / f"{name}.npz"),
-                          "restored": restored, "keys": keys, **expect})
+            cases.append(
+                {
+                    "id": f"{name}:{tag}",
+                    "input": name,
+                    "out": str(out),
+                    "trained": str(root / f"{name}.npz"),
+                    "restored": restored,
+                    "keys": keys,
+                    **expect,
+                }
+            )
 
     def run(name, *argv):
         code = cli(*argv, "-q")
@@ -238,29 +253,55 @@ def _cases(built) -> tuple[list[dict], dict[str, list]]:
         # Without a strip, the optimizer stays where a kept path reaches it: under model/ when compiled.
         optimizer_in_model = how != "plain"
         run(name, "rewrite", src, out / "inc_model" / "m", "--include", "^model/", "--include", "^save_counter/")
-        case(name, "inc_model", out / "inc_model" / "m", consumed=not optimizer_in_model, existing=True,
-             fresh=None if optimizer_in_model else "encoder")
+        case(
+            name,
+            "inc_model",
+            out / "inc_model" / "m",
+            consumed=not optimizer_in_model,
+            existing=True,
+            fresh=None if optimizer_in_model else "encoder",
+        )
         run(name, "rewrite", src, out / "exc_opt" / "m", "--exclude", "^optimizer/")
-        case(name, "exc_opt", out / "exc_opt" / "m", consumed=how != "modelonly", existing=True,
-             fresh="encoder" if how != "modelonly" else None)
+        case(
+            name,
+            "exc_opt",
+            out / "exc_opt" / "m",
+            consumed=how != "modelonly",
+            existing=True,
+            fresh="encoder" if how != "modelonly" else None,
+        )
         paths = FIRST["tk" if fw == "tl" else fw, arch]
         exclude, include = "^" + paths[-1], "^" + paths[0]  # tf_keras: exclude through the alias path
         for tag, flags, steps, restored in (
-                ("exc_first", ["--exclude", exclude], [Select(exclude=(exclude,))], "without_first"),
-                ("inc_first", ["--include", include, "--include", "^save_counter/"],
-                 [Select(include=(include, "^save_counter/"))], "only_first")):
+            ("exc_first", ["--exclude", exclude], [Select(exclude=(exclude,))], "without_first"),
+            (
+                "inc_first",
+                ["--include", include, "--include", "^save_counter/"],
+                [Select(include=(include, "^save_counter/"))],
+                "only_first",
+            ),
+        ):
             base = out / tag
             run(name, "rewrite", src, base / "cli" / "m", "--strip-optimizer", *flags)
-            for order, order_steps in (("select_strip", [*steps, StripOptimizer()]),
-                                       ("strip_select", [StripOptimizer(), *steps])):
+            for order, order_steps in (
+                ("select_strip", [*steps, StripOptimizer()]),
+                ("strip_select", [StripOptimizer(), *steps]),
+            ):
                 try:
                     ckptio.rewrite(src, base / order / "m", order_steps)
                 except ckptio.CkptioError as exc:
                     problems[name].append(f"{tag} {order}: {exc}")
             for order in ("cli", "select_strip", "strip_select"):
                 # Part of the model is left out, so only a nontrivial match can hold; the keys say the rest.
-                case(name, f"{tag}:{order}", base / order / "m", restored, consumed=False, existing=False,
-                     fresh="encoder")
+                case(
+                    name,
+                    f"{tag}:{order}",
+                    base / order / "m",
+                    restored,
+                    consumed=False,
+                    existing=False,
+                    fresh="encoder",
+                )
             same(name, base / "cli", base / "select_strip")
             same(name, base / "cli", base / "strip_select")
         if arch == "sub":

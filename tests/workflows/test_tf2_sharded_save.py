@@ -7,6 +7,7 @@ ckptio reads every tensor (compared with TF's `load_checkpoint`), verifies, and 
 subprocess restores each strip into a fresh model with `tf.train.Checkpoint(...).restore(OUT).assert_consumed()`
 and compares the weights with the trained ones.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,14 +18,14 @@ import sys
 
 import numpy as np
 import pytest
+from tf_support import REPO, require_tf, run_tf_json
 
 import ckptio
 from ckptio.bundle import naming
-from tf_support import REPO, require_tf, run_tf_json
 
 MAX_SHARD = 1000  # bytes: the 16x32 float32 kernel (2 KiB) must be cut into slices
 
-PRELUDE = r'''
+PRELUDE = r"""
 import hashlib, json, os, sys
 import numpy as np
 import tensorflow as tf
@@ -41,9 +42,11 @@ def make(kind):
 
 def extra():
     return tf.Variable(np.zeros((3, 200), np.float32), name="extra")
-'''
+"""
 
-BUILD = PRELUDE + r'''
+BUILD = (
+    PRELUDE
+    + r"""
 OUT = %(out)r
 rng = np.random.RandomState(0)
 x, y = rng.rand(8, 16).astype("float32"), rng.rand(8, 10).astype("float32")
@@ -65,9 +68,12 @@ for kind in ("keras3", "tf_keras"):
                                if k != "_CHECKPOINTABLE_OBJECT_GRAPH"},
                     "weights": [digest(w.numpy()) for w in m.weights], "extra": digest(e.numpy())}
 print(json.dumps(result))
-'''
+"""
+)
 
-RESTORE = PRELUDE + r'''
+RESTORE = (
+    PRELUDE
+    + r"""
 result = {}
 for kind, prefix in json.loads(%(jobs)r).items():
     m, e = make(kind), extra()
@@ -80,7 +86,8 @@ for kind, prefix in json.loads(%(jobs)r).items():
     result[kind] = {"consumed": consumed, "weights": [digest(w.numpy()) for w in m.weights],
                     "extra": digest(e.numpy())}
 print(json.dumps(result))
-'''
+"""
+)
 
 
 def digest(value) -> str:
@@ -90,8 +97,14 @@ def digest(value) -> str:
 
 def ckptio_cli(*argv) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "ckptio", *map(str, argv)], capture_output=True, text=True,
-                          env=env, cwd=str(REPO), timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "ckptio", *map(str, argv)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(REPO),
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -122,8 +135,11 @@ def test_tensors_sliced_across_shards_read_as_tf_reads_them(built, kind):
     with ckptio.open(rec["prefix"]) as ckpt:
         assert ckpt.num_shards >= 4
         # the 16x32 kernel: one tensor whose slices lie in different data files (FORMAT-models §8)
-        spread = [n for n, e in ckpt.entries().items()
-                  if e.slices and len({ckpt._reader.slice_entry(n, s).shard_id for s in e.slices}) > 1]
+        spread = [
+            n
+            for n, e in ckpt.entries().items()
+            if e.slices and len({ckpt._reader.slice_entry(n, s).shard_id for s in e.slices}) > 1
+        ]
         assert spread
         got = {n: digest(ckpt[n].read()) for n in ckpt if n != naming.OBJECT_GRAPH_KEY}
     assert got == rec["values"]
