@@ -4,46 +4,9 @@ from __future__ import annotations
 
 import os
 import stat
-import threading
 
-from .errors import CheckpointNotFoundError, ReadError, TruncatedError
-
-
-class Source:
-    """A random-access byte source; subclasses implement _pread."""
-
-    name: str
-    size: int
-
-    def __init__(self) -> None:
-        self.bytes_read = 0
-        self._lock = threading.Lock()
-
-    def read(self, offset: int, length: int, *, key=None) -> bytes:
-        """Return exactly `length` bytes at `offset`, or raise TruncatedError."""
-        if offset < 0 or length < 0 or offset + length > self.size:
-            raise TruncatedError(
-                f"needs bytes [{offset}, {offset + length}) but the file has {self.size}",
-                path=self.name,
-                key=key,
-                offset=offset,
-            )
-        data = self._pread(offset, length)
-        with self._lock:
-            self.bytes_read += len(data)
-        if len(data) != length:
-            raise TruncatedError(f"read {len(data)} of {length} bytes", path=self.name, key=key, offset=offset)
-        return data
-
-    def fileno(self) -> int | None:
-        """An OS file descriptor for zero-copy paths, or None."""
-        return None
-
-    def close(self) -> None:
-        pass
-
-    def _pread(self, offset: int, length: int) -> bytes:
-        raise NotImplementedError
+from .errors import CheckpointNotFoundError, ReadError
+from .store.base import Source
 
 
 def copy_source(source: Source, write, *, chunk: int, progress=None) -> None:

@@ -1,0 +1,146 @@
+"""The store interface: where bytes live (files, sizes, exact ranged reads, listing, atomic output),
+knowing nothing about checkpoints. Format layers (sstable, bundle) read through a Source."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+
+from ..errors import TruncatedError
+
+Range = tuple[int, int]  # (offset, length)
+
+
+class Source:
+    """One file opened for reading by exact byte ranges; subclasses implement _pread.
+
+    `sequential` sources (an archive member in a compressed stream) serve reads only cheaply in
+    increasing offset order; `bytes_read` counts what was really fetched from the medium.
+    """
+
+    name: str
+    size: int
+    sequential = False
+
+    def __init__(self) -> None:
+        self.bytes_read = 0
+        self._lock = threading.Lock()
+
+    def read(self, offset: int, length: int, *, key=None) -> bytes:
+        """Return exactly `length` bytes at `offset`, or raise TruncatedError."""
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise TruncatedError(
+                f"needs bytes [{offset}, {offset + length}) but the file has {self.size}",
+                path=self.name,
+                key=key,
+                offset=offset,
+            )
+        data = self._pread(offset, length)
+        self._count(len(data))
+        if len(data) != length:
+            raise TruncatedError(f"read {len(data)} of {length} bytes", path=self.name, key=key, offset=offset)
+        return data
+
+    def readinto(self, offset: int, buf: memoryview) -> int:
+        """Fill buf from offset (fewer bytes only at the end of the file); return the count."""
+        n = min(len(buf), max(0, self.size - offset))
+        if n:
+            buf[:n] = self.read(offset, n)
+        return n
+
+    def read_ranges(self, ranges: Iterable[Range], *, key=None) -> Iterator[bytes]:
+        """The bytes of each (offset, length) in order; stores with costly requests fetch ahead and coalesce."""
+        for offset, length in ranges:
+            yield self.read(offset, length, key=key)
+
+    def fileno(self) -> int | None:
+        """An OS file descriptor for zero-copy paths, or None."""
+        return None
+
+    def close(self) -> None:
+        pass
+
+    def _count(self, n: int) -> None:
+        with self._lock:
+            self.bytes_read += n
+
+    def _pread(self, offset: int, length: int) -> bytes:
+        raise NotImplementedError
+
+
+class Sink:
+    """One output file being written, in order."""
+
+    name: str
+
+    def write(self, data) -> None:
+        raise NotImplementedError
+
+    def fileno(self) -> int | None:
+        """An OS file descriptor for zero-copy writes (copy_file_range), or None."""
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+class Output:
+    """Files written under temporary names and made visible together: commit() in creation order
+    (callers create data first and the index last), or abort() leaving nothing behind."""
+
+    def create(self, path: str) -> Sink:
+        raise NotImplementedError
+
+    def commit(self, *, remove_first: Iterable[str] = ()) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+
+class Store:
+    """A namespace of files named by '/'-separated paths: a local disk, an fsspec URL, an archive, memory.
+
+    `random_access` is False where a read out of order costs a pass over the medium (archives).
+    """
+
+    name: str = "<store>"
+    random_access = True
+
+    def open(self, path: str) -> Source:
+        """Open a regular file for ranged reads; CheckpointNotFoundError if absent."""
+        raise NotImplementedError
+
+    def size(self, path: str) -> int | None:
+        """A regular file's size, or None when there is no such file (directories included)."""
+        raise NotImplementedError
+
+    def is_file(self, path: str) -> bool:
+        return self.size(path) is not None
+
+    def is_dir(self, path: str) -> bool:
+        raise NotImplementedError
+
+    def list(self, directory: str) -> list[str]:
+        """Names (not paths) in a directory, sorted; [] where the store cannot list."""
+        raise NotImplementedError
+
+    def output(self) -> Output:
+        """A new atomic output on this store."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    # '/'-path grammar; a local store keeps its OS's
+    def join(self, directory: str, name: str) -> str:
+        return directory.rstrip("/") + "/" + name if directory else name
+
+    def dirname(self, path: str) -> str:
+        return path.rstrip("/").rpartition("/")[0]
+
+    def basename(self, path: str) -> str:
+        return path.rstrip("/").rpartition("/")[2]
+
+
+__all__ = ["Range", "Source", "Sink", "Output", "Store"]
