@@ -396,6 +396,7 @@ def execute(
 
         def run(shard: int) -> None:
             try:
+                _announce(ckpt, groups[shard])
                 for piece in groups[shard]:
                     if stop.is_set():
                         return
@@ -433,6 +434,19 @@ def execute(
             check_container()
         writer.finish(state_file=state_file, fsync=fsync, make_latest=make_latest)
         return writer.state_file
+
+
+def _announce(ckpt: Checkpoint, pieces: list[Piece]) -> None:
+    """Tell each data shard which byte ranges this output shard reads from it, in order (Source.will_need)."""
+    if ckpt.format != "v2":
+        return
+    wanted: dict[int, list[tuple[int, int]]] = {}
+    for piece in pieces:
+        entry = piece.src_entry
+        if entry.size:
+            wanted.setdefault(entry.shard_id, []).append((entry.offset, entry.size))
+    for shard_id, ranges in wanted.items():
+        ckpt._reader.shard(shard_id).will_need(ranges)
 
 
 def _write_piece(ckpt: Checkpoint, writer, piece: Piece, shard: int, verify: bool) -> None:

@@ -53,6 +53,10 @@ class Source:
         for offset, length in ranges:
             yield self.read(offset, length, key=key)
 
+    def will_need(self, ranges: Iterable[Range]) -> None:
+        """A hint: these ranges are read next, in this order (local files advise the kernel, remote
+        ones fetch ahead, coalesced and in parallel); the default does nothing."""
+
     def fileno(self) -> int | None:
         """An OS file descriptor for zero-copy paths, or None."""
         return None
