@@ -29,143 +29,34 @@ from .bundle.paths import Located
 from .checkpoint import Checkpoint
 from .errors import (
     CheckpointNotFoundError,
-    CkptioError,
     OutputExistsError,
     ReadError,
     Remedy,
-    TruncatedError,
-    UnsupportedError,
     WriteError,
     WrongFileError,
 )
-from .io import Source, copy_source
+from .io import Source
 from .sstable.format import MAGIC_BYTES
+from .store.remote import (
+    CHUNK,
+    INDEX_PREFETCH,
+    OBJECT_STORES,  # noqa: F401  (re-exported: the names moved to store/remote.py)
+    RemoteFiles,
+    RemoteSource,
+    RemoteStore,
+    filesystem,
+    io_error,
+    protocols,
+    renames_cheaply,
+)
 
-CHUNK = 8 << 20
-INDEX_PREFETCH = 16 << 20  # an .index (or V1 table) up to this size is fetched whole, in one request
 MAX_STATE_FILE = 1 << 20
-OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "r2", "b2", "http", "https"})
-
-
-def filesystem(url: str, **storage_options):
-    """(fsspec filesystem, path within it) for a URL; UnsupportedError without fsspec or its backend."""
-    try:
-        import fsspec
-    except ImportError:
-        raise UnsupportedError("remote paths need fsspec: pip install 'ckptio[remote]'", path=url) from None
-    try:
-        return fsspec.core.url_to_fs(url, **storage_options)
-    except ImportError as exc:
-        raise UnsupportedError(f"this URL needs a package that is not installed ({exc})", path=url) from None
-    except ValueError as exc:
-        raise UnsupportedError(f"cannot open this URL ({exc})", path=url) from None
-
-
-def _protocols(fs) -> set[str]:
-    p = fs.protocol
-    return {p} if isinstance(p, str) else set(p)
+_Store = RemoteStore  # the old name of the store helper
+_protocols = protocols
 
 
 def _io_error(exc: Exception, what: str, url: str) -> ReadError:
-    """A remote failure as ckptio's ReadError (an OSError too), naming the URL."""
-    return ReadError(f"{what}: {type(exc).__name__}: {exc or 'no detail'}", path=url)
-
-
-class RemoteSource(Source):
-    """A remote file read by byte ranges; `requests` counts the requests, `bytes_read` the bytes fetched.
-
-    prefetch=True fetches the whole file in one request up front and serves reads from that copy
-    (used for a small .index, which is read block by block, some blocks twice).
-    """
-
-    def __init__(self, fs, path: str, *, name: str | None = None, size: int | None = None, prefetch: bool = False):
-        super().__init__()
-        self.fs, self.path = fs, path
-        self.name = name or path
-        self.requests = 0
-        self.size = size if size is not None else _Store(fs).size(self.path, self.name)
-        self._data = None
-        if prefetch:
-            data = self._fetch(0, self.size)
-            if len(data) != self.size:
-                raise TruncatedError(f"read {len(data)} of {self.size} bytes", path=self.name, offset=0)
-            self._data = memoryview(data)
-            self.bytes_read = len(data)
-
-    def read(self, offset: int, length: int, *, key=None) -> bytes:
-        data = super().read(offset, length, key=key)
-        if self._data is not None:  # served from the prefetched copy: nothing more was fetched
-            with self._lock:
-                self.bytes_read -= len(data)
-        return data
-
-    @classmethod
-    def from_url(cls, url: str, **storage_options) -> RemoteSource:
-        fs, path = filesystem(url, **storage_options)
-        return cls(fs, path, name=url)
-
-    def _pread(self, offset: int, length: int) -> bytes:
-        if self._data is not None:
-            return bytes(self._data[offset : offset + length])
-        return self._fetch(offset, length)
-
-    def _fetch(self, offset: int, length: int) -> bytes:
-        if length == 0:
-            return b""
-        try:
-            data = self.fs.cat_file(self.path, start=offset, end=offset + length)
-        except FileNotFoundError:
-            raise CheckpointNotFoundError("file is gone", path=self.name) from None
-        except Exception as exc:
-            raise _io_error(exc, f"cannot read bytes [{offset}, {offset + length})", self.name) from None
-        with self._lock:
-            self.requests += 1
-        if len(data) > length and len(data) == self.size:
-            data = data[offset : offset + length]  # the server ignored the Range header and sent everything
-        return bytes(data)
-
-
-class _Store:
-    """Existence and size checks on one filesystem, remembering sizes already asked for."""
-
-    def __init__(self, fs):
-        self.fs = fs
-        self._info: dict[str, dict | None] = {}
-
-    def strip(self, url: str) -> str:
-        return self.fs._strip_protocol(url)
-
-    def info(self, url: str) -> dict | None:
-        if url not in self._info:
-            try:
-                self._info[url] = self.fs.info(self.strip(url))
-            except FileNotFoundError:
-                self._info[url] = None
-            except Exception as exc:
-                raise _io_error(exc, "cannot stat", url) from None
-        return self._info[url]
-
-    def is_file(self, url: str) -> bool:
-        info = self.info(url)
-        return info is not None and info.get("type") != "directory"
-
-    def size(self, url: str, name: str | None = None) -> int:
-        info = self.info(url)
-        if info is None or info.get("type") == "directory":
-            raise CheckpointNotFoundError("no such file", path=name or url)
-        if info.get("size") is None:
-            raise UnsupportedError("the server does not report this file's size", path=name or url)
-        return int(info["size"])
-
-    def glob(self, pattern_url: str, regex: re.Pattern) -> list[str]:
-        """Names (basenames) in pattern_url's directory matching a `*` glob and then regex."""
-        try:
-            found = self.fs.glob(self.strip(pattern_url))
-        except Exception:  # listing is not available everywhere (plain http servers)
-            return []
-        return sorted(
-            {p.rstrip("/").rsplit("/", 1)[-1] for p in found if regex.fullmatch(p.rstrip("/").rsplit("/", 1)[-1])}
-        )
+    return io_error(exc, what, url)
 
 
 def _join(url: str, name: str) -> str:
@@ -178,6 +69,13 @@ def _dirname(url: str) -> str:
 
 def _basename(url: str) -> str:
     return url.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _require_size(store: RemoteStore, url: str) -> int:
+    size = store.size(url)
+    if size is None:
+        raise CheckpointNotFoundError("no such file", path=url)
+    return size
 
 
 # -- resolving a URL -----------------------------------------------------------------------------
@@ -208,7 +106,7 @@ def _resolve(url: str, store: _Store, depth: int) -> Located:
                 path=url,
             )
         if store.is_file(url):
-            size = store.size(url)
+            size = _require_size(store, url)
             if (
                 size >= 48
                 and RemoteSource(store.fs, store.strip(url), name=url, size=size).read(size - 8, 8) == MAGIC_BYTES
@@ -269,7 +167,7 @@ def _resolve_dir(url: str, store: _Store, depth: int) -> Located:
 def _read_state(state_url: str, store: _Store) -> str | None:
     from .bundle.state import parse
 
-    size = store.size(state_url)
+    size = _require_size(store, state_url)
     if size > MAX_STATE_FILE:
         raise WrongFileError(f"'checkpoint' state file of {size} bytes (cap {MAX_STATE_FILE})", path=state_url)
     data = RemoteSource(store.fs, store.strip(state_url), name=state_url, size=size).read(0, size)
@@ -283,7 +181,7 @@ def open_remote(url: str, **storage_options) -> Checkpoint:
     located = resolve_remote(url, store=store)
 
     def open_source(u: str) -> Source:
-        size = store.size(u)
+        size = _require_size(store, u)
         # A small .index (or V1 table, whose values sit inside its blocks) is fetched whole, in one request.
         metadata = u == naming.index_path(located.prefix) if located.format == "v2" else u in located.files
         prefetch = metadata and size <= INDEX_PREFETCH
@@ -293,101 +191,6 @@ def open_remote(url: str, **storage_options) -> Checkpoint:
 
 
 # -- writing -------------------------------------------------------------------------------------
-
-
-def renames_cheaply(fs) -> bool:
-    """False for object stores, where a rename is a server-side copy."""
-    return not (_protocols(fs) & OBJECT_STORES)
-
-
-class RemoteFiles:
-    """Files written to a filesystem and committed in the order they were written.
-
-    With temp names (where renames are cheap), each file goes to a hidden temp name beside
-    its final one, and commit() renames them into place in order. Without, files are written
-    under their final names and the caller writes the commit file (the .index) last.
-    """
-
-    def __init__(self, fs, *, use_temp: bool | None = None):
-        self.fs = fs
-        self.store = _Store(fs)
-        self.use_temp = renames_cheaply(fs) if use_temp is None else use_temp
-        self._token = f"{os.getpid()}-{os.urandom(4).hex()}"
-        self._pending: list[tuple[str, str, str]] = []  # (written path, final path, final url)
-
-    def _target(self, url: str) -> tuple[str, str]:
-        final = self.store.strip(url)
-        if not self.use_temp:
-            return final, final
-        directory, slash, base = final.rpartition("/")
-        return f"{directory}{slash}.{base}.ckptio-tmp-{self._token}", final
-
-    def open(self, url: str):
-        """A writable binary file for url (its temp name when renaming)."""
-        target, final = self._target(url)
-        if _protocols(self.fs) & {"file", "local"}:
-            try:
-                self.fs.makedirs(target.rpartition("/")[0] or ".", exist_ok=True)
-            except OSError as exc:
-                raise WriteError(f"cannot create directory: {exc.strerror or exc}", path=url) from None
-        try:
-            f = self.fs.open(target, "wb")
-        except Exception as exc:
-            raise WriteError(f"cannot create file: {exc}", path=url) from None
-        self._pending.append((target, final, url))
-        return f
-
-    def put(self, url: str, source: Source, progress=None) -> int:
-        """Stream a Source's bytes to url in chunks; check the size written."""
-        f = self.open(url)
-        try:
-            copy_source(source, f.write, chunk=CHUNK, progress=progress)
-        except CkptioError:
-            _close_quietly(f)
-            raise
-        except Exception as exc:
-            _close_quietly(f)
-            raise WriteError(f"cannot write: {exc}", path=url) from None
-        try:
-            f.close()
-        except Exception as exc:
-            raise WriteError(f"cannot write: {exc}", path=url) from None
-        self.check_size(url, source.size)
-        return source.size
-
-    def check_size(self, url: str, expected: int) -> None:
-        target = [p for p in self._pending if p[2] == url][-1][0]
-        try:
-            size = self.fs.info(target).get("size")
-        except Exception as exc:
-            raise WriteError(f"cannot check what was written: {exc}", path=url) from None
-        if size is not None and size != expected:
-            raise WriteError(f"wrote {size} bytes, expected {expected}", path=url)
-
-    def commit(self, *, remove_first=()) -> None:
-        """Rename temp files into place in order (after removing remove_first urls)."""
-        try:
-            if self.use_temp:
-                for url in remove_first:
-                    if self.store.is_file(url):
-                        self.fs.rm_file(self.store.strip(url))
-                for target, final, _ in self._pending:
-                    self.fs.mv(target, final)
-        except Exception as exc:
-            self.abort()
-            raise WriteError(
-                f"cannot commit output: {exc}", path=self._pending[-1][2] if self._pending else None
-            ) from None
-        self._pending = []
-
-    def abort(self) -> None:
-        """Remove what was written and not committed (temp files, or final-named files)."""
-        for target, _, _ in self._pending:
-            try:
-                self.fs.rm_file(target)
-            except Exception:
-                pass
-        self._pending = []
 
 
 def _close_quietly(f) -> None:
@@ -536,7 +339,7 @@ def _write_state(fs, prefix_url: str, *, use_temp: bool, make_latest: bool = Fal
     state_url = _join(_dirname(prefix_url), "checkpoint")
     store = _Store(fs)
     existing = None
-    if store.is_file(state_url) and store.size(state_url) <= MAX_STATE_FILE:
+    if store.is_file(state_url) and _require_size(store, state_url) <= MAX_STATE_FILE:
         existing = fs.cat_file(store.strip(state_url))
     text = text_for_output(existing, _basename(prefix_url), make_latest=make_latest)
     if text is None:
@@ -646,6 +449,7 @@ __all__ = [
     "RemoteSource",
     "RemoteFiles",
     "RemoteOutput",
+    "RemoteStore",
     "TransferStats",
     "filesystem",
     "renames_cheaply",

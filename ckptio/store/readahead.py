@@ -1,0 +1,256 @@
+"""Read-ahead for files where every request costs a round trip (remote stores).
+
+A reader announces the ranges it will read next, in order (Source.will_need). They become
+requests: neighbouring ranges closer than GAP are coalesced, no request is larger than
+MAX_REQUEST, and bytes already fetched or on their way are not asked for again. Requests run on
+one shared pool of WORKERS threads, many at a time, in announced order, while the bytes fetched
+and not yet read stay within a per-file WINDOW and a process-wide BUDGET; a request's bytes are
+dropped once every announced byte in it has been read. A read of a range not yet requested
+fetches it at once on the reader's thread, outside the budget, so readers waiting on each
+other's files can never deadlock (memory then exceeds the budget by at most one request per
+reading thread).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from bisect import bisect_right
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from ..errors import TruncatedError
+
+GAP = 256 << 10  # fetching this many unwanted bytes costs less than one more request
+MAX_REQUEST = 4 << 20
+WINDOW = 64 << 20  # per file: fetched-or-in-flight bytes not yet read
+BUDGET = 256 << 20  # the same, over every file in the process
+WORKERS = 16
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def pool() -> ThreadPoolExecutor:
+    """The shared fetch pool (started on first use)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="ckptio-fetch")
+        return _pool
+
+
+class Budget:
+    """Bytes that read-ahead may hold at once; files refused room are woken when some is given back."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+        self._waiting: list[weakref.ref] = []
+
+    def take(self, n: int, waiter: Readahead) -> bool:
+        """Take n bytes (always granted when nothing is taken, so one huge request still runs)."""
+        with self._lock:
+            if self.used == 0 or self.used + n <= self.limit:
+                self.used += n
+                return True
+            if not any(w() is waiter for w in self._waiting):
+                self._waiting.append(weakref.ref(waiter))
+            return False
+
+    def give(self, n: int) -> None:
+        if n <= 0:
+            return
+        with self._lock:
+            self.used -= n
+            waiting, self._waiting = self._waiting, []
+        for ref in waiting:  # outside every lock: a waiter's pump takes its own
+            waiter = ref()
+            if waiter is not None:
+                waiter.pump()
+
+
+BUDGET_SHARED = Budget(BUDGET)
+
+
+class Chunk:
+    """One request: bytes [start, end), `wanted` announced bytes in it not yet read."""
+
+    __slots__ = ("start", "end", "wanted", "future", "charged")
+
+    def __init__(self, start: int, end: int, wanted: int):
+        self.start, self.end, self.wanted = start, end, wanted
+        self.future: Future | None = None
+        self.charged = 0  # bytes taken from the budget and the window for it
+
+
+class Readahead:
+    """Announced ranges of one file, fetched ahead with fetch(offset, length) and served by take()."""
+
+    def __init__(
+        self,
+        fetch: Callable[[int, int], bytes],
+        name: str,
+        *,
+        gap: int = GAP,
+        max_request: int = MAX_REQUEST,
+        window: int = WINDOW,
+        budget: Budget | None = None,
+        executor: ThreadPoolExecutor | None = None,
+    ):
+        self._fetch, self.name = fetch, name
+        self.gap, self.max_request, self.window = gap, max_request, window
+        self.budget = budget if budget is not None else BUDGET_SHARED
+        self._executor = executor
+        self._lock = threading.Lock()
+        self._starts: list[int] = []  # live chunks, sorted by start; they never overlap
+        self._live: list[Chunk] = []
+        self._queue: deque[Chunk] = deque()  # announced, not yet requested, in announced order
+        self.charged = 0  # bytes this file holds of the budget
+        self._closed = False
+
+    # -- announcing ------------------------------------------------------------------------------
+
+    def plan(self, ranges: Iterable[tuple[int, int]]) -> None:
+        """Add ranges to fetch ahead, in the order they will be read."""
+        with self._lock:
+            if self._closed:
+                return
+            last = None  # the chunk this announcement made last, which the next range may extend
+            for offset, length in ranges:
+                pos, end = offset, offset + length
+                while pos < end:
+                    i = bisect_right(self._starts, pos) - 1
+                    if i >= 0 and self._live[i].end > pos:  # already requested (or announced)
+                        covering = self._live[i]
+                        hi = min(end, covering.end)
+                        covering.wanted += hi - pos
+                        pos = hi
+                        continue
+                    hi = min(end, self._starts[i + 1] if i + 1 < len(self._starts) else end)
+                    if (
+                        last is not None
+                        and i >= 0
+                        and self._live[i] is last
+                        and last.future is None
+                        and pos - last.end <= self.gap
+                        and hi - last.start <= self.max_request
+                    ):
+                        last.wanted += hi - pos
+                        last.end = hi
+                        pos = hi
+                        continue
+                    piece = min(hi, pos + self.max_request)
+                    last = Chunk(pos, piece, piece - pos)
+                    self._starts.insert(i + 1, pos)
+                    self._live.insert(i + 1, last)
+                    self._queue.append(last)
+                    pos = piece
+        self.pump()
+
+    def pump(self) -> None:
+        """Request queued chunks in order while the window and the budget have room."""
+        with self._lock:
+            while self._queue and not self._closed:
+                chunk = self._queue[0]
+                if chunk.future is not None:  # a reader fetched it already
+                    self._queue.popleft()
+                    continue
+                n = chunk.end - chunk.start
+                if self.charged and self.charged + n > self.window:
+                    break
+                if not self.budget.take(n, self):
+                    break
+                chunk.charged = n
+                self.charged += n
+                chunk.future = (self._executor or pool()).submit(self._fetch, chunk.start, n)
+                self._queue.popleft()
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def take(self, offset: int, length: int) -> bytes | None:
+        """The bytes [offset, offset+length) from announced chunks (waiting for them), or None
+        when the range is not wholly announced (the caller fetches it itself)."""
+        if length <= 0:
+            return None
+        end = offset + length
+        mine: list[tuple[Chunk, Future]] = []
+        with self._lock:
+            chunks = self._covering(offset, end)
+            if chunks is None:
+                return None
+            for chunk in chunks:
+                if chunk.future is None:  # not requested yet: fetch it now, on this thread
+                    chunk.future = Future()
+                    mine.append((chunk, chunk.future))
+        for chunk, future in mine:
+            try:
+                future.set_result(self._fetch(chunk.start, chunk.end - chunk.start))
+            except BaseException as exc:
+                future.set_exception(exc)
+        parts = []
+        freed = 0
+        try:
+            for chunk in chunks:
+                data = chunk.future.result()
+                lo, hi = max(offset, chunk.start), min(end, chunk.end)
+                if len(data) < hi - chunk.start:
+                    raise TruncatedError(
+                        f"read {len(data)} of {chunk.end - chunk.start} bytes", path=self.name, offset=chunk.start
+                    )
+                parts.append(memoryview(data)[lo - chunk.start : hi - chunk.start])
+        except BaseException:
+            with self._lock:
+                for chunk in chunks:  # a failed request is forgotten: a later read asks again
+                    if chunk.future.done() and chunk.future.exception() is not None:
+                        freed += self._drop(chunk)
+            self.budget.give(freed)
+            raise
+        out = bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
+        with self._lock:
+            for chunk in chunks:
+                chunk.wanted -= min(end, chunk.end) - max(offset, chunk.start)
+                if chunk.wanted <= 0:
+                    freed += self._drop(chunk)
+        if freed:
+            self.budget.give(freed)
+            self.pump()
+        return out
+
+    def close(self) -> None:
+        """Forget everything announced; requests on their way finish unread."""
+        with self._lock:
+            self._closed = True
+            freed = 0
+            for chunk in list(self._live):
+                if chunk.future is not None:
+                    chunk.future.cancel()
+                freed += self._drop(chunk)
+            self._queue.clear()
+        self.budget.give(freed)
+
+    def _covering(self, offset: int, end: int) -> list[Chunk] | None:
+        """The live chunks that together hold [offset, end), or None. REQUIRES: the lock."""
+        i = bisect_right(self._starts, offset) - 1
+        out, pos = [], offset
+        while pos < end:
+            if i < 0 or i >= len(self._live) or self._live[i].start > pos or self._live[i].end <= pos:
+                return None
+            out.append(self._live[i])
+            pos = self._live[i].end
+            i += 1
+        return out
+
+    def _drop(self, chunk: Chunk) -> int:
+        """Forget a chunk; return the budget bytes it held. REQUIRES: the lock."""
+        i = bisect_right(self._starts, chunk.start) - 1
+        if i >= 0 and self._live[i] is chunk:
+            del self._starts[i], self._live[i]
+        freed, chunk.charged = chunk.charged, 0
+        self.charged -= freed
+        return freed
+
+
+__all__ = ["Budget", "Readahead", "GAP", "MAX_REQUEST", "WINDOW", "BUDGET", "WORKERS"]

@@ -1,0 +1,380 @@
+"""Files behind an fsspec URL (gs://, s3://, http(s)://, memory:// ...): ranged reads with read-ahead,
+listing where the filesystem can, and atomic output.
+
+Needs the optional extra `ckptio[remote]` (fsspec; http(s) also needs aiohttp). Every read is one
+byte-range request (`fs.cat_file(path, start, end)`); ranges announced with will_need are fetched
+ahead, coalesced and many at a time (store/readahead.py). Output is committed only when complete:
+where the filesystem renames cheaply (local, memory, sftp, hdfs ...) each file goes to a temp name
+renamed into place in creation order; object stores (s3, gs, http ...) "rename" by copying, so
+there files are written under their final names in creation order and the last one (a bundle's
+.index) is the commit: one PUT is atomic on those stores.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import CheckpointNotFoundError, CkptioError, ReadError, TruncatedError, UnsupportedError, WriteError
+from .base import Output, Range, Sink, Source, Store
+from .readahead import Readahead
+
+CHUNK = 8 << 20
+INDEX_PREFETCH = 16 << 20  # a metadata file up to this size is fetched whole, in one request
+OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "r2", "b2", "http", "https"})
+HTTP = frozenset({"http", "https"})
+
+
+def filesystem(url: str, **storage_options):
+    """(fsspec filesystem, path within it) for a URL; UnsupportedError without fsspec or its backend."""
+    try:
+        import fsspec
+    except ImportError:
+        raise UnsupportedError("remote paths need fsspec: pip install 'ckptio[remote]'", path=url) from None
+    try:
+        return fsspec.core.url_to_fs(url, **storage_options)
+    except ImportError as exc:
+        raise UnsupportedError(f"this URL needs a package that is not installed ({exc})", path=url) from None
+    except ValueError as exc:
+        raise UnsupportedError(f"cannot open this URL ({exc})", path=url) from None
+
+
+def protocols(fs) -> set[str]:
+    p = fs.protocol
+    return {p} if isinstance(p, str) else set(p)
+
+
+def renames_cheaply(fs) -> bool:
+    """False for object stores, where a rename is a server-side copy."""
+    return not (protocols(fs) & OBJECT_STORES)
+
+
+def io_error(exc: BaseException, what: str, url: str, offset: int | None = None) -> ReadError:
+    """A remote failure as ckptio's ReadError (an OSError too), naming the URL (and offset)."""
+    return ReadError(f"{what}: {type(exc).__name__}: {exc or 'no detail'}", path=url, offset=offset)
+
+
+class RemoteSource(Source):
+    """A remote file read by byte ranges; `requests` counts the requests, `bytes_read` the bytes fetched.
+
+    prefetch=True fetches the whole file in one request up front and serves reads from that copy
+    (a small .index, read block by block, some blocks twice). will_need(ranges) fetches those
+    ranges ahead, coalesced and in parallel; reads of them are served from what was fetched.
+    """
+
+    def __init__(self, fs, path: str, *, name: str | None = None, size: int | None = None, prefetch: bool = False):
+        super().__init__()
+        self.fs, self.path = fs, path
+        self.name = name or path
+        self.requests = 0
+        if size is None:
+            size = RemoteStore(fs).size(path)
+            if size is None:
+                raise CheckpointNotFoundError("no such file", path=self.name)
+        self.size = size
+        self._data: memoryview | None = None
+        self._ahead: Readahead | None = None
+        if prefetch:
+            data = self._fetch(0, self.size)
+            if len(data) != self.size:
+                raise TruncatedError(f"read {len(data)} of {self.size} bytes", path=self.name, offset=0)
+            self._data = memoryview(data)
+
+    @classmethod
+    def from_url(cls, url: str, **storage_options) -> RemoteSource:
+        fs, path = filesystem(url, **storage_options)
+        return cls(fs, path, name=url)
+
+    def read(self, offset: int, length: int, *, key=None) -> bytes:
+        """Exactly `length` bytes at `offset` (fetched bytes are counted when fetched, not here)."""
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise TruncatedError(
+                f"needs bytes [{offset}, {offset + length}) but the file has {self.size}",
+                path=self.name,
+                key=key,
+                offset=offset,
+            )
+        if self._data is not None:
+            return bytes(self._data[offset : offset + length])
+        data = self._ahead.take(offset, length) if self._ahead is not None else None
+        if data is None:
+            data = self._fetch(offset, length)
+        if len(data) != length:
+            raise TruncatedError(f"read {len(data)} of {length} bytes", path=self.name, key=key, offset=offset)
+        return data
+
+    def readinto(self, offset: int, buf: memoryview) -> int:
+        n = min(len(buf), max(0, self.size - offset))
+        if n:
+            buf[:n] = self.read(offset, n)
+        return n
+
+    def will_need(self, ranges) -> None:
+        if self._data is not None:
+            return
+        with self._lock:
+            if self._ahead is None:
+                self._ahead = Readahead(self._fetch, self.name)
+        self._ahead.plan(ranges)
+
+    def read_ranges(self, ranges, *, key=None):
+        ranges = list(ranges)
+        self.will_need(ranges)
+        for offset, length in ranges:
+            yield self.read(offset, length, key=key)
+
+    def close(self) -> None:
+        if self._ahead is not None:
+            self._ahead.close()
+        self._data = None
+
+    def _pread(self, offset: int, length: int) -> bytes:
+        return self.read(offset, length)
+
+    def _fetch(self, offset: int, length: int) -> bytes:
+        """One request for [offset, offset+length), counted; typed errors naming the URL and offset."""
+        if length == 0:
+            return b""
+        try:
+            data = self.fs.cat_file(self.path, start=offset, end=offset + length)
+        except FileNotFoundError:
+            raise CheckpointNotFoundError("file is gone", path=self.name) from None
+        except CkptioError:
+            raise
+        except Exception as exc:
+            raise io_error(exc, f"cannot read bytes [{offset}, {offset + length})", self.name, offset) from None
+        if len(data) > length and len(data) == self.size:
+            data = data[offset : offset + length]  # the server ignored the Range header and sent everything
+        with self._lock:
+            self.requests += 1
+            self.bytes_read += len(data)
+        return bytes(data)
+
+
+class RemoteStore(Store):
+    """An fsspec filesystem as a Store; paths are URLs (or paths within fs); sizes asked for are remembered."""
+
+    def __init__(self, fs, *, name: str | None = None):
+        self.fs = fs
+        self.name = name or f"{sorted(protocols(fs))[0]}://"
+        self._info: dict[str, dict | None] = {}
+
+    @classmethod
+    def from_url(cls, url: str, **storage_options) -> RemoteStore:
+        return cls(filesystem(url, **storage_options)[0])
+
+    @property
+    def http(self) -> bool:
+        return bool(protocols(self.fs) & HTTP)
+
+    def strip(self, url: str) -> str:
+        return self.fs._strip_protocol(url)
+
+    def info(self, url: str) -> dict | None:
+        """fsspec's info for url, or None when there is nothing there."""
+        if url not in self._info:
+            try:
+                self._info[url] = self.fs.info(self.strip(url))
+            except FileNotFoundError:
+                self._info[url] = None
+            except Exception as exc:
+                raise io_error(exc, "cannot stat", url) from None
+        return self._info[url]
+
+    def forget(self, url: str | None = None) -> None:
+        """Drop remembered sizes (after writing)."""
+        if url is None:
+            self._info.clear()
+        else:
+            self._info.pop(url, None)
+
+    def size(self, path: str) -> int | None:
+        info = self.info(path)
+        if info is None or info.get("type") == "directory":
+            return None
+        if info.get("size") is None:
+            raise UnsupportedError("the server does not report this file's size", path=path)
+        return int(info["size"])
+
+    def is_file(self, path: str) -> bool:
+        info = self.info(path)
+        return info is not None and info.get("type") != "directory"
+
+    def is_dir(self, path: str) -> bool:
+        if self.http:  # a directory URL answers with a page; nothing says it is a directory
+            return False
+        try:
+            return bool(self.fs.isdir(self.strip(path)))
+        except Exception:
+            return False
+
+    def list(self, directory: str) -> list[str]:
+        if self.http:  # an index page is not a listing
+            return []
+        try:
+            found = self.fs.ls(self.strip(directory), detail=False)
+        except Exception:
+            return []
+        base = self.strip(directory).rstrip("/")
+        return sorted({self.basename(p) for p in found if self.strip(p).rstrip("/") != base})
+
+    def glob(self, pattern_url: str, regex) -> list[str]:
+        """Names (basenames) in pattern_url's directory matching a `*` glob and then regex."""
+        try:
+            found = self.fs.glob(self.strip(pattern_url))
+        except Exception:  # listing is not available everywhere (plain http servers)
+            return []
+        return sorted({self.basename(p) for p in found if regex.fullmatch(self.basename(p))})
+
+    def open(self, path: str, *, prefetch: bool = False) -> RemoteSource:
+        """A RemoteSource; prefetch: fetch a file up to INDEX_PREFETCH whole in one request."""
+        size = self.size(path)
+        if size is None:
+            raise CheckpointNotFoundError("no such file", path=path)
+        return RemoteSource(
+            self.fs, self.strip(path), name=path, size=size, prefetch=prefetch and size <= INDEX_PREFETCH
+        )
+
+    def output(self, *, use_temp: bool | None = None) -> RemoteFiles:
+        return RemoteFiles(self.fs, use_temp=use_temp, store=self)
+
+
+def _close_quietly(f) -> None:
+    try:
+        f.close()
+    except Exception:
+        pass
+
+
+class RemoteSink(Sink):
+    """One file being written to a RemoteFiles output; close() checks the size that arrived."""
+
+    def __init__(self, files: RemoteFiles, url: str):
+        self.name = url
+        self._files = files
+        self._f = files.open(url)
+        self.n = 0
+
+    def write(self, data) -> None:
+        try:
+            self._f.write(data)
+        except Exception as exc:
+            raise WriteError(f"cannot write: {exc}", path=self.name, offset=self.n) from None
+        self.n += len(data)
+
+    def close(self) -> None:
+        try:
+            self._f.close()
+        except Exception as exc:
+            raise WriteError(f"cannot write: {exc}", path=self.name) from None
+        self._files.check_size(self.name, self.n)
+
+
+class RemoteFiles(Output):
+    """Files written to a filesystem and committed in the order they were written.
+
+    With temp names (where renames are cheap), each file goes to a hidden temp name beside
+    its final one, and commit() renames them into place in order. Without, files are written
+    under their final names and the caller writes the commit file (the .index) last.
+    """
+
+    def __init__(self, fs, *, use_temp: bool | None = None, store: RemoteStore | None = None):
+        self.fs = fs
+        self.store = store if store is not None else RemoteStore(fs)
+        self.use_temp = renames_cheaply(fs) if use_temp is None else use_temp
+        self._token = f"{os.getpid()}-{os.urandom(4).hex()}"
+        self._pending: list[tuple[str, str, str]] = []  # (written path, final path, final url)
+
+    def _target(self, url: str) -> tuple[str, str]:
+        final = self.store.strip(url)
+        if not self.use_temp:
+            return final, final
+        directory, slash, base = final.rpartition("/")
+        return f"{directory}{slash}.{base}.ckptio-tmp-{self._token}", final
+
+    def create(self, path: str) -> RemoteSink:
+        return RemoteSink(self, path)
+
+    def open(self, url: str):
+        """A writable binary file for url (its temp name when renaming)."""
+        target, final = self._target(url)
+        if protocols(self.fs) & {"file", "local"}:
+            try:
+                self.fs.makedirs(target.rpartition("/")[0] or ".", exist_ok=True)
+            except OSError as exc:
+                raise WriteError(f"cannot create directory: {exc.strerror or exc}", path=url) from None
+        try:
+            f = self.fs.open(target, "wb")
+        except Exception as exc:
+            raise WriteError(f"cannot create file: {exc}", path=url) from None
+        self._pending.append((target, final, url))
+        self.store.forget(url)
+        return f
+
+    def put(self, url: str, source: Source, progress=None) -> int:
+        """Stream a Source's bytes to url in chunks; check the size written."""
+        sink = self.create(url)
+        try:
+            pos = 0
+            while pos < source.size:
+                data = source.read(pos, min(CHUNK, source.size - pos))
+                sink.write(data)
+                pos += len(data)
+                if progress:
+                    progress(len(data))
+        except CkptioError:
+            _close_quietly(sink._f)
+            raise
+        except Exception as exc:
+            _close_quietly(sink._f)
+            raise WriteError(f"cannot write: {exc}", path=url) from None
+        sink.close()
+        return source.size
+
+    def check_size(self, url: str, expected: int) -> None:
+        target = [p for p in self._pending if p[2] == url][-1][0]
+        try:
+            size = self.fs.info(target).get("size")
+        except Exception as exc:
+            raise WriteError(f"cannot check what was written: {exc}", path=url) from None
+        if size is not None and size != expected:
+            raise WriteError(f"wrote {size} bytes, expected {expected}", path=url)
+
+    def commit(self, *, remove_first=()) -> None:
+        """Rename temp files into place in order (after removing remove_first urls)."""
+        try:
+            if self.use_temp:
+                for url in remove_first:
+                    if self.store.is_file(url):
+                        self.fs.rm_file(self.store.strip(url))
+                for target, final, _ in self._pending:
+                    self.fs.mv(target, final)
+        except Exception as exc:
+            self.abort()
+            raise WriteError(
+                f"cannot commit output: {exc}", path=self._pending[-1][2] if self._pending else None
+            ) from None
+        for _, _, url in self._pending:
+            self.store.forget(url)
+        self._pending = []
+
+    def abort(self) -> None:
+        """Remove what was written and not committed (temp files, or final-named files)."""
+        for target, _, url in self._pending:
+            try:
+                self.fs.rm_file(target)
+            except Exception:
+                pass
+            self.store.forget(url)
+        self._pending = []
+
+
+__all__ = [
+    "RemoteFiles",
+    "RemoteSink",
+    "RemoteSource",
+    "RemoteStore",
+    "filesystem",
+    "renames_cheaply",
+    "protocols",
+    "Range",
+]
