@@ -4,13 +4,16 @@ Python's http.server ignores Range; tests of remote reads need a server that ans
 `Range: bytes=a-b` with 206 Partial Content, so that "ls fetches only the index" can be
 measured at the server. Binds to 127.0.0.1 only.
 
-    with serve(root) as server:          # ephemeral port, background thread
+    with serve(root, latency=0.03) as server:   # ephemeral port, background thread, 30 ms per request
         server.url                       # "http://127.0.0.1:PORT"
         server.sent("/ckpt/model.ckpt.index")   # body bytes sent for that path (all requests)
         server.requests                  # [(method, path, range header or None, status, bytes sent)]
         server.reset()
 
-    python tools/http_range_server.py ROOT [--port N]    # serve ROOT until interrupted
+    python tools/http_range_server.py ROOT [--port N] [--latency-ms 30]   # serve ROOT until interrupted
+
+Requests are answered concurrently (one thread each), every one after `latency` seconds, as a
+distant object store would: a client that keeps many requests in flight pays the latency once.
 
 Supported: GET and HEAD; one range per request (`bytes=a-b`, `bytes=a-`, `bytes=-n`); 416 for an
 unsatisfiable range; a multi-range request gets the whole file (200), as RFC 9110 allows.
@@ -23,8 +26,8 @@ import contextlib
 import http.server
 import os
 import re
-import shutil
 import threading
+import time
 import urllib.parse
 from collections import defaultdict
 
@@ -100,25 +103,28 @@ class RangeRequestHandler(http.server.SimpleHTTPRequestHandler):
         super().send_response(code, message)
 
     def copyfile(self, source, outputfile):
-        start, end = self._range if self._range else (0, None)
-        counter = _Counter(outputfile)
-        if self._range is None:
-            shutil.copyfileobj(source, counter)
-        else:
-            source.seek(start)
-            left = end - start
-            while left > 0:
-                chunk = source.read(min(left, 1 << 16))
-                if not chunk:
-                    break
-                counter.write(chunk)
-                left -= len(chunk)
-        self._sent = counter.n
+        if self._range is None:  # a directory listing (in memory)
+            data = source.read()
+            outputfile.write(data)
+            self._sent = len(data)
+            return
+        start, end = self._range
+        # sendfile: the kernel copies file to socket, so the server's own CPU time does not become
+        # what a benchmark of its clients measures
+        sent = 0
+        while sent < end - start:
+            n = self.connection.sendfile(source, start + sent, end - start - sent)
+            if not n:
+                break
+            sent += n
+        self._sent = sent
 
     def _record(self, method: str) -> None:
         self._sent = 0
         self._status = None
         self.server.begin()
+        if self.server.latency:
+            time.sleep(self.server.latency)
         try:
             getattr(super(), f"do_{method}")()
         finally:
@@ -132,22 +138,15 @@ class RangeRequestHandler(http.server.SimpleHTTPRequestHandler):
         self._record("HEAD")
 
 
-class _Counter:
-    def __init__(self, out):
-        self.out, self.n = out, 0
-
-    def write(self, data):
-        self.out.write(data)
-        self.n += len(data)
-
-
 class RangeServer(http.server.ThreadingHTTPServer):
     """The server; `url`, `sent(path)`, `requests` and `reset()` are for tests."""
 
     daemon_threads = True
+    request_queue_size = 128  # many clients connect at once; the default backlog of 5 would drop SYNs
 
-    def __init__(self, root: str, port: int = 0):
+    def __init__(self, root: str, port: int = 0, *, latency: float = 0.0):
         self.root = os.fspath(root)
+        self.latency = latency  # seconds added before answering each request
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._active = 0  # requests being answered
@@ -202,9 +201,10 @@ class RangeServer(http.server.ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
-def serve(root):
-    """Run a RangeServer over root on 127.0.0.1 with an ephemeral port in a background thread."""
-    server = RangeServer(root)
+def serve(root, *, latency: float = 0.0):
+    """Run a RangeServer over root on 127.0.0.1 with an ephemeral port in a background thread;
+    latency: seconds added to every request."""
+    server = RangeServer(root, latency=latency)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
@@ -219,9 +219,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="added to every request")
     args = parser.parse_args(argv)
-    server = RangeServer(args.root, args.port)
-    print(f"serving {args.root} at {server.url}")
+    server = RangeServer(args.root, args.port, latency=args.latency_ms / 1000)
+    print(f"serving {args.root} at {server.url}", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

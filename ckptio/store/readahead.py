@@ -60,12 +60,15 @@ class Budget:
                 self._waiting.append(weakref.ref(waiter))
             return False
 
-    def give(self, n: int) -> None:
+    def give(self, n: int, first: Readahead | None = None) -> None:
+        """Give n bytes back; `first` (the file being read) may take them before those waiting."""
         if n <= 0:
             return
         with self._lock:
             self.used -= n
             waiting, self._waiting = self._waiting, []
+        if first is not None:
+            first.pump()
         for ref in waiting:  # outside every lock: a waiter's pump takes its own
             waiter = ref()
             if waiter is not None:
@@ -136,11 +139,11 @@ class Readahead:
                         and self._live[i] is last
                         and last.future is None
                         and pos - last.end <= self.gap
-                        and hi - last.start <= self.max_request
-                    ):
-                        last.wanted += hi - pos
-                        last.end = hi
-                        pos = hi
+                        and last.start + self.max_request > pos
+                    ):  # coalesce with the chunk just made, up to the request cap
+                        grown = min(hi, last.start + self.max_request)
+                        last.wanted += grown - pos
+                        last.end = pos = grown
                         continue
                     piece = min(hi, pos + self.max_request)
                     last = Chunk(pos, piece, piece - pos)
@@ -173,6 +176,30 @@ class Readahead:
     def take(self, offset: int, length: int) -> bytes | None:
         """The bytes [offset, offset+length) from announced chunks (waiting for them), or None
         when the range is not wholly announced (the caller fetches it itself)."""
+        got = self._gather(offset, length)
+        if got is None:
+            return None
+        chunks, parts = got
+        out = bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
+        self._consumed(chunks, offset, offset + length)
+        return out
+
+    def take_into(self, offset: int, buf: memoryview) -> bool:
+        """Fill buf with the bytes at offset as take() would, without an intermediate copy; False
+        when they are not wholly announced."""
+        got = self._gather(offset, len(buf))
+        if got is None:
+            return False
+        chunks, parts = got
+        pos = 0
+        for part in parts:
+            buf[pos : pos + len(part)] = part
+            pos += len(part)
+        self._consumed(chunks, offset, offset + len(buf))
+        return True
+
+    def _gather(self, offset: int, length: int) -> tuple[list[Chunk], list[memoryview]] | None:
+        """The chunks holding [offset, offset+length) and their slices of it, once fetched."""
         if length <= 0:
             return None
         end = offset + length
@@ -191,7 +218,6 @@ class Readahead:
             except BaseException as exc:
                 future.set_exception(exc)
         parts = []
-        freed = 0
         try:
             for chunk in chunks:
                 data = chunk.future.result()
@@ -202,22 +228,25 @@ class Readahead:
                     )
                 parts.append(memoryview(data)[lo - chunk.start : hi - chunk.start])
         except BaseException:
+            freed = 0
             with self._lock:
                 for chunk in chunks:  # a failed request is forgotten: a later read asks again
                     if chunk.future.done() and chunk.future.exception() is not None:
                         freed += self._drop(chunk)
             self.budget.give(freed)
             raise
-        out = bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
+        return chunks, parts
+
+    def _consumed(self, chunks: list[Chunk], offset: int, end: int) -> None:
+        """Count [offset, end) as read; drop the chunks with nothing left to read."""
+        freed = 0
         with self._lock:
             for chunk in chunks:
                 chunk.wanted -= min(end, chunk.end) - max(offset, chunk.start)
                 if chunk.wanted <= 0:
                     freed += self._drop(chunk)
         if freed:
-            self.budget.give(freed)
-            self.pump()
-        return out
+            self.budget.give(freed, first=self)
 
     def close(self) -> None:
         """Forget everything announced; requests on their way finish unread."""

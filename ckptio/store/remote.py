@@ -104,7 +104,7 @@ class RemoteSource(Source):
 
     def readinto(self, offset: int, buf: memoryview) -> int:
         n = min(len(buf), max(0, self.size - offset))
-        if n:
+        if n and not (self._ahead is not None and offset >= 0 and self._ahead.take_into(offset, buf[:n])):
             buf[:n] = self.read(offset, n)
         return n
 
