@@ -97,10 +97,14 @@ def test_store_methods_over_memory(mem):
     assert store.list(base + "/nothing") == []
     assert store.join(base + "/a", "x") == base + "/a/x"
     assert store.dirname(base + "/a/x") == base + "/a" and store.basename(base + "/a/x") == "x"
+    assert store.dirname("gs://bucket/m.index") == "gs://bucket" == store.dirname("gs://bucket/")
     src = store.open(base + "/a/x")
     assert src.read(2, 3) == b"234" and src.requests == 1 and src.bytes_read == 3
     whole = store.open(base + "/a/x", prefetch=True)
     assert whole.read(5, 5) == b"56789" and whole.read(0, 2) == b"01" and whole.requests == 1
+    announced = store.open(base + "/a/x")
+    announced.will_need([(0, 10)])  # a small file announced whole: one request, kept
+    assert announced.read(8, 2) == b"89" and announced.read(0, 10) == b"0123456789" and announced.requests == 1
     with pytest.raises(CheckpointNotFoundError, match="nope"):
         store.open(base + "/a/nope")
 

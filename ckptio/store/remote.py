@@ -13,6 +13,7 @@ there files are written under their final names in creation order and the last o
 from __future__ import annotations
 
 import os
+import threading
 
 from ..errors import CheckpointNotFoundError, CkptioError, ReadError, TruncatedError, UnsupportedError, WriteError
 from .base import Output, Range, Sink, Source, Store
@@ -73,11 +74,16 @@ class RemoteSource(Source):
         self.size = size
         self._data: memoryview | None = None
         self._ahead: Readahead | None = None
+        self._fetching = threading.Lock()
+        self._whole = False  # fetch the whole file at the first read (announced whole)
         if prefetch:
-            data = self._fetch(0, self.size)
-            if len(data) != self.size:
-                raise TruncatedError(f"read {len(data)} of {self.size} bytes", path=self.name, offset=0)
-            self._data = memoryview(data)
+            self._fetch_whole()
+
+    def _fetch_whole(self) -> None:
+        data = self._fetch(0, self.size)
+        if len(data) != self.size:
+            raise TruncatedError(f"read {len(data)} of {self.size} bytes", path=self.name, offset=0)
+        self._data = memoryview(data)
 
     @classmethod
     def from_url(cls, url: str, **storage_options) -> RemoteSource:
@@ -93,6 +99,10 @@ class RemoteSource(Source):
                 key=key,
                 offset=offset,
             )
+        if self._whole and self._data is None:
+            with self._fetching:
+                if self._data is None:
+                    self._fetch_whole()
         if self._data is not None:
             return bytes(self._data[offset : offset + length])
         data = self._ahead.take(offset, length) if self._ahead is not None else None
@@ -109,7 +119,13 @@ class RemoteSource(Source):
         return n
 
     def will_need(self, ranges) -> None:
-        if self._data is not None:
+        """Fetch these ranges ahead; a file of up to INDEX_PREFETCH announced whole (a table's reader
+        reading it all, in its own order, some blocks twice) is fetched in one request and kept."""
+        if self._data is not None or self._whole:
+            return
+        ranges = list(ranges)
+        if self.size <= INDEX_PREFETCH and ranges == [(0, self.size)]:
+            self._whole = True
             return
         with self._lock:
             if self._ahead is None:
@@ -168,6 +184,14 @@ class RemoteStore(Store):
 
     def strip(self, url: str) -> str:
         return self.fs._strip_protocol(url)
+
+    def dirname(self, path: str) -> str:
+        """The URL one level up; a bucket or host root is its own (as os.path.dirname("/") is "/")."""
+        scheme, sep, rest = path.partition("://")
+        if not sep:
+            return super().dirname(path)
+        rest = rest.rstrip("/")
+        return f"{scheme}://{rest.rpartition('/')[0]}" if "/" in rest else f"{scheme}://{rest}"
 
     def info(self, url: str) -> dict | None:
         """fsspec's info for url, or None when there is nothing there."""
