@@ -183,11 +183,12 @@ def main() -> int:
         strip_s, inside_s, par_s, par_inside, cat_s, ls_s = [], [], [], [], [], []
         out = os.path.join(work, "out", "model.ckpt")
         for _ in range(args.reps):
-            strip_s.append(
-                timed([sys.executable, "-m", "ckptio", "strip", url + "/model.ckpt", out, "-q", "--force"])[0]
-            )
+            wall, text = timed([sys.executable, "-m", "ckptio", "strip", url + "/model.ckpt", out, "--force"])
+            strip_s.append(wall)
+            inside_s.append(float(re.search(r" in ([0-9.]+) s", text)[1]))  # its own timing, after startup
             wall, text = timed([sys.executable, "-c", PARALLEL, url, os.path.join(work, "parallel.bin"), ranges_file])
             par_s.append(wall)
+            par_inside.append(json.loads(text)["seconds"])
             cat_s.append(timed([sys.executable, "-c", CAT_RANGES, url, ranges_file])[0])
             ls_s.append(timed([sys.executable, "-m", "ckptio", "ls", "--json", url + "/model.ckpt"])[0])
         same = all(

@@ -208,10 +208,12 @@ class Readahead:
             chunks = self._covering(offset, end)
             if chunks is None:
                 return None
+            futures: list[Future] = []
             for chunk in chunks:
                 if chunk.future is None:  # not requested yet: fetch it now, on this thread
                     chunk.future = Future()
                     mine.append((chunk, chunk.future))
+                futures.append(chunk.future)
         for chunk, future in mine:
             try:
                 future.set_result(self._fetch(chunk.start, chunk.end - chunk.start))
@@ -219,8 +221,8 @@ class Readahead:
                 future.set_exception(exc)
         parts = []
         try:
-            for chunk in chunks:
-                data = chunk.future.result()
+            for chunk, future in zip(chunks, futures):
+                data = future.result()
                 lo, hi = max(offset, chunk.start), min(end, chunk.end)
                 if len(data) < hi - chunk.start:
                     raise TruncatedError(
@@ -230,8 +232,8 @@ class Readahead:
         except BaseException:
             freed = 0
             with self._lock:
-                for chunk in chunks:  # a failed request is forgotten: a later read asks again
-                    if chunk.future.done() and chunk.future.exception() is not None:
+                for chunk, future in zip(chunks, futures):  # a failed request is forgotten: a later read asks again
+                    if future.done() and future.exception() is not None:
                         freed += self._drop(chunk)
             self.budget.give(freed)
             raise

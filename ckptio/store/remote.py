@@ -12,6 +12,7 @@ there files are written under their final names in creation order and the last o
 
 from __future__ import annotations
 
+import builtins
 import os
 import threading
 
@@ -241,7 +242,7 @@ class RemoteStore(Store):
         base = self.strip(directory).rstrip("/")
         return sorted({self.basename(p) for p in found if self.strip(p).rstrip("/") != base})
 
-    def glob(self, pattern_url: str, regex) -> list[str]:
+    def glob(self, pattern_url: str, regex) -> builtins.list[str]:
         """Names (basenames) in pattern_url's directory matching a `*` glob and then regex."""
         try:
             found = self.fs.glob(self.strip(pattern_url))
