@@ -41,7 +41,6 @@ from .store.remote import (
     CHUNK,
     INDEX_PREFETCH,
     OBJECT_STORES,  # noqa: F401  (re-exported: the names moved to store/remote.py)
-    RemoteFiles,
     RemoteSource,
     RemoteStore,
     filesystem,
@@ -49,6 +48,7 @@ from .store.remote import (
     protocols,
     renames_cheaply,
 )
+from .store.remote_output import RemoteFiles, RemoteOutput, _close_quietly
 
 MAX_STATE_FILE = 1 << 20
 _Store = RemoteStore  # the old name of the store helper
@@ -113,7 +113,7 @@ def _resolve(url: str, store: _Store, depth: int) -> Located:
             ):
                 m = naming.V1_SHARD_RE.match(url)
                 if m:
-                    names = store.glob(
+                    names = store.glob_names(
                         f"{m['base']}-*-of-{m['count']}",
                         re.compile(re.escape(_basename(m["base"])) + rf"-\d{{5}}-of-{m['count']}"),
                     )
@@ -145,7 +145,7 @@ def _resolve_dir(url: str, store: _Store, depth: int) -> Located:
     saved_model = _join(url, "variables/variables")
     if store.is_file(naming.index_path(saved_model)):
         return Located("v2", saved_model)
-    indexes = store.glob(_join(url, "*.index"), re.compile(r".+\.index"))
+    indexes = store.glob_names(_join(url, "*.index"), re.compile(r".+\.index"))
     if len(indexes) == 1:
         return Located("v2", _join(url, indexes[0][: -len(".index")]))
     if indexes:
@@ -155,7 +155,7 @@ def _resolve_dir(url: str, store: _Store, depth: int) -> Located:
             f"state file; pass one prefix: {names}",
             path=url,
         )
-    shards = store.glob(f"{url}-*-of-*", re.compile(re.escape(_basename(url)) + r"-\d{5}-of-\d{5}"))
+    shards = store.glob_names(f"{url}-*-of-*", re.compile(re.escape(_basename(url)) + r"-\d{5}-of-\d{5}"))
     if shards:
         return Located("v1", url, tuple(_join(_dirname(url), n) for n in shards))
     raise CheckpointNotFoundError(
@@ -191,51 +191,6 @@ def open_remote(url: str, **storage_options) -> Checkpoint:
 
 
 # -- writing -------------------------------------------------------------------------------------
-
-
-def _close_quietly(f) -> None:
-    try:
-        f.close()
-    except Exception:
-        pass
-
-
-class RemoteOutput:
-    """One remote file written as a stream (archive.pack to a URL); commit() makes it visible."""
-
-    def __init__(self, url: str, *, overwrite: bool = False, **storage_options):
-        fs, _ = filesystem(url, **storage_options)
-        self.url = url
-        self.files = RemoteFiles(fs)
-        if self.files.store.is_file(url) and not overwrite:  # reached through pack(force=...)
-            raise OutputExistsError("the file already exists", path=url, remedy=Remedy("force", "replace it"))
-        self._f = self.files.open(url)
-        self.n = 0
-        self.file = self
-
-    def write(self, data) -> int:
-        try:
-            self._f.write(data)
-        except Exception as exc:
-            raise WriteError(f"cannot write: {exc}", path=self.url) from None
-        self.n += len(data)
-        return len(data)
-
-    def flush(self) -> None:
-        pass
-
-    def commit(self) -> int:
-        try:
-            self._f.close()
-        except Exception as exc:
-            raise WriteError(f"cannot write: {exc}", path=self.url) from None
-        self.files.check_size(self.url, self.n)
-        self.files.commit()
-        return self.n
-
-    def abort(self) -> None:
-        _close_quietly(self._f)
-        self.files.abort()
 
 
 @dataclass(frozen=True, slots=True)

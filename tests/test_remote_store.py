@@ -20,7 +20,8 @@ from ckptio.bundle.writer import BundleWriter
 from ckptio.cli.main import main
 from ckptio.errors import CheckpointNotFoundError, ReadError
 from ckptio.store.readahead import Budget, Readahead
-from ckptio.store.remote import RemoteFiles, RemoteSource, RemoteStore
+from ckptio.store.remote import RemoteSource, RemoteStore
+from ckptio.store.remote_output import RemoteFiles
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tools"))
@@ -95,6 +96,8 @@ def test_store_methods_over_memory(mem):
     assert store.size(base + "/a") is None and store.is_dir(base + "/a") and not store.is_dir(base + "/a/x")
     assert store.list(base + "/a") == ["sub", "x"]
     assert store.list(base + "/nothing") == []
+    assert store.glob(base + "/a/*") == [base + "/a/sub", base + "/a/x"] and store.glob(base + "/a/z*") == []
+    assert store.isabs(base + "/a/x") and not store.isabs("a/x") and not store.isabs("/train/run/model.ckpt")
     assert store.join(base + "/a", "x") == base + "/a/x"
     assert store.dirname(base + "/a/x") == base + "/a" and store.basename(base + "/a/x") == "x"
     assert store.dirname("gs://bucket/m.index") == "gs://bucket" == store.dirname("gs://bucket/")
@@ -116,6 +119,7 @@ def test_store_methods_over_http(www):
     assert store.size(blob) == 4 * MiB and store.is_file(blob)
     assert store.size(server.url + "/missing") is None and not store.is_file(server.url + "/missing")
     assert not store.is_dir(server.url + "/m") and store.list(server.url + "/m") == []  # no listing over http
+    assert store.glob(server.url + "/m/*") is None
     assert store.dirname(blob) == server.url and store.basename(blob) == "blob"
     server.reset()
     assert store.open(blob).read(100, 50) == (root / "blob").read_bytes()[100:150]

@@ -13,12 +13,15 @@ there files are written under their final names in creation order and the last o
 from __future__ import annotations
 
 import builtins
-import os
 import threading
+from typing import TYPE_CHECKING
 
-from ..errors import CheckpointNotFoundError, CkptioError, ReadError, TruncatedError, UnsupportedError, WriteError
-from .base import Output, Range, Sink, Source, Store
+from ..errors import CheckpointNotFoundError, CkptioError, ReadError, TruncatedError, UnsupportedError
+from .base import Range, Source, Store
 from .readahead import Readahead
+
+if TYPE_CHECKING:
+    from .remote_output import RemoteFiles
 
 CHUNK = 8 << 20
 INDEX_PREFETCH = 16 << 20  # a metadata file up to this size is fetched whole, in one request
@@ -242,13 +245,30 @@ class RemoteStore(Store):
         base = self.strip(directory).rstrip("/")
         return sorted({self.basename(p) for p in found if self.strip(p).rstrip("/") != base})
 
-    def glob(self, pattern_url: str, regex) -> builtins.list[str]:
-        """Names (basenames) in pattern_url's directory matching a `*` glob and then regex."""
+    def glob(self, pattern: str) -> builtins.list[str] | None:
+        """URLs matching a shell pattern (wildcards in its last component), sorted; None over plain
+        HTTP, which cannot list."""
+        if self.http:
+            return None
+        try:
+            found = self.fs.glob(self.strip(pattern))
+        except Exception:
+            return None
+        directory = self.dirname(pattern)
+        return sorted(self.join(directory, self.basename(p)) for p in found)
+
+    def glob_names(self, pattern_url: str, regex) -> builtins.list[str]:
+        """Names (basenames) in pattern_url's directory matching a `*` glob and then regex; [] when
+        the filesystem cannot list (remote.py's resolver)."""
         try:
             found = self.fs.glob(self.strip(pattern_url))
         except Exception:  # listing is not available everywhere (plain http servers)
             return []
         return sorted({self.basename(p) for p in found if regex.fullmatch(self.basename(p))})
+
+    def isabs(self, path: str) -> bool:
+        """A path stored in a state file names a file here by itself only as a whole URL."""
+        return "://" in path
 
     def open(self, path: str, *, prefetch: bool = False) -> RemoteSource:
         """A RemoteSource; prefetch: fetch a file up to INDEX_PREFETCH whole in one request."""
@@ -260,142 +280,12 @@ class RemoteStore(Store):
         )
 
     def output(self, *, use_temp: bool | None = None) -> RemoteFiles:
+        from .remote_output import RemoteFiles
+
         return RemoteFiles(self.fs, use_temp=use_temp, store=self)
 
 
-def _close_quietly(f) -> None:
-    try:
-        f.close()
-    except Exception:
-        pass
-
-
-class RemoteSink(Sink):
-    """One file being written to a RemoteFiles output; close() checks the size that arrived."""
-
-    def __init__(self, files: RemoteFiles, url: str):
-        self.name = url
-        self._files = files
-        self._f = files.open(url)
-        self.n = 0
-
-    def write(self, data) -> None:
-        try:
-            self._f.write(data)
-        except Exception as exc:
-            raise WriteError(f"cannot write: {exc}", path=self.name, offset=self.n) from None
-        self.n += len(data)
-
-    def close(self) -> None:
-        try:
-            self._f.close()
-        except Exception as exc:
-            raise WriteError(f"cannot write: {exc}", path=self.name) from None
-        self._files.check_size(self.name, self.n)
-
-
-class RemoteFiles(Output):
-    """Files written to a filesystem and committed in the order they were written.
-
-    With temp names (where renames are cheap), each file goes to a hidden temp name beside
-    its final one, and commit() renames them into place in order. Without, files are written
-    under their final names and the caller writes the commit file (the .index) last.
-    """
-
-    def __init__(self, fs, *, use_temp: bool | None = None, store: RemoteStore | None = None):
-        self.fs = fs
-        self.store = store if store is not None else RemoteStore(fs)
-        self.use_temp = renames_cheaply(fs) if use_temp is None else use_temp
-        self._token = f"{os.getpid()}-{os.urandom(4).hex()}"
-        self._pending: list[tuple[str, str, str]] = []  # (written path, final path, final url)
-
-    def _target(self, url: str) -> tuple[str, str]:
-        final = self.store.strip(url)
-        if not self.use_temp:
-            return final, final
-        directory, slash, base = final.rpartition("/")
-        return f"{directory}{slash}.{base}.ckptio-tmp-{self._token}", final
-
-    def create(self, path: str) -> RemoteSink:
-        return RemoteSink(self, path)
-
-    def open(self, url: str):
-        """A writable binary file for url (its temp name when renaming)."""
-        target, final = self._target(url)
-        if protocols(self.fs) & {"file", "local"}:
-            try:
-                self.fs.makedirs(target.rpartition("/")[0] or ".", exist_ok=True)
-            except OSError as exc:
-                raise WriteError(f"cannot create directory: {exc.strerror or exc}", path=url) from None
-        try:
-            f = self.fs.open(target, "wb")
-        except Exception as exc:
-            raise WriteError(f"cannot create file: {exc}", path=url) from None
-        self._pending.append((target, final, url))
-        self.store.forget(url)
-        return f
-
-    def put(self, url: str, source: Source, progress=None) -> int:
-        """Stream a Source's bytes to url in chunks; check the size written."""
-        sink = self.create(url)
-        try:
-            pos = 0
-            while pos < source.size:
-                data = source.read(pos, min(CHUNK, source.size - pos))
-                sink.write(data)
-                pos += len(data)
-                if progress:
-                    progress(len(data))
-        except CkptioError:
-            _close_quietly(sink._f)
-            raise
-        except Exception as exc:
-            _close_quietly(sink._f)
-            raise WriteError(f"cannot write: {exc}", path=url) from None
-        sink.close()
-        return source.size
-
-    def check_size(self, url: str, expected: int) -> None:
-        target = [p for p in self._pending if p[2] == url][-1][0]
-        try:
-            size = self.fs.info(target).get("size")
-        except Exception as exc:
-            raise WriteError(f"cannot check what was written: {exc}", path=url) from None
-        if size is not None and size != expected:
-            raise WriteError(f"wrote {size} bytes, expected {expected}", path=url)
-
-    def commit(self, *, remove_first=()) -> None:
-        """Rename temp files into place in order (after removing remove_first urls)."""
-        try:
-            if self.use_temp:
-                for url in remove_first:
-                    if self.store.is_file(url):
-                        self.fs.rm_file(self.store.strip(url))
-                for target, final, _ in self._pending:
-                    self.fs.mv(target, final)
-        except Exception as exc:
-            self.abort()
-            raise WriteError(
-                f"cannot commit output: {exc}", path=self._pending[-1][2] if self._pending else None
-            ) from None
-        for _, _, url in self._pending:
-            self.store.forget(url)
-        self._pending = []
-
-    def abort(self) -> None:
-        """Remove what was written and not committed (temp files, or final-named files)."""
-        for target, _, url in self._pending:
-            try:
-                self.fs.rm_file(target)
-            except Exception:
-                pass
-            self.store.forget(url)
-        self._pending = []
-
-
 __all__ = [
-    "RemoteFiles",
-    "RemoteSink",
     "RemoteSource",
     "RemoteStore",
     "filesystem",
