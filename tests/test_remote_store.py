@@ -118,7 +118,9 @@ def test_store_methods_over_http(www):
     blob = server.url + "/blob"
     assert store.size(blob) == 4 * MiB and store.is_file(blob)
     assert store.size(server.url + "/missing") is None and not store.is_file(server.url + "/missing")
-    assert not store.is_dir(server.url + "/m") and store.list(server.url + "/m") == []  # no listing over http
+    assert not store.is_dir(blob) and store.list(server.url + "/m") == []  # no listing over http
+    for directory in (server.url + "/m", server.url + "/m/"):  # a page at a URL ending in '/' (after redirects)
+        assert store.is_dir(directory) and not store.is_file(directory) and store.size(directory) is None
     assert store.glob(server.url + "/m/*") is None
     assert store.dirname(blob) == server.url and store.basename(blob) == "blob"
     server.reset()

@@ -215,9 +215,13 @@ class RemoteStore(Store):
         else:
             self._info.pop(url, None)
 
+    def _listing_page(self, info: dict) -> bool:
+        """Whether an http(s) answer is a directory's index page: its URL (after redirects) ends in '/'."""
+        return self.http and str(info.get("url") or info.get("name") or "").endswith("/")
+
     def size(self, path: str) -> int | None:
         info = self.info(path)
-        if info is None or info.get("type") == "directory":
+        if info is None or info.get("type") == "directory" or self._listing_page(info):
             return None
         if info.get("size") is None:
             raise UnsupportedError("the server does not report this file's size", path=path)
@@ -225,11 +229,12 @@ class RemoteStore(Store):
 
     def is_file(self, path: str) -> bool:
         info = self.info(path)
-        return info is not None and info.get("type") != "directory"
+        return info is not None and info.get("type") != "directory" and not self._listing_page(info)
 
     def is_dir(self, path: str) -> bool:
-        if self.http:  # a directory URL answers with a page; nothing says it is a directory
-            return False
+        if self.http:  # no listing over http; a directory answers with a page, at a URL ending in '/'
+            info = self.info(path)
+            return info is not None and self._listing_page(info)
         try:
             return bool(self.fs.isdir(self.strip(path)))
         except Exception:
