@@ -282,3 +282,23 @@ def test_strip_over_http_equals_the_local_strip(www, tmp_path):
         assert all(a[1] <= b[0] for a, b in zip(gets, gets[1:])), f"{shard}: a byte was fetched twice"
     kept = os.path.getsize(tmp_path / "local" / "m.data-00000-of-00001")
     assert server.sent() < kept + os.path.getsize(root / "m" / "model.ckpt.index") + 2 * 256 * KiB  # ~ the kept bytes
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_read_ahead_works_in_a_forked_child():
+    """A child inherits the fetch pool without its threads; read-ahead there starts a new one."""
+    ahead = Readahead(lambda o, n: bytes(n), "f")
+    ahead.plan([(0, 10)])
+    assert ahead.take(0, 10) == bytes(10)  # the pool now exists in this process
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit status, whatever happens
+        code = 1
+        try:
+            child = Readahead(lambda o, n: b"x" * n, "g")
+            child.plan([(0, 3)])
+            child._live[0].future.result(timeout=10)
+            code = 0 if child.take(0, 3) == b"xxx" else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

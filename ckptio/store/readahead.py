@@ -13,6 +13,7 @@ reading thread).
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from bisect import bisect_right
@@ -39,6 +40,13 @@ def pool() -> ThreadPoolExecutor:
         if _pool is None:
             _pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="ckptio-fetch")
         return _pool
+
+
+def _after_fork_in_child() -> None:
+    # A forked child inherits the pool without its threads: work submitted there would never run.
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+    BUDGET_SHARED.used, BUDGET_SHARED._waiting = 0, []
 
 
 class Budget:
@@ -76,6 +84,8 @@ class Budget:
 
 
 BUDGET_SHARED = Budget(BUDGET)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Chunk:
