@@ -77,9 +77,8 @@ def _on_ray(args, plan: dict, label: str) -> str:
     from .common import Progress
 
     address = _engine_address(args.engine)
-    bar = Progress(
-        sum(s["size"] for s in plan["shards"]), f"{label} (ray)", enabled=False if (args.quiet or args.json) else None
-    )
+    quiet = getattr(args, "quiet", False) or args.json  # fit has no --quiet: its table is its output
+    bar = Progress(sum(s["size"] for s in plan["shards"]), f"{label} (ray)", enabled=False if quiet else None)
     try:
         return run_plan_on_ray(plan, address, progress=bar)
     finally:
