@@ -1,7 +1,8 @@
 """Run a plan's shards and commit them: the only module that touches the staging area.
 
-A shard is written as a one-shard bundle `STAGING/NNNNN/part` by the same BundleWriter and
-_write_piece a single-process rewrite uses (so its bytes are the same), then a receipt naming
+A shard is written as a one-shard bundle `STAGING/NNNNN/part` by the same BundleWriter and piece
+writers the single-process command uses (plan_work.py: rewrite's _write_piece, fit's _write_built,
+merge's Job; so its bytes are the same), then a receipt naming
 the plan and the part's index sha256 is renamed into place: a shard is done exactly when its
 receipt matches. A killed task leaves at most temp files (removed by the next writer there).
 Commit merges the fragments as TF's MergeV2Checkpoints does (shard id i for part i), renames
