@@ -12,27 +12,31 @@ into --shards output shards, then times, --repeat times each and alternating, on
 
 Why two tasks on one machine may gain nothing, and what this prints to tell which it is:
   - cores: one task already runs a second thread (strip's checker, merge's combiners). Each task
-    reports its own wall and CPU seconds; `cores_per_task` = CPU / wall of the one-task run. If it is
-    near the cores the machine gives us, a second task has nothing left to run on.
+    reports its own wall and CPU seconds; `cores_per_task` = CPU / wall. Near the cores the machine
+    gives us: CPU-bound, a second task has nothing left to run on. Far below 1: the task waits
+    (for the disk, or for the kernel's writeback of the output's dirty pages), and a second task
+    gains only if what it waits for has capacity to spare.
   - load: other processes take the cores. `spare_cores` runs a pure-Python spinner in 1 and in 2
-    processes for a fixed time just before the runs: 2 x (work per spinner with 2) / (work with 1).
-    2.0 on an idle 2-core machine; near 1.0 when the machine is busy.
+    processes for a fixed time before and after the runs: 2 x (work per spinner with 2) / (work
+    with 1). 2.0 on an idle 2-core machine; near 1.0 when the machine is busy.
   - one disk and one page cache: both tasks read the same source files and write to one disk.
     `--cache cold` evicts the source's pages (posix_fadvise DONTNEED, our files only) before each
     run, so the reads come from the disk; `warm` reads them from memory. Each task's ru_inblock /
     ru_oublock (512-byte blocks read from / written to the block device) show which one happened.
-Commit (renames and the merged index) and plan are timed separately.
+  - fixed costs: `start` (interpreter and imports, launch to main()), the input check, plan and
+    commit (main() alone, in their own processes) do not shrink with more tasks.
 
-The model of N machines (printed last) takes the bytes from the plan (read from the inputs, written
-to the output), the one-task rate measured here in CPU terms (bytes per CPU second x the cores a
-machine has, --machine-cores), and per-machine network and aggregate storage bandwidth (--nic-gbps,
---store-gbps): each byte read crosses a machine's network card once and each byte written once
-more, with inputs and output on an object store or a shared filesystem. Ray moves only the plan
+The model of N machines (printed last) scales the job to --model-gib GiB written in --model-shards
+shards, with the read/write ratio of this plan. A machine runs one task per core (--machine-cores)
+at the output rate per CPU second measured here, and each byte read and each byte written crosses
+its network card once (--nic-gbps; inputs and output on an object store or a shared filesystem);
+all machines share the storage's aggregate bandwidth (--store-gbps). Ray moves only the plan
 through its object store (one ray.put), never tensor bytes, so the object store is no limit here.
-    data phase(N) = max(ceil(shards / N) x shard time on one machine, bytes moved / store bandwidth)
-    T(N) = plan + task start + data phase(N) + commit
-A real cluster adds scheduling time (Ray: tens of ms a task; Slurm: seconds) and the skew of the
-slowest shard; the shards of a plan are cut to similar sizes, so ceil(shards / N) is the bound.
+    k(N) = ceil(shards / N), the busiest machine's shards
+    data(N) = max(k x shard bytes / min(k x CPU rate, NIC rate for output bytes), bytes moved / store)
+    T(N) = plan + task start + data(N) + commit        (plan and commit as measured here)
+A real cluster adds scheduling time (Ray: tens of ms a task; Slurm: seconds) and the slowest shard's
+skew; plan and commit grow with the number of tensors and shards, not with bytes.
 """
 
 from __future__ import annotations
@@ -52,14 +56,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 # A task: ckptio's own main() under a stopwatch; prints {wall, cpu, inblock, oublock, start} as JSON.
+# "start": from the launch (the parent's clock, passed in the environment) to main(): interpreter and imports.
 TASK = """
-import json, resource, sys, time
-start = time.perf_counter()
+import json, os, resource, sys, time
 from ckptio.cli.main import main
-t0 = time.perf_counter()
+t0, start = time.perf_counter(), time.time() - float(os.environ["BENCH_LAUNCHED"])
 code = main(sys.argv[1:])
 r = resource.getrusage(resource.RUSAGE_SELF)
-print(json.dumps({"code": code, "wall": time.perf_counter() - t0, "import": t0 - start,
+print(json.dumps({"code": code, "wall": time.perf_counter() - t0, "start": start,
                   "cpu": r.ru_utime + r.ru_stime, "inblock": r.ru_inblock, "oublock": r.ru_oublock}))
 """
 
@@ -100,7 +104,7 @@ def _env() -> dict:
 def ckptio(*argv) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-c", TASK, *map(str, argv)],
-        env=_env(),
+        env=dict(_env(), BENCH_LAUNCHED=repr(time.time())),
         cwd=str(ROOT),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -157,9 +161,7 @@ def timed_run(plan: Path, tasks: int, cache: str, inputs: list[Path]) -> dict:
     started = time.perf_counter()
     per_task = wait_all([ckptio("run-plan", plan, "--task", f"{i}/{tasks}", "-q") for i in range(tasks)])
     wall = time.perf_counter() - started
-    started = time.perf_counter()
-    wait_all([ckptio("commit", plan, "-q")])
-    commit = time.perf_counter() - started
+    commit = wait_all([ckptio("commit", plan, "-q")])[0]["wall"]
     shutil.rmtree(out_dir)
     return {"wall": wall, "commit": commit, "tasks": per_task}
 
@@ -178,27 +180,45 @@ def plan_bytes(plan: dict) -> tuple[int, int]:
     return read, sum(s["size"] for s in plan["shards"])
 
 
-def model(args, plan: dict, one: dict, plan_s: float, commit_s: float) -> list[dict]:
-    """Time for N machines from the measured one-task run and the assumed bandwidths (see the docstring)."""
+def model(args, plan: dict, one: dict, plan_s: float, commit_s: float) -> dict:
+    """Time for N machines: the plan's read/write ratio and the measured rates, scaled to --model-gib."""
     read, written = plan_bytes(plan)
-    shards = plan["num_shards"]
-    cpu_rate = written / max(one["cpu"], 1e-9)  # output bytes per CPU second of one task
-    machine_rate = cpu_rate * args.machine_cores / max(one["cores_per_task"], 1.0)  # tasks fill its cores
-    nic = args.nic_gbps * 1e9 / 8
+    out_bytes = args.model_gib * 2**30
+    in_bytes = out_bytes * read / written
+    shards = args.model_shards
+    cpu_rate = written / max(one["cpu"], 1e-9)  # output bytes per CPU second of one task, measured here
+    machine_cpu = cpu_rate * args.machine_cores  # one task per core
+    nic = args.nic_gbps * 1e9 / 8  # each byte read and each byte written crosses the machine's NIC once
     store = args.store_gbps * 1e9 / 8
-    # Per machine: its share of output bytes, and the read bytes that come with them, through one NIC.
-    per_out_byte_on_nic = (read + written) / written
-    rate = min(machine_rate, nic / per_out_byte_on_nic)
-    shard_s = written / shards / rate
+    nic_out = nic * out_bytes / (in_bytes + out_bytes)  # output bytes per second one NIC carries
     rows = []
     for n in (1, 2, 4, 8, 16, 32, 64, 128):
-        data = max(math.ceil(shards / n) * shard_s, (read + written) / store)
+        k = math.ceil(shards / n)  # shards on the busiest machine, run min(k, cores) at a time
+        rate = min(cpu_rate * min(k, args.machine_cores), nic_out)
+        data = max(k * out_bytes / shards / rate, (in_bytes + out_bytes) / store)
         total = plan_s + one["start"] + data + commit_s
-        rows.append({"machines": n, "data_s": round(data, 2), "total_s": round(total, 2)})
-    base = rows[0]["total_s"]
+        rows.append({"machines": n, "data_s": round(data, 1), "total_s": round(total, 1)})
     for r in rows:
-        r["speedup"] = round(base / r["total_s"], 2)
-    return rows
+        r["speedup"] = round(rows[0]["total_s"] / r["total_s"], 2)
+    return {
+        "assumed": {
+            "written_GiB": args.model_gib,
+            "read_GiB": round(in_bytes / 2**30, 1),
+            "shards": shards,
+            "nic_gbps": args.nic_gbps,
+            "store_gbps": args.store_gbps,
+            "machine_cores": args.machine_cores,
+        },
+        "measured_here": {
+            "output_MiB_per_cpu_s": round(cpu_rate / 2**20, 1),
+            "plan_s": round(plan_s, 2),
+            "commit_s": round(commit_s, 2),
+            "task_start_s": round(one["start"], 2),
+        },
+        "machine_MiB_s": round(min(machine_cpu, nic_out) / 2**20, 1),
+        "machine_limited_by": "cpu" if machine_cpu < nic_out else "network",
+        "rows": rows,
+    }
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -211,9 +231,12 @@ def summarise(runs: list[dict]) -> dict:
         "median_task_wall_s": round(statistics.median(t["wall"] for t in tasks), 3),
         "median_cpu_s": round(cpu, 3),
         "cores_per_task": round(statistics.median(t["cpu"] / max(t["wall"], 1e-9) for t in tasks), 2),
-        "median_start_s": round(statistics.median(t["import"] for t in tasks), 3),
+        "median_start_s": round(statistics.median(t["start"] for t in tasks), 3),
         "median_read_MiB_from_disk": round(
             statistics.median(sum(t["inblock"] for t in r["tasks"]) for r in runs) / 2048, 1
+        ),
+        "median_written_MiB_to_disk": round(
+            statistics.median(sum(t["oublock"] for t in r["tasks"]) for r in runs) / 2048, 1
         ),
         "median_commit_s": round(statistics.median(r["commit"] for r in runs), 3),
     }
@@ -229,6 +252,8 @@ def main() -> int:
     ap.add_argument("--nic-gbps", type=float, default=10.0, help="model: one machine's network, Gbit/s")
     ap.add_argument("--store-gbps", type=float, default=100.0, help="model: the storage's aggregate, Gbit/s")
     ap.add_argument("--machine-cores", type=int, default=8, help="model: cores of one cluster machine")
+    ap.add_argument("--model-gib", type=float, default=330.0, help="model: GiB written (read scales as measured)")
+    ap.add_argument("--model-shards", type=int, default=256, help="model: output shards")
     ap.add_argument("--dir", help="work directory (default: a temp dir, removed at the end)")
     args = ap.parse_args()
     work = Path(args.dir or tempfile.mkdtemp(prefix="bench_plan_"))
@@ -247,9 +272,7 @@ def main() -> int:
             "cast": ["rewrite", srcs[0], out, "--strip-optimizer", "--cast", "bfloat16"],
             "merge": ["merge", *srcs, out],
         }[args.workload]
-        started = time.perf_counter()
-        wait_all([ckptio("plan", *what, "--shards", args.shards, "--out-plan", plan, "-q")])
-        plan_s = time.perf_counter() - started
+        plan_s = wait_all([ckptio("plan", *what, "--shards", args.shards, "--out-plan", plan, "-q")])[0]["wall"]
         body = json.loads(plan.read_text())
         caches = ("warm", "cold") if args.cache == "both" else (args.cache,)
         result = {
@@ -280,12 +303,8 @@ def main() -> int:
                 "two_tasks_MiB_s": round(result["bytes_written"] / two["median_wall_s"] / 2**20, 1),
             }
         one = summarise(runs[caches[0], 1])
-        measured = {"cpu": one["median_cpu_s"], "cores_per_task": one["cores_per_task"], "start": one["median_start_s"]}
-        result["model"] = {
-            "assumed": {"nic_gbps": args.nic_gbps, "store_gbps": args.store_gbps, "machine_cores": args.machine_cores},
-            "from": f"{caches[0]} one-task run",
-            "rows": model(args, body, measured, plan_s, one["median_commit_s"]),
-        }
+        measured = {"cpu": one["median_cpu_s"], "start": one["median_start_s"]}
+        result["model"] = model(args, body, measured, plan_s, one["median_commit_s"])
         print(json.dumps(result, indent=1))
     finally:
         if not args.dir:
