@@ -337,3 +337,34 @@ def test_merge_shards_need_an_engine_or_a_plan(merge_inputs, tmp_path, capsys):
     assert cli("merge", *merge_inputs, tmp_path / "o" / "m", "--shards", "2") == 2
     assert "--shards and --max-shard-size are for --engine ray and plans" in capsys.readouterr().err
     assert cli("plan", "merge", *merge_inputs, tmp_path / "o" / "m", "--dry-run", "--out-plan", tmp_path / "p") == 2
+
+
+def test_a_merge_task_killed_midway_is_finished_by_running_it_again(merge_inputs, tmp_path):
+    one, resharded = tmp_path / "one" / "model.ckpt", tmp_path / "resharded" / "model.ckpt"
+    split, plan = tmp_path / "split" / "model.ckpt", tmp_path / "p.json"
+    assert cli("merge", *merge_inputs, one, "-q") == 0
+    assert cli("rewrite", one, resharded, "--shards", "3", "-q") == 0
+    assert cli("plan", "merge", *merge_inputs, split, "--shards", "3", "--out-plan", plan, "-q") == 0
+    killer = f"""
+import os, signal, sys
+from ckptio.cli.main import main
+from ckptio.merge import Job
+real, calls = Job.write_pieces, [0]
+def write_then_die(self, writer, pieces, shard, chunks, progress=None):
+    calls[0] += 1
+    if calls[0] == 2:  # the second shard: its first piece, then SIGKILL
+        real(self, writer, pieces[:1], shard, chunks, progress)
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(self, writer, pieces, shard, chunks, progress)
+Job.write_pieces = write_then_die
+sys.exit(main(["run-plan", {str(plan)!r}, "-q"]))
+"""
+    p = subprocess.run([sys.executable, "-c", killer], env=env(), cwd=str(ROOT), capture_output=True, timeout=300)
+    assert p.returncode == -9, p.stderr
+    assert cli("commit", plan) == 2  # not every shard is done
+    again = subprocess.run(
+        [sys.executable, "-m", "ckptio", "run-plan", str(plan)], env=env(), capture_output=True, text=True, timeout=300
+    )
+    assert again.returncode == 0 and "wrote 2 shards, 1 already done" in again.stderr, again.stderr
+    assert cli("commit", plan, "-q") == 0
+    assert files_of(split) == files_of(resharded)
