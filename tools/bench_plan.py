@@ -23,6 +23,8 @@ Why two tasks on one machine may gain nothing, and what this prints to tell whic
     `--cache cold` evicts the source's pages (posix_fadvise DONTNEED, our files only) before each
     run, so the reads come from the disk; `warm` reads them from memory. Each task's ru_inblock /
     ru_oublock (512-byte blocks read from / written to the block device) show which one happened.
+  - the disk's write speed: `--out-dir /dev/shm` puts the output (and its staging) in memory, so
+    what remains is CPU and memory bandwidth.
   - fixed costs: `start` (interpreter and imports, launch to main()), the input check, plan and
     commit (main() alone, in their own processes) do not shrink with more tasks.
 
@@ -255,10 +257,16 @@ def main() -> int:
     ap.add_argument("--model-gib", type=float, default=330.0, help="model: GiB written (read scales as measured)")
     ap.add_argument("--model-shards", type=int, default=256, help="model: output shards")
     ap.add_argument("--dir", help="work directory (default: a temp dir, removed at the end)")
+    ap.add_argument(
+        "--out-dir",
+        help="where the output and its staging go (e.g. /dev/shm: memory, so the disk's write speed "
+        "is out of the measurement); default: beside the source",
+    )
     args = ap.parse_args()
     work = Path(args.dir or tempfile.mkdtemp(prefix="bench_plan_"))
     global PYCACHE
     PYCACHE = str(work / "pycache")
+    out_root = None
     try:
         srcs = [work / "src" / "model.ckpt"] + ([work / "src2" / "model.ckpt"] if args.workload == "merge" else [])
         for seed, src in enumerate(srcs):
@@ -266,7 +274,8 @@ def main() -> int:
                 make_source(str(src), args.mib, seed)
         inputs = [f for src in srcs for f in src.parent.iterdir() if f.name.startswith("model.ckpt")]
         plan = work / "plan.json"
-        out = work / "out" / "model.ckpt"
+        out_root = Path(tempfile.mkdtemp(prefix="bench_plan_out_", dir=args.out_dir)) if args.out_dir else work
+        out = out_root / "out" / "model.ckpt"
         what = {
             "strip": ["strip", srcs[0], out],
             "cast": ["rewrite", srcs[0], out, "--strip-optimizer", "--cast", "bfloat16"],
@@ -277,6 +286,7 @@ def main() -> int:
         caches = ("warm", "cold") if args.cache == "both" else (args.cache,)
         result = {
             "workload": args.workload,
+            "out_dir": args.out_dir or "beside the source",
             "shards": body["num_shards"],
             "bytes_read": plan_bytes(body)[0],
             "bytes_written": plan_bytes(body)[1],
@@ -309,6 +319,8 @@ def main() -> int:
     finally:
         if not args.dir:
             shutil.rmtree(work, ignore_errors=True)
+        if args.out_dir and out_root is not None:
+            shutil.rmtree(out_root, ignore_errors=True)
     return 0
 
 
