@@ -70,7 +70,8 @@ print(json.dumps({"code": code, "wall": time.perf_counter() - t0, "start": start
 """
 
 SPIN = (
-    "import time\nn, end = 0, time.perf_counter() + {seconds}\nwhile time.perf_counter() < end:\n    n += 1\nprint(n)\n"
+    "import time\nn, end = 0, time.perf_counter() + {seconds}\nwhile time.perf_counter() < end:\n    n += 1\n"
+    "print(n, time.process_time() / {seconds})\n"
 )
 
 
@@ -124,18 +125,22 @@ def wait_all(procs) -> list[dict]:
     return out
 
 
-def spare_cores(seconds: float = 1.0) -> float:
-    """How many cores this machine gives us now: work of two spinners against one, times 2."""
+def spare_cores(seconds: float = 1.0) -> dict:
+    """What the machine gives us now: the CPU share of one spinning process, and how many cores two get.
 
-    def spin(k: int) -> float:
+    cores: 2 x (work per spinner with two) / (work with one); 2.0 on an idle 2-core machine, near
+    1.0 when other jobs (or a cgroup's CPU quota) leave us one core's worth whatever we start."""
+
+    def spin(k: int) -> tuple[float, float]:
         procs = [
             subprocess.Popen([sys.executable, "-c", SPIN.format(seconds=seconds)], stdout=subprocess.PIPE, text=True)
             for _ in range(k)
         ]
-        return sum(int(p.communicate()[0]) for p in procs) / k
+        out = [p.communicate()[0].split() for p in procs]
+        return sum(int(n) for n, _ in out) / k, sum(float(c) for _, c in out) / k
 
-    one, two = spin(1), spin(2)
-    return round(2 * two / one, 2)
+    (one, share), (two, _) = spin(1), spin(2)
+    return {"cores": round(2 * two / one, 2), "one_process_cpu_share": round(share, 2)}
 
 
 def evict(paths) -> None:
