@@ -1,4 +1,4 @@
-"""Run plans and batches on a Ray cluster: one Ray task per output shard (or per batch input).
+"""Run plans (strip/rename/rewrite, fit, merge) and batches on Ray: one task per output shard (or batch input).
 
 Imported only for `--engine ray`: ckptio itself never imports ray. Tasks are retried (a worker
 that dies, an OSError) and shown on a progress bar; a plan's shards are idempotent, so running

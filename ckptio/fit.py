@@ -251,25 +251,9 @@ def write(
     Shards are assigned by rewrite's rule over every piece in write order; built tensors are sized as the
     template's pieces they replace."""
     from .bundle.writer import BundleWriter
-    from .rewrite import _assign_shards, _write_piece, tensor_pieces
+    from .rewrite import _write_piece
 
-    copies, built, metadata, origin = [], [], {}, {}
-    for op in ops:
-        ckpt = cs if op.kind == "copy" else ct
-        dtype = op.dtype if op.kind == "copy" else ct.entries()[op.dst].dtype
-        # A built tensor takes the template's layout: its pieces say where each part goes and how big it is.
-        pieces, meta = (
-            tensor_pieces(ckpt, op.src or op.dst, op.dst, dtype)
-            if op.kind in ("copy", "keep")
-            else tensor_pieces(ct, op.dst, op.dst, dtype)
-        )
-        for p in pieces:
-            origin[p.key] = (ckpt, op)
-        (copies if op.kind in ("copy", "keep") else built).extend(pieces)
-        if meta is not None:
-            metadata[op.dst] = meta
-    copies.sort(key=lambda p: (origin[p.key][0] is ct, p.src_entry.shard_id, p.src_entry.offset, p.key))
-    groups = _assign_shards(copies + built, num_shards, max_shard_size)
+    groups, origin, metadata = layout(cs, ct, ops, num_shards, max_shard_size)
     with BundleWriter(out, len(groups), force=force, inputs=[cs.located, ct.located]) as writer:
         for shard, group in enumerate(groups):
             for piece in group:
@@ -288,6 +272,31 @@ def write(
             value[()] = graph
             writer.add_array(naming.OBJECT_GRAPH_KEY, value, len(groups) - 1)
         writer.finish(state_file=state_file, fsync=fsync)
+
+
+def layout(cs, ct, ops: list[Op], num_shards: int | None, max_shard_size: int | None):
+    """(pieces per output shard, key -> (checkpoint, Op), sliced tensors' metadata): what write() writes where.
+
+    Also the layout of a fit plan (plan_fit.py), so both write the same bytes."""
+    from .rewrite import _assign_shards, tensor_pieces
+
+    copies, built, metadata, origin = [], [], {}, {}
+    for op in ops:
+        ckpt = cs if op.kind == "copy" else ct
+        dtype = op.dtype if op.kind == "copy" else ct.entries()[op.dst].dtype
+        # A built tensor takes the template's layout: its pieces say where each part goes and how big it is.
+        pieces, meta = (
+            tensor_pieces(ckpt, op.src or op.dst, op.dst, dtype)
+            if op.kind in ("copy", "keep")
+            else tensor_pieces(ct, op.dst, op.dst, dtype)
+        )
+        for p in pieces:
+            origin[p.key] = (ckpt, op)
+        (copies if op.kind in ("copy", "keep") else built).extend(pieces)
+        if meta is not None:
+            metadata[op.dst] = meta
+    copies.sort(key=lambda p: (origin[p.key][0] is ct, p.src_entry.shard_id, p.src_entry.offset, p.key))
+    return _assign_shards(copies + built, num_shards, max_shard_size), origin, metadata
 
 
 def _write_built(writer, source, target, op: Op, piece, axis: int, shard: int) -> None:

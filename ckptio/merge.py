@@ -314,14 +314,7 @@ class Job:
         own_state = all(os.path.realpath(os.path.dirname(c.prefix) or ".") != out_dir for c in self.all)
         with BundleWriter(dst, 1, force=force, inputs=[c.located for c in self.all]) as writer:
             writer.reserve(0, plan.bytes_after)
-            combined = set(self.combined)
-            for piece in plan.pieces:
-                if piece.name in combined:
-                    writer.add_bytes(piece.key, piece.out_dtype, _shape(plan.source, piece), chunks(piece), 0)
-                else:
-                    _write_piece(self.keep_from, writer, self._piece_in(self.keep_from, piece), 0, True)
-                if progress:
-                    progress(piece.size)
+            self.write_pieces(writer, plan.pieces, 0, chunks, progress)
             for name, meta in plan.metadata.items():
                 writer.add_entry(name, meta)
             if plan.graph is not None:
@@ -331,6 +324,17 @@ class Job:
                 graph[()] = plan.graph
                 writer.add_array(naming.OBJECT_GRAPH_KEY, graph, shard=0)
             writer.finish(state_file=own_state, fsync=fsync)
+
+    def write_pieces(self, writer, pieces, shard: int, chunks, progress=None) -> None:
+        """Write pieces (in order) into one shard: combined ones from chunks(piece), the rest copied (a plan's task too)."""
+        combined = set(self.combined)
+        for piece in pieces:
+            if piece.name in combined:
+                writer.add_bytes(piece.key, piece.out_dtype, _shape(self.plan.source, piece), chunks(piece), shard)
+            else:
+                _write_piece(self.keep_from, writer, self._piece_in(self.keep_from, piece), shard, True)
+            if progress:
+                progress(piece.size)
 
     def _piece_in(self, ckpt: Checkpoint, piece):
         """The same output piece as stored in one input (its own name, shard, offset and crc32c)."""
@@ -393,10 +397,10 @@ class Job:
 
         return chunks
 
-    def _slerp_pass(self, report: MergeReport) -> dict[str, tuple[float, float]]:
-        """First pass: each tensor's dot product and norms over all its slices -> its two coefficients."""
+    def _slerp_pass(self, report: MergeReport, names=None) -> dict[str, tuple[float, float]]:
+        """First pass: each tensor's dot product and norms over all its slices -> its two coefficients (of names only)."""
         stats: dict[str, mm.SlerpStats] = {}
-        combined = set(self.combined)
+        combined = set(self.combined) if names is None else set(self.combined) & set(names)
         for piece in self.plan.pieces:
             if piece.name in combined:
                 s = stats.setdefault(piece.name, mm.SlerpStats())

@@ -1,7 +1,8 @@
 """Run a plan's shards and commit them: the only module that touches the staging area.
 
-A shard is written as a one-shard bundle `STAGING/NNNNN/part` by the same BundleWriter and
-_write_piece a single-process rewrite uses (so its bytes are the same), then a receipt naming
+A shard is written as a one-shard bundle `STAGING/NNNNN/part` by the same BundleWriter and piece
+writers the single-process command uses (plan_work.py: rewrite's _write_piece, fit's _write_built,
+merge's Job; so its bytes are the same), then a receipt naming
 the plan and the part's index sha256 is renamed into place: a shard is done exactly when its
 receipt matches. A killed task leaves at most temp files (removed by the next writer there).
 Commit merges the fragments as TF's MergeV2Checkpoints does (shard id i for part i), renames
@@ -75,28 +76,33 @@ class Staging:
 
 def run_shards(plan: dict, shards: list[int], *, progress=None) -> list[int]:
     """Write the given shards (skipping those done and verified); return the ones written."""
+    from contextlib import ExitStack
+
     from .checkpoint import Checkpoint
+    from .plan_work import worker
 
     check_inputs(plan)
     staging = Staging(plan)
     written = []
-    with Checkpoint(plan["inputs"][0]["prefix"]) as ckpt:
+    with ExitStack() as stack:
+        ckpts = [stack.enter_context(Checkpoint(i["prefix"])) for i in plan["inputs"]]
+        work = None  # made on the first shard to write (a merge's Job checks every input's layout)
         for shard in shards:
             spec = plan["shards"][shard]
             if shard_problem(plan, staging, shard) is None:
                 if progress:
                     progress(spec["size"])
                 continue
-            write_shard(plan, ckpt, staging, shard, progress=progress)
+            work = work or stack.enter_context(worker(plan, ckpts))
+            write_shard(plan, ckpts, work, staging, shard, progress=progress)
             written.append(shard)
     return written
 
 
-def write_shard(plan: dict, ckpt, staging: Staging, shard: int, *, progress=None) -> None:
+def write_shard(plan: dict, ckpts, work, staging: Staging, shard: int, *, progress=None) -> None:
     """Write one output shard as a one-shard bundle in the staging area, then its receipt."""
     from .bundle.writer import BundleWriter
     from .io import make_dirs
-    from .rewrite import _write_piece
 
     spec, options = plan["shards"][shard], plan["options"]
     staging.forget(shard)  # from here until the new receipt, this shard is not done
@@ -104,12 +110,9 @@ def write_shard(plan: dict, ckpt, staging: Staging, shard: int, *, progress=None
     make_dirs(os.path.dirname(part))
     # Two runs of one shard at once (a retry while the first still runs) write the same bytes, so
     # whichever renames last leaves a consistent part.
-    with BundleWriter(part, 1, force=True, inputs=[ckpt.located]) as writer:
+    with BundleWriter(part, 1, force=True, inputs=[c.located for c in ckpts]) as writer:
         writer.reserve(0, spec["size"])
-        for piece in map(_piece, spec["pieces"]):
-            _write_piece(ckpt, writer, piece, 0, options["verify"])
-            if progress:
-                progress(piece.size)
+        work.write(writer, spec["pieces"], progress)
         if spec["graph"]:
             import numpy as np
 
@@ -123,13 +126,6 @@ def write_shard(plan: dict, ckpt, staging: Staging, shard: int, *, progress=None
     staging.write_receipt(
         shard, {"shard": shard, "index_sha256": _sha256(naming.index_path(part)), "data_size": spec["size"]}
     )
-
-
-def _piece(d: dict):
-    from .rewrite import Piece
-
-    entry = Entry.parse(base64.b64decode(d["src_entry"]), key=d["src_name"])
-    return Piece(bytes.fromhex(d["key"]), d["name"], d["src_name"], entry, d["out_dtype"])
 
 
 # -- checks ------------------------------------------------------------------------------------

@@ -201,3 +201,28 @@ def test_engine_errors_are_one_line(tmp_path, fifty):
     assert p.returncode == 1
     assert p.stderr == "ckptio: --engine ray needs Ray: pip install 'ckptio[ray]'\n"
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_fit_and_merge_on_ray_match_one_process(tmp_path):
+    """fit --engine ray is byte-identical to fit with the same --shards; merge --engine ray --shards 3 to
+    merge then rewrite --shards 3 (single-process merge writes one shard)."""
+    from test_plan_fit_merge import FIT_OPTIONS, make_fit_pair, make_merge_inputs
+    from test_plan_fit_merge import files_of as files_beside
+
+    pair = make_fit_pair(tmp_path / "fitin")
+    args = [pair["src"], "--template", pair["tpl"], "--vocab", pair["vocab"], *FIT_OPTIONS, "--shards", "3"]
+    one, on_ray = tmp_path / "fit1" / "model.ckpt", tmp_path / "fitray" / "model.ckpt"
+    assert main([*map(str, ["fit", *args[:3], one, *args[3:]])]) == 0
+    p = ckptio("fit", *args[:3], on_ray, *args[3:], "--engine", "ray")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[-1].startswith(f"wrote {on_ray}: 7 from source")
+    assert files_beside(on_ray) == files_beside(one)
+    assert not any(n.startswith(".") for n in os.listdir(on_ray.parent))
+
+    inputs = make_merge_inputs(tmp_path / "mergein")
+    one, resharded, on_ray = (tmp_path / d / "model.ckpt" for d in ("m1", "m1r", "mray"))
+    assert main(["merge", *inputs, str(one), "-q"]) == 0
+    assert main(["rewrite", str(one), str(resharded), "--shards", "3", "-q"]) == 0
+    p = ckptio("merge", *inputs, on_ray, "--shards", "3", "--engine", "ray", "-q")
+    assert p.returncode == 0, p.stderr
+    assert files_beside(on_ray) == files_beside(resharded)

@@ -1,4 +1,4 @@
-"""`--engine ray[=ADDRESS]` on strip/rename/rewrite: one Ray task per output shard, or per batch input."""
+"""`--engine ray[=ADDRESS]` on strip/rename/rewrite, fit and merge: one Ray task per output shard, or per batch input."""
 
 from __future__ import annotations
 
@@ -69,6 +69,49 @@ def run_engine(args, steps, options) -> int:
             f"as Ray tasks in {summary['seconds']:.2f} s"
         )
     return 0
+
+
+def _on_ray(args, plan: dict, label: str) -> str:
+    """Run a plan's shards as Ray tasks behind a progress bar, then commit; return OUT."""
+    from ..engine_ray import run_plan_on_ray
+    from .common import Progress
+
+    address = _engine_address(args.engine)
+    quiet = getattr(args, "quiet", False) or args.json  # fit has no --quiet: its table is its output
+    bar = Progress(sum(s["size"] for s in plan["shards"]), f"{label} (ray)", enabled=False if quiet else None)
+    try:
+        return run_plan_on_ray(plan, address, progress=bar)
+    finally:
+        bar.close()
+
+
+def run_fit_engine(args, kwargs: dict):
+    """fit --engine ray: plan the fit, run its shards as Ray tasks, commit; return fit's report."""
+    import time
+
+    from ..plan_fit import plan_fit
+
+    _engine_address(args.engine)  # a bad --engine is refused before any planning
+    started = time.perf_counter()
+    plan, report = plan_fit(args.src, args.template, args.out, **kwargs)
+    _on_ray(args, plan, "fit")
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def run_merge_engine(args, inputs, dst, kwargs: dict):
+    """merge --engine ray: plan the merge, run its shards as Ray tasks, commit; return merge's report."""
+    import time
+
+    from ..plan_merge import plan_merge
+
+    _engine_address(args.engine)
+    started = time.perf_counter()
+    plan, report = plan_merge(inputs, dst, num_shards=args.shards or 1, max_shard_size=args.max_shard_size, **kwargs)
+    _on_ray(args, plan, "merge")
+    report.bytes_read = None  # read by the tasks, not counted here
+    report.seconds = time.perf_counter() - started
+    return report
 
 
 def engine_map(args, count: int):

@@ -50,6 +50,13 @@ def add_arguments(name, p) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing output checkpoint")
     p.add_argument("--shards", type=int, metavar="N", help="number of output data shards (default 1)")
     p.add_argument("--max-shard-size", type=parse_size, metavar="SIZE", help="start a new shard past SIZE (e.g. 2G)")
+    if name == "fit":  # not on `ckptio plan fit`
+        p.add_argument(
+            "--engine",
+            metavar="ray[=ADDRESS]",
+            help="write each output shard as a task on a Ray cluster (ADDRESS, or a local instance); "
+            "needs pip install 'ckptio[ray]'",
+        )
 
 
 def parse_vocab(text: str) -> tuple[str, tuple[str, str]]:
@@ -63,33 +70,40 @@ def parse_vocab(text: str) -> tuple[str, tuple[str, str]]:
     return name, (old, new)
 
 
-def run(args) -> int:
-    from ..fit import fit
+def options(args) -> dict:
+    """fit()'s keyword arguments from the command line (also `ckptio plan fit` and --engine ray)."""
     from .main import UsageError
 
-    src, out = args.src, args.out
-    if not src or not args.template:
-        raise UsageError(f"{'SRC' if not src else '--template'}: empty path")
-    check_output_prefix(out)
+    if not args.src or not args.template:
+        raise UsageError(f"{'SRC' if not args.src else '--template'}: empty path")
+    check_output_prefix(args.out)
     check_shard_options(args)
     vocab = {}
     for name, files in map(parse_vocab, args.vocab):
         if name in vocab:  # a dict would let the last one win without a word
             raise UsageError(f"--vocab {name}: given twice")
         vocab[name] = files
-    report = fit(
-        src,
-        args.template,
-        out,
+    return dict(
         rules=build_rules(args),
         on_mismatch=args.on_mismatch,
         vocab=vocab,
         vocab_axis=args.vocab_axis,
-        dry_run=args.dry_run,
         force=args.force,
         num_shards=args.shards or 1,
         max_shard_size=args.max_shard_size,
     )
+
+
+def run(args) -> int:
+    from ..fit import fit
+
+    kwargs = options(args)
+    if args.engine and not args.dry_run:  # cli/engine.py: the fit's shards as Ray tasks
+        from .engine import run_fit_engine
+
+        report = run_fit_engine(args, kwargs)
+    else:
+        report = fit(args.src, args.template, args.out, dry_run=args.dry_run, **kwargs)
     if args.json:
         json.dump(report.to_json(), sys.stdout)
         sys.stdout.write("\n")

@@ -25,7 +25,7 @@ COMMANDS = {
     "doctor": ("doctor", "diagnose a broken checkpoint in plain words; --salvage the intact tensors"),
     "pack": ("archive", "pack a checkpoint into one .tar.zst archive"),
     "unpack": ("archive", "unpack a .tar.zst archive into checkpoint files"),
-    "plan": ("plan", "plan a strip/rename/rewrite as independent tasks (PLAN.json); writes nothing to OUT"),
+    "plan": ("plan", "plan a strip/rename/rewrite/fit/merge as independent tasks (PLAN.json); writes nothing to OUT"),
     "run-plan": ("plan", "run one task of a plan: the output shards whose number is I mod N"),
     "commit": ("plan", "finish a plan whose tasks are all done: index, state file, clean up"),
 }

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 
-from .common import Progress, check_output_prefix, human
+from .common import Progress, check_output_prefix, human, parse_size
 
 # ckptio.merge_math.METHODS, not imported: it loads numpy, and `--help` should start fast.
 METHODS = ("mean", "weighted", "ema", "task-arithmetic", "slerp")
@@ -61,6 +61,18 @@ def add_arguments(name, p) -> None:
     g.add_argument("--json", action="store_true", help="print the report as JSON")
     g.add_argument("--fsync", action="store_true", help="fsync the output before renaming it into place")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    if name == "merge":  # not on `ckptio plan merge`
+        g = p.add_argument_group("on a cluster")
+        g.add_argument(
+            "--engine",
+            metavar="ray[=ADDRESS]",
+            help="combine each output shard as a task on a Ray cluster (ADDRESS, or a local instance); "
+            "needs pip install 'ckptio[ray]'",
+        )
+        g.add_argument("--shards", type=int, metavar="N", help="with --engine: output data shards, one task each")
+        g.add_argument(
+            "--max-shard-size", type=parse_size, metavar="SIZE", help="with --engine: start a new shard past SIZE"
+        )
 
 
 def _weights(text):
@@ -87,29 +99,34 @@ def run(args) -> int:
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads {args.threads}: needs N >= 1")
     check_output_prefix(dst)
-    from ..merge import merge
+    kwargs = dict(
+        method=args.method,
+        weights=_weights(args.weights),
+        decay=args.decay,
+        base=args.base,
+        last=args.last,
+        include=args.include,
+        exclude=args.exclude,
+        keep_optimizer=args.keep_optimizer,
+        force=args.force,
+        fsync=args.fsync,
+    )
+    if args.engine and not args.dry_run:  # cli/engine.py: the merge's shards as Ray tasks
+        from .common import check_shard_options
+        from .engine import run_merge_engine
 
-    bar = Progress(None, "merge", enabled=False if (args.quiet or args.json or args.dry_run) else None)
-    try:
-        report = merge(
-            inputs,
-            dst,
-            method=args.method,
-            weights=_weights(args.weights),
-            decay=args.decay,
-            base=args.base,
-            last=args.last,
-            include=args.include,
-            exclude=args.exclude,
-            keep_optimizer=args.keep_optimizer,
-            force=args.force,
-            dry_run=args.dry_run,
-            progress=bar,
-            fsync=args.fsync,
-            threads=args.threads,
-        )
-    finally:
-        bar.close()
+        check_shard_options(args)
+        report = run_merge_engine(args, inputs, dst, kwargs)
+    else:
+        if args.shards is not None or args.max_shard_size is not None:
+            raise UsageError("merge writes one shard; --shards and --max-shard-size are for --engine ray and plans")
+        from ..merge import merge
+
+        bar = Progress(None, "merge", enabled=False if (args.quiet or args.json or args.dry_run) else None)
+        try:
+            report = merge(inputs, dst, dry_run=args.dry_run, progress=bar, threads=args.threads, **kwargs)
+        finally:
+            bar.close()
     if args.json:
         json.dump(report.to_json(), sys.stdout)
         sys.stdout.write("\n")
