@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from ..bundle import naming
 from ..bundle.entry import Entry
 from ..bundle.slices import Slice, tiling_problem
@@ -13,10 +11,11 @@ from ..checkpoint import assemble
 from ..errors import CkptioError
 from .files import lfs, read_table
 from .index import slice_base
+from .inputs import Files
 from .report import Diagnosis
 
 
-def diagnose_v1(d: Diagnosis, files: list[str], prefix: str) -> None:
+def diagnose_v1(d: Diagnosis, store: Files, files: list[str], prefix: str) -> None:
     m = naming.V1_SHARD_RE.match(files[0]) if files else None
     d.num_shards = len(files)
     if m:
@@ -27,18 +26,18 @@ def diagnose_v1(d: Diagnosis, files: list[str], prefix: str) -> None:
             if p not in files:
                 d.problem(
                     "missing-shard",
-                    f"V1 file {os.path.basename(p)} of {count} is missing; the tensors (or slices) it held are lost",
+                    f"V1 file {store.basename(p)} of {count} is missing; the tensors (or slices) it held are lost",
                     path=p,
                 )
     metas: dict[str, tuple[int, tuple, list]] = {}  # name -> (dtype, shape, [(slice, file)])
     values: dict[bytes, tuple[str, bytes]] = {}
     for path in files:
-        if lfs(path):
+        if lfs(store, path):
             d.problem(
                 "lfs-pointer", "this V1 file is a Git LFS pointer, not the file itself; run 'git lfs pull'", path=path
             )
             continue
-        scan = read_table(d, path, "V1 file")
+        scan = read_table(d, store, path, "V1 file")
         if scan is None:
             continue
         if not scan.items or scan.items[0][0] != b"":
