@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from ..bundle import dtypes, naming, strings
 from ..bundle.entry import Entry, Header
-from ..bundle.reader import crc_problem, stored_crc
+from ..bundle.reader import crc_problem, is_lfs_pointer, stored_crc
 from ..errors import CkptioError
+from ..io import MemorySource
 from ..sstable.coding import crc32c
 from ..store.base import Source
-from .files import lfs
 from .inputs import Files, data_files
 from .report import Diagnosis, Piece
 
 CHUNK = 8 << 20
+LFS_MAX = 1024  # a Git LFS pointer is smaller than this (bundle.reader.is_lfs_pointer)
 FOREIGN_FRACTION = 0.5  # a shard failing at least this share of its checksums is "from elsewhere"
 
 
@@ -75,18 +76,19 @@ def _check_shard(d: Diagnosis, store: Files, path: str, header: Header, items) -
     if why:
         d.problem("not-a-file", why, path=path)
         return {piece.label: f"its data shard {base} is not a regular file" for _, piece in items}
-    if lfs(store, path):
+    try:
+        src = _open_shard(store, path)
+    except CkptioError as exc:
+        d.problem("unreadable", exc.message, path=path)
+        return {piece.label: f"its data shard {base} cannot be read" for _, piece in items}
+    if is_lfs_pointer(src):
+        src.close()
         d.problem(
             "lfs-pointer",
             "this data shard is a Git LFS pointer, not the file itself; run 'git lfs pull' to fetch it",
             path=path,
         )
         return {piece.label: f"its data shard {base} is a Git LFS pointer" for _, piece in items}
-    try:
-        src = store.open(path)
-    except CkptioError as exc:
-        d.problem("unreadable", exc.message, path=path)
-        return {piece.label: f"its data shard {base} cannot be read" for _, piece in items}
     beyond: set[str] = set()  # labels of pieces whose bytes lie past the end of the file
     try:
         size = src.size
@@ -144,6 +146,18 @@ def _check_shard(d: Diagnosis, store: Files, path: str, header: Header, items) -
         if why and piece.label not in beyond:
             d.problem("corrupt-tensor", why, path=path, key=piece.label, offset=piece.entry.offset)
     return results
+
+
+def _open_shard(store: Files, path: str) -> Source:
+    """The shard as a Source; a small one is held in memory, so that the pointer check and the pieces
+    share one read (an archive member reads forward only)."""
+    src = store.open(path)
+    if src.size > LFS_MAX:
+        return src
+    try:
+        return MemorySource(src.read(0, src.size), name=path)
+    finally:
+        src.close()
 
 
 def check_piece(

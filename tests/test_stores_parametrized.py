@@ -1,0 +1,255 @@
+"""One suite over every store: ls, show, verify, doctor (with salvage), strip and rename give the same
+results on a local directory, a .tar.zst archive, an http:// URL (tools/http_range_server) and memory://.
+
+Each checkpoint is built once with ckptio's own writer (no TensorFlow), then exposed four ways. The
+local run is the reference: every other store's JSON reports must equal it once the input's location
+is replaced by <IN> (and timings dropped), and every output it writes must hold the same tensors, bit
+for bit. Commands run in-process (ckptio.cli.main), since memory:// lives in this process only.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ckptio.bundle import naming
+from ckptio.bundle.writer import BundleWriter
+
+try:
+    from corrupt_support import cli, files_of, make_fixture, read_all, same
+except ImportError:  # tests/ imported as a package
+    from .corrupt_support import cli, files_of, make_fixture, read_all, same
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+from http_range_server import serve  # noqa: E402
+
+fsspec = pytest.importorskip("fsspec")
+pytest.importorskip("zstandard")
+pytest.importorskip("aiohttp")
+
+STORES = ["local", "archive", "http", "memory"]
+HEALTHY = ["tf1_adam", "two_shards", "sliced"]
+DAMAGED = ["damaged_data", "damaged_index"]
+CASES = HEALTHY + DAMAGED
+SHOW = {"tf1_adam": "dense/kernel", "two_shards": "layer3/w", "sliced": "part_emb"}
+MEMORY_ROOT = "/ckptio-stores-test"
+
+
+def _tf1_adam(directory: Path) -> str:
+    """A TF1 name-based checkpoint trained with Adam: weights, their two slots, beta powers, global_step."""
+    prefix = str(directory / "tf1_adam" / "model.ckpt-100")
+    rng = np.random.default_rng(3)
+    weights = {"dense/kernel": rng.standard_normal((4, 3)), "dense/bias": rng.standard_normal(3)}
+    with BundleWriter(prefix) as w:
+        for name, value in weights.items():
+            w.add_array(name, value.astype(np.float32))
+            w.add_array(f"{name}/Adam", (value * 0.1).astype(np.float32))
+            w.add_array(f"{name}/Adam_1", (value * 0.01).astype(np.float32))
+        w.add_array("beta1_power", np.float32(0.9))
+        w.add_array("beta2_power", np.float32(0.999))
+        w.add_array("global_step", np.int64(100))
+        w.finish(state_file=False)
+    return prefix
+
+
+def _damage_data(directory: Path) -> str:
+    """Two shards, one byte of one tensor flipped: doctor names it, salvage keeps the other five."""
+    prefix = make_fixture("two_shards", directory / "damaged_data")
+    shard = Path(naming.data_path(prefix, 1, 2))
+    data = bytearray(shard.read_bytes())
+    data[5] ^= 0x10
+    shard.write_bytes(bytes(data))
+    return prefix
+
+
+def _damage_index(directory: Path) -> str:
+    """Sixty tensors in many small index blocks, one block's bytes flipped: its entries are lost."""
+    prefix = make_fixture("multiblock", directory / "damaged_index")
+    index = Path(naming.index_path(prefix))
+    data = bytearray(index.read_bytes())
+    data[400] ^= 0x40  # inside an early data block of the index (the blocks are 200 bytes)
+    index.write_bytes(bytes(data))
+    return prefix
+
+
+def _tar_zst(files: list[str], out: Path) -> None:
+    """A .tar.zst of files (index first), written with tarfile + zstandard, for inputs pack cannot open."""
+    import zstandard
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for f in files:
+            tar.add(f, arcname=os.path.basename(f))
+    out.write_bytes(zstandard.ZstdCompressor(write_checksum=True).compress(buf.getvalue()))
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    """{store: {case: (path to pass, the checkpoint prefix it resolves to)}} with the http server running."""
+    from ckptio.archive import pack
+
+    root = tmp_path_factory.mktemp("stores")
+    local = root / "local"
+    prefixes = {
+        "tf1_adam": _tf1_adam(local),
+        "two_shards": make_fixture("two_shards", local),
+        "sliced": make_fixture("sliced", local),
+        "damaged_data": _damage_data(local),
+        "damaged_index": _damage_index(local),
+    }
+    archives = root / "archives"
+    archives.mkdir()
+    memfs = fsspec.filesystem("memory")
+    if memfs.exists(MEMORY_ROOT):
+        memfs.rm(MEMORY_ROOT, recursive=True)
+    out: dict[str, dict[str, tuple[str, str]]] = {s: {} for s in STORES}
+    with serve(local) as server:
+        for case, prefix in prefixes.items():
+            directory = os.path.dirname(prefix)
+            stem = os.path.basename(prefix)
+            out["local"][case] = (prefix, prefix)
+            archive = archives / f"{case}.tar.zst"
+            if case == "damaged_index":  # pack opens its input, and this index does not open
+                files = [naming.index_path(prefix)] + sorted(f for f in files_of(prefix) if ".data-" in f)
+                _tar_zst(files, archive)
+            else:
+                pack(prefix, archive)
+            out["archive"][case] = (str(archive), f"{archive}/{stem}")
+            rel = os.path.relpath(directory, local)
+            url = f"{server.url}/{rel}/{stem}"
+            out["http"][case] = (url, url)
+            for name in os.listdir(directory):
+                memfs.pipe(f"{MEMORY_ROOT}/{rel}/{name}", Path(directory, name).read_bytes())
+            url = f"memory://{MEMORY_ROOT}/{rel}/{stem}"
+            out["memory"][case] = (url, url)
+        yield out
+    memfs.rm(MEMORY_ROOT, recursive=True)
+
+
+def _normal(text: str, names: list[str], out_dir: str):
+    """A command's JSON (or text) with the checkpoint's names (the argument, its prefix) as <CKPT>, the
+    output's location as <OUT>, and no timings."""
+    for name in sorted(names, key=len, reverse=True):
+        text = text.replace(name, "<CKPT>")
+    text = text.replace(out_dir, "<OUT>")
+    try:
+        return _drop_timings(json.loads(text))
+    except ValueError:
+        return text
+
+
+def _drop_timings(value):
+    if isinstance(value, dict):
+        return {k: _drop_timings(v) for k, v in value.items() if k != "seconds"}
+    if isinstance(value, list):
+        return [_drop_timings(v) for v in value]
+    return value
+
+
+def _run_all(case: str, path: str, prefix: str, out_dir: Path) -> dict:
+    """Every command on one checkpoint: {command: (exit code, stdout, stderr)}, outputs under out_dir."""
+    out_dir.mkdir(parents=True)
+    o = str(out_dir)
+    commands = {
+        "ls": ["ls", path, "--json"],
+        "verify": ["verify", path, "--json"],
+        "doctor": ["doctor", path, "--json"],
+        "salvage": ["doctor", path, "--json", "--salvage", f"{o}/salvaged/ckpt"],
+        "strip": ["strip", path, f"{o}/stripped/ckpt", "--json", "-q"],
+        "rename": ["rename", path, f"{o}/renamed/ckpt", "--map", "/=moved/", "--json", "-q"],
+    }
+    if case in SHOW:
+        commands["show"] = ["show", path, SHOW[case], "--json"]
+    results = {}
+    for what, argv in commands.items():
+        rc, stdout, stderr = cli(argv)
+        assert "Traceback" not in stdout + stderr, (what, stderr)
+        results[what] = (rc, _normal(stdout, [path, prefix], o), _normal(stderr, [path, prefix], o))
+    return results
+
+
+def _outputs(out_dir: Path) -> dict:
+    """{output: {tensor: array}} for every checkpoint the commands wrote."""
+    got = {}
+    for what in ("salvaged", "stripped", "renamed"):
+        if (out_dir / what / "ckpt.index").exists():
+            got[what] = read_all(str(out_dir / what / "ckpt"))
+    return got
+
+
+_reference: dict[str, tuple[dict, dict]] = {}
+
+
+def _local(stores, case: str, tmp_path_factory) -> tuple[dict, dict]:
+    if case not in _reference:
+        path, prefix = stores["local"][case]
+        out_dir = tmp_path_factory.mktemp(f"local-{case}") / "out"
+        _reference[case] = (_run_all(case, path, prefix, out_dir), _outputs(out_dir))
+    return _reference[case]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_local_reference_is_what_each_case_means(stores, case, tmp_path_factory):
+    results, outputs = _local(stores, case, tmp_path_factory)
+    doctor = results["doctor"][1]
+    if case in HEALTHY:
+        assert all(rc == 0 for rc, _, _ in results.values()), results
+        assert doctor["healthy"] and set(outputs) == {"salvaged", "stripped", "renamed"}
+        assert sorted(outputs["renamed"]) == sorted(f"moved/{n}" for n in outputs["salvaged"])
+        if case == "tf1_adam":
+            assert sorted(outputs["stripped"]) == ["dense/bias", "dense/kernel", "global_step"]
+    else:
+        assert results["doctor"][0] == 1 and results["verify"][0] == 1 and doctor["damaged"] and doctor["intact"]
+        assert sorted(outputs["salvaged"]) == sorted(doctor["intact"])
+        assert results["salvage"][1]["salvaged"]["tensors"] == doctor["intact"]
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("store", STORES[1:])
+def test_store_gives_the_local_results(stores, store, case, tmp_path_factory, tmp_path):
+    want, want_outputs = _local(stores, case, tmp_path_factory)
+    path, prefix = stores[store][case]
+    got = _run_all(case, path, prefix, tmp_path / "out")
+    for what in want:
+        assert got[what] == want[what], (store, case, what)
+    got_outputs = _outputs(tmp_path / "out")
+    assert sorted(got_outputs) == sorted(want_outputs)
+    for what, tensors in want_outputs.items():
+        assert sorted(got_outputs[what]) == sorted(tensors), (what, store, case)
+        for name, value in tensors.items():
+            assert same(got_outputs[what][name], value), (what, name, store, case)
+
+
+def test_salvage_to_an_archive_or_url_is_refused_in_one_line(stores):
+    path, _ = stores["archive"]["damaged_data"]
+    for out in ("/tmp/never-written.tar.zst", "memory:///never/written"):
+        rc, stdout, stderr = cli(["doctor", path, "--salvage", out])
+        assert rc == 2 and stdout == "" and len(stderr.strip().splitlines()) == 1, stderr
+        assert "--salvage writes a local checkpoint prefix" in stderr
+
+
+def test_doctor_reads_an_archive_forward(stores):
+    """Healthy or damaged, diagnosing an archive decompresses it once (data shards read in order)."""
+    from ckptio.doctor import inputs
+
+    passes = []
+    real = inputs.ArchiveFiles.close
+
+    def close(self):
+        passes.append(self.stream.passes)
+        real(self)
+
+    inputs.ArchiveFiles.close = close
+    try:
+        for case in CASES:
+            cli(["doctor", stores["archive"][case][0]])
+    finally:
+        inputs.ArchiveFiles.close = real
+    assert passes and max(passes) == 1, passes
