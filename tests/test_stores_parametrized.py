@@ -23,9 +23,11 @@ from ckptio.bundle import naming
 from ckptio.bundle.writer import BundleWriter
 
 try:
-    from corrupt_support import cli, files_of, make_fixture, read_all, same
+    from corrupt_support import CORPUS, cli, copy_corpus, files_of, make_fixture, read_all, same
+    from support import require_corpus
 except ImportError:  # tests/ imported as a package
-    from .corrupt_support import cli, files_of, make_fixture, read_all, same
+    from .corrupt_support import CORPUS, cli, copy_corpus, files_of, make_fixture, read_all, same
+    from .support import require_corpus
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 from http_range_server import serve  # noqa: E402
@@ -35,11 +37,19 @@ pytest.importorskip("zstandard")
 pytest.importorskip("aiohttp")
 
 STORES = ["local", "archive", "http", "memory"]
-HEALTHY = ["tf1_adam", "two_shards", "sliced"]
-DAMAGED = ["damaged_data", "damaged_index"]
+HEALTHY = ["tf1_adam", "two_shards", "sliced", "v1"]
+DAMAGED = ["damaged_data", "damaged_index", "v1_truncated"]
 CASES = HEALTHY + DAMAGED
-SHOW = {"tf1_adam": "dense/kernel", "two_shards": "layer3/w", "sliced": "part_emb"}
+V1 = {"v1", "v1_truncated"}  # from the real-world corpus (a TF1 Saver V1 file)
+SHOW = {"tf1_adam": "dense/kernel", "two_shards": "layer3/w", "sliced": "part_emb", "v1": "weights_2"}
 MEMORY_ROOT = "/ckptio-stores-test"
+# Where a store words a refusal differently from local files. Path resolution for ls/verify/strip/rename
+# is not doctor's (bundle/paths.py, remote.py, archive/reader.py; one locate() is to replace them): the
+# exit code must match and the error stay one line, but the sentence may differ until then.
+WORDED_DIFFERENTLY = {
+    ("archive", "v1_truncated"): {"ls", "verify", "strip", "rename"},  # "archive holds no checkpoint"
+    ("http", "v1_truncated"): {"ls", "verify", "strip", "rename"},  # "no checkpoint here" (no listing)
+}
 
 
 def _tf1_adam(directory: Path) -> str:
@@ -79,6 +89,14 @@ def _damage_index(directory: Path) -> str:
     return prefix
 
 
+def _v1_truncated(directory: Path) -> str:
+    """A V1 file cut short (its footer gone): doctor finds its data block by scanning."""
+    path = copy_corpus("v1_savenet", directory / "v1_truncated")
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: len(data) - 60])
+    return path
+
+
 def _tar_zst(files: list[str], out: Path) -> None:
     """A .tar.zst of files (index first), written with tarfile + zstandard, for inputs pack cannot open."""
     import zstandard
@@ -104,6 +122,9 @@ def stores(tmp_path_factory):
         "damaged_data": _damage_data(local),
         "damaged_index": _damage_index(local),
     }
+    if (CORPUS / "MANIFEST.json").is_file():  # the V1 cases' tests call require_corpus()
+        prefixes["v1"] = copy_corpus("v1_savenet", local / "v1")
+        prefixes["v1_truncated"] = _v1_truncated(local)
     archives = root / "archives"
     archives.mkdir()
     memfs = fsspec.filesystem("memory")
@@ -116,9 +137,8 @@ def stores(tmp_path_factory):
             stem = os.path.basename(prefix)
             out["local"][case] = (prefix, prefix)
             archive = archives / f"{case}.tar.zst"
-            if case == "damaged_index":  # pack opens its input, and this index does not open
-                files = [naming.index_path(prefix)] + sorted(f for f in files_of(prefix) if ".data-" in f)
-                _tar_zst(files, archive)
+            if case in ("damaged_index", "v1_truncated"):  # pack opens its input, and these do not open
+                _tar_zst(files_of(prefix), archive)
             else:
                 pack(prefix, archive)
             out["archive"][case] = (str(archive), f"{archive}/{stem}")
@@ -197,6 +217,8 @@ def _local(stores, case: str, tmp_path_factory) -> tuple[dict, dict]:
 
 @pytest.mark.parametrize("case", CASES)
 def test_local_reference_is_what_each_case_means(stores, case, tmp_path_factory):
+    if case in V1:
+        require_corpus()
     results, outputs = _local(stores, case, tmp_path_factory)
     doctor = results["doctor"][1]
     if case in HEALTHY:
@@ -206,7 +228,8 @@ def test_local_reference_is_what_each_case_means(stores, case, tmp_path_factory)
         if case == "tf1_adam":
             assert sorted(outputs["stripped"]) == ["dense/bias", "dense/kernel", "global_step"]
     else:
-        assert results["doctor"][0] == 1 and results["verify"][0] == 1 and doctor["damaged"] and doctor["intact"]
+        assert results["doctor"][0] == 1 and results["verify"][0] == 1 and not doctor["healthy"] and doctor["intact"]
+        assert doctor["damaged"] or case == "v1_truncated"  # its one data block is found by scanning
         assert sorted(outputs["salvaged"]) == sorted(doctor["intact"])
         assert results["salvage"][1]["salvaged"]["tensors"] == doctor["intact"]
 
@@ -214,11 +237,17 @@ def test_local_reference_is_what_each_case_means(stores, case, tmp_path_factory)
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("store", STORES[1:])
 def test_store_gives_the_local_results(stores, store, case, tmp_path_factory, tmp_path):
+    if case in V1:
+        require_corpus()
     want, want_outputs = _local(stores, case, tmp_path_factory)
     path, prefix = stores[store][case]
     got = _run_all(case, path, prefix, tmp_path / "out")
-    for what in want:
-        assert got[what] == want[what], (store, case, what)
+    loose = WORDED_DIFFERENTLY.get((store, case), set())
+    differ = [what for what in want if got[what] != want[what] and what not in loose]
+    assert not differ, {what: (want[what], got[what]) for what in differ}
+    for what in loose:
+        (rc, out, err), (want_rc, want_out, _) = got[what], want[what]
+        assert (rc, out) == (want_rc, want_out) and rc != 0 and len(err.splitlines()) == 1, (what, got[what])
     got_outputs = _outputs(tmp_path / "out")
     assert sorted(got_outputs) == sorted(want_outputs)
     for what, tensors in want_outputs.items():
@@ -236,20 +265,22 @@ def test_salvage_to_an_archive_or_url_is_refused_in_one_line(stores):
 
 
 def test_doctor_reads_an_archive_forward(stores):
-    """Healthy or damaged, diagnosing an archive decompresses it once (data shards read in order)."""
+    """Healthy or damaged, diagnosing a V2 archive decompresses it once (data shards read in order);
+    a V1 archive (no .index member) twice: its tables are known only at the end of the first pass."""
     from ckptio.doctor import inputs
 
-    passes = []
+    passes = {}
     real = inputs.ArchiveFiles.close
 
     def close(self):
-        passes.append(self.stream.passes)
+        passes[self.name] = self.stream.passes
         real(self)
 
     inputs.ArchiveFiles.close = close
     try:
-        for case in CASES:
+        for case in stores["archive"]:
             cli(["doctor", stores["archive"][case][0]])
     finally:
         inputs.ArchiveFiles.close = real
-    assert passes and max(passes) == 1, passes
+    want = {path: 2 if case in V1 else 1 for case, (path, _) in stores["archive"].items()}
+    assert passes == want

@@ -68,8 +68,10 @@ def _diagnose(d: Diagnosis, store, text: str) -> None:
             d.problem("lfs-pointer" if lfs(store, exc.path or text) else "wrong-file", exc.message, path=exc.path)
             return
     except CheckpointNotFoundError as exc:
-        explain_not_found(d, store, text, exc)
-        return
+        if not (store.size(text) is not None and starts_like_table(store, text)):
+            explain_not_found(d, store, text, exc)
+            return
+        located = Located("v1", text, (text,))  # a V1 file cut short, at a URL that does not list
     except CkptioError as exc:
         d.problem("unreadable", exc.message, path=exc.path)
         return
