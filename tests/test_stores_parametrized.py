@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import sys
 import tarfile
 from pathlib import Path
@@ -23,10 +24,10 @@ from ckptio.bundle import naming
 from ckptio.bundle.writer import BundleWriter
 
 try:
-    from corrupt_support import CORPUS, cli, copy_corpus, files_of, make_fixture, read_all, same
+    from corrupt_support import CORPUS, cli, copy_corpus, files_of, make_fixture, read_all, same, write_bundle
     from support import require_corpus
 except ImportError:  # tests/ imported as a package
-    from .corrupt_support import CORPUS, cli, copy_corpus, files_of, make_fixture, read_all, same
+    from .corrupt_support import CORPUS, cli, copy_corpus, files_of, make_fixture, read_all, same, write_bundle
     from .support import require_corpus
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
@@ -284,3 +285,110 @@ def test_doctor_reads_an_archive_forward(stores):
         inputs.ArchiveFiles.close = real
     want = {path: 2 if case in V1 else 1 for case, (path, _) in stores["archive"].items()}
     assert passes == want
+
+
+# -- doctor's other findings, on every store -------------------------------------------------------
+
+LFS = b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"0" * 64 + b"\nsize 4242\n"
+
+
+def _shard1(prefix: str) -> Path:
+    return Path(naming.data_path(prefix, 1, 2))
+
+
+def _missing_shard(prefix: str) -> None:
+    _shard1(prefix).unlink()
+
+
+def _truncated_shard(prefix: str) -> None:
+    data = _shard1(prefix).read_bytes()
+    _shard1(prefix).write_bytes(data[: len(data) // 2])
+
+
+def _lfs_shard(prefix: str) -> None:
+    _shard1(prefix).write_bytes(LFS)
+
+
+def _missing_index(prefix: str) -> None:
+    Path(naming.index_path(prefix)).unlink()
+
+
+def _foreign_shard(prefix: str) -> None:
+    other = make_fixture("two_shards", Path(prefix).parent.parent / "other", seed_offset=1.0)
+    shutil.copyfile(_shard1(other), _shard1(prefix))
+
+
+def _bad_header(prefix: str) -> None:
+    """The header entry garbled: the shard count is inferred from the data files listed beside it."""
+    from ckptio.io import MemorySource
+    from ckptio.sstable import Table
+
+    items = [(k, v) for k, v in Table(MemorySource(Path(naming.index_path(prefix)).read_bytes())) if k]
+    write_bundle(prefix, items, {}, header=b"\xff\xff")
+
+
+def _trailing_index_bytes(prefix: str) -> None:
+    with open(naming.index_path(prefix), "ab") as f:
+        f.write(b"\0" * 100)
+
+
+DAMAGE = {
+    "missing_shard": _missing_shard,
+    "truncated_shard": _truncated_shard,
+    "lfs_shard": _lfs_shard,
+    "missing_index": _missing_index,
+    "foreign_shard": _foreign_shard,
+    "bad_header": _bad_header,
+    "trailing_index_bytes": _trailing_index_bytes,
+}
+
+
+@pytest.fixture(scope="module")
+def damaged(tmp_path_factory):
+    """{store: {damage: (path, prefix)}}: two_shards damaged each way, archived with tarfile."""
+    root = tmp_path_factory.mktemp("damage")
+    local = root / "local"
+    memfs = fsspec.filesystem("memory")
+    out: dict[str, dict[str, tuple[str, str]]] = {s: {} for s in STORES}
+    with serve(local) as server:
+        for damage, make in DAMAGE.items():
+            prefix = make_fixture("two_shards", local / damage)
+            make(prefix)
+            directory, stem = os.path.dirname(prefix), os.path.basename(prefix)
+            out["local"][damage] = (prefix, prefix)
+            archive = root / f"{damage}.tar.zst"
+            present = [naming.index_path(prefix)] + [naming.data_path(prefix, i, 2) for i in range(2)]
+            _tar_zst([f for f in present if os.path.exists(f)], archive)
+            out["archive"][damage] = (str(archive), f"{archive}/{stem}")
+            rel = os.path.relpath(directory, local)
+            for name in os.listdir(directory):
+                memfs.pipe(f"{MEMORY_ROOT}/damage/{rel}/{name}", Path(directory, name).read_bytes())
+            url = f"{server.url}/{rel}/{stem}"
+            out["http"][damage] = (url, url)
+            url = f"memory://{MEMORY_ROOT}/damage/{rel}/{stem}"
+            out["memory"][damage] = (url, url)
+        yield out
+
+
+def _doctor(path: str, prefix: str, out_dir: Path) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    got = {}
+    for what, extra in (("doctor", []), ("salvage", ["--salvage", f"{out_dir}/salvaged/ckpt"])):
+        rc, stdout, stderr = cli(["doctor", path, "--json", *extra])
+        assert "Traceback" not in stdout + stderr and stderr == "", stderr
+        got[what] = (rc, _normal(stdout, [path, prefix], str(out_dir)))
+    got["tensors"] = _outputs(out_dir).get("salvaged", {})
+    return got
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_doctor_finds_the_same_on_every_store(damaged, damage, tmp_path):
+    want = _doctor(*damaged["local"][damage], tmp_path / "local")
+    assert want["doctor"][0] == 1 and want["doctor"][1]["problems"], want
+    for store in STORES[1:]:
+        got = _doctor(*damaged[store][damage], tmp_path / store)
+        assert got["doctor"] == want["doctor"], store
+        assert got["salvage"] == want["salvage"], store
+        assert sorted(got["tensors"]) == sorted(want["tensors"]), store
+        for name, value in want["tensors"].items():
+            assert same(got["tensors"][name], value), (store, name)

@@ -30,20 +30,26 @@ def starts_like_table(store: Files, path: str) -> bool:
 
 
 def explain_not_found(d: Diagnosis, store: Files, path: str, exc: CheckpointNotFoundError) -> None:
-    split = naming.split_data_path(path)
-    prefix = split[0] if split else path
-    shards = data_files(store, prefix)
-    if shards and store.size(naming.index_path(prefix)) is None:
-        d.format, d.prefix = "v2", prefix
-        d.problem(
-            "missing-index",
-            f"the .index file is missing, but {len(shards)} data file(s) exist "
-            f"({store.basename(shards[0])}...); tensor names, shapes and offsets live only in the "
-            "index, so nothing can be read without it",
-            path=naming.index_path(prefix),
-        )
-        return
+    """Data shards without their .index (at path, or at the shard the error names), or not found."""
+    for candidate in dict.fromkeys(p for p in (path, exc.path) if p):
+        split = naming.split_data_path(candidate)
+        prefix = split[0] if split else candidate
+        shards = data_files(store, prefix)
+        if shards and store.size(naming.index_path(prefix)) is None:
+            _missing_index(d, store, prefix, shards)
+            return
     d.problem("not-found", exc.message, path=exc.path)
+
+
+def _missing_index(d: Diagnosis, store: Files, prefix: str, shards: list[str]) -> None:
+    d.format, d.prefix = "v2", prefix
+    d.problem(
+        "missing-index",
+        f"the .index file is missing, but {len(shards)} data file(s) exist "
+        f"({store.basename(shards[0])}...); tensor names, shapes and offsets live only in the "
+        "index, so nothing can be read without it",
+        path=naming.index_path(prefix),
+    )
 
 
 def lfs(store: Files, path: str) -> bool:

@@ -233,6 +233,11 @@ class ArchiveFiles(Files):
             if m.kind == REGULAR and m.name.endswith(".index") and len(m.name) > len(".index"):
                 self.hold(m)
                 return Located("v2", f"{self.name}/{m.name[: -len('.index')]}")
+        shards = [m for m in self.stream.members if m.kind == REGULAR and naming.split_data_path(m.name)]
+        if shards:  # named so that doctor can say what is there instead
+            raise CheckpointNotFoundError(
+                "archive holds data shards but no .index member", path=f"{self.name}/{shards[0].name}"
+            )
         tables = [
             m
             for m in self.stream.members
