@@ -19,9 +19,10 @@ import os
 import re
 import stat
 
+from ..archive.tar import REGULAR
 from ..bundle import naming
 from ..bundle.paths import Located, resolve
-from ..errors import CheckpointNotFoundError, ReadError, UnsupportedError, WrongFileError
+from ..errors import CheckpointNotFoundError, CkptioError, ReadError, UnsupportedError, WrongFileError
 from ..io import FileSource, MemorySource, odd_file_kind
 from ..store.base import Source, Store
 
@@ -177,6 +178,7 @@ class ArchiveFiles(Files):
             src.close()
             raise
         self._held: dict[str, bytes] = {}
+        self._broken: CkptioError | None = None  # the stream's failure, once a scan met it
 
     def _member_name(self, path: str) -> str | None:
         head = self.name + "/"
@@ -184,7 +186,18 @@ class ArchiveFiles(Files):
 
     def _member(self, path: str):
         name = self._member_name(path)
-        return None if name is None else self.stream.find(name)
+        if name is None:
+            return None
+        if self._broken is not None:  # past a cut or corrupt point every later member is out of reach
+            member = next((m for m in self.stream.members if m.kind == REGULAR and m.name == name), None)
+            if member is None:
+                raise self._broken
+            return member
+        try:
+            return self.stream.find(name)
+        except CkptioError as exc:
+            self._broken = exc
+            raise
 
     def size(self, path: str) -> int | None:
         m = self._member(path)
@@ -219,13 +232,18 @@ class ArchiveFiles(Files):
     def list(self, directory: str) -> list[str]:
         """Names in a directory of the archive; scans every member header (a pass to the end)."""
         head = directory.rstrip("/") + "/"
-        names = [f"{self.name}/{m.name}" for m in self.stream if m.kind == "file"]
+        if self._broken is None:
+            try:
+                for _ in self.stream:
+                    pass
+            except CkptioError as exc:
+                self._broken = exc
+                raise
+        names = [f"{self.name}/{m.name}" for m in self.stream.members if m.kind == REGULAR]
         return sorted({n[len(head) :] for n in names if n.startswith(head) and "/" not in n[len(head) :]})
 
     def locate(self, path: str) -> Located:
         """The checkpoint in the archive: its first .index member, else its V1 table members."""
-        from ..archive.tar import REGULAR
-
         while True:
             m = self.stream.scan()
             if m is None:

@@ -40,14 +40,24 @@ def check_data(d: Diagnosis, store: Files, prefix: str, header: Header, pieces) 
             continue
         path = naming.data_path(prefix, shard, n)
         d._shard_paths[shard] = path
-        results.update(_check_shard(d, store, path, header, items))
-    for shard in range(n):
-        if shard not in by_shard:
-            path = naming.data_path(prefix, shard, n)
-            d._shard_paths[shard] = path
-            if not store.exists(path):
-                d.note("missing-empty-shard", "data shard is missing, but no tensor is stored in it", path=path)
-    present = data_files(store, prefix)
+        try:
+            results.update(_check_shard(d, store, path, header, items))
+        except CkptioError as exc:  # the medium failed (an archive cut short, a server gone): once per cause
+            _medium_failed(d, exc, path)
+            base = store.basename(path)
+            for _, piece in items:
+                results.setdefault(piece.label, f"its data shard {base} cannot be read ({exc.message})")
+    try:
+        for shard in range(n):
+            if shard not in by_shard:
+                path = naming.data_path(prefix, shard, n)
+                d._shard_paths[shard] = path
+                if not store.exists(path):
+                    d.note("missing-empty-shard", "data shard is missing, but no tensor is stored in it", path=path)
+        present = data_files(store, prefix)
+    except CkptioError as exc:
+        _medium_failed(d, exc, prefix)
+        present = []
     other_counts = sorted({naming.split_data_path(p)[2] for p in present} - {n})
     if other_counts:
         other = next(p for p in present if naming.split_data_path(p)[2] == other_counts[0])
@@ -64,6 +74,12 @@ def check_data(d: Diagnosis, store: Files, prefix: str, header: Header, pieces) 
             if why:
                 d.damage(name, why if piece.label == name else f"slice {piece.label[len(name) :]}: {why}")
                 break
+
+
+def _medium_failed(d: Diagnosis, exc: CkptioError, path: str) -> None:
+    finding = ("unreadable", exc.message, exc.path or path, exc.offset)
+    if not any((p.kind, p.message, p.path, p.offset) == finding for p in d.problems):
+        d.problem("unreadable", exc.message, path=exc.path or path, offset=exc.offset)
 
 
 def _check_shard(d: Diagnosis, store: Files, path: str, header: Header, items) -> dict[str, str | None]:
@@ -175,9 +191,15 @@ def check_piece(
         if entry.dtype == dtypes.STRING and entry.offset < src.size:
             # The lengths and their checksum come first: what is there tells whether these are
             # the right bytes cut short, or some other file's bytes.
-            why = strings.prefix_problem(
-                src.read(entry.offset, src.size - entry.offset), entry.num_elements, entry.size, big_endian=big_endian
-            )
+            try:
+                why = strings.prefix_problem(
+                    src.read(entry.offset, src.size - entry.offset),
+                    entry.num_elements,
+                    entry.size,
+                    big_endian=big_endian,
+                )
+            except CkptioError as exc:
+                return "bytes", exc.message, None
             if why:
                 return "bytes", why, None
         return "beyond", None, None
