@@ -59,7 +59,7 @@ class LocalFiles(Files):
         return st.st_size if stat.S_ISREG(st.st_mode) else None
 
     def exists(self, path: str) -> bool:
-        return os.path.lexists(path)
+        return os.path.exists(path)
 
     def not_regular(self, path: str) -> str | None:
         """Why path is not a regular file (a FIFO would block an open, /dev/zero never end), or None."""

@@ -52,6 +52,7 @@ def _copy_pieces(d: Diagnosis, writer) -> None:
                     done.close()
                 sources = {piece.shard: store.open(d._shard_paths[piece.shard])}
                 src = sources[piece.shard]
+                src.will_need([(p.entry.offset, p.entry.size) for _, p in pieces if p.shard == piece.shard])
             e = piece.entry
             if d.big_endian:
                 # numpy's dtype loses qint8 etc., so the entry's dtype goes with the array

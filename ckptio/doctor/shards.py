@@ -110,6 +110,8 @@ def _check_shard(d: Diagnosis, store: Files, path: str, header: Header, items) -
         size = src.size
         need = max(piece.entry.offset + piece.entry.size for _, piece in items)
         checked, failed = 0, []
+        # Announce the reads, in order: a remote store fetches ahead, coalesced and in parallel.
+        src.will_need([(p.entry.offset, p.entry.size) for _, p in items if 0 <= p.entry.offset <= size - p.entry.size])
         for _, piece in items:
             keep = piece.label == naming.OBJECT_GRAPH_KEY
             status, why, graph = check_piece(src, piece.entry, header.big_endian, keep=keep)

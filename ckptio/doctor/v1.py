@@ -76,11 +76,13 @@ def diagnose_v1(d: Diagnosis, store: Files, files: list[str], prefix: str) -> No
         if name in d.damaged:
             continue
         entry = Entry(dtype, shape, slices=tuple(s for s, _ in slices))
-        problem = entry.problem() or tiling_problem(shape, entry.slices)
+        kind, problem = "bad-entry", Entry(dtype, shape).problem()  # dtype and shape alone
+        if not problem:
+            kind, problem = "bad-slices", entry.problem() or tiling_problem(shape, entry.slices)
         if not problem and not slices:
             problem = "the tensor lists no stored slice (its values are missing)"
         if problem:
-            d.problem("bad-slices" if "slice" in problem else "bad-entry", problem, path=prefix, key=name)
+            d.problem(kind, problem, path=prefix, key=name)
             d.damage(name, problem)
             continue
         parts = []
