@@ -164,14 +164,15 @@ class ArchiveFiles(Files):
 
     def __init__(self, path: str, **storage_options):
         from ..archive.stream import ArchiveStream
+        from ..sources import is_remote
 
         self.name = path
-        if "://" in path and not path.startswith("file://"):
+        if is_remote(path):
             from ..remote import RemoteSource
 
             src: Source = RemoteSource.from_url(path, **storage_options)
         else:
-            src = FileSource(path[len("file://") :] if path.startswith("file://") else path)
+            src = FileSource(local_path(path))
         try:
             self.stream = ArchiveStream(src, path)
         except BaseException:
