@@ -57,7 +57,7 @@ def _v2_header(d: Diagnosis, store: Files, scan: TableScan, prefix: str, index_p
             "the first tensor as the header",
             path=index_path,
         )
-    counts = sorted({naming.split_data_path(p)[2] for p in data_files(store, prefix)})
+    counts = sorted({split[2] for p in data_files(store, prefix) if (split := naming.split_data_path(p))})
     n = counts[0] if len(counts) == 1 and counts[0] > 0 else 1
     d.note("shard-count-inferred", f"assuming {n} data shard(s) from the data files present", path=index_path)
     return Header(num_shards=n)

@@ -252,10 +252,10 @@ class ArchiveFiles(Files):
             if m.kind == REGULAR and m.name.endswith(".index") and len(m.name) > len(".index"):
                 self.hold(m)
                 return Located("v2", f"{self.name}/{m.name[: -len('.index')]}")
-        shards = [m for m in self.stream.members if m.kind == REGULAR and naming.split_data_path(m.name)]
-        if shards:  # named so that doctor can say what is there instead
+        data = [m for m in self.stream.members if m.kind == REGULAR and naming.split_data_path(m.name)]
+        if data:  # named so that doctor can say what is there instead
             raise CheckpointNotFoundError(
-                "archive holds data shards but no .index member", path=f"{self.name}/{shards[0].name}"
+                "archive holds data shards but no .index member", path=f"{self.name}/{data[0].name}"
             )
         tables = [
             m
@@ -264,11 +264,11 @@ class ArchiveFiles(Files):
         ]
         if not tables:
             raise CheckpointNotFoundError("archive holds no checkpoint (no .index member, no V1 file)", path=self.name)
-        shards = [naming.V1_SHARD_RE.match(m.name) for m in tables]
-        if all(shards) and len({(s["base"], s["count"]) for s in shards if s}) == 1:
+        shards = [s for s in (naming.V1_SHARD_RE.match(m.name) for m in tables) if s]
+        if len(shards) == len(tables) and len({(s["base"], s["count"]) for s in shards}) == 1:
             for m in tables:
                 self.hold(m)
-            base = shards[0]["base"] if shards[0] else ""
+            base = shards[0]["base"]
             return Located("v1", f"{self.name}/{base}", tuple(f"{self.name}/{m.name}" for m in tables))
         if len(tables) == 1:
             self.hold(tables[0])

@@ -6,7 +6,7 @@ import os
 
 from ..bundle import dtypes, strings
 from ..bundle.entry import Entry
-from ..errors import PlanError
+from ..errors import PlanError, UnsupportedError
 from ..store.base import Source
 from .inputs import open_input
 from .report import Diagnosis
@@ -73,4 +73,7 @@ def _big_endian_array(src: Source, e: Entry):
     raw = src.read(e.offset, e.size)
     if e.dtype == dtypes.STRING:
         return strings.to_array(strings.decode(raw, e.num_elements, big_endian=True)[0], e.shape)
-    return from_bytes(raw, dtypes.lookup(e.dtype), e.shape, big_endian=True)
+    info = dtypes.lookup(e.dtype)
+    if info is None:  # diagnose damages such entries; never reached for an intact one
+        raise UnsupportedError(f"unknown dtype enum {e.dtype}", key=None, offset=e.offset)
+    return from_bytes(raw, info, e.shape, big_endian=True)

@@ -58,9 +58,10 @@ def check_data(d: Diagnosis, store: Files, prefix: str, header: Header, pieces) 
     except CkptioError as exc:
         _medium_failed(d, exc, prefix)
         present = []
-    other_counts = sorted({naming.split_data_path(p)[2] for p in present} - {n})
+    counts = {p: split[2] for p in present if (split := naming.split_data_path(p))}
+    other_counts = sorted(set(counts.values()) - {n})
     if other_counts:
-        other = next(p for p in present if naming.split_data_path(p)[2] == other_counts[0])
+        other = next(p for p, count in counts.items() if count == other_counts[0])
         d.problem(
             "shard-count-mismatch",
             f"data files for a {other_counts[0]}-shard save are present ({store.basename(other)}) "

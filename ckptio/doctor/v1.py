@@ -64,29 +64,29 @@ def diagnose_v1(d: Diagnosis, store: Files, files: list[str], prefix: str) -> No
                         )
                         d.damage(name, "declared with different dtypes or shapes in two files")
                         continue
-                    entry = metas.setdefault(name, (dtype, shape, []))
-                    entry[2].extend((s, path) for s in slices)
+                    meta = metas.setdefault(name, (dtype, shape, []))
+                    meta[2].extend((s, path) for s in slices)
         for key, value in scan.items[1:] if scan.items and scan.items[0][0] == b"" else scan.items:
             values[key] = (path, value)
         for key in scan.lost_keys:
-            name = slice_base(key)
-            if name is not None:
-                d.damage(name, "its data was in a damaged block")
-    for name, (dtype, shape, slices) in metas.items():
+            base = slice_base(key)
+            if base is not None:
+                d.damage(base, "its data was in a damaged block")
+    for name, (dtype, shape, stored) in metas.items():
         if name in d.damaged:
             continue
-        entry = Entry(dtype, shape, slices=tuple(s for s, _ in slices))
+        entry = Entry(dtype, shape, slices=tuple(s for s, _ in stored))
         kind, problem = "bad-entry", Entry(dtype, shape).problem()  # dtype and shape alone
         if not problem:
             kind, problem = "bad-slices", entry.problem() or tiling_problem(shape, entry.slices)
-        if not problem and not slices:
+        if not problem and not stored:
             problem = "the tensor lists no stored slice (its values are missing)"
         if problem:
             d.problem(kind, problem, path=prefix, key=name)
             d.damage(name, problem)
             continue
         parts = []
-        for s, _path in slices:
+        for s, _path in stored:
             key = slice_key(name, s if shape else Slice(()))
             found = values.get(key)
             if found is None:

@@ -236,7 +236,8 @@ def recover(file: Source, size: int, what: str, why: str, *, scan: TableScan | N
 
 def scan_blocks(data: bytes, max_blocks: int | None = None) -> list[tuple[int, bytes]]:
     """Blocks back to back from offset 0, each recognised by its restart array and trailer checksum."""
-    found, start, limit = [], 0, min(len(data), SCAN_LIMIT)
+    found: list[tuple[int, bytes]] = []
+    start, limit = 0, min(len(data), SCAN_LIMIT)
     src = _Bytes(bytes(data[:limit]))
     while start + 8 + TRAILER_SIZE <= limit and (max_blocks is None or len(found) < max_blocks):
         end = _block_end(data, start, limit)
