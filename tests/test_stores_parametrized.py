@@ -34,8 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 from http_range_server import serve  # noqa: E402
 
 fsspec = pytest.importorskip("fsspec")
-pytest.importorskip("zstandard")
-pytest.importorskip("aiohttp")
+pytest.importorskip("aiohttp")  # fsspec[http], in the test extras
 
 STORES = ["local", "archive", "http", "memory"]
 HEALTHY = ["tf1_adam", "two_shards", "sliced", "v1"]
