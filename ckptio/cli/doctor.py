@@ -1,7 +1,8 @@
 """ckptio doctor PATH [--json] [--salvage OUT] [--force]
 
-Says what is wrong with a checkpoint (local, a .tar.zst archive or a URL) in plain words, one line per problem, then lists the
-damaged tensors (with the reason) and the intact ones. Exit 0 if healthy, 1 if not.
+Says what is wrong with a checkpoint (local files, a .tar.zst archive or a URL) in plain words,
+one line per problem, then lists the damaged tensors (with the reason) and the intact ones.
+Exit 0 if healthy, 1 if not.
 --salvage OUT writes the intact tensors into a new local checkpoint at prefix OUT.
 """
 
