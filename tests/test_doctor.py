@@ -6,6 +6,7 @@ then diagnosed; salvaged copies must open and hold exactly the intact tensors, b
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -412,3 +413,76 @@ def test_cli_json_and_exit_codes(tmp_path):
     assert rc == 1 and sum(line.startswith("problem:") for line in lines) == 1
     rc, _, err = cli(["doctor"])
     assert rc == 2
+
+
+# -- archives and URLs (the same checks on every store: tests/test_stores_parametrized.py) ----------
+
+
+def _big_two_shards(prefix: str) -> dict:
+    from ckptio.bundle.writer import BundleWriter
+
+    rng = np.random.default_rng(5)
+    arrays = {f"t{i}": rng.standard_normal(100_000).astype(np.float32) for i in range(6)}
+    with BundleWriter(prefix, num_shards=2) as w:
+        for i, (name, arr) in enumerate(arrays.items()):
+            w.add_array(name, arr, shard=i % 2)
+        w.finish(state_file=False)
+    return arrays
+
+
+def test_archive_cut_short_keeps_what_it_reached(tmp_path):
+    """Random floats do not compress: cut in the second shard, the first shard's tensors are intact."""
+    from ckptio.archive import pack
+
+    originals = _big_two_shards(str(tmp_path / "c" / "ckpt"))
+    archive = tmp_path / "c.tar.zst"
+    pack(str(tmp_path / "c" / "ckpt"), archive, level=1)
+    data = archive.read_bytes()
+    archive.write_bytes(data[: len(data) - 200_000])
+    d = diagnose(archive)
+    assert d.format == "v2" and ("unreadable" in kinds(d) or "corrupt-tensor" in kinds(d)), d.problems
+    assert d.intact and d.damaged and set(d.intact) | set(d.damaged) == set(originals)
+    assert {"t0", "t2", "t4"} <= set(d.intact)  # shard 0 lies before the cut
+    salvaged_equals(d, originals, tmp_path / "out" / "s")
+    rc, lines, err = doctor_cli(archive)
+    assert rc == 1 and err == "" and lines[-1].startswith("verdict: damaged:")
+
+
+def test_archive_that_is_not_zstd_is_the_wrong_file(tmp_path):
+    bogus = tmp_path / "x.tar.zst"
+    bogus.write_bytes(b"not an archive" * 100)
+    d = diagnose(bogus)
+    assert kinds(d) == ["wrong-file"] and "zstandard" in d.problems[0].message
+
+
+def test_archive_missing_a_shard_names_it(tmp_path):
+    import tarfile
+
+    import zstandard
+
+    prefix = make_fixture("two_shards", tmp_path)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for f in (prefix + ".index", prefix + ".data-00000-of-00002"):
+            tar.add(f, arcname=os.path.basename(f))
+    archive = tmp_path / "m.tar.zst"
+    archive.write_bytes(zstandard.ZstdCompressor().compress(buf.getvalue()))
+    d = diagnose(archive)
+    assert kinds(d) == ["missing-shard"] and d.problems[0].path == f"{archive}/ckpt.data-00001-of-00002"
+    assert d.intact == ["layer0/w", "layer2/w", "layer4/w"]
+
+
+def test_url_with_a_truncated_shard_is_salvaged_locally(tmp_path):
+    fsspec = pytest.importorskip("fsspec")
+    prefix = make_fixture("two_shards", tmp_path)
+    originals = read_all(prefix)
+    fs = fsspec.filesystem("memory")
+    for f in files_of(prefix):
+        data = Path(f).read_bytes()
+        fs.pipe(f"/doctor-url-test/{os.path.basename(f)}", data[: len(data) // 2] if f.endswith("1-of-00002") else data)
+    try:
+        d = diagnose("memory:///doctor-url-test/ckpt")
+        assert kinds(d) == ["truncated-shard"] and d.intact and d.damaged
+        salvaged_equals(d, originals, tmp_path / "out" / "s")
+    finally:
+        fs.rm("/doctor-url-test", recursive=True)

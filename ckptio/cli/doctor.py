@@ -1,8 +1,9 @@
 """ckptio doctor PATH [--json] [--salvage OUT] [--force]
 
-Says what is wrong with a checkpoint in plain words, one line per problem, then lists the
-damaged tensors (with the reason) and the intact ones. Exit 0 if healthy, 1 if not.
---salvage OUT writes the intact tensors into a new checkpoint at prefix OUT.
+Says what is wrong with a checkpoint (local files, a .tar.zst archive or a URL) in plain words,
+one line per problem, then lists the damaged tensors (with the reason) and the intact ones.
+Exit 0 if healthy, 1 if not.
+--salvage OUT writes the intact tensors into a new local checkpoint at prefix OUT.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import sys
 
 
 def add_arguments(name, parser) -> None:
-    parser.add_argument("path", help="checkpoint prefix, .index/.data file, directory, or V1 file")
+    parser.add_argument(
+        "path", help="checkpoint prefix, .index/.data file, directory, V1 file, .tar.zst archive or URL"
+    )
     parser.add_argument("--json", action="store_true", help="print the diagnosis as one JSON object")
     parser.add_argument("--salvage", metavar="OUT", help="write the intact tensors into a new checkpoint at OUT")
     parser.add_argument("--force", action="store_true", help="with --salvage, replace a checkpoint at OUT")
@@ -24,19 +27,12 @@ def run(args) -> int:
     from .common import check_output_prefix
     from .main import UsageError
 
-    # diagnose() reads local files byte by byte; elsewhere it would only say "no such checkpoint".
-    if is_archive(args.path):
-        raise UsageError(
-            f"{args.path}: doctor reads plain checkpoint files, not archives; "
-            "run `ckptio unpack ARCHIVE DIR` first (or `ckptio verify ARCHIVE`)"
-        )
-    if is_remote(args.path):
-        raise UsageError(
-            f"{args.path}: doctor reads local files only; copy the checkpoint here first (or run `ckptio verify URL`)"
-        )
-    if args.path.startswith("file://"):
-        args.path = args.path[len("file://") :]
     if args.salvage:
+        if is_archive(args.salvage) or is_remote(args.salvage):
+            raise UsageError(
+                f"{args.salvage}: --salvage writes a local checkpoint prefix; salvage here, then "
+                "`ckptio pack` it or `ckptio rewrite` it to the URL"
+            )
         check_output_prefix(args.salvage)
     try:
         d = diagnose(args.path)

@@ -21,43 +21,69 @@ from __future__ import annotations
 import os
 
 from ..bundle import naming
-from ..bundle.paths import Located, resolve
+from ..bundle.paths import Located
 from ..errors import CheckpointNotFoundError, CkptioError, WrongFileError
-from .files import explain_not_found, starts_like_table
+from .files import explain_not_found, lfs, starts_like_table
 from .index import diagnose_v2
+from .inputs import local_path, open_input
 from .report import Diagnosis, Finding
 from .salvage import salvage
 from .v1 import diagnose_v1
 
 
 def diagnose(path) -> Diagnosis:
-    """Examine the checkpoint at path (any form ckptio.open accepts) and report everything wrong."""
+    """Examine the checkpoint at path (any form ckptio.open accepts: local, .tar.zst, URL) and report
+    everything wrong."""
     d = Diagnosis(path=os.fspath(path))
+    text = local_path(d.path)
     try:
-        located = resolve(path)
-    except WrongFileError as exc:
-        if starts_like_table(os.fspath(path)):
-            located = Located("v1", os.fspath(path), (os.fspath(path),))  # a V1 file cut short
-        else:
-            kind = "lfs-pointer" if "Git LFS" in exc.message else "wrong-file"
-            d.problem(kind, exc.message, path=exc.path)
-            return d
+        store = open_input(text)
     except CheckpointNotFoundError as exc:
-        explain_not_found(d, os.fspath(path), exc)
+        d.problem("not-found", exc.message, path=exc.path)
+        return d
+    except WrongFileError as exc:
+        d.problem("wrong-file", exc.message, path=exc.path)
         return d
     except CkptioError as exc:
         d.problem("unreadable", exc.message, path=exc.path)
         return d
-    d._located = located
-    d.format, d.prefix = located.format, located.prefix
-    if located.format == "v2":
-        diagnose_v2(d, located.prefix)
-    else:
-        diagnose_v1(d, list(located.files), located.prefix)
+    d._input = text
+    try:
+        _diagnose(d, store, text)
+    finally:
+        store.close()
     names = set(d._entries) | set(d._arrays) | set(d.damaged)
     d.intact = sorted((n for n in names if n not in d.damaged), key=naming.encode_key)
     d.damaged = dict(sorted(d.damaged.items(), key=lambda kv: naming.encode_key(kv[0])))
     return d
+
+
+def _diagnose(d: Diagnosis, store, text: str) -> None:
+    try:
+        located = store.locate(text)
+    except WrongFileError as exc:
+        if starts_like_table(store, text):
+            located = Located("v1", text, (text,))  # a V1 file cut short
+        else:
+            d.problem("lfs-pointer" if lfs(store, exc.path or text) else "wrong-file", exc.message, path=exc.path)
+            return
+    except CheckpointNotFoundError as exc:
+        if not (store.size(text) is not None and starts_like_table(store, text)):
+            explain_not_found(d, store, text, exc)
+            return
+        located = Located("v1", text, (text,))  # a V1 file cut short, at a URL that does not list
+    except CkptioError as exc:
+        d.problem("unreadable", exc.message, path=exc.path)
+        return
+    d._located = located
+    d.format, d.prefix = located.format, located.prefix
+    try:
+        if located.format == "v2":
+            diagnose_v2(d, store, located.prefix)
+        else:
+            diagnose_v1(d, store, list(located.files), located.prefix)
+    except CkptioError as exc:  # the medium failed under a read (an archive's stream, a server)
+        d.problem("unreadable", exc.message, path=exc.path, offset=exc.offset)
 
 
 __all__ = ["diagnose", "salvage", "Diagnosis", "Finding"]

@@ -2,70 +2,62 @@
 
 from __future__ import annotations
 
-import glob
-import os
-import stat
-
 from ..bundle import naming
 from ..bundle.reader import is_lfs_pointer
 from ..errors import CheckpointNotFoundError, CkptioError
-from ..io import FileSource, Source, odd_file_kind
 from ..sstable import recovery
+from ..store.base import Source
+from .inputs import Files, data_files
 from .report import Diagnosis
 
 FIRST_BLOCK_LIMIT = 1 << 20  # how far a file that is not a table is searched for a first block
 
 
-def starts_like_table(path: str) -> bool:
+def starts_like_table(store: Files, path: str) -> bool:
     """Whether a file that is not a table begins with an intact table block (a V1 file cut short)."""
-    if not os.path.isfile(path):
+    size = store.size(path)
+    if size is None or store.not_regular(path):
         return False
     try:
-        with open(path, "rb") as f:
-            head = f.read(FIRST_BLOCK_LIMIT)
-    except OSError:
+        src = store.open(path)
+        try:
+            head = src.read(0, min(size, FIRST_BLOCK_LIMIT))
+        finally:
+            src.close()
+    except CkptioError:
         return False
     return bool(recovery.scan_blocks(head, max_blocks=1))
 
 
-def explain_not_found(d: Diagnosis, path: str, exc: CheckpointNotFoundError) -> None:
-    split = naming.split_data_path(path)
-    prefix = split[0] if split else path
-    shards = sorted(glob.glob(glob.escape(prefix) + ".data-?????-of-?????"))
-    if shards and not os.path.exists(naming.index_path(prefix)):
-        d.format, d.prefix = "v2", prefix
-        d.problem(
-            "missing-index",
-            f"the .index file is missing, but {len(shards)} data file(s) exist "
-            f"({os.path.basename(shards[0])}...); tensor names, shapes and offsets live only in the "
-            "index, so nothing can be read without it",
-            path=naming.index_path(prefix),
-        )
-        return
+def explain_not_found(d: Diagnosis, store: Files, path: str, exc: CheckpointNotFoundError) -> None:
+    """Data shards without their .index (at path, or at the shard the error names), or not found."""
+    for candidate in dict.fromkeys(p for p in (path, exc.path) if p):
+        split = naming.split_data_path(candidate)
+        prefix = split[0] if split else candidate
+        shards = data_files(store, prefix)
+        if shards and store.size(naming.index_path(prefix)) is None:
+            _missing_index(d, store, prefix, shards)
+            return
     d.problem("not-found", exc.message, path=exc.path)
 
 
-def not_regular(path: str) -> str | None:
-    """Why path is not a regular file (a FIFO would block an open, /dev/zero never end), or None.
-
-    Asked before any file is opened; a path that cannot be stat'ed is left to the open to report.
-    """
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return None
-    if stat.S_ISREG(mode):
-        return None
-    kind = "a directory" if stat.S_ISDIR(mode) else odd_file_kind(mode)
-    return f"this is {kind}, not a regular file"
+def _missing_index(d: Diagnosis, store: Files, prefix: str, shards: list[str]) -> None:
+    d.format, d.prefix = "v2", prefix
+    d.problem(
+        "missing-index",
+        f"the .index file is missing, but {len(shards)} data file(s) exist "
+        f"({store.basename(shards[0])}...); tensor names, shapes and offsets live only in the "
+        "index, so nothing can be read without it",
+        path=naming.index_path(prefix),
+    )
 
 
-def lfs(path: str) -> bool:
+def lfs(store: Files, path: str) -> bool:
     """Whether path is a Git LFS pointer rather than the file itself."""
-    if not_regular(path):
+    if store.size(path) is None or store.not_regular(path):
         return False
     try:
-        src = FileSource(path)
+        src = store.open(path)
     except CkptioError:
         return False
     try:
@@ -74,14 +66,14 @@ def lfs(path: str) -> bool:
         src.close()
 
 
-def open_file(d: Diagnosis, path: str) -> FileSource | None:
+def open_file(d: Diagnosis, store: Files, path: str) -> Source | None:
     """The file as a Source (read in bounded pieces, never whole), or None with the problem noted."""
-    why = not_regular(path)
+    why = store.not_regular(path)
     if why:
         d.problem("not-a-file", why, path=path)
         return None
     try:
-        return FileSource(path)
+        return store.open(path)
     except CkptioError as exc:
         d.problem("unreadable", exc.message, path=path)
         return None
@@ -99,9 +91,9 @@ def walk_table(d: Diagnosis, file: Source, path: str, what: str) -> recovery.Tab
             d.problem(kind, damage.message, path=path, offset=damage.offset)
 
 
-def read_table(d: Diagnosis, path: str, what: str) -> recovery.TableScan | None:
+def read_table(d: Diagnosis, store: Files, path: str, what: str) -> recovery.TableScan | None:
     """Open and walk the table at path; None (with the problem noted) when it cannot be read at all."""
-    table = open_file(d, path)
+    table = open_file(d, store, path)
     if table is None:
         return None
     try:

@@ -2,49 +2,49 @@
 
 from __future__ import annotations
 
-import glob
-
-from ..bundle import dtypes, naming, strings
+from ..bundle import naming
 from ..bundle.entry import Entry, Header, parse_proto
-from ..bundle.reader import crc_problem
 from ..bundle.slices import SliceKeyError, key_label, tiling_problem
 from ..bundle.slices import decode_key as decode_slice_key
 from ..bundle.slices import encode_key as slice_key
 from ..errors import CkptioError
-from ..io import FileSource
 from ..sstable.recovery import TableScan
-from .files import lfs, not_regular, read_table
+from .files import lfs, read_table
+from .inputs import Files, data_files
 from .report import Diagnosis, Piece
 from .shards import check_data
 
 
-def diagnose_v2(d: Diagnosis, prefix: str) -> None:
+def diagnose_v2(d: Diagnosis, store: Files, prefix: str) -> None:
+    """Index, then data shards in order (each read forward, as an archive member must be), then the graph."""
     index_path = naming.index_path(prefix)
-    if lfs(index_path):
+    if lfs(store, index_path):
         d.problem(
             "lfs-pointer",
             "this .index is a Git LFS pointer, not the file itself; run 'git lfs pull' to fetch it",
             path=index_path,
         )
-        for p in sorted(glob.glob(glob.escape(prefix) + ".data-?????-of-?????")):
-            if lfs(p):
+        for p in data_files(store, prefix):
+            if lfs(store, p):
                 d.problem("lfs-pointer", "this data shard is a Git LFS pointer too", path=p)
         return
-    scan = read_table(d, index_path, "index")
+    scan = read_table(d, store, index_path, "index")
     if scan is None:
         return
-    header = _v2_header(d, scan, prefix, index_path)
+    header = _v2_header(d, store, scan, prefix, index_path)
     d.num_shards, d.big_endian = header.num_shards, header.big_endian
     entries, slices = _v2_entries(d, scan, index_path)
-    _v2_lost_names(d, scan, entries, slices, prefix, index_path, header)
+    _v2_lost_keys(d, scan)
     pieces = _v2_pieces(d, entries, slices, index_path)
-    check_data(d, prefix, header, pieces)
+    check_data(d, store, prefix, header, pieces)  # keeps the object graph's bytes when they check out
     d._entries = entries
     d._pieces = pieces
-    _v2_graph(d, entries, prefix, header, scan)
+    graph = d._graph_bytes
+    _v2_lost_names(d, scan, entries, graph)
+    _v2_graph(d, entries, prefix, graph, scan)
 
 
-def _v2_header(d: Diagnosis, scan: TableScan, prefix: str, index_path: str) -> Header:
+def _v2_header(d: Diagnosis, store: Files, scan: TableScan, prefix: str, index_path: str) -> Header:
     if scan.items and scan.items[0][0] == b"":
         try:
             return Header.parse(scan.items[0][1], path=index_path)
@@ -57,7 +57,7 @@ def _v2_header(d: Diagnosis, scan: TableScan, prefix: str, index_path: str) -> H
             "the first tensor as the header",
             path=index_path,
         )
-    counts = sorted({naming.split_data_path(p)[2] for p in glob.glob(glob.escape(prefix) + ".data-?????-of-?????")})
+    counts = sorted({split[2] for p in data_files(store, prefix) if (split := naming.split_data_path(p))})
     n = counts[0] if len(counts) == 1 and counts[0] > 0 else 1
     d.note("shard-count-inferred", f"assuming {n} data shard(s) from the data files present", path=index_path)
     return Header(num_shards=n)
@@ -117,16 +117,17 @@ def slice_base(key: bytes) -> str | None:
         return None
 
 
-def _v2_lost_names(d, scan, entries, slices, prefix, index_path, header) -> None:
-    """Name tensors whose index entries were in lost blocks, from the object graph when it survived."""
+def _v2_lost_keys(d: Diagnosis, scan: TableScan) -> None:
+    """Name tensors whose keys were read from blocks that failed their checksum."""
     for key in scan.lost_keys:
         name = slice_base(key) if key[:1] == b"\x00" else naming.decode_key(key)
         if name is not None:
             d.damage(name, "its index entry was in a damaged block")
-    if not scan.lost and scan.complete:
-        return
-    data = _read_graph(entries, prefix, header)
-    if data is None:
+
+
+def _v2_lost_names(d: Diagnosis, scan: TableScan, entries, data: bytes | None) -> None:
+    """Name tensors whose index entries were in lost blocks, from the object graph when it survived."""
+    if not scan.lost and scan.complete or data is None:
         return
     from .._proto.trackable_object_graph_pb2 import TrackableObjectGraph
 
@@ -141,32 +142,9 @@ def _v2_lost_names(d, scan, entries, slices, prefix, index_path, header) -> None
             d.damage(key, "its index entry was in a lost block (named by the object graph)")
 
 
-def _read_graph(entries: dict[str, Entry], prefix: str, header: Header):
-    """The parsed TrackableObjectGraph proto if its tensor is present and checks out, else None."""
-    entry = entries.get(naming.OBJECT_GRAPH_KEY)
-    if entry is None or entry.dtype != dtypes.STRING or entry.num_elements != 1 or entry.slices:
-        return None
-    path = naming.data_path(prefix, entry.shard_id, header.num_shards)
-    if not_regular(path):
-        return None
-    try:
-        src = FileSource(path)
-        try:
-            raw = src.read(entry.offset, entry.size)
-        finally:
-            src.close()
-        elements, crc = strings.decode(raw, 1, big_endian=header.big_endian)
-    except CkptioError:
-        return None
-    return None if crc_problem(entry, crc) else elements[0]
-
-
-def _v2_graph(d: Diagnosis, entries, prefix: str, header: Header, scan: TableScan) -> None:
+def _v2_graph(d: Diagnosis, entries, prefix: str, data: bytes | None, scan: TableScan) -> None:
     """The object graph against the tensors, as verify checks it (TF2 checkpoints only)."""
-    if naming.OBJECT_GRAPH_KEY in d.damaged:
-        return
-    data = _read_graph(entries, prefix, header)
-    if data is None:
+    if naming.OBJECT_GRAPH_KEY in d.damaged or data is None:
         return
     try:
         from ..objgraph_check import graph_problems

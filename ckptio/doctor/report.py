@@ -55,6 +55,8 @@ class Diagnosis:
     _shard_paths: dict[int, str] = field(default_factory=dict, repr=False)
     _arrays: dict[str, object] = field(default_factory=dict, repr=False)
     _located: object = field(default=None, repr=False)
+    _input: str | None = field(default=None, repr=False)  # the path or URL the files were read from
+    _graph_bytes: bytes | None = field(default=None, repr=False)  # the object graph, when its bytes check out
 
     @property
     def healthy(self) -> bool:

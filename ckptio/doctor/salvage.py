@@ -1,4 +1,4 @@
-"""Write the intact tensors of a diagnosed checkpoint into a new V2 checkpoint."""
+"""Write the intact tensors of a diagnosed checkpoint into a new V2 checkpoint (always local)."""
 
 from __future__ import annotations
 
@@ -6,49 +6,64 @@ import os
 
 from ..bundle import dtypes, strings
 from ..bundle.entry import Entry
-from ..errors import PlanError
-from ..io import FileSource, Source
+from ..errors import PlanError, UnsupportedError
+from ..store.base import Source
+from .inputs import open_input
 from .report import Diagnosis
 
 
 def salvage(diagnosis: Diagnosis, out, *, force: bool = False) -> list[str]:
-    """Write the intact tensors into a new V2 checkpoint at prefix out; return their names."""
+    """Write the intact tensors into a new V2 checkpoint at prefix out; return their names.
+
+    The input is read again from its store, shard by shard in offset order (an archive member
+    reads forward only); out is a local prefix.
+    """
     from ..bundle.writer import BundleWriter
 
     d = diagnosis
     if not d.intact:
         raise PlanError("no intact tensor to salvage", path=d.path)
     inputs = [d._located] if d._located is not None else []
-    sources: dict[int, FileSource] = {}
-    written = []
-    try:
-        with BundleWriter(os.fspath(out), force=force, inputs=inputs) as writer:
+    with BundleWriter(os.fspath(out), force=force, inputs=inputs) as writer:
+        if d.format == "v1":
             for name in d.intact:
-                if d.format == "v1":
-                    writer.add_array(name, d._arrays[name], dtype=d._entries[name].dtype)
-                    written.append(name)
-                    continue
-                entry = d._entries[name]
-                parts = d._pieces[name]
-                if entry.slices:
-                    writer.add_entry(name, Entry(entry.dtype, entry.shape, slices=entry.slices))
-                for key, piece in parts:
-                    src = sources.get(piece.shard)
-                    if src is None:
-                        src = sources[piece.shard] = FileSource(d._shard_paths[piece.shard])
-                    e = piece.entry
-                    if d.big_endian:
-                        # numpy's dtype loses qint8 etc., so the entry's dtype goes with the array
-                        writer.add_array(key, _big_endian_array(src, e), dtype=e.dtype)
-                    else:
-                        numeric = e.dtype not in (dtypes.STRING, dtypes.VARIANT)
-                        writer.copy(key, e, src, verify=numeric, name=piece.label)
-                written.append(name)
-            writer.finish()
+                writer.add_array(name, d._arrays[name], dtype=d._entries[name].dtype)
+        else:
+            _copy_pieces(d, writer)
+        writer.finish()
+    return list(d.intact)
+
+
+def _copy_pieces(d: Diagnosis, writer) -> None:
+    pieces = []
+    for name in d.intact:
+        entry = d._entries[name]
+        if entry.slices:
+            writer.add_entry(name, Entry(entry.dtype, entry.shape, slices=entry.slices))
+        pieces.extend(d._pieces[name])
+    pieces.sort(key=lambda kp: (kp[1].shard, kp[1].entry.offset))
+    store = open_input(d._input or d.path)
+    sources: dict[int, Source] = {}
+    try:
+        for key, piece in pieces:
+            src = sources.get(piece.shard)
+            if src is None:
+                for done in sources.values():  # one shard at a time, in order
+                    done.close()
+                sources = {piece.shard: store.open(d._shard_paths[piece.shard])}
+                src = sources[piece.shard]
+                src.will_need([(p.entry.offset, p.entry.size) for _, p in pieces if p.shard == piece.shard])
+            e = piece.entry
+            if d.big_endian:
+                # numpy's dtype loses qint8 etc., so the entry's dtype goes with the array
+                writer.add_array(key, _big_endian_array(src, e), dtype=e.dtype)
+            else:
+                numeric = e.dtype not in (dtypes.STRING, dtypes.VARIANT)
+                writer.copy(key, e, src, verify=numeric, name=piece.label)
     finally:
         for src in sources.values():
             src.close()
-    return written
+        store.close()
 
 
 def _big_endian_array(src: Source, e: Entry):
@@ -58,4 +73,7 @@ def _big_endian_array(src: Source, e: Entry):
     raw = src.read(e.offset, e.size)
     if e.dtype == dtypes.STRING:
         return strings.to_array(strings.decode(raw, e.num_elements, big_endian=True)[0], e.shape)
-    return from_bytes(raw, dtypes.lookup(e.dtype), e.shape, big_endian=True)
+    info = dtypes.lookup(e.dtype)
+    if info is None:  # diagnose damages such entries; never reached for an intact one
+        raise UnsupportedError(f"unknown dtype enum {e.dtype}", key=None, offset=e.offset)
+    return from_bytes(raw, info, e.shape, big_endian=True)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from ..bundle import naming
 from ..bundle.entry import Entry
 from ..bundle.slices import Slice, tiling_problem
@@ -13,10 +11,11 @@ from ..checkpoint import assemble
 from ..errors import CkptioError
 from .files import lfs, read_table
 from .index import slice_base
+from .inputs import Files
 from .report import Diagnosis
 
 
-def diagnose_v1(d: Diagnosis, files: list[str], prefix: str) -> None:
+def diagnose_v1(d: Diagnosis, store: Files, files: list[str], prefix: str) -> None:
     m = naming.V1_SHARD_RE.match(files[0]) if files else None
     d.num_shards = len(files)
     if m:
@@ -27,18 +26,18 @@ def diagnose_v1(d: Diagnosis, files: list[str], prefix: str) -> None:
             if p not in files:
                 d.problem(
                     "missing-shard",
-                    f"V1 file {os.path.basename(p)} of {count} is missing; the tensors (or slices) it held are lost",
+                    f"V1 file {store.basename(p)} of {count} is missing; the tensors (or slices) it held are lost",
                     path=p,
                 )
     metas: dict[str, tuple[int, tuple, list]] = {}  # name -> (dtype, shape, [(slice, file)])
     values: dict[bytes, tuple[str, bytes]] = {}
     for path in files:
-        if lfs(path):
+        if lfs(store, path):
             d.problem(
                 "lfs-pointer", "this V1 file is a Git LFS pointer, not the file itself; run 'git lfs pull'", path=path
             )
             continue
-        scan = read_table(d, path, "V1 file")
+        scan = read_table(d, store, path, "V1 file")
         if scan is None:
             continue
         if not scan.items or scan.items[0][0] != b"":
@@ -65,27 +64,29 @@ def diagnose_v1(d: Diagnosis, files: list[str], prefix: str) -> None:
                         )
                         d.damage(name, "declared with different dtypes or shapes in two files")
                         continue
-                    entry = metas.setdefault(name, (dtype, shape, []))
-                    entry[2].extend((s, path) for s in slices)
+                    meta = metas.setdefault(name, (dtype, shape, []))
+                    meta[2].extend((s, path) for s in slices)
         for key, value in scan.items[1:] if scan.items and scan.items[0][0] == b"" else scan.items:
             values[key] = (path, value)
         for key in scan.lost_keys:
-            name = slice_base(key)
-            if name is not None:
-                d.damage(name, "its data was in a damaged block")
-    for name, (dtype, shape, slices) in metas.items():
+            base = slice_base(key)
+            if base is not None:
+                d.damage(base, "its data was in a damaged block")
+    for name, (dtype, shape, stored) in metas.items():
         if name in d.damaged:
             continue
-        entry = Entry(dtype, shape, slices=tuple(s for s, _ in slices))
-        problem = entry.problem() or tiling_problem(shape, entry.slices)
-        if not problem and not slices:
+        entry = Entry(dtype, shape, slices=tuple(s for s, _ in stored))
+        kind, problem = "bad-entry", Entry(dtype, shape).problem()  # dtype and shape alone
+        if not problem:
+            kind, problem = "bad-slices", entry.problem() or tiling_problem(shape, entry.slices)
+        if not problem and not stored:
             problem = "the tensor lists no stored slice (its values are missing)"
         if problem:
-            d.problem("bad-slices" if "slice" in problem else "bad-entry", problem, path=prefix, key=name)
+            d.problem(kind, problem, path=prefix, key=name)
             d.damage(name, problem)
             continue
         parts = []
-        for s, _path in slices:
+        for s, _path in stored:
             key = slice_key(name, s if shape else Slice(()))
             found = values.get(key)
             if found is None:

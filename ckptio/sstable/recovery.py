@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import CkptioError
-from ..io import MemorySource, Source
+from ..store.base import Source
 from .block import Block
 from .coding import crc32c, unmask
 from .format import FOOTER_SIZE, MAGIC_BYTES, TRAILER_SIZE, BlockHandle, Footer, read_block
@@ -48,6 +48,17 @@ class TableScan:
 
     def add(self, kind: str, message: str, offset: int | None = None) -> None:
         self.damage.append(Damage(kind, message, offset))
+
+
+class _Bytes(Source):
+    """Bytes in memory, so the table layer's read_block checks a found block as it checks any."""
+
+    def __init__(self, data: bytes):
+        super().__init__()
+        self._data, self.name, self.size = data, "<scan>", len(data)
+
+    def _pread(self, offset: int, length: int) -> bytes:
+        return self._data[offset : offset + length]
 
 
 class _Head(Source):
@@ -225,8 +236,9 @@ def recover(file: Source, size: int, what: str, why: str, *, scan: TableScan | N
 
 def scan_blocks(data: bytes, max_blocks: int | None = None) -> list[tuple[int, bytes]]:
     """Blocks back to back from offset 0, each recognised by its restart array and trailer checksum."""
-    found, start, limit = [], 0, min(len(data), SCAN_LIMIT)
-    src = MemorySource(bytes(data[:limit]), name="<scan>")
+    found: list[tuple[int, bytes]] = []
+    start, limit = 0, min(len(data), SCAN_LIMIT)
+    src = _Bytes(bytes(data[:limit]))
     while start + 8 + TRAILER_SIZE <= limit and (max_blocks is None or len(found) < max_blocks):
         end = _block_end(data, start, limit)
         if end is None:
