@@ -9,7 +9,7 @@ from .bundle import dtypes
 from .bundle.locate import Located, locate
 from .bundle.slices import Slice
 from .errors import CorruptCheckpointError, TensorNotFoundError, UnsupportedError
-from .store import ARCHIVE_SUFFIXES, Store, is_archive, is_url  # noqa: F401 - ARCHIVE_SUFFIXES: its old home
+from .store import ARCHIVE_SUFFIXES, Store  # noqa: F401 - ARCHIVE_SUFFIXES: its old home
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers honour the name)
 if TYPE_CHECKING:  # the protobuf-backed modules load on first use, keeping `ckptio --help` fast

@@ -1,9 +1,10 @@
 """Where a checkpoint lives when it is not plain local files: .tar.zst archives and remote URLs.
 
-ckptio.open() sends every path containing '://' or ending in .tar.zst/.tzst here:
+ckptio.open() sends every path store.for_path() does not map to plain local files here
+(a URL, an archive, file://), and files named as another weight format:
 
     file:///x/model.ckpt            a local path written as a URL
-    /x/model.tar.zst                an archive (archive.open_archive: streams, never unpacks)
+    /x/model.tar.zst                an archive (an ArchiveStore: streams, never unpacks)
     gs://b/model.tar.zst            an archive in remote storage, streamed by range reads
     gs://b/run/model.ckpt           a remote checkpoint (remote.open_remote: byte-range reads)
 

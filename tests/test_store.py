@@ -299,3 +299,62 @@ def test_output_commits_in_order_or_leaves_nothing(kind, tmp_path):
     out.abort()
     assert store.size(f"{root}/b.index") is None
     assert sorted(n for n in store.list(root)) == ["a.data", "a.index"]
+
+
+class FsspecMemory(MemoryStore):
+    """A store whose paths are fsspec memory:// URLs (a stand-in for the remote store)."""
+
+    def __init__(self) -> None:
+        import fsspec
+
+        super().__init__(name="memory://")
+        self.fs = fsspec.filesystem("memory")
+
+    def write(self, path: str, data: bytes) -> None:
+        self.fs.pipe_file(path, data)
+
+    def _info(self, path: str):
+        try:
+            return self.fs.info(path)
+        except FileNotFoundError:
+            return None
+
+    def open(self, path: str) -> MemorySource:
+        info = self._info(path)
+        if info is None or info["type"] != "file":
+            raise CheckpointNotFoundError("no such file", path=path)
+        return MemorySource(self.fs.cat_file(path), name=path)
+
+    def size(self, path: str) -> int | None:
+        info = self._info(path)
+        return info["size"] if info is not None and info["type"] == "file" else None
+
+    def is_dir(self, path: str) -> bool:
+        return self.fs.isdir(path)
+
+    def list(self, directory: str) -> list[str]:
+        try:
+            return sorted(p.rstrip("/").rpartition("/")[2] for p in self.fs.ls(directory, detail=False))
+        except FileNotFoundError:
+            return []
+
+    def glob(self, pattern: str):
+        return None
+
+    def isabs(self, path: str) -> bool:
+        return "://" in path
+
+
+def test_locate_over_fsspec_urls(bundle_files):
+    store = FsspecMemory()
+    tree = MemoryTree(store, f"memory://ckptio-test-{os.getpid()}/run")
+    tree.put(_in(tree, "d", bundle_files) | {"d/checkpoint": b'model_checkpoint_path: "model.ckpt"\n'})
+    tree.put({f"sm/variables/{n.replace('model.ckpt', 'variables')}": d for n, d in bundle_files.items()})
+    expected = Located("v2", tree.path("d/model.ckpt"))
+    for name in ("d", "d/", "d/model.ckpt", "d/model.ckpt.index", "d/model.ckpt.data-00000-of-00001"):
+        assert _loc(tree, name) == expected, name
+    assert _loc(tree, "sm") == Located("v2", tree.path("sm/variables/variables"))
+    with pytest.raises(CheckpointNotFoundError):
+        _loc(tree, "nothing/here")
+    with ckptio.Checkpoint(tree.path("d"), store=store) as ck:
+        assert ck.prefix == tree.path("d/model.ckpt") and len(ck) == 2
