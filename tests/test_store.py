@@ -284,6 +284,19 @@ def test_will_need_ranges_are_coalesced():
     assert coalesce([(100, 10), (0, 10), (5, 10), (1 << 30, 1)], gap=50) == [(0, 15), (100, 10), (1 << 30, 1)]
 
 
+def test_will_need_advises_the_ranges_and_nothing_between(tmp_path, monkeypatch):
+    import ckptio.store.local as local
+
+    (tmp_path / "f").write_bytes(bytes(100))
+    advice = []
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, n, how: advice.append((off, n, how)))
+    monkeypatch.setattr(local, "WILL_NEED_AHEAD", 25)
+    src = FileSource(tmp_path / "f")
+    src.will_need([(50, 10), (0, 10), (10, 5), (80, 20)])
+    src.close()
+    assert advice == [(0, 15, os.POSIX_FADV_WILLNEED), (50, 10, os.POSIX_FADV_WILLNEED)]
+
+
 @pytest.mark.parametrize("kind", ["local", "memory"])
 def test_output_commits_in_order_or_leaves_nothing(kind, tmp_path):
     store = LocalStore() if kind == "local" else MemoryStore()

@@ -35,10 +35,6 @@ class ArchiveCheckpoint(Checkpoint):
         return self.store.stream
 
     @property
-    def _held(self) -> dict[str, bytes]:
-        return self.store.held
-
-    @property
     def bytes_read(self) -> int:
         """Compressed bytes read from the archive so far."""
         return self.archive.compressed_bytes_read

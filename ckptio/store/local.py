@@ -10,7 +10,9 @@ from collections.abc import Iterable
 from ..errors import CheckpointNotFoundError, ReadError
 from .base import Output, Range, Sink, Source, Store
 
-ADVISE_GAP = 1 << 20  # neighbouring ranges closer than this are advised as one
+# Advised up front at most: the kernel starts reading this much at once; more could evict pages
+# before they are used when the kept bytes exceed RAM (the copy path advises each range as it goes).
+WILL_NEED_AHEAD = 256 << 20
 
 
 def odd_file_kind(mode: int) -> str | None:
@@ -94,15 +96,20 @@ class FileSource(Source):
         return done
 
     def will_need(self, ranges: Iterable[Range]) -> None:
-        """Ask the kernel to start reading these ranges (coalesced); a hint, so failures are ignored."""
+        """Have the kernel start reading these ranges (up to WILL_NEED_AHEAD bytes); a hint, failures ignored."""
+        # Touching ranges are merged, but never across a gap: those bytes are a strip's dropped tensors.
         advise = getattr(os, "posix_fadvise", None)
         if advise is None or self._fd < 0:
             return
-        for offset, length in coalesce(ranges, ADVISE_GAP):
+        budget = WILL_NEED_AHEAD
+        for offset, length in coalesce(ranges, 0):
+            if budget <= 0:
+                return
             try:
-                advise(self._fd, offset, length, os.POSIX_FADV_WILLNEED)
+                advise(self._fd, offset, min(length, budget), os.POSIX_FADV_WILLNEED)
             except OSError:
                 return
+            budget -= length
 
     def fileno(self) -> int:
         return self._fd
