@@ -112,11 +112,15 @@ class Checkpoint(Mapping):
         from .store import OpenerStore
         from .store.local import LocalStore
 
-        local = LocalStore() if store is None else None
-        if store is None:
-            store = OpenerStore(open_source) if open_source is not None else local
+        finder: Store  # where the path is resolved: the old open_source took local paths
+        if store is None and open_source is not None:
+            store, finder = OpenerStore(open_source), LocalStore()
+        elif store is None:
+            store = finder = LocalStore()
+        else:
+            finder = store
         self.store = store
-        self.located = located or locate(local or store, os.fspath(path))
+        self.located = located or locate(finder, os.fspath(path))
         if self.located.format == "v2":
             from .bundle.reader import BundleReader
 

@@ -26,6 +26,8 @@ class ArchiveCheckpoint(Checkpoint):
     `archive` is the ArchiveStream: `compressed_bytes_read`, `decompressed`, `passes`.
     """
 
+    store: ArchiveStore
+
     def __init__(self, path: str, store: ArchiveStore, located: Located):
         self.archive_path = path
         super().__init__(path, located=located, store=store)

@@ -80,7 +80,7 @@ def _locate(store: Store, path: str, *, patterns: bool, depth: int) -> Located:
     if matches is not None:
         return _locate_pattern(store, path, matches)
     # A store that cannot tell a directory (an object store's prefix) may still hold one here.
-    found = _locate_dir(store, path, depth, missing_ok=True)
+    found = _search_dir(store, path, depth)
     if found is not None:
         return found
     raise CheckpointNotFoundError(_not_found_hint(store, path), path=path)
@@ -147,7 +147,19 @@ def _some(names: list[str], *, count: bool = True, shown: int = 5) -> str:
     return f"{len(names)} file{'s' if len(names) != 1 else ''}: {listed}"
 
 
-def _locate_dir(store: Store, path: str, depth: int, *, missing_ok: bool = False) -> Located | None:
+def _locate_dir(store: Store, path: str, depth: int) -> Located:
+    found = _search_dir(store, path, depth)
+    if found is None:
+        raise CheckpointNotFoundError(
+            "directory holds no checkpoint (no 'checkpoint' state file, no *.index, "
+            "no variables/variables.index, no V1 files)",
+            path=path,
+        )
+    return found
+
+
+def _search_dir(store: Store, path: str, depth: int) -> Located | None:
+    """The checkpoint a directory holds, None when it holds none (or is not there)."""
     latest = latest_in(store, path, depth)
     if latest is not None:
         return _locate(store, latest, patterns=True, depth=depth + 1)
@@ -176,15 +188,9 @@ def _locate_dir(store: Store, path: str, depth: int, *, missing_ok: bool = False
     if len(v1) == 1:
         return _locate(store, v1[0], patterns=False, depth=depth + 1)
     if v1:
-        names = ", ".join(store.basename(p) for p in v1[:5])
-        raise CheckpointNotFoundError(f"directory holds {len(v1)} V1 checkpoints; pass one: {names}", path=path)
-    if missing_ok:
-        return None
-    raise CheckpointNotFoundError(
-        "directory holds no checkpoint (no 'checkpoint' state file, no *.index, "
-        "no variables/variables.index, no V1 files)",
-        path=path,
-    )
+        shown = ", ".join(store.basename(p) for p in v1[:5])
+        raise CheckpointNotFoundError(f"directory holds {len(v1)} V1 checkpoints; pass one: {shown}", path=path)
+    return None
 
 
 def _v1_checkpoints_in(store: Store, directory: str, names: list[str]) -> list[str]:

@@ -3,6 +3,7 @@ knowing nothing about checkpoints. Format layers (sstable, bundle) read through 
 
 from __future__ import annotations
 
+import builtins
 import threading
 from collections.abc import Iterable, Iterator
 
@@ -129,7 +130,7 @@ class Store:
         """Names (not paths) in a directory, sorted; [] where the store cannot list."""
         raise NotImplementedError
 
-    def glob(self, pattern: str) -> list[str] | None:
+    def glob(self, pattern: str) -> builtins.list[str] | None:
         """Paths matching a shell pattern, sorted; None where the store takes no patterns."""
         return None
 

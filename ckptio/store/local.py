@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import glob
 import os
 import stat
@@ -9,6 +10,10 @@ from collections.abc import Iterable
 
 from ..errors import CheckpointNotFoundError, ReadError
 from .base import Output, Range, Sink, Source, Store
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..output import AtomicFiles
 
 # Advised up front at most: the kernel starts reading this much at once; more could evict pages
 # before they are used when the kept bytes exceed RAM (the copy path advises each range as it goes).
@@ -145,7 +150,7 @@ class LocalOutput(Output):
 
     def __init__(self, directory: str | None = None) -> None:
         self.directory = directory
-        self._files = None
+        self._files: AtomicFiles | None = None
         self._sinks: list[LocalSink] = []
 
     def create(self, path: str) -> LocalSink:
@@ -201,7 +206,7 @@ class LocalStore(Store):
         except OSError:
             return []
 
-    def glob(self, pattern: str) -> list[str] | None:
+    def glob(self, pattern: str) -> builtins.list[str] | None:
         return sorted(glob.glob(pattern)) if glob.has_magic(pattern) else None
 
     def file_kind(self, path: str) -> str | None:

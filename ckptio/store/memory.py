@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import fnmatch
 import threading
 from collections.abc import Iterable
@@ -94,7 +95,7 @@ class MemoryStore(Store):
         start = key + "/" if key else ""
         return sorted({k[len(start) :].split("/", 1)[0] for k in self.files if k.startswith(start)})
 
-    def glob(self, pattern: str) -> list[str] | None:
+    def glob(self, pattern: str) -> builtins.list[str] | None:
         if not any(c in pattern for c in "*?["):
             return None
         parts = _norm(pattern).split("/")
