@@ -6,9 +6,10 @@ import os
 from collections.abc import Iterator, Mapping
 
 from .bundle import dtypes
-from .bundle.paths import Located, resolve
+from .bundle.locate import Located, locate
 from .bundle.slices import Slice
 from .errors import CorruptCheckpointError, TensorNotFoundError, UnsupportedError
+from .store import ARCHIVE_SUFFIXES, Store  # noqa: F401 - ARCHIVE_SUFFIXES: its old home
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers honour the name)
 if TYPE_CHECKING:  # the protobuf-backed modules load on first use, keeping `ckptio --help` fast
@@ -84,7 +85,7 @@ class Tensor:
         info = self.entry.dtype_info
         return (
             self._ckpt.format == "v2"
-            and not getattr(self._ckpt, "sequential", False)
+            and not self._ckpt.sequential
             and info is not None
             and info.fixed_width
             and len(self.shape) >= 1
@@ -104,22 +105,43 @@ class Tensor:
 class Checkpoint(Mapping):
     """An open checkpoint. Use as a context manager; keys are tensor names."""
 
-    def __init__(self, path, *, located: Located | None = None, open_source=None):
-        from .io import FileSource
+    store: Store | None = None  # where the files are; None for checkpoints of other formats (ckptio.formats)
 
-        self.located = located or resolve(path)
-        opener = open_source or FileSource
+    def __init__(self, path, *, located: Located | None = None, store: Store | None = None, open_source=None):
+        # open_source (a callable path -> Source) is the older way to give the store; kept as an alias.
+        from .store import OpenerStore
+        from .store.local import LocalStore
+
+        finder: Store  # where the path is resolved: the old open_source took local paths
+        if store is None and open_source is not None:
+            store, finder = OpenerStore(open_source), LocalStore()
+        elif store is None:
+            store = finder = LocalStore()
+        else:
+            finder = store
+        self.store = store
+        self.located = located or locate(finder, os.fspath(path))
         if self.located.format == "v2":
             from .bundle.reader import BundleReader
 
-            self._reader = BundleReader(self.located.prefix, open_source=opener)
+            self._reader = BundleReader(self.located.prefix, store=store)
         else:
             from .bundle.v1 import V1Reader
 
-            self._reader = V1Reader(list(self.located.files), open_source=opener)
+            self._reader = V1Reader(list(self.located.files), store=store)
         self.format = self.located.format
         self.prefix = self.located.prefix
         self.path = self._reader.path
+
+    @property
+    def reader(self):
+        """The format reader (BundleReader for V2, V1Reader for V1): entries, shards, raw bytes."""
+        return self._reader
+
+    @property
+    def sequential(self) -> bool:
+        """True when the store reads cheaply only in increasing (shard, offset) order (an archive)."""
+        return self.store is not None and not self.store.random_access
 
     # -- Mapping -------------------------------------------------------------------------------
 
@@ -291,19 +313,13 @@ def assemble(name: str, entry: Entry, read_piece, *, path=None):
     return out
 
 
-ARCHIVE_SUFFIXES = (".tar.zst", ".tzst")
-
-
 def open(path, **kwargs) -> Checkpoint:  # noqa: A001 - mirrors builtins.open on purpose
     """Open a checkpoint lazily: prefix, .index/.data path, directory, SavedModel, V1 file,
     a .tar.zst archive, a remote URL (gs://, s3://, http(s)://, any fsspec protocol), or a
     .safetensors (.safetensors.index.json), .npz, .weights.h5 or .keras file."""
     if not isinstance(path, Checkpoint):
-        text = os.fspath(path)
-        from .formats import kind_of
+        from .sources import is_special, open_special
 
-        if "://" in text or text.endswith(ARCHIVE_SUFFIXES) or kind_of(text):
-            from .sources import open_special
-
-            return open_special(text, **kwargs)
+        if is_special(path):
+            return open_special(os.fspath(path), **kwargs)
     return Checkpoint(path, **kwargs)

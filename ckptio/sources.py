@@ -1,9 +1,10 @@
 """Where a checkpoint lives when it is not plain local files: .tar.zst archives and remote URLs.
 
-ckptio.open() sends every path containing '://' or ending in .tar.zst/.tzst here:
+ckptio.open() sends every path store.for_path() does not map to plain local files here
+(a URL, an archive, file://), and files named as another weight format:
 
     file:///x/model.ckpt            a local path written as a URL
-    /x/model.tar.zst                an archive (archive.open_archive: streams, never unpacks)
+    /x/model.tar.zst                an archive (an ArchiveStore: streams, never unpacks)
     gs://b/model.tar.zst            an archive in remote storage, streamed by range reads
     gs://b/run/model.ckpt           a remote checkpoint (remote.open_remote: byte-range reads)
 
@@ -16,28 +17,29 @@ from __future__ import annotations
 
 import os
 
-from .checkpoint import ARCHIVE_SUFFIXES, Checkpoint
+from .checkpoint import Checkpoint
+from .store import for_path, is_url, local_path
+from .store import is_archive as _is_archive
 
 
 def is_archive(path) -> bool:
-    return os.fspath(path).endswith(ARCHIVE_SUFFIXES)
+    return _is_archive(os.fspath(path))
 
 
 def is_remote(path) -> bool:
-    text = os.fspath(path)
-    return "://" in text and not text.startswith("file://")
+    return is_url(os.fspath(path))
 
 
 def is_special(path) -> bool:
-    """True when ckptio.open / rewrite must route the path here."""
+    """True when ckptio.open / rewrite must route the path here (not plain local files)."""
     from .formats import kind_of
 
     text = os.fspath(path)
-    return "://" in text or is_archive(text) or kind_of(text) is not None
+    return local_path(text) != text or is_url(text) or _is_archive(text) or kind_of(text) is not None
 
 
 def _local(text: str) -> str:
-    return text[len("file://") :] if text.startswith("file://") else text
+    return local_path(text)
 
 
 def open_special(path, **kwargs) -> Checkpoint:
@@ -47,23 +49,32 @@ def open_special(path, **kwargs) -> Checkpoint:
     text = os.fspath(path)
     if kind_of(text):  # .safetensors, .npz, Keras files (ckptio/formats)
         return open_format(text, **kwargs)
-    if not is_remote(text):
-        text = _local(text)
-        if is_archive(text):
-            if kwargs:
-                raise TypeError(f"unexpected options for a local archive: {', '.join(kwargs)}")
+    if not is_url(text) and not _is_archive(text):
+        return Checkpoint(local_path(text), **kwargs)  # file:// (kwargs: Checkpoint's own)
+    store, inner = for_path(text, **kwargs)
+    if store is None:  # no remote store yet (ckptio/store/remote.py): ckptio.remote reads the URL
+        if _is_archive(text):
             from .archive import open_archive
+            from .remote import RemoteSource
 
-            return open_archive(text)
-        return Checkpoint(text, **kwargs)
-    if is_archive(text):
-        from .archive import open_archive
-        from .remote import RemoteSource
+            return open_archive(text, source=RemoteSource.from_url(text, **kwargs))
+        from .remote import open_remote
 
-        return open_archive(text, source=RemoteSource.from_url(text, **kwargs))
-    from .remote import open_remote
+        return open_remote(text, **kwargs)
+    return open_on(store, inner)
 
-    return open_remote(text, **kwargs)
+
+def open_on(store, path: str) -> Checkpoint:
+    """The checkpoint at path in store (an archive store: the checkpoint it holds)."""
+    from .store.archive import ArchiveStore
+
+    if isinstance(store, ArchiveStore):
+        from .archive.reader import archive_checkpoint
+
+        return archive_checkpoint(store)
+    from .bundle.locate import locate
+
+    return Checkpoint(path, store=store, located=locate(store, path))
 
 
 def rewrite_special(src, dst, steps=(), *, level: int | None = None, threads: int = -1, **options):

@@ -95,7 +95,7 @@ def verify(ckpt, *, progress: Callable[[int], None] | None = None, check_graph: 
 def _verify_v2(ckpt, report: Report, progress) -> None:
     from .bundle.entry import Entry
 
-    reader = ckpt._reader
+    reader = ckpt.reader
     path = reader.path
     entries: dict[str, Entry] = {}
     slices: dict[bytes, Entry] = {}
@@ -140,7 +140,7 @@ def _verify_v2(ckpt, report: Report, progress) -> None:
         if k not in referenced:
             report.add("stray slice entry that no tensor lists", path=path, key=key_label(k))
     # An archive's shards are read in one forward pass: check their sizes after the data.
-    sequential = getattr(ckpt, "sequential", False)
+    sequential = ckpt.sequential
     if not sequential:
         _check_shards(reader, entries, slices, report)
     pieces = [(name, e) for name, e in entries.items() if not e.slices]
@@ -207,7 +207,7 @@ def _verify_v1(ckpt, report: Report, progress) -> None:
                 progress(getattr(arr, "nbytes", 0))
         except CkptioError as exc:
             report.add(exc, key=name)
-    for table in ckpt._reader.tables:
+    for table in ckpt.reader.tables:
         _check_metaindex(table, report)
         for i in range(len(table.index)):
             try:

@@ -66,3 +66,12 @@ def test_archive_and_doctor_pieces_do_not_import_their_package_front():
 
 def test_output_side_does_not_import_the_sources():
     assert not _reaches(_imports(PKG / "output.py"), "ckptio.io")
+
+
+def test_store_imports_nothing_about_checkpoints():
+    """store/ knows where bytes live and nothing of what they mean (the tar codec and stream live there too)."""
+    above = ("bundle", "sstable", "checkpoint", "archive", "doctor", "remote", "sources", "rewrite", "verify", "cli")
+    for path in (PKG / "store").glob("*.py"):
+        imports = _imports(path)
+        for name in above:
+            assert not _reaches(imports, f"ckptio.{name}"), (path.name, name)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 
 from ..bundle import naming
-from ..bundle.paths import Located
+from ..bundle.locate import Located
 from ..checkpoint import Checkpoint
 from ..errors import CheckpointNotFoundError, UnsupportedError
-from ..io import FileSource, MemorySource, Source
 from ..sstable.format import MAGIC_BYTES
-from .stream import ArchiveStream, MemberSource
-from .tar import REGULAR
+from ..store.archive import ArchiveStore, ArchiveStream
+from ..store.base import Source
+from ..store.local import FileSource
+from ..store.tar import REGULAR
 
 # Members held in memory are capped far above any real checkpoint's (an index of 512 MiB lists
 # millions of tensors) and well below what a 64 KB archive of zeros can inflate to.
@@ -25,23 +26,15 @@ class ArchiveCheckpoint(Checkpoint):
     `archive` is the ArchiveStream: `compressed_bytes_read`, `decompressed`, `passes`.
     """
 
-    sequential = True  # sources are forward-only: read in (shard, offset) order, one thread
+    store: ArchiveStore
 
-    def __init__(self, path: str, stream: ArchiveStream, located: Located, held: dict[str, bytes]):
-        self.archive = stream
-        self._held = held
+    def __init__(self, path: str, store: ArchiveStore, located: Located):
         self.archive_path = path
-        super().__init__(path, located=located, open_source=self._open_member)
+        super().__init__(path, located=located, store=store)
 
-    def _open_member(self, path: str) -> Source:
-        prefix = self.archive.label + "/"
-        name = path[len(prefix) :] if path.startswith(prefix) else None
-        if name is not None and name in self._held:
-            return MemorySource(self._held[name], name=path)
-        member = self.archive.find(name) if name is not None else None
-        if member is None:
-            raise CheckpointNotFoundError("no such member in the archive", path=path)
-        return MemberSource(self.archive, member)
+    @property
+    def archive(self) -> ArchiveStream:
+        return self.store.stream
 
     @property
     def bytes_read(self) -> int:
@@ -56,7 +49,7 @@ class ArchiveCheckpoint(Checkpoint):
         try:
             super().close()
         finally:
-            self.archive.close()
+            self.store.close()
 
     def __repr__(self) -> str:
         return f"<ckptio.ArchiveCheckpoint {self.format} {self.prefix!r}>"
@@ -72,37 +65,49 @@ def open_archive(path, *, source: Source | None = None) -> ArchiveCheckpoint:
     label = os.fspath(path)
     src = source or FileSource(label)
     try:
-        stream = ArchiveStream(src, label)
-        held: dict[str, bytes] = {}
-        index = None
-        while index is None:
-            m = stream.scan()
-            if m is None:
-                break
-            if m.kind == REGULAR and m.name.endswith(".index") and len(m.name) > len(".index"):
-                index = m
-        if index is not None:
-            if index.size > MAX_INDEX:  # before a byte of it is decompressed
-                raise UnsupportedError(
-                    f"index member of {index.size} bytes is more than ckptio holds in memory "
-                    f"({MAX_INDEX} bytes); unpack the archive first",
-                    path=f"{label}/{index.name}",
-                )
-            held[index.name] = stream.read_at(index.data_offset, index.size, name=f"{label}/{index.name}")
-            located = Located("v2", f"{label}/{index.name[: -len('.index')]}")
-        else:
-            located = _locate_v1(stream, held, label)
-        return ArchiveCheckpoint(label, stream, located, held)
+        store = ArchiveStore(src, label)
     except BaseException:
         src.close()
         raise
+    return archive_checkpoint(store)
 
 
-def _locate_v1(stream: ArchiveStream, held: dict[str, bytes], label: str) -> Located:
+def archive_checkpoint(store: ArchiveStore) -> ArchiveCheckpoint:
+    """The checkpoint an open archive store holds; the store is closed with it (or on failure)."""
+    try:
+        return ArchiveCheckpoint(store.name, store, _locate(store))
+    except BaseException:
+        store.close()
+        raise
+
+
+def _locate(store: ArchiveStore) -> Located:
+    """The archive's first .index member, held in memory; else its V1 tables."""
+    index = None
+    while index is None:
+        m = store.stream.scan()
+        if m is None:
+            break
+        if m.kind == REGULAR and m.name.endswith(".index") and len(m.name) > len(".index"):
+            index = m
+    if index is None:
+        return _locate_v1(store)
+    if index.size > MAX_INDEX:  # before a byte of it is decompressed
+        raise UnsupportedError(
+            f"index member of {index.size} bytes is more than ckptio holds in memory "
+            f"({MAX_INDEX} bytes); unpack the archive first",
+            path=store.path_of(index.name),
+        )
+    store.hold(index)
+    return Located("v2", store.path_of(index.name[: -len(".index")]))
+
+
+def _locate_v1(store: ArchiveStore) -> Located:
     """Hold every V1 table member in memory and pick the checkpoint they form."""
+    label = store.name
     candidates = [
         m
-        for m in stream.members
+        for m in store.stream.members
         if m.kind == REGULAR
         and m.size >= 48
         and os.path.basename(m.name) != "checkpoint"
@@ -116,15 +121,15 @@ def _locate_v1(stream: ArchiveStream, held: dict[str, bytes], label: str) -> Loc
         )
     tables = []
     for m in candidates:
-        data = stream.read_at(m.data_offset, m.size, name=f"{label}/{m.name}")
-        if data[-8:] == MAGIC_BYTES:
-            held[m.name] = data
+        if store.hold(m)[-8:] == MAGIC_BYTES:
             tables.append(m.name)
+        else:
+            del store.held[m.name]
     if not tables:
         raise CheckpointNotFoundError("archive holds no checkpoint (no .index member, no V1 table file)", path=label)
     shards = [naming.V1_SHARD_RE.match(n) for n in tables]
     if all(shards) and len({(s["base"], s["count"]) for s in shards}) == 1:
-        return Located("v1", f"{label}/{shards[0]['base']}", tuple(f"{label}/{n}" for n in sorted(tables)))
+        return Located("v1", store.path_of(shards[0]["base"]), tuple(store.path_of(n) for n in sorted(tables)))
     if len(tables) == 1:
-        return Located("v1", f"{label}/{tables[0]}", (f"{label}/{tables[0]}",))
+        return Located("v1", store.path_of(tables[0]), (store.path_of(tables[0]),))
     raise CheckpointNotFoundError(f"archive holds {len(tables)} V1 checkpoints: {', '.join(tables[:5])}", path=label)

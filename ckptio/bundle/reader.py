@@ -15,12 +15,12 @@ from ..errors import (
     UnsupportedError,
     WrongFileError,
 )
-from ..io import FileSource, Source
 from ..sstable import Table
 from ..sstable.coding import crc32c, unmask
+from ..store.base import Source, Store
 from . import dtypes, naming, strings
 from .entry import Entry, Header
-from .paths import LFS_POINTER
+from .locate import LFS_POINTER
 from .slices import Slice, tiling_problem
 from .slices import encode_key as slice_key
 
@@ -33,11 +33,19 @@ class BundleReader:
     format = "v2"
 
     def __init__(
-        self, prefix: str, *, open_source: Callable[[str], Source] = FileSource, index_source: Source | None = None
+        self,
+        prefix: str,
+        *,
+        store: Store | None = None,
+        open_source: Callable[[str], Source] | None = None,
+        index_source: Source | None = None,
     ):
+        # store: where the files are (local files by default); open_source, a callable path ->
+        # Source, is the older way to say it, kept as an alias.
         self.prefix = prefix
-        self._open_source = open_source
-        self.index_source = index_source or open_source(naming.index_path(prefix))
+        self.store = store = store or local_store()
+        self._open_source = open_source or store.open
+        self.index_source = index_source or self._open_source(naming.index_path(prefix))
         self.path = self.index_source.name
         try:
             self._open_index()
@@ -301,14 +309,9 @@ class BundleReader:
         self.check_entry(name, entry)
         src = self.shard(entry.shard_id)
         buf = bytearray(entry.size)
-        if isinstance(src, FileSource):
-            got = src.readinto(entry.offset, memoryview(buf))
-            if got != entry.size:
-                raise CorruptCheckpointError(
-                    f"read {got} of {entry.size} bytes", path=src.name, key=name, offset=entry.offset
-                )
-        else:
-            buf[:] = src.read(entry.offset, entry.size, key=name)
+        got = src.readinto(entry.offset, memoryview(buf))  # files fill buf in place, other sources copy once
+        if got != entry.size:
+            raise TruncatedError(f"read {got} of {entry.size} bytes", path=src.name, key=name, offset=entry.offset)
         if verify:
             self._check_crc(name, entry, crc32c(buf))
         return from_bytes(buf, info, entry.shape, big_endian=self.header.big_endian)
@@ -318,6 +321,13 @@ class BundleReader:
             src.close()
         self._shards.clear()
         self.index_source.close()
+
+
+def local_store() -> Store:
+    """The default store: local files."""
+    from ..store.local import LocalStore
+
+    return LocalStore()
 
 
 def is_lfs_pointer(src: Source) -> bool:

@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterator
 
 from .._proto import saved_tensor_slice_pb2 as pb
 from ..errors import CorruptCheckpointError, TensorNotFoundError, UnsupportedError, WrongFileError
-from ..io import FileSource, Source
 from ..sstable import Table
+from ..store.base import Source, Store
 from . import dtypes
 from .entry import CONSUMER_VERSION, Entry, parse_proto
 from .slices import Slice, encode_key, from_proto, tiling_problem
@@ -23,7 +23,13 @@ class V1Reader:
 
     format = "v1"
 
-    def __init__(self, paths: list[str], *, open_source: Callable[[str], Source] = FileSource):
+    def __init__(
+        self, paths: list[str], *, store: Store | None = None, open_source: Callable[[str], Source] | None = None
+    ):
+        if open_source is None:
+            from .reader import local_store
+
+            open_source = (store or local_store()).open
         self.paths = list(paths)
         self.path = self.paths[0]
         self.tables: list[Table] = []

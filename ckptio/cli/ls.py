@@ -30,7 +30,7 @@ def roles_of(ckpt) -> dict[str, str]:
     if own is not None:  # another weight format that knows its own optimizer state (Keras)
         return own()
     if naming.OBJECT_GRAPH_KEY in entries:
-        if getattr(ckpt, "sequential", False):
+        if ckpt.sequential:
             # An archive: the graph sits at the end of the data, and reading it would decompress
             # everything; ls reads only the index, so it goes by TF2 key patterns instead.
             found = {n: _tf2_role_by_key(n) for n in entries}
@@ -85,7 +85,7 @@ def run(args) -> int:
         for n in names:
             e = entries[n]
             nbytes = (
-                sum(ckpt._reader.slice_entry(n, s).size for s in e.slices)
+                sum(ckpt.reader.slice_entry(n, s).size for s in e.slices)
                 if e.slices and ckpt.format == "v2"
                 else e.size
             )

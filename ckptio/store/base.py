@@ -3,6 +3,7 @@ knowing nothing about checkpoints. Format layers (sstable, bundle) read through 
 
 from __future__ import annotations
 
+import builtins
 import threading
 from collections.abc import Iterable, Iterator
 
@@ -128,6 +129,18 @@ class Store:
     def list(self, directory: str) -> list[str]:
         """Names (not paths) in a directory, sorted; [] where the store cannot list."""
         raise NotImplementedError
+
+    def glob(self, pattern: str) -> builtins.list[str] | None:
+        """Paths matching a shell pattern, sorted; None where the store takes no patterns."""
+        return None
+
+    def file_kind(self, path: str) -> str | None:
+        """What path is when it is neither a regular file nor a directory ("a FIFO" ...), else None."""
+        return None
+
+    def isabs(self, path: str) -> bool:
+        """Whether a path (as a state file stores it) names its file without a directory to join it to."""
+        return path.startswith("/")
 
     def output(self) -> Output:
         """A new atomic output on this store."""

@@ -1,0 +1,232 @@
+"""The local store: files of the OS filesystem, read by positional reads and written through AtomicFiles."""
+
+from __future__ import annotations
+
+import builtins
+import glob
+import os
+import stat
+from collections.abc import Iterable
+
+from ..errors import CheckpointNotFoundError, ReadError
+from .base import Output, Range, Sink, Source, Store
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..output import AtomicFiles
+
+# Advised up front at most: the kernel starts reading this much at once; more could evict pages
+# before they are used when the kept bytes exceed RAM (the copy path advises each range as it goes).
+WILL_NEED_AHEAD = 256 << 20
+
+
+def odd_file_kind(mode: int) -> str | None:
+    """What a file is when it is neither a regular file nor a directory ("a FIFO" ...), else None."""
+    for test, kind in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return None if stat.S_ISREG(mode) or stat.S_ISDIR(mode) else "a special file"
+
+
+def coalesce(ranges: Iterable[Range], gap: int) -> list[Range]:
+    """Ranges sorted and merged where they overlap or lie less than gap bytes apart."""
+    out: list[list[int]] = []
+    for offset, length in sorted(r for r in ranges if r[1] > 0):
+        if out and offset <= out[-1][0] + out[-1][1] + gap:
+            out[-1][1] = max(out[-1][1], offset + length - out[-1][0])
+        else:
+            out.append([offset, length])
+    return [(o, n) for o, n in out]
+
+
+class FileSource(Source):
+    """A local regular file read with positional reads (os.pread), safe across threads."""
+
+    def __init__(self, path) -> None:
+        super().__init__()
+        self.name = os.fspath(path)
+        self._fd = -1
+        try:
+            # O_NONBLOCK: opening a FIFO would otherwise wait forever for a writer. It is
+            # cleared below once we know this is a regular file.
+            fd = os.open(self.name, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            raise CheckpointNotFoundError("no such file", path=self.name) from None
+        except OSError as exc:
+            raise ReadError(f"cannot open: {exc.strerror or exc}", path=self.name) from None
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise ReadError("is a directory, not a file", path=self.name)
+            kind = odd_file_kind(st.st_mode)
+            if kind:  # a FIFO blocks, /dev/zero never ends: only regular files have a size to trust
+                raise ReadError(f"is {kind}, not a regular file", path=self.name)
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self.size = st.st_size
+
+    def _pread(self, offset: int, length: int) -> bytes:
+        chunks, done = [], 0
+        while done < length:
+            try:
+                piece = os.pread(self._fd, min(length - done, 1 << 30), offset + done)
+            except OSError as exc:
+                raise ReadError(f"cannot read: {exc.strerror or exc}", path=self.name, offset=offset + done) from None
+            if not piece:
+                break
+            chunks.append(piece)
+            done += len(piece)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def readinto(self, offset: int, buf: memoryview) -> int:
+        """Fill buf from offset (fewer bytes only at end of file); counts bytes read."""
+        done = 0
+        while done < len(buf):
+            try:
+                n = os.preadv(self._fd, [buf[done:]], offset + done)
+            except OSError as exc:
+                raise ReadError(f"cannot read: {exc.strerror or exc}", path=self.name, offset=offset + done) from None
+            if n == 0:
+                break
+            done += n
+        self._count(done)
+        return done
+
+    def will_need(self, ranges: Iterable[Range]) -> None:
+        """Have the kernel start reading these ranges (up to WILL_NEED_AHEAD bytes); a hint, failures ignored."""
+        # Touching ranges are merged, but never across a gap: those bytes are a strip's dropped tensors.
+        advise = getattr(os, "posix_fadvise", None)
+        if advise is None or self._fd < 0:
+            return
+        budget = WILL_NEED_AHEAD
+        for offset, length in coalesce(ranges, 0):
+            if budget <= 0:
+                return
+            try:
+                advise(self._fd, offset, min(length, budget), os.POSIX_FADV_WILLNEED)
+            except OSError:
+                return
+            budget -= length
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class LocalSink(Sink):
+    """A temp file of a LocalOutput, written in order through its descriptor."""
+
+    def __init__(self, name: str, temp: str, fd: int) -> None:
+        self.name, self.temp, self._fd = name, temp, fd
+
+    def write(self, data) -> None:
+        from ..output import write_all
+
+        write_all(self._fd, data, self.temp)
+
+    def fileno(self) -> int | None:
+        return self._fd if self._fd >= 0 else None
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class LocalOutput(Output):
+    """An Output over output.AtomicFiles: temp files beside their final names, renamed in creation order."""
+
+    def __init__(self, directory: str | None = None) -> None:
+        self.directory = directory
+        self._files: AtomicFiles | None = None
+        self._sinks: list[LocalSink] = []
+
+    def create(self, path: str) -> LocalSink:
+        from ..output import AtomicFiles
+
+        if self._files is None:  # stale temps are swept from the first file's directory
+            self._files = AtomicFiles(self.directory or os.path.dirname(path) or ".")
+        temp, fd = self._files.create(path)
+        sink = LocalSink(path, temp, fd)
+        self._sinks.append(sink)
+        return sink
+
+    def commit(self, *, remove_first: Iterable[str] = (), fsync: bool = False) -> None:
+        self._close_sinks()
+        if self._files is not None:
+            self._files.commit(remove_first=tuple(remove_first), fsync=fsync)
+
+    def abort(self) -> None:
+        self._close_sinks()
+        if self._files is not None:
+            self._files.abort()
+
+    def _close_sinks(self) -> None:
+        for sink in self._sinks:
+            sink.close()
+        self._sinks = []
+
+
+class LocalStore(Store):
+    """The OS filesystem; paths are OS paths (relative to the working directory or absolute)."""
+
+    name = "<local>"
+
+    def open(self, path: str) -> FileSource:
+        return FileSource(path)
+
+    def _stat(self, path: str):
+        try:
+            return os.stat(path)
+        except (OSError, ValueError):  # ValueError: a NUL byte in the path
+            return None
+
+    def size(self, path: str) -> int | None:
+        st = self._stat(path)
+        return st.st_size if st is not None and stat.S_ISREG(st.st_mode) else None
+
+    def is_dir(self, path: str) -> bool:
+        return os.path.isdir(path)
+
+    def list(self, directory: str) -> list[str]:
+        try:
+            return sorted(os.listdir(directory or "."))
+        except OSError:
+            return []
+
+    def glob(self, pattern: str) -> builtins.list[str] | None:
+        return sorted(glob.glob(pattern)) if glob.has_magic(pattern) else None
+
+    def file_kind(self, path: str) -> str | None:
+        st = self._stat(path)
+        return None if st is None else odd_file_kind(st.st_mode)
+
+    def isabs(self, path: str) -> bool:
+        return os.path.isabs(path)
+
+    def output(self, directory: str | None = None) -> LocalOutput:
+        return LocalOutput(directory)
+
+    def join(self, directory: str, name: str) -> str:
+        return os.path.join(directory, name)
+
+    def dirname(self, path: str) -> str:
+        return os.path.dirname(path)
+
+    def basename(self, path: str) -> str:
+        return os.path.basename(path)
+
+
+__all__ = ["FileSource", "LocalStore", "LocalOutput", "LocalSink", "odd_file_kind", "coalesce"]
