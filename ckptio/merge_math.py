@@ -104,9 +104,14 @@ class Combiner:
     def __call__(self, chunks, into: np.ndarray | None = None) -> memoryview:
         """The output bytes (in the tensor's dtype) for aligned input chunks; valid until the next call.
 
-        into: where to put them (chunks[0].size elements of the tensor's numpy dtype), else a buffer
-        of the combiner's own.
+        into: where to put them (chunks[0].size elements of storage(dtype)), else a buffer of the
+        combiner's own.
         """
+        with np.errstate(all="ignore"):  # inf and NaN follow IEEE rules, as in TensorFlow; no warnings
+            return self.apply(chunks, into)
+
+    def apply(self, chunks, into: np.ndarray | None = None) -> memoryview:
+        """__call__ in numpy's error state as it is: a caller combining many blocks sets it once."""
         k = chunks[0].size
         xs = chunks
         if self.info.name == "bfloat16":  # widened exactly to float32 in reused buffers
@@ -115,15 +120,14 @@ class Combiner:
         # numpy's own cast to float32/float16/float64/complex rounds as astype does: the rule's last
         # step writes straight into the output. bfloat16 and float8 are rounded separately.
         direct = self.info.name in _NUMPY_CASTS
-        with np.errstate(all="ignore"):  # inf and NaN follow IEEE rules, as in TensorFlow; no warnings
-            acc = self.combine(xs, out if direct else self._buffer("acc", k, self.acc_dtype))
-            if direct:
-                return memoryview(out.view(np.uint8))
-            data = narrow(acc, self.info, out, self._buffer)
-            if into is not None and info_is_sub_byte(self.info):  # encoded apart: copied in
-                into.view(np.uint8)[:] = np.frombuffer(data, np.uint8)
-                return memoryview(into.view(np.uint8))
-            return data
+        acc = self.combine(xs, out if direct else self._buffer("acc", k, self.acc_dtype))
+        if direct:
+            return memoryview(out.view(np.uint8))
+        data = narrow(acc, self.info, out, self._buffer)
+        if into is not None and info_is_sub_byte(self.info):  # encoded apart: copied in
+            into.view(np.uint8)[:] = np.frombuffer(data, np.uint8)
+            return memoryview(into.view(np.uint8))
+        return data
 
     def combine(self, xs, final: np.ndarray) -> np.ndarray:
         """The rule on one run of elements, in the accumulator dtype; the last step writes into final."""
