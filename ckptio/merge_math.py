@@ -26,7 +26,9 @@ from .bundle import dtypes
 from .bundle.decode import _SUB_BYTE, from_bytes, to_bytes
 from .errors import CorruptCheckpointError
 
-CHUNK_ELEMENTS = 1 << 17  # per input: 512 KiB of float32 read (two buffers), 1 MiB as float64
+# Elements per run: a run is what one thread combines at a time and what is written at once (2 MiB
+# of float32 out). The threaded path reads and combines a run in cache-sized blocks (merge_stream).
+CHUNK_ELEMENTS = 1 << 19
 PARALLEL = 0.9995  # above this |cos(theta)| slerp interpolates linearly (as mergekit does)
 
 METHODS = ("mean", "weighted", "ema", "task-arithmetic", "slerp")
@@ -99,21 +101,33 @@ class Combiner:
             buf = self._buffers[key] = np.empty(size, dtype)
         return buf[:size]
 
-    def __call__(self, chunks) -> memoryview:
-        """The output bytes (in the tensor's dtype) for aligned input chunks; valid until the next call."""
+    def __call__(self, chunks, into: np.ndarray | None = None) -> memoryview:
+        """The output bytes (in the tensor's dtype) for aligned input chunks; valid until the next call.
+
+        into: where to put them (chunks[0].size elements of storage(dtype)), else a buffer of the
+        combiner's own.
+        """
+        with np.errstate(all="ignore"):  # inf and NaN follow IEEE rules, as in TensorFlow; no warnings
+            return self.apply(chunks, into)
+
+    def apply(self, chunks, into: np.ndarray | None = None) -> memoryview:
+        """__call__ in numpy's error state as it is: a caller combining many blocks sets it once."""
         k = chunks[0].size
         xs = chunks
         if self.info.name == "bfloat16":  # widened exactly to float32 in reused buffers
             xs = [widen(x, self._buffer(f"wide{i}", k, np.uint32)) for i, x in enumerate(chunks)]
-        out = self._buffer("out", k, self.info.numpy())
+        out = self._buffer("out", k, storage(self.info)) if into is None else into
         # numpy's own cast to float32/float16/float64/complex rounds as astype does: the rule's last
         # step writes straight into the output. bfloat16 and float8 are rounded separately.
         direct = self.info.name in _NUMPY_CASTS
-        with np.errstate(all="ignore"):  # inf and NaN follow IEEE rules, as in TensorFlow; no warnings
-            acc = self.combine(xs, out if direct else self._buffer("acc", k, self.acc_dtype))
-            if direct:
-                return memoryview(out.view(np.uint8))
-            return narrow(acc, self.info, out, self._buffer)
+        acc = self.combine(xs, out if direct else self._buffer("acc", k, self.acc_dtype))
+        if direct:
+            return memoryview(out.view(np.uint8))
+        data = narrow(acc, self.info, out, self._buffer)
+        if into is not None and info_is_sub_byte(self.info):  # encoded apart: copied in
+            into.view(np.uint8)[:] = np.frombuffer(data, np.uint8)
+            return memoryview(into.view(np.uint8))
+        return data
 
     def combine(self, xs, final: np.ndarray) -> np.ndarray:
         """The rule on one run of elements, in the accumulator dtype; the last step writes into final."""
@@ -154,16 +168,26 @@ class Combiner:
         raise ValueError(method)
 
 
+def storage(info) -> np.dtype:
+    """The numpy dtype merge holds a tensor's elements in: bfloat16 as its bits (uint16), no ml_dtypes."""
+    return np.dtype(np.uint16) if info.name == "bfloat16" else np.dtype(info.numpy())
+
+
+def info_is_sub_byte(info) -> bool:
+    """Whether a dtype is stored one masked element per byte (its bytes are not numpy's own)."""
+    return info.name in _SUB_BYTE
+
+
 # Output dtypes numpy itself casts float64 (complex128) into, rounding to nearest even once.
 _NUMPY_CASTS = ("float16", "float32", "float64", "complex64", "complex128")
 
 
 def widen(x: np.ndarray, buffer: np.ndarray | None = None) -> np.ndarray:
-    """bfloat16 as float32, exactly (its bits are a float32's top half); other dtypes as they are.
+    """bfloat16 (or its bits as uint16) as float32, exactly (its bits are a float32's top half); others as they are.
 
     buffer: x.size uint32 to widen into (no allocation: a fresh array per chunk costs page faults).
     """
-    if x.dtype.itemsize == 2 and x.dtype.name == "bfloat16":
+    if x.dtype.itemsize == 2 and x.dtype.name in ("bfloat16", "uint16"):  # uint16: a bfloat16's bits
         if buffer is None:
             buffer = np.empty(x.size, np.uint32)
         np.left_shift(x.view(np.uint16), 16, out=buffer, dtype=np.uint32)
@@ -188,11 +212,14 @@ def narrow(acc: np.ndarray, info, out: np.ndarray, scratch=None) -> memoryview:
 def to_bfloat16(x: np.ndarray, out: np.ndarray, scratch=None) -> None:
     """float64 -> bfloat16 rounded once, to nearest even, exactly as x.astype(bfloat16) (~4x faster).
 
-    ml_dtypes casts float64 to bfloat16 one element at a time. Through float32 it is fast, and
-    rounding twice gives the same result except where the float32 lands exactly on a bfloat16
-    midpoint (low 16 bits 0x8000): rounding is monotonic and every midpoint is a float32, so
-    elsewhere x and its float32 lie strictly between the same two midpoints. Those few elements
-    are rounded again straight from float64.
+    out: bfloat16 or their bits as uint16 (merge keeps bfloat16 as bits: importing ml_dtypes costs
+    a fresh process more CPU time than combining a gigabyte). ml_dtypes casts float64 to bfloat16
+    one element at a time. Through float32 it is fast: numpy rounds to float32, then the top 16
+    bits are rounded to nearest even in integer arithmetic. Rounding twice gives the same result
+    except where the float32 lands exactly on a bfloat16 midpoint (low 16 bits 0x8000): rounding
+    is monotonic and every midpoint is a float32, so elsewhere x and its float32 lie strictly
+    between the same two midpoints. Those few elements go to the side x is on (a true tie stays
+    rounded to even). NaN becomes ml_dtypes' quiet NaN of the same sign (0x7FC0 / 0xFFC0).
     """
 
     def buffer(name, dtype):
@@ -200,14 +227,27 @@ def to_bfloat16(x: np.ndarray, out: np.ndarray, scratch=None) -> None:
 
     t = buffer("narrow", np.float32)
     np.copyto(t, x, casting="unsafe")
-    np.copyto(out, t, casting="unsafe")
-    low = buffer("low", np.uint32)
-    np.bitwise_and(t.view(np.uint32), 0xFFFF, out=low)
+    u = t.view(np.uint32)
+    w = buffer("bits", np.uint32)
+    np.right_shift(u, 16, out=w)
+    np.bitwise_and(w, 1, out=w)  # the kept part's last bit: ties go to even
+    np.add(w, 0x7FFF, out=w)
+    np.add(w, u, out=w)  # no wrap: only a NaN's bits come within 0x8000 of 2**32
+    np.right_shift(w, 16, out=w)
+    bits = out.view(np.uint16)
+    np.copyto(bits, w, casting="unsafe")
     tie = buffer("tie", np.bool_)
-    np.equal(low, 0x8000, out=tie)
+    np.bitwise_and(u, 0xFFFF, out=w)
+    np.equal(w, 0x8000, out=tie)
     if tie.any():
         where = np.flatnonzero(tie)
-        out[where] = x[where].astype(out.dtype)
+        above, t_at = np.abs(x[where]), np.abs(t[where].astype(np.float64))
+        top = (u[where] >> 16).astype(np.uint16)
+        bits[where] = np.where(above > t_at, top + 1, np.where(above < t_at, top, bits[where]))
+    np.isnan(t, out=tie)
+    if tie.any():
+        where = np.flatnonzero(tie)
+        bits[where] = ((u[where] >> 16) & 0x8000) | 0x7FC0
 
 
 def slerp_coefficients(dot: float, norm0: float, norm1: float, t: float) -> tuple[float, float, bool]:

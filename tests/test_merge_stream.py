@@ -183,3 +183,68 @@ def test_read_ahead_asks_for_every_byte_of_every_input_once(run, tmp_path, monke
                 want |= {(os.path.basename(p), b) for b in range(e.offset, e.offset + e.size)}
     got = [(name, b) for name, offset, n, _ in asked for b in range(offset, offset + n)]
     assert len(got) == len(set(got)) and set(got) == want
+
+
+@pytest.mark.parametrize("kwargs", METHODS, ids=[k["method"] for k in METHODS])
+def test_runs_combined_in_blocks_write_the_same_bytes_as_whole_runs(run, tmp_path, monkeypatch, kwargs):
+    prefixes, _ = run
+    monkeypatch.setattr(ms, "INLINE", 0)
+    monkeypatch.setattr(mm, "CHUNK_ELEMENTS", 20)  # runs of 20 elements read in blocks of 7, 7 and 6
+    monkeypatch.setattr(ms, "BLOCK_ELEMENTS", 7)
+    blocks = files(merged(prefixes, tmp_path / "blocks" / "m", dict(kwargs, threads=2)).dst)
+    monkeypatch.setattr(ms, "BLOCK_ELEMENTS", 1 << 20)  # one block a run
+    whole = files(merged(prefixes, tmp_path / "whole" / "m", dict(kwargs, threads=2)).dst)
+    monkeypatch.setattr(ms, "streamable", lambda ckpts: False)
+    serial = files(merged(prefixes, tmp_path / "serial" / "m", kwargs).dst)
+    assert blocks == whole == serial
+
+
+def test_crc32c_combine_joins_the_crc32c_of_two_runs():
+    from ckptio.sstable.coding import crc32c
+
+    rng = np.random.default_rng(3)
+    for n1, n2 in [(0, 0), (0, 5), (5, 0), (1, 1), (7, 4096), (4096, 7), (1 << 17, 12345), (3, 1 << 21)]:
+        a, b = rng.bytes(n1), rng.bytes(n2)
+        assert ms.crc32c_combine(crc32c(a), crc32c(b), len(b)) == crc32c(a + b)
+
+
+def test_bfloat16_narrowing_without_ml_dtypes_rounds_as_ml_dtypes_does():
+    from ml_dtypes import bfloat16 as bf16
+
+    rng = np.random.default_rng(4)
+    bits = rng.integers(0, 1 << 32, 100_000, dtype=np.uint64).astype(np.uint32)
+    with np.errstate(all="ignore"):
+        f32 = bits.view(np.float32).astype(np.float64)  # every kind of float32: NaNs, infs, subnormals
+        mid = ((bits & 0xFFFF0000) | 0x8000).view(np.float32).astype(np.float64)  # bfloat16 midpoints
+    x = np.concatenate(
+        [
+            rng.standard_normal(100_000) * 10.0 ** rng.integers(-45, 39, 100_000),
+            f32,
+            np.nextafter(f32, np.inf),
+            mid,
+            np.nextafter(mid, np.inf),
+            np.nextafter(mid, -np.inf),
+            [0.0, -0.0, np.inf, -np.inf, 3.3895313892515355e38, 3.4e38, 1e300, -1e300, 5e-324, -1e-41],
+            np.array([0x7FF4000000000000, 0xFFF0000000000001, 0x7FF7FFFFFFFFFFFF], np.uint64).view(np.float64),
+        ]
+    )
+    with np.errstate(all="ignore"):
+        want = x.astype(bf16).view(np.uint16)
+        got = np.empty(x.size, np.uint16)
+        mm.to_bfloat16(x, got)
+        as_bf16 = np.empty(x.size, bf16)
+        mm.to_bfloat16(x, as_bf16)
+    assert (got == want).all(), x[got != want][:5]
+    assert (as_bf16.view(np.uint16) == want).all()
+
+
+def test_merge_of_bfloat16_needs_no_ml_dtypes_import(run, tmp_path):
+    import subprocess
+    import sys
+
+    prefixes, _ = run
+    code = "import sys, ckptio; ckptio.merge(sys.argv[1:4], sys.argv[4]);print('ml_dtypes' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code, *prefixes, str(tmp_path / "m")], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "False"  # its import costs more CPU time than combining a gigabyte

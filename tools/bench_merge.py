@@ -12,6 +12,12 @@ Reports medians of wall and CPU time (user + system of the whole child process),
 merge/cat, the bytes cold runs read from disk, and the peak RSS of the merge process (ru_maxrss
 of that child alone, as tools/bench.py measures it). On a shared machine compare the CPU times
 too: wall time also counts waiting for a core.
+
+Then the floor: what a merge cannot avoid beyond cat's reading, each part timed alone in this
+process (CPU time of one thread; medians of three), with no Python per block: the float64 mean
+of three float32 inputs in pure numpy from memory (no I/O), crc32c of the inputs, and writing
+the output's bytes to the work directory. With cat's CPU time for the reading, their sum over
+the cores is the least wall time a merge can take with every core busy the whole time.
 """
 
 from __future__ import annotations
@@ -164,7 +170,82 @@ def bench_size(work: str, size: int, n_inputs: int, reps: int, threads: int | No
     for cache in ("warm", "cold"):
         row[f"{cache}_ratio"] = row[f"{cache}_merge_s"] / row[f"{cache}_cat_s"]
     row["peak_rss"] = max(p for c in ("warm", "cold") for _, _, p in runs[c, "merge"])
+    row["floor"] = floor(prefixes, d, row)
     return row
+
+
+def _thread_cpu(fn) -> float:
+    """CPU seconds (user + system) of this thread running fn(); the median of three runs."""
+    import time
+
+    times = []
+    for _ in range(3):
+        start = time.thread_time()
+        fn()
+        times.append(time.thread_time() - start)
+    return statistics.median(times)
+
+
+def floor(prefixes, work: str, row: dict, sample: int = 256 << 20) -> dict:
+    """The parts of a merge timed alone on a sample of every input, scaled to the whole inputs."""
+    import numpy as np
+
+    from ckptio import merge_stream as ms
+    from ckptio.sstable.coding import crc32c
+
+    datas = [f for p in prefixes for f in files_of(p) if ".data-" in f]
+    n = min(sample, *(os.path.getsize(f) for f in datas)) // 4
+    xs = [np.fromfile(f, np.float32, count=n) for f in datas[:3]]  # bytes as float32: the cost is alike
+    k = ms.BLOCK_ELEMENTS
+    acc, out = np.empty(k, np.float64), np.empty(n, np.float32)
+
+    def mean(cached: bool):  # merge_math's rule for mean, block by block (the sums stay in cache)
+        with np.errstate(all="ignore"):
+            for at in range(0, n - k + 1, k):
+                a, b, c = (x[0:k] if cached else x[at : at + k] for x in xs)
+                np.add(a, b, out=acc, dtype=np.float64)
+                np.add(acc, c, out=acc, dtype=np.float64)
+                np.divide(acc, 3, out=out[at : at + k], dtype=np.float64, casting="unsafe")
+
+    def crc(cached: bool):
+        for x in xs:
+            for at in range(0, n - k + 1, k):
+                crc32c(x[0:k] if cached else x[at : at + k])
+
+    path = os.path.join(work, "floor-write.bin")
+    chunk = np.ones(2 << 20, np.uint8)
+
+    def write():  # the output's bytes, 2 MiB at a time, as merge writes a run
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            for _ in range(row["input_bytes"] // 3 // chunk.size):
+                os.write(fd, chunk)
+        finally:
+            os.close(fd)
+            os.unlink(path)
+
+    per_byte = len(xs) * n * 4
+    scale = row["input_bytes"] / per_byte
+    # From cache: a merge reads a block and combines it at once, so the numbers come from the
+    # cache as cat's copy left them; from memory: numpy on whole arrays, as often quoted.
+    parts = {
+        "mean_f64_s": _thread_cpu(lambda: mean(True)) * scale,
+        "crc32c_s": _thread_cpu(lambda: crc(True)) * scale,
+        "mean_f64_from_memory_s": _thread_cpu(lambda: mean(False)) * scale,
+        "crc32c_from_memory_s": _thread_cpu(lambda: crc(False)) * scale,
+    }
+    bench.sync()
+    parts["write_out_s"] = _thread_cpu(write)
+    cores = len(os.sched_getaffinity(0))
+    for cache in ("warm", "cold"):
+        need = row[f"{cache}_cat_cpu_s"] + parts["mean_f64_s"] + parts["crc32c_s"] + parts["write_out_s"]
+        # Warm, cat's wall time on an idle core is its CPU time (a loaded machine adds waiting);
+        # cold, it is the disk's time, which a merge cannot beat either.
+        cat = row["warm_cat_cpu_s"] if cache == "warm" else row["cold_cat_s"]
+        parts[f"{cache}_floor_s"] = max(cat, need / cores)
+        parts[f"{cache}_floor_ratio"] = parts[f"{cache}_floor_s"] / cat
+    parts["cores"] = cores
+    return parts
 
 
 def render(rows: list[dict]) -> str:
@@ -199,6 +280,16 @@ def render(rows: list[dict]) -> str:
             f"{', '.join(bench.human(x) for x in r['cold_disk_reads']['cat'])}"
         )
         lines.append(f"- CPU pressure (some, avg60) before and after each repetition: {', '.join(r['cpu_pressure'])}")
+        f = r.get("floor")
+        if f:
+            lines.append(
+                f"- {bench.human(r['size'])} each, the floor (parts timed alone, CPU): float64 mean in numpy "
+                f"without I/O {f['mean_f64_s']:.2f} s from cache ({f['mean_f64_from_memory_s']:.2f} s from "
+                f"memory), crc32c {f['crc32c_s']:.2f} s ({f['crc32c_from_memory_s']:.2f} s), writing the output "
+                f"{f['write_out_s']:.2f} s, plus cat's reading; on {f['cores']} cores at best "
+                f"{f['warm_floor_s']:.2f} s warm ({f['warm_floor_ratio']:.2f}x cat's CPU time), "
+                f"{f['cold_floor_s']:.2f} s cold ({f['cold_floor_ratio']:.2f}x cat)"
+            )
     return "\n".join(lines)
 
 
