@@ -35,7 +35,16 @@ def _reaches(imports: set[str], target: str) -> bool:
 
 
 def test_objgraph_pieces_do_not_import_the_front_module():
-    for name in ("objgraph_model", "objgraph_check", "objgraph_moves", "objgraph_select", "objgraph_edit"):
+    for name in (
+        "objgraph_model",
+        "objgraph_check",
+        "objgraph_moves",
+        "objgraph_select",
+        "objgraph_rekey",
+        "objgraph_strip",
+        "objgraph_rename",
+        "objgraph_edit",
+    ):
         imports = _imports(PKG / f"{name}.py")
         assert "ckptio.objgraph" not in imports, name
         assert not any(n.startswith("ckptio.objgraph.") for n in imports), name
@@ -47,6 +56,18 @@ def test_objgraph_model_is_the_bottom():
         _reaches(imports, f"ckptio.{m}")
         for m in ("objgraph_check", "objgraph_edit", "objgraph_moves", "objgraph_select", "transform")
     ), imports
+
+
+def test_objgraph_edit_pieces_do_not_import_the_edit_front():
+    for name in ("objgraph_rekey", "objgraph_strip", "objgraph_rename"):
+        imports = _imports(PKG / f"{name}.py")
+        assert not _reaches(imports, "ckptio.objgraph_edit"), name
+    assert not _reaches(_imports(PKG / "objgraph_rekey.py"), "ckptio.objgraph_strip")
+    assert not _reaches(_imports(PKG / "objgraph_rekey.py"), "ckptio.objgraph_rename")
+
+
+def test_key_roles_do_not_import_the_steps():
+    assert not _reaches(_imports(PKG / "optimizer_keys.py"), "ckptio.transform")
 
 
 def test_sstable_imports_nothing_about_checkpoints():
