@@ -6,10 +6,13 @@ Shared by fit() on TensorBundle templates and by the Keras .weights.h5 fit (form
 from __future__ import annotations
 
 from collections import namedtuple
-from typing import Any
 
 from .bundle import dtypes
 from .errors import MismatchError, PlanError, Remedy
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers honour the name)
+if TYPE_CHECKING:
+    from typing import Any
 
 ON_MISMATCH = ("error", "template", "slice")
 FLOATING = ("float16", "bfloat16", "float32", "float64")

@@ -7,11 +7,11 @@ from ranged row reads (Tensor.read_rows), so memory stays bounded by CHUNK_BYTES
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 from .bundle import naming
 from .fit_decide import Op
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers honour the name)
 if TYPE_CHECKING:
     from .bundle.entry import Entry
     from .checkpoint import Checkpoint

@@ -6,8 +6,6 @@ objgraph_rename; selection by object path is here.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from .errors import PlanError
 from .objgraph_model import Attribute, ObjectGraph
 from .objgraph_rekey import KeyedGraph
@@ -15,6 +13,10 @@ from .objgraph_rename import map_keys, rename
 from .objgraph_select import attribute_names
 from .objgraph_strip import STEP_EDGES, strip  # STEP_EDGES: re-exported (cli/ls.py)
 from .transform import Cast, MapNames, Rename, Select, Step, StripOptimizer
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers honour the name)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class GraphPlan(KeyedGraph):

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
 from .bundle.naming import OBJECT_GRAPH_KEY
 from .errors import PlanError
 from .objgraph_check import find_optimizers, owned_keys
 from .objgraph_model import ATTRIBUTES_SEP, Attribute, Node, ObjectGraph
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers honour the name)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class KeyedGraph:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from .errors import PlanError, UnsupportedError
 from .objgraph_check import find_optimizers
 from .objgraph_model import Attribute, Node
 from .objgraph_rekey import KeyedGraph
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers honour the name)
 if TYPE_CHECKING:
     from .transform import StripOptimizer
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 from .bundle import dtypes
 
@@ -157,7 +156,7 @@ Role = tuple[str, "str | None"]  # (role, the variable the key belongs to or Non
 
 
 def classify(
-    names: Iterable[str] | Mapping[str, Any],
+    names: Iterable[str] | Mapping[str, object],
     optimizer_names: Iterable[str] = (),
     ema_names: Iterable[str] = (EMA_NAME,),
 ) -> dict[str, Role]:
@@ -166,7 +165,7 @@ def classify(
     names: the tensor names, or a mapping of them to their Entries, which lets a tf_keras slot be
     matched to its variable by dtype and shape too (FORMAT-models §4).
     """
-    entries: dict[str, Any]
+    entries: dict[str, object]
     if isinstance(names, Mapping):  # values that are not Entries (or are None) say nothing about dtype and shape
         entries = {n: v if hasattr(v, "dtype") and hasattr(v, "shape") else None for n, v in names.items()}
     else:

@@ -75,7 +75,7 @@ class Plan:
         return sum(p.size for p in self.pieces) + (len(self.graph) if self.graph else 0)
 
 
-class Report:
+class RewriteReport:
     """What a rewrite did (or, for a dry run, would do)."""
 
     # kept, dropped and cast list tensors; the object graph of a TF2 checkpoint is not among them:
@@ -124,7 +124,7 @@ class Report:
 
     def __repr__(self):
         return (
-            f"Report(src={self.src!r}, dst={self.dst!r}, kept={len(self.kept)}, dropped={len(self.dropped)}, "
+            f"RewriteReport(src={self.src!r}, dst={self.dst!r}, kept={len(self.kept)}, dropped={len(self.dropped)}, "
             f"cast={len(self.cast)}, bytes_before={self.bytes_before}, bytes_after={self.bytes_after}, "
             f"object_graph={self.object_graph!r}, dry_run={self.dry_run})"
         )
@@ -149,6 +149,9 @@ class Report:
             "seconds": round(self.seconds, 3),
             "state_file": self.state_file,
         }
+
+
+Report = RewriteReport  # its name before issue 13 (verify had a Report too)
 
 
 def _stored_size(ckpt: Checkpoint, name: str, entry: Entry) -> int:
@@ -272,8 +275,8 @@ def rewrite(
     state_file: bool = True,
     fsync: bool = False,
     make_latest: bool = False,
-) -> Report:
-    """Write a new checkpoint at prefix dst from src through steps; returns a Report.
+) -> RewriteReport:
+    """Write a new checkpoint at prefix dst from src through steps; returns a RewriteReport.
 
     state_file: list dst in its directory's `checkpoint` file when that file is absent or lists only
     dst; a file listing other checkpoints (a training run's) is left as it was unless make_latest,
@@ -307,7 +310,7 @@ def rewrite(
     try:
         plan = make_plan(ckpt, steps)
         entries = ckpt.entries()
-        report = Report(
+        report = RewriteReport(
             ckpt.prefix,
             None if dst is None else os.fspath(dst),
             dry_run=dry_run,

@@ -224,7 +224,7 @@ def rewrite_packed(
     name: str | None = None,
     **options,
 ):
-    """rewrite() into a temp directory beside out_path, then pack it; returns (Report, PackStats).
+    """rewrite() into a temp directory beside out_path, then pack it; returns (RewriteReport, PackStats).
 
     name: the checkpoint's file name prefix inside the archive (default: the source's).
     """

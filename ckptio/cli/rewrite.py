@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import TYPE_CHECKING
 
 from ..errors import CheckpointNotFoundError
 from .common import Progress, check_output_prefix, check_shard_options, human, parse_size
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers honour the name)
 if TYPE_CHECKING:  # the steps are imported lazily at run time (start-up cost)
     from ..transform import Step
 

@@ -93,13 +93,13 @@ def rewrite_keras(
     progress=None,
     **_ignored,
 ):
-    """strip a Keras file into OUT.keras (from a .keras) or OUT.weights.h5 (from either); returns a rewrite Report.
+    """strip a Keras file into OUT.keras (from a .keras) or OUT.weights.h5 (from either); returns a RewriteReport.
 
     Only strip applies: the weights keep Keras' layout, less the /optimizer group.
     """
     import time
 
-    from ..rewrite import Report
+    from ..rewrite import RewriteReport
     from ..transform import StripOptimizer
     from . import kind_of
     from .export import check_outputs
@@ -121,7 +121,7 @@ def rewrite_keras(
         entries = ckpt.entries()
         dropped = sorted(n for n in entries if strip and n.split("/", 1)[0] == OPTIMIZER_GROUP)
         kept = [(n, n) for n in sorted(entries) if n not in set(dropped)]
-        report = Report(
+        report = RewriteReport(
             src_path,
             dst,
             kept=kept,
