@@ -107,7 +107,7 @@ def rewrite_keras(
     started = time.perf_counter()
     src_path = getattr(src, "path", None) if not isinstance(src, (str, os.PathLike)) else os.fspath(src)
     src_kind, dst_kind = kind_of(src_path or ""), kind_of(dst)
-    if src_kind not in ("keras", "keras_h5") or (dst_kind == "keras" and src_kind != "keras"):
+    if src_path is None or src_kind not in ("keras", "keras_h5") or (dst_kind == "keras" and src_kind != "keras"):
         raise PlanError(
             "Keras outputs are written from Keras inputs only: strip IN.keras OUT.keras, or "
             "strip IN.keras|IN.weights.h5 OUT.weights.h5 (other checkpoints: write .safetensors or .npz)",
