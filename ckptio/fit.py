@@ -27,7 +27,7 @@ from .fit_decide import (  # noqa: F401 - their old home
     mismatch_error,
     refuse_if_nothing_matched,
 )
-from .fit_write import CHUNK_BYTES, write  # write: re-exported, it was defined here before the split
+from .fit_write import CHUNK_BYTES, _write_built, layout, write  # defined here before the split (plan_fit uses them)
 from .views import match, view
 
 

@@ -39,7 +39,36 @@ def write(
     Shards are assigned by rewrite's rule over every piece in write order; built tensors are sized as the
     template's pieces they replace."""
     from .bundle.writer import BundleWriter
-    from .rewrite import _assign_shards, _write_piece, tensor_pieces
+    from .rewrite import _write_piece
+
+    groups, origin, metadata = layout(cs, ct, ops, num_shards, max_shard_size)
+    with BundleWriter(out, len(groups), force=force, inputs=[cs.located, ct.located]) as writer:
+        for shard, group in enumerate(groups):
+            for piece in group:
+                ckpt, op = origin[piece.key]
+                if op.kind in ("copy", "keep"):
+                    _write_piece(ckpt, writer, piece, shard, verify)
+                else:
+                    _write_built(writer, cs[op.src], ct[op.dst], op, piece, axis, shard)
+        for name, meta in metadata.items():
+            writer.add_entry(name, meta)
+        graph = ct.object_graph_bytes
+        if graph is not None:
+            import numpy as np
+
+            value = np.empty((), dtype=object)
+            value[()] = graph
+            writer.add_array(naming.OBJECT_GRAPH_KEY, value, len(groups) - 1)
+        writer.finish(state_file=state_file, fsync=fsync)
+
+
+def layout(
+    cs: Checkpoint, ct: Checkpoint, ops: list[Op], num_shards: int | None, max_shard_size: int | None
+) -> tuple[list[list[Piece]], dict[bytes, tuple[Checkpoint, Op]], dict[str, Entry]]:
+    """(pieces per output shard, key -> (checkpoint, Op), sliced tensors' metadata): what write() writes where.
+
+    Also the layout of a fit plan (plan_fit.py), so both write the same bytes."""
+    from .rewrite import _assign_shards, tensor_pieces
 
     copies: list[Piece] = []
     built: list[Piece] = []
@@ -60,25 +89,7 @@ def write(
         if meta is not None:
             metadata[op.dst] = meta
     copies.sort(key=lambda p: (origin[p.key][0] is ct, p.src_entry.shard_id, p.src_entry.offset, p.key))
-    groups = _assign_shards(copies + built, num_shards, max_shard_size)
-    with BundleWriter(out, len(groups), force=force, inputs=[cs.located, ct.located]) as writer:
-        for shard, group in enumerate(groups):
-            for piece in group:
-                ckpt, op = origin[piece.key]
-                if op.kind in ("copy", "keep"):
-                    _write_piece(ckpt, writer, piece, shard, verify)
-                else:
-                    _write_built(writer, cs[op.src], ct[op.dst], op, piece, axis, shard)
-        for name, meta in metadata.items():
-            writer.add_entry(name, meta)
-        graph = ct.object_graph_bytes
-        if graph is not None:
-            import numpy as np
-
-            value = np.empty((), dtype=object)
-            value[()] = graph
-            writer.add_array(naming.OBJECT_GRAPH_KEY, value, len(groups) - 1)
-        writer.finish(state_file=state_file, fsync=fsync)
+    return _assign_shards(copies + built, num_shards, max_shard_size), origin, metadata
 
 
 def _write_built(writer, source, target, op: Op, piece, axis: int, shard: int) -> None:
