@@ -15,7 +15,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type che
 if TYPE_CHECKING:
     from .bundle.entry import Entry
     from .checkpoint import Checkpoint
-    from .rewrite import Piece
+    from .rewrite_plan import Piece
 
 CHUNK_BYTES = 8 << 20  # output rows built per step of a sliced, remapped or re-cut tensor
 
@@ -68,7 +68,7 @@ def layout(
     """(pieces per output shard, key -> (checkpoint, Op), sliced tensors' metadata): what write() writes where.
 
     Also the layout of a fit plan (plan_fit.py), so both write the same bytes."""
-    from .rewrite import _assign_shards, tensor_pieces
+    from .rewrite_plan import _assign_shards, tensor_pieces
 
     copies: list[Piece] = []
     built: list[Piece] = []

@@ -87,3 +87,16 @@ def test_archive_and_doctor_pieces_do_not_import_their_package_front():
 
 def test_output_side_does_not_import_the_sources():
     assert not _reaches(_imports(PKG / "output.py"), "ckptio.io")
+
+
+def test_split_pieces_do_not_import_their_front_module():
+    for piece, front in (
+        ("rewrite_plan", "rewrite"),
+        ("fit_write", "fit"),
+        ("optimizer_keys", "transform"),
+    ):
+        imports = _imports(PKG / f"{piece}.py")
+        assert f"ckptio.{front}" not in imports and not any(n.startswith(f"ckptio.{front}.") for n in imports), (
+            piece,
+            front,
+        )
