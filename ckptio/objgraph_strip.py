@@ -19,14 +19,14 @@ def strip(plan: KeyedGraph, step: StripOptimizer, *, refuse_weight_loss: bool = 
     """Remove optimizers (and the step counter or EMA if asked); keep what the model also reaches."""
     g = plan.graph
     doomed = plan.optimizer_ids()
-    extra = tuple(getattr(step, "optimizer_names", ()) or ())
+    extra = tuple(step.optimizer_names)
     if extra:
         doomed |= set(find_optimizers(g, extra))
-    if not getattr(step, "keep_global_step", True):
+    if not step.keep_global_step:
         doomed |= {c.node_id for c in g.nodes[0].children if c.local_name in STEP_EDGES}
         doomed |= {i for i, a in g.attributes() if a.full_name == "global_step"}
     _check_stranded(plan, doomed, refuse_weight_loss)
-    if getattr(step, "ema", "keep") == "promote":
+    if step.ema == "promote":
         _promote_ema(plan, doomed)
     if doomed:
         plan.edit(lambda: plan.remove(doomed))
