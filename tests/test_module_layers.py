@@ -54,7 +54,16 @@ def test_objgraph_model_is_the_bottom():
     imports = _imports(PKG / "objgraph_model.py")
     assert not any(
         _reaches(imports, f"ckptio.{m}")
-        for m in ("objgraph_check", "objgraph_edit", "objgraph_moves", "objgraph_select", "transform")
+        for m in (
+            "objgraph_check",
+            "objgraph_edit",
+            "objgraph_moves",
+            "objgraph_select",
+            "objgraph_rekey",
+            "objgraph_strip",
+            "objgraph_rename",
+            "transform",
+        )
     ), imports
 
 
