@@ -71,6 +71,10 @@ class WrongFileError(CkptioError, ValueError):
     """The path names something that is not a checkpoint (a .meta, an .h5, a state file ...)."""
 
 
+class LfsPointerError(WrongFileError):
+    """The file is a Git LFS pointer, not the file itself (`git lfs pull` fetches it)."""
+
+
 class CorruptCheckpointError(CkptioError, ValueError):
     """The checkpoint's bytes contradict the format."""
 

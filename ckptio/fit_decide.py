@@ -10,6 +10,10 @@ from collections import namedtuple
 from .bundle import dtypes
 from .errors import MismatchError, PlanError, Remedy
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers honour the name)
+if TYPE_CHECKING:
+    from typing import Any
+
 ON_MISMATCH = ("error", "template", "slice")
 FLOATING = ("float16", "bfloat16", "float32", "float64")
 
@@ -39,10 +43,14 @@ class FitReport:
         "errors",
     )
 
-    def __init__(self, src, template, dst, dry_run=False):
+    def __init__(self, src: str, template: str, dst: str | None, dry_run: bool = False) -> None:
         self.src, self.template, self.dst, self.dry_run, self.seconds = src, template, dst, dry_run, 0.0
-        self.matched, self.template_only, self.source_only = [], [], []
-        self.mismatched, self.cast, self.remapped = [], [], []
+        self.matched: list[dict[str, Any]] = []  # {src, dst, how}
+        self.template_only: list[str] = []
+        self.source_only: list[str] = []
+        self.mismatched: list[dict[str, Any]] = []  # {src, dst, shapes, dtypes, action}
+        self.cast: list[dict[str, Any]] = []  # {src, dst, src_dtype, dst_dtype}
+        self.remapped: list[dict[str, Any]] = []  # {src, dst, vocab, moved, new}
         self.errors: list[tuple[str, str]] = []  # (template key, why) of each mismatch that stops the fit
 
     def to_json(self) -> dict:

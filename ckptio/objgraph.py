@@ -13,7 +13,9 @@ bundle stay consistent (FORMAT.md §10.6).
 
 This module is the front: the pieces live below it, each importing only the ones under it:
 objgraph_model (values, paths, parse/serialize) <- objgraph_check (optimizers, ownership,
-consistency) and objgraph_select (names for selection) <- objgraph_edit (GraphPlan).
+consistency), objgraph_select (names for selection) and objgraph_moves (edge moves) <- objgraph_rekey
+(the graph under edit, re-keyed after each change) <- objgraph_strip and objgraph_rename <-
+objgraph_edit (GraphPlan: the steps applied, select by object path).
 """
 
 from __future__ import annotations

@@ -33,16 +33,16 @@ def find_optimizers(graph: ObjectGraph, paths: Sequence[str] = ()) -> list[int]:
     nodes are returned; a path that names nothing raises PlanError.
     """
     if paths:
-        found = []
+        chosen = []
         for text in paths:
             nid = resolve_user_path(graph, text)
             if nid is None:
                 raise PlanError(f"no object at path {text!r} (see `ckptio ls --objects`)", key=text)
             if nid == 0:
                 raise PlanError("the root object cannot be stripped as an optimizer", key=text)
-            found.append(nid)
-        return sorted(set(found))
-    found = set()
+            chosen.append(nid)
+        return sorted(set(chosen))
+    found: set[int] = set()
     for nid, path in graph.first_paths().items():
         node = graph.nodes[nid]
         if len(path) <= 1:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from .bundle.naming import OBJECT_GRAPH_KEY
@@ -253,7 +254,7 @@ class ObjectGraph:
                     out[s.slot_node] = slot_prefix(out[s.original_node], out[nid], s.slot_name)
         return out
 
-    def live(self, blocked: set[int] = frozenset()) -> set[int]:
+    def live(self, blocked: AbstractSet[int] = frozenset()) -> set[int]:
         """Nodes TF can reach on restore: children from the root, plus slots of reachable variables
         (never entering `blocked` nodes)."""
         seen = {0}
@@ -281,9 +282,10 @@ class ObjectGraph:
         """The node reached by following these local names from the root (any path, not only the first)."""
         nid = 0
         for name in path:
-            nid = next((c.node_id for c in self.nodes[nid].children if c.local_name == name), None)
-            if nid is None:
+            child = next((c.node_id for c in self.nodes[nid].children if c.local_name == name), None)
+            if child is None:
                 return None
+            nid = child
         return nid
 
     def parents(self) -> dict[int, list[tuple[int, str]]]:

@@ -126,7 +126,7 @@ def derive_moves(g: ObjectGraph, want: dict[int, Path]) -> list[tuple[int, Child
         if votes:
             ask[nid] = votes.pop() if len(votes) == 1 else torn
     moves = []
-    queue = deque((0, edge, (edge.local_name,)) for edge in tree.get(0, ()))
+    queue: deque[tuple[int, Child, Path]] = deque((0, edge, (edge.local_name,)) for edge in tree.get(0, ()))
     while queue:
         parent, edge, where = queue.popleft()
         v = ask.get(edge.node_id)

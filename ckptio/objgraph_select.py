@@ -35,7 +35,7 @@ def object_paths(
     """
     own: dict[int, list[Path]] = {0: [()]}
     via: dict[int, list[Path]] = {}  # paths that pass through an optimizer on the way
-    stack = [(0, (), (0,), False)]
+    stack: list[tuple[int, Path, tuple[int, ...], bool]] = [(0, (), (0,), False)]
     count = 0
     while stack:
         nid, names, ids, through = stack.pop()

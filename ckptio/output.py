@@ -244,7 +244,7 @@ def _remove_unheld_lock(path: str) -> None:
         os.close(fd)
 
 
-_late_interrupts = []  # Ctrl-C presses held back while an output was being committed
+_late_interrupts: list[int] = []  # Ctrl-C presses held back while an output was being committed
 
 
 class interrupts_deferred:

@@ -9,10 +9,22 @@ from __future__ import annotations
 import json
 import re
 from collections import namedtuple
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from .bundle import dtypes
 from .errors import PlanError, Remedy
+from .optimizer_keys import (  # re-exported: key roles were defined here before the split (issue 13)
+    AMBIGUOUS,
+    EMA,
+    EMA_NAME,
+    KERAS_SLOTS,
+    OPTIMIZER,
+    SLOT,
+    SLOT_OPTIMIZERS,
+    STEP,
+    WEIGHT,
+    classify,
+)
 
 # Named tuples and plain classes, not dataclasses: importing dataclasses and building each
 # @dataclass would cost every CLI command milliseconds at start-up.
@@ -32,34 +44,35 @@ class Context(namedtuple("Context", "entries names", defaults=(None,))):
     __slots__ = ()
 
 
-class _Step:
+class Step:
     """Base of the rewrite steps: frozen once built, equal when of one type with equal fields."""
 
     __slots__ = ()
     _fields: tuple[str, ...] = ()  # the constructor's arguments, in order
 
-    def _init(self, **values) -> None:
+    def _init(self, **values: object) -> None:
         for name, value in values.items():
             object.__setattr__(self, name, value)
 
-    def __setattr__(self, name, value):
+    def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"{type(self).__name__} is frozen; cannot assign to {name!r}")
 
-    def __delattr__(self, name):
+    def __delattr__(self, name: str) -> None:
         raise AttributeError(f"{type(self).__name__} is frozen; cannot delete {name!r}")
 
     def _values(self) -> tuple:
         return tuple(getattr(self, f) for f in self._fields)
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
+        assert isinstance(other, Step)  # narrowed by the type check above
         return self._values() == other._values()
 
-    def __hash__(self):
+    def __hash__(self) -> int:
         return hash(self._values())
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         args = ", ".join(f"{f}={v!r}" for f, v in zip(self._fields, self._values()))
         return f"{type(self).__name__}({args})"
 
@@ -67,7 +80,7 @@ class _Step:
         return type(self), self._values()
 
 
-def _compile(patterns, glob: bool):
+def _compile(patterns: Iterable[str], glob: bool) -> tuple[re.Pattern[str], ...]:
     out = []
     for p in patterns:
         try:
@@ -82,7 +95,7 @@ def _compile(patterns, glob: bool):
     return tuple(out)
 
 
-class Select(_Step):
+class Select(Step):
     """Keep names matching any include (all if none) and no exclude; regex search or full glob.
 
     On TF2 object-based checkpoints a variable is known by every object path to it (as `ls --objects`
@@ -91,6 +104,11 @@ class Select(_Step):
 
     _fields = ("include", "exclude", "glob")
     __slots__ = _fields + ("_inc", "_exc")  # the compiled patterns
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+    glob: bool
+    _inc: tuple[re.Pattern[str], ...]
+    _exc: tuple[re.Pattern[str], ...]
 
     def __init__(self, include: tuple[str, ...] = (), exclude: tuple[str, ...] = (), glob: bool = False):
         self._init(
@@ -103,7 +121,7 @@ class Select(_Step):
             return False
         return not any(match(r) for r in self._exc)
 
-    def keeps_any(self, names) -> bool:
+    def keeps_any(self, names: Iterable[str]) -> bool:
         """For a tensor known by several names (TF2 object paths): kept when one name is included (or there
         are no includes) and none is excluded."""
         names = list(names)
@@ -116,191 +134,13 @@ class Select(_Step):
         return [i for i in items if self.keeps(i.dst)]
 
 
-# -- optimizer state (name-based checkpoints, FORMAT §9.1) ----------------------------------------
-
-# Slot suffixes TF1 optimizers append to a variable's name (`V/Adam`, `V/Adam_1`, ...).
-SLOT_OPTIMIZERS = (
-    "Adam",
-    "Momentum",
-    "RMSProp",
-    "Adagrad",
-    "AdagradDA",
-    "Adadelta",
-    "Ftrl",
-    "ProximalAdagrad",
-    "LARSOptimizer",
-    "Adafactor",
-    "LazyAdam",
-    "AdamW",
-    "Nadam",
-    "adam_m",
-    "adam_v",
-    "lamb_m",
-    "lamb_v",
-    "GradientDescent",
-    "Adamax",
-)
-EMA_NAME = "ExponentialMovingAverage"
-_POWER_RE = re.compile(r"(^|/)beta[12]_power(_\d+)?$")
-# Keras-in-TF1 and TF2 name-based optimizer variables: training/Adam/..., Adam/iter, ...
-_KERAS_OPT_RE = re.compile(
-    r"(^|/)training(_\d+)?/(Adam|SGD|RMSprop|Adagrad|Adadelta|Adamax|Nadam|Ftrl|"
-    r"AdamW|Lion|Adafactor)(_\d+)?/"
-)
-_HYPER_RE = re.compile(
-    r"^(Adam|SGD|RMSprop|Adagrad|Adadelta|Adamax|Nadam|Ftrl|AdamW)(_\d+)?/"
-    r"(iter|iterations|learning_rate|lr|decay|beta_1|beta_2|rho|momentum|epsilon|"
-    r"momentum_cache|l1_regularization_strength|l2_regularization_strength|"
-    r"learning_rate_power|beta)$"
-)
-_MESH_SLOT_RE = re.compile(r"^(?P<var>.+)_slot_(vr|vc|v|m)$")
-
-# tf_keras legacy optimizers (OptimizerV2) in graph mode: `<opt>/<var>/<slot>`, with hyperparameters
-# `<opt>/<hyper>` and the step counter `<opt>/iter` beside them (FORMAT-models §4).
-KERAS_SLOTS = {
-    "SGD": ("momentum",),
-    "Adam": ("m", "v", "vhat"),
-    "Adamax": ("m", "v"),
-    "Nadam": ("m", "v"),
-    "RMSprop": ("rms", "momentum", "mg"),
-    "Adagrad": ("accumulator",),
-    "Adadelta": ("accum_grad", "accum_var"),
-    "Ftrl": ("accumulator", "linear"),
-}
-_ALL_KERAS_SLOTS = frozenset(s for slots in KERAS_SLOTS.values() for s in slots)
-_PART_RE = re.compile(r"^(?P<var>.+)/part_(?P<k>\d+)$")  # one part of a partitioned variable
-_INT64 = dtypes.BY_NAME["int64"].enum  # the dtype of `<opt>/iter`
-
-WEIGHT, SLOT, OPTIMIZER, STEP, EMA = "weight", "slot", "optimizer", "step", "ema"
-# A name in a tf_keras optimizer's scope that looks like a slot, but of no variable in the checkpoint
-# (missing, or of another shape or dtype): strip refuses it rather than guess.
-AMBIGUOUS = "ambiguous"
-
-
-def _strip_counter(last: str) -> str:
-    """'Adam_1' -> 'Adam' (the suffix TF adds to make names unique)."""
-    stem, sep, digits = last.rpartition("_")
-    return stem if sep and digits.isdigit() else last
-
-
-def _slot_base(name: str, names) -> str | None:
-    """The variable a slot-like name `.../<var>/.../<suffix>` belongs to, if it is a known tensor."""
-    parts = name.split("/")[:-1]
-    # The variable may sit under an optimizer scope (training/V/Adam) or be followed by a
-    # partition path (V/<garbled>/part_0/Adam): try every run of whole components.
-    for start in range(len(parts)):
-        for end in range(len(parts), start, -1):
-            candidate = "/".join(parts[start:end])
-            if candidate in names:
-                return candidate
-    return None
-
-
-def _optimizer_state(name: str, custom=()) -> bool:
-    """Non-slot optimizer variables: beta powers, Keras optimizer scopes, hyperparameters, counters."""
-    # Cheap substring tests first: this runs once per tensor on 100,000-entry listings.
-    if "power" in name and _POWER_RE.search(name):
-        return True
-    if "training" in name and _KERAS_OPT_RE.search(name):
-        return True
-    if name.endswith(("learning_rate", "/lr")) or name == "lr":
-        return True
-    if "/" not in name:
-        return False
-    if _HYPER_RE.match(name) is not None:
-        return True
-    scope, _, hyper = name.rpartition("/")  # a custom-named tf_keras optimizer: MyOpt/iter, MyOpt_1/beta_1
-    return bool(custom) and _strip_counter(scope) in custom and _HYPER_RE.match("Adam/" + hyper) is not None
-
-
-def _same(a, b) -> bool:
-    """Equal dtype and shape (what a slot shares with its variable); True when either is a bare name."""
-    if a is None or b is None:
-        return True
-    return a.dtype == b.dtype and tuple(a.shape) == tuple(b.shape)
-
-
-def _slot_owner(var: str, slot_entry, entries) -> str | None:
-    """The tensor a tf_keras slot of `var` belongs to: var itself, or the partitioned variable of var = X/part_K."""
-    if var in entries:
-        return var if _same(entries[var], slot_entry) else None
-    m = _PART_RE.match(var)
-    if m is None or m["var"] not in entries:
-        return None
-    whole = entries[m["var"]]
-    if whole is None:  # bare names: nothing to check the part against
-        return m["var"]
-    slices = sorted(whole.slices, key=lambda s: tuple(b for b, _ in s.bounds(whole.shape)))
-    k = int(m["k"])
-    if slot_entry is None or k >= len(slices):
-        return None
-    # Part K is the K-th slice in partition order; its slot has the part's shape and the dtype.
-    if slot_entry.dtype == whole.dtype and tuple(slot_entry.shape) == slices[k].shape(whole.shape):
-        return m["var"]
-    return None
-
-
-def _keras_slot(name: str, entries, custom) -> tuple[str, str | None] | None:
-    """(SLOT, variable) or (AMBIGUOUS, None) for a tf_keras graph-mode slot `<scope>/<opt>/<var>/<slot>`."""
-    parts = name.split("/")
-    slot = parts[-1]
-    for i in range(len(parts) - 2):
-        opt = _strip_counter(parts[i])
-        if not (slot in KERAS_SLOTS.get(opt, ()) or (opt in custom and slot in _ALL_KERAS_SLOTS)):
-            continue
-        owner = _slot_owner("/".join(parts[i + 1 : -1]), entries[name], entries)
-        if owner is not None:
-            return SLOT, owner
-        # The scope is surely an optimizer's when its step counter is there (an int64 scalar).
-        it = entries.get("/".join(parts[: i + 1]) + "/iter", False)
-        if it is not False and (it is None or (it.dtype == _INT64 and tuple(it.shape) == ())):
-            return AMBIGUOUS, None
-    return None
-
-
-def classify(names, optimizer_names=(), ema_names=(EMA_NAME,)) -> dict[str, tuple[str, str | None]]:
-    """Role of each name-based tensor: (role, variable it belongs to or None).
-
-    names: the tensor names, or a mapping of them to their Entries, which lets a tf_keras slot be
-    matched to its variable by dtype and shape too (FORMAT-models §4).
-    """
-    if hasattr(names, "items"):  # values that are not Entries (or are None) say nothing about dtype and shape
-        entries = {n: v if hasattr(v, "dtype") and hasattr(v, "shape") else None for n, v in names.items()}
-    else:
-        entries = dict.fromkeys(names)
-    names = set(entries)
-    custom = frozenset(optimizer_names)
-    suffixes = set(SLOT_OPTIMIZERS) | custom
-    emas = set(ema_names)
-    out = {}
-    for name in names:
-        if name == "global_step" or name.endswith("/global_step"):
-            out[name] = (STEP, None)
-            continue
-        last = _strip_counter(name.rpartition("/")[2])
-        if "/" in name and (last in emas or last in suffixes):
-            var = _slot_base(name, names)
-            if var:
-                out[name] = (EMA if last in emas else SLOT, var)
-                continue
-        if last in _ALL_KERAS_SLOTS and name.count("/") >= 2:
-            role = _keras_slot(name, entries, custom)
-            if role is not None and not (role[0] == AMBIGUOUS and _optimizer_state(name, custom)):
-                out[name] = role  # (an orphan under Keras-in-TF1's training/ scope is surely optimizer state)
-                continue
-        if "_slot_" in name:
-            m = _MESH_SLOT_RE.match(name)
-            if m and m["var"] in names:
-                out[name] = (SLOT, m["var"])
-                continue
-        out[name] = (OPTIMIZER, None) if _optimizer_state(name, custom) else (WEIGHT, None)
-    return out
-
-
-class StripOptimizer(_Step):
+class StripOptimizer(Step):
     """Drop optimizer slots and state; keep global_step unless asked; EMA keep/drop/promote."""
 
     __slots__ = _fields = ("keep_global_step", "ema", "optimizer_names")
+    keep_global_step: bool
+    ema: str
+    optimizer_names: tuple[str, ...]
 
     def __init__(self, keep_global_step: bool = True, ema: str = "keep", optimizer_names: tuple[str, ...] = ()):
         if ema not in ("keep", "drop", "promote"):
@@ -365,11 +205,15 @@ def load_map_file(path: str) -> tuple[tuple[str, str], ...]:
     return tuple(data.items())
 
 
-class Rename(_Step):
+class Rename(Step):
     """Rename by rules, first match wins: 'scope/'='new/' (prefix; '/' is the root), exact, or regex."""
 
     _fields = ("rules", "regex", "allow_unmatched")
     __slots__ = _fields + ("_compiled",)  # the rules' patterns, if regex
+    rules: tuple[tuple[str, str], ...]
+    regex: bool
+    allow_unmatched: bool
+    _compiled: tuple[re.Pattern[str], ...]
 
     def __init__(self, rules: tuple[tuple[str, str], ...], regex: bool = False, allow_unmatched: bool = False):
         if not rules:
@@ -404,7 +248,8 @@ class Rename(_Step):
         return name, None
 
     def apply(self, items: list[Item], ctx: Context) -> list[Item]:
-        used, out = set(), []
+        used: set[int] = set()
+        out = []
         for item in items:
             new, rule = self.rename(item.dst)
             if rule is not None:
@@ -438,11 +283,14 @@ LOW_PRECISION = (
 NOT_FLOATING, NOT_SELECTED, ALREADY, LOW = "not-floating", "not-selected", "already-target", "low-precision"
 
 
-class Cast(_Step):
+class Cast(Step):
     """Cast float64/float32/bfloat16/float16 tensors to `to`; optionally only names matching `only`."""
 
     _fields = ("to", "only")
     __slots__ = _fields + ("_only",)  # the compiled patterns
+    to: str
+    only: tuple[str, ...]
+    _only: tuple[re.Pattern[str], ...]
 
     def __init__(self, to: str, only: tuple[str, ...] = ()):
         target = dtypes.BY_NAME.get(to)
@@ -450,7 +298,7 @@ class Cast(_Step):
             raise PlanError(f"cast target must be one of {', '.join(CASTABLE)}, not {to!r}")
         self._init(to=target.name, only=only, _only=_compile(only, False))
 
-    def left_as_is(self, item: Item, names=()) -> str | None:
+    def left_as_is(self, item: Item, names: Iterable[str] = ()) -> str | None:
         """Why this step leaves item's dtype as it is (NOT_FLOATING, LOW, ALREADY, NOT_SELECTED), or None.
 
         `only` matches the output name or any of names (a TF2 tensor's object paths, as filters do)."""
@@ -473,10 +321,11 @@ class Cast(_Step):
         ]
 
 
-class MapNames(_Step):
+class MapNames(Step):
     """A user callable: name -> new name, or None to drop the tensor."""
 
     __slots__ = _fields = ("fn",)
+    fn: Callable[[str], str | None]
 
     def __init__(self, fn: Callable[[str], str | None]):
         self._init(fn=fn)

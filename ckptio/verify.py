@@ -24,7 +24,7 @@ class Problem(namedtuple("Problem", "message path key offset", defaults=(None, N
         return str(CkptioError(self.message, path=self.path, key=self.key, offset=self.offset))
 
 
-class Report:
+class VerifyReport:
     """What verify found: every problem, and how much it checked."""
 
     __slots__ = ("problems", "tensors", "bytes_checked", "damaged", "checked")
@@ -43,7 +43,7 @@ class Report:
         self.checked = checked  # what was checked, when it is not every checksum (other formats)
 
     def __repr__(self):
-        return f"Report(problems={self.problems!r}, tensors={self.tensors}, bytes_checked={self.bytes_checked})"
+        return f"VerifyReport(problems={self.problems!r}, tensors={self.tensors}, bytes_checked={self.bytes_checked})"
 
     @property
     def ok(self) -> bool:
@@ -59,14 +59,14 @@ class Report:
             self.damaged.add(key)
 
 
-def verify(ckpt, *, progress: Callable[[int], None] | None = None, check_graph: bool = True) -> Report:
-    """Verify a Checkpoint (or the checkpoint at a path); returns a Report listing every problem found."""
+def verify(ckpt, *, progress: Callable[[int], None] | None = None, check_graph: bool = True) -> VerifyReport:
+    """Verify a Checkpoint (or the checkpoint at a path); returns a VerifyReport listing every problem found."""
     if isinstance(ckpt, (str, os.PathLike)):
         from .checkpoint import open as open_checkpoint
 
         with open_checkpoint(ckpt) as opened:
             return verify(opened, progress=progress, check_graph=check_graph)
-    report = Report()
+    report = VerifyReport()
     check_format = getattr(ckpt, "verify_format", None)
     if check_format is not None:  # .safetensors, .npz, Keras (ckptio/formats): their own checks
         check_format(report, progress)
@@ -92,7 +92,7 @@ def verify(ckpt, *, progress: Callable[[int], None] | None = None, check_graph: 
     return report
 
 
-def _verify_v2(ckpt, report: Report, progress) -> None:
+def _verify_v2(ckpt, report: VerifyReport, progress) -> None:
     from .bundle.entry import Entry
 
     reader = ckpt.reader
@@ -166,7 +166,7 @@ def _verify_v2(ckpt, report: Report, progress) -> None:
         _check_shards(reader, entries, slices, report)
 
 
-def _check_metaindex(table, report: Report) -> None:
+def _check_metaindex(table, report: VerifyReport) -> None:
     """The metaindex block: TF never reads it, but damage there is damage to the file all the same."""
     try:
         table.check_metaindex()
@@ -174,7 +174,7 @@ def _check_metaindex(table, report: Report) -> None:
         report.add(exc)
 
 
-def _check_shards(reader, entries, slices, report: Report) -> None:
+def _check_shards(reader, entries, slices, report: VerifyReport) -> None:
     """Every shard exists and is at least as long as the bytes its entries point at."""
     need: dict[int, int] = {}
     for e in list(entries.values()) + list(slices.values()):
@@ -197,7 +197,7 @@ def _check_shards(reader, entries, slices, report: Report) -> None:
             )
 
 
-def _verify_v1(ckpt, report: Report, progress) -> None:
+def _verify_v1(ckpt, report: VerifyReport, progress) -> None:
     for name in ckpt:
         report.tensors += 1
         try:
@@ -216,4 +216,6 @@ def _verify_v1(ckpt, report: Report, progress) -> None:
                 report.add(exc)
 
 
-__all__ = ["verify", "Report", "Problem"]
+Report = VerifyReport  # its name before issue 13 (rewrite had a Report too)
+
+__all__ = ["verify", "VerifyReport", "Report", "Problem"]

@@ -63,13 +63,13 @@ def view(ckpt) -> View:
 
 
 def _name_based(entries: dict) -> dict[str, TensorView]:
-    from .transform import SLOT, classify
+    from .optimizer_keys import SLOT, classify
 
     roles = classify(entries)
     out = {}
     for key, entry in entries.items():
         role, var = roles[key]
-        slot_of = (var, key[len(var) + 1 :]) if role == SLOT and key.startswith(var + "/") else None
+        slot_of = (var, key[len(var) + 1 :]) if role == SLOT and var is not None and key.startswith(var + "/") else None
         out[key] = TensorView(key, entry, (), key, slot_of)
     return out
 
@@ -93,7 +93,8 @@ def _object_based(ckpt, entries: dict, data: bytes) -> dict[str, TensorView]:
     for key, entry in entries.items():  # tensors no attribute names: known by their key only
         out.setdefault(key, TensorView(key, entry, (), "", None))
     for var_node, slot_name, slot_node in slots:
-        var_key, slot_key = key_of_node.get(var_node, ""), key_of_node.get(slot_node)
+        var_key = "" if var_node is None else key_of_node.get(var_node, "")
+        slot_key = key_of_node.get(slot_node)
         if slot_key:  # an unknown variable ("") pairs with nothing
             out[slot_key] = out[slot_key]._replace(slot_of=(var_key, slot_name))
     return out
@@ -102,7 +103,7 @@ def _object_based(ckpt, entries: dict, data: bytes) -> dict[str, TensorView]:
 def _all_paths(graph, optimizers: set[int]) -> dict[int, list[tuple[str, ...]]]:
     """Up to MAX_PATHS paths from the root to each node; paths through an optimizer only if no other exists."""
     found: dict[int, list[tuple[tuple[str, ...], bool]]] = {0: [((), False)]}
-    queue = deque([(0, (), False)])
+    queue: deque[tuple[int, tuple[str, ...], bool]] = deque([(0, (), False)])
     while queue:
         nid, path, via_opt = queue.popleft()
         for c in graph.nodes[nid].children:

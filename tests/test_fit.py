@@ -324,7 +324,7 @@ def bounded_reads(monkeypatch):
         with monkeypatch.context() as m:
             m.setattr(FileSource, "read", read)
             m.setattr(FileSource, "readinto", whole)
-            m.setattr(sys.modules["ckptio.fit"], "CHUNK_BYTES", 2 * ROW)
+            m.setattr(sys.modules["ckptio.fit_write"], "CHUNK_BYTES", 2 * ROW)
             m.setattr(checkpoint, "VERIFY_CHUNK", 2 * ROW)
             m.setattr(checkpoint.Checkpoint, "_read", whole)
             fn()

@@ -35,7 +35,16 @@ def _reaches(imports: set[str], target: str) -> bool:
 
 
 def test_objgraph_pieces_do_not_import_the_front_module():
-    for name in ("objgraph_model", "objgraph_check", "objgraph_moves", "objgraph_select", "objgraph_edit"):
+    for name in (
+        "objgraph_model",
+        "objgraph_check",
+        "objgraph_moves",
+        "objgraph_select",
+        "objgraph_rekey",
+        "objgraph_strip",
+        "objgraph_rename",
+        "objgraph_edit",
+    ):
         imports = _imports(PKG / f"{name}.py")
         assert "ckptio.objgraph" not in imports, name
         assert not any(n.startswith("ckptio.objgraph.") for n in imports), name
@@ -45,8 +54,29 @@ def test_objgraph_model_is_the_bottom():
     imports = _imports(PKG / "objgraph_model.py")
     assert not any(
         _reaches(imports, f"ckptio.{m}")
-        for m in ("objgraph_check", "objgraph_edit", "objgraph_moves", "objgraph_select", "transform")
+        for m in (
+            "objgraph_check",
+            "objgraph_edit",
+            "objgraph_moves",
+            "objgraph_select",
+            "objgraph_rekey",
+            "objgraph_strip",
+            "objgraph_rename",
+            "transform",
+        )
     ), imports
+
+
+def test_objgraph_edit_pieces_do_not_import_the_edit_front():
+    for name in ("objgraph_rekey", "objgraph_strip", "objgraph_rename"):
+        imports = _imports(PKG / f"{name}.py")
+        assert not _reaches(imports, "ckptio.objgraph_edit"), name
+    assert not _reaches(_imports(PKG / "objgraph_rekey.py"), "ckptio.objgraph_strip")
+    assert not _reaches(_imports(PKG / "objgraph_rekey.py"), "ckptio.objgraph_rename")
+
+
+def test_key_roles_do_not_import_the_steps():
+    assert not _reaches(_imports(PKG / "optimizer_keys.py"), "ckptio.transform")
 
 
 def test_sstable_imports_nothing_about_checkpoints():
@@ -75,3 +105,16 @@ def test_store_imports_nothing_about_checkpoints():
         imports = _imports(path)
         for name in above:
             assert not _reaches(imports, f"ckptio.{name}"), (path.name, name)
+
+
+def test_split_pieces_do_not_import_their_front_module():
+    for piece, front in (
+        ("rewrite_plan", "rewrite"),
+        ("fit_write", "fit"),
+        ("optimizer_keys", "transform"),
+    ):
+        imports = _imports(PKG / f"{piece}.py")
+        assert f"ckptio.{front}" not in imports and not any(n.startswith(f"ckptio.{front}.") for n in imports), (
+            piece,
+            front,
+        )

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError, OutputExistsError, Remedy
-from ..io import FileSource
+from ..io import FileSource, Source
 from ..output import AtomicFiles, make_dirs, write_all
 from .stream import ArchiveStream
 from .tar import REGULAR
@@ -41,6 +41,7 @@ def unpack(archive_path, out_dir, *, force: bool = False, progress=None) -> Unpa
     started = time.perf_counter()
     label = os.fspath(archive_path)
     out_dir = os.fspath(out_dir)
+    source: Source
     if "://" in label:
         from ..remote import RemoteSource
 
@@ -52,7 +53,8 @@ def unpack(archive_path, out_dir, *, force: bool = False, progress=None) -> Unpa
     except BaseException:
         source.close()
         raise
-    data_files, index_files = {}, {}  # directory -> AtomicFiles
+    data_files: dict[str, AtomicFiles] = {}  # directory -> its files
+    index_files: dict[str, AtomicFiles] = {}
     names, total = [], 0
     try:
         for m in stream:

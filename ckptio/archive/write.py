@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from ..checkpoint import Checkpoint
 from ..errors import OutputExistsError, Remedy, WriteError
@@ -18,6 +20,10 @@ from ..output import (
     staging_dir,
 )
 from .tar import BLOCK, RECORD, encode_header
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers honour the name)
+if TYPE_CHECKING:
+    from typing import Any
 
 COPY_CHUNK = 4 << 20  # bytes per read while packing
 DEFAULT_LEVEL = 3
@@ -59,16 +65,22 @@ class PackStats:
         }
 
 
-def checkpoint_files(ckpt: Checkpoint) -> list[tuple[str, object]]:
+def checkpoint_files(ckpt: Checkpoint) -> list[tuple[str, Callable[[], Source]]]:
     """(path, open) of every file of a checkpoint, .index first, then data shards in order (V1: its
     tables); open() returns the file's Source. Opening is deferred so that an archive source is
     read in one forward pass."""
-    reader = ckpt._reader
+    # A BundleReader, a V1 reader or a foreign format's RangeReader (whose `tables` refuses): Checkpoint
+    # does not type its readers as one interface yet.
+    reader: Any = ckpt._reader
     if ckpt.format == "v2":
-        files = [(reader.index_source.name, lambda: reader.index_source)]
-        files += [(reader.shard_path(i), lambda i=i: reader.shard(i)) for i in range(reader.header.num_shards)]
+        files: list[tuple[str, Callable[[], Source]]] = [(reader.index_source.name, lambda: reader.index_source)]
+        files += [(reader.shard_path(i), partial(reader.shard, i)) for i in range(reader.header.num_shards)]
         return files
-    return [(t.source.name, lambda t=t: t.source) for t in reader.tables]
+    return [(t.source.name, _source_of(t)) for t in reader.tables]
+
+
+def _source_of(table: Any) -> Callable[[], Source]:
+    return lambda: table.source
 
 
 def _basename(path: str) -> str:
@@ -116,8 +128,9 @@ def pack(
     try:
         files = checkpoint_files(ckpt)
         inputs = {os.path.abspath(p) for p, _ in files if "://" not in p}
-        if getattr(ckpt, "archive_path", None):
-            inputs.add(os.path.abspath(ckpt.archive_path))
+        archive_path = getattr(ckpt, "archive_path", None)  # set when ckpt was read from an archive
+        if archive_path:
+            inputs.add(os.path.abspath(archive_path))
         if "://" not in out_path and os.path.abspath(out_path) in inputs:
             raise OutputExistsError("output is the input; write the archive elsewhere", path=out_path)
         output = _open_output(out_path, force=force)
@@ -224,7 +237,7 @@ def rewrite_packed(
     name: str | None = None,
     **options,
 ):
-    """rewrite() into a temp directory beside out_path, then pack it; returns (Report, PackStats).
+    """rewrite() into a temp directory beside out_path, then pack it; returns (RewriteReport, PackStats).
 
     name: the checkpoint's file name prefix inside the archive (default: the source's).
     """

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import namedtuple
 
+from ..errors import UnsupportedError
+
 STRING = 7
 VARIANT = 21
 
@@ -82,6 +84,14 @@ BY_NAME.update(
 def lookup(enum: int) -> DType | None:
     """The DType for an enum value, or None if unknown (including 0 and _REF types)."""
     return BY_ENUM.get(enum)
+
+
+def require(enum: int) -> DType:
+    """The DType for an enum value; UnsupportedError if ckptio does not know it."""
+    info = BY_ENUM.get(enum)
+    if info is None:
+        raise UnsupportedError(f"unknown dtype enum {enum}")
+    return info
 
 
 def name_of(enum: int) -> str:

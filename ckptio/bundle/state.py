@@ -181,7 +181,7 @@ def listed(directory: str) -> tuple[list[Listed], State]:
     state = read_state(directory)
     if state is None:
         return [], State("")
-    paths = state.paths or ((state.latest,) if state.latest else ())
+    paths: tuple[str, ...] = state.paths or ((state.latest,) if state.latest else ())
     stamps = state.timestamps if len(state.timestamps) == len(paths) else (None,) * len(paths)
     rows = [Listed(p, locate(directory, p), t) for p, t in zip(paths, stamps)]
     if rows and all(r.path is None for r in rows):

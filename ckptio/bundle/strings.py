@@ -15,15 +15,14 @@ from ..errors import ChecksumError, CorruptCheckpointError
 from ..sstable.coding import VarintError, crc32c, decode_varint, encode_varint, mask, unmask
 
 
-def _length_bytes(length: int, order: str) -> bytes:
-    return length.to_bytes(4 if length <= 0xFFFFFFFF else 8, order)
+def _length_bytes(length: int, big_endian: bool) -> bytes:
+    return length.to_bytes(4 if length <= 0xFFFFFFFF else 8, "big" if big_endian else "little")
 
 
 def decode(
     data: bytes, count: int, *, big_endian: bool = False, path=None, key=None, offset=None
 ) -> tuple[list[bytes], int]:
     """Split string tensor bytes into `count` elements; return (elements, unmasked entry crc)."""
-    order = "big" if big_endian else "little"
     lengths, pos, crc = [], 0, 0
     if count > len(data):  # every length takes at least one byte
         raise CorruptCheckpointError(
@@ -45,7 +44,7 @@ def decode(
                 offset=None if offset is None else offset + at,
             )
         lengths.append(length)
-        crc = crc32c(_length_bytes(length, order), crc)
+        crc = crc32c(_length_bytes(length, big_endian), crc)
     if pos + 4 > len(data):
         raise CorruptCheckpointError("string tensor ends inside its length checksum", path=path, key=key, offset=offset)
     stored = struct.unpack_from(">I" if big_endian else "<I", data, pos)[0]
@@ -81,7 +80,6 @@ def prefix_problem(head: bytes, count: int, size: int, *, big_endian: bool = Fal
     whether these are the right bytes cut off, or some other file's bytes.
     """
     pos, total, crc = 0, 0, 0
-    order = "big" if big_endian else "little"
     for _ in range(count):
         try:
             length, pos = decode_varint(head, pos, len(head))
@@ -90,12 +88,12 @@ def prefix_problem(head: bytes, count: int, size: int, *, big_endian: bool = Fal
         total += length
         if pos + 4 + total > size:
             return f"its string lengths add up to more than its {size} bytes"
-        crc = crc32c(_length_bytes(length, order), crc)
+        crc = crc32c(_length_bytes(length, big_endian), crc)
     if pos + 4 > len(head):
         return None
     if pos + 4 + total != size:
         return f"its string lengths add up to {total} bytes, not the {size - pos - 4} its size leaves"
-    if unmask(int.from_bytes(head[pos : pos + 4], order)) != crc:
+    if unmask(int.from_bytes(head[pos : pos + 4], "big" if big_endian else "little")) != crc:
         return "the length checksum of the string tensor does not match"
     return None
 
@@ -111,13 +109,12 @@ def to_array(elements: list[bytes], shape: tuple[int, ...]):
 
 def encode(elements, *, big_endian: bool = False) -> tuple[bytes, int]:
     """Serialize byte strings; return (tensor bytes, masked entry crc32c)."""
-    order = "big" if big_endian else "little"
     elements = [e if isinstance(e, bytes) else (e.encode() if isinstance(e, str) else bytes(e)) for e in elements]
     varints = b"".join(encode_varint(len(e)) for e in elements)
     crc = 0
     for e in elements:
-        crc = crc32c(_length_bytes(len(e), order), crc)
-    checksum = mask(crc).to_bytes(4, order)
+        crc = crc32c(_length_bytes(len(e), big_endian), crc)
+    checksum = mask(crc).to_bytes(4, "big" if big_endian else "little")
     crc = crc32c(checksum, crc)
     payload = b"".join(elements)
     crc = crc32c(payload, crc)

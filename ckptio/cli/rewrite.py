@@ -15,6 +15,10 @@ import sys
 from ..errors import CheckpointNotFoundError
 from .common import Progress, check_output_prefix, check_shard_options, human, parse_size
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers honour the name)
+if TYPE_CHECKING:  # the steps are imported lazily at run time (start-up cost)
+    from ..transform import Step
+
 
 def add_arguments(name, p) -> None:
     # argparse would draw nargs="+" as `IN OUT [IN OUT ...]`, promising pairs that are refused.
@@ -123,11 +127,11 @@ def add_arguments(name, p) -> None:
     )
 
 
-def build_steps(args) -> list:
+def build_steps(args) -> list[Step]:
     from ..transform import Cast, Rename, Select, StripOptimizer, load_map_file, parse_map
     from .main import UsageError
 
-    steps = []
+    steps: list[Step] = []
     cmd = args.command
     if cmd == "rewrite" and not args.strip_optimizer:
         # Silently ignoring them (or stripping because of them) would surprise: say so instead.

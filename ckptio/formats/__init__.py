@@ -65,7 +65,7 @@ def open_format(path, **kwargs):
 
 
 def write_format(src, dst, steps=(), **options):
-    """strip / rename / rewrite into a .safetensors, .npz or Keras file; returns the rewrite Report."""
+    """strip / rename / rewrite into a .safetensors, .npz or Keras file; returns the RewriteReport."""
     kind = kind_of(dst)
     if kind in ("keras", "keras_h5"):
         from .keras_archive import rewrite_keras

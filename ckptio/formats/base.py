@@ -78,7 +78,7 @@ class RangeReader:
         if name in self._loaders:
             from ..bundle.decode import to_bytes
 
-            return to_bytes(self._load(name, entry), entry.dtype_info)
+            return to_bytes(self._load(name, entry), _info(entry))
         self.check_entry(name, entry)
         return self.sources[entry.shard_id].read(entry.offset, entry.size, key=name)
 
@@ -97,7 +97,7 @@ class RangeReader:
                 raise TruncatedError(f"read {got} of {entry.size} bytes", path=src.name, key=name, offset=entry.offset)
         else:
             buf[:] = src.read(entry.offset, entry.size, key=name)
-        return from_bytes(buf, entry.dtype_info, entry.shape)
+        return from_bytes(buf, _info(entry), entry.shape)
 
     def _load(self, name: str, entry: Entry):
         array = self._loaders[name]()
@@ -131,7 +131,10 @@ class ForeignCheckpoint(Checkpoint):
 
     def __init__(self, reader: RangeReader, fmt: str, path: str, files=()):
         # Not Checkpoint.__init__: that resolves TensorFlow paths and opens a bundle.
-        self._reader = reader
+        # Checkpoint types its reader as a BundleReader; a RangeReader offers the same reads (until
+        # the bundle layer names that interface, the type checker cannot see it).
+        self._reader = reader  # type: ignore[assignment]
+        self._foreign = reader
         self.format = fmt
         self.located = Located(fmt, path, tuple(files) or (path,))
         self.prefix = path
@@ -139,11 +142,11 @@ class ForeignCheckpoint(Checkpoint):
 
     @property
     def num_shards(self) -> int:
-        return len(self._reader.sources) or 1
+        return len(self._foreign.sources) or 1
 
     @property
     def bytes_read(self) -> int:
-        return sum(s.bytes_read for s in self._reader.sources)
+        return sum(s.bytes_read for s in self._foreign.sources)
 
     def __repr__(self) -> str:
         return f"<ckptio.{type(self).__name__} {self.format} {self.prefix!r}>"
@@ -178,3 +181,11 @@ def check_shape(shape, *, path, key) -> tuple[int, ...]:
     if n > MAX_ELEMENTS:
         raise CorruptCheckpointError(f"shape {shape!r} has too many elements", path=path, key=key)
     return tuple(shape)
+
+
+def _info(entry: Entry) -> dtypes.DType:
+    """The entry's dtype, which a foreign format always knows (it made the entry from one it reads)."""
+    info = entry.dtype_info
+    if info is None:
+        raise UnsupportedError(f"unknown dtype enum {entry.dtype}")
+    return info

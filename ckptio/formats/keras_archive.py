@@ -93,13 +93,13 @@ def rewrite_keras(
     progress=None,
     **_ignored,
 ):
-    """strip a Keras file into OUT.keras (from a .keras) or OUT.weights.h5 (from either); returns a rewrite Report.
+    """strip a Keras file into OUT.keras (from a .keras) or OUT.weights.h5 (from either); returns a RewriteReport.
 
     Only strip applies: the weights keep Keras' layout, less the /optimizer group.
     """
     import time
 
-    from ..rewrite import Report
+    from ..rewrite import RewriteReport
     from ..transform import StripOptimizer
     from . import kind_of
     from .export import check_outputs
@@ -107,7 +107,7 @@ def rewrite_keras(
     started = time.perf_counter()
     src_path = getattr(src, "path", None) if not isinstance(src, (str, os.PathLike)) else os.fspath(src)
     src_kind, dst_kind = kind_of(src_path or ""), kind_of(dst)
-    if src_kind not in ("keras", "keras_h5") or (dst_kind == "keras" and src_kind != "keras"):
+    if src_path is None or src_kind not in ("keras", "keras_h5") or (dst_kind == "keras" and src_kind != "keras"):
         raise PlanError(
             "Keras outputs are written from Keras inputs only: strip IN.keras OUT.keras, or "
             "strip IN.keras|IN.weights.h5 OUT.weights.h5 (other checkpoints: write .safetensors or .npz)",
@@ -121,7 +121,7 @@ def rewrite_keras(
         entries = ckpt.entries()
         dropped = sorted(n for n in entries if strip and n.split("/", 1)[0] == OPTIMIZER_GROUP)
         kept = [(n, n) for n in sorted(entries) if n not in set(dropped)]
-        report = Report(
+        report = RewriteReport(
             src_path,
             dst,
             kept=kept,

@@ -152,7 +152,7 @@ def plan(cs, ct, rules) -> dict[str, tuple[str, str, str]]:
     layers = template_layers(ct)
     datasets = set(ct.entries())
     pairs: dict[str, tuple[str, str, str]] = {}
-    by_layer: dict[str, list[tuple[str, str, str]]] = {}  # template layer name -> (key, full_name, var name)
+    by_layer: dict[str, list[tuple[str, str, str, str]]] = {}  # template layer -> (key, full_name, var name, scope)
     for key, full in sorted(names.items()):
         new = _renamed(full, rules)
         by_key, used = rules.rename(key) if rules is not None else (key, None)

@@ -77,7 +77,7 @@ def walk(h5file, src, *, base: int, path: str) -> tuple[dict[str, Entry], dict]:
     for name, ds in found:
         enum = _dtype_of(ds, name, path)
         shape = tuple(int(d) for d in ds.shape)
-        info = dtypes.lookup(enum)
+        info = dtypes.require(enum)
         nbytes = numel(shape) * info.itemsize
         offset = _contiguous_offset(ds)
         if offset is not None and ds.dtype.byteorder in "<|=" and ds.id.get_storage_size() == nbytes:

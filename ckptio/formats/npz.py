@@ -239,7 +239,7 @@ def _load(archive, m, enum: int):
 
     with archive.open(m) as f:
         array = np.lib.format.read_array(f, allow_pickle=False)
-    info = dtypes.lookup(enum)
+    info = dtypes.require(enum)
     data = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
     return from_bytes(bytearray(data), info, array.shape)
 
@@ -289,7 +289,7 @@ def can_store(enum: int) -> bool:
 
 def descr_of(enum: int) -> str:
     """The .npy descr for a TF dtype: numpy's own little-endian name, or raw void for ml_dtypes types."""
-    info = dtypes.lookup(enum)
+    info = dtypes.require(enum)
     dt = info.numpy()
     if dt.isbuiltin == 1:
         return dt.newbyteorder("<").str if dt.itemsize > 1 else dt.str
@@ -298,7 +298,7 @@ def descr_of(enum: int) -> str:
 
 def recorded_name(enum: int) -> str | None:
     """The TF dtype name to record when the .npy dtype does not say it (bfloat16, qint8 ...)."""
-    info = dtypes.lookup(enum)
+    info = dtypes.require(enum)
     return None if info.numpy().isbuiltin == 1 and info.numpy().name == info.name else info.name
 
 
