@@ -75,6 +75,7 @@ def test_what_tensorflow_writes_takes_the_fast_path():
         assert entry_module._parse_common(raw) is not None
         assert Entry.parse(raw) == e == parse_with_protobuf(raw)
         assert type(Entry.parse(raw)) is Entry
+        assert Entry.parse(bytearray(raw)) == e == Entry.parse(memoryview(raw))  # any bytes-like value
 
 
 MALFORMED = [

@@ -275,6 +275,8 @@ def _parse_shape(v, pos: int, end: int) -> tuple[int, ...] | None:
 
 def _parse_common(v) -> tuple | None:
     """Entry fields (dtype, shape, shard_id, offset, size, crc32c, ()) of the common form, or None."""
+    if type(v) is not bytes:  # a bytearray's or memoryview's slices could not key _SHAPES
+        v = bytes(v)
     n = len(v)
     pos = last = 0
     dtype = shard = offset = size = crc = 0
