@@ -115,7 +115,8 @@ def _list(args, ckptio, dtypes) -> int:
             e = entries[n]
             nbytes = sum(ckpt._reader.slice_entry(n, s).size for s in e.slices) if e.slices and v2 else e.size
             d = dtype_names.get(e.dtype) or dtypes.name_of(e.dtype)
-            rows.append((n, d, e.shape, nbytes, roles.get(n, "weight"), e))
+            shape = e.shape if type(e.shape) is tuple else tuple(e.shape)  # a hashable key for the caches below
+            rows.append((n, d, shape, nbytes, roles.get(n, "weight"), e))
         totals: dict[str, list[int]] = {}
         for _, _, _, nbytes, role, _ in rows:
             t = totals.setdefault(role, [0, 0])
@@ -147,10 +148,14 @@ def _list(args, ckptio, dtypes) -> int:
         shown = [show_name(r[0]) for r in rows]  # a crafted name must not forge lines or drive the terminal
         width = min(max((len(n) for n in shown), default=4), 80)
         dwidth = max([9] + [len(r[1]) for r in rows])  # float8_e4m3b11fnuz is 18 wide
+        shapes: dict[tuple, str] = {}  # shapes and sizes repeat: format each once
+        sizes: dict[int, str] = {}
         for n, (_, d, s, b, r, e) in zip(shown, rows):
             mark = "" if r == "weight" else f"  [{r}]"
             sliced = f"  ({len(e.slices)} slices)" if e.slices else ""
-            out.append(f"{n:<{width}}  {d:<{dwidth}} {str(list(s)):<16} {human(b):>10}{mark}{sliced}")
+            shape = shapes.get(s) or shapes.setdefault(s, f"{str(list(s)):<16}")
+            size = sizes.get(b) or sizes.setdefault(b, f"{human(b):>10}")
+            out.append(f"{n:<{width}}  {d:<{dwidth}} {shape} {size}{mark}{sliced}")
         summary = ", ".join(f"{k} {v[0]} ({human(v[1])})" for k, v in sorted(totals.items()))
         out.append(
             f"{count} tensors"
