@@ -103,7 +103,7 @@ class Entry(namedtuple("Entry", "dtype shape shard_id offset size crc32c slices"
     @staticmethod
     def parse(value: bytes, *, path=None, key=None) -> Entry:
         # Nearly every entry has the form TensorFlow writes for an unsliced tensor, decoded here
-        # without building a message (a third of the time); anything else goes through protobuf.
+        # without building a message (a quarter of the time); anything else goes through protobuf.
         fields = _parse_common(value)
         if fields is not None:
             return _new_tuple(Entry, fields)

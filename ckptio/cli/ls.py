@@ -58,10 +58,6 @@ def _tf2_role_by_key(key: str) -> str | None:
 
 
 def run(args) -> int:
-    import ckptio
-
-    from ..bundle import dtypes
-
     if args.objects and args.match:
         from .main import UsageError
 
@@ -71,7 +67,7 @@ def run(args) -> int:
     collecting = gc.isenabled()
     gc.disable()
     try:
-        return _list(args, ckptio, dtypes)
+        return _list(args)
     finally:
         if collecting:
             gc.enable()
@@ -91,7 +87,11 @@ def _sorted_names(entries) -> list[str]:
     return names
 
 
-def _list(args, ckptio, dtypes) -> int:
+def _list(args) -> int:
+    import ckptio
+
+    from ..bundle import dtypes
+
     with ckptio.open(args.path) as ckpt:
         if args.objects:
             from .objects import print_objects
