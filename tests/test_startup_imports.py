@@ -127,3 +127,23 @@ def test_public_names_resolve_and_rewrite_verify_are_functions():
             "commit_plan",
         }
         assert kinds["open"] == kinds["rewrite"] == kinds["verify"] == "function"
+
+
+# `ls` and an export to safetensors read the index through the fast entry and header parse
+# (bundle/entry.py): protobuf (~20 ms to import) is loaded only for what that parse hands over.
+NO_PROTOBUF = """
+import json, sys
+from ckptio.cli.main import main
+codes = [main(["ls", "--json", sys.argv[1]]), main(["strip", sys.argv[1], sys.argv[2]]), main(["ls", sys.argv[2]])]
+print(json.dumps({"codes": codes, "protobuf": sorted(m for m in sys.modules if m.startswith("google.protobuf"))}))
+"""
+
+
+def test_ls_and_safetensors_export_import_no_protobuf(tmp_path):
+    src, out = str(tmp_path / "in" / "model.ckpt"), str(tmp_path / "out" / "model.safetensors")
+    with BundleWriter(src) as w:
+        w.add_array("dense/kernel", np.ones((4, 3), np.float32))
+        w.add_array("dense/kernel/Adam", np.zeros((4, 3), np.float32))
+        w.finish()
+    report = _python(NO_PROTOBUF, src, out)
+    assert report == {"codes": [0, 0, 0], "protobuf": []}

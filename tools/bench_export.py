@@ -5,7 +5,8 @@
 Builds the same TF1 Adam checkpoints as tools/bench.py (weights 1/3 of the bytes), then times,
 alternating and taking medians: `ckptio strip IN OUT.safetensors` as a whole process with its
 peak RSS, `cp` of a file as large as the kept bytes, `ckptio strip IN OUT.npz`, and the same
-strip into a TF prefix (the copy path the export reuses, as a baseline on the same machine state). Before each
+strip into a TF prefix (the copy path the export reuses, as a baseline on the same machine state), each with
+its CPU time (user + system, which scatters less than wall time on a loaded machine). Before each
 timed run the page cache holds exactly the bytes that run reads (tools/bench.py's set_cache),
 then `sync`. Two sizes show whether peak RSS stays flat as the checkpoint grows.
 """
@@ -24,6 +25,26 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402  tools/bench.py: checkpoint builder, timing, page-cache control
 
 CKPTIO = bench.CKPTIO
+
+# bench.run_rss's wrapper, also reporting the child's CPU time (user + system, all threads): on a
+# loaded machine wall times scatter, CPU time much less, and it shows where a run's time goes.
+_WRAPPER = r"""
+import resource, subprocess, sys, time
+start = time.perf_counter()
+proc = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE)
+wall = time.perf_counter() - start
+use = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(wall, use.ru_maxrss * 1024, use.ru_utime + use.ru_stime, proc.returncode)
+"""
+
+
+def run_measured(cmd) -> tuple[float, int, float]:
+    """(wall seconds, peak RSS in bytes, CPU seconds) of a child process."""
+    _, out = bench.run_timed([sys.executable, "-c", _WRAPPER, *cmd])
+    wall, rss, cpu, rc = out.strip().splitlines()[-1].split()
+    if rc != "0":
+        raise RuntimeError(f"{' '.join(cmd)} exited {rc}")
+    return float(wall), int(rss), float(cpu)
 
 
 def bench_size(work: str, size: int, reps: int) -> dict:
@@ -53,22 +74,23 @@ def bench_size(work: str, size: int, reps: int) -> dict:
             dst.truncate(kept)
     out_dir = os.path.join(work, "out_export")
 
-    def timed_export(suffix: str) -> tuple[float, int]:
+    def timed_export(suffix: str) -> tuple[float, int, float]:
         shutil.rmtree(out_dir, ignore_errors=True)
-        wall, rss, _ = bench.run_rss(CKPTIO + ["strip", prefix, os.path.join(out_dir, "model" + suffix), "-q"])
+        measured = run_measured(CKPTIO + ["strip", prefix, os.path.join(out_dir, "model" + suffix), "-q"])
         shutil.rmtree(out_dir, ignore_errors=True)
-        return wall, rss
+        return measured
 
-    def timed_cp() -> float:
+    def timed_cp() -> tuple[float, float]:
         target = os.path.join(work, "out_cp.bin")
-        wall = bench.run_timed(["cp", floor, target])[0]
+        wall, _, cpu = run_measured(["cp", floor, target])
         os.unlink(target)
-        return wall
+        return wall, cpu
 
     bench.set_cache(data, keep=keep, drop=drop)
     timed_export(".safetensors")  # warm-up: bytecode written, memory faulted in once
     timed_cp()
     times = {"safetensors": [], "cp": [], "npz": [], "tf": []}
+    cpu = {k: [] for k in times}
     rss = {"safetensors": [], "npz": [], "tf": []}
     order = ("safetensors", "cp", "tf", "npz", "cp", "safetensors")
     for rep in range(reps):
@@ -77,11 +99,12 @@ def bench_size(work: str, size: int, reps: int) -> dict:
             bench.set_cache(floor, whole=True)
             bench.sync()
             if step == "cp":
-                times["cp"].append(timed_cp())
+                wall, used = timed_cp()
             else:
-                wall, peak = timed_export(".ckpt" if step == "tf" else "." + step)
-                times[step].append(wall)
+                wall, peak, used = timed_export(".ckpt" if step == "tf" else "." + step)
                 rss[step].append(peak)
+            times[step].append(wall)
+            cpu[step].append(used)
     bench.set_cache(data, whole=False)
     bench.set_cache(floor, whole=False)
     med = {k: bench.median(v) for k, v in times.items()}
@@ -93,6 +116,7 @@ def bench_size(work: str, size: int, reps: int) -> dict:
         "kept_tensors": len(kept_names),
         "seconds": med,
         "runs": times,
+        "cpu": {k: bench.median(v) for k, v in cpu.items()},
         "rss": {k: max(v) for k, v in rss.items()},
         "ratio": med["safetensors"] / med["cp"],
         "ratio_npz": med["npz"] / med["cp"],
@@ -130,6 +154,11 @@ def main() -> int:
         )
     print()
     for r in rows:
+        c = r["cpu"]
+        print(
+            f"- {r['tag']}: CPU time (user + system, all threads), medians: safetensors {c['safetensors']:.2f} s, "
+            f"cp {c['cp']:.2f} s, TF prefix {c['tf']:.2f} s, npz {c['npz']:.2f} s"
+        )
         print(
             f"- {r['tag']}: runs ranged: safetensors {min(r['runs']['safetensors']):.2f}-"
             f"{max(r['runs']['safetensors']):.2f} s, cp {min(r['runs']['cp']):.2f}-{max(r['runs']['cp']):.2f} s, "

@@ -359,7 +359,7 @@ def write(
     metadata=None,
 ) -> list[str]:
     """Write tensors as one safetensors file or a sharded set with its index, atomically; return the paths."""
-    from ..bundle.writer import ShardFile
+    from ..bundle.copy import ShardFile
     from ..io import AtomicFiles, make_dirs, preallocate
     from .export import groups_by_size, runs_of, write_error, write_runs
 

@@ -65,6 +65,39 @@ class Block:
             yield key, data[end : end + vlen]
             pos = end + vlen
 
+    def items(self) -> tuple[list[bytes], list[bytes]]:
+        """Every key and value, as two lists: entries() without a generator step per entry.
+
+        Raises at the first bad entry header, before returning anything; entries() yields the good
+        entries before it.
+        """
+        data, limit = self.data, self.limit
+        keys: list[bytes] = []
+        values: list[bytes] = []
+        add_key, add_value = keys.append, values.append
+        key = b""
+        pos = 0
+        while pos < limit:
+            at = pos
+            try:
+                shared, unshared, vlen = data[pos], data[pos + 1], data[pos + 2]
+                if (shared | unshared | vlen) < 0x80:
+                    pos += 3
+                else:
+                    shared, pos = decode_varint(data, pos, limit, 5)
+                    unshared, pos = decode_varint(data, pos, limit, 5)
+                    vlen, pos = decode_varint(data, pos, limit, 5)
+            except (IndexError, VarintError):
+                raise self._error("bad entry header", at) from None
+            end = pos + unshared
+            if shared > len(key) or end + vlen > limit:
+                raise self._error("entry runs past the block or shares more than the previous key", at)
+            key = key[:shared] + data[pos:end]
+            add_key(key)
+            pos = end + vlen
+            add_value(data[end:pos])
+        return keys, values
+
     def seek(self, target: bytes) -> Iterator[tuple[bytes, bytes]]:
         """Yield entries from the first key >= target (binary search over restart points)."""
         if self.limit == 0:  # no entries (an empty block still has one restart at 0)
