@@ -213,7 +213,7 @@ def test_a_checksum_failure_cancels_the_read_ahead(source, out):
     src, data = source
     copier = Copier()
     copier.read_ahead(out, src, [(0, 100), (MiB, 2 * MiB)])
-    ra = out.ahead[src]
+    ra = out.ahead[id(src)]
     with pytest.raises(ChecksumError):
         copier.copy(src, 0, 100, out, crc=mask(crc32c(data[:100])) ^ 1, key="t")
     copier.cancel()
@@ -240,3 +240,12 @@ def test_strip_requests_the_kept_tensors_and_not_their_slots(tmp_path, advised):
     with ckptio.open(out) as a, ckptio.open(prefix) as b:
         for name in a.entries():
             assert np.array_equal(a[name].read(), b[name].read())
+
+
+def test_request_unit_is_the_device_limit_or_the_smallest_default(source, monkeypatch):
+    src, _ = source
+    unit = readahead.request_unit(src.fileno())
+    assert readahead.UNIT <= unit <= readahead.MAX_UNIT
+    monkeypatch.setattr(readahead, "_units", {})
+    monkeypatch.setattr(os, "major", lambda dev: 999_999)  # no such device in sysfs
+    assert readahead.request_unit(src.fileno()) == readahead.UNIT

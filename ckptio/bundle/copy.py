@@ -31,7 +31,7 @@ class ShardFile:
         self.fd, self.path, self.offset = fd, path, 0
         self.reserved = 0  # bytes preallocated past the start (see BundleWriter.reserve)
         self.lock = threading.Lock()
-        self.ahead: dict[Source, readahead.ReadAhead] = {}  # source -> its ranges read ahead for this file
+        self.ahead: dict[int, readahead.ReadAhead] = {}  # id(source) -> its ranges read ahead for this file
         self._buf = None
 
     def write(self, data) -> None:
@@ -66,7 +66,7 @@ class Copier:
         self._zero_copy: bool | None = None  # copy_file_range usable here? None until tried
         self._checker: Checker | None = None
         self._lock = threading.Lock()
-        self._ahead: list[tuple[ShardFile, Source]] = []  # read-aheads running, stopped by wait() and cancel()
+        self._ahead: list[tuple[ShardFile, int]] = []  # read-aheads running, stopped by wait() and cancel()
 
     def read_ahead(self, out: ShardFile, src: Source, ranges: list[tuple[int, int]]) -> bool:
         """Request ranges of src from the disk, in order and a bounded window ahead, as they are copied
@@ -74,7 +74,7 @@ class Copier:
         fd = src.fileno()
         if fd is None:
             return False
-        old = out.ahead.pop(src, None)
+        old = out.ahead.pop(id(src), None)
         if old is not None:
             old.close()
         try:
@@ -85,9 +85,9 @@ class Copier:
             pass
         ahead = readahead.start(src, ranges)
         if ahead is not None:
-            out.ahead[src] = ahead
+            out.ahead[id(src)] = ahead  # the read-ahead holds src: the id stays its own meanwhile
             with self._lock:
-                self._ahead.append((out, src))
+                self._ahead.append((out, id(src)))
         return True
 
     def copy(self, src: Source, offset: int, size: int, out: ShardFile, *, crc: int | None = None, key=None) -> None:
@@ -102,7 +102,7 @@ class Copier:
                 key=key,
                 offset=offset,
             )
-        ahead = out.ahead.get(src) if out.ahead else None
+        ahead = out.ahead.get(id(src)) if out.ahead else None
         if not (
             size >= KERNEL_COPY_MIN
             and self._zero_copy is not False
@@ -137,8 +137,8 @@ class Copier:
         with self._lock:
             running, self._ahead = self._ahead, []
         first = None
-        for out, src in running:
-            ahead = out.ahead.pop(src, None)
+        for out, key in running:
+            ahead = out.ahead.pop(key, None)
             if ahead is None:
                 continue
             try:

@@ -2,9 +2,10 @@
 of them requested from the disk ahead of the copy, so a cold read keeps the disk busy as `cp` does.
 
 Local files are asked with posix_fadvise(WILLNEED), which queues the reads and returns: the pages
-land in the page cache, where copy_file_range and the crc checker find them. Linux reads at most one
-readahead window (read_ahead_kb, or the device's largest request) per call, so each call asks for
-one UNIT. Where there is no fadvise the thread reads the bytes itself (pread into one buffer).
+land in the page cache, where copy_file_range and the crc checker find them. Linux reads at most
+max(read_ahead_kb, max_sectors_kb) of the device per call and drops the rest of the request, so each
+call asks for that much (request_unit). Where there is no fadvise the thread reads the bytes itself
+(pread into one buffer).
 Neighbouring ranges closer than GAP are asked for as one: a small gap costs less than a request.
 """
 
@@ -20,8 +21,33 @@ from ..store.base import Source
 
 WINDOW = 64 << 20  # bytes requested ahead of the copy at most (page cache, not process memory)
 GAP = 64 << 10  # ranges this close are requested as one (the gap's bytes are read too)
-UNIT = 1 << 20  # bytes per request; Linux caps a WILLNEED at max(read_ahead_kb, max_sectors_kb)
+UNIT = 128 << 10  # bytes per request where the device's limit is unknown (Linux's smallest default)
+MAX_UNIT = 8 << 20
 MIN_BYTES = 1 << 20  # less than this in all: no thread (it would cost more than it saves)
+
+
+_units: dict[int, int] = {}  # st_dev -> request_unit
+
+
+def request_unit(fd: int) -> int:
+    """The most one WILLNEED on fd reads on Linux: max(read_ahead_kb, max_sectors_kb) of its block
+    device (sysfs), within [UNIT, MAX_UNIT]; UNIT where the file is on no block device sysfs names."""
+    try:
+        dev = os.fstat(fd).st_dev
+    except OSError:
+        return UNIT
+    if dev not in _units:
+        unit = UNIT
+        base = f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}"
+        for queue in (base + "/queue", base + "/../queue"):  # a disk's own, or a partition's disk's
+            try:
+                with open(queue + "/read_ahead_kb") as a, open(queue + "/max_sectors_kb") as b:
+                    unit = max(int(a.read()), int(b.read())) << 10
+                break
+            except (OSError, ValueError):
+                continue
+        _units[dev] = min(max(unit, UNIT), MAX_UNIT)
+    return _units[dev]
 
 
 def coalesce(ranges: Iterable[tuple[int, int]], gap: int = GAP) -> list[tuple[int, int]]:
@@ -56,15 +82,17 @@ class ReadAhead:
         *,
         window: int = WINDOW,
         gap: int = GAP,
-        unit: int = UNIT,
+        unit: int | None = None,
         advise: bool | None = None,
     ):
         self.src = src
-        self.window, self.unit = window, unit
         fd = src.fileno()
         if advise is None:
             advise = fd is not None and hasattr(os, "posix_fadvise")
         self.advise = advise
+        if unit is None:
+            unit = request_unit(fd) if advise else 1 << 20
+        self.window, self.unit = window, min(unit, window)
         self.fd = fd
         self.error: BaseException | None = None
         self.requested = 0  # bytes asked for so far (gaps included), for tests and benchmarks
