@@ -249,3 +249,24 @@ def test_request_unit_is_the_device_limit_or_the_smallest_default(source, monkey
     monkeypatch.setattr(readahead, "_units", {})
     monkeypatch.setattr(os, "major", lambda dev: 999_999)  # no such device in sysfs
     assert readahead.request_unit(src.fileno()) == readahead.UNIT
+
+
+def test_an_unannounced_range_longer_than_one_request_is_read_ahead_whole(source, out, advised, monkeypatch):
+    src, data = source
+    monkeypatch.setattr(readahead, "request_unit", lambda fd: 256 << 10)  # Linux would drop the rest of one ask
+    monkeypatch.setattr(copy_mod, "SEGMENT", MiB)
+    size = 5 * MiB + 7
+    ra = copy_mod._read_exactly(src, 3, size)  # what a copy told of nothing in advance does first
+    assert ra._ranges == [(3 + i * MiB, MiB) for i in range(5)] + [(3 + 5 * MiB, 7)]
+    assert wait_for(lambda: ra.requested == 2 * MiB)  # two segments ahead of the copy
+    for offset, n in ra._ranges:
+        ra.advance(offset, n)
+    assert wait_for(lambda: ra.requested == size)
+    ra.close()
+    assert coalesce(sorted(advised), gap=0) == [(3, size)]
+    assert max(n for _, n in advised) <= 256 << 10
+    copier = Copier()
+    copier.copy(src, 3, size, out, crc=mask(crc32c(data[3 : 3 + size])), key="t")
+    copier.wait()
+    assert open(out.path, "rb").read() == data[3 : 3 + size]
+    assert not ahead_threads()

@@ -16,6 +16,7 @@ import pytest
 import ckptio
 from ckptio.bundle import copy as copy_mod
 from ckptio.bundle.copy import Copier
+from ckptio.bundle.readahead import coalesce
 from ckptio.bundle.writer import BundleWriter
 
 REPO = Path(__file__).resolve().parents[1]
@@ -184,12 +185,13 @@ def test_kernel_asked_to_read_exactly_the_kept_tensors(tmp_path, monkeypatch):
     src = str(tmp_path / "src" / "model.ckpt")
     adam_checkpoint(src, 4, 300_000)
     with ckptio.open(src) as ck:
-        kept = sorted((e.offset, e.size) for n, e in ck.entries().items() if n.endswith("kernel"))
+        kept = sorted((e.offset, e.size) for n, e in ck.entries().items() if "Adam" not in n)
     advice = []
     real = os.posix_fadvise
     monkeypatch.setattr(
         os, "posix_fadvise", lambda fd, off, n, how: advice.append((off, n, how)) or real(fd, off, n, how)
     )
     ckptio.rewrite(src, str(tmp_path / "out" / "model.ckpt"), [ckptio.StripOptimizer()])
-    assert sorted((off, n) for off, n, how in advice if how == os.POSIX_FADV_WILLNEED) == kept
+    asked = sorted((off, n) for off, n, how in advice if how == os.POSIX_FADV_WILLNEED)
+    assert coalesce(asked, gap=0) == coalesce(kept, gap=0)  # in requests of at most the device's limit
     assert {how for *_, how in advice} == {os.POSIX_FADV_RANDOM, os.POSIX_FADV_WILLNEED}

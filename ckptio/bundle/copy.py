@@ -154,25 +154,30 @@ class Copier:
 
         The kernel copies without bringing the bytes into Python; the checker reads them once
         more from the page cache, on the other core, so checking costs little wall time.
-        advise: ask the kernel to read this range now (no read-ahead thread does).
+        advise: have this range read now (no read-ahead thread was told of it).
         """
         if src.fileno() is None or not hasattr(src, "readinto"):
             return False
         pos, end = offset, offset + size
         running = [0]
-        if advise:
-            _read_exactly(src.fileno(), pos, size)
-        while pos < end:
-            n = min(SEGMENT, end - pos)
-            if not _copy_range(src, out, pos, n):
-                if pos != offset:  # the kernel stopped accepting mid-range: never seen, but be safe
-                    raise WriteError("copy_file_range stopped working mid-copy", path=out.path, offset=out.offset)
-                self._zero_copy = False
-                return False
-            self._zero_copy = True
-            if crc is not None:
-                self._check(_crc_segment, src, pos, n, running, key, (crc, offset) if pos + n == end else None)
-            pos += n
+        ahead = _read_exactly(src, pos, size) if advise else None
+        try:
+            while pos < end:
+                n = min(SEGMENT, end - pos)
+                if not _copy_range(src, out, pos, n):
+                    if pos != offset:  # the kernel stopped accepting mid-range: never seen, but be safe
+                        raise WriteError("copy_file_range stopped working mid-copy", path=out.path, offset=out.offset)
+                    self._zero_copy = False
+                    return False
+                self._zero_copy = True
+                if ahead is not None:
+                    ahead.advance(pos, n)
+                if crc is not None:
+                    self._check(_crc_segment, src, pos, n, running, key, (crc, offset) if pos + n == end else None)
+                pos += n
+        finally:
+            if ahead is not None:
+                ahead.close()
         return True
 
     def _check(self, fn, *args) -> None:
@@ -283,16 +288,24 @@ def _copy_checked(src: Source, out: ShardFile, offset: int, size: int, key) -> i
     return running
 
 
-def _read_exactly(fd: int, offset: int, size: int) -> None:
-    """Have the kernel read this range ahead, and none of its neighbours'."""
+def _read_exactly(src: Source, offset: int, size: int) -> readahead.ReadAhead | None:
+    """Have the kernel read this range ahead, and none of its neighbours'; a range longer than one
+    request is read ahead segment by segment by a thread, returned (advance it, close it)."""
     # Readahead guesses from sequential access and would also pull in the tensors a strip
     # drops (a weight's Adam slots sit right after it): from a cold cache that read twice the
-    # bytes kept. Random mode stops the guessing; WILLNEED queues exactly this range at once.
+    # bytes kept. Random mode stops the guessing; WILLNEED queues exactly this range at once,
+    # but only its first request's worth (Linux drops the rest): what follows would be read
+    # 64 KiB at a time by copy_file_range.
+    fd = src.fileno()
     try:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        if size > readahead.request_unit(fd):
+            segments = [(p, min(SEGMENT, offset + size - p)) for p in range(offset, offset + size, SEGMENT)]
+            return readahead.ReadAhead(src, segments, window=2 * SEGMENT).start()
         os.posix_fadvise(fd, offset, size, os.POSIX_FADV_WILLNEED)
     except (AttributeError, OSError):  # not Linux, or a file that takes no advice: only slower
         pass
+    return None
 
 
 def _copy_range(src: Source, out: ShardFile, offset: int, size: int) -> bool:
