@@ -4,9 +4,9 @@ of them requested from the disk ahead of the copy, so a cold read keeps the disk
 Local files are asked with posix_fadvise(WILLNEED), which queues the reads and returns: the pages
 land in the page cache, where copy_file_range and the crc checker find them. Linux reads at most
 max(read_ahead_kb, max_sectors_kb) of the device per call and drops the rest of the request, so each
-call asks for that much (request_unit). Where there is no fadvise the thread reads the bytes itself
-(pread into one buffer).
-Neighbouring ranges closer than GAP are asked for as one: a small gap costs less than a request.
+call asks for no more than max_sectors_kb (request_unit). Where there is no fadvise the thread reads
+the bytes itself (pread into one buffer). Neighbouring ranges closer than GAP are asked for as one:
+a small gap costs less than a request.
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ _units: dict[int, int] = {}  # st_dev -> request_unit
 
 
 def request_unit(fd: int) -> int:
-    """The most one WILLNEED on fd reads on Linux: max(read_ahead_kb, max_sectors_kb) of its block
-    device (sysfs), within [UNIT, MAX_UNIT]; UNIT where the file is on no block device sysfs names."""
+    """Bytes one WILLNEED on fd surely reads whole on Linux: its block device's max_sectors_kb (sysfs;
+    the cap is the larger of that and the file's readahead window, which random mode may zero),
+    within [UNIT, MAX_UNIT]; UNIT where the file is on no block device sysfs names."""
     try:
         dev = os.fstat(fd).st_dev
     except OSError:
@@ -41,8 +42,8 @@ def request_unit(fd: int) -> int:
         base = f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}"
         for queue in (base + "/queue", base + "/../queue"):  # a disk's own, or a partition's disk's
             try:
-                with open(queue + "/read_ahead_kb") as a, open(queue + "/max_sectors_kb") as b:
-                    unit = max(int(a.read()), int(b.read())) << 10
+                with open(queue + "/max_sectors_kb") as f:
+                    unit = int(f.read()) << 10
                 break
             except (OSError, ValueError):
                 continue
