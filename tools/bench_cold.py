@@ -9,8 +9,10 @@ the page cache (`sync`, then posix_fadvise DONTNEED on both; with --drop-caches 
 `echo 1 > /proc/sys/vm/drop_caches`, which empties the whole machine's page cache), so both tools read
 from the disk. Warm: the bytes each run reads are made resident first (and kept mapped, as bench.py
 does). The tools alternate, so a noisy spell hits both; each strip is paired with the `cp` next to it
-and the report gives the median of those per-pair ratios beside the ratio of the medians, and the
-bytes each child process read from the disk (its own I/O accounting, not the machine's).
+and the report gives the median of those per-pair ratios beside the ratio of the medians, the
+bytes each child process read from the disk (its own I/O accounting, not the machine's), and the
+read requests the disk served during the run (machine-wide, /sys/dev/block/*/stat: on a quiet
+machine, how many pieces the tool's reads reached the disk in).
 --baseline TREE also times the strip of another source tree (e.g. /work/main) in the same rotation.
 """
 
@@ -47,6 +49,17 @@ def run(cmd, env) -> tuple[float, int, int, float]:
     if rc != "0" or proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} exited {rc}: {proc.stderr[-2000:]}")
     return float(wall), int(rss), int(read), float(cpu)
+
+
+def disk_stat(path: str) -> tuple[int, int] | None:
+    """(read requests completed, bytes read) so far by the block device holding path (machine-wide), or None."""
+    dev = os.stat(path).st_dev
+    try:
+        with open(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}/stat") as f:
+            fields = f.read().split()
+        return int(fields[0]), int(fields[2]) * 512
+    except OSError:
+        return None
 
 
 def drop_caches() -> bool:
@@ -102,17 +115,22 @@ def bench_one(work: str, c: dict, reps: int, trees: dict, drop: bool) -> dict:
     out_dir = os.path.join(work, "out_cold")
     cp_target = os.path.join(work, "out_cp.bin")
 
-    def step(name: str) -> tuple[float, int, int, float]:
+    def step(name: str) -> tuple[float, int, int, float, int]:
+        """(wall, peak RSS, bytes read, CPU seconds, read requests the disk served meanwhile)."""
         shutil.rmtree(out_dir, ignore_errors=True)
         if os.path.exists(cp_target):
             os.unlink(cp_target)
         os.sync()
+        before = disk_stat(c["data"])
         if name == "cp":
-            return run(["cp", c["floor"], cp_target], bench.ENV)
-        return run(
-            [sys.executable, "-m", "ckptio", "strip", c["prefix"], os.path.join(out_dir, "model.ckpt"), "-q"],
-            trees[name],
-        )
+            res = run(["cp", c["floor"], cp_target], bench.ENV)
+        else:
+            res = run(
+                [sys.executable, "-m", "ckptio", "strip", c["prefix"], os.path.join(out_dir, "model.ckpt"), "-q"],
+                trees[name],
+            )
+        after = disk_stat(c["data"])
+        return (*res, after[0] - before[0] if before and after else -1)
 
     steps = [*trees, "cp"]
     results = {mode: {s: [] for s in steps} for mode in ("cold", "warm")}
@@ -151,12 +169,15 @@ def summary(c: dict, results: dict, trees: dict) -> list[str]:
             pairs = [s / k for s, k in zip(walls, cp)]
             reads = statistics.median(r[2] for r in res[name])
             cpu = statistics.median(r[3] for r in res[name])
+            requests = statistics.median(r[4] for r in res[name])
+            cp_requests = statistics.median(r[4] for r in res["cp"])
             lines.append(
                 f"| {bench.human(c['total'])} ({bench.human(c['kept'])} kept, {c['ranges']} ranges) | {mode} | "
                 f"{name} | {statistics.median(walls):.2f} s ({min(walls):.2f}-{max(walls):.2f}) | "
                 f"{statistics.median(cp):.2f} s ({min(cp):.2f}-{max(cp):.2f}) | "
                 f"{statistics.median(walls) / statistics.median(cp):.2f}x | {statistics.median(pairs):.2f}x | "
                 f"{min(walls) / min(cp):.2f}x | {cpu:.2f} s; {cp_cpu:.2f} s | {bench.human(reads)} | "
+                f"{requests:.0f}; {cp_requests:.0f} | "
                 f"{bench.human(max(r[1] for r in res[name]))} |"
             )
     return lines
@@ -185,8 +206,8 @@ def main() -> int:
         "",
         "| checkpoint | cache | tool | strip median (range) | cp of kept bytes median (range) | "
         "ratio of medians | median of paired ratios | fastest/fastest | CPU: strip; cp | strip read from disk | "
-        "strip peak RSS |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "disk read requests: strip; cp | strip peak RSS |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     everything = {}
     for size in [bench.parse_size(s) for s in args.sizes.split(",")]:
