@@ -121,14 +121,17 @@ def test_close_stops_a_thread_waiting_for_the_copy(source):
 
 def test_ranges_copied_out_of_order_or_not_at_all_still_move_the_window(source):
     src, _ = source
-    ranges = [(0, MiB), (MiB, MiB), (2 * MiB, MiB), (0, MiB)]
+    ranges = [(0, MiB), (4 * MiB, MiB), (2 * MiB, MiB), (0, MiB)]  # 4 MiB apart: not joined
     ra = ReadAhead(src, ranges, gap=0, unit=MiB, window=MiB)
+    assert ra._plan == ranges
     ra.advance(2 * MiB, MiB)  # the first two were read some other way: passed over
-    assert ra._next == 3 and ra._done == 3 * MiB
-    ra.advance(0, MiB)  # the repeat, announced last: inside the first request (asked for once)
-    assert ra._next == 4 and ra._done == 3 * MiB
-    ra.advance(5 * MiB, 7)  # never announced: ignored
-    assert ra._next == 4
+    assert ra._done == 3 * MiB
+    ra.advance(5 * MiB + 10, 7)  # never announced: ignored
+    assert ra._done == 3 * MiB
+    ra.advance(0, MiB)  # the repeat, announced last
+    assert ra._done == 4 * MiB
+    ra.advance(4 * MiB, MiB)  # behind the copy now: ignored
+    assert ra._done == 4 * MiB
     ra.close()
 
 
@@ -257,10 +260,10 @@ def test_an_unannounced_range_longer_than_one_request_is_read_ahead_whole(source
     monkeypatch.setattr(copy_mod, "SEGMENT", MiB)
     size = 5 * MiB + 7
     ra = copy_mod._read_exactly(src, 3, size)  # what a copy told of nothing in advance does first
-    assert ra._ranges == [(3 + i * MiB, MiB) for i in range(5)] + [(3 + 5 * MiB, 7)]
+    assert ra._plan == [(3, size)]  # its segments, back to back
     assert wait_for(lambda: ra.requested == 2 * MiB)  # two segments ahead of the copy
-    for offset, n in ra._ranges:
-        ra.advance(offset, n)
+    for i in range(6):
+        ra.advance(3 + i * MiB, min(MiB, size - i * MiB))
     assert wait_for(lambda: ra.requested == size)
     ra.close()
     assert coalesce(sorted(advised), gap=0) == [(3, size)]

@@ -11,7 +11,7 @@ a small gap costs less than a request.
 
 from __future__ import annotations
 
-import bisect
+import itertools
 import os
 import threading
 from collections.abc import Iterable
@@ -53,27 +53,32 @@ def request_unit(fd: int) -> int:
 
 def coalesce(ranges: Iterable[tuple[int, int]], gap: int = GAP) -> list[tuple[int, int]]:
     """(offset, length) ranges in the given order, each joined to the one before when it starts at most
-    `gap` bytes after that one's end; empty ranges dropped. Order is kept (no sorting: it is the read order)."""
-    out: list[list[int]] = []
+    `gap` bytes after that one's end (or inside it); empty ranges dropped. Order is kept (no sorting:
+    it is the read order)."""
+    out: list[tuple[int, int]] = []
+    start = end = None
     for offset, length in ranges:
         if length <= 0:
             continue
-        if out:
-            last = out[-1]
-            end = last[0] + last[1]
-            if end <= offset <= end + gap or last[0] <= offset < end:  # next after a small gap, or overlapping
-                last[1] = max(end, offset + length) - last[0]
-                continue
-        out.append([offset, length])
-    return [(o, n) for o, n in out]
+        if end is not None and (end <= offset <= end + gap or start <= offset < end):  # a small gap, or overlap
+            if offset + length > end:
+                end = offset + length
+            continue
+        if end is not None:
+            out.append((start, end - start))
+        start, end = offset, offset + length
+    if end is not None:
+        out.append((start, end - start))
+    return out
 
 
 class ReadAhead:
     """Requests `ranges` of src in order, at most `window` bytes ahead of what advance() reported copied.
 
-    REQUIRES: advance(offset, size) is called as each range has been read (ranges not reported are
-    passed over when a later one is). close() stops the thread; a read error (pread mode only: an
-    fadvise is a hint, and the copy itself reports what it cannot read) is raised by advance() or close().
+    REQUIRES: advance(offset, size) is called as each range has been read (a range read some other
+    way is passed over when a later one is reported). close() stops the thread; a read error (pread
+    mode only: an fadvise is a hint, and the copy itself reports what it cannot read) is raised by
+    advance() or close().
     """
 
     def __init__(
@@ -98,27 +103,12 @@ class ReadAhead:
         self.error: BaseException | None = None
         self.requested = 0  # bytes asked for so far (gaps included), for tests and benchmarks
         self._plan = coalesce(ranges, gap)
-        # Where each announced range ends in "request space" (the coalesced ranges back to back), so
-        # that advance() can tell the thread how far the copy has come in the thread's own units.
-        starts, total = [], 0
-        for _, n in self._plan:
-            starts.append(total)
-            total += n
-        self.total = total
-        self._ranges: list[tuple[int, int]] = []
-        self._ends: list[int] = []
-        self._index: dict[int, list[int]] = {}  # offset -> positions in _ranges
-        j = 0
-        for offset, length in ranges:
-            if length <= 0:
-                continue
-            while not (self._plan[j][0] <= offset < self._plan[j][0] + self._plan[j][1]):
-                j += 1
-            self._index.setdefault(offset, []).append(len(self._ranges))
-            self._ranges.append((offset, length))
-            self._ends.append(starts[j] + offset + length - self._plan[j][0])
-        self._next = 0  # the first announced range not yet reported copied
+        # The window is measured in "request space": the coalesced ranges laid back to back.
+        self._starts = [0, *itertools.accumulate(n for _, n in self._plan)]
+        self.total = self._starts[-1]
+        self._at = 0  # the coalesced range the copy is in
         self._done = 0  # request-space bytes the copy has passed
+        self._wanted = self.total + 1  # _done the thread waits for (above total: it is not waiting)
         self._stop = False
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -131,17 +121,32 @@ class ReadAhead:
 
     def advance(self, offset: int, size: int) -> None:
         """The range (offset, size) has been read: let the window move on past it."""
+        # Called once per tensor (100,000 times for a checkpoint of tiny ones): a few comparisons, and
+        # the lock only when the thread waits for this much.
         if self.error is not None:
             raise self.error
-        i = self._find(offset, size)
-        if i is None:
-            return
-        self._next = i + 1
-        done = self._ends[i]
-        with self._cond:
-            if done > self._done:
-                self._done = done
-                self._cond.notify()
+        j = self._at
+        start, length = self._plan[j] if j < len(self._plan) else (0, 0)
+        if not start <= offset < start + length:
+            j = self._find(offset)
+            if j is None:
+                return
+            self._at = j
+            start, length = self._plan[j]
+        done = self._starts[j] + min(offset + size, start + length) - start
+        if done > self._done:
+            self._done = done  # published before _wanted is read; the thread sets _wanted, then reads _done
+            if done >= self._wanted:
+                with self._cond:
+                    self._cond.notify()
+
+    def _find(self, offset: int) -> int | None:
+        """The first coalesced range after the current one that holds offset, else None (not announced)."""
+        for j in range(self._at + 1, len(self._plan)):
+            start, length = self._plan[j]
+            if start <= offset < start + length:
+                return j
+        return None
 
     def close(self) -> None:
         """Stop the thread (what was requested stays requested); raise its read error, if any."""
@@ -154,17 +159,6 @@ class ReadAhead:
         if self.error is not None:
             raise self.error
 
-    def _find(self, offset: int, size: int) -> int | None:
-        """The position of the first announced (offset, size) at or after _next, else None."""
-        if self._next < len(self._ranges) and self._ranges[self._next] == (offset, size):
-            return self._next
-        where = self._index.get(offset, ())
-        k = bisect.bisect_left(where, self._next)
-        for i in where[k:]:
-            if self._ranges[i][1] == size:
-                return i
-        return None
-
     def _run(self) -> None:
         buf = None if self.advise else memoryview(bytearray(self.unit))
         issued = 0  # request-space bytes asked for
@@ -172,11 +166,14 @@ class ReadAhead:
             pos, end = offset, offset + length
             while pos < end:
                 n = min(self.unit, end - pos)
-                with self._cond:
-                    while not self._stop and issued + n - self._done > self.window:
-                        self._cond.wait()
-                    if self._stop:
-                        return
+                if issued + n - self._done > self.window:
+                    with self._cond:
+                        self._wanted = issued + n - self.window
+                        while not self._stop and self._done < self._wanted:
+                            self._cond.wait(0.5)  # the timeout only guards against a missed notify
+                        self._wanted = self.total + 1
+                if self._stop:
+                    return
                 try:
                     self._request(pos, n, buf)
                 except CkptioError as exc:  # typed by the source already (file, offset): kept for advance()
