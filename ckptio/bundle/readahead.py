@@ -22,7 +22,7 @@ from ..store.base import Source
 WINDOW = 64 << 20  # bytes requested ahead of the copy at most (page cache, not process memory)
 GAP = 64 << 10  # ranges this close are requested as one (the gap's bytes are read too)
 UNIT = 128 << 10  # bytes per request where the device's limit is unknown (Linux's smallest default)
-MAX_UNIT = 8 << 20
+MAX_UNIT = 8 << 20  # and at most this, so that the window moves on in steps well under its size
 MIN_BYTES = 1 << 20  # less than this in all: no thread (it would cost more than it saves)
 
 
