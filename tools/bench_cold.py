@@ -42,9 +42,11 @@ print(wall, ru.ru_maxrss * 1024, ru.ru_inblock * 512, ru.ru_utime + ru.ru_stime,
 """
 
 
-def run(cmd, env) -> tuple[float, int, int, float]:
+def run(cmd, env, cwd: str) -> tuple[float, int, int, float]:
     """(wall seconds, peak RSS, bytes read from disk, CPU seconds) of one child process."""
-    proc = subprocess.run([sys.executable, "-c", _WRAPPER, *cmd], capture_output=True, env=env, text=True)
+    # cwd: `python -m ckptio` imports from the working directory before PYTHONPATH, so the children
+    # run where no ckptio is, or every tree's strip would be the one of the directory we started in.
+    proc = subprocess.run([sys.executable, "-c", _WRAPPER, *cmd], capture_output=True, env=env, text=True, cwd=cwd)
     wall, rss, read, cpu, rc = proc.stdout.split()
     if rc != "0" or proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} exited {rc}: {proc.stderr[-2000:]}")
@@ -123,11 +125,12 @@ def bench_one(work: str, c: dict, reps: int, trees: dict, drop: bool) -> dict:
         os.sync()
         before = disk_stat(c["data"])
         if name == "cp":
-            res = run(["cp", c["floor"], cp_target], bench.ENV)
+            res = run(["cp", c["floor"], cp_target], bench.ENV, work)
         else:
             res = run(
                 [sys.executable, "-m", "ckptio", "strip", c["prefix"], os.path.join(out_dir, "model.ckpt"), "-q"],
                 trees[name],
+                work,
             )
         after = disk_stat(c["data"])
         return (*res, after[0] - before[0] if before and after else -1)
