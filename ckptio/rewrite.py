@@ -242,7 +242,7 @@ def execute(
 
         def run(shard: int) -> None:
             try:
-                _announce(ckpt, groups[shard])
+                _announce(ckpt, groups[shard], writer, shard)
                 for piece in groups[shard]:
                     if stop.is_set():
                         return
@@ -282,8 +282,9 @@ def execute(
         return writer.state_file
 
 
-def _announce(ckpt: Checkpoint, pieces: list[Piece]) -> None:
-    """Tell each data shard which byte ranges this output shard reads from it, in order (Source.will_need)."""
+def _announce(ckpt: Checkpoint, pieces: list[Piece], writer, shard: int) -> None:
+    """Tell the writer which byte ranges of each data shard this output shard copies, in order (it reads
+    a local file ahead, and passes the hint on to other sources: Source.will_need)."""
     if ckpt.format != "v2":
         return
     wanted: dict[int, list[tuple[int, int]]] = {}
@@ -292,7 +293,7 @@ def _announce(ckpt: Checkpoint, pieces: list[Piece]) -> None:
         if entry.size:
             wanted.setdefault(entry.shard_id, []).append((entry.offset, entry.size))
     for shard_id, ranges in wanted.items():
-        ckpt._reader.shard(shard_id).will_need(ranges)
+        writer.will_copy(shard, ckpt._reader.shard(shard_id), ranges)
 
 
 def _write_piece(ckpt: Checkpoint, writer, piece: Piece, shard: int, verify: bool) -> None:

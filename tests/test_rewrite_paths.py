@@ -16,6 +16,7 @@ import pytest
 import ckptio
 from ckptio.bundle import copy as copy_mod
 from ckptio.bundle.copy import Copier
+from ckptio.bundle.readahead import coalesce
 from ckptio.bundle.writer import BundleWriter
 
 REPO = Path(__file__).resolve().parents[1]
@@ -183,25 +184,14 @@ def test_kernel_asked_to_read_exactly_the_kept_tensors(tmp_path, monkeypatch):
     the copy turns it off and asks for exactly each kept tensor's bytes."""
     src = str(tmp_path / "src" / "model.ckpt")
     adam_checkpoint(src, 4, 300_000)
+    with ckptio.open(src) as ck:
+        kept = sorted((e.offset, e.size) for n, e in ck.entries().items() if "Adam" not in n)
     advice = []
     real = os.posix_fadvise
     monkeypatch.setattr(
         os, "posix_fadvise", lambda fd, off, n, how: advice.append((off, n, how)) or real(fd, off, n, how)
     )
-    out = str(tmp_path / "out" / "model.ckpt")
-    ckptio.rewrite(src, out, [ckptio.StripOptimizer()])
-    with ckptio.open(src) as ck, ckptio.open(out) as o:
-        kept = sorted((e.offset, e.offset + e.size) for n, e in ck.entries().items() if n in o)
-        kernels = sorted((e.offset, e.size) for n, e in ck.entries().items() if n.endswith("kernel"))
-    advised = [(off, n) for off, n, how in advice if how == os.POSIX_FADV_WILLNEED]
-    # Each kernel is asked for (the store's read-ahead of a shard's ranges, the copy path's per tensor),
-    # and no advised byte belongs to a dropped tensor.
-    assert set(kernels) <= set(advised)
-    spans: list[list[int]] = []  # kept tensors' bytes, touching ones merged
-    for start, end in kept:
-        if spans and start <= spans[-1][1]:
-            spans[-1][1] = max(spans[-1][1], end)
-        else:
-            spans.append([start, end])
-    assert all(any(a <= off and off + n <= b for a, b in spans) for off, n in advised)
+    ckptio.rewrite(src, str(tmp_path / "out" / "model.ckpt"), [ckptio.StripOptimizer()])
+    asked = sorted((off, n) for off, n, how in advice if how == os.POSIX_FADV_WILLNEED)
+    assert coalesce(asked, gap=0) == coalesce(kept, gap=0)  # in requests of at most the device's limit
     assert {how for *_, how in advice} == {os.POSIX_FADV_RANDOM, os.POSIX_FADV_WILLNEED}

@@ -11,6 +11,8 @@ on a 100,000-entry checkpoint and on the big one vs `tf.train.list_variables`, `
 throughput, bytes read to get one tensor out, CLI start-up, and zstd archive ratio/throughput.
 Before each timed run, `sync` and the page cache set so that exactly the bytes that run reads are
 resident (see set_cache); then strip and `cp` once more with a cold cache (input read from disk).
+For strip against `cp` alone, cold and warm with more repetitions and paired ratios (and another
+source tree's strip in the same rotation), see tools/bench_cold.py (`--cold-only` here runs it).
 """
 
 from __future__ import annotations
@@ -551,7 +553,13 @@ def main() -> int:
     p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "ckptio-bench"))
     p.add_argument("--no-tf", action="store_true", help="skip the TensorFlow measurements")
     p.add_argument("--update-readme", action="store_true", help="write the table into README.md")
+    p.add_argument("--cold-only", action="store_true", help="only strip vs cp, cold and warm (tools/bench_cold.py)")
     args = p.parse_args()
+    if args.cold_only:
+        import bench_cold
+
+        sys.argv = [sys.argv[0], "--sizes", args.sizes, "--reps", str(args.reps), "--workdir", args.workdir]
+        return bench_cold.main()
     os.makedirs(args.workdir, exist_ok=True)
     use_tf = not args.no_tf and tf_available()
     rows = {}

@@ -2,7 +2,8 @@
 
 Big ranges are copied by the kernel (copy_file_range) in segments while one checker thread
 re-reads each segment from the page cache and extends its crc32c; small ones are read,
-checked and written in one go. Nothing here knows about bundle entries or indexes.
+checked and written in one go. Ranges announced with read_ahead() are requested from the disk
+ahead of their copies (readahead.py). Nothing here knows about bundle entries or indexes.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import threading
 from ..errors import ChecksumError, TruncatedError, WriteError
 from ..io import Source
 from ..sstable.coding import crc32c, unmask
+from . import readahead
 
 CHUNK = 8 << 20
 SEGMENT = 64 << 20  # copy_file_range unit; its crc32c is checked on the checker thread meanwhile
@@ -29,6 +31,7 @@ class ShardFile:
         self.fd, self.path, self.offset = fd, path, 0
         self.reserved = 0  # bytes preallocated past the start (see BundleWriter.reserve)
         self.lock = threading.Lock()
+        self.ahead: dict[int, readahead.ReadAhead] = {}  # id(source) -> its ranges read ahead for this file
         self._buf = None
 
     def write(self, data) -> None:
@@ -63,6 +66,29 @@ class Copier:
         self._zero_copy: bool | None = None  # copy_file_range usable here? None until tried
         self._checker: Checker | None = None
         self._lock = threading.Lock()
+        self._ahead: list[tuple[ShardFile, int]] = []  # read-aheads running, stopped by wait() and cancel()
+
+    def read_ahead(self, out: ShardFile, src: Source, ranges: list[tuple[int, int]]) -> bool:
+        """Request ranges of src from the disk, in order and a bounded window ahead, as they are copied
+        into out next; False where src is no local file (the caller may then hint the source itself)."""
+        fd = src.fileno()
+        if fd is None:
+            return False
+        old = out.ahead.pop(id(src), None)
+        if old is not None:
+            old.close()
+        try:
+            # The copy reads only what is requested: the kernel's own readahead would also pull in
+            # the tensors a strip drops (a weight's Adam slots sit right after it).
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        except (AttributeError, OSError):
+            pass
+        ahead = readahead.start(src, ranges)
+        if ahead is not None:
+            out.ahead[id(src)] = ahead  # the read-ahead holds src: the id stays its own meanwhile
+            with self._lock:
+                self._ahead.append((out, id(src)))
+        return True
 
     def copy(self, src: Source, offset: int, size: int, out: ShardFile, *, crc: int | None = None, key=None) -> None:
         """Append src[offset:offset+size] to out; crc: the masked crc32c the bytes must have (None: unchecked).
@@ -76,52 +102,82 @@ class Copier:
                 key=key,
                 offset=offset,
             )
-        if (
+        ahead = out.ahead.get(id(src)) if out.ahead else None
+        if not (
             size >= KERNEL_COPY_MIN
             and self._zero_copy is not False
-            and self._copy_in_kernel(src, offset, size, out, crc, key)
+            and self._copy_in_kernel(src, offset, size, out, crc, key, ahead is None)
         ):
-            return
-        running = _copy_checked(src, out, offset, size, key)
-        if crc is not None:
-            _compare(running, crc, src, key, offset)
+            running = _copy_checked(src, out, offset, size, key)
+            if crc is not None:
+                _compare(running, crc, src, key, offset)
+        if ahead is not None:
+            ahead.advance(offset, size)
 
     def wait(self) -> None:
-        """Wait for every queued check and stop the checker thread; raise the first failure."""
+        """Wait for every queued check, stop the checker and read-ahead threads; raise the first failure."""
+        error = self._stop_reading_ahead()
         if self._checker is not None:
             checker, self._checker = self._checker, None
             checker.close()
             if checker.error is not None:
                 raise checker.error
+        if error is not None:
+            raise error
 
     def cancel(self) -> None:
-        """Drop the queued checks and stop the checker thread (on abort)."""
+        """Drop the queued checks, stop the checker and read-ahead threads (on abort)."""
+        self._stop_reading_ahead()
         if self._checker is not None:
             checker, self._checker = self._checker, None
             checker.close(cancel=True)
 
-    def _copy_in_kernel(self, src: Source, offset: int, size: int, out: ShardFile, crc: int | None, key) -> bool:
+    def _stop_reading_ahead(self) -> BaseException | None:
+        """Stop every read-ahead thread; return the first one's error."""
+        with self._lock:
+            running, self._ahead = self._ahead, []
+        first = None
+        for out, key in running:
+            ahead = out.ahead.pop(key, None)
+            if ahead is None:
+                continue
+            try:
+                ahead.close()
+            except BaseException as exc:
+                first = first or exc
+        return first
+
+    def _copy_in_kernel(
+        self, src: Source, offset: int, size: int, out: ShardFile, crc: int | None, key, advise: bool = True
+    ) -> bool:
         """copy_file_range in segments, each one's crc32c checked on a second thread meanwhile.
 
         The kernel copies without bringing the bytes into Python; the checker reads them once
         more from the page cache, on the other core, so checking costs little wall time.
+        advise: have this range read now (no read-ahead thread was told of it).
         """
         if src.fileno() is None or not hasattr(src, "readinto"):
             return False
         pos, end = offset, offset + size
         running = [0]
-        _read_exactly(src.fileno(), pos, size)
-        while pos < end:
-            n = min(SEGMENT, end - pos)
-            if not _copy_range(src, out, pos, n):
-                if pos != offset:  # the kernel stopped accepting mid-range: never seen, but be safe
-                    raise WriteError("copy_file_range stopped working mid-copy", path=out.path, offset=out.offset)
-                self._zero_copy = False
-                return False
-            self._zero_copy = True
-            if crc is not None:
-                self._check(_crc_segment, src, pos, n, running, key, (crc, offset) if pos + n == end else None)
-            pos += n
+        ahead = _read_exactly(src, pos, size) if advise else None
+        try:
+            while pos < end:
+                n = min(SEGMENT, end - pos)
+                if not _copy_range(src, out, pos, n):
+                    if pos != offset:  # the kernel stopped accepting mid-range: never seen, but be safe
+                        raise WriteError("copy_file_range stopped working mid-copy", path=out.path, offset=out.offset)
+                    self._zero_copy = False
+                    return False
+                self._zero_copy = True
+                if ahead is not None:
+                    ahead.advance(pos, n)
+                if crc is not None:
+                    self._check(_crc_segment, src, pos, n, running, key, (crc, offset) if pos + n == end else None)
+                pos += n
+        finally:
+            if ahead is not None:
+                ahead.close()
         return True
 
     def _check(self, fn, *args) -> None:
@@ -232,16 +288,24 @@ def _copy_checked(src: Source, out: ShardFile, offset: int, size: int, key) -> i
     return running
 
 
-def _read_exactly(fd: int, offset: int, size: int) -> None:
-    """Have the kernel read this range ahead, and none of its neighbours'."""
+def _read_exactly(src: Source, offset: int, size: int) -> readahead.ReadAhead | None:
+    """Have the kernel read this range ahead, and none of its neighbours'; a range longer than one
+    request is read ahead segment by segment by a thread, returned (advance it, close it)."""
     # Readahead guesses from sequential access and would also pull in the tensors a strip
     # drops (a weight's Adam slots sit right after it): from a cold cache that read twice the
-    # bytes kept. Random mode stops the guessing; WILLNEED queues exactly this range at once.
+    # bytes kept. Random mode stops the guessing; WILLNEED queues exactly this range at once,
+    # but only its first request's worth (Linux drops the rest): what follows would be read
+    # 64 KiB at a time by copy_file_range.
+    fd = src.fileno()
     try:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        if size > readahead.request_unit(fd):
+            segments = [(p, min(SEGMENT, offset + size - p)) for p in range(offset, offset + size, SEGMENT)]
+            return readahead.ReadAhead(src, segments, window=2 * SEGMENT).start()
         os.posix_fadvise(fd, offset, size, os.POSIX_FADV_WILLNEED)
     except (AttributeError, OSError):  # not Linux, or a file that takes no advice: only slower
         pass
+    return None
 
 
 def _copy_range(src: Source, out: ShardFile, offset: int, size: int) -> bool:

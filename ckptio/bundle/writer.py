@@ -67,6 +67,15 @@ class BundleWriter:
         except OSError as exc:
             raise WriteError(f"cannot reserve {nbytes} bytes for the output: {exc.strerror}", path=out.path) from None
 
+    def will_copy(self, shard: int, src: Source, ranges: list[tuple[int, int]]) -> None:
+        """A hint: these (offset, length) ranges of src are copied into shard next, in this order.
+
+        A local file is read ahead by a thread of the copier (bounded, see readahead.py); other
+        sources get the hint (Source.will_need: a remote one fetches ahead).
+        """
+        if not self.copier.read_ahead(self.shards[shard], src, ranges):
+            src.will_need(ranges)
+
     def add_entry(self, key: str, entry: Entry) -> None:
         """Record an index entry (data already written, or a sliced tensor's metadata)."""
         raw = naming.encode_key(key) if isinstance(key, str) else key
