@@ -32,7 +32,7 @@ class ShardFile:
         self.reserved = 0  # bytes preallocated past the start (see BundleWriter.reserve)
         self.lock = threading.Lock()
         self.ahead: dict[int, readahead.ReadAhead] = {}  # id(source) -> its ranges read ahead for this file
-        self._buf = None
+        self._buf: memoryview | None = None
 
     def write(self, data) -> None:
         view = memoryview(data)
@@ -201,7 +201,7 @@ class Checker:
 
         self.error: BaseException | None = None
         self._cancelled = False
-        self._jobs = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple | None] = queue.SimpleQueue()
         self._slots = threading.BoundedSemaphore(backlog)
         self._thread = threading.Thread(target=self._run, name="ckptio-crc", daemon=True)
         self._thread.start()
@@ -275,6 +275,7 @@ def _copy_checked(src: Source, out: ShardFile, offset: int, size: int, key) -> i
     readinto = getattr(src, "readinto", None)
     while pos < end:
         n = min(len(buf), end - pos)
+        data: bytes | memoryview
         if readinto is not None:
             got = readinto(pos, buf[:n])
             if got != n:
@@ -297,6 +298,7 @@ def _read_exactly(src: Source, offset: int, size: int) -> readahead.ReadAhead | 
     # but only its first request's worth (Linux drops the rest): what follows would be read
     # 64 KiB at a time by copy_file_range.
     fd = src.fileno()
+    assert fd is not None  # _copy_in_kernel copies only sources with a descriptor
     try:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
         if size > readahead.request_unit(fd):

@@ -56,7 +56,7 @@ def coalesce(ranges: Iterable[tuple[int, int]], gap: int = GAP) -> list[tuple[in
     `gap` bytes after that one's end (or inside it); empty ranges dropped. Order is kept (no sorting:
     it is the read order)."""
     out: list[tuple[int, int]] = []
-    start = end = None
+    start, end = 0, None  # end None: no range yet (start is then unused)
     for offset, length in ranges:
         if length <= 0:
             continue
@@ -96,8 +96,10 @@ class ReadAhead:
         if advise is None:
             advise = fd is not None and hasattr(os, "posix_fadvise")
         self.advise = advise
+        if advise:
+            assert fd is not None, "advise needs a file descriptor"
         if unit is None:
-            unit = request_unit(fd) if advise else 1 << 20
+            unit = request_unit(fd) if fd is not None and advise else 1 << 20
         self.window, self.unit = window, min(unit, window)
         self.fd = fd
         self.error: BaseException | None = None
@@ -128,10 +130,10 @@ class ReadAhead:
         j = self._at
         start, length = self._plan[j] if j < len(self._plan) else (0, 0)
         if not start <= offset < start + length:
-            j = self._find(offset)
-            if j is None:
+            found = self._find(offset)
+            if found is None:
                 return
-            self._at = j
+            self._at = j = found
             start, length = self._plan[j]
         done = self._starts[j] + min(offset + size, start + length) - start
         if done > self._done:
@@ -194,6 +196,7 @@ class ReadAhead:
 
     def _request(self, offset: int, size: int, buf) -> None:
         if self.advise:
+            assert self.fd is not None  # __init__ checked: advise needs a descriptor
             os.posix_fadvise(self.fd, offset, size, os.POSIX_FADV_WILLNEED)
             return
         got = self.src.readinto(offset, buf[:size])

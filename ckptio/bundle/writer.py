@@ -41,7 +41,7 @@ class BundleWriter:
             self.claim.release()
             raise
         self.files = AtomicFiles(directory)
-        self.state_file = None  # after finish(): "written", "left" (someone else's) or "failed: <reason>"
+        self.state_file: str | None = None  # after finish(): "written", "left" (someone else's) or "failed: <reason>"
         self.shards: list[ShardFile] = []
         self.entries: dict[bytes, Entry] = {}
         self._lock = threading.Lock()
@@ -105,7 +105,7 @@ class BundleWriter:
 
         array = np.asarray(array)
         # numpy cannot tell qint8 from int8 (quint8 from uint8 ...): a copied tensor passes its own dtype.
-        info = dtypes.from_numpy(array.dtype) if dtype is None else dtypes.lookup(dtype)
+        info = dtypes.from_numpy(array.dtype) if dtype is None else dtypes.require(dtype)
         if info.name == "string":
             data, crc = strings.encode(list(array.reshape(-1)))
             return self.add_bytes(key, info.enum, array.shape, [data], shard, crc=crc)

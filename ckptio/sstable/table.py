@@ -58,10 +58,11 @@ class Table:
             block = self.block(i)
             # A whole block at a time, its order checked in C; a block that fails any check is
             # walked entry by entry instead, which yields what precedes the fault and words it.
+            keys: list[bytes] | None
             try:
                 keys, values = block.items()
             except CorruptCheckpointError:
-                keys = values = None
+                keys, values = None, []
             if keys is not None and (
                 not keys or (last is None or keys[0] > last) and keys[-1] <= separator and all(map(_lt, keys, keys[1:]))
             ):
