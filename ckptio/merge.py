@@ -47,6 +47,24 @@ class MergeReport:
         "seconds",
         "dry_run",
     )
+    inputs: list[str]
+    base: str | None
+    dst: str | None
+    method: str
+    weights: list[float] | None
+    decay: float | None
+    order: str
+    notes: list[str]
+    combined: list[str]
+    copied: list[str]
+    copied_from: str
+    dropped: list[str]
+    tensors: dict[str, str]
+    linear: list[str]
+    bytes_read: int
+    bytes_written: int
+    seconds: float
+    dry_run: bool
 
     def __init__(self, **fields):
         for name in self.__slots__:
@@ -156,7 +174,7 @@ def merge(
 
         if is_special(dst):
             raise UnsupportedError("merge writes a local checkpoint; pack or upload it afterwards", path=dst)
-    opened = []
+    opened: list[Checkpoint] = []
     try:
         ckpts = [_open(p, opened) for p in inputs]
         base_ckpt = None if base is None else _open(base, opened)
@@ -293,7 +311,7 @@ class Job:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(1, thread_name_prefix="ckptio-merge-read") as self._pool:
-            coefficients = self._slerp_pass(report) if self.method == "slerp" else {}
+            coefficients = self._slerp_pass(report.linear) if self.method == "slerp" else {}
             if not ms.streamable(self.operands):  # V1 inputs, or shards without positioned reads
                 self._write(dst, force=force, progress=progress, fsync=fsync, chunks=self._chunks_serial(coefficients))
                 return
@@ -397,7 +415,7 @@ class Job:
 
         return chunks
 
-    def _slerp_pass(self, report: MergeReport, names=None) -> dict[str, tuple[float, float]]:
+    def _slerp_pass(self, linear: list[str], names=None) -> dict[str, tuple[float, float]]:
         """First pass: each tensor's dot product and norms over all its slices -> its two coefficients (of names only)."""
         stats: dict[str, mm.SlerpStats] = {}
         combined = set(self.combined) if names is None else set(self.combined) & set(names)
@@ -408,10 +426,10 @@ class Job:
                     s.add(a, b)
         out = {}
         for name, s in stats.items():
-            c0, c1, linear = s.coefficients(self.weights[0])
+            c0, c1, near_parallel = s.coefficients(self.weights[0])
             out[name] = (c0, c1)
-            if linear:
-                report.linear.append(name)
+            if near_parallel:
+                linear.append(name)
         return out
 
 

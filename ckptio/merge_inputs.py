@@ -58,12 +58,12 @@ def _scalar_int(ckpt: Checkpoint, name: str) -> int | None:
 def step_order(ckpts: list[Checkpoint]) -> tuple[list[Checkpoint], str]:
     """Inputs sorted by a step counter they all have (distinct values), else by their prefix's -N."""
     for key in STEP_KEYS:
-        steps = [_scalar_int(c, key) for c in ckpts]
-        if None not in steps and len(set(steps)) == len(steps):
+        steps = [s for c in ckpts if (s := _scalar_int(c, key)) is not None]
+        if len(steps) == len(ckpts) and len(set(steps)) == len(steps):
             return [c for _, c in sorted(zip(steps, ckpts), key=lambda p: p[0])], f"by {key}"
-    numbers = [re.search(r"-(\d+)$", c.prefix) for c in ckpts]
-    if all(numbers) and len({int(m[1]) for m in numbers}) == len(numbers):
-        keyed = sorted(zip((int(m[1]) for m in numbers), range(len(ckpts))))
+    numbers = [int(m[1]) for c in ckpts if (m := re.search(r"-(\d+)$", c.prefix))]
+    if len(numbers) == len(ckpts) and len(set(numbers)) == len(numbers):
+        keyed = sorted(zip(numbers, range(len(ckpts))))
         return [ckpts[i] for _, i in keyed], "by the number ending each prefix"
     return ckpts, "as given (no step counter with distinct values in every input)"
 

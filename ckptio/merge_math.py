@@ -53,7 +53,7 @@ def flat_chunks(ckpt, name: str, entry, slice_=None, buffers=()):
     and then cut.
     """
     elements = CHUNK_ELEMENTS
-    info = dtypes.lookup(entry.dtype)
+    info = dtypes.require(entry.dtype)
     if ckpt.format == "v2":
         reader = ckpt._reader
         big = reader.header.big_endian
@@ -75,7 +75,7 @@ def aligned(streams, name: str):
         chunks = [next(s, None) for s in streams]
         if all(c is None for c in chunks):
             return
-        if any(c is None for c in chunks) or len({c.size for c in chunks}) != 1:
+        if any(c is None for c in chunks) or len({c.size for c in chunks if c is not None}) != 1:
             # Entries of equal dtype and shape always give equal chunks; this is a short tensor.
             raise CorruptCheckpointError("inputs gave this tensor's elements in unequal runs", key=name)
         yield chunks
@@ -90,7 +90,7 @@ class Combiner:
 
     def __init__(self, method: str, dtype: int, *, weights=None, decay=None, coefficients=None, buffers=None):
         self.method, self.weights, self.decay, self.coefficients = method, weights, decay, coefficients
-        self.info = dtypes.lookup(dtype)
+        self.info = dtypes.require(dtype)
         self.acc_dtype = np.dtype(accumulator(dtype))
         self._buffers = {} if buffers is None else buffers  # may be shared by the combiners of a merge
 
@@ -122,11 +122,11 @@ class Combiner:
         direct = self.info.name in _NUMPY_CASTS
         acc = self.combine(xs, out if direct else self._buffer("acc", k, self.acc_dtype))
         if direct:
-            return memoryview(out.view(np.uint8))
+            return out.view(np.uint8).data
         data = narrow(acc, self.info, out, self._buffer)
         if into is not None and info_is_sub_byte(self.info):  # encoded apart: copied in
             into.view(np.uint8)[:] = np.frombuffer(data, np.uint8)
-            return memoryview(into.view(np.uint8))
+            return into.view(np.uint8).data
         return data
 
     def combine(self, xs, final: np.ndarray) -> np.ndarray:
@@ -206,7 +206,7 @@ def narrow(acc: np.ndarray, info, out: np.ndarray, scratch=None) -> memoryview:
         return memoryview(to_bytes(acc.astype(info.numpy()), info))
     else:
         np.copyto(out, acc, casting="unsafe")
-    return memoryview(out.view(np.uint8))
+    return out.view(np.uint8).data
 
 
 def to_bfloat16(x: np.ndarray, out: np.ndarray, scratch=None) -> None:

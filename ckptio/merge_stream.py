@@ -182,7 +182,7 @@ class Pipeline:
             if j == 0:
                 self._operands = _operands(piece, self._sources(piece))
                 self._pending[id(piece)] = self._operands
-            per = mm.CHUNK_ELEMENTS * dtypes.lookup(piece.out_dtype).itemsize
+            per = mm.CHUNK_ELEMENTS * dtypes.require(piece.out_dtype).itemsize
             ahead = max(1, READ_AHEAD // per)  # runs
             for source in self._operands:  # the first READ_AHEAD bytes, then one run `ahead` runs on
                 if j == 0:
@@ -205,7 +205,7 @@ def _operands(piece, sources) -> list[_Source]:
 
 def _runs(piece) -> int:
     """Tasks a piece is cut into (an empty tensor is one empty run)."""
-    per = mm.CHUNK_ELEMENTS * dtypes.lookup(piece.out_dtype).itemsize
+    per = mm.CHUNK_ELEMENTS * dtypes.require(piece.out_dtype).itemsize
     return max(1, -(-piece.size // per))
 
 
@@ -216,7 +216,7 @@ def _task(piece, j: int, operands, slot: _Slot, make_combiner):
     to block, so the bytes just read, their float64 sums and the crc32c stay in the core's cache
     instead of passing through memory again; the output of the whole run is written at once.
     """
-    info = dtypes.lookup(piece.out_dtype)
+    info = dtypes.require(piece.out_dtype)
     size = info.itemsize
     per = mm.CHUNK_ELEMENTS * size
     start = j * per
@@ -247,7 +247,7 @@ def _task(piece, j: int, operands, slot: _Slot, make_combiner):
                 big = operands[0].reader.header.big_endian
                 xs = [from_bytes(row, info, (m // size,), big_endian=big) for row in rows]
             combine.apply(xs, out[at : at + m].view(dt))
-    return crcs, memoryview(out)  # an empty tensor: no bytes, and crc32c 0 of each operand's nothing
+    return crcs, out.data  # an empty tensor: no bytes, and crc32c 0 of each operand's nothing
 
 
 _CRC32C = 0x82F63B78  # the CRC-32C polynomial, bit-reversed

@@ -233,7 +233,9 @@ def merged_entries(plan: dict, staging: Staging) -> dict[bytes, Entry]:
     """Every part's entries with shard id = its part number, plus the sliced tensors' metadata."""
     entries: dict[bytes, Entry] = {}
     for spec in plan["shards"]:
-        for key, e in part_entries(staging.part(spec["shard"])).items():
+        part = part_entries(staging.part(spec["shard"]))
+        assert part is not None  # commit() found every part readable
+        for key, e in part.items():
             if key in entries:
                 raise PlanError("two shards write the same key", key=naming.decode_key(key))
             entries[key] = e._replace(shard_id=spec["shard"])

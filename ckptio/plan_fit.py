@@ -54,7 +54,7 @@ def plan_fit(
     refuse_saved_model_output(out)
     rules = _rules(rules, regex)
     vocabularies = {name: (_tokens(old), _tokens(new)) for name, (old, new) in (vocab or {}).items()}
-    opened = []
+    opened: list[Checkpoint] = []
     try:
         cs, ct = (c if isinstance(c, Checkpoint) else _open(c, opened) for c in (src, template))
         check_v2(cs)

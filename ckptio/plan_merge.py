@@ -54,7 +54,7 @@ def plan_merge(
     check_local(*inputs, base, dst)
     out = os.path.abspath(os.fspath(dst))
     refuse_saved_model_output(out)
-    opened = []
+    opened: list[Checkpoint] = []
     try:
         ckpts = [_open(p, opened) for p in inputs]
         base_ckpt = None if base is None else _open(base, opened)

@@ -118,7 +118,7 @@ class _MergeWork:
             names = {p.name for p in pieces if p.name in self.combined} - set(self.coefficients)
             if names:
                 # Over all of each tensor's pieces, in plan order: the same sums as merge's own first pass.
-                self.coefficients.update(job._slerp_pass(_Linear(), names))
+                self.coefficients.update(job._slerp_pass([], names))
         combined = [p for p in pieces if p.name in self.combined]
         if not ms.streamable(job.operands):
             job.write_pieces(writer, pieces, 0, job._chunks_serial(self.coefficients), progress)
@@ -126,13 +126,6 @@ class _MergeWork:
         make = job._combiner_for(self.coefficients)
         with ms.Pipeline(combined, job._piece_sources, make, len(job.operands), ms.default_threads()) as pipeline:
             job.write_pieces(writer, pieces, 0, pipeline.chunks, progress)
-
-
-class _Linear:
-    """Stands in for merge's report in slerp's first pass (the tensors interpolated linearly)."""
-
-    def __init__(self):
-        self.linear: list[str] = []
 
 
 def _size(step: dict) -> int:
