@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import os
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers honour the name)
+if TYPE_CHECKING:
+    from typing import Any
+
 RETRIES = 3
 LOCAL_OBJECT_STORE = 100 << 20  # a local instance only moves plans and outcomes, not tensor bytes
 
@@ -25,7 +29,7 @@ class Cluster:
             raise UnsupportedError("--engine ray needs Ray: pip install 'ckptio[ray]'") from None
         self.ray, self.started = ray, False
         if not ray.is_initialized():
-            kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+            kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
             if address:
                 ray.init(address=address, **kwargs)
             else:

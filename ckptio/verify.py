@@ -79,8 +79,8 @@ def verify(ckpt, *, progress: Callable[[int], None] | None = None, check_graph: 
         try:
             from .objgraph import check_consistency
         except ImportError:
-            check_consistency = None
-        if check_consistency is not None:
+            pass
+        else:
             for message in check_consistency(ckpt):
                 report.add(message, path=ckpt.path, key=naming.OBJECT_GRAPH_KEY)
     check_container = getattr(ckpt, "check_container", None)  # an archive: what lies past the tensors
@@ -118,7 +118,10 @@ def _verify_v2(ckpt, report: VerifyReport, progress) -> None:
             except CkptioError as exc:
                 report.add(exc, key=name)
                 continue
-            (slices if key[:1] == b"\x00" else entries)[key if key[:1] == b"\x00" else name] = entry
+            if key[:1] == b"\x00":
+                slices[key] = entry
+            else:
+                entries[name] = entry
     from .bundle.slices import tiling_problem
 
     referenced = set()

@@ -9,6 +9,10 @@ import sys
 
 from .common import human
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers honour the name)
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
 
 def add_arguments(name, p) -> None:
     p.add_argument("path", help="checkpoint prefix, .index/.data file, directory, SavedModel or V1 file")
@@ -31,6 +35,7 @@ def roles_of(ckpt) -> dict[str, str]:
     if own is not None:  # another weight format that knows its own optimizer state (Keras)
         return own()
     if naming.OBJECT_GRAPH_KEY in entries:
+        found: Mapping[str, str | None]
         if ckpt.sequential:
             # An archive: the graph sits at the end of the data, and reading it would decompress
             # everything; ls reads only the index, so it goes by TF2 key patterns instead.
@@ -153,9 +158,9 @@ def _list(args) -> int:
         for n, (_, d, s, b, r, e) in zip(shown, rows):
             mark = "" if r == "weight" else f"  [{r}]"
             sliced = f"  ({len(e.slices)} slices)" if e.slices else ""
-            shape = shapes.get(s) or shapes.setdefault(s, f"{str(list(s)):<16}")
+            shape_text = shapes.get(s) or shapes.setdefault(s, f"{str(list(s)):<16}")
             size = sizes.get(b) or sizes.setdefault(b, f"{human(b):>10}")
-            out.append(f"{n:<{width}}  {d:<{dwidth}} {shape} {size}{mark}{sliced}")
+            out.append(f"{n:<{width}}  {d:<{dwidth}} {shape_text} {size}{mark}{sliced}")
         summary = ", ".join(f"{k} {v[0]} ({human(v[1])})" for k, v in sorted(totals.items()))
         out.append(
             f"{count} tensors"

@@ -89,8 +89,8 @@ def run(args) -> int:
                 index = list(map(int, np.unravel_index(i, value.shape[:-1])))
                 sys.stdout.write(f"{index}: {' '.join(_as_text(row))}\n")
             return 0
-        opts = {"threshold": sys.maxsize} if args.all else {"threshold": 40, "edgeitems": 3}
-        with np.printoptions(**opts, linewidth=100):
+        threshold, edgeitems = (sys.maxsize, None) if args.all else (40, 3)  # None: numpy's setting
+        with np.printoptions(threshold=threshold, edgeitems=edgeitems, linewidth=100):
             lines.append(str(value))
         sys.stdout.write("\n".join(lines) + "\n")
     return 0
@@ -146,7 +146,7 @@ def _stats(value) -> dict:
     except (TypeError, ValueError):
         return {"count": int(value.size)}
     finite = x[np.isfinite(x)]
-    out = {"count": int(value.size)}
+    out: dict[str, int | float] = {"count": int(value.size)}
     if finite.size:
         out.update(min=float(finite.min()), max=float(finite.max()), mean=float(finite.mean()), std=float(finite.std()))
     nonfinite = int(x.size - finite.size)

@@ -220,7 +220,9 @@ def _open_index(path: str) -> SafetensorsCheckpoint:
     weight_map = doc["weight_map"]
     directory = os.path.dirname(path)
     files = sorted(set(weight_map.values()))
-    sources, entries, metadata = [], {}, {}
+    sources: list[FileSource] = []
+    entries: dict[str, Entry] = {}
+    metadata: dict = {}
     try:
         for shard, file in enumerate(files):
             full = os.path.join(directory, file)
@@ -253,7 +255,9 @@ def _open_index(path: str) -> SafetensorsCheckpoint:
 
 def _what_is_checked(ckpt: SafetensorsCheckpoint) -> str:
     """What verify could check for a safetensors input (the header was validated when it was opened)."""
-    files = len(ckpt._reader.sources)
+    reader = ckpt._reader
+    assert isinstance(reader, RangeReader)  # what open_safetensors gives every SafetensorsCheckpoint
+    files = len(reader.sources)
     what = (
         f"{len(ckpt)} tensors in {files} file{'s' if files != 1 else ''}: header JSON, dtypes, shapes, "
         "data_offsets (sizes, order, no overlap or hole, file fully covered)"
@@ -272,7 +276,7 @@ def encode_header(metadata: dict[str, str], tensors) -> tuple[bytes, list[int]]:
     Tensors are laid out in the given order; the header lists __metadata__ first, then the
     tensors in offset order, padded with spaces so the data starts 8-aligned (as the reference does).
     """
-    doc = {"__metadata__": metadata} if metadata else {}
+    doc: dict[str, object] = {"__metadata__": metadata} if metadata else {}
     begins, pos = [], 0
     for name, dtype, shape, nbytes in tensors:
         doc[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [pos, pos + nbytes]}
@@ -376,7 +380,7 @@ def write(
     make_dirs(directory)
     stale = [p for p in stale_outputs(dst) if p not in paths and p != index]
     files = AtomicFiles(directory)
-    weight_map = {}
+    weight_map: dict[str, str] = {}
     try:
         for path, group in zip(paths, groups):
             order = layout_order(group)
