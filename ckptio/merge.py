@@ -21,7 +21,11 @@ from .checkpoint import Checkpoint
 from .errors import PlanError, UnsupportedError
 from .merge_inputs import check_agree, describe, newest, step_order
 from .rewrite import Plan, _write_piece, make_plan
-from .transform import Select, StripOptimizer
+from .transform import Select, Step, StripOptimizer
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers honour the name)
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 
 class MergeReport:
@@ -220,12 +224,12 @@ def _open(path, opened: list) -> Checkpoint:
 class Job:
     """A validated merge: every input's plan, checked to agree with the first's."""
 
-    def __init__(self, method, ckpts, base, weights, decay, include, exclude, keep_optimizer):
+    def __init__(self, method, ckpts, base, weights, decay, include, exclude, keep_optimizer) -> None:
         self.method, self.ckpts, self.base = method, ckpts, base
         self.all = ckpts + ([base] if base is not None else [])
         self.decay = decay
         self.weights = self._effective_weights(weights)
-        steps = []
+        steps: list[Step] = []
         if include or exclude:
             steps.append(Select(tuple(include), tuple(exclude)))
         if not keep_optimizer:
@@ -243,7 +247,7 @@ class Job:
         self.keep_from = base if base is not None else ckpts[-1]
         self._read_buffers = [[bytearray(), bytearray()] for _ in self.operands]
         self._scratch: dict = {}  # the combiners' float64 buffers
-        self._pool = None  # the read-ahead thread, while executing
+        self._pool: ThreadPoolExecutor | None = None  # the read-ahead thread, while executing
         entries = self.plan.source.entries()
         self.combined = [i.dst for i in self.plan.items if mm.is_combined(entries[i.src].dtype)]
         if method == "slerp":

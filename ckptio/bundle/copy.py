@@ -62,7 +62,7 @@ class Copier:
     checks. Both stop the checker thread (the next copy starts another).
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._zero_copy: bool | None = None  # copy_file_range usable here? None until tried
         self._checker: Checker | None = None
         self._lock = threading.Lock()
