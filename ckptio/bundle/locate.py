@@ -46,10 +46,12 @@ def _locate(store: Store, path: str, *, patterns: bool, depth: int) -> Located:
         raise ReadError(f"is {kind}, not a regular file", path=path)
     if path.endswith("/") and path.rstrip("/"):
         return _locate_dir(store, path.rstrip("/"), depth)
-    if store.is_dir(path):
-        return _locate_dir(store, path, depth)
+    # A prefix whose .index exists is checked first: one request on a remote store, where asking
+    # whether a name that is no file is a directory costs two.
     if _exists(store, naming.index_path(path)):
         return Located("v2", path)
+    if store.is_dir(path):
+        return _locate_dir(store, path, depth)
     if path.endswith(".index") and store.is_file(path):
         refuse_odd_file(store, path)
         return Located("v2", path[: -len(".index")])
