@@ -43,13 +43,9 @@ CASES = HEALTHY + DAMAGED
 V1 = {"v1", "v1_truncated"}  # from the real-world corpus (a TF1 Saver V1 file)
 SHOW = {"tf1_adam": "dense/kernel", "two_shards": "layer3/w", "sliced": "part_emb", "v1": "weights_2"}
 MEMORY_ROOT = "/ckptio-stores-test"
-# Where a store words a refusal differently from local files. Path resolution for ls/verify/strip/rename
-# is not doctor's (bundle/paths.py, remote.py, archive/reader.py; one locate() is to replace them): the
-# exit code must match and the error stay one line, but the sentence may differ until then.
-WORDED_DIFFERENTLY = {
-    ("archive", "v1_truncated"): {"ls", "verify", "strip", "rename"},  # "archive holds no checkpoint"
-    ("http", "v1_truncated"): {"ls", "verify", "strip", "rename"},  # "no checkpoint here" (no listing)
-}
+# Where a store may word a refusal differently from local files (same exit code, one line). None: one
+# locate() (bundle/locate.py) resolves paths for every store, archives and URLs included.
+WORDED_DIFFERENTLY: dict[tuple[str, str], set[str]] = {}
 
 
 def _tf1_adam(directory: Path) -> str:

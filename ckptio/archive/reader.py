@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from ..bundle import naming
-from ..bundle.locate import Located
+from ..bundle.locate import Located, locate
 from ..checkpoint import Checkpoint
 from ..errors import CheckpointNotFoundError, UnsupportedError
 from ..sstable.format import MAGIC_BYTES
@@ -123,10 +123,13 @@ def _locate_v1(store: ArchiveStore) -> Located:
     for m in candidates:
         if store.hold(m)[-8:] == MAGIC_BYTES:
             tables.append(m.name)
-        else:
-            del store.held[m.name]
     if not tables:
+        if len(candidates) == 1:  # one file that is no checkpoint: refused as locate refuses it locally
+            locate(store, store.path_of(candidates[0].name))
         raise CheckpointNotFoundError("archive holds no checkpoint (no .index member, no V1 table file)", path=label)
+    for m in candidates:
+        if m.name not in tables:
+            del store.held[m.name]
     shards = [naming.V1_SHARD_RE.match(n) for n in tables]
     if all(shards) and len({(s["base"], s["count"]) for s in shards}) == 1:
         return Located("v1", store.path_of(shards[0]["base"]), tuple(store.path_of(n) for n in sorted(tables)))
