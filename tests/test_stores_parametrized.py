@@ -263,21 +263,21 @@ def test_salvage_to_an_archive_or_url_is_refused_in_one_line(stores):
 def test_doctor_reads_an_archive_forward(stores):
     """Healthy or damaged, diagnosing a V2 archive decompresses it once (data shards read in order);
     a V1 archive (no .index member) twice: its tables are known only at the end of the first pass."""
-    from ckptio.doctor import inputs
+    from ckptio.store.archive import ArchiveStore
 
     passes = {}
-    real = inputs.ArchiveFiles.close
+    real = ArchiveStore.close
 
     def close(self):
         passes[self.name] = self.stream.passes
         real(self)
 
-    inputs.ArchiveFiles.close = close
+    ArchiveStore.close = close
     try:
         for case in stores["archive"]:
             cli(["doctor", stores["archive"][case][0]])
     finally:
-        inputs.ArchiveFiles.close = real
+        ArchiveStore.close = real
     want = {path: 2 if case in V1 else 1 for case, (path, _) in stores["archive"].items()}
     assert passes == want
 

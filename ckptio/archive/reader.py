@@ -75,14 +75,14 @@ def open_archive(path, *, source: Source | None = None) -> ArchiveCheckpoint:
 def archive_checkpoint(store: ArchiveStore) -> ArchiveCheckpoint:
     """The checkpoint an open archive store holds; the store is closed with it (or on failure)."""
     try:
-        return ArchiveCheckpoint(store.name, store, _locate(store))
+        return ArchiveCheckpoint(store.name, store, locate_archive(store))
     except BaseException:
         store.close()
         raise
 
 
-def _locate(store: ArchiveStore) -> Located:
-    """The archive's first .index member, held in memory; else its V1 tables."""
+def locate_archive(store: ArchiveStore) -> Located:
+    """The checkpoint an archive holds: its first .index member, held in memory; else its V1 tables."""
     index = None
     while index is None:
         m = store.stream.scan()
@@ -115,6 +115,9 @@ def _locate_v1(store: ArchiveStore) -> Located:
     ]
     if not candidates:
         raise CheckpointNotFoundError("archive holds no checkpoint (no .index member, no V1 table file)", path=label)
+    data = [m for m in candidates if naming.split_data_path(m.name)]
+    if data:  # V2 data shards without their .index: refused as locate refuses one locally, naming it
+        locate(store, store.path_of(data[0].name))
     if sum(m.size for m in candidates) > MAX_V1:
         raise UnsupportedError(
             f"V1 archives are read into memory; this one holds more than {MAX_V1} bytes (unpack it first)", path=label
