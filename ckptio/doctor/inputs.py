@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 
 from ..bundle.locate import Located, locate
+from ..errors import UnsupportedError
 from ..store import for_path, local_path
 from ..store.base import Store
 
@@ -24,7 +25,10 @@ Files = Store  # the name doctor's modules use for the store they read
 
 def open_input(path: str) -> tuple[Store, str]:
     """(store, path in it) for what the user passed: local files, an archive, or a URL."""
-    return for_path(path)
+    store, inner = for_path(path)
+    if store is None:  # for_path's answer while no remote store is installed
+        raise UnsupportedError("remote paths need ckptio's remote store", path=path)
+    return store, inner
 
 
 def locate_input(store: Store, path: str) -> Located:

@@ -263,8 +263,8 @@ class RemoteStore(Store):
         return sorted(names)
 
     def glob(self, pattern: str) -> builtins.list[str] | None:
-        """URLs matching a shell pattern (wildcards in its last component), sorted; None over plain
-        HTTP, which cannot list."""
+        """URLs matching a shell pattern (wildcards in its last component), sorted; None over http(s),
+        where '?' starts a query and a listing is only an index page's links."""
         if self.http:
             return None
         try:
@@ -273,15 +273,6 @@ class RemoteStore(Store):
             return None
         directory = self.dirname(pattern)
         return sorted(self.join(directory, self.basename(p)) for p in found)
-
-    def glob_names(self, pattern_url: str, regex) -> builtins.list[str]:
-        """Names (basenames) in pattern_url's directory matching a `*` glob and then regex; [] when
-        the filesystem cannot list (remote.py's resolver)."""
-        try:
-            found = self.fs.glob(self.strip(pattern_url))
-        except Exception:  # listing is not available everywhere (plain http servers)
-            return []
-        return sorted({self.basename(p) for p in found if regex.fullmatch(self.basename(p))})
 
     def isabs(self, path: str) -> bool:
         """A path stored in a state file names a file here by itself only as a whole URL."""
