@@ -2,9 +2,9 @@
 
 Needs the optional extra `ckptio[remote]` (fsspec; http(s) also needs aiohttp, gs:// gcsfs,
 s3:// s3fs). Every read is a byte range (`fs.cat_file(path, start, end)`), so opening a
-checkpoint reads the .index's footer, index block and first block; listing reads the rest of
-the .index; reading one tensor is one range request for exactly its bytes. A prefix URL
-resolves like a local path: `P` (with `P.index`), `P.index`, `P.data-*`, a directory with a
+checkpoint fetches its .index (whole, in one request, up to 16 MiB); reading one tensor is one
+range request for exactly its bytes. A URL resolves exactly as a local path does, by the same
+code (bundle/locate.py): `P` (with `P.index`), `P.index`, `P.data-*`, a directory with a
 `checkpoint` state file, a SavedModel directory, or a V1 table file.
 
 Writes commit only when complete: data shards first, the .index last (it is what makes a
@@ -20,12 +20,10 @@ URLs with a query string (signed URLs) are not supported: file names are built b
 from __future__ import annotations
 
 import os
-import re
 import time
 from dataclasses import dataclass
 
-from .bundle import naming
-from .bundle.paths import Located
+from .bundle.locate import Located, locate
 from .checkpoint import Checkpoint
 from .errors import (
     CheckpointNotFoundError,
@@ -33,13 +31,9 @@ from .errors import (
     ReadError,
     Remedy,
     WriteError,
-    WrongFileError,
 )
-from .io import Source
-from .sstable.format import MAGIC_BYTES
 from .store.remote import (
     CHUNK,
-    INDEX_PREFETCH,
     OBJECT_STORES,  # noqa: F401  (re-exported: the names moved to store/remote.py)
     RemoteSource,
     RemoteStore,
@@ -81,113 +75,24 @@ def _require_size(store: RemoteStore, url: str) -> int:
 # -- resolving a URL -----------------------------------------------------------------------------
 
 
-def resolve_remote(url: str, fs=None, *, store: _Store | None = None) -> Located:
-    """Find the checkpoint a URL names, as paths.resolve does for local paths."""
+def resolve_remote(url: str, fs=None, *, store: RemoteStore | None = None) -> Located:
+    """Find the checkpoint a URL names: bundle/locate.locate, the one resolver every store shares."""
     if store is None:
-        store = _Store(fs if fs is not None else filesystem(url)[0])
-    return _resolve(url, store, 0)
-
-
-def _resolve(url: str, store: _Store, depth: int) -> Located:
-    if depth > 3:
-        raise CheckpointNotFoundError("'checkpoint' state files point at each other", path=url)
-    if not url.endswith("/"):
-        if store.is_file(naming.index_path(url)):
-            return Located("v2", url)
-        if url.endswith(".index") and store.is_file(url):
-            return Located("v2", url[: -len(".index")])
-        split = naming.split_data_path(url)
-        if split is not None:
-            if store.is_file(naming.index_path(split[0])):
-                return Located("v2", split[0])
-            raise CheckpointNotFoundError(
-                f"this is a data shard but {naming.index_path(split[0])} is missing; "
-                "the .index file is needed to read it",
-                path=url,
-            )
-        if store.is_file(url):
-            size = _require_size(store, url)
-            if (
-                size >= 48
-                and RemoteSource(store.fs, store.strip(url), name=url, size=size).read(size - 8, 8) == MAGIC_BYTES
-            ):
-                m = naming.V1_SHARD_RE.match(url)
-                if m:
-                    names = store.glob_names(
-                        f"{m['base']}-*-of-{m['count']}",
-                        re.compile(re.escape(_basename(m["base"])) + rf"-\d{{5}}-of-{m['count']}"),
-                    )
-                    return Located("v1", m["base"], tuple(_join(_dirname(url), n) for n in names) or (url,))
-                return Located("v1", url, (url,))
-            if not _protocols(store.fs) & {"http", "https"}:  # over http a directory URL answers with a page
-                raise WrongFileError(
-                    "not a TensorFlow checkpoint (no table footer); pass a checkpoint prefix, "
-                    "its .index file, or its directory",
-                    path=url,
-                )
-    return _resolve_dir(url.rstrip("/"), store, depth)
-
-
-def _resolve_dir(url: str, store: _Store, depth: int) -> Located:
-    state = _join(url, "checkpoint")
-    if store.is_file(state):
-        named = _read_state(state, store)
-        if named:
-            candidates = [named if "://" in named else _join(url, _basename(named))]
-            if "://" not in named and not named.startswith("/"):
-                candidates.insert(0, _join(url, named))
-            for c in dict.fromkeys(candidates):
-                if store.is_file(naming.index_path(c)) or store.is_file(c):
-                    return _resolve(c, store, depth + 1)
-            raise CheckpointNotFoundError(
-                f"the 'checkpoint' state file names {named!r}, which does not exist", path=state
-            )
-    saved_model = _join(url, "variables/variables")
-    if store.is_file(naming.index_path(saved_model)):
-        return Located("v2", saved_model)
-    indexes = store.glob_names(_join(url, "*.index"), re.compile(r".+\.index"))
-    if len(indexes) == 1:
-        return Located("v2", _join(url, indexes[0][: -len(".index")]))
-    if indexes:
-        names = ", ".join(i[: -len(".index")] for i in indexes[:5])
-        raise CheckpointNotFoundError(
-            f"directory holds {len(indexes)} checkpoints and no usable 'checkpoint' "
-            f"state file; pass one prefix: {names}",
-            path=url,
-        )
-    shards = store.glob_names(f"{url}-*-of-*", re.compile(re.escape(_basename(url)) + r"-\d{5}-of-\d{5}"))
-    if shards:
-        return Located("v1", url, tuple(_join(_dirname(url), n) for n in shards))
-    raise CheckpointNotFoundError(
-        "no checkpoint here (no .index file, no 'checkpoint' state file, no variables/variables.index, no V1 file)",
-        path=url,
-    )
-
-
-def _read_state(state_url: str, store: _Store) -> str | None:
-    from .bundle.state import parse
-
-    size = _require_size(store, state_url)
-    if size > MAX_STATE_FILE:
-        raise WrongFileError(f"'checkpoint' state file of {size} bytes (cap {MAX_STATE_FILE})", path=state_url)
-    data = RemoteSource(store.fs, store.strip(state_url), name=state_url, size=size).read(0, size)
-    return parse(data, state_url).latest or None
+        store = RemoteStore(fs if fs is not None else filesystem(url)[0])
+    return locate(store, url)
 
 
 def open_remote(url: str, **storage_options) -> Checkpoint:
-    """Open a remote checkpoint lazily; storage_options go to fsspec (credentials, endpoints ...)."""
-    fs, _ = filesystem(url, **storage_options)
-    store = _Store(fs)
-    located = resolve_remote(url, store=store)
+    """Open a remote checkpoint lazily; storage_options go to fsspec (credentials, endpoints ...).
 
-    def open_source(u: str) -> Source:
-        size = _require_size(store, u)
-        # A small .index (or V1 table, whose values sit inside its blocks) is fetched whole, in one request.
-        metadata = u == naming.index_path(located.prefix) if located.format == "v2" else u in located.files
-        prefetch = metadata and size <= INDEX_PREFETCH
-        return RemoteSource(fs, store.strip(u), name=u, size=size, prefetch=prefetch)
+    The same path as every store: store.for_path, then locate (sources.open_on). A small .index
+    is fetched whole in one request when the reader announces it (Source.will_need).
+    """
+    from .sources import open_on
+    from .store import for_path
 
-    return Checkpoint(url, located=located, open_source=open_source)
+    store, path = for_path(url, **storage_options)
+    return open_on(store, path)
 
 
 # -- writing -------------------------------------------------------------------------------------

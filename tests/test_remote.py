@@ -181,7 +181,7 @@ def test_missing_remote_checkpoints(www, tmp_path, capsys):
     with pytest.raises(CheckpointNotFoundError):
         ckptio.open(server.url + "/nothing/here")
     assert main(["ls", server.url + "/nothing/here"]) == 1
-    assert "no checkpoint here" in capsys.readouterr().err
+    assert "no such checkpoint" in capsys.readouterr().err  # locate's wording, as for a local path
     with pytest.raises(CheckpointNotFoundError, match="is missing"):
         ckptio.open(server.url + "/big/gone.data-00000-of-00001")
     shutil.copytree(root / "big", root / "half")

@@ -118,7 +118,10 @@ def test_store_methods_over_http(www):
     blob = server.url + "/blob"
     assert store.size(blob) == 4 * MiB and store.is_file(blob)
     assert store.size(server.url + "/missing") is None and not store.is_file(server.url + "/missing")
-    assert not store.is_dir(blob) and store.list(server.url + "/m") == []  # no listing over http
+    assert not store.is_dir(blob)
+    names = ["model.ckpt.data-00000-of-00002", "model.ckpt.data-00001-of-00002", "model.ckpt.index"]
+    assert store.list(server.url + "/m") == names == store.list(server.url + "/m/")  # the index page's links
+    assert store.list(blob) == []  # no page, no listing
     for directory in (server.url + "/m", server.url + "/m/"):  # a page at a URL ending in '/' (after redirects)
         assert store.is_dir(directory) and not store.is_file(directory) and store.size(directory) is None
     assert store.glob(server.url + "/m/*") is None

@@ -250,9 +250,13 @@ def test_archive_store_reads_forward(tmp_path):
     store, inner = for_path(str(tmp_path / "m.tar.zst"))
     assert inner == "" and not store.random_access
     with ckptio.open(tmp_path / "m.tar.zst") as ck:
-        assert ck.sequential and ck.store.list(ck.store.name) == ["model.ckpt.index"]
+        assert ck.sequential and [m.name for m in ck.store.stream.members] == ["model.ckpt.index"]  # opened: no further
         assert ck.store.size(ck.store.path_of("model.ckpt.index")) > 0
         assert np.array_equal(ck["w"].read(), arrays["w"])
+        assert ck.store.stream.passes == 1
+        # a size scans forward to its member; a listing scans every header
+        assert ck.store.list(ck.store.name) == ["model.ckpt.data-00000-of-00001", "model.ckpt.index"]
+        assert ck.store.size(ck.store.path_of("nothing")) is None
         shard = ck.store.open(ck.store.path_of("model.ckpt.data-00000-of-00001"))
         assert shard.sequential
     store.close()

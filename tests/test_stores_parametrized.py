@@ -43,13 +43,9 @@ CASES = HEALTHY + DAMAGED
 V1 = {"v1", "v1_truncated"}  # from the real-world corpus (a TF1 Saver V1 file)
 SHOW = {"tf1_adam": "dense/kernel", "two_shards": "layer3/w", "sliced": "part_emb", "v1": "weights_2"}
 MEMORY_ROOT = "/ckptio-stores-test"
-# Where a store words a refusal differently from local files. Path resolution for ls/verify/strip/rename
-# is not doctor's (bundle/paths.py, remote.py, archive/reader.py; one locate() is to replace them): the
-# exit code must match and the error stay one line, but the sentence may differ until then.
-WORDED_DIFFERENTLY = {
-    ("archive", "v1_truncated"): {"ls", "verify", "strip", "rename"},  # "archive holds no checkpoint"
-    ("http", "v1_truncated"): {"ls", "verify", "strip", "rename"},  # "no checkpoint here" (no listing)
-}
+# Where a store may word a refusal differently from local files (same exit code, one line). None: one
+# locate() (bundle/locate.py) resolves paths for every store, archives and URLs included.
+WORDED_DIFFERENTLY: dict[tuple[str, str], set[str]] = {}
 
 
 def _tf1_adam(directory: Path) -> str:
@@ -267,21 +263,21 @@ def test_salvage_to_an_archive_or_url_is_refused_in_one_line(stores):
 def test_doctor_reads_an_archive_forward(stores):
     """Healthy or damaged, diagnosing a V2 archive decompresses it once (data shards read in order);
     a V1 archive (no .index member) twice: its tables are known only at the end of the first pass."""
-    from ckptio.doctor import inputs
+    from ckptio.store.archive import ArchiveStore
 
     passes = {}
-    real = inputs.ArchiveFiles.close
+    real = ArchiveStore.close
 
     def close(self):
         passes[self.name] = self.stream.passes
         real(self)
 
-    inputs.ArchiveFiles.close = close
+    ArchiveStore.close = close
     try:
         for case in stores["archive"]:
             cli(["doctor", stores["archive"][case][0]])
     finally:
-        inputs.ArchiveFiles.close = real
+        ArchiveStore.close = real
     want = {path: 2 if case in V1 else 1 for case, (path, _) in stores["archive"].items()}
     assert passes == want
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from ..bundle import naming
-from ..bundle.locate import Located
+from ..bundle.locate import Located, locate
 from ..checkpoint import Checkpoint
 from ..errors import CheckpointNotFoundError, UnsupportedError
 from ..sstable.format import MAGIC_BYTES
@@ -75,14 +75,14 @@ def open_archive(path, *, source: Source | None = None) -> ArchiveCheckpoint:
 def archive_checkpoint(store: ArchiveStore) -> ArchiveCheckpoint:
     """The checkpoint an open archive store holds; the store is closed with it (or on failure)."""
     try:
-        return ArchiveCheckpoint(store.name, store, _locate(store))
+        return ArchiveCheckpoint(store.name, store, locate_archive(store))
     except BaseException:
         store.close()
         raise
 
 
-def _locate(store: ArchiveStore) -> Located:
-    """The archive's first .index member, held in memory; else its V1 tables."""
+def locate_archive(store: ArchiveStore) -> Located:
+    """The checkpoint an archive holds: its first .index member, held in memory; else its V1 tables."""
     index = None
     while index is None:
         m = store.stream.scan()
@@ -115,6 +115,9 @@ def _locate_v1(store: ArchiveStore) -> Located:
     ]
     if not candidates:
         raise CheckpointNotFoundError("archive holds no checkpoint (no .index member, no V1 table file)", path=label)
+    data = [m for m in candidates if naming.split_data_path(m.name)]
+    if data:  # V2 data shards without their .index: refused as locate refuses one locally, naming it
+        locate(store, store.path_of(data[0].name))
     if sum(m.size for m in candidates) > MAX_V1:
         raise UnsupportedError(
             f"V1 archives are read into memory; this one holds more than {MAX_V1} bytes (unpack it first)", path=label
@@ -123,10 +126,13 @@ def _locate_v1(store: ArchiveStore) -> Located:
     for m in candidates:
         if store.hold(m)[-8:] == MAGIC_BYTES:
             tables.append(m.name)
-        else:
-            del store.held[m.name]
     if not tables:
+        if len(candidates) == 1:  # one file that is no checkpoint: refused as locate refuses it locally
+            locate(store, store.path_of(candidates[0].name))
         raise CheckpointNotFoundError("archive holds no checkpoint (no .index member, no V1 table file)", path=label)
+    for m in candidates:
+        if m.name not in tables:
+            del store.held[m.name]
     shards = [naming.V1_SHARD_RE.match(n) for n in tables]
     if all(shards) and len({(s["base"], s["count"]) for s in shards}) == 1:
         return Located("v1", store.path_of(shards[0]["base"]), tuple(store.path_of(n) for n in sorted(tables)))

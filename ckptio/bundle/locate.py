@@ -7,7 +7,8 @@
     pattern (if the store takes them)   the one checkpoint its matches belong to
 
 Paths are the store's own (OS paths for the local store, URLs for a remote one). Stores that cannot
-list (plain HTTP) still find every form but a directory's unnamed *.index and V1 shard groups.
+list (an HTTP server without index pages) still find every form but a directory's unnamed *.index
+and V1 checkpoints named by neither a state file nor a shard name.
 """
 
 from __future__ import annotations
@@ -46,10 +47,12 @@ def _locate(store: Store, path: str, *, patterns: bool, depth: int) -> Located:
         raise ReadError(f"is {kind}, not a regular file", path=path)
     if path.endswith("/") and path.rstrip("/"):
         return _locate_dir(store, path.rstrip("/"), depth)
-    if store.is_dir(path):
-        return _locate_dir(store, path, depth)
+    # A prefix whose .index exists is checked first: one request on a remote store, where asking
+    # whether a name that is no file is a directory costs two.
     if _exists(store, naming.index_path(path)):
         return Located("v2", path)
+    if store.is_dir(path):
+        return _locate_dir(store, path, depth)
     if path.endswith(".index") and store.is_file(path):
         refuse_odd_file(store, path)
         return Located("v2", path[: -len(".index")])
@@ -108,7 +111,7 @@ def _v1_shards(store: Store, base: str, count: str | None) -> list[str]:
     found = [store.join(directory, n) for n in store.list(directory) if pattern.fullmatch(n)]
     if found or count is None or int(count) > MAX_GUESSED_SHARDS:
         return [p for p in found if store.is_file(p)]
-    # A store that cannot list (plain HTTP): the shard names follow from the count.
+    # A store that cannot list (HTTP without index pages): the shard names follow from the count.
     guessed = (f"{base}-{i:05d}-of-{count}" for i in range(int(count)))
     return [p for p in guessed if store.is_file(p)]
 

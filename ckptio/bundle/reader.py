@@ -61,6 +61,9 @@ class BundleReader:
 
     def _open_index(self) -> None:
         """Read the footer, index block and header."""
+        # The index is read whole, in the table's order, some blocks twice: say so up front (a
+        # remote index up to 16 MiB is then one request, kept; a local one a cheap fadvise).
+        self.index_source.will_need([(0, self.index_source.size)])
         try:
             self.table = Table(self.index_source)
         except CorruptCheckpointError:

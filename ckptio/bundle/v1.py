@@ -41,6 +41,7 @@ class V1Reader:
             for p in self.paths:
                 source = open_source(p)
                 try:
+                    source.will_need([(0, source.size)])  # values sit inside the table: all of it is read
                     self.tables.append(Table(source))
                 except BaseException:
                     source.close()

@@ -47,10 +47,10 @@ def run(args) -> int:
 def _pack(args, archive) -> int:
     import ckptio
 
-    from ..checkpoint import ARCHIVE_SUFFIXES
+    from ..store import ARCHIVE_SUFFIXES, is_archive
     from .main import UsageError
 
-    if not args.out.endswith(ARCHIVE_SUFFIXES):  # the reading commands recognize an archive by its name
+    if not is_archive(args.out):  # the reading commands recognize an archive by its name
         raise UsageError(f"{args.out}: an archive's name must end in {' or '.join(ARCHIVE_SUFFIXES)}")
     if not 1 <= args.level <= 22:
         raise UsageError("--level must be between 1 and 22")

@@ -79,7 +79,7 @@ class Progress:
 
 def check_output_prefix(out: str) -> None:
     """Refuse an output prefix that names a directory or has no file name (it would write 'dir/.index')."""
-    from ..sources import is_archive
+    from ..store import is_archive, is_url, local_path
     from .main import UsageError
 
     if is_archive(out):
@@ -87,10 +87,12 @@ def check_output_prefix(out: str) -> None:
     example = (out if out.endswith("/") else out + "/") + "model.ckpt"
     if out.endswith("://"):
         raise UsageError(f"{out}: not an output prefix (no path); pass e.g. {example}")
-    # A URL ending in '/' is a remote directory: the upload names the output after the input.
-    if "://" not in out and out.rsplit("/", 1)[-1] in ("", ".", ".."):
+    if is_url(out):  # a URL ending in '/' is a remote directory: the upload names the output after the input
+        return
+    local = local_path(out)
+    if local.rsplit("/", 1)[-1] in ("", ".", ".."):
         raise UsageError(f"{out}: not an output prefix (no file name); pass e.g. {example}")
-    if "://" not in out and os.path.isdir(out):
+    if os.path.isdir(local):
         raise UsageError(f"{out}: is a directory; pass an output prefix inside it, e.g. {example}")
 
 

@@ -23,12 +23,12 @@ def add_arguments(name, parser) -> None:
 
 def run(args) -> int:
     from ..doctor import diagnose, salvage
-    from ..sources import is_archive, is_remote
+    from ..store import is_archive, is_url
     from .common import check_output_prefix
     from .main import UsageError
 
     if args.salvage:
-        if is_archive(args.salvage) or is_remote(args.salvage):
+        if is_archive(args.salvage) or is_url(args.salvage):
             raise UsageError(
                 f"{args.salvage}: --salvage writes a local checkpoint prefix; salvage here, then "
                 "`ckptio pack` it or `ckptio rewrite` it to the URL"

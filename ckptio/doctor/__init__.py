@@ -21,11 +21,11 @@ from __future__ import annotations
 import os
 
 from ..bundle import naming
-from ..bundle.paths import Located
+from ..bundle.locate import Located
 from ..errors import CheckpointNotFoundError, CkptioError, WrongFileError
 from .files import explain_not_found, lfs, starts_like_table
 from .index import diagnose_v2
-from .inputs import local_path, open_input
+from .inputs import local_path, locate_input, open_input
 from .report import Diagnosis, Finding
 from .salvage import salvage
 from .v1 import diagnose_v1
@@ -37,7 +37,7 @@ def diagnose(path) -> Diagnosis:
     d = Diagnosis(path=os.fspath(path))
     text = local_path(d.path)
     try:
-        store = open_input(text)
+        store, inner = open_input(d.path)
     except CheckpointNotFoundError as exc:
         d.problem("not-found", exc.message, path=exc.path)
         return d
@@ -49,7 +49,7 @@ def diagnose(path) -> Diagnosis:
         return d
     d._input = text
     try:
-        _diagnose(d, store, text)
+        _diagnose(d, store, inner)
     finally:
         store.close()
     names = set(d._entries) | set(d._arrays) | set(d.damaged)
@@ -60,12 +60,13 @@ def diagnose(path) -> Diagnosis:
 
 def _diagnose(d: Diagnosis, store, text: str) -> None:
     try:
-        located = store.locate(text)
+        located = locate_input(store, text)
     except WrongFileError as exc:
-        if starts_like_table(store, text):
-            located = Located("v1", text, (text,))  # a V1 file cut short
+        where = exc.path or text  # an archive's member, or the path itself
+        if starts_like_table(store, where):
+            located = Located("v1", where, (where,))  # a V1 file cut short
         else:
-            d.problem("lfs-pointer" if lfs(store, exc.path or text) else "wrong-file", exc.message, path=exc.path)
+            d.problem("lfs-pointer" if lfs(store, where) else "wrong-file", exc.message, path=exc.path)
             return
     except CheckpointNotFoundError as exc:
         if not (store.size(text) is not None and starts_like_table(store, text)):

@@ -7,7 +7,7 @@ from ..bundle.reader import is_lfs_pointer
 from ..errors import CheckpointNotFoundError, CkptioError
 from ..sstable import recovery
 from ..store.base import Source
-from .inputs import Files, data_files
+from .inputs import Files, data_files, not_regular
 from .report import Diagnosis
 
 FIRST_BLOCK_LIMIT = 1 << 20  # how far a file that is not a table is searched for a first block
@@ -16,7 +16,7 @@ FIRST_BLOCK_LIMIT = 1 << 20  # how far a file that is not a table is searched fo
 def starts_like_table(store: Files, path: str) -> bool:
     """Whether a file that is not a table begins with an intact table block (a V1 file cut short)."""
     size = store.size(path)
-    if size is None or store.not_regular(path):
+    if size is None:  # missing, or not a regular file (never opened: a FIFO blocks)
         return False
     try:
         src = store.open(path)
@@ -54,7 +54,7 @@ def _missing_index(d: Diagnosis, store: Files, prefix: str, shards: list[str]) -
 
 def lfs(store: Files, path: str) -> bool:
     """Whether path is a Git LFS pointer rather than the file itself."""
-    if store.size(path) is None or store.not_regular(path):
+    if store.size(path) is None:  # missing, or not a regular file
         return False
     try:
         src = store.open(path)
@@ -68,7 +68,7 @@ def lfs(store: Files, path: str) -> bool:
 
 def open_file(d: Diagnosis, store: Files, path: str) -> Source | None:
     """The file as a Source (read in bounded pieces, never whole), or None with the problem noted."""
-    why = store.not_regular(path)
+    why = not_regular(store, path)
     if why:
         d.problem("not-a-file", why, path=path)
         return None
@@ -97,6 +97,7 @@ def read_table(d: Diagnosis, store: Files, path: str, what: str) -> recovery.Tab
     if table is None:
         return None
     try:
+        table.will_need([(0, table.size)])  # walked whole, some blocks twice: a remote one is one request
         return walk_table(d, table, path, what)
     except CkptioError as exc:  # an I/O error, or the file shrank, while it was read piece by piece
         d.problem("unreadable", exc.message, path=exc.path or path, offset=exc.offset)

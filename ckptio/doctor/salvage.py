@@ -42,7 +42,7 @@ def _copy_pieces(d: Diagnosis, writer) -> None:
             writer.add_entry(name, Entry(entry.dtype, entry.shape, slices=entry.slices))
         pieces.extend(d._pieces[name])
     pieces.sort(key=lambda kp: (kp[1].shard, kp[1].entry.offset))
-    store = open_input(d._input or d.path)
+    store, _ = open_input(d._input or d.path)
     sources: dict[int, Source] = {}
     try:
         for key, piece in pieces:

@@ -9,7 +9,7 @@ from ..errors import CkptioError
 from ..io import MemorySource
 from ..sstable.coding import crc32c
 from ..store.base import Source
-from .inputs import Files, data_files
+from .inputs import Files, data_files, not_regular
 from .report import Diagnosis, Piece
 
 CHUNK = 8 << 20
@@ -89,7 +89,7 @@ def _check_shard(d: Diagnosis, store: Files, path: str, header: Header, items) -
     if not store.exists(path):
         d.problem("missing-shard", f"data shard {base} is missing; {len(items)} tensor(s) are stored there", path=path)
         return {piece.label: f"its data shard {base} is missing" for _, piece in items}
-    why = store.not_regular(path)
+    why = not_regular(store, path)
     if why:
         d.problem("not-a-file", why, path=path)
         return {piece.label: f"its data shard {base} is not a regular file" for _, piece in items}

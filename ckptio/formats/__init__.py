@@ -37,11 +37,12 @@ def kind_of(path) -> str | None:
 def open_format(path, **kwargs):
     """Open a file of one of these formats as a read-only Checkpoint."""
     from ..errors import UnsupportedError
+    from ..store import is_url, local_path
 
     text = os.fspath(path)
-    if "://" in text and not text.startswith("file://"):
+    if is_url(text):
         raise UnsupportedError("safetensors, .npz and Keras files are read from local paths only", path=text)
-    text = text[len("file://") :] if text.startswith("file://") else text
+    text = local_path(text)
     if kwargs:
         raise TypeError(f"unexpected options for a local file: {', '.join(kwargs)}")
     kind = kind_of(text)

@@ -34,6 +34,7 @@ def for_path(text: str, **options) -> tuple[Store | None, str]:
     An archive is the store itself (its path ''). The store is None for a URL while no remote
     store is installed (ckptio/store/remote.py): ckptio.remote opens those.
     """
+    store: Store
     if is_url(text):
         try:
             from .remote import RemoteStore  # type: ignore[import-not-found]

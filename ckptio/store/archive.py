@@ -253,8 +253,11 @@ class MemberSource(Source):
 class ArchiveStore(Store):
     """The members of one archive, read forward; a member's path is '<archive>/<member name>'.
 
-    Sizes and listings cover the members scanned so far (a scan decompresses up to them); `held`
-    members (an index, V1 tables) were read into memory and are served from there.
+    A size is found by scanning forward to the member (cheap when asked in member order, the
+    order ckptio packs them: index first, then the shards); a missing one costs a scan to the end,
+    and list() scans every header. `held` members (an index, V1 tables) were read into memory and
+    are served from there. Past a point where the stream is cut or corrupt, members already
+    scanned still answer and every other question raises that failure again, without a new pass.
     """
 
     random_access = False
@@ -263,6 +266,7 @@ class ArchiveStore(Store):
         self.stream = ArchiveStream(source, label)
         self.name = self.stream.label
         self.held: dict[str, bytes] = {}
+        self._broken: CorruptCheckpointError | None = None
 
     def member_name(self, path: str) -> str | None:
         """The member name of a path in this store, or None when the path is outside it."""
@@ -278,31 +282,56 @@ class ArchiveStore(Store):
         self.held[member.name] = data
         return data
 
+    def _find(self, name: str) -> Member | None:
+        if self._broken is not None:
+            member = self.stream.scanned(name)
+            if member is None:
+                raise self._broken
+            return member
+        try:
+            return self.stream.find(name)
+        except CorruptCheckpointError as exc:  # cut short or corrupt: the same answer every time
+            self._broken = exc
+            raise
+
+    def _scan_all(self) -> None:
+        if self._broken is not None:
+            return  # what was scanned is all there is
+        try:
+            for _ in self.stream:
+                pass
+        except CorruptCheckpointError as exc:
+            self._broken = exc
+            raise
+
     def open(self, path: str) -> Source:
         name = self.member_name(path)
         if name is not None and name in self.held:
             return MemorySource(self.held[name], name=path)
-        member = self.stream.find(name) if name is not None else None
+        member = self._find(name) if name is not None else None
         if member is None:
             raise CheckpointNotFoundError("no such member in the archive", path=path)
         return MemberSource(self.stream, member)
 
     def size(self, path: str) -> int | None:
         name = self.member_name(path)
-        member = self.stream.scanned(name) if name is not None else None
+        member = self._find(name) if name is not None else None
         return None if member is None else member.size
 
     def _names(self) -> list[str]:
         return [m.name for m in self.stream.members if m.kind == REGULAR]
 
     def is_dir(self, path: str) -> bool:
+        """Whether path is the archive or a directory among the members scanned so far."""
         name = self.member_name(path + "/")
         return name is not None and (not name or any(n.startswith(name) for n in self._names()))
 
     def list(self, directory: str) -> list[str]:
+        """Names in a directory of the archive; scans every member header (a pass to the end)."""
         inner = self.member_name(directory.rstrip("/") + "/")
         if inner is None:
             return []
+        self._scan_all()
         return sorted({n[len(inner) :].split("/", 1)[0] for n in self._names() if n.startswith(inner)})
 
     def output(self):

@@ -126,6 +126,10 @@ class Store:
     def is_dir(self, path: str) -> bool:
         raise NotImplementedError
 
+    def exists(self, path: str) -> bool:
+        """Whether anything is at path: a regular file, a directory, or something odd (a FIFO ...)."""
+        return self.size(path) is not None or self.file_kind(path) is not None or self.is_dir(path)
+
     def list(self, directory: str) -> list[str]:
         """Names (not paths) in a directory, sorted; [] where the store cannot list."""
         raise NotImplementedError

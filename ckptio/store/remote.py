@@ -182,6 +182,11 @@ class RemoteStore(Store):
     def from_url(cls, url: str, **storage_options) -> RemoteStore:
         return cls(filesystem(url, **storage_options)[0])
 
+    @classmethod
+    def for_url(cls, url: str, **storage_options) -> tuple[RemoteStore, str]:
+        """(store, path in it) for a URL: paths in a RemoteStore are the URLs themselves."""
+        return cls(filesystem(url, **storage_options)[0]), url
+
     @property
     def http(self) -> bool:
         return bool(protocols(self.fs) & HTTP)
@@ -241,18 +246,25 @@ class RemoteStore(Store):
             return False
 
     def list(self, directory: str) -> list[str]:
-        if self.http:  # an index page is not a listing
-            return []
+        """Names in a directory; over http(s) the links of its index page that name its entries
+        (fsspec parses them; a server without index pages lists nothing)."""
         try:
             found = self.fs.ls(self.strip(directory), detail=False)
         except Exception:
             return []
         base = self.strip(directory).rstrip("/")
-        return sorted({self.basename(p) for p in found if self.strip(p).rstrip("/") != base})
+        if not self.http:
+            return sorted({self.basename(p) for p in found if self.strip(p).rstrip("/") != base})
+        names = set()  # a page links anywhere: keep only its links to this directory's own entries
+        for link in found:
+            parent, _, name = str(link).rstrip("/").rpartition("/")
+            if parent == base and name and name not in (".", ".."):
+                names.add(name)
+        return sorted(names)
 
     def glob(self, pattern: str) -> builtins.list[str] | None:
-        """URLs matching a shell pattern (wildcards in its last component), sorted; None over plain
-        HTTP, which cannot list."""
+        """URLs matching a shell pattern (wildcards in its last component), sorted; None over http(s),
+        where '?' starts a query and a listing is only an index page's links."""
         if self.http:
             return None
         try:
@@ -261,15 +273,6 @@ class RemoteStore(Store):
             return None
         directory = self.dirname(pattern)
         return sorted(self.join(directory, self.basename(p)) for p in found)
-
-    def glob_names(self, pattern_url: str, regex) -> builtins.list[str]:
-        """Names (basenames) in pattern_url's directory matching a `*` glob and then regex; [] when
-        the filesystem cannot list (remote.py's resolver)."""
-        try:
-            found = self.fs.glob(self.strip(pattern_url))
-        except Exception:  # listing is not available everywhere (plain http servers)
-            return []
-        return sorted({self.basename(p) for p in found if regex.fullmatch(self.basename(p))})
 
     def isabs(self, path: str) -> bool:
         """A path stored in a state file names a file here by itself only as a whole URL."""
