@@ -97,12 +97,14 @@ class BundleReader:
         """Every named entry (slice pieces hidden), parsing the whole index once."""
         if self._entries is None:
             self._load()
+        assert self._entries is not None
         return self._entries
 
     def slice_entries(self) -> dict[bytes, Entry]:
         """Stored slice pieces by their OrderedCode key."""
         if self._slices is None:
             self._load()
+        assert self._slices is not None
         return self._slices
 
     def entry(self, name: str) -> Entry:
@@ -176,10 +178,11 @@ class BundleReader:
 
     def check_entry(self, name: str, entry: Entry) -> None:
         """Raise if the entry's bytes cannot be read as it claims (no I/O beyond a stat)."""
+        if entry.dtype != 0 and entry.dtype_info is None:  # a dtype TF has and ckptio does not know
+            raise UnsupportedError(f"unknown dtype enum {entry.dtype}", path=self.path, key=name)
         problem = entry.data_problem()
         if problem:
-            kind = UnsupportedError if "unknown dtype" in problem else CorruptCheckpointError
-            raise kind(problem, path=self.path, key=name)
+            raise CorruptCheckpointError(problem, path=self.path, key=name)
         if entry.dtype == dtypes.VARIANT and self.header.big_endian:
             raise UnsupportedError("variant tensors in big-endian bundles", path=self.path, key=name)
         src = self.shard(entry.shard_id)

@@ -34,7 +34,7 @@ def parse_size(text: str) -> int:
     return int(float(m[1]) * _UNITS[m[2].lower()])
 
 
-def human(n: int) -> str:
+def human(n: float) -> str:
     """Bytes as a short human string."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":

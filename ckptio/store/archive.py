@@ -9,6 +9,10 @@ from .base import Source, Store
 from .memory import MemorySource
 from .tar import BLOCK, DIRECTORY, MAX_META, NO_DATA_TYPES, OTHER, REGULAR, Member, clean_name, decode_header, parse_pax
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 ZSTD_MAGIC = bytes.fromhex("28b52ffd")
 SKIP_CHUNK = 1 << 20  # bytes per discarded read while skipping forward
 READ_CHUNK = 8 << 20  # most bytes asked of the decompressor at once: memory follows what it produces
@@ -53,7 +57,7 @@ class ArchiveStream:
         self.ended = False  # end of archive reached by a scan
         self._scan_at = 0  # offset of the next header not scanned yet
         self._lock = threading.RLock()
-        self._z = None
+        self._z: Any = None  # zstandard's stream reader, over _SourceReader (file-like enough)
         if source.size == 0:
             raise WrongFileError("not a zstandard-compressed archive (empty file)", path=self.label)
         self._start()
@@ -67,7 +71,10 @@ class ArchiveStream:
             self._z.close()
         self._raw = _SourceReader(self.source)
         self._z = self._zstd.ZstdDecompressor().stream_reader(
-            self._raw, read_size=1 << 20, read_across_frames=True, closefd=False
+            self._raw,  # type: ignore[arg-type]  # duck-typed: read/readinto/tell
+            read_size=1 << 20,
+            read_across_frames=True,
+            closefd=False,
         )
         self._pos = 0
         self.passes += 1
