@@ -55,7 +55,7 @@ def fit(
     num_shards / max_shard_size: output data shards, as for rewrite().
     """
     started = time.perf_counter()
-    from .checkpoint import open as open_checkpoint
+    from .sources import open as open_checkpoint
 
     if on_mismatch not in ON_MISMATCH:
         raise PlanError(f"on_mismatch must be one of {', '.join(ON_MISMATCH)}, not {on_mismatch!r}")
@@ -251,7 +251,7 @@ def write(
     Shards are assigned by rewrite's rule over every piece in write order; built tensors are sized as the
     template's pieces they replace."""
     from .bundle.writer import BundleWriter
-    from .rewrite import _write_piece
+    from .rewrite_exec import _write_piece
 
     groups, origin, metadata = layout(cs, ct, ops, num_shards, max_shard_size)
     with BundleWriter(out, len(groups), force=force, inputs=[cs.located, ct.located]) as writer:
@@ -278,7 +278,7 @@ def layout(cs, ct, ops: list[Op], num_shards: int | None, max_shard_size: int | 
     """(pieces per output shard, key -> (checkpoint, Op), sliced tensors' metadata): what write() writes where.
 
     Also the layout of a fit plan (plan_fit.py), so both write the same bytes."""
-    from .rewrite import _assign_shards, tensor_pieces
+    from .rewrite_plan import _assign_shards, tensor_pieces
 
     copies, built, metadata, origin = [], [], {}, {}
     for op in ops:

@@ -37,6 +37,7 @@ from .errors import (
 )
 from .io import Source
 from .sstable.format import MAGIC_BYTES
+from .store import is_url, local_path
 from .store.remote import (
     CHUNK,
     INDEX_PREFETCH,
@@ -215,7 +216,7 @@ class TransferStats:
 
 def _plan_copy(ckpt: Checkpoint, dst_prefix: str) -> list[tuple[str, object, str]]:
     """(source path, open, destination) for every file, data first and the .index (the commit) last."""
-    from .archive import checkpoint_files
+    from .archive.write import checkpoint_files
 
     files = checkpoint_files(ckpt)
     if ckpt.format == "v2":
@@ -227,6 +228,15 @@ def _plan_copy(ckpt: Checkpoint, dst_prefix: str) -> list[tuple[str, object, str
         suffix = name[len(src_base) :] if name.startswith(src_base) else name
         out.append((path, open_source, dst_prefix + suffix))
     return out
+
+
+def _open_source(src, **storage_options) -> Checkpoint:
+    """A local prefix or a URL as a Checkpoint. This module is below the router (sources.py): callers
+    holding another path form (an archive, another weight format) pass it opened by ckptio.open."""
+    text = os.fspath(src)
+    if is_url(text):
+        return open_remote(text, **storage_options)
+    return Checkpoint(local_path(text), **storage_options)
 
 
 def _destination_prefix(ckpt: Checkpoint, dst: str) -> str:
@@ -246,17 +256,15 @@ def upload_checkpoint(
 ) -> TransferStats:
     """Copy a checkpoint's files byte for byte to a remote prefix URL, committing only when complete.
 
-    src: a local prefix (or anything ckptio.open takes, or an open Checkpoint). url: the new
+    src: a local prefix or a URL, or an open Checkpoint (any form, from ckptio.open). url: the new
     prefix (`gs://b/run/model.ckpt`), or a directory ending in '/' to keep the source's name.
     Data shards are uploaded first and the .index last, to temp names renamed at the end where
     the filesystem renames cheaply (use_temp=None decides). state_file: list the output in the
     directory's `checkpoint` state file when that file is absent or lists only it; one listing other
     checkpoints is left as it was unless make_latest (bundle/state.py).
     """
-    from .checkpoint import open as open_checkpoint
-
     started = time.perf_counter()
-    ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src)
+    ckpt = src if isinstance(src, Checkpoint) else _open_source(src)
     try:
         dst_prefix = _destination_prefix(ckpt, url)
         fs, _ = filesystem(dst_prefix, **storage_options)
@@ -314,15 +322,14 @@ def _write_state(fs, prefix_url: str, *, use_temp: bool, make_latest: bool = Fal
 def download_checkpoint(src, local_prefix, *, force: bool = False, progress=None, **storage_options) -> TransferStats:
     """Copy a checkpoint's files byte for byte to a local prefix, atomically (data first, index last).
 
-    src: a URL (or anything ckptio.open takes, or an open Checkpoint); local_prefix ending in
+    src: a URL or a local prefix, or an open Checkpoint (any form, from ckptio.open); local_prefix ending in
     '/' (or an existing directory) keeps the source's name.
     """
     from .bundle.writer import check_output
-    from .checkpoint import open as open_checkpoint
     from .io import AtomicFiles, make_dirs
 
     started = time.perf_counter()
-    ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src, **storage_options)
+    ckpt = src if isinstance(src, Checkpoint) else _open_source(src, **storage_options)
     try:
         local_prefix = os.fspath(local_prefix)
         if local_prefix.endswith("/") or os.path.isdir(local_prefix):
@@ -369,19 +376,21 @@ def download_checkpoint(src, local_prefix, *, force: bool = False, progress=None
 
 
 def rewrite_to_remote(src, url: str, steps=(), *, force: bool = False, make_latest: bool = False, **options):
-    """rewrite() into a local temp directory, then upload_checkpoint() it to url; returns the Report."""
+    """Rewrite into a local temp directory, then upload_checkpoint() it to url; returns the Report.
+
+    src: an open Checkpoint (ckptio.rewrite opens any path form and sends URL outputs here), or a
+    local prefix or URL."""
     import shutil
     import tempfile
 
-    from .checkpoint import open as open_checkpoint
-    from .rewrite import rewrite
+    from .rewrite_exec import rewrite_local
 
-    ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src)
+    ckpt = src if isinstance(src, Checkpoint) else _open_source(src)
     tmp = tempfile.mkdtemp(prefix="ckptio-upload-")
     try:
         base = _basename(url) if not url.endswith("/") else _basename(ckpt.prefix)
         local = os.path.join(tmp, base or "model.ckpt")
-        report = rewrite(ckpt, local, steps, state_file=False, **options)
+        report = rewrite_local(ckpt, local, steps, state_file=False, **options)
         try:
             upload_checkpoint(local, url, overwrite=force, make_latest=make_latest)
         except OutputExistsError as exc:  # the caller passed force, not upload_checkpoint's overwrite

@@ -62,7 +62,7 @@ class Report:
 def verify(ckpt, *, progress: Callable[[int], None] | None = None, check_graph: bool = True) -> Report:
     """Verify a Checkpoint (or the checkpoint at a path); returns a Report listing every problem found."""
     if isinstance(ckpt, (str, os.PathLike)):
-        from .checkpoint import open as open_checkpoint
+        from .sources import open as open_checkpoint
 
         with open_checkpoint(ckpt) as opened:
             return verify(opened, progress=progress, check_graph=check_graph)

@@ -42,7 +42,7 @@ def unpack(archive_path, out_dir, *, force: bool = False, progress=None) -> Unpa
     label = os.fspath(archive_path)
     out_dir = os.fspath(out_dir)
     if "://" in label:
-        from ..remote import RemoteSource
+        from ..store.remote import RemoteSource
 
         source = RemoteSource.from_url(label)
     else:

@@ -1,0 +1,195 @@
+"""Write a planned rewrite to a local prefix: stream bytes in (shard, offset) order into a new bundle.
+
+Unchanged tensors are copied chunk by chunk with their crc32c carried over (and checked on the
+way); only cast, V1 or big-endian tensors are decoded. Memory is bounded by the chunk size.
+rewrite_local() is the whole rewrite of an open Checkpoint; rewrite.rewrite() opens any path form.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from .bundle import dtypes, naming
+from .checkpoint import Checkpoint
+from .rewrite_plan import Piece, Plan, Report, _assign_shards, make_plan, plan_report
+
+CHUNK_BYTES = 8 << 20
+
+
+def rewrite_local(
+    ckpt: Checkpoint,
+    dst,
+    steps=(),
+    *,
+    num_shards: int | None = 1,
+    max_shard_size: int | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+    progress=None,
+    verify: bool = True,
+    state_file: bool = True,
+    fsync: bool = False,
+    make_latest: bool = False,
+) -> Report:
+    """Plan and write the rewrite of an open checkpoint at local prefix dst (None: plan only); see rewrite()."""
+    started = time.perf_counter()
+    plan = make_plan(ckpt, steps)
+    report = plan_report(plan, dst, steps, dry_run=dry_run)
+    if dry_run and dst is not None:  # predict what a real run would refuse
+        from .bundle.writer import check_output
+
+        check_output(os.fspath(dst), force=force, inputs=[ckpt.located])
+    if not dry_run:
+        report.state_file = execute(
+            plan,
+            os.fspath(dst),
+            num_shards=num_shards,
+            max_shard_size=max_shard_size,
+            force=force,
+            progress=progress,
+            verify=verify,
+            state_file=state_file,
+            fsync=fsync,
+            make_latest=make_latest,
+        )
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def execute(
+    plan: Plan,
+    dst: str,
+    *,
+    num_shards=1,
+    max_shard_size=None,
+    force=False,
+    progress=None,
+    verify=True,
+    state_file=True,
+    fsync=False,
+    make_latest=False,
+) -> str | None:
+    """Write the planned checkpoint atomically; return what happened to the state file."""
+    from .bundle.writer import BundleWriter
+
+    ckpt = plan.source
+    groups = _assign_shards(plan.pieces, num_shards, max_shard_size)
+    lock = threading.Lock()
+    if progress is not None and hasattr(progress, "set_total"):
+        # What is written, not the input's size: a strip reads (and writes) a third of its input.
+        progress.set_total(sum(p.size for p in plan.pieces) + (len(plan.graph) if plan.graph else 0))
+
+    def tick(n: int) -> None:
+        if progress:
+            with lock:
+                progress(n)
+
+    # Set on the first failure (or Ctrl-C): the other shard threads stop at their next piece
+    # instead of writing their whole shard before the error can surface.
+    stop = threading.Event()
+
+    with BundleWriter(dst, len(groups), force=force, inputs=[ckpt.located]) as writer:
+        for shard, group in enumerate(groups):
+            writer.reserve(shard, sum(p.size for p in group))
+
+        def run(shard: int) -> None:
+            try:
+                _announce(ckpt, groups[shard])
+                for piece in groups[shard]:
+                    if stop.is_set():
+                        return
+                    _write_piece(ckpt, writer, piece, shard, verify)
+                    tick(piece.size)
+            except BaseException:
+                stop.set()
+                raise
+
+        # Forward-only sources (archives) are read by one thread in source order.
+        if len(groups) > 1 and not getattr(ckpt, "sequential", False):
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=min(len(groups), os.cpu_count() or 2, 4)) as pool:
+                try:
+                    for f in [pool.submit(run, i) for i in range(len(groups))]:
+                        f.result()
+                except BaseException:
+                    stop.set()
+                    raise
+        else:
+            for i in range(len(groups)):
+                run(i)
+        for name, meta in plan.metadata.items():
+            writer.add_entry(name, meta)
+        if plan.graph is not None:
+            import numpy as np
+
+            graph = np.empty((), dtype=object)
+            graph[()] = plan.graph
+            writer.add_array(naming.OBJECT_GRAPH_KEY, graph, shard=len(groups) - 1)
+            tick(len(plan.graph))
+        check_container = getattr(ckpt, "check_container", None)
+        if check_container is not None:  # an archive: a duplicate member past the tensors makes it ambiguous
+            check_container()
+        writer.finish(state_file=state_file, fsync=fsync, make_latest=make_latest)
+        return writer.state_file
+
+
+def _announce(ckpt: Checkpoint, pieces: list[Piece]) -> None:
+    """Tell each data shard which byte ranges this output shard reads from it, in order (Source.will_need)."""
+    if ckpt.format != "v2":
+        return
+    wanted: dict[int, list[tuple[int, int]]] = {}
+    for piece in pieces:
+        entry = piece.src_entry
+        if entry.size:
+            wanted.setdefault(entry.shard_id, []).append((entry.offset, entry.size))
+    for shard_id, ranges in wanted.items():
+        ckpt._reader.shard(shard_id).will_need(ranges)
+
+
+def _write_piece(ckpt: Checkpoint, writer, piece: Piece, shard: int, verify: bool) -> None:
+    entry = piece.src_entry
+    same_dtype = piece.out_dtype == entry.dtype
+    reader = ckpt._reader
+    if ckpt.format == "v2" and same_dtype and not reader.header.big_endian:
+        if entry.dtype in (dtypes.STRING, dtypes.VARIANT):
+            # Their crc32c is not over the stored bytes (FORMAT §4.3, §4.4): the reader checks them whole.
+            data = reader.read_raw(piece.src_name, entry, verify=verify)
+            writer.add_bytes(piece.key, entry.dtype, entry.shape, [data], shard, crc=entry.crc32c)
+            return
+        reader.check_entry(piece.src_name, entry)
+        writer.copy(piece.key, entry, reader.shard(entry.shard_id), shard, verify=verify, name=piece.src_name)
+        return
+    if ckpt.format == "v1":
+        if piece.slice is None:
+            array = reader.read_entry(piece.src_name, entry)
+        else:
+            array = reader.read_slice(piece.src_name, piece.slice, ckpt.entries()[piece.src_name].shape)
+        _add_array(writer, piece, array, shard)
+        return
+    info = dtypes.lookup(entry.dtype)
+    if info is not None and info.fixed_width:
+        # Cast (or byte-swap) flat runs of whole elements, not rows: memory stays bounded by the
+        # chunk even when one row is huge, and big-endian input streams too.
+        from .bundle.decode import cast, from_bytes, to_bytes
+
+        target = dtypes.lookup(piece.out_dtype)
+        big = reader.header.big_endian
+        chunks = (
+            to_bytes(cast(from_bytes(c, info, (len(c) // info.itemsize,), big_endian=big), target), target)
+            for c in reader.iter_raw(piece.src_name, entry, CHUNK_BYTES)
+        )
+        writer.add_bytes(piece.key, piece.out_dtype, entry.shape, chunks, shard)
+        return
+    _add_array(writer, piece, reader.read_entry(piece.src_name, entry), shard)
+
+
+def _add_array(writer, piece: Piece, array, shard: int) -> None:
+    target = dtypes.lookup(piece.out_dtype)
+    if target.name != "string" and array.dtype != target.numpy():
+        from .bundle.decode import cast
+
+        array = cast(array, target)
+    writer.add_array(piece.key, array, shard, dtype=piece.out_dtype)  # numpy's dtype loses qint8 etc.
