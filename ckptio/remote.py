@@ -37,7 +37,6 @@ from .errors import (
 )
 from .io import Source
 from .sstable.format import MAGIC_BYTES
-from .store import is_url, local_path
 from .store.remote import (
     CHUNK,
     INDEX_PREFETCH,
@@ -230,15 +229,6 @@ def _plan_copy(ckpt: Checkpoint, dst_prefix: str) -> list[tuple[str, object, str
     return out
 
 
-def _open_source(src, **storage_options) -> Checkpoint:
-    """A local prefix or a URL as a Checkpoint. This module is below the router (sources.py): callers
-    holding another path form (an archive, another weight format) pass it opened by ckptio.open."""
-    text = os.fspath(src)
-    if is_url(text):
-        return open_remote(text, **storage_options)
-    return Checkpoint(local_path(text), **storage_options)
-
-
 def _destination_prefix(ckpt: Checkpoint, dst: str) -> str:
     return dst + _basename(ckpt.prefix) if dst.endswith("/") else dst
 
@@ -256,15 +246,17 @@ def upload_checkpoint(
 ) -> TransferStats:
     """Copy a checkpoint's files byte for byte to a remote prefix URL, committing only when complete.
 
-    src: a local prefix or a URL, or an open Checkpoint (any form, from ckptio.open). url: the new
+    src: a local prefix (or anything ckptio.open takes, or an open Checkpoint). url: the new
     prefix (`gs://b/run/model.ckpt`), or a directory ending in '/' to keep the source's name.
     Data shards are uploaded first and the .index last, to temp names renamed at the end where
     the filesystem renames cheaply (use_temp=None decides). state_file: list the output in the
     directory's `checkpoint` state file when that file is absent or lists only it; one listing other
     checkpoints is left as it was unless make_latest (bundle/state.py).
     """
+    from .sources import open as open_checkpoint
+
     started = time.perf_counter()
-    ckpt = src if isinstance(src, Checkpoint) else _open_source(src)
+    ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src)
     try:
         dst_prefix = _destination_prefix(ckpt, url)
         fs, _ = filesystem(dst_prefix, **storage_options)
@@ -322,14 +314,15 @@ def _write_state(fs, prefix_url: str, *, use_temp: bool, make_latest: bool = Fal
 def download_checkpoint(src, local_prefix, *, force: bool = False, progress=None, **storage_options) -> TransferStats:
     """Copy a checkpoint's files byte for byte to a local prefix, atomically (data first, index last).
 
-    src: a URL or a local prefix, or an open Checkpoint (any form, from ckptio.open); local_prefix ending in
+    src: a URL (or anything ckptio.open takes, or an open Checkpoint); local_prefix ending in
     '/' (or an existing directory) keeps the source's name.
     """
     from .bundle.writer import check_output
     from .io import AtomicFiles, make_dirs
+    from .sources import open as open_checkpoint
 
     started = time.perf_counter()
-    ckpt = src if isinstance(src, Checkpoint) else _open_source(src, **storage_options)
+    ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src, **storage_options)
     try:
         local_prefix = os.fspath(local_prefix)
         if local_prefix.endswith("/") or os.path.isdir(local_prefix):
@@ -376,16 +369,14 @@ def download_checkpoint(src, local_prefix, *, force: bool = False, progress=None
 
 
 def rewrite_to_remote(src, url: str, steps=(), *, force: bool = False, make_latest: bool = False, **options):
-    """Rewrite into a local temp directory, then upload_checkpoint() it to url; returns the Report.
-
-    src: an open Checkpoint (ckptio.rewrite opens any path form and sends URL outputs here), or a
-    local prefix or URL."""
+    """rewrite() into a local temp directory, then upload_checkpoint() it to url; returns the Report."""
     import shutil
     import tempfile
 
     from .rewrite_exec import rewrite_local
+    from .sources import open as open_checkpoint
 
-    ckpt = src if isinstance(src, Checkpoint) else _open_source(src)
+    ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src)
     tmp = tempfile.mkdtemp(prefix="ckptio-upload-")
     try:
         base = _basename(url) if not url.endswith("/") else _basename(ckpt.prefix)

@@ -7,7 +7,7 @@ reader (open_special):
     file:///x/model.ckpt            a local path written as a URL
     /x/model.tar.zst                an archive (an ArchiveStore: streams, never unpacks)
     gs://b/model.tar.zst            an archive in remote storage, streamed by range reads
-    gs://b/run/model.ckpt           a remote checkpoint (remote.open_remote: byte-range reads)
+    gs://b/run/model.ckpt           a remote checkpoint (store/remote.py: byte-range reads)
 
 This module sits above the readers (archive/, remote.py, formats/) and below the operations
 that take any path (rewrite.py routes the write side: a .tar.zst destination is packed, a URL
@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 
 from .checkpoint import Checkpoint
+from .errors import UnsupportedError
 from .store import for_path, is_url, local_path
 from .store import is_archive as _is_archive
 
@@ -58,15 +59,8 @@ def open_special(path, **kwargs) -> Checkpoint:
     if not is_url(text) and not _is_archive(text):
         return Checkpoint(local_path(text), **kwargs)  # file:// (kwargs: Checkpoint's own)
     store, inner = for_path(text, **kwargs)
-    if store is None:  # no remote store yet (ckptio/store/remote.py): ckptio.remote reads the URL
-        if _is_archive(text):
-            from .archive.reader import open_archive
-            from .store.remote import RemoteSource
-
-            return open_archive(text, source=RemoteSource.from_url(text, **kwargs))
-        from .remote import open_remote
-
-        return open_remote(text, **kwargs)
+    if store is None:  # for_path's answer while no remote store is installed
+        raise UnsupportedError("remote paths need fsspec: pip install 'ckptio[remote]'", path=text)
     return open_on(store, inner)
 
 

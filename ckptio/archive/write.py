@@ -238,6 +238,7 @@ def rewrite_packed(
         raise OutputExistsError("the archive already exists", path=out_path, remedy=Remedy("force", "replace it"))
     ckpt = src if isinstance(src, Checkpoint) else Checkpoint(src)
     try:
+        checkpoint_files(ckpt)  # refuses what pack refuses (another weight format), before anything is written
         if "://" in out_path:
             tmp = tempfile.mkdtemp(prefix=".ckptio-pack-")
         else:
