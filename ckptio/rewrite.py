@@ -11,20 +11,8 @@ from __future__ import annotations
 import os
 
 from .checkpoint import Checkpoint
-from .rewrite_exec import CHUNK_BYTES, _add_array, _announce, _write_piece, execute, rewrite_local  # noqa: F401
-from .rewrite_plan import (  # noqa: F401 - this module's names before the split
-    Piece,
-    Plan,
-    Report,
-    _assign_shards,
-    _not_cast,
-    _object_names,
-    _stored_size,
-    make_plan,
-    plan_report,
-    split_runs,
-    tensor_pieces,
-)
+from .rewrite_exec import CHUNK_BYTES, execute, rewrite_local  # noqa: F401 - this module's names before the split
+from .rewrite_plan import Piece, Plan, Report, make_plan, plan_report, split_runs, tensor_pieces  # noqa: F401
 from .sources import is_archive, is_remote, is_special
 from .sources import open as open_checkpoint
 
