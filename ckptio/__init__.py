@@ -65,7 +65,7 @@ __all__ = [
 # Public name -> the submodule that defines it, imported on first use (PEP 562): the CLI imports
 # this package for __version__, and each command should pay only for the modules it runs.
 _LAZY = {
-    "open": "checkpoint",
+    "open": "sources",  # the router over every path form
     "Checkpoint": "checkpoint",
     "Tensor": "checkpoint",
     "rewrite": "rewrite",

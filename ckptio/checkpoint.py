@@ -311,15 +311,3 @@ def assemble(name: str, entry: Entry, read_piece, *, path=None):
         index = tuple(slice(a, b) for a, b in s.bounds(entry.shape))
         out[index + (Ellipsis,)] = read_piece(s)  # Ellipsis: 0-d object arrays too
     return out
-
-
-def open(path, **kwargs) -> Checkpoint:  # noqa: A001 - mirrors builtins.open on purpose
-    """Open a checkpoint lazily: prefix, .index/.data path, directory, SavedModel, V1 file,
-    a .tar.zst archive, a remote URL (gs://, s3://, http(s)://, any fsspec protocol), or a
-    .safetensors (.safetensors.index.json), .npz, .weights.h5 or .keras file."""
-    if not isinstance(path, Checkpoint):
-        from .sources import is_special, open_special
-
-        if is_special(path):
-            return open_special(os.fspath(path), **kwargs)
-    return Checkpoint(path, **kwargs)

@@ -73,8 +73,8 @@ def diff(
     a, b, *, rules=None, regex: bool = False, values: bool = False, atol: float = 0.0, rtol: float = 0.0
 ) -> DiffResult:
     """Compare checkpoints a and b (paths or open Checkpoints); rules rename a's names first, as in fit()."""
-    from .checkpoint import open as open_checkpoint
     from .fit import _rules
+    from .sources import open as open_checkpoint
 
     rules = _rules(rules, regex)
 

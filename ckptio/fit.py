@@ -56,7 +56,7 @@ def fit(
     num_shards / max_shard_size: output data shards, as for rewrite().
     """
     started = time.perf_counter()
-    from .checkpoint import open as open_checkpoint
+    from .sources import open as open_checkpoint
 
     if on_mismatch not in ON_MISMATCH:
         raise PlanError(f"on_mismatch must be one of {', '.join(ON_MISMATCH)}, not {on_mismatch!r}")

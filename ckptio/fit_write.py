@@ -39,7 +39,7 @@ def write(
     Shards are assigned by rewrite's rule over every piece in write order; built tensors are sized as the
     template's pieces they replace."""
     from .bundle.writer import BundleWriter
-    from .rewrite import _write_piece
+    from .rewrite_exec import _write_piece
 
     groups, origin, metadata = layout(cs, ct, ops, num_shards, max_shard_size)
     with BundleWriter(out, len(groups), force=force, inputs=[cs.located, ct.located]) as writer:

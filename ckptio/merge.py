@@ -20,7 +20,8 @@ from .bundle import dtypes, naming
 from .checkpoint import Checkpoint
 from .errors import PlanError, UnsupportedError
 from .merge_inputs import check_agree, describe, newest, step_order
-from .rewrite import Plan, _write_piece, make_plan
+from .rewrite_exec import _write_piece
+from .rewrite_plan import Plan, make_plan
 from .transform import Select, Step, StripOptimizer
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers honour the name)
@@ -211,7 +212,7 @@ def merge(
 def _open(path, opened: list) -> Checkpoint:
     if isinstance(path, Checkpoint):
         return path
-    from .checkpoint import open as open_checkpoint
+    from .sources import open as open_checkpoint
 
     ckpt = open_checkpoint(path)
     opened.append(ckpt)

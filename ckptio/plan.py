@@ -49,7 +49,7 @@ def plan_rewrite(
     from .bundle.paths import refuse_saved_model_output
     from .bundle.writer import check_output
     from .checkpoint import Checkpoint
-    from .rewrite import _assign_shards, make_plan
+    from .rewrite_plan import _assign_shards, make_plan
 
     check_local(src, dst)
     out = os.path.abspath(os.fspath(dst))

@@ -114,7 +114,7 @@ def plan_fit(
 
 
 def _open(path, opened: list):
-    from .checkpoint import open as open_checkpoint
+    from .sources import open as open_checkpoint
 
     ckpt = open_checkpoint(path)
     opened.append(ckpt)

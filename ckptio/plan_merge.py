@@ -40,7 +40,7 @@ def plan_merge(
     from .errors import PlanError
     from .merge import Job, _check_options, _open
     from .merge_inputs import newest, step_order
-    from .rewrite import _assign_shards
+    from .rewrite_plan import _assign_shards
 
     if isinstance(inputs, (str, os.PathLike, Checkpoint)):
         inputs = [inputs]

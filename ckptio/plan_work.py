@@ -18,7 +18,7 @@ from .errors import PlanError
 def piece_of(step: dict):
     """The rewrite Piece a copy, cast or build step describes (its slice from the recorded extents)."""
     from .bundle.slices import Slice
-    from .rewrite import Piece
+    from .rewrite_plan import Piece
 
     entry = Entry.parse(base64.b64decode(step["src_entry"]), key=step["src_name"])
     extents = step.get("extents")
@@ -52,7 +52,7 @@ class _CopyWork:
                 progress(_size(step))
 
     def write_step(self, writer, step: dict) -> None:
-        from .rewrite import _write_piece  # looked up per call: tests replace it to kill a task midway
+        from .rewrite_exec import _write_piece  # looked up per call: tests replace it to kill a task midway
 
         if step["op"] not in ("copy", "cast"):
             raise PlanError(f"step {step['op']!r} has no place in a {self.__class__.__name__} plan")

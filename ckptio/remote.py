@@ -120,7 +120,7 @@ class TransferStats:
 
 def _plan_copy(ckpt: Checkpoint, dst_prefix: str) -> list[tuple[str, object, str]]:
     """(source path, open, destination) for every file, data first and the .index (the commit) last."""
-    from .archive import checkpoint_files
+    from .archive.write import checkpoint_files
 
     files = checkpoint_files(ckpt)
     if ckpt.format == "v2":
@@ -158,7 +158,7 @@ def upload_checkpoint(
     directory's `checkpoint` state file when that file is absent or lists only it; one listing other
     checkpoints is left as it was unless make_latest (bundle/state.py).
     """
-    from .checkpoint import open as open_checkpoint
+    from .sources import open as open_checkpoint
 
     started = time.perf_counter()
     ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src)
@@ -223,8 +223,8 @@ def download_checkpoint(src, local_prefix, *, force: bool = False, progress=None
     '/' (or an existing directory) keeps the source's name.
     """
     from .bundle.writer import check_output
-    from .checkpoint import open as open_checkpoint
     from .io import AtomicFiles, make_dirs
+    from .sources import open as open_checkpoint
 
     started = time.perf_counter()
     ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src, **storage_options)
@@ -278,15 +278,15 @@ def rewrite_to_remote(src, url: str, steps=(), *, force: bool = False, make_late
     import shutil
     import tempfile
 
-    from .checkpoint import open as open_checkpoint
-    from .rewrite import rewrite
+    from .rewrite_exec import rewrite_local
+    from .sources import open as open_checkpoint
 
     ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src)
     tmp = tempfile.mkdtemp(prefix="ckptio-upload-")
     try:
         base = _basename(url) if not url.endswith("/") else _basename(ckpt.prefix)
         local = os.path.join(tmp, base or "model.ckpt")
-        report = rewrite(ckpt, local, steps, state_file=False, **options)
+        report = rewrite_local(ckpt, local, steps, state_file=False, **options)
         try:
             upload_checkpoint(local, url, overwrite=force, make_latest=make_latest)
         except OutputExistsError as exc:  # the caller passed force, not upload_checkpoint's overwrite

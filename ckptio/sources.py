@@ -1,16 +1,17 @@
-"""Where a checkpoint lives when it is not plain local files: .tar.zst archives and remote URLs.
+"""The router that opens every path form: ckptio.open() is open() here.
 
-ckptio.open() sends every path store.for_path() does not map to plain local files here
-(a URL, an archive, file://), and files named as another weight format:
+Plain local paths open as a Checkpoint; the rest, which store.for_path() does not map to plain
+local files (a URL, an archive, file://) and files named as another weight format, go to their
+reader (open_special):
 
     file:///x/model.ckpt            a local path written as a URL
     /x/model.tar.zst                an archive (an ArchiveStore: streams, never unpacks)
     gs://b/model.tar.zst            an archive in remote storage, streamed by range reads
-    gs://b/run/model.ckpt           a remote checkpoint (remote.open_remote: byte-range reads)
+    gs://b/run/model.ckpt           a remote checkpoint (store/remote.py: byte-range reads)
 
-rewrite_special() is the matching write side: a .tar.zst destination is packed, a URL
-destination is uploaded, each committed only when complete. Paths named as another weight
-format (.safetensors, .npz, .weights.h5, .keras) go to ckptio/formats both ways.
+This module sits above the readers (archive/, remote.py, formats/) and below the operations
+that take any path (rewrite.py routes the write side: a .tar.zst destination is packed, a URL
+destination uploaded, another weight format exported).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import os
 
 from .checkpoint import Checkpoint
+from .errors import UnsupportedError
 from .store import for_path, is_url, local_path
 from .store import is_archive as _is_archive
 
@@ -38,8 +40,13 @@ def is_special(path) -> bool:
     return local_path(text) != text or is_url(text) or _is_archive(text) or kind_of(text) is not None
 
 
-def _local(text: str) -> str:
-    return local_path(text)
+def open(path, **kwargs) -> Checkpoint:  # noqa: A001 - mirrors builtins.open on purpose
+    """Open a checkpoint lazily: prefix, .index/.data path, directory, SavedModel, V1 file,
+    a .tar.zst archive, a remote URL (gs://, s3://, http(s)://, any fsspec protocol), or a
+    .safetensors (.safetensors.index.json), .npz, .weights.h5 or .keras file."""
+    if not isinstance(path, Checkpoint) and is_special(path):
+        return open_special(os.fspath(path), **kwargs)
+    return Checkpoint(path, **kwargs)
 
 
 def open_special(path, **kwargs) -> Checkpoint:
@@ -52,15 +59,8 @@ def open_special(path, **kwargs) -> Checkpoint:
     if not is_url(text) and not _is_archive(text):
         return Checkpoint(local_path(text), **kwargs)  # file:// (kwargs: Checkpoint's own)
     store, inner = for_path(text, **kwargs)
-    if store is None:  # no remote store yet (ckptio/store/remote.py): ckptio.remote reads the URL
-        if _is_archive(text):
-            from .archive import open_archive
-            from .remote import RemoteSource
-
-            return open_archive(text, source=RemoteSource.from_url(text, **kwargs))
-        from .remote import open_remote
-
-        return open_remote(text, **kwargs)
+    if store is None:  # for_path's answer while no remote store is installed
+        raise UnsupportedError("remote paths need fsspec: pip install 'ckptio[remote]'", path=text)
     return open_on(store, inner)
 
 
@@ -77,34 +77,4 @@ def open_on(store, path: str) -> Checkpoint:
     return Checkpoint(path, store=store, located=locate(store, path))
 
 
-def rewrite_special(src, dst, steps=(), *, level: int | None = None, threads: int = -1, **options):
-    """rewrite() to a .tar.zst archive (packed) or a remote prefix (uploaded); returns the Report.
-
-    options are rewrite()'s (num_shards, max_shard_size, force, dry_run, progress, verify).
-    level/threads are the zstd settings for archives.
-    """
-    from .formats import kind_of, write_format
-    from .rewrite import rewrite
-
-    text = os.fspath(dst)
-    if kind_of(text):  # written as .safetensors, .npz or .keras (ckptio/formats)
-        return write_format(src, text, steps, **options)
-    if options.get("dry_run"):
-        return rewrite(src, text, steps, **options)
-    options.pop("state_file", None)
-    make_latest = options.pop("make_latest", False)  # a remote directory's state file; none beside an archive
-    if is_archive(text):
-        from .archive import DEFAULT_LEVEL, rewrite_packed
-
-        report, _ = rewrite_packed(
-            src, _local(text), steps, level=DEFAULT_LEVEL if level is None else level, threads=threads, **options
-        )
-        return report
-    if is_remote(text):
-        from .remote import rewrite_to_remote
-
-        return rewrite_to_remote(src, text, steps, make_latest=make_latest, **options)
-    return rewrite(src, _local(text), steps, make_latest=make_latest, **options)
-
-
-__all__ = ["open_special", "rewrite_special", "is_special", "is_archive", "is_remote"]
+__all__ = ["open", "open_special", "is_special", "is_archive", "is_remote"]

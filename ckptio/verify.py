@@ -62,7 +62,7 @@ class VerifyReport:
 def verify(ckpt, *, progress: Callable[[int], None] | None = None, check_graph: bool = True) -> VerifyReport:
     """Verify a Checkpoint (or the checkpoint at a path); returns a VerifyReport listing every problem found."""
     if isinstance(ckpt, (str, os.PathLike)):
-        from .checkpoint import open as open_checkpoint
+        from .sources import open as open_checkpoint
 
         with open_checkpoint(ckpt) as opened:
             return verify(opened, progress=progress, check_graph=check_graph)

@@ -118,3 +118,84 @@ def test_split_pieces_do_not_import_their_front_module():
             piece,
             front,
         )
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Every ckptio module -> the ckptio modules it imports anywhere in its file (lazy and TYPE_CHECKING
+    imports included). `from .x import name` counts as importing x.name when that is a module, else x;
+    a module importing its own parent package (or the package ckptio) is no edge: Python runs the
+    parent's __init__ first anyway, and the parent is the front that re-exports it."""
+    files = {}
+    for path in PKG.rglob("*.py"):
+        if "_proto" in path.parts:
+            continue
+        name = ".".join(path.relative_to(PKG.parent).with_suffix("").parts)
+        files[name.removesuffix(".__init__")] = path
+    graph = {}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = package
+                for _ in range(max(node.level - 1, 0)):
+                    base = base.rpartition(".")[0]
+                module = (f"{base}.{node.module}" if node.module else base) if node.level else (node.module or "")
+                targets = [module] + [f"{module}.{a.name}" for a in node.names]
+            else:
+                continue
+            for target in targets:
+                while target and target not in files:
+                    target = target.rpartition(".")[0]
+                if target and target != name and not name.startswith(target + "."):
+                    found.add(target)
+        graph[name] = found
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The groups of modules that reach each other (strongly connected components of more than one)."""
+    reach = {}
+    for start in graph:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph[todo.pop()]:
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        reach[start] = seen
+    groups, done = [], set()
+    for m in sorted(graph):
+        if m not in done and m in reach[m]:
+            group = sorted(x for x in graph if x == m or (x in reach[m] and m in reach[x]))
+            groups.append(group)
+            done.update(group)
+    return groups
+
+
+def test_no_import_cycles_among_ckptio_modules():
+    """Imports point one way, down the layers (issue 13): no two modules reach each other, lazily or not."""
+    cycles = _cycles(_module_graph())
+    assert not cycles, "modules importing each other in a loop: " + "; ".join(" <-> ".join(c) for c in cycles)
+
+
+def test_the_cycle_check_sees_lazy_imports_and_ignores_parents():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert _cycles(graph) == [["a", "b", "c"]]
+    built = _module_graph()
+    assert "ckptio.rewrite" in built["ckptio.cli.rewrite"]  # a lazy import inside a function
+    assert "ckptio.formats" not in built["ckptio.formats.keras_archive"]  # `from . import kind_of`: its parent
+
+
+def test_checkpoint_and_the_rewrite_core_sit_below_the_router():
+    """Checkpoint is under every reader, and the core of rewrite (plan, write to a local prefix) under
+    the writers that call it; only the fronts (ckptio.open, rewrite(), archive's package) open any path."""
+    graph = _module_graph()
+    assert graph["ckptio.checkpoint"] <= {"ckptio.bundle", "ckptio.store", "ckptio.errors"} | {
+        m for m in graph if m.startswith(("ckptio.bundle.", "ckptio.store.", "ckptio.sstable."))
+    }, graph["ckptio.checkpoint"]
+    for low in ("ckptio.rewrite_plan", "ckptio.rewrite_exec", "ckptio.archive.write", "ckptio.formats.export"):
+        assert not graph[low] & {"ckptio.sources", "ckptio.rewrite", "ckptio.remote"}, (low, graph[low])
+    assert "ckptio.remote" not in graph["ckptio.sources"]

@@ -126,9 +126,8 @@ def test_killed_task_rerun_completes_and_early_commit_changes_nothing(source, tm
     # SIGKILL the task at a chosen point: halfway through its second shard's pieces.
     killer = f"""
 import os, signal, sys
-import ckptio.rewrite
+import ckptio.rewrite_exec as rw  # where each piece is written
 from ckptio.cli.main import main
-rw = sys.modules["ckptio.rewrite"]  # the package attribute is the function
 real, count = rw._write_piece, [0]
 def write_then_die(*a, **k):
     real(*a, **k)

@@ -28,7 +28,7 @@ from ckptio.sstable.coding import crc32c, mask
 from ckptio.sstable.table_builder import TableBuilder
 from ckptio.transform import Cast
 
-rewrite_module = importlib.import_module("ckptio.rewrite")  # ckptio.rewrite is also the function
+rewrite_module = importlib.import_module("ckptio.rewrite_exec")  # where rewrite() writes: CHUNK_BYTES, _write_piece
 
 needs_proc_fd = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
 

@@ -380,7 +380,7 @@ def test_failing_name_function_writes_nothing(src, tmp_path):
 
 def test_failure_while_writing_removes_temp_files(src, tmp_path, monkeypatch):
     prefix, _ = src
-    rw = sys.modules["ckptio.rewrite"]  # the package may export the function under the same name
+    rw = importlib.import_module("ckptio.rewrite_exec")  # where rewrite() writes each piece
 
     calls, seen = [], []
     real = rw._write_piece

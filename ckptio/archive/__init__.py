@@ -19,7 +19,7 @@ random access, so their members are read into memory.
 from __future__ import annotations
 
 # The old single module's names, all still importable from ckptio.archive.
-from ..checkpoint import ARCHIVE_SUFFIXES
+from ..checkpoint import ARCHIVE_SUFFIXES, Checkpoint
 from .extract import UnpackStats, unpack
 from .reader import MAX_INDEX, MAX_V1, ArchiveCheckpoint, open_archive  # noqa: F401
 from .stream import READ_CHUNK, SKIP_CHUNK, ZSTD_MAGIC, ArchiveStream, MemberSource  # noqa: F401
@@ -36,9 +36,55 @@ from .tar import (  # noqa: F401
     encode_header,
     parse_pax,
 )
-from .write import COPY_CHUNK, DEFAULT_LEVEL, PackStats, checkpoint_files, pack, rewrite_packed  # noqa: F401
+from .write import COPY_CHUNK, DEFAULT_LEVEL, PackStats, checkpoint_files  # noqa: F401
+from .write import pack as _pack
+from .write import rewrite_packed as _rewrite_packed
 
 SUFFIXES = ARCHIVE_SUFFIXES
+
+
+# This package's front sits above the router (sources.py), which reads archives through .reader:
+# here src may be any path form ckptio.open takes; archive/write.py works on the open Checkpoint.
+
+
+def pack(
+    src, out_path, *, level: int = DEFAULT_LEVEL, threads: int = -1, force: bool = False, progress=None
+) -> PackStats:
+    """Write the checkpoint src (any path ckptio.open takes, or an open Checkpoint) to one .tar.zst (see write.pack)."""
+    from ..sources import open as open_checkpoint
+
+    ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src)
+    try:
+        return _pack(ckpt, out_path, level=level, threads=threads, force=force, progress=progress)
+    finally:
+        if ckpt is not src:
+            ckpt.close()
+
+
+def rewrite_packed(
+    src,
+    out_path,
+    steps=(),
+    *,
+    level: int = DEFAULT_LEVEL,
+    threads: int = -1,
+    force: bool = False,
+    name: str | None = None,
+    **options,
+):
+    """rewrite() src (any path form, or an open Checkpoint) into the .tar.zst out_path; returns (Report, PackStats).
+
+    name: the checkpoint's file name prefix inside the archive; options are rewrite()'s (see write.rewrite_packed).
+    """
+    from ..sources import open as open_checkpoint
+
+    ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src)
+    try:
+        return _rewrite_packed(ckpt, out_path, steps, level=level, threads=threads, force=force, name=name, **options)
+    finally:
+        if ckpt is not src:
+            ckpt.close()
+
 
 __all__ = [
     "pack",

@@ -43,7 +43,7 @@ def unpack(archive_path, out_dir, *, force: bool = False, progress=None) -> Unpa
     out_dir = os.fspath(out_dir)
     source: Source
     if "://" in label:
-        from ..remote import RemoteSource
+        from ..store.remote import RemoteSource
 
         source = RemoteSource.from_url(label)
     else:

@@ -113,18 +113,17 @@ class _Counting:
 def pack(
     src, out_path, *, level: int = DEFAULT_LEVEL, threads: int = -1, force: bool = False, progress=None
 ) -> PackStats:
-    """Write the checkpoint src (any path ckptio.open takes, or an open Checkpoint) to one .tar.zst.
+    """Write the checkpoint src (an open Checkpoint, or a local prefix) to one .tar.zst.
 
     Members: the .index, then every data shard in order (V1: its table files). The archive is
     written to a temp name beside out_path and renamed into place when complete; out_path may
     also be a remote URL (committed the same way where the filesystem allows renames).
     threads: zstd worker threads; -1 = one per CPU, 0 = compress on the calling thread.
+    Other path forms (archives, URLs) are opened by ckptio.archive.pack, above the router.
     """
-    from ..checkpoint import open as open_checkpoint
-
     started = time.perf_counter()
     out_path = os.fspath(out_path)
-    ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src)
+    ckpt = src if isinstance(src, Checkpoint) else Checkpoint(src)
     try:
         files = checkpoint_files(ckpt)
         inputs = {os.path.abspath(p) for p, _ in files if "://" not in p}
@@ -220,7 +219,7 @@ class _LocalOutput:
 
 def _open_output(path: str, *, force: bool):
     if "://" in path:
-        from ..remote import RemoteOutput
+        from ..store.remote_output import RemoteOutput
 
         return RemoteOutput(path, overwrite=force)
     return _LocalOutput(path, force)
@@ -239,19 +238,20 @@ def rewrite_packed(
 ):
     """rewrite() into a temp directory beside out_path, then pack it; returns (RewriteReport, PackStats).
 
+    src: an open Checkpoint, or a local prefix (ckptio.archive.rewrite_packed opens any path form).
     name: the checkpoint's file name prefix inside the archive (default: the source's).
     """
     import shutil
     import tempfile
 
-    from ..checkpoint import open as open_checkpoint
-    from ..rewrite import rewrite
+    from ..rewrite_exec import rewrite_local
 
     out_path = os.fspath(out_path)
     if "://" not in out_path and os.path.exists(out_path) and not force:
         raise OutputExistsError("the archive already exists", path=out_path, remedy=Remedy("force", "replace it"))
-    ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src)
+    ckpt = src if isinstance(src, Checkpoint) else Checkpoint(src)
     try:
+        checkpoint_files(ckpt)  # refuses what pack refuses (another weight format), before anything is written
         if "://" in out_path:
             tmp = tempfile.mkdtemp(prefix=".ckptio-pack-")
         else:
@@ -267,7 +267,7 @@ def rewrite_packed(
         raise
     try:
         base = name or _basename(ckpt.prefix) or "model.ckpt"
-        report = rewrite(ckpt, os.path.join(tmp, base), steps, state_file=False, **options)
+        report = rewrite_local(ckpt, os.path.join(tmp, base), steps, state_file=False, **options)
         stats = pack(os.path.join(tmp, base), out_path, level=level, threads=threads, force=force)
         report.dst = out_path
         return report, stats

@@ -66,7 +66,10 @@ def open_format(path, **kwargs):
 
 
 def write_format(src, dst, steps=(), **options):
-    """strip / rename / rewrite into a .safetensors, .npz or Keras file; returns the RewriteReport."""
+    """strip / rename / rewrite into a .safetensors, .npz or Keras file; returns the RewriteReport.
+
+    src: an open Checkpoint (ckptio.rewrite opens any path form and sends these outputs here).
+    """
     kind = kind_of(dst)
     if kind in ("keras", "keras_h5"):
         from .keras_archive import rewrite_keras
@@ -74,7 +77,19 @@ def write_format(src, dst, steps=(), **options):
         return rewrite_keras(src, os.fspath(dst), steps, **options)
     from .export import export_tensors
 
-    return export_tensors(src, os.fspath(dst), steps, kind=kind, **options)
+    if kind == "safetensors":
+        from . import safetensors as writer
+    elif kind == "npz":
+        from . import npz as writer
+    else:
+        from ..errors import PlanError
+
+        raise PlanError(
+            "ckptio cannot write Keras .weights.h5 files yet; write .safetensors or .npz, or "
+            "strip a .keras archive into a .keras",
+            path=os.fspath(dst),
+        )
+    return export_tensors(src, os.fspath(dst), steps, writer=writer, **options)
 
 
 __all__ = ["kind_of", "open_format", "write_format", "SUFFIXES"]

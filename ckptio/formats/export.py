@@ -206,7 +206,7 @@ def export_tensors(
     dst: str,
     steps=(),
     *,
-    kind: str,
+    writer,
     num_shards: int | None = 1,
     max_shard_size: int | None = None,
     force: bool = False,
@@ -216,26 +216,21 @@ def export_tensors(
     fsync: bool = False,
     **_ignored,
 ):
-    """Write the planned tensors of src as a .safetensors (set) or .npz at dst; returns a rewrite Report."""
+    """Write the planned tensors of src as a .safetensors (set) or .npz at dst; returns a rewrite Report.
+
+    src: an open Checkpoint (ckptio.rewrite opens any path form) or a local prefix; writer: the
+    format's module (formats/safetensors.py or npz.py), chosen by formats.write_format.
+    """
     import time
 
     from ..checkpoint import Checkpoint
-    from ..checkpoint import open as open_checkpoint
-    from ..rewrite import Report, make_plan
+    from ..rewrite_exec import Report
+    from ..rewrite_plan import make_plan
 
     started = time.perf_counter()
-    ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src)
+    module = writer
+    ckpt = src if isinstance(src, Checkpoint) else Checkpoint(src)
     try:
-        if kind == "safetensors":
-            from . import safetensors as module
-        elif kind == "npz":
-            from . import npz as module
-        else:
-            raise PlanError(
-                "ckptio cannot write Keras .weights.h5 files yet; write .safetensors or .npz, or "
-                "strip a .keras archive into a .keras",
-                path=dst,
-            )
         plan = make_plan(ckpt, _steps_for(ckpt, steps))
         tensors = plan_tensors(ckpt, plan, module.can_store, module.FORMAT_NAME)
         entries = ckpt.entries()
@@ -284,7 +279,7 @@ def _steps_for(ckpt, steps):
 
 def groups_by_size(tensors, num_shards: int | None, max_shard_size: int | None) -> list[list]:
     """Split tensors (in name order) into shards: greedy up to max_shard_size, or num_shards of similar size."""
-    from ..rewrite import split_runs
+    from ..rewrite_plan import split_runs
 
     groups = split_runs(sorted(tensors, key=lambda t: t.name), lambda t: t.nbytes, num_shards, max_shard_size)
     return [g for g in groups if g] or [[]]

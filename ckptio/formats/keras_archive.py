@@ -99,7 +99,7 @@ def rewrite_keras(
     """
     import time
 
-    from ..rewrite import RewriteReport
+    from ..rewrite_exec import RewriteReport
     from ..transform import StripOptimizer
     from . import kind_of
     from .export import check_outputs

@@ -42,8 +42,8 @@ def fit_weights_h5(
     import time
 
     from ..checkpoint import Checkpoint
-    from ..checkpoint import open as open_checkpoint
     from ..fit_decide import FitReport, mismatch_error, refuse_if_nothing_matched
+    from ..sources import open as open_checkpoint
 
     started = time.perf_counter()
     used = [{"vocab": "--vocab", "shards": "--shards/--max-shard-size"}.get(k, k) for k, v in unsupported.items() if v]
