@@ -35,6 +35,7 @@ from .errors import (
 from .store.remote import (
     CHUNK,
     OBJECT_STORES,  # noqa: F401  (re-exported: the names moved to store/remote.py)
+    RemoteOutput,
     RemoteSource,
     RemoteStore,
     filesystem,
@@ -42,7 +43,7 @@ from .store.remote import (
     protocols,
     renames_cheaply,
 )
-from .store.remote_output import RemoteFiles, RemoteOutput, _close_quietly
+from .store.remote_output import RemoteFiles, _close_quietly
 
 MAX_STATE_FILE = 1 << 20
 _Store = RemoteStore  # the old name of the store helper
@@ -165,7 +166,7 @@ def upload_checkpoint(
     try:
         dst_prefix = _destination_prefix(ckpt, url)
         fs, _ = filesystem(dst_prefix, **storage_options)
-        files = RemoteFiles(fs, use_temp=use_temp)
+        files = RemoteFiles(fs, store=RemoteStore(fs), use_temp=use_temp)
         plan = _plan_copy(ckpt, dst_prefix)
         commit_url = plan[-1][2]
         if any(files.store.is_file(d) for _, _, d in plan) and not overwrite:
@@ -204,7 +205,7 @@ def _write_state(fs, prefix_url: str, *, use_temp: bool, make_latest: bool = Fal
     text = text_for_output(existing, _basename(prefix_url), make_latest=make_latest)
     if text is None:
         return
-    files = RemoteFiles(fs, use_temp=use_temp)
+    files = RemoteFiles(fs, store=RemoteStore(fs), use_temp=use_temp)
     f = files.open(state_url)
     try:
         f.write(text)

@@ -219,7 +219,7 @@ class _LocalOutput:
 
 def _open_output(path: str, *, force: bool):
     if "://" in path:
-        from ..store.remote_output import RemoteOutput
+        from ..store.remote import RemoteOutput
 
         return RemoteOutput(path, overwrite=force)
     return _LocalOutput(path, force)

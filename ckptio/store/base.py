@@ -150,6 +150,9 @@ class Store:
         """A new atomic output on this store."""
         raise NotImplementedError
 
+    def forget(self, path: str | None = None) -> None:
+        """Drop what the store remembers about path (all paths: None) after writing there."""
+
     def close(self) -> None:
         pass
 

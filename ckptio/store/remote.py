@@ -14,48 +14,20 @@ from __future__ import annotations
 
 import builtins
 import threading
-from typing import TYPE_CHECKING
 
-from ..errors import CheckpointNotFoundError, CkptioError, ReadError, TruncatedError, UnsupportedError
+from ..errors import (
+    CheckpointNotFoundError,
+    CkptioError,
+    OutputExistsError,
+    Remedy,
+    TruncatedError,
+    UnsupportedError,
+    WriteError,
+)
 from .base import Range, Source, Store
+from .fs import CHUNK, HTTP, INDEX_PREFETCH, OBJECT_STORES, filesystem, io_error, protocols, renames_cheaply  # noqa: F401
 from .readahead import Readahead
-
-if TYPE_CHECKING:
-    from .remote_output import RemoteFiles
-
-CHUNK = 8 << 20
-INDEX_PREFETCH = 16 << 20  # a metadata file up to this size is fetched whole, in one request
-OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "r2", "b2", "http", "https"})
-HTTP = frozenset({"http", "https"})
-
-
-def filesystem(url: str, **storage_options):
-    """(fsspec filesystem, path within it) for a URL; UnsupportedError without fsspec or its backend."""
-    try:
-        import fsspec
-    except ImportError:
-        raise UnsupportedError("remote paths need fsspec: pip install 'ckptio[remote]'", path=url) from None
-    try:
-        return fsspec.core.url_to_fs(url, **storage_options)
-    except ImportError as exc:
-        raise UnsupportedError(f"this URL needs a package that is not installed ({exc})", path=url) from None
-    except ValueError as exc:
-        raise UnsupportedError(f"cannot open this URL ({exc})", path=url) from None
-
-
-def protocols(fs) -> set[str]:
-    p = fs.protocol
-    return {p} if isinstance(p, str) else set(p)
-
-
-def renames_cheaply(fs) -> bool:
-    """False for object stores, where a rename is a server-side copy."""
-    return not (protocols(fs) & OBJECT_STORES)
-
-
-def io_error(exc: BaseException, what: str, url: str, offset: int | None = None) -> ReadError:
-    """A remote failure as ckptio's ReadError (an OSError too), naming the URL (and offset)."""
-    return ReadError(f"{what}: {type(exc).__name__}: {exc or 'no detail'}", path=url, offset=offset)
+from .remote_output import RemoteFiles, _close_quietly
 
 
 class RemoteSource(Source):
@@ -288,12 +260,49 @@ class RemoteStore(Store):
         )
 
     def output(self, *, use_temp: bool | None = None) -> RemoteFiles:
-        from .remote_output import RemoteFiles
-
         return RemoteFiles(self.fs, use_temp=use_temp, store=self)
 
 
+class RemoteOutput:
+    """One remote file written as a stream (archive.pack to a URL); commit() makes it visible."""
+
+    def __init__(self, url: str, *, overwrite: bool = False, **storage_options):
+        fs, _ = filesystem(url, **storage_options)
+        self.url = url
+        self.files = RemoteFiles(fs, store=RemoteStore(fs))
+        if self.files.store.is_file(url) and not overwrite:  # reached through pack(force=...)
+            raise OutputExistsError("the file already exists", path=url, remedy=Remedy("force", "replace it"))
+        self._f = self.files.open(url)
+        self.n = 0
+        self.file = self
+
+    def write(self, data) -> int:
+        try:
+            self._f.write(data)
+        except Exception as exc:
+            raise WriteError(f"cannot write: {exc}", path=self.url) from None
+        self.n += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def commit(self) -> int:
+        try:
+            self._f.close()
+        except Exception as exc:
+            raise WriteError(f"cannot write: {exc}", path=self.url) from None
+        self.files.check_size(self.url, self.n)
+        self.files.commit()
+        return self.n
+
+    def abort(self) -> None:
+        _close_quietly(self._f)
+        self.files.abort()
+
+
 __all__ = [
+    "RemoteOutput",
     "RemoteSource",
     "RemoteStore",
     "filesystem",

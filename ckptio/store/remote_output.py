@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 
-from ..errors import CkptioError, OutputExistsError, Remedy, WriteError
-from .base import Output, Sink, Source
-from .remote import CHUNK, RemoteStore, filesystem, protocols, renames_cheaply
+from ..errors import CkptioError, WriteError
+from .base import Output, Sink, Source, Store
+from .fs import CHUNK, protocols, renames_cheaply
 
 
 def _close_quietly(f) -> None:
@@ -54,15 +54,15 @@ class RemoteFiles(Output):
     under their final names and the caller writes the commit file (the .index) last.
     """
 
-    def __init__(self, fs, *, use_temp: bool | None = None, store: RemoteStore | None = None):
+    def __init__(self, fs, *, store: Store, use_temp: bool | None = None):
         self.fs = fs
-        self.store = store if store is not None else RemoteStore(fs)
+        self.store = store  # the RemoteStore over fs: existence checks, remembered sizes
         self.use_temp = renames_cheaply(fs) if use_temp is None else use_temp
         self._token = f"{os.getpid()}-{os.urandom(4).hex()}"
         self._pending: list[tuple[str, str, str]] = []  # (written path, final path, final url)
 
     def _target(self, url: str) -> tuple[str, str]:
-        final = self.store.strip(url)
+        final = self.fs._strip_protocol(url)
         if not self.use_temp:
             return final, final
         directory, slash, base = final.rpartition("/")
@@ -122,7 +122,7 @@ class RemoteFiles(Output):
             if self.use_temp:
                 for url in remove_first:
                     if self.store.is_file(url):
-                        self.fs.rm_file(self.store.strip(url))
+                        self.fs.rm_file(self.fs._strip_protocol(url))
                 for target, final, _ in self._pending:
                     self.fs.mv(target, final)
         except Exception as exc:
@@ -145,42 +145,4 @@ class RemoteFiles(Output):
         self._pending = []
 
 
-class RemoteOutput:
-    """One remote file written as a stream (archive.pack to a URL); commit() makes it visible."""
-
-    def __init__(self, url: str, *, overwrite: bool = False, **storage_options):
-        fs, _ = filesystem(url, **storage_options)
-        self.url = url
-        self.files = RemoteFiles(fs)
-        if self.files.store.is_file(url) and not overwrite:  # reached through pack(force=...)
-            raise OutputExistsError("the file already exists", path=url, remedy=Remedy("force", "replace it"))
-        self._f = self.files.open(url)
-        self.n = 0
-        self.file = self
-
-    def write(self, data) -> int:
-        try:
-            self._f.write(data)
-        except Exception as exc:
-            raise WriteError(f"cannot write: {exc}", path=self.url) from None
-        self.n += len(data)
-        return len(data)
-
-    def flush(self) -> None:
-        pass
-
-    def commit(self) -> int:
-        try:
-            self._f.close()
-        except Exception as exc:
-            raise WriteError(f"cannot write: {exc}", path=self.url) from None
-        self.files.check_size(self.url, self.n)
-        self.files.commit()
-        return self.n
-
-    def abort(self) -> None:
-        _close_quietly(self._f)
-        self.files.abort()
-
-
-__all__ = ["RemoteFiles", "RemoteOutput", "RemoteSink"]
+__all__ = ["RemoteFiles", "RemoteSink"]
