@@ -128,7 +128,8 @@ class Checkpoint(Mapping):
         else:
             from .bundle.v1 import V1Reader
 
-            self._reader = V1Reader(list(self.located.files), store=store)
+            # One attribute holds the format's reader; V1-only calls below sit behind format == "v1" (_v1()).
+            self._reader = V1Reader(list(self.located.files), store=store)  # type: ignore[assignment]
         self.format = self.located.format
         self.prefix = self.located.prefix
         self.path = self._reader.path
@@ -169,7 +170,7 @@ class Checkpoint(Mapping):
 
     @property
     def num_shards(self) -> int:
-        return self._reader.header.num_shards if self.format == "v2" else len(self._reader.tables)
+        return self._reader.header.num_shards if self.format == "v2" else len(self._v1().tables)
 
     @property
     def object_graph_bytes(self) -> bytes | None:
@@ -187,10 +188,18 @@ class Checkpoint(Mapping):
         r = self._reader
         if self.format == "v2":
             return r.index_source.bytes_read + sum(s.bytes_read for s in r._shards.values())
-        return sum(t.source.bytes_read for t in r.tables)
+        return sum(t.source.bytes_read for t in self._v1().tables)
 
     def close(self) -> None:
         self._reader.close()
+
+    def _v1(self):
+        """The V1 reader (format "v1" only)."""
+        from .bundle.v1 import V1Reader
+
+        r = self._reader
+        assert isinstance(r, V1Reader), self.format
+        return r
 
     def __enter__(self) -> Checkpoint:
         return self
@@ -210,7 +219,7 @@ class Checkpoint(Mapping):
 
     def _read_slice(self, name: str, entry: Entry, s: Slice):
         if self.format == "v1":
-            return self._reader.read_slice(name, s, entry.shape)
+            return self._v1().read_slice(name, s, entry.shape)
         return self._reader.read_entry(name, self._slice_piece(name, entry, s))
 
     def _slice_piece(self, name: str, entry: Entry, s: Slice) -> Entry:
@@ -269,7 +278,7 @@ class Checkpoint(Mapping):
             verified.add((piece.shard_id, piece.offset))
         data = self._reader.shard(piece.shard_id).read(piece.offset + lo * row_bytes, (hi - lo) * row_bytes, key=name)
         big = self._reader.header.big_endian
-        return from_bytes(data, piece.dtype_info, (hi - lo,) + piece.shape[1:], big_endian=big)
+        return from_bytes(data, dtypes.require(piece.dtype), (hi - lo,) + piece.shape[1:], big_endian=big)
 
     def _iter_chunks(self, name: str, entry: Entry, max_bytes: int):
         info = entry.dtype_info

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .bundle.locate import Located, locate
@@ -32,6 +33,7 @@ from .errors import (
     Remedy,
     WriteError,
 )
+from .store.base import Source
 from .store.remote import (
     CHUNK,
     OBJECT_STORES,  # noqa: F401  (re-exported: the names moved to store/remote.py)
@@ -119,7 +121,7 @@ class TransferStats:
         }
 
 
-def _plan_copy(ckpt: Checkpoint, dst_prefix: str) -> list[tuple[str, object, str]]:
+def _plan_copy(ckpt: Checkpoint, dst_prefix: str) -> list[tuple[str, Callable[[], Source], str]]:
     """(source path, open, destination) for every file, data first and the .index (the commit) last."""
     from .archive.write import checkpoint_files
 
@@ -174,7 +176,7 @@ def upload_checkpoint(
                 "a checkpoint already exists here", path=commit_url, remedy=Remedy("overwrite", "replace it", "--force")
             )
         if overwrite and not files.use_temp and files.store.is_file(commit_url):
-            fs.rm_file(files.store.strip(commit_url))  # no index over half-written data
+            fs.rm_file(fs._strip_protocol(commit_url))  # no index over half-written data
         total = 0
         try:
             for _, open_source, dst in plan:

@@ -279,7 +279,7 @@ def _write_piece(ckpt: Checkpoint, writer, piece: Piece, shard: int, verify: boo
         if piece.slice is None:
             array = reader.read_entry(piece.src_name, entry)
         else:
-            array = reader.read_slice(piece.src_name, piece.slice, ckpt.entries()[piece.src_name].shape)
+            array = ckpt._v1().read_slice(piece.src_name, piece.slice, ckpt.entries()[piece.src_name].shape)
         _add_array(writer, piece, array, shard)
         return
     info = dtypes.lookup(entry.dtype)

@@ -18,12 +18,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PATHS = ("ckptio", "tests", "tools")
 
-# mypy errors still left in modules other branches of issue 13 own; the lead removes this marker once the
-# branches are merged and `mypy` reports none (strict: the test then fails until the marker goes).
-MYPY_PENDING = pytest.mark.xfail(
-    strict=True, reason="mypy errors remain in modules refactored on other issue-13 branches (store, plans, doctor)"
-)
-
 
 def _tool(name: str) -> list[str]:
     """The command that runs tool `name`: its console script, or `python -m name`; skip (or fail on CI) without it."""
@@ -54,7 +48,6 @@ def test_ruff_format_leaves_every_file_as_it_is():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@MYPY_PENDING
 def test_mypy_finds_no_errors_in_the_package():
     # The files, exclusions and per-module settings come from [tool.mypy] in pyproject.toml.
     result = _run(_tool("mypy"))

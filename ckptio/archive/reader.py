@@ -133,8 +133,9 @@ def _locate_v1(store: ArchiveStore) -> Located:
     for m in candidates:
         if m.name not in tables:
             del store.held[m.name]
-    shards = [naming.V1_SHARD_RE.match(n) for n in tables]
-    if all(shards) and len({(s["base"], s["count"]) for s in shards}) == 1:
+    matches = [naming.V1_SHARD_RE.match(n) for n in tables]
+    shards = [m for m in matches if m is not None]
+    if len(shards) == len(matches) and len({(s["base"], s["count"]) for s in shards}) == 1:
         return Located("v1", store.path_of(shards[0]["base"]), tuple(store.path_of(n) for n in sorted(tables)))
     if len(tables) == 1:
         return Located("v1", store.path_of(tables[0]), (store.path_of(tables[0]),))

@@ -101,7 +101,7 @@ def runs_of(ckpt, t: OutTensor) -> list[Run]:
 def _run(reader, name: str, entry, at: int, out_dtype: int, big: bool) -> Run:
     """A stored entry as a run: copied when unchanged, else converted chunk by chunk."""
     reader.check_entry(name, entry)
-    size = entry.num_elements * dtypes.lookup(out_dtype).itemsize
+    size = entry.num_elements * dtypes.require(out_dtype).itemsize
     if entry.dtype == out_dtype and not big:
         return Run(at, size, reader.shard(entry.shard_id), entry, name, None)
     return Run(at, size, None, entry, name, partial(_converted, reader, name, entry, out_dtype, big))
@@ -118,7 +118,7 @@ def _row_slices(entry) -> bool:
 def _converted(reader, name, entry, out_dtype, big):
     from ..bundle.decode import from_bytes, to_bytes
 
-    info, target = dtypes.lookup(entry.dtype), dtypes.lookup(out_dtype)
+    info, target = dtypes.require(entry.dtype), dtypes.require(out_dtype)
     for chunk in reader.iter_raw(name, entry, CHUNK):
         values = from_bytes(chunk, info, (len(chunk) // info.itemsize,), big_endian=big)
         yield to_bytes(values.astype(target.numpy(), copy=False), target)
@@ -127,7 +127,7 @@ def _converted(reader, name, entry, out_dtype, big):
 def _whole(ckpt, t: OutTensor):
     from ..bundle.decode import to_bytes
 
-    target = dtypes.lookup(t.dtype)
+    target = dtypes.require(t.dtype)
     array = ckpt[t.data_name].read()
     if array.dtype != target.numpy():
         array = array.astype(target.numpy())
