@@ -364,7 +364,7 @@ class Job:
         name = self.sources[id(ckpt)][piece.name]
         entry = ckpt.entries()[name]
         if piece.slice is not None and ckpt.format == "v2":
-            entry = ckpt._reader.slice_entry(name, piece.slice)
+            entry = ckpt.reader.slice_entry(name, piece.slice)
         return piece._replace(src_name=name, src_entry=entry)
 
     def _streams(self, piece):
@@ -406,7 +406,7 @@ class Job:
         out = []
         for ckpt in self.operands:
             p = self._piece_in(ckpt, piece)
-            out.append((ckpt._reader, p.src_name, p.src_entry))
+            out.append((ckpt.reader, p.src_name, p.src_entry))
         return out
 
     def _chunks_serial(self, coefficients):

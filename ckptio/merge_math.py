@@ -55,14 +55,14 @@ def flat_chunks(ckpt, name: str, entry, slice_=None, buffers=()):
     elements = CHUNK_ELEMENTS
     info = dtypes.require(entry.dtype)
     if ckpt.format == "v2":
-        reader = ckpt._reader
+        reader = ckpt.reader
         big = reader.header.big_endian
         size = elements * info.itemsize
         views = [memoryview(b) for b in buffers if len(b) >= size]
         for data in reader.iter_raw(name, entry, size, buffers=views):
             yield from_bytes(data, info, (len(data) // info.itemsize,), big_endian=big)
         return
-    reader = ckpt._reader
+    reader = ckpt.reader
     array = reader.read_entry(name, entry) if slice_ is None else reader.read_slice(name, slice_, entry.shape)
     flat = np.asarray(array).reshape(-1)
     for start in range(0, flat.size, elements):

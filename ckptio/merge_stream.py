@@ -54,7 +54,7 @@ def streamable(ckpts) -> bool:
     for ckpt in ckpts:
         if ckpt.format != "v2":
             return False
-        reader = ckpt._reader
+        reader = ckpt.reader
         for shard in range(reader.header.num_shards):
             if not hasattr(reader.shard(shard), "readinto"):  # local files (FileSource) only
                 return False

@@ -312,7 +312,7 @@ def fingerprint(ckpt) -> dict:
             digest.update(block)
     data = []
     for i in range(ckpt.num_shards):
-        path = ckpt._reader.shard_path(i)
+        path = ckpt.reader.shard_path(i)
         data.append({"path": os.path.abspath(path), "size": os.path.getsize(path) if os.path.exists(path) else None})
     return {
         "prefix": os.path.abspath(ckpt.prefix),

@@ -259,13 +259,13 @@ def _announce(ckpt: Checkpoint, pieces: list[Piece], writer, shard: int) -> None
         if entry.size:
             wanted.setdefault(entry.shard_id, []).append((entry.offset, entry.size))
     for shard_id, ranges in wanted.items():
-        writer.will_copy(shard, ckpt._reader.shard(shard_id), ranges)
+        writer.will_copy(shard, ckpt.reader.shard(shard_id), ranges)
 
 
 def _write_piece(ckpt: Checkpoint, writer, piece: Piece, shard: int, verify: bool) -> None:
     entry = piece.src_entry
     same_dtype = piece.out_dtype == entry.dtype
-    reader = ckpt._reader
+    reader = ckpt.reader
     if ckpt.format == "v2" and same_dtype and not reader.header.big_endian:
         if entry.dtype in (dtypes.STRING, dtypes.VARIANT):
             # Their crc32c is not over the stored bytes (FORMAT §4.3, §4.4): the reader checks them whole.

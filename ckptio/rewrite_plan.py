@@ -72,7 +72,7 @@ class Plan:
 
 def _stored_size(ckpt: Checkpoint, name: str, entry: Entry) -> int:
     if entry.slices and ckpt.format == "v2":
-        return sum(ckpt._reader.slice_entry(name, s).size for s in entry.slices)
+        return sum(ckpt.reader.slice_entry(name, s).size for s in entry.slices)
     return entry.size
 
 
@@ -143,7 +143,7 @@ def tensor_pieces(ckpt: Checkpoint, name: str, dst: str, dtype: int) -> tuple[li
         return [Piece(naming.encode_key(dst), dst, name, entry, dtype)], None
     pieces = [
         Piece(
-            slice_key(dst, s), dst, name, ckpt._reader.slice_entry(name, s) if ckpt.format == "v2" else entry, dtype, s
+            slice_key(dst, s), dst, name, ckpt.reader.slice_entry(name, s) if ckpt.format == "v2" else entry, dtype, s
         )
         for s in entry.slices
     ]

@@ -71,7 +71,7 @@ def checkpoint_files(ckpt: Checkpoint) -> list[tuple[str, Callable[[], Source]]]
     read in one forward pass."""
     # A BundleReader, a V1 reader or a foreign format's RangeReader (whose `tables` refuses): Checkpoint
     # does not type its readers as one interface yet.
-    reader: Any = ckpt._reader
+    reader: Any = ckpt.reader
     if ckpt.format == "v2":
         files: list[tuple[str, Callable[[], Source]]] = [(reader.index_source.name, lambda: reader.index_source)]
         files += [(reader.shard_path(i), partial(reader.shard, i)) for i in range(reader.header.num_shards)]

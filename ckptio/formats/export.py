@@ -73,7 +73,7 @@ def plan_tensors(ckpt, plan, dtype_ok, fmt: str) -> list[OutTensor]:
 
 def runs_of(ckpt, t: OutTensor) -> list[Run]:
     """The runs that make up tensor t, from whatever the source stores."""
-    reader = ckpt._reader
+    reader = ckpt.reader
     e = t.entry
     foreign = isinstance(ckpt, ForeignCheckpoint)
     bundle = ckpt.format == "v2"

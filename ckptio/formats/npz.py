@@ -354,7 +354,7 @@ def _write_member(ckpt, z, t, runs, verify: bool, progress) -> None:
         from ..errors import PlanError
 
         raise PlanError("the name is not valid UTF-8, which a zip member name cannot hold", key=t.name) from None
-    reader = ckpt._reader
+    reader = ckpt.reader
     with z.open(member, "w", force_zip64=True) as m:
         m.write(encode_npy_header(descr_of(t.dtype), t.shape))
         done = 0

@@ -255,7 +255,7 @@ def _open_index(path: str) -> SafetensorsCheckpoint:
 
 def _what_is_checked(ckpt: SafetensorsCheckpoint) -> str:
     """What verify could check for a safetensors input (the header was validated when it was opened)."""
-    reader = ckpt._reader
+    reader = ckpt.reader
     assert isinstance(reader, RangeReader)  # what open_safetensors gives every SafetensorsCheckpoint
     files = len(reader.sources)
     what = (
