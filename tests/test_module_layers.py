@@ -112,6 +112,9 @@ def test_split_pieces_do_not_import_their_front_module():
         ("rewrite_plan", "rewrite"),
         ("fit_write", "fit"),
         ("optimizer_keys", "transform"),
+        ("merge_job", "merge"),
+        ("formats/safetensors_header", "formats.safetensors"),
+        ("formats/safetensors_write", "formats.safetensors"),
     ):
         imports = _imports(PKG / f"{piece}.py")
         assert f"ckptio.{front}" not in imports and not any(n.startswith(f"ckptio.{front}.") for n in imports), (

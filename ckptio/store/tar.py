@@ -35,59 +35,17 @@ class TarHeader:
     mode: int = 0o644
 
 
-def _number_field(value: int, width: int) -> bytes:
-    text = b"%0*o" % (width - 1, value)
-    if len(text) > width - 1:
-        raise ValueError(f"{value} does not fit a {width}-byte tar field")
-    return text + b"\0"
-
-
-def _ustar_block(name: bytes, size: int, mtime: int, typeflag: bytes, mode: int) -> bytes:
-    block = bytearray(BLOCK)
-    block[0 : len(name)] = name
-    block[100:108] = _number_field(mode, 8)
-    block[108:116] = _number_field(0, 8)
-    block[116:124] = _number_field(0, 8)
-    block[124:136] = _number_field(size, 12)
-    block[136:148] = _number_field(max(0, min(mtime, 8**11 - 1)), 12)
-    block[148:156] = b" " * 8
-    block[156:157] = typeflag
-    block[257:263] = b"ustar\0"
-    block[263:265] = b"00"
-    block[148:156] = b"%06o\0 " % sum(block)
-    return bytes(block)
-
-
-def _pax_records(pairs: dict[str, str]) -> bytes:
-    out = bytearray()
-    for key, value in pairs.items():
-        body = f" {key}={value}\n".encode("utf-8", "surrogateescape")
-        n = len(body) + 1
-        while len(str(n)) + len(body) != n:
-            n = len(str(n)) + len(body)
-        out += str(n).encode() + body
-    return bytes(out)
-
-
 def encode_header(name: str, size: int, *, mtime: int = 0, mode: int = 0o644) -> bytes:
-    """Header block(s) for a regular file: a pax header first when name or size need one."""
-    raw = name.encode("utf-8", "surrogateescape")
-    pax = {}
-    if len(raw) > 100 or not name.isascii():
-        pax["path"] = name
-    if size >= 8**11:
-        pax["size"] = str(size)
-    head = b""
-    if pax:
-        records = _pax_records(pax)
-        head = _ustar_block(b"PaxHeaders/" + raw[:89], len(records), mtime, b"x", 0o644) + _padded(records)
-    return head + _ustar_block(raw[:100], 0 if "size" in pax else size, mtime, b"0", mode)
+    """Header block(s) for a regular file, from stdlib tarfile (pax format: a pax header first when name or size need one)."""
+    import tarfile
+
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, mtime, mode
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
-def _padded(data: bytes) -> bytes:
-    return data + bytes(-len(data) % BLOCK)
-
-
+# Reading stays hand-written: tarfile reads pax records and GNU long names of any declared size into
+# memory and trusts them, while this reader caps them (MAX_META) and checks every field of a hostile archive.
 def _parse_number(field: bytes, what: str, *, path, offset) -> int:
     if field[:1] and field[0] & 0x80:  # GNU base-256, big-endian; 0xff would be negative
         if field[0] == 0xFF:
