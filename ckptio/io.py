@@ -5,22 +5,6 @@ The sources moved to ckptio/store/ (local.py, memory.py); their names stay impor
 
 from __future__ import annotations
 
-from .store.base import Source
-from .store.local import FileSource, odd_file_kind  # noqa: F401
-from .store.memory import MemorySource  # noqa: F401
-
-
-def copy_source(source: Source, write, *, chunk: int, progress=None) -> None:
-    """Pass every byte of source to write(), chunk bytes at a time, in order; progress(n) after each."""
-    pos = 0
-    while pos < source.size:
-        data = source.read(pos, min(chunk, source.size - pos))
-        write(data)
-        pos += len(data)
-        if progress:
-            progress(len(data))
-
-
 # The output side moved to output.py; its names stay importable from here.
 from .output import (  # noqa: E402, F401
     CLAIM_TRIES,
@@ -34,3 +18,6 @@ from .output import (  # noqa: E402, F401
     take_late_interrupt,
     write_all,
 )
+from .store.base import Source  # noqa: F401
+from .store.local import FileSource, odd_file_kind  # noqa: F401
+from .store.memory import MemorySource  # noqa: F401
