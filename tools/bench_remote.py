@@ -22,6 +22,7 @@ import filecmp
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -128,11 +129,19 @@ print(json.dumps({"seconds": time.perf_counter() - t}))
 """
 
 
-def timed(cmd) -> tuple[float, str]:
-    """(wall seconds, stdout + stderr) of a child process."""
+CPU: dict[str, list[float]] = {}  # label -> CPU seconds (user + sys) of each run
+
+
+def timed(cmd, label: str | None = None) -> tuple[float, str]:
+    """(wall seconds, stdout + stderr) of a child process; its CPU time is added to CPU[label]."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, env=ENV)
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if label:
+        cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+        CPU.setdefault(label, []).append(cpu)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.decode()[-2000:]}")
     return wall, proc.stdout.decode() + proc.stderr.decode()
@@ -183,14 +192,16 @@ def main() -> int:
         strip_s, inside_s, par_s, par_inside, cat_s, ls_s = [], [], [], [], [], []
         out = os.path.join(work, "out", "model.ckpt")
         for _ in range(args.reps):
-            wall, text = timed([sys.executable, "-m", "ckptio", "strip", url + "/model.ckpt", out, "--force"])
+            wall, text = timed([sys.executable, "-m", "ckptio", "strip", url + "/model.ckpt", out, "--force"], "a")
             strip_s.append(wall)
             inside_s.append(float(re.search(r" in ([0-9.]+) s", text)[1]))  # its own timing, after startup
-            wall, text = timed([sys.executable, "-c", PARALLEL, url, os.path.join(work, "parallel.bin"), ranges_file])
+            wall, text = timed(
+                [sys.executable, "-c", PARALLEL, url, os.path.join(work, "parallel.bin"), ranges_file], "b"
+            )
             par_s.append(wall)
             par_inside.append(json.loads(text)["seconds"])
-            cat_s.append(timed([sys.executable, "-c", CAT_RANGES, url, ranges_file])[0])
-            ls_s.append(timed([sys.executable, "-m", "ckptio", "ls", "--json", url + "/model.ckpt"])[0])
+            cat_s.append(timed([sys.executable, "-c", CAT_RANGES, url, ranges_file], "c")[0])
+            ls_s.append(timed([sys.executable, "-m", "ckptio", "ls", "--json", url + "/model.ckpt"], "d")[0])
         same = all(
             filecmp.cmp(local + suffix, out + suffix, shallow=False) for suffix in (".index", ".data-00000-of-00001")
         )
@@ -200,11 +211,15 @@ def main() -> int:
     mib = 1 << 20
     print(f"checkpoint {total / mib:.0f} MiB in {args.shards} shards, {len(ranges)} kept tensors, {kept / mib:.0f} MiB")
     print(f"latency {args.latency_ms:g} ms per request; median of {args.reps}; each a fresh process")
-    print("                                    process   (after startup)")
-    print(f"(a) ckptio strip URL out           {median(strip_s):7.2f} s  ({median(inside_s):.2f} s)")
-    print(f"(b) 16-way urllib range download   {median(par_s):7.2f} s  ({median(par_inside):.2f} s)")
-    print(f"(c) fsspec cat_ranges (batch 16)   {median(cat_s):7.2f} s")
-    print(f"(d) ckptio ls --json URL           {median(ls_s):7.2f} s")
+    print("                                    process   (after startup)  CPU user+sys")
+    print(
+        f"(a) ckptio strip URL out           {median(strip_s):7.2f} s  ({median(inside_s):.2f} s)  {median(CPU['a']):8.2f} s"
+    )
+    print(
+        f"(b) 16-way urllib range download   {median(par_s):7.2f} s  ({median(par_inside):.2f} s)  {median(CPU['b']):8.2f} s"
+    )
+    print(f"(c) fsspec cat_ranges (batch 16)   {median(cat_s):7.2f} s  {'':10}  {median(CPU['c']):8.2f} s")
+    print(f"(d) ckptio ls --json URL           {median(ls_s):7.2f} s  {'':10}  {median(CPU['d']):8.2f} s")
     print(
         f"strip / parallel download: {median(strip_s) / median(par_s):.2f}x as processes, "
         f"{median(inside_s) / median(par_inside):.2f}x after startup (target: within 2x)"
