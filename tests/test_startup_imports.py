@@ -112,7 +112,9 @@ def test_public_names_resolve_and_rewrite_verify_are_functions():
         assert report["functions"] == [True] * 6, first
         assert report["modules"] == [True, True], first
         kinds = report["all"]
-        assert len(kinds) == 34  # + diff, fit, merge, plans, MismatchError, OutputBusyError, StateFileWarning
+        assert (
+            len(kinds) == 35
+        )  # + diff, fit, merge, plans, MismatchError, OutputBusyError, StateFileWarning, LfsPointerError
         assert {name for name, kind in kinds.items() if kind != "class"} == {
             "open",
             "rewrite",
