@@ -170,7 +170,10 @@ RESTORE = PRELUDE + textwrap.dedent("""
         for i, w in enumerate(fresh.weights):
             restored = {"all": True, "without_first": id(w) not in part, "only_first": id(w) in part}[case["restored"]]
             want = trained[f"arr_{i}"] if restored else init[i]
-            if not np.array_equal(w.numpy(), want) or (not restored and np.array_equal(w.numpy(), trained[f"arr_{i}"])):
+            # A weight training left unchanged (a Dense bias before BatchNorm gets an exactly zero
+            # gradient on some runs) cannot tell restored from left: only its value is checked then.
+            moved = not np.array_equal(init[i], trained[f"arr_{i}"])
+            if not np.array_equal(w.numpy(), want) or (not restored and moved and np.array_equal(w.numpy(), trained[f"arr_{i}"])):
                 wrong.append(f"{i}:{w.name}:{'restored' if restored else 'left'}")
         res["wrong"] = wrong
         if opt is not None:
