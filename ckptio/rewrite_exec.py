@@ -219,7 +219,7 @@ def execute(
                 raise
 
         # Forward-only sources (archives) are read by one thread in source order.
-        if len(groups) > 1 and not getattr(ckpt, "sequential", False):
+        if len(groups) > 1 and not ckpt.sequential:
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(max_workers=min(len(groups), os.cpu_count() or 2, 4)) as pool:
