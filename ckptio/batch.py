@@ -143,7 +143,7 @@ def is_complete(prefix: str) -> bool:
         from .checkpoint import Checkpoint
 
         with Checkpoint(prefix) as ckpt:
-            return all(os.path.exists(ckpt.reader.shard_path(i)) for i in range(ckpt.num_shards))
+            return all(os.path.exists(path) for path, _ in ckpt.reader.files())
     except CkptioError:
         return False
 

@@ -8,12 +8,14 @@ from collections.abc import Iterator, Mapping
 from .bundle import dtypes
 from .bundle.locate import Located, locate
 from .bundle.slices import Slice
+from .bundle.tensors import assemble  # noqa: F401 - its old home (doctor.v1 and users import it from here)
 from .errors import CorruptCheckpointError, TensorNotFoundError, UnsupportedError
 from .store import ARCHIVE_SUFFIXES, Store  # noqa: F401 - ARCHIVE_SUFFIXES: its old home
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers honour the name)
 if TYPE_CHECKING:  # the protobuf-backed modules load on first use, keeping `ckptio --help` fast
     from .bundle.entry import Entry
+    from .bundle.tensors import CheckpointReader
 
 
 VERIFY_CHUNK = 8 << 20  # bytes per read when a piece's crc32c is checked before ranged reads of it
@@ -51,10 +53,7 @@ class Tensor:
     @property
     def nbytes(self) -> int:
         """Bytes the tensor occupies in the checkpoint (all slices)."""
-        if self.entry.slices and self._ckpt.format == "v2":
-            r = self._ckpt._reader
-            return sum(r.slice_entry(self.name, s).size for s in self.entry.slices)
-        return self.entry.size
+        return self._ckpt._reader.stored_size(self.name, self.entry)
 
     @property
     def slices(self) -> tuple[Slice, ...]:
@@ -81,10 +80,11 @@ class Tensor:
 
     @property
     def ranged_rows(self) -> bool:
-        """True when read_rows reads only the rows asked for: V2, fixed-width, rank >= 1, random access."""
+        """True when read_rows reads only the rows asked for: stored as byte ranges, fixed-width, rank >= 1,
+        random access."""
         info = self.entry.dtype_info
         return (
-            self._ckpt.format == "v2"
+            self._ckpt._reader.stores_ranges(self.name, self.entry)
             and not self._ckpt.sequential
             and info is not None
             and info.fixed_width
@@ -121,22 +121,16 @@ class Checkpoint(Mapping):
             finder = store
         self.store = store
         self.located = located or locate(finder, os.fspath(path))
-        if self.located.format == "v2":
-            from .bundle.reader import BundleReader
+        from .bundle.readers import open_reader
 
-            self._reader = BundleReader(self.located.prefix, store=store)
-        else:
-            from .bundle.v1 import V1Reader
-
-            # One attribute holds the format's reader; V1-only calls below sit behind format == "v1" (_v1()).
-            self._reader = V1Reader(list(self.located.files), store=store)  # type: ignore[assignment]
+        self._reader: CheckpointReader = open_reader(self.located, store)
         self.format = self.located.format
         self.prefix = self.located.prefix
         self.path = self._reader.path
 
     @property
-    def reader(self):
-        """The format reader (BundleReader for V2, V1Reader for V1): entries, shards, raw bytes."""
+    def reader(self) -> CheckpointReader:
+        """The format's reader (bundle.tensors.CheckpointReader): entries, tensors, stored bytes, files."""
         return self._reader
 
     @property
@@ -166,11 +160,12 @@ class Checkpoint(Mapping):
 
     @property
     def header(self):
-        return getattr(self._reader, "header", None)
+        """The V2 bundle header, or None (V1 has none)."""
+        return self._reader.header
 
     @property
     def num_shards(self) -> int:
-        return self._reader.header.num_shards if self.format == "v2" else len(self._v1().tables)
+        return self._reader.num_shards
 
     @property
     def object_graph_bytes(self) -> bytes | None:
@@ -185,21 +180,10 @@ class Checkpoint(Mapping):
     @property
     def bytes_read(self) -> int:
         """Bytes read from disk so far (index and data)."""
-        r = self._reader
-        if self.format == "v2":
-            return r.index_source.bytes_read + sum(s.bytes_read for s in r._shards.values())
-        return sum(t.source.bytes_read for t in self._v1().tables)
+        return self._reader.bytes_read
 
     def close(self) -> None:
         self._reader.close()
-
-    def _v1(self):
-        """The V1 reader (format "v1" only)."""
-        from .bundle.v1 import V1Reader
-
-        r = self._reader
-        assert isinstance(r, V1Reader), self.format
-        return r
 
     def __enter__(self) -> Checkpoint:
         return self
@@ -213,27 +197,10 @@ class Checkpoint(Mapping):
     # -- reading -------------------------------------------------------------------------------
 
     def _read(self, name: str, entry: Entry):
-        if not entry.slices:
-            return self._reader.read_entry(name, entry)
-        return assemble(name, entry, lambda s: self._read_slice(name, entry, s), path=self.path)
+        return self._reader.read_tensor(name, entry)
 
     def _read_slice(self, name: str, entry: Entry, s: Slice):
-        if self.format == "v1":
-            return self._v1().read_slice(name, s, entry.shape)
-        return self._reader.read_entry(name, self._slice_piece(name, entry, s))
-
-    def _slice_piece(self, name: str, entry: Entry, s: Slice) -> Entry:
-        """The V2 entry storing slice s of name, checked to hold that slice's dtype and shape."""
-        expected = s.shape(entry.shape)
-        piece = self._reader.slice_entry(name, s)
-        if piece.dtype != entry.dtype or piece.shape != expected:
-            raise CorruptCheckpointError(
-                f"slice {s.spec()} is stored as {dtypes.name_of(piece.dtype)}{list(piece.shape)}, expected "
-                f"{dtypes.name_of(entry.dtype)}{list(expected)}",
-                path=self.path,
-                key=name,
-            )
-        return piece
+        return self._reader.read_slice(name, s, entry.shape)
 
     def _read_rows(self, name: str, entry: Entry, start: int, stop: int):
         import numpy as np
@@ -266,23 +233,30 @@ class Checkpoint(Mapping):
             return (self._read(name, entry) if s is None else self._read_slice(name, entry, s))[lo:hi]
         from .bundle.decode import from_bytes
 
-        piece = entry if s is None else self._slice_piece(name, entry, s)
+        piece = entry if s is None else self._reader.slice_entry(name, s)
         rows = piece.shape[0]
         row_bytes = piece.size // rows if rows else 0
         if row_bytes * rows != piece.size:
             raise CorruptCheckpointError(f"{piece.size} bytes do not split into {rows} rows", path=self.path, key=name)
         verified = self.__dict__.setdefault("_verified", set())
-        if (piece.shard_id, piece.offset) not in verified:  # the crc covers the whole piece: stream it once
+        if self._reader.checksums and (piece.shard_id, piece.offset) not in verified:
+            # the crc covers the whole piece: stream it once
             for _ in self._reader.iter_raw(name, piece, VERIFY_CHUNK):
                 pass
             verified.add((piece.shard_id, piece.offset))
         data = self._reader.shard(piece.shard_id).read(piece.offset + lo * row_bytes, (hi - lo) * row_bytes, key=name)
-        big = self._reader.header.big_endian
+        big = self._reader.big_endian
         return from_bytes(data, dtypes.require(piece.dtype), (hi - lo,) + piece.shape[1:], big_endian=big)
 
     def _iter_chunks(self, name: str, entry: Entry, max_bytes: int):
         info = entry.dtype_info
-        if entry.slices or self.format != "v2" or info is None or not info.fixed_width or not entry.shape:
+        if (
+            entry.slices
+            or not self._reader.stores_ranges(name, entry)
+            or info is None
+            or not info.fixed_width
+            or not entry.shape
+        ):
             yield self._read(name, entry)
             return
         from .bundle.decode import from_bytes
@@ -292,7 +266,7 @@ class Checkpoint(Mapping):
         row_bytes = entry.size // rows if rows else 0
         per = max(1, max_bytes // row_bytes) if row_bytes else max(rows, 1)
         buffered = b""
-        big = self._reader.header.big_endian
+        big = self._reader.big_endian
         for data in self._reader.iter_raw(name, entry, chunk=per * row_bytes if row_bytes else 1 << 20):
             buffered += data
             n = len(buffered) // row_bytes if row_bytes else 0
@@ -301,22 +275,3 @@ class Checkpoint(Mapping):
                 buffered = buffered[n * row_bytes :]
         if not shape or rows == 0 or row_bytes == 0:
             yield from_bytes(buffered, info, shape, big_endian=big)
-
-
-def assemble(name: str, entry: Entry, read_piece, *, path=None):
-    """Build a full tensor from its stored slices, which must tile it exactly; read_piece(s) -> array."""
-    import numpy as np
-
-    from .bundle.slices import tiling_problem
-
-    problem = tiling_problem(entry.shape, entry.slices)  # before allocating anything
-    if problem:
-        raise CorruptCheckpointError(problem, path=path, key=name)
-    info = entry.dtype_info
-    if info is None:
-        raise UnsupportedError("unknown dtype", path=path, key=name)
-    out = np.empty(entry.shape, dtype=info.numpy())
-    for s in entry.slices:
-        index = tuple(slice(a, b) for a, b in s.bounds(entry.shape))
-        out[index + (Ellipsis,)] = read_piece(s)  # Ellipsis: 0-d object arrays too
-    return out

@@ -226,7 +226,7 @@ class Job:
         """The same output piece as stored in one input (its own name, shard, offset and crc32c)."""
         name = self.sources[id(ckpt)][piece.name]
         entry = ckpt.entries()[name]
-        if piece.slice is not None and ckpt.format == "v2":
+        if piece.slice is not None:
             entry = ckpt.reader.slice_entry(name, piece.slice)
         return piece._replace(src_name=name, src_entry=entry)
 
@@ -321,6 +321,4 @@ def _read_ahead(chunks, pool):
 
 
 def _shape(ckpt: Checkpoint, piece) -> tuple[int, ...]:
-    if piece.slice is not None and ckpt.format == "v1":  # a V1 entry is the whole tensor
-        return piece.slice.shape(piece.src_entry.shape)
-    return piece.src_entry.shape
+    return piece.src_entry.shape  # a stored slice's entry has the slice's shape (reader.slice_entry)

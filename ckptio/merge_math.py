@@ -48,22 +48,21 @@ def accumulator(dtype: int):
 def flat_chunks(ckpt, name: str, entry, slice_=None, buffers=()):
     """A tensor's (or one stored slice's) elements as flat arrays of CHUNK_ELEMENTS (the last shorter).
 
-    V2 bundles stream their bytes (into the buffers in turn, when given), the crc32c checked after
-    the last chunk; V1 tables hold a tensor inline in one protobuf, so a V1 tensor is read whole
-    and then cut.
+    Byte ranges (V2 bundles) stream (into the buffers in turn, when given), the crc32c checked after
+    the last chunk; a value stored otherwise (inline in a V1 table's protobuf) is read whole and
+    then cut.
     """
     elements = CHUNK_ELEMENTS
     info = dtypes.require(entry.dtype)
-    if ckpt.format == "v2":
-        reader = ckpt.reader
-        big = reader.header.big_endian
+    reader = ckpt.reader
+    if reader.stores_ranges(name, entry):
+        big = reader.big_endian
         size = elements * info.itemsize
         views = [memoryview(b) for b in buffers if len(b) >= size]
         for data in reader.iter_raw(name, entry, size, buffers=views):
             yield from_bytes(data, info, (len(data) // info.itemsize,), big_endian=big)
         return
-    reader = ckpt.reader
-    array = reader.read_entry(name, entry) if slice_ is None else reader.read_slice(name, slice_, entry.shape)
+    array = reader.read_entry(name, entry) if slice_ is None else reader.read_slice(name, slice_)
     flat = np.asarray(array).reshape(-1)
     for start in range(0, flat.size, elements):
         yield flat[start : start + elements]

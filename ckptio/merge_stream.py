@@ -50,12 +50,13 @@ def default_threads() -> int:
 
 
 def streamable(ckpts) -> bool:
-    """Whether every input is a V2 bundle whose shards allow positioned reads from several threads."""
+    """Whether every input keeps checksummed byte ranges (a V2 bundle) in shards that allow positioned
+    reads from several threads."""
     for ckpt in ckpts:
-        if ckpt.format != "v2":
-            return False
         reader = ckpt.reader
-        for shard in range(reader.header.num_shards):
+        if not reader.checksums:  # the streams combine and check each piece's crc32c
+            return False
+        for shard in range(reader.num_shards):
             if not hasattr(reader.shard(shard), "readinto"):  # local files (FileSource) only
                 return False
     return True

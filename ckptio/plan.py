@@ -117,7 +117,7 @@ def check_local(*paths) -> None:
 
 def check_v2(ckpt) -> None:
     """Plans read little-endian V2 bundles, whose byte ranges tasks can read on their own."""
-    if ckpt.format != "v2" or ckpt.header.big_endian:
+    if not ckpt.reader.copies_bytes:
         raise UnsupportedError(
             "plans take little-endian V2 bundles only; run the command itself for this input", path=ckpt.path
         )

@@ -126,8 +126,8 @@ def _plan_copy(ckpt: Checkpoint, dst_prefix: str) -> list[tuple[str, Callable[[]
     from .archive.write import checkpoint_files
 
     files = checkpoint_files(ckpt)
-    if ckpt.format == "v2":
-        files = files[1:] + files[:1]
+    index = ckpt.reader.index_file
+    files = [f for f in files if f[0] != index] + [f for f in files if f[0] == index]
     src_base = _basename(ckpt.prefix)
     out = []
     for path, open_source in files:
@@ -236,7 +236,7 @@ def download_checkpoint(src, local_prefix, *, force: bool = False, progress=None
         if local_prefix.endswith("/") or os.path.isdir(local_prefix):
             local_prefix = os.path.join(local_prefix, _basename(ckpt.prefix))
         plan = _plan_copy(ckpt, local_prefix)
-        if ckpt.format == "v2":
+        if ckpt.reader.index_file is not None:  # the output is a bundle prefix (.index and .data-*)
             check_output(local_prefix, force=force, inputs=[ckpt.located])
         for _, _, dst in plan:
             if os.path.exists(dst) and not force:

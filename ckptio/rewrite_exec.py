@@ -251,12 +251,10 @@ def execute(
 def _announce(ckpt: Checkpoint, pieces: list[Piece], writer, shard: int) -> None:
     """Tell the writer which byte ranges of each data shard this output shard copies, in order (it reads
     a local file ahead, and passes the hint on to other sources: Source.will_need)."""
-    if ckpt.format != "v2":
-        return
     wanted: dict[int, list[tuple[int, int]]] = {}
     for piece in pieces:
         entry = piece.src_entry
-        if entry.size:
+        if entry.size and ckpt.reader.stores_ranges(piece.src_name, entry):
             wanted.setdefault(entry.shard_id, []).append((entry.offset, entry.size))
     for shard_id, ranges in wanted.items():
         writer.will_copy(shard, ckpt.reader.shard(shard_id), ranges)
@@ -266,7 +264,7 @@ def _write_piece(ckpt: Checkpoint, writer, piece: Piece, shard: int, verify: boo
     entry = piece.src_entry
     same_dtype = piece.out_dtype == entry.dtype
     reader = ckpt.reader
-    if ckpt.format == "v2" and same_dtype and not reader.header.big_endian:
+    if same_dtype and reader.copies_bytes:
         if entry.dtype in (dtypes.STRING, dtypes.VARIANT):
             # Their crc32c is not over the stored bytes (FORMAT §4.3, §4.4): the reader checks them whole.
             data = reader.read_raw(piece.src_name, entry, verify=verify)
@@ -275,11 +273,11 @@ def _write_piece(ckpt: Checkpoint, writer, piece: Piece, shard: int, verify: boo
         reader.check_entry(piece.src_name, entry)
         writer.copy(piece.key, entry, reader.shard(entry.shard_id), shard, verify=verify, name=piece.src_name)
         return
-    if ckpt.format == "v1":
+    if not reader.stores_ranges(piece.src_name, entry):  # decoded, not streamed (a V1 value is a protobuf)
         if piece.slice is None:
             array = reader.read_entry(piece.src_name, entry)
         else:
-            array = ckpt._v1().read_slice(piece.src_name, piece.slice, ckpt.entries()[piece.src_name].shape)
+            array = reader.read_slice(piece.src_name, piece.slice)
         _add_array(writer, piece, array, shard)
         return
     info = dtypes.lookup(entry.dtype)
@@ -289,7 +287,7 @@ def _write_piece(ckpt: Checkpoint, writer, piece: Piece, shard: int, verify: boo
         from .bundle.decode import cast, from_bytes, to_bytes
 
         target = dtypes.require(piece.out_dtype)
-        big = reader.header.big_endian
+        big = reader.big_endian
         chunks = (
             to_bytes(cast(from_bytes(c, info, (len(c) // info.itemsize,), big_endian=big), target), target)
             for c in reader.iter_raw(piece.src_name, entry, CHUNK_BYTES)

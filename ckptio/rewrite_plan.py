@@ -71,9 +71,7 @@ class Plan:
 
 
 def _stored_size(ckpt: Checkpoint, name: str, entry: Entry) -> int:
-    if entry.slices and ckpt.format == "v2":
-        return sum(ckpt.reader.slice_entry(name, s).size for s in entry.slices)
-    return entry.size
+    return ckpt.reader.stored_size(name, entry)
 
 
 def make_plan(ckpt: Checkpoint, steps=()) -> Plan:
@@ -141,12 +139,8 @@ def tensor_pieces(ckpt: Checkpoint, name: str, dst: str, dtype: int) -> tuple[li
     entry = ckpt.entries()[name]
     if not entry.slices:
         return [Piece(naming.encode_key(dst), dst, name, entry, dtype)], None
-    pieces = [
-        Piece(
-            slice_key(dst, s), dst, name, ckpt.reader.slice_entry(name, s) if ckpt.format == "v2" else entry, dtype, s
-        )
-        for s in entry.slices
-    ]
+    reader = ckpt.reader
+    pieces = [Piece(slice_key(dst, s), dst, name, reader.slice_entry(name, s), dtype, s) for s in entry.slices]
     return pieces, Entry(dtype, entry.shape, slices=entry.slices)
 
 

@@ -71,10 +71,10 @@ def verify(ckpt, *, progress: Callable[[int], None] | None = None, check_graph: 
     if check_format is not None:  # .safetensors, .npz, Keras (ckptio/formats): their own checks
         check_format(report, progress)
         return report
-    if ckpt.format == "v1":
-        _verify_v1(ckpt, report, progress)
-    else:
+    if ckpt.reader.checksums:  # each entry's crc32c covers its stored bytes (V2)
         _verify_v2(ckpt, report, progress)
+    else:  # only the tables' block CRCs cover the values (V1): decode every tensor, check every block
+        _verify_v1(ckpt, report, progress)
     if check_graph and not report.problems:
         try:
             from .objgraph import check_consistency
@@ -210,7 +210,7 @@ def _verify_v1(ckpt, report: VerifyReport, progress) -> None:
                 progress(getattr(arr, "nbytes", 0))
         except CkptioError as exc:
             report.add(exc, key=name)
-    for table in ckpt.reader.tables:
+    for table in ckpt.reader.sstables():
         _check_metaindex(table, report)
         for i in range(len(table.index)):
             try:

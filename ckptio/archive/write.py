@@ -6,7 +6,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 
 from ..checkpoint import Checkpoint
 from ..errors import OutputExistsError, Remedy, WriteError
@@ -68,18 +67,7 @@ def checkpoint_files(ckpt: Checkpoint) -> list[tuple[str, Callable[[], Source]]]
     """(path, open) of every file of a checkpoint, .index first, then data shards in order (V1: its
     tables); open() returns the file's Source. Opening is deferred so that an archive source is
     read in one forward pass."""
-    # A BundleReader, a V1 reader or a foreign format's RangeReader (whose `tables` refuses): Checkpoint
-    # does not type its readers as one interface yet.
-    reader: Any = ckpt.reader
-    if ckpt.format == "v2":
-        files: list[tuple[str, Callable[[], Source]]] = [(reader.index_source.name, lambda: reader.index_source)]
-        files += [(reader.shard_path(i), partial(reader.shard, i)) for i in range(reader.header.num_shards)]
-        return files
-    return [(t.source.name, _source_of(t)) for t in reader.tables]
-
-
-def _source_of(table: Any) -> Callable[[], Source]:
-    return lambda: table.source
+    return ckpt.reader.files()  # another format's RangeReader refuses: only TF checkpoints are packed
 
 
 def _basename(path: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from functools import partial
 
 from ..errors import (
     ChecksumError,
@@ -23,14 +24,15 @@ from .entry import Entry, Header
 from .locate import LFS_POINTER
 from .slices import Slice, tiling_problem
 from .slices import encode_key as slice_key
+from .tensors import CHUNK, CheckpointReader
 
-CHUNK = 8 << 20
 
-
-class BundleReader:
+class BundleReader(CheckpointReader):
     """A V2 checkpoint. Opening reads the footer, the index block and the first data block."""
 
     format = "v2"
+    checksums = True  # each entry's crc32c covers its bytes in the data shard
+    header: Header
 
     def __init__(
         self,
@@ -77,6 +79,28 @@ class BundleReader:
         if first is None or first[0] != b"":
             raise CorruptCheckpointError('the first entry is not the bundle header (key "")', path=self.path)
         self.header = Header.parse(first[1], path=self.path)
+
+    @property
+    def copies_bytes(self) -> bool:
+        return not self.header.big_endian  # the writer writes little-endian bundles
+
+    @property
+    def index_file(self) -> str:
+        return self.index_source.name
+
+    def stores_ranges(self, name: str, entry: Entry) -> bool:
+        return True
+
+    def files(self) -> list[tuple[str, Callable[[], Source]]]:
+        out: list[tuple[str, Callable[[], Source]]] = [(self.index_source.name, lambda: self.index_source)]
+        return out + [(self.shard_path(i), partial(self.shard, i)) for i in range(self.header.num_shards)]
+
+    def sstables(self) -> list[Table]:
+        return [self.table]
+
+    @property
+    def bytes_read(self) -> int:
+        return self.index_source.bytes_read + sum(s.bytes_read for s in list(self._shards.values()))
 
     # -- index ---------------------------------------------------------------------------------
 
@@ -136,6 +160,10 @@ class BundleReader:
         if problem:
             raise CorruptCheckpointError(problem, path=self.path, key=name)
         return entry
+
+    def read_slice(self, name: str, s: Slice, shape: tuple[int, ...] | None = None):
+        """Decode stored slice s of name (slice_entry checks it holds that slice's dtype and shape)."""
+        return self.read_entry(name, self.slice_entry(name, s))
 
     def _check_tiling(self, name: str) -> Entry:
         """name's metadata entry; refuse a sliced tensor whose slices overlap or leave holes, before

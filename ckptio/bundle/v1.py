@@ -16,10 +16,15 @@ from ..store.base import Source, Store
 from . import dtypes
 from .entry import CONSUMER_VERSION, Entry, parse_proto
 from .slices import Slice, encode_key, from_proto, tiling_problem
+from .tensors import CheckpointReader
 
 
-class V1Reader:
-    """A V1 checkpoint spread over one or more table files."""
+class V1Reader(CheckpointReader):
+    """A V1 checkpoint spread over one or more table files.
+
+    Values sit inline in the tables as protobufs: no entry is a byte range (stores_ranges is False),
+    none has a crc32c of its own (the table's block CRCs cover them), and there is no header.
+    """
 
     format = "v1"
 
@@ -103,8 +108,35 @@ class V1Reader:
         except KeyError:
             raise TensorNotFoundError("no such tensor", path=self.path, key=name) from None
 
-    def read_entry(self, name: str, entry: Entry):
-        """Decode a tensor stored whole (as one full slice)."""
+    @property
+    def num_shards(self) -> int:
+        return len(self.tables)
+
+    def slice_entry(self, name: str, s: Slice) -> Entry:
+        """Stored slice s of name as an entry of its own: dtype, the slice's shape, its file, its size
+        as decoded (a V1 value's size in the table is that of its protobuf)."""
+        entry = self._check_tiling(name)
+        if s not in self._stored[name]:
+            raise TensorNotFoundError(f"slice {s.spec()} is not stored", path=self.path, key=name)
+        shape = s.shape(entry.shape)
+        file = self._file_of.get(encode_key(name, s), 0)
+        return Entry(entry.dtype, shape, file, 0, _estimate_size(entry.dtype, shape), 0, ())
+
+    def stored_size(self, name: str, entry: Entry) -> int:
+        return entry.size  # decoded: the values' size in the table is their protobuf's
+
+    def files(self) -> list[tuple[str, Callable[[], Source]]]:
+        return [(t.source.name, _source_of(t)) for t in self.tables]
+
+    def sstables(self) -> list[Table]:
+        return list(self.tables)
+
+    @property
+    def bytes_read(self) -> int:
+        return sum(t.source.bytes_read for t in self.tables)
+
+    def read_entry(self, name: str, entry: Entry, *, verify: bool = True):
+        """Decode a tensor stored whole (as one full slice); the table's block CRCs are always checked."""
         stored = self._stored.get(name)
         if not stored:  # TF's reader finds no data for it either
             raise CorruptCheckpointError(
@@ -114,14 +146,20 @@ class V1Reader:
             )
         return self.read_slice(name, stored[0], entry.shape)
 
-    def read_slice(self, name: str, s: Slice, shape: tuple[int, ...]):
-        """Decode the stored slice s of tensor name (whose full shape is shape)."""
+    def _check_tiling(self, name: str) -> Entry:
+        """name's entry; overlapping or missing slices are refused before anything is sized by them."""
         entry = self.entry(name)
-        if name not in self._tiled:  # overlapping or missing slices: refuse before anything is sized
+        if name not in self._tiled:
             problem = tiling_problem(entry.shape, self._stored[name])
             if problem:
                 raise CorruptCheckpointError(problem, path=self.path, key=name)
             self._tiled.add(name)
+        return entry
+
+    def read_slice(self, name: str, s: Slice, shape: tuple[int, ...] | None = None):
+        """Decode the stored slice s of tensor name (whose full shape is shape, its entry's if None)."""
+        entry = self._check_tiling(name)
+        shape = entry.shape if shape is None else shape
         key = encode_key(name, s if shape else Slice(()))
         i = self._file_of.get(encode_key(name, s), 0)
         table = self.tables[i]
@@ -141,6 +179,10 @@ class V1Reader:
     def close(self) -> None:
         for t in self.tables:
             t.source.close()
+
+
+def _source_of(table: Table) -> Callable[[], Source]:
+    return lambda: table.source
 
 
 def parse_slices(value: bytes):

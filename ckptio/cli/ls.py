@@ -115,10 +115,10 @@ def _list(args) -> int:
         roles = roles_of(ckpt)
         rows = []
         dtype_names = {enum: d.name for enum, d in dtypes.BY_ENUM.items()}
-        v2 = ckpt.format == "v2"
+        stored_size = ckpt.reader.stored_size
         for n in names:
             e = entries[n]
-            nbytes = sum(ckpt.reader.slice_entry(n, s).size for s in e.slices) if e.slices and v2 else e.size
+            nbytes = stored_size(n, e) if e.slices else e.size
             d = dtype_names.get(e.dtype) or dtypes.name_of(e.dtype)
             shape = e.shape if type(e.shape) is tuple else tuple(e.shape)  # a hashable key for the caches below
             rows.append((n, d, shape, nbytes, roles.get(n, "weight"), e))

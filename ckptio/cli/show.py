@@ -35,8 +35,8 @@ def run(args) -> int:
                 exc.message += "; did you mean " + ", ".join(map(show_name, close)) + "?"
             raise
         e = tensor.entry
-        # .safetensors, .npz and Keras files store no CRC32C per tensor: say so rather than print 0.
-        crc = f"{e.crc32c:#010x}" if ckpt.format in ("v1", "v2") else "none"
+        # V1 tables, .safetensors, .npz and Keras files store no CRC32C per tensor: say so rather than print 0.
+        crc = f"{e.crc32c:#010x}" if ckpt.reader.checksums else "none"
         info = {
             "name": tensor.name,
             "dtype": tensor.dtype_name,

@@ -79,12 +79,15 @@ def _diagnose(d: Diagnosis, store, text: str) -> None:
     d._located = located
     d.format, d.prefix = located.format, located.prefix
     try:
-        if located.format == "v2":
-            diagnose_v2(d, store, located.prefix)
-        else:
-            diagnose_v1(d, store, list(located.files), located.prefix)
+        SCANNERS[located.format](d, store, located)
     except CkptioError as exc:  # the medium failed under a read (an archive's stream, a server)
         d.problem("unreadable", exc.message, path=exc.path, offset=exc.offset)
 
+
+# Doctor reads below the readers (a damaged file does not open), so it keeps one scanner per format.
+SCANNERS = {
+    "v2": lambda d, store, located: diagnose_v2(d, store, located.prefix),
+    "v1": lambda d, store, located: diagnose_v1(d, store, list(located.files), located.prefix),
+}
 
 __all__ = ["diagnose", "salvage", "Diagnosis", "Finding"]

@@ -25,11 +25,11 @@ def salvage(diagnosis: Diagnosis, out, *, force: bool = False) -> list[str]:
         raise PlanError("no intact tensor to salvage", path=d.path)
     inputs = [d._located] if d._located is not None else []
     with BundleWriter(os.fspath(out), force=force, inputs=inputs) as writer:
-        if d.format == "v1":
-            for name in d.intact:
+        # Decoded tensors (V1 values, read from protobufs) are written again; byte ranges are copied.
+        for name in d.intact:
+            if name in d._arrays:
                 writer.add_array(name, d._arrays[name], dtype=d._entries[name].dtype)
-        else:
-            _copy_pieces(d, writer)
+        _copy_pieces(d, writer)
         writer.finish()
     return list(d.intact)
 
@@ -37,10 +37,14 @@ def salvage(diagnosis: Diagnosis, out, *, force: bool = False) -> list[str]:
 def _copy_pieces(d: Diagnosis, writer) -> None:
     pieces = []
     for name in d.intact:
+        if name in d._arrays:
+            continue
         entry = d._entries[name]
         if entry.slices:
             writer.add_entry(name, Entry(entry.dtype, entry.shape, slices=entry.slices))
         pieces.extend(d._pieces[name])
+    if not pieces:  # nothing stored as a byte range (V1): the input is not opened again
+        return
     pieces.sort(key=lambda kp: (kp[1].shard, kp[1].entry.offset))
     store, _ = open_input(d._input or d.path)
     sources: dict[int, Source] = {}

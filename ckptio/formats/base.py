@@ -13,13 +13,14 @@ from __future__ import annotations
 from ..bundle import dtypes
 from ..bundle.entry import Entry, Header
 from ..bundle.paths import Located
+from ..bundle.tensors import CheckpointReader
 from ..checkpoint import Checkpoint
 from ..errors import CorruptCheckpointError, TensorNotFoundError, TruncatedError, UnsupportedError
 
 CHUNK = 8 << 20
 
 
-class RangeReader:
+class RangeReader(CheckpointReader):
     """Tensors at byte ranges of some files (sources[shard_id]), or made by a loader; no checksums."""
 
     def __init__(self, path: str, sources: list, entries: dict[str, Entry], loaders: dict | None = None):
@@ -42,6 +43,17 @@ class RangeReader:
         """Whether the tensor's bytes are one little-endian range of sources[shard_id] (copyable as is)."""
         return name not in self._loaders
 
+    def stores_ranges(self, name: str, entry: Entry) -> bool:
+        return self.is_range(name)
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.sources) or 1
+
+    @property
+    def bytes_read(self) -> int:
+        return sum(s.bytes_read for s in self.sources)
+
     def shard(self, shard: int):
         return self.sources[shard]
 
@@ -61,7 +73,7 @@ class RangeReader:
                 offset=entry.offset,
             )
 
-    def iter_raw(self, name: str, entry: Entry, chunk: int = CHUNK, *, verify: bool = True):
+    def iter_raw(self, name: str, entry: Entry, chunk: int = CHUNK, *, verify: bool = True, buffers=()):
         """The tensor's stored bytes in chunks (there is no checksum to verify)."""
         if name in self._loaders:
             yield self.read_raw(name, entry)
@@ -107,17 +119,13 @@ class RangeReader:
             )
         return array
 
-    @property
-    def tables(self):
-        # archive.checkpoint_files lists a non-V2 checkpoint's files through its reader's V1 tables:
-        # packing these formats into a .tar.zst (which ckptio reads as a TF checkpoint) is refused.
+    def files(self):
+        # archive.checkpoint_files lists a checkpoint's files through its reader: packing these
+        # formats into a .tar.zst (which ckptio reads as a TF checkpoint) is refused.
         raise UnsupportedError(
             "only TensorFlow checkpoints are packed into .tar.zst archives; compress this file with zstd itself",
             path=self.path,
         )
-
-    def slice_entry(self, name, s):
-        raise CorruptCheckpointError("this format stores no slices", path=self.path, key=name)
 
     def close(self) -> None:
         for src in self.sources:
@@ -131,22 +139,12 @@ class ForeignCheckpoint(Checkpoint):
 
     def __init__(self, reader: RangeReader, fmt: str, path: str, files=()):
         # Not Checkpoint.__init__: that resolves TensorFlow paths and opens a bundle.
-        # Checkpoint types its reader as a BundleReader; a RangeReader offers the same reads (until
-        # the bundle layer names that interface, the type checker cannot see it).
-        self._reader = reader  # type: ignore[assignment]
+        self._reader = reader
         self._foreign = reader
         self.format = fmt
         self.located = Located(fmt, path, tuple(files) or (path,))
         self.prefix = path
         self.path = reader.path
-
-    @property
-    def num_shards(self) -> int:
-        return len(self._foreign.sources) or 1
-
-    @property
-    def bytes_read(self) -> int:
-        return sum(s.bytes_read for s in self._foreign.sources)
 
     def __repr__(self) -> str:
         return f"<ckptio.{type(self).__name__} {self.format} {self.prefix!r}>"

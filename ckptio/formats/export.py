@@ -75,12 +75,11 @@ def runs_of(ckpt, t: OutTensor) -> list[Run]:
     """The runs that make up tensor t, from whatever the source stores."""
     reader = ckpt.reader
     e = t.entry
-    foreign = isinstance(ckpt, ForeignCheckpoint)
-    bundle = ckpt.format == "v2"
-    big = bundle and reader.header.big_endian
-    if not e.slices and (bundle or (foreign and reader.is_range(t.data_name))):
+    ranges = reader.stores_ranges(t.data_name, e)  # not a V1 value (a protobuf), nor a loader's array
+    big = reader.big_endian
+    if not e.slices and ranges:
         return [_run(reader, t.data_name, e, 0, t.dtype, big)]
-    if e.slices and bundle and _row_slices(e):
+    if e.slices and ranges and _row_slices(e):
         row = t.nbytes // e.shape[0] if e.shape[0] else 0
         runs = []
         for s in sorted(e.slices, key=lambda s: s.bounds(e.shape)[0][0]):
@@ -143,7 +142,7 @@ def _seek(out: ShardFile, position: int) -> None:
 def write_runs(ckpt, out: ShardFile, placed, *, verify: bool, progress=None) -> None:
     """Write every (position, run) into out in source order; CRC32C checked where the source has it."""
     copier = Copier()
-    checked = verify and not isinstance(ckpt, ForeignCheckpoint) and ckpt.format == "v2"
+    checked = verify and ckpt.reader.checksums
     try:
         for position, run in sorted(placed, key=lambda p: p[1].order()):
             _seek(out, position)  # written at its place, so the source is read in its own order
@@ -186,11 +185,8 @@ def input_files(ckpt) -> list[str]:
     """Every file the source reads (for the never-over-the-input check)."""
     located = ckpt.located
     files = [located.prefix, *located.files]
-    if ckpt.format == "v2" and not isinstance(ckpt, ForeignCheckpoint):
-        from ..bundle import naming
-
-        files.append(naming.index_path(located.prefix))
-        files += [naming.data_path(located.prefix, i, ckpt.num_shards) for i in range(ckpt.num_shards)]
+    if not isinstance(ckpt, ForeignCheckpoint):  # its files are located.files; its reader lists none
+        files += [path for path, _ in ckpt.reader.files()]
     return [f for f in files if "://" not in f]
 
 
