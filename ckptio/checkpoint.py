@@ -80,8 +80,7 @@ class Tensor:
 
     @property
     def ranged_rows(self) -> bool:
-        """True when read_rows reads only the rows asked for: stored as byte ranges, fixed-width, rank >= 1,
-        random access."""
+        """True when read_rows reads only the rows asked for: byte ranges, fixed-width, rank >= 1, random access."""
         info = self.entry.dtype_info
         return (
             self._ckpt._reader.stores_ranges(self.name, self.entry)

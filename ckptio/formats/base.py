@@ -1,9 +1,9 @@
 """What the other formats share: a Checkpoint over tensors that are plain little-endian byte ranges.
 
 A safetensors tensor, a stored .npz member's array and a contiguous HDF5 dataset are all a run
-of bytes at a known offset in a file, with no checksum. RangeReader presents them with the
-interface of BundleReader (entries, iter_raw, read_entry, shard, header), so the listing,
-reading and rewriting code works on them unchanged. An Entry here has crc32c 0 (none stored) and
+of bytes at a known offset in a file, with no checksum. RangeReader presents them through the
+interface every reader has (bundle.tensors.CheckpointReader), so the listing, reading and
+rewriting code works on them unchanged. An Entry here has crc32c 0 (none stored) and
 shard_id = the index of its file. Tensors that are not a plain byte range (a compressed member,
 a chunked dataset) have a loader instead, which returns the whole array.
 """
