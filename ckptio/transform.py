@@ -30,6 +30,11 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type che
 if TYPE_CHECKING:
     from .bundle.entry import Entry
 
+# Value types, here and throughout ckptio, are declared one way: an immutable value is a
+# @dataclass(frozen=True, slots=True); a mutable record filled in as work proceeds (a report, stats)
+# is a @dataclass(slots=True), with eq=False only where identity is the point (objgraph's nodes).
+# No named tuples, no hand-written __slots__ or frozen bases; tests/test_value_types.py checks.
+
 
 @dataclass(frozen=True, slots=True)
 class Item:
