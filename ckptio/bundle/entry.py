@@ -234,9 +234,9 @@ def _slot_setters(cls) -> tuple:
     return tuple(cls.__dict__[name].__set__ for name in cls.__slots__)
 
 
-# A frozen dataclass's __init__ assigns each field through object.__setattr__, 0.3 us more per
-# Entry than the named tuple it replaced; _parse_common builds its Entry through the slot
-# descriptors' __set__ instead, which costs a third of that.
+# A frozen dataclass's __init__ assigns each field through object.__setattr__: parsing 100,000
+# entries took 80 ms more than with the named tuple Entry was before (13% of `ls --json`).
+# _parse_common builds its Entry with the slot descriptors' __set__ instead: 35-40 ms more.
 _ENTRY_SETTERS = _slot_setters(Entry)
 
 
