@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import glob
 import os
-from collections import namedtuple
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
@@ -14,7 +13,7 @@ from .bundle.state import listed, record_outputs, state_path
 from .errors import CheckpointNotFoundError, CkptioError
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
     """One input's result in a batch."""
 
@@ -29,13 +28,18 @@ class Outcome:
     seconds: float = 0.0
 
 
-class Input(namedtuple("Input", "path timestamp last_preserved error kind", defaults=(None, None, None, None))):
+@dataclass(frozen=True, slots=True)
+class Input:
     """One batch input: a path, its timestamp (and field 4) if a state file lists it, or why it is unusable.
 
     error: the one-line reason; kind: the CkptioError class expand_inputs raises for it.
     """
 
-    __slots__ = ()
+    path: str
+    timestamp: float | None = None
+    last_preserved: float | None = None
+    error: str | None = None
+    kind: type[CkptioError] | None = None
 
 
 def gather_inputs(args: list[str]) -> list[Input]:
@@ -76,7 +80,7 @@ def expand_inputs(args: list[str]) -> list[str]:
     inputs = gather_inputs(args)
     bad = next((i for i in inputs if i.error), None)
     if bad is not None:
-        raise (bad.kind or CheckpointNotFoundError)(bad.error, path=bad.path)
+        raise (bad.kind or CheckpointNotFoundError)(str(bad.error), path=bad.path)
     return [i.path for i in inputs]
 
 

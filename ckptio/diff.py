@@ -8,7 +8,7 @@ are read whole.
 from __future__ import annotations
 
 import math
-from collections import namedtuple
+from dataclasses import dataclass
 
 from .bundle import dtypes
 from .checkpoint import Checkpoint
@@ -17,27 +17,41 @@ from .views import match, view
 CHUNK_BYTES = 1 << 20  # per side; the float64 working copies take a few times this
 
 
-class Mismatch(namedtuple("Mismatch", "a b a_dtype b_dtype a_shape b_shape")):
+@dataclass(frozen=True, slots=True)
+class Mismatch:
     """A tensor in both checkpoints whose dtype or shape differs."""
 
-    __slots__ = ()
+    a: str
+    b: str
+    a_dtype: str
+    b_dtype: str
+    a_shape: tuple[int, ...]
+    b_shape: tuple[int, ...]
 
 
-# max_abs / rel_l2 are None when not a number (strings, or an infinite or NaN difference).
-class Change(namedtuple("Change", "a b max_abs rel_l2")):
+@dataclass(frozen=True, slots=True)
+class Change:
     """A tensor in both checkpoints whose values differ."""
 
-    __slots__ = ()
+    a: str
+    b: str
+    max_abs: float | None  # None when not a number (strings, or an infinite or NaN difference)
+    rel_l2: float | None
 
 
+@dataclass(slots=True)
 class DiffResult:
     """What diff found; `equal` counts common tensors of equal values (with values) or of equal dtype and shape."""
 
-    __slots__ = ("a", "b", "only_a", "only_b", "mismatched", "changed", "equal", "pairs", "values")
-
-    def __init__(self, a, b, only_a, only_b, mismatched, changed, equal, pairs, values):
-        self.a, self.b, self.only_a, self.only_b = a, b, only_a, only_b
-        self.mismatched, self.changed, self.equal, self.pairs, self.values = mismatched, changed, equal, pairs, values
+    a: str
+    b: str
+    only_a: list[str]
+    only_b: list[str]
+    mismatched: list[Mismatch]
+    changed: list[Change]
+    equal: int
+    pairs: list
+    values: bool
 
     @property
     def identical(self) -> bool:
@@ -58,7 +72,7 @@ class DiffResult:
                 }
                 for m in self.mismatched
             ],
-            "changed": [c._asdict() for c in self.changed],
+            "changed": [{"a": c.a, "b": c.b, "max_abs": c.max_abs, "rel_l2": c.rel_l2} for c in self.changed],
             "equal": self.equal,
         }
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections import namedtuple
+from dataclasses import dataclass
 
 
-class Remedy(namedtuple("Remedy", "param effect flag value", defaults=(None, True))):
+@dataclass(frozen=True, slots=True)
+class Remedy:
     """What a caller can pass to get past an error: a keyword parameter (the API) or its flag (the CLI).
 
     param: the Python keyword, e.g. "force"; effect: what passing it does, e.g. "replace it";
@@ -13,7 +14,10 @@ class Remedy(namedtuple("Remedy", "param effect flag value", defaults=(None, Tru
     value: the value to pass (True for a switch).
     """
 
-    __slots__ = ()
+    param: str
+    effect: str
+    flag: str | None = None
+    value: object = True
 
     def text(self, *, flags: bool) -> str:
         if flags:

@@ -5,7 +5,7 @@ Shared by fit() on TensorBundle templates and by the Keras .weights.h5 fit (form
 
 from __future__ import annotations
 
-from collections import namedtuple
+from dataclasses import dataclass, field
 
 from .bundle import dtypes
 from .errors import MismatchError, PlanError, Remedy
@@ -18,40 +18,34 @@ ON_MISMATCH = ("error", "template", "slice")
 FLOATING = ("float16", "bfloat16", "float32", "float64")
 
 
-# kind: "copy" (src bytes), "keep" (template bytes), "slice", "vocab" or "layout" (built in memory).
-class Op(namedtuple("Op", "kind dst src dtype vocab", defaults=(None, None, None))):
+@dataclass(frozen=True, slots=True)
+class Op:
     """How one template tensor is written."""
 
-    __slots__ = ()
+    kind: str  # "copy" (src bytes), "keep" (template bytes), "slice", "vocab" or "layout" (built in memory)
+    dst: str
+    src: str | None = None
+    dtype: int | None = None
+    vocab: tuple | None = None
 
 
+@dataclass(slots=True)
 class FitReport:
     """Where every template tensor of the output comes from."""
 
-    __slots__ = (
-        "src",
-        "template",
-        "dst",
-        "matched",
-        "template_only",
-        "source_only",
-        "mismatched",
-        "cast",
-        "remapped",
-        "dry_run",
-        "seconds",
-        "errors",
-    )
-
-    def __init__(self, src: str, template: str, dst: str | None, dry_run: bool = False) -> None:
-        self.src, self.template, self.dst, self.dry_run, self.seconds = src, template, dst, dry_run, 0.0
-        self.matched: list[dict[str, Any]] = []  # {src, dst, how}
-        self.template_only: list[str] = []
-        self.source_only: list[str] = []
-        self.mismatched: list[dict[str, Any]] = []  # {src, dst, shapes, dtypes, action}
-        self.cast: list[dict[str, Any]] = []  # {src, dst, src_dtype, dst_dtype}
-        self.remapped: list[dict[str, Any]] = []  # {src, dst, vocab, moved, new}
-        self.errors: list[tuple[str, str]] = []  # (template key, why) of each mismatch that stops the fit
+    src: str
+    template: str
+    dst: str | None
+    dry_run: bool = False
+    seconds: float = field(default=0.0, init=False)
+    matched: list[dict[str, Any]] = field(default_factory=list, init=False)  # {src, dst, how}
+    template_only: list[str] = field(default_factory=list, init=False)
+    source_only: list[str] = field(default_factory=list, init=False)
+    mismatched: list[dict[str, Any]] = field(default_factory=list, init=False)  # {src, dst, shapes, dtypes, action}
+    cast: list[dict[str, Any]] = field(default_factory=list, init=False)  # {src, dst, src_dtype, dst_dtype}
+    remapped: list[dict[str, Any]] = field(default_factory=list, init=False)  # {src, dst, vocab, moved, new}
+    # (template key, why) of each mismatch that stops the fit
+    errors: list[tuple[str, str]] = field(default_factory=list, init=False)
 
     def to_json(self) -> dict:
         return {

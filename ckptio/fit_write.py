@@ -76,7 +76,7 @@ def layout(
     origin: dict[bytes, tuple[Checkpoint, Op]] = {}  # piece key -> where it comes from
     for op in ops:
         ckpt = cs if op.kind == "copy" else ct
-        dtype = op.dtype if op.kind == "copy" else ct.entries()[op.dst].dtype
+        dtype = op.dtype if op.kind == "copy" and op.dtype is not None else ct.entries()[op.dst].dtype
         # A built tensor takes the template's layout: its pieces say where each part goes and how big it is.
         pieces, meta = (
             tensor_pieces(ckpt, op.src or op.dst, op.dst, dtype)

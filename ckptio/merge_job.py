@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass, fields, replace
 
 from . import merge_math as mm
 from . import merge_stream as ms
@@ -23,29 +24,10 @@ if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
 
 
+@dataclass(slots=True)
 class MergeReport:
     """What a merge did (or, for a dry run, would do)."""
 
-    __slots__ = (
-        "inputs",
-        "base",
-        "dst",
-        "method",
-        "weights",
-        "decay",
-        "order",
-        "notes",
-        "combined",
-        "copied",
-        "copied_from",
-        "dropped",
-        "tensors",
-        "linear",
-        "bytes_read",
-        "bytes_written",
-        "seconds",
-        "dry_run",
-    )
     inputs: list[str]
     base: str | None
     dst: str | None
@@ -65,10 +47,6 @@ class MergeReport:
     seconds: float
     dry_run: bool
 
-    def __init__(self, **fields):
-        for name in self.__slots__:
-            setattr(self, name, fields.get(name))
-
     def __repr__(self):
         return (
             f"MergeReport(method={self.method!r}, inputs={len(self.inputs)}, dst={self.dst!r}, "
@@ -77,7 +55,7 @@ class MergeReport:
         )
 
     def to_json(self) -> dict:
-        out = {name: getattr(self, name) for name in self.__slots__}
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["seconds"] = round(self.seconds or 0.0, 3)
         return out
 
@@ -228,7 +206,7 @@ class Job:
         entry = ckpt.entries()[name]
         if piece.slice is not None:
             entry = ckpt.reader.slice_entry(name, piece.slice)
-        return piece._replace(src_name=name, src_entry=entry)
+        return replace(piece, src_name=name, src_entry=entry)
 
     def _streams(self, piece):
         """One chunk stream per operand, each reading into its own two buffers (reused throughout)."""

@@ -19,6 +19,7 @@ chunk per input, never a whole tensor. The rules, for inputs x_1 .. x_n (in merg
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -261,13 +262,13 @@ def slerp_coefficients(dot: float, norm0: float, norm1: float, t: float) -> tupl
     return math.sin((1.0 - t) * theta) / s, math.sin(t * theta) / s, False
 
 
+@dataclass(slots=True)
 class SlerpStats:
     """First slerp pass over one tensor: running dot product and squared norms (float64)."""
 
-    __slots__ = ("dot", "sq0", "sq1")
-
-    def __init__(self):
-        self.dot = self.sq0 = self.sq1 = 0.0
+    dot: float = 0.0
+    sq0: float = 0.0
+    sq1: float = 0.0
 
     def add(self, a, b) -> None:
         a, b = widen(a).astype(np.float64), widen(b).astype(np.float64)

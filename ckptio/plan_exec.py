@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+from dataclasses import replace
 
 from .bundle import naming
 from .bundle.entry import Entry, Header
@@ -238,7 +239,7 @@ def merged_entries(plan: dict, staging: Staging) -> dict[bytes, Entry]:
         for key, e in part.items():
             if key in entries:
                 raise PlanError("two shards write the same key", key=naming.decode_key(key))
-            entries[key] = e._replace(shard_id=spec["shard"])
+            entries[key] = replace(e, shard_id=spec["shard"])
     for key_hex, encoded in plan["metadata"].items():
         key = bytes.fromhex(key_hex)
         if key in entries:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from dataclasses import dataclass, field
 
 from .bundle import dtypes, naming
 from .checkpoint import Checkpoint
@@ -19,52 +20,28 @@ from .transform import Cast, Item
 CHUNK_BYTES = 8 << 20
 
 
+@dataclass(slots=True)
 class RewriteReport:
     """What a rewrite did (or, for a dry run, would do)."""
 
     # kept, dropped and cast list tensors; the object graph of a TF2 checkpoint is not among them:
     # object_graph says what became of it (None without one, "copied" or "rewritten").
-    # not_cast: with a Cast step, the kept tensors it left as they were: (name, dtype, reason), reason
-    # one of transform's NOT_FLOATING, LOW, ALREADY, NOT_SELECTED codes.
-    __slots__ = (
-        "src",
-        "dst",
-        "kept",
-        "dropped",
-        "cast",
-        "not_cast",
-        "bytes_before",
-        "bytes_after",
-        "seconds",
-        "dry_run",
-        "object_graph",
-        "state_file",
-    )
-
-    def __init__(
-        self,
-        src: str,
-        dst: str | None,
-        kept: list[tuple[str, str]] | None = None,
-        dropped: list[str] | None = None,
-        cast: list[str] | None = None,
-        bytes_before: int = 0,
-        bytes_after: int = 0,
-        seconds: float = 0.0,
-        dry_run: bool = False,
-        not_cast: list[tuple[str, str, str]] | None = None,
-        object_graph: str | None = None,
-    ):
-        self.src, self.dst = src, dst
-        self.object_graph = object_graph
-        self.kept = [] if kept is None else kept
-        self.dropped = [] if dropped is None else dropped
-        self.cast = [] if cast is None else cast
-        self.not_cast = [] if not_cast is None else not_cast
-        self.bytes_before, self.bytes_after, self.seconds, self.dry_run = bytes_before, bytes_after, seconds, dry_run
-        # What happened to the output directory's `checkpoint` file: None (not asked), "written",
-        # "left" (it lists other checkpoints: not ours to change) or "failed: <reason>".
-        self.state_file: str | None = None
+    src: str
+    dst: str | None
+    kept: list[tuple[str, str]] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    cast: list[str] = field(default_factory=list)
+    bytes_before: int = 0
+    bytes_after: int = 0
+    seconds: float = 0.0
+    dry_run: bool = False
+    # With a Cast step, the kept tensors it left as they were: (name, dtype, reason), reason one of
+    # transform's NOT_FLOATING, LOW, ALREADY, NOT_SELECTED codes.
+    not_cast: list[tuple[str, str, str]] = field(default_factory=list)
+    object_graph: str | None = None
+    # What happened to the output directory's `checkpoint` file: None (not asked), "written",
+    # "left" (it lists other checkpoints: not ours to change) or "failed: <reason>".
+    state_file: str | None = field(default=None, init=False)
 
     def __repr__(self):
         return (

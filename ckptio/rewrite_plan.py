@@ -6,7 +6,7 @@ fit, merge and saved plans) then write the pieces in (shard, offset) order.
 
 from __future__ import annotations
 
-from collections import namedtuple
+from dataclasses import dataclass, field
 
 from .bundle import dtypes, naming
 from .bundle.slices import encode_key as slice_key
@@ -17,14 +17,21 @@ from .transform import Cast, Context, Item, check_collisions
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers honour the name)
 if TYPE_CHECKING:
     from .bundle.entry import Entry
+    from .bundle.slices import Slice
 
 
 # key: output bundle key; name: output tensor name (for messages); src_name: source tensor name;
 # src_entry: where the bytes are (V2) or the tensor's metadata (V1); slice: the stored slice, if any.
-class Piece(namedtuple("Piece", "key name src_name src_entry out_dtype slice", defaults=(None,))):
+@dataclass(frozen=True, slots=True)
+class Piece:
     """One run of bytes to write: a whole tensor or one stored slice."""
 
-    __slots__ = ()
+    key: bytes
+    name: str
+    src_name: str
+    src_entry: Entry
+    out_dtype: int
+    slice: Slice | None = None
 
     @property
     def size(self) -> int:
@@ -40,26 +47,19 @@ class Piece(namedtuple("Piece", "key name src_name src_entry out_dtype slice", d
         return n * info.itemsize
 
 
+@dataclass(slots=True)
 class Plan:
     """A validated rewrite: output items, the pieces to write, and the new object graph if any."""
 
-    __slots__ = ("source", "items", "dropped", "pieces", "metadata", "graph", "graph_rewritten", "object_names")
-
-    def __init__(
-        self,
-        source: Checkpoint,
-        items: list[Item],
-        dropped: list[str],
-        pieces: list[Piece],
-        metadata: dict[str, Entry],
-        graph: bytes | None = None,
-        graph_rewritten: bool = False,
-    ):
-        self.source, self.items, self.dropped, self.pieces = source, items, dropped, pieces
-        self.metadata = metadata  # sliced tensors' metadata entries by output name
-        self.graph = graph
-        self.graph_rewritten = graph_rewritten  # the graph differs from the source's
-        self.object_names = None  # source key -> its object paths, when --cast-only needed them
+    source: Checkpoint
+    items: list[Item]
+    dropped: list[str]
+    pieces: list[Piece]
+    metadata: dict[str, Entry]  # sliced tensors' metadata entries by output name
+    graph: bytes | None = None
+    graph_rewritten: bool = False  # the graph differs from the source's
+    # source key -> its object paths, when --cast-only needed them
+    object_names: dict[str, list[str]] | None = field(default=None, init=False)
 
     @property
     def bytes_before(self) -> int:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections import namedtuple
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 
 from .bundle import dtypes
 from .errors import PlanError, Remedy
@@ -26,58 +26,49 @@ from .optimizer_keys import (  # re-exported: key roles were defined here before
     classify,
 )
 
-# Named tuples and plain classes, not dataclasses: importing dataclasses and building each
-# @dataclass would cost every CLI command milliseconds at start-up.
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers honour the name)
+if TYPE_CHECKING:
+    from .bundle.entry import Entry
+
+# Value types, here and throughout ckptio, are declared one way: an immutable value is a
+# @dataclass(frozen=True, slots=True); a mutable record filled in as work proceeds (a report, stats)
+# is a @dataclass(slots=True), with eq=False only where identity is the point (objgraph's nodes).
+# No named tuples, no hand-written __slots__ or frozen bases; tests/test_value_types.py checks.
 
 
-# promoted_from: for EMA promotion, the source whose bytes are written instead of src's.
-class Item(namedtuple("Item", "src dst dtype promoted_from", defaults=(None,))):
+@dataclass(frozen=True, slots=True)
+class Item:
     """One output tensor: where it comes from, its name and dtype in the output."""
 
-    __slots__ = ()
+    src: str
+    dst: str
+    dtype: int
+    promoted_from: str | None = None  # for EMA promotion, the source whose bytes are written instead of src's
 
 
-class Context(namedtuple("Context", "entries names", defaults=(None,))):
+@dataclass(frozen=True, slots=True)
+class Context:
     """What steps may consult: the source's entries (name -> Entry) and, on object-based checkpoints,
     each source key's object paths as `ls --objects` shows them (names; None for name-based ones)."""
 
-    __slots__ = ()
+    entries: dict[str, Entry]
+    names: dict[str, list[str]] | None = None
 
 
+# Steps are frozen dataclasses: equal when of one type with equal fields, hashable, and pickled
+# for batch's workers. Derived values (compiled patterns) are fields left out of __init__, repr
+# and comparison, set once in __post_init__.
+@dataclass(frozen=True, slots=True)
 class Step:
     """Base of the rewrite steps: frozen once built, equal when of one type with equal fields."""
 
-    __slots__ = ()
-    _fields: tuple[str, ...] = ()  # the constructor's arguments, in order
+    def apply(self, items: list[Item], ctx: Context) -> list[Item]:
+        raise NotImplementedError
 
-    def _init(self, **values: object) -> None:
-        for name, value in values.items():
-            object.__setattr__(self, name, value)
 
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"{type(self).__name__} is frozen; cannot assign to {name!r}")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"{type(self).__name__} is frozen; cannot delete {name!r}")
-
-    def _values(self) -> tuple:
-        return tuple(getattr(self, f) for f in self._fields)
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        assert isinstance(other, Step)  # narrowed by the type check above
-        return self._values() == other._values()
-
-    def __hash__(self) -> int:
-        return hash(self._values())
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{f}={v!r}" for f, v in zip(self._fields, self._values()))
-        return f"{type(self).__name__}({args})"
-
-    def __reduce__(self):  # pickle and copy through the constructor (batch ships steps to workers)
-        return type(self), self._values()
+def _derived():
+    """A field computed from the others in __post_init__: not an argument, not shown, not compared."""
+    return field(init=False, repr=False, compare=False)
 
 
 def _compile(patterns: Iterable[str], glob: bool) -> tuple[re.Pattern[str], ...]:
@@ -95,6 +86,7 @@ def _compile(patterns: Iterable[str], glob: bool) -> tuple[re.Pattern[str], ...]
     return tuple(out)
 
 
+@dataclass(frozen=True, slots=True)
 class Select(Step):
     """Keep names matching any include (all if none) and no exclude; regex search or full glob.
 
@@ -102,18 +94,15 @@ class Select(Step):
     shows them), not by its storage key: see ckptio/objgraph_select.py and keeps_any.
     """
 
-    _fields = ("include", "exclude", "glob")
-    __slots__ = _fields + ("_inc", "_exc")  # the compiled patterns
-    include: tuple[str, ...]
-    exclude: tuple[str, ...]
-    glob: bool
-    _inc: tuple[re.Pattern[str], ...]
-    _exc: tuple[re.Pattern[str], ...]
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    glob: bool = False
+    _inc: tuple[re.Pattern[str], ...] = _derived()  # the compiled patterns
+    _exc: tuple[re.Pattern[str], ...] = _derived()
 
-    def __init__(self, include: tuple[str, ...] = (), exclude: tuple[str, ...] = (), glob: bool = False):
-        self._init(
-            include=include, exclude=exclude, glob=glob, _inc=_compile(include, glob), _exc=_compile(exclude, glob)
-        )
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_inc", _compile(self.include, self.glob))
+        object.__setattr__(self, "_exc", _compile(self.exclude, self.glob))
 
     def keeps(self, name: str) -> bool:
         match = (lambda r: r.match(name)) if self.glob else (lambda r: r.search(name))
@@ -134,18 +123,17 @@ class Select(Step):
         return [i for i in items if self.keeps(i.dst)]
 
 
+@dataclass(frozen=True, slots=True)
 class StripOptimizer(Step):
     """Drop optimizer slots and state; keep global_step unless asked; EMA keep/drop/promote."""
 
-    __slots__ = _fields = ("keep_global_step", "ema", "optimizer_names")
-    keep_global_step: bool
-    ema: str
-    optimizer_names: tuple[str, ...]
+    keep_global_step: bool = True
+    ema: str = "keep"
+    optimizer_names: tuple[str, ...] = ()
 
-    def __init__(self, keep_global_step: bool = True, ema: str = "keep", optimizer_names: tuple[str, ...] = ()):
-        if ema not in ("keep", "drop", "promote"):
-            raise PlanError(f"ema must be keep, drop or promote, not {ema!r}")
-        self._init(keep_global_step=keep_global_step, ema=ema, optimizer_names=optimizer_names)
+    def __post_init__(self) -> None:
+        if self.ema not in ("keep", "drop", "promote"):
+            raise PlanError(f"ema must be keep, drop or promote, not {self.ema!r}")
 
     def apply(self, items: list[Item], ctx: Context) -> list[Item]:
         # Roles belong to the source, not to what earlier steps kept: a slot stays a slot when a
@@ -177,7 +165,7 @@ class StripOptimizer(Step):
                     shadow_entry.slices,
                 ):
                     raise PlanError("EMA shadow differs in dtype, shape or slicing from its variable", key=shadow)
-                item = item._replace(promoted_from=shadow)
+                item = replace(item, promoted_from=shadow)
             out.append(item)
         return out
 
@@ -205,28 +193,22 @@ def load_map_file(path: str) -> tuple[tuple[str, str], ...]:
     return tuple(data.items())
 
 
+@dataclass(frozen=True, slots=True)
 class Rename(Step):
     """Rename by rules, first match wins: 'scope/'='new/' (prefix; '/' is the root), exact, or regex."""
 
-    _fields = ("rules", "regex", "allow_unmatched")
-    __slots__ = _fields + ("_compiled",)  # the rules' patterns, if regex
     rules: tuple[tuple[str, str], ...]
-    regex: bool
-    allow_unmatched: bool
-    _compiled: tuple[re.Pattern[str], ...]
+    regex: bool = False
+    allow_unmatched: bool = False
+    _compiled: tuple[re.Pattern[str], ...] = _derived()  # the rules' patterns, if regex
 
-    def __init__(self, rules: tuple[tuple[str, str], ...], regex: bool = False, allow_unmatched: bool = False):
-        if not rules:
+    def __post_init__(self) -> None:
+        if not self.rules:
             raise PlanError("rename needs at least one rule")
-        for old, new in rules:
-            if not regex and old.endswith("/") != new.endswith("/"):
+        for old, new in self.rules:
+            if not self.regex and old.endswith("/") != new.endswith("/"):
                 raise PlanError(f"rule {old}={new}: a scope must map to a scope (both end with '/')")
-        self._init(
-            rules=rules,
-            regex=regex,
-            allow_unmatched=allow_unmatched,
-            _compiled=_compile([r for r, _ in rules], False) if regex else (),
-        )
+        object.__setattr__(self, "_compiled", _compile([r for r, _ in self.rules], False) if self.regex else ())
 
     def rename(self, name: str) -> tuple[str, int | None]:
         """(new name, index of the rule used or None)."""
@@ -256,7 +238,7 @@ class Rename(Step):
                 used.add(rule)
             if not new:
                 raise PlanError(f"rename gives an empty name for {item.dst!r}")
-            out.append(item._replace(dst=new))
+            out.append(replace(item, dst=new))
         unused = [f"{o}={n}" for i, (o, n) in enumerate(self.rules) if i not in used]
         if unused and not self.allow_unmatched:
             raise PlanError(
@@ -283,20 +265,20 @@ LOW_PRECISION = (
 NOT_FLOATING, NOT_SELECTED, ALREADY, LOW = "not-floating", "not-selected", "already-target", "low-precision"
 
 
+@dataclass(frozen=True, slots=True)
 class Cast(Step):
     """Cast float64/float32/bfloat16/float16 tensors to `to`; optionally only names matching `only`."""
 
-    _fields = ("to", "only")
-    __slots__ = _fields + ("_only",)  # the compiled patterns
     to: str
-    only: tuple[str, ...]
-    _only: tuple[re.Pattern[str], ...]
+    only: tuple[str, ...] = ()
+    _only: tuple[re.Pattern[str], ...] = _derived()  # the compiled patterns
 
-    def __init__(self, to: str, only: tuple[str, ...] = ()):
-        target = dtypes.BY_NAME.get(to)
+    def __post_init__(self) -> None:
+        target = dtypes.BY_NAME.get(self.to)
         if target is None or target.name not in CASTABLE:
-            raise PlanError(f"cast target must be one of {', '.join(CASTABLE)}, not {to!r}")
-        self._init(to=target.name, only=only, _only=_compile(only, False))
+            raise PlanError(f"cast target must be one of {', '.join(CASTABLE)}, not {self.to!r}")
+        object.__setattr__(self, "to", target.name)  # the canonical name: "bf16" is "bfloat16"
+        object.__setattr__(self, "_only", _compile(self.only, False))
 
     def left_as_is(self, item: Item, names: Iterable[str] = ()) -> str | None:
         """Why this step leaves item's dtype as it is (NOT_FLOATING, LOW, ALREADY, NOT_SELECTED), or None.
@@ -317,18 +299,15 @@ class Cast(Step):
         target = dtypes.BY_NAME[self.to].enum
         paths = ctx.names or {}
         return [
-            item if self.left_as_is(item, paths.get(item.src, ())) else item._replace(dtype=target) for item in items
+            item if self.left_as_is(item, paths.get(item.src, ())) else replace(item, dtype=target) for item in items
         ]
 
 
+@dataclass(frozen=True, slots=True)
 class MapNames(Step):
     """A user callable: name -> new name, or None to drop the tensor."""
 
-    __slots__ = _fields = ("fn",)
     fn: Callable[[str], str | None]
-
-    def __init__(self, fn: Callable[[str], str | None]):
-        self._init(fn=fn)
 
     def apply(self, items: list[Item], ctx: Context) -> list[Item]:
         out = []
@@ -338,7 +317,7 @@ class MapNames(Step):
                 continue
             if not isinstance(new, str) or not new:
                 raise PlanError(f"name function returned {new!r} for {item.dst!r}")
-            out.append(item._replace(dst=new))
+            out.append(replace(item, dst=new))
         return out
 
 

@@ -6,8 +6,8 @@ Unlike TensorFlow, which stops at the first bad checksum, this collects every pr
 from __future__ import annotations
 
 import os
-from collections import namedtuple
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from .bundle import dtypes, naming
 from .bundle.slices import encode_key as slice_key
@@ -15,35 +15,28 @@ from .bundle.slices import key_label
 from .errors import CkptioError
 
 
-class Problem(namedtuple("Problem", "message path key offset", defaults=(None, None, None))):
+@dataclass(frozen=True, slots=True)
+class Problem:
     """One thing wrong, located as precisely as we can."""
 
-    __slots__ = ()
+    message: str
+    path: str | None = None
+    key: str | None = None
+    offset: int | None = None
 
     def __str__(self) -> str:
         return str(CkptioError(self.message, path=self.path, key=self.key, offset=self.offset))
 
 
+@dataclass(slots=True)
 class VerifyReport:
     """What verify found: every problem, and how much it checked."""
 
-    __slots__ = ("problems", "tensors", "bytes_checked", "damaged", "checked")
-
-    def __init__(
-        self,
-        problems: list[Problem] | None = None,
-        tensors: int = 0,
-        bytes_checked: int = 0,
-        damaged: set[str] | None = None,
-        checked: str | None = None,
-    ):
-        self.problems = [] if problems is None else problems
-        self.tensors, self.bytes_checked = tensors, bytes_checked
-        self.damaged = set() if damaged is None else damaged  # tensor names whose bytes are bad
-        self.checked = checked  # what was checked, when it is not every checksum (other formats)
-
-    def __repr__(self):
-        return f"VerifyReport(problems={self.problems!r}, tensors={self.tensors}, bytes_checked={self.bytes_checked})"
+    problems: list[Problem] = field(default_factory=list)
+    tensors: int = 0
+    bytes_checked: int = 0
+    damaged: set[str] = field(default_factory=set, repr=False)  # tensor names whose bytes are bad
+    checked: str | None = field(default=None, repr=False)  # what was checked, when not every checksum (other formats)
 
     @property
     def ok(self) -> bool:

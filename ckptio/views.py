@@ -12,21 +12,29 @@ optimizer's `_trainable_variables/i` is a list position that shifts when the mod
 
 from __future__ import annotations
 
-from collections import deque, namedtuple
+from collections import deque
+from dataclasses import dataclass, replace
 
 from .bundle.naming import OBJECT_GRAPH_KEY
 from .errors import PlanError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers honour the name)
+if TYPE_CHECKING:
+    from .bundle.entry import Entry
 
 MAX_PATHS = 8  # alternative paths kept per node; real graphs have two or three
 ATTRIBUTES = "/.ATTRIBUTES/"  # between an object path and its attribute in key-form names
 
 
-# paths: key-form object paths (none for name-based tensors); slot_of: (variable key, slot name) when the
-# tensor is an optimizer slot of a known variable.
-class TensorView(namedtuple("TensorView", "key entry paths full_name slot_of")):
+@dataclass(frozen=True, slots=True)
+class TensorView:
     """One tensor as the matcher sees it."""
 
-    __slots__ = ()
+    key: str
+    entry: Entry
+    paths: tuple[str, ...]  # key-form object paths (none for name-based tensors)
+    full_name: str
+    slot_of: tuple[str, str] | None  # (variable key, slot name) when an optimizer slot of a known variable
 
     def names(self) -> set[str]:
         """What it may be matched by: its paths, and its key unless that is an alias through an optimizer
@@ -96,7 +104,7 @@ def _object_based(ckpt, entries: dict, data: bytes) -> dict[str, TensorView]:
         var_key = "" if var_node is None else key_of_node.get(var_node, "")
         slot_key = key_of_node.get(slot_node)
         if slot_key:  # an unknown variable ("") pairs with nothing
-            out[slot_key] = out[slot_key]._replace(slot_of=(var_key, slot_name))
+            out[slot_key] = replace(out[slot_key], slot_of=(var_key, slot_name))
     return out
 
 
@@ -279,7 +287,7 @@ def _unique_full_names(v: View) -> dict[str, str]:
 
 def _pair_slots(a: View, b: View, pairs: dict, used: set) -> None:
     """A slot of b's variable V pairs with the same-named slot of the a variable paired with V."""
-    a_slots = {t.slot_of: k for k, t in a.tensors.items() if t.slot_of is not None}
+    a_slots: dict[tuple[str | None, str], str] = {t.slot_of: k for k, t in a.tensors.items() if t.slot_of is not None}
     partner = {bk: ak for bk, (ak, _) in pairs.items()}
     for bk, t in b.tensors.items():
         if t.slot_of is None or bk in pairs:

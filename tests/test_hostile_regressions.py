@@ -8,6 +8,7 @@ under a timeout, so a regression that blocks fails instead of hanging the suite.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -109,12 +110,14 @@ def test_sliced_tensor_whose_slices_disagree_with_its_metadata_is_refused(tmp_pa
     """The full entry says int32 (or the slice entry a flat shape): verify passed and strip copied it on."""
     prefix = make_fixture("sliced", tmp_path)
     int32 = _rebuilt(
-        prefix, str(tmp_path / "dtype" / "ckpt"), lambda k, e: e._replace(dtype=3) if k == b"part_emb" else e
+        prefix,
+        str(tmp_path / "dtype" / "ckpt"),
+        lambda k, e: dataclasses.replace(e, dtype=3) if k == b"part_emb" else e,
     )
     flat = _rebuilt(
         prefix,
         str(tmp_path / "shape" / "ckpt"),
-        lambda k, e: e._replace(shape=(16,)) if k[:1] == b"\x00" and e.shape == (4, 4) else e,
+        lambda k, e: dataclasses.replace(e, shape=(16,)) if k[:1] == b"\x00" and e.shape == (4, 4) else e,
     )
     for bad in (int32, flat):
         rc, out, err = cli(["verify", bad])
@@ -273,7 +276,9 @@ def test_v1_tensor_with_a_shape_and_no_slices_is_a_typed_error(tmp_path):
 def test_sliced_tensor_with_an_unknown_dtype_enum_is_refused_by_strip_and_cast(tmp_path):
     prefix = make_fixture("sliced", tmp_path)
     bad = _rebuilt(
-        prefix, str(tmp_path / "dt999" / "ckpt"), lambda k, e: e._replace(dtype=999) if k == b"part_emb" else e
+        prefix,
+        str(tmp_path / "dt999" / "ckpt"),
+        lambda k, e: dataclasses.replace(e, dtype=999) if k == b"part_emb" else e,
     )
     for i, extra in enumerate(([], ["--cast", "float16"])):
         command = "strip" if not extra else "rewrite"

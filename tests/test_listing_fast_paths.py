@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import sys
@@ -40,7 +41,7 @@ except ImportError:  # tests/ imported as a package
 def outcome(parse, value: bytes):
     """What a parse gives: ("ok", fields) or ("error", type name, message)."""
     try:
-        return ("ok", tuple(parse(value)))
+        return ("ok", dataclasses.astuple(parse(value)))
     except CkptioError as exc:
         return ("error", type(exc).__name__, str(exc))
 

@@ -6,6 +6,7 @@ Real TensorFlow checkpoints and TF's own reading are in tests/workflows/test_mer
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import math
@@ -504,7 +505,7 @@ def test_iter_raw_into_alternating_buffers_gives_the_same_bytes_and_checks_crc(r
         pieces = [bytes(d) for d in c._reader.iter_raw("dense/kernel", e, 16, buffers=bufs)]
         assert b"".join(pieces) == values[0]["dense/kernel"].tobytes() and len(pieces) == 8
         with pytest.raises(ChecksumError):
-            list(c._reader.iter_raw("dense/kernel", e._replace(crc32c=e.crc32c ^ 1), 16, buffers=bufs))
+            list(c._reader.iter_raw("dense/kernel", dataclasses.replace(e, crc32c=e.crc32c ^ 1), 16, buffers=bufs))
 
 
 def test_inputs_by_any_path_form_including_an_archive(run, tmp_path, monkeypatch):

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 import ckptio
+from ckptio.bundle.locate import Located
 from ckptio.bundle.paths import resolve
 from ckptio.bundle.writer import BundleWriter
 from ckptio.errors import (
@@ -110,7 +111,7 @@ def one(tmp_path):
 def test_a_glob_names_the_one_checkpoint_it_matches(one, tmp_path, pattern):
     d, prefix = one
     path = str(d / pattern)
-    assert resolve(path) == ("v2", prefix, ())
+    assert resolve(path) == Located("v2", prefix, ())
     rc, out, err = cli(["ls", path])
     assert rc == 0 and "2 tensors" in out, (out, err)  # was: 0 tensors, exit 0
     rc, out, _ = cli(["show", path, "w"])

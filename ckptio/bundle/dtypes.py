@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import namedtuple
+from dataclasses import dataclass
 
 from ..errors import UnsupportedError
 
@@ -10,10 +10,14 @@ STRING = 7
 VARIANT = 21
 
 
-class DType(namedtuple("DType", "enum name itemsize numpy_name")):
+@dataclass(frozen=True, slots=True)
+class DType:
     """One DataType: enum value, TF name, bytes per element (0 if variable), numpy name."""
 
-    __slots__ = ()
+    enum: int
+    name: str
+    itemsize: int
+    numpy_name: str | None
 
     @property
     def fixed_width(self) -> bool:

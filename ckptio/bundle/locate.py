@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections import namedtuple
+from dataclasses import dataclass
 
 from ..errors import CheckpointNotFoundError, CkptioError, ReadError, StateFileWarning, UnsupportedError, WrongFileError
 from ..store.base import Store
@@ -30,10 +30,13 @@ MAX_STATE_DEPTH = 3  # state files naming directories with state files: more is 
 MAX_GUESSED_SHARDS = 1024  # V1 shards probed by name where a store cannot list
 
 
-class Located(namedtuple("Located", "format prefix files", defaults=((),))):
+@dataclass(frozen=True, slots=True)
+class Located:
     """A resolved checkpoint: format "v2" or "v1", its prefix, and for V1 its files."""
 
-    __slots__ = ()
+    format: str
+    prefix: str
+    files: tuple[str, ...] = ()
 
 
 def locate(store: Store, path: str) -> Located:

@@ -9,16 +9,16 @@ A whole dimension is stored as start 0, length -1 in the key and as an Extent wi
 
 from __future__ import annotations
 
-from collections import namedtuple
+from dataclasses import dataclass
 
 from ..errors import CorruptCheckpointError
 
 
-# extents: (start, length) per dimension; length None means the whole dimension.
-class Slice(namedtuple("Slice", "extents")):
+@dataclass(frozen=True, slots=True)
+class Slice:
     """A hyper-rectangle of a tensor, one extent per dimension."""
 
-    __slots__ = ()
+    extents: tuple[tuple[int, int | None], ...]  # (start, length) per dimension; length None: the whole dimension
 
     def bounds(self, shape: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
         """(start, stop) per dimension for a tensor of this full shape."""

@@ -25,7 +25,7 @@ import glob
 import os
 import time
 import warnings
-from collections import namedtuple
+from dataclasses import dataclass, replace
 
 from ..errors import CheckpointNotFoundError, StateFileWarning, WrongFileError
 from . import naming
@@ -34,10 +34,14 @@ STATE_FILE = "checkpoint"
 MAX_STATE_BYTES = 16 << 20  # a real state file is a few KB; do not read a huge file into memory
 
 
-class State(namedtuple("State", "latest paths timestamps last_preserved", defaults=((), (), 0.0))):
+@dataclass(frozen=True, slots=True)
+class State:
     """A CheckpointState: latest path, listed paths (oldest first), their timestamps, field 4."""
 
-    __slots__ = ()
+    latest: str
+    paths: tuple[str, ...] = ()
+    timestamps: tuple[float, ...] = ()
+    last_preserved: float = 0.0
 
 
 def state_path(directory: str) -> str:
@@ -170,10 +174,13 @@ def _only_present(directory: str, named: str) -> str:
     )
 
 
-class Listed(namedtuple("Listed", "stored path timestamp")):
+@dataclass(frozen=True, slots=True)
+class Listed:
     """One path a state file lists: as stored, where it is (None: gone), its timestamp (None: none)."""
 
-    __slots__ = ()
+    stored: str
+    path: str | None
+    timestamp: float | None
 
 
 def listed(directory: str) -> tuple[list[Listed], State]:
@@ -221,7 +228,7 @@ def with_latest(state: State | None, directory: str, prefix: str, timestamp: flo
     if state is None:
         state = State("")
     if not state.paths and state.latest:  # a hand-written file naming only its latest: keep that one
-        state = state._replace(paths=(state.latest,))
+        state = replace(state, paths=(state.latest,))
     old = list(zip(state.paths, _padded(state)))
     kept = [(p, t) for p, t in old if not _same(directory, p, prefix)]
     absolute = bool(old) and all(os.path.isabs(p) for p, _ in old)

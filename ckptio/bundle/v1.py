@@ -8,6 +8,7 @@ The TensorProto carries only its typed value list (float_val, int_val, ...), no 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 from .._proto import saved_tensor_slice_pb2 as pb
 from ..errors import CorruptCheckpointError, TensorNotFoundError, UnsupportedError, WrongFileError
@@ -60,7 +61,7 @@ class V1Reader(CheckpointReader):
         for name, entry in self._entries.items():
             stored = self._stored[name]
             if len(stored) == 1 and stored[0].is_full(entry.shape):
-                self._entries[name] = entry._replace(slices=())
+                self._entries[name] = replace(entry, slices=())
 
     def _read_meta(self, i: int, table: Table) -> None:
         path = table.source.name
@@ -84,7 +85,7 @@ class V1Reader(CheckpointReader):
         for name, dtype, shape, slices in declared(sts):
             old = self._entries.get(name)
             if old is not None:
-                old = old._replace(slices=self._stored[name])
+                old = replace(old, slices=self._stored[name])
                 if old.dtype != dtype or old.shape != shape:
                     raise CorruptCheckpointError(
                         "tensor declared with different dtype or shape in two files", path=path, key=name

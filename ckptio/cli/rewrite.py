@@ -299,7 +299,9 @@ def _run_batch(args, steps, options) -> int:
     )
     failed = [o for o in outcomes if o.status == "failed"]
     if args.json:
-        json.dump([o.__dict__ for o in outcomes], sys.stdout)
+        from dataclasses import asdict
+
+        json.dump([asdict(o) for o in outcomes], sys.stdout)
         sys.stdout.write("\n")
     else:
         _print_batch(args, outcomes)

@@ -35,7 +35,7 @@ class Piece:
     entry: Entry
 
 
-@dataclass
+@dataclass(slots=True)
 class Diagnosis:
     """What diagnose() found. healthy means every checked byte is as written (as verify says), so
     TensorFlow reads every tensor."""

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections import namedtuple
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 
 from ..bundle import dtypes
@@ -23,21 +23,39 @@ from ..bundle.copy import Copier, ShardFile
 from ..errors import CorruptCheckpointError, OutputExistsError, PlanError, WriteError
 from .base import ForeignCheckpoint, numel
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers honour the name)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from ..bundle.entry import Entry
+    from ..store.base import Source
+
 CHUNK = 8 << 20  # a multiple of every itemsize, so converted chunks hold whole elements
 
 
-class OutTensor(namedtuple("OutTensor", "name src dtype shape nbytes data_name entry")):
+@dataclass(frozen=True, slots=True)
+class OutTensor:
     """One output tensor: its name, dtype enum and shape, and where its bytes come from."""
 
-    __slots__ = ()
+    name: str
+    src: str
+    dtype: int
+    shape: tuple[int, ...]
+    nbytes: int
+    data_name: str
+    entry: Entry
 
 
-# at: offset within the output tensor; size: bytes it yields; source/entry: what to copy (chunks
-# is None), or chunks: a callable giving the converted bytes.
-class Run(namedtuple("Run", "at size source entry name chunks")):
+@dataclass(frozen=True, slots=True)
+class Run:
     """One contiguous run of an output tensor's bytes."""
 
-    __slots__ = ()
+    at: int  # offset within the output tensor
+    size: int  # bytes it yields
+    source: Source | None  # with entry: what to copy, when chunks is None
+    entry: Entry | None
+    name: str
+    chunks: Callable[[], Iterator] | None  # or a callable giving the converted bytes
 
     def order(self):
         """Sort key: source position, so a forward-only source is read forward."""

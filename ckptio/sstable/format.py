@@ -10,7 +10,7 @@ block trailer (5 bytes, after each block's contents):
 
 from __future__ import annotations
 
-from collections import namedtuple
+from dataclasses import dataclass
 
 from ..errors import ChecksumError, CorruptCheckpointError, UnsupportedError
 from .coding import VarintError, crc32c, decode_fixed32, decode_varint, encode_fixed32, encode_varint, mask, unmask
@@ -25,10 +25,12 @@ MAX_BLOCK_SIZE = 1 << 31  # far above any real block; caps allocation on hostile
 SNAPPY_MAX_RATIO = 22  # > 64/3, the most raw snappy can expand
 
 
-class BlockHandle(namedtuple("BlockHandle", "offset size")):
+@dataclass(frozen=True, slots=True)
+class BlockHandle:
     """Where a block's contents are: offset and size, trailer not included."""
 
-    __slots__ = ()
+    offset: int
+    size: int
 
     def encode(self) -> bytes:
         return encode_varint(self.offset) + encode_varint(self.size)
@@ -40,10 +42,12 @@ class BlockHandle(namedtuple("BlockHandle", "offset size")):
         return BlockHandle(offset, size), pos
 
 
-class Footer(namedtuple("Footer", "metaindex index")):
+@dataclass(frozen=True, slots=True)
+class Footer:
     """The two handles stored at the end of every table."""
 
-    __slots__ = ()
+    metaindex: BlockHandle
+    index: BlockHandle
 
     def encode(self) -> bytes:
         handles = self.metaindex.encode() + self.index.encode()

@@ -36,7 +36,7 @@ class Damage:
     offset: int | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class TableScan:
     """The entries of every readable block, and what was lost."""
 

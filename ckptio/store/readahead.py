@@ -20,6 +20,7 @@ from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 from ..errors import TruncatedError
 
@@ -88,15 +89,15 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+@dataclass(slots=True)
 class Chunk:
     """One request: bytes [start, end), `wanted` announced bytes in it not yet read."""
 
-    __slots__ = ("start", "end", "wanted", "future", "charged")
-
-    def __init__(self, start: int, end: int, wanted: int):
-        self.start, self.end, self.wanted = start, end, wanted
-        self.future: Future | None = None
-        self.charged = 0  # bytes taken from the budget and the window for it
+    start: int
+    end: int
+    wanted: int
+    future: Future | None = None
+    charged: int = 0  # bytes taken from the budget and the window for it
 
 
 class Readahead:
