@@ -250,3 +250,15 @@ def test_merge_of_bfloat16_needs_no_ml_dtypes_import(run, tmp_path):
         [sys.executable, "-c", code, *prefixes, str(tmp_path / "m")], capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "False"  # its import costs more CPU time than combining a gigabyte
+
+
+def test_widen_turns_only_bfloat16_and_its_bits_into_float32():
+    from ml_dtypes import bfloat16 as bf16
+
+    x = np.array([1.5, -3.25, 0.0, np.inf, 1e-40, 65504.0], np.float32)
+    as_bf16 = x.astype(bf16)
+    want = as_bf16.astype(np.float32)
+    assert mm.widen(as_bf16).tobytes() == want.tobytes()
+    assert mm.widen(as_bf16.view(np.uint16)).tobytes() == want.tobytes()
+    for other in (x.astype(np.float16), np.arange(6, dtype=np.int16), x):  # 2-byte types that are not bfloat16
+        assert mm.widen(other) is other
