@@ -241,10 +241,17 @@ def to_bfloat16(x: np.ndarray, out: np.ndarray, scratch=None) -> None:
     np.bitwise_and(u, 0xFFFF, out=w)
     np.equal(w, 0x8000, out=tie)
     if tie.any():
-        where = np.flatnonzero(tie)
-        above, t_at = np.abs(x[where]), np.abs(t[where].astype(np.float64))
-        top = (u[where] >> 16).astype(np.uint16)
-        bits[where] = np.where(above > t_at, top + 1, np.where(above < t_at, top, bits[where]))
+        # A mean of bfloat16s often lands exactly on a midpoint (a true tie, rounded to even above):
+        # only the float32s that differ from x need a look (picking elements out is the slow part).
+        back, inexact = buffer("back", np.float64), buffer("inexact", np.bool_)
+        np.copyto(back, t)
+        np.not_equal(back, x, out=inexact)  # NaN included: it is fixed below
+        np.logical_and(tie, inexact, out=tie)
+        if tie.any():
+            where = np.flatnonzero(tie)
+            above, t_at = np.abs(x[where]), np.abs(t[where].astype(np.float64))
+            top = (u[where] >> 16).astype(np.uint16)
+            bits[where] = np.where(above > t_at, top + 1, np.where(above < t_at, top, bits[where]))
     np.isnan(t, out=tie)
     if tie.any():
         where = np.flatnonzero(tie)

@@ -262,3 +262,17 @@ def test_widen_turns_only_bfloat16_and_its_bits_into_float32():
     assert mm.widen(as_bf16.view(np.uint16)).tobytes() == want.tobytes()
     for other in (x.astype(np.float16), np.arange(6, dtype=np.int16), x):  # 2-byte types that are not bfloat16
         assert mm.widen(other) is other
+
+
+def test_bfloat16_means_on_and_near_midpoints_round_as_ml_dtypes_does():
+    from ml_dtypes import bfloat16 as bf16
+
+    rng = np.random.default_rng(5)
+    a, b = (rng.standard_normal(50_000).astype(bf16).astype(np.float64) for _ in range(2))
+    mean = (a + b) / 2  # a fifth land exactly on a bfloat16 midpoint: true ties, rounded to even
+    x = np.concatenate([mean, np.nextafter(mean, np.inf), np.nextafter(mean, -np.inf), [np.nan, -np.nan]])
+    got = np.empty(x.size, np.uint16)
+    with np.errstate(all="ignore"):
+        mm.to_bfloat16(x, got, mm.Combiner("mean", 14)._buffer)  # with reused buffers, as merge calls it
+        want = x.astype(bf16).view(np.uint16)
+    assert (got == want).all(), x[got != want][:5]
