@@ -276,3 +276,26 @@ def test_bfloat16_means_on_and_near_midpoints_round_as_ml_dtypes_does():
         mm.to_bfloat16(x, got, mm.Combiner("mean", 14)._buffer)  # with reused buffers, as merge calls it
         want = x.astype(bf16).view(np.uint16)
     assert (got == want).all(), x[got != want][:5]
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_bfloat16_mean_on_threads_and_serially_equals_ml_dtypes_rounding(tmp_path, monkeypatch, n):
+    from ml_dtypes import bfloat16 as bf16
+
+    rng = np.random.default_rng(6)
+    values = [
+        {"w": rng.standard_normal(4099).astype(bf16), "h": rng.standard_normal(77).astype(np.float16)} for _ in range(n)
+    ]
+    prefixes = [write(tmp_path / f"in{i}", v) for i, v in enumerate(values)]
+    monkeypatch.setattr(mm, "CHUNK_ELEMENTS", 1000)  # odd-sized last runs, several tasks per tensor
+    monkeypatch.setattr(ms, "BLOCK_ELEMENTS", 333)
+    monkeypatch.setattr(ms, "INLINE", 0)
+    threaded = files(ckptio.merge(prefixes, tmp_path / "t" / "m", threads=2).dst)
+    monkeypatch.setattr(ms, "streamable", lambda ckpts: False)
+    serial = files(ckptio.merge(prefixes, tmp_path / "s" / "m").dst)
+    assert threaded == serial
+    got = read_all(tmp_path / "t" / "m")
+    for name, dtype in (("w", bf16), ("h", np.float16)):
+        with np.errstate(all="ignore"):
+            want = (np.sum(np.stack(f64(values, name)), axis=0) / n).astype(dtype)  # summed in order, then divided
+        assert got[name].tobytes() == want.tobytes()
