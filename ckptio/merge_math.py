@@ -199,8 +199,7 @@ def widen(x: np.ndarray, buffer: np.ndarray | None = None) -> np.ndarray:
 def narrow(acc: np.ndarray, info, out: np.ndarray, scratch=None) -> memoryview:
     """acc cast to the tensor's dtype (round to nearest even), as stored bytes.
 
-    scratch(name, size, dtype): reusable buffers (else temporaries are allocated); its "tmp" is
-    overwritten, so acc must not be that one (the Combiner passes its "acc").
+    scratch(name, size, dtype): reusable buffers (else temporaries are allocated).
     """
     if info.name == "bfloat16":
         to_bfloat16(acc, out, scratch)
@@ -244,10 +243,8 @@ def to_bfloat16(x: np.ndarray, out: np.ndarray, scratch=None) -> None:
     if tie.any():
         # A mean of bfloat16s often lands exactly on a midpoint (a true tie, rounded to even above):
         # only the float32s that differ from x need a look (picking elements out is the slow part).
-        # "tmp": the combiner's scratch, free once the rule is applied (x is its "acc"): no more memory.
-        back, inexact = buffer("tmp", np.float64), buffer("inexact", np.bool_)
-        np.copyto(back, t)
-        np.not_equal(back, x, out=inexact)  # NaN included: it is fixed below
+        inexact = buffer("inexact", np.bool_)
+        np.not_equal(t, x, out=inexact)  # compared as float64 (exact), cast by numpy in small buffers; NaN too
         np.logical_and(tie, inexact, out=tie)
         if tie.any():
             where = np.flatnonzero(tie)
