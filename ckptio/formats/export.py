@@ -254,7 +254,7 @@ def export_tensors(
         entries = ckpt.entries()
         kept = {i.src for i in plan.items}
         # The TF2 object graph is not a tensor of the model: it is not exported, and listed as dropped.
-        listed = kept | set(plan.dropped)  # one set: rebuilt per entry it made a 100,000-entry export quadratic
+        listed = kept | set(plan.dropped)  # built once: a set per entry made exports of many entries quadratic
         dropped = plan.dropped + [k for k in entries if k not in listed]
         report = Report(
             ckpt.prefix,
