@@ -195,6 +195,34 @@ def test_unchanged_bytes_are_copied_by_the_kernel_not_decoded(tmp_path, monkeypa
     assert same(load_reference(out)["big"], big)
 
 
+def test_copied_ranges_are_announced_once_and_read_ahead_as_the_bundle_writer_does(tmp_path, monkeypatch):
+    from ckptio.bundle import copy as copy_mod
+
+    arrays = {
+        "a": RNG.standard_normal((600, 600)).astype(np.float32),  # 1.4 MB each: a read-ahead thread is started
+        "b": RNG.standard_normal((700, 400)).astype(np.float32),
+        "c": np.arange(5, dtype=np.float32),
+        "h": RNG.standard_normal(9).astype(np.float32),  # cast below: converted, so not announced
+    }
+    src = write_bundle(tmp_path / "src" / "m", arrays)
+    announced = []
+    real = copy_mod.Copier.read_ahead
+    monkeypatch.setattr(
+        copy_mod.Copier,
+        "read_ahead",
+        lambda self, out, s, ranges: announced.append(list(ranges)) or real(self, out, s, ranges),
+    )
+    monkeypatch.setattr(copy_mod, "_read_exactly", lambda *a: pytest.fail("a copy advised its own range"))
+    out = str(tmp_path / "out" / "m.safetensors")
+    ckptio.rewrite(src, out, [ckptio.Cast("float16", only=("^h$",))])
+    with ckptio.open(src) as ck:
+        entries = ck.entries()
+    assert announced == [sorted((entries[n].offset, entries[n].size) for n in ("a", "b", "c"))]
+    got = load_reference(out)
+    assert all(same(got[n], arrays[n]) for n in ("a", "b", "c"))
+    assert same(got["h"], arrays["h"].astype(np.float16))
+
+
 def test_corrupt_source_bytes_fail_the_export_and_leave_nothing(tmp_path):
     big = RNG.standard_normal((300, 300)).astype(np.float32)
     src = write_bundle(tmp_path / "src" / "m", {"big": big, "small": np.arange(5, dtype=np.float32)})
@@ -227,6 +255,18 @@ def test_cast_and_rename_and_strip_into_safetensors(tmp_path):
     assert set(got) == {"encoder/dense/kernel", "global_step"}
     assert same(got["encoder/dense/kernel"], arrays["dense/kernel"].astype(ml_dtypes.bfloat16))
     assert same(got["global_step"], arrays["global_step"])
+
+
+def test_an_export_lists_every_dropped_tensor_once(tmp_path):
+    arrays = {}
+    for i in range(300):
+        arrays[f"l{i:03d}/kernel"] = np.full(2, i, np.float32)
+        arrays[f"l{i:03d}/kernel/Adam"] = np.zeros(2, np.float32)
+        arrays[f"l{i:03d}/kernel/Adam_1"] = np.zeros(2, np.float32)
+    src = write_bundle(tmp_path / "src" / "m", arrays)
+    report = ckptio.rewrite(src, str(tmp_path / "m.safetensors"), [ckptio.StripOptimizer()])
+    assert sorted(report.dropped) == sorted(n for n in arrays if "Adam" in n)  # each once
+    assert set(load_reference(tmp_path / "m.safetensors")) == {n for n in arrays if "Adam" not in n}
 
 
 def test_string_tensor_is_an_error_naming_it(tmp_path):

@@ -250,3 +250,52 @@ def test_merge_of_bfloat16_needs_no_ml_dtypes_import(run, tmp_path):
         [sys.executable, "-c", code, *prefixes, str(tmp_path / "m")], capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "False"  # its import costs more CPU time than combining a gigabyte
+
+
+def test_widen_turns_only_bfloat16_and_its_bits_into_float32():
+    from ml_dtypes import bfloat16 as bf16
+
+    x = np.array([1.5, -3.25, 0.0, np.inf, 1e-40, 65504.0], np.float32)
+    as_bf16 = x.astype(bf16)
+    want = as_bf16.astype(np.float32)
+    assert mm.widen(as_bf16).tobytes() == want.tobytes()
+    assert mm.widen(as_bf16.view(np.uint16)).tobytes() == want.tobytes()
+    for other in (x.astype(np.float16), np.arange(6, dtype=np.int16), x):  # 2-byte types that are not bfloat16
+        assert mm.widen(other) is other
+
+
+def test_bfloat16_means_on_and_near_midpoints_round_as_ml_dtypes_does():
+    from ml_dtypes import bfloat16 as bf16
+
+    rng = np.random.default_rng(5)
+    a, b = (rng.standard_normal(50_000).astype(bf16).astype(np.float64) for _ in range(2))
+    mean = (a + b) / 2  # a fifth land exactly on a bfloat16 midpoint: true ties, rounded to even
+    x = np.concatenate([mean, np.nextafter(mean, np.inf), np.nextafter(mean, -np.inf), [np.nan, -np.nan]])
+    got = np.empty(x.size, np.uint16)
+    with np.errstate(all="ignore"):
+        mm.to_bfloat16(x, got, mm.Combiner("mean", 14)._buffer)  # with reused buffers, as merge calls it
+        want = x.astype(bf16).view(np.uint16)
+    assert (got == want).all(), x[got != want][:5]
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_bfloat16_mean_on_threads_and_serially_equals_ml_dtypes_rounding(tmp_path, monkeypatch, n):
+    from ml_dtypes import bfloat16 as bf16
+
+    rng = np.random.default_rng(6)
+    values = [
+        {"w": rng.standard_normal(4099).astype(bf16), "h": rng.standard_normal(77).astype(np.float16)} for _ in range(n)
+    ]
+    prefixes = [write(tmp_path / f"in{i}", v) for i, v in enumerate(values)]
+    monkeypatch.setattr(mm, "CHUNK_ELEMENTS", 1000)  # odd-sized last runs, several tasks per tensor
+    monkeypatch.setattr(ms, "BLOCK_ELEMENTS", 333)
+    monkeypatch.setattr(ms, "INLINE", 0)
+    threaded = files(ckptio.merge(prefixes, tmp_path / "t" / "m", threads=2).dst)
+    monkeypatch.setattr(ms, "streamable", lambda ckpts: False)
+    serial = files(ckptio.merge(prefixes, tmp_path / "s" / "m").dst)
+    assert threaded == serial
+    got = read_all(tmp_path / "t" / "m")
+    for name, dtype in (("w", bf16), ("h", np.float16)):
+        with np.errstate(all="ignore"):
+            want = (np.sum(np.stack(f64(values, name)), axis=0) / n).astype(dtype)  # summed in order, then divided
+        assert got[name].tobytes() == want.tobytes()

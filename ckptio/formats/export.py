@@ -161,8 +161,10 @@ def write_runs(ckpt, out: ShardFile, placed, *, verify: bool, progress=None) -> 
     """Write every (position, run) into out in source order; CRC32C checked where the source has it."""
     copier = Copier()
     checked = verify and ckpt.reader.checksums
+    ordered = sorted(placed, key=lambda p: p[1].order())
     try:
-        for position, run in sorted(placed, key=lambda p: p[1].order()):
+        _announce(copier, out, ordered)
+        for position, run in ordered:
             _seek(out, position)  # written at its place, so the source is read in its own order
             if run.chunks is None:
                 e = run.entry
@@ -180,6 +182,22 @@ def write_runs(ckpt, out: ShardFile, placed, *, verify: bool, progress=None) -> 
     except BaseException:
         copier.cancel()
         raise
+
+
+def _announce(copier: Copier, out: ShardFile, ordered) -> None:
+    """Tell the copier every range it will copy from each source, in copy order, as the bundle writer does.
+
+    A local source is then read ahead by one thread for the whole file (bounded, readahead.py) and
+    each copy skips its own per-range advice and read-ahead thread; other sources get the hint
+    (Source.will_need: a remote one fetches ahead).
+    """
+    wanted: dict[int, tuple] = {}  # id(source) -> (source, ranges in copy order)
+    for _, run in ordered:
+        if run.chunks is None and run.entry.size:
+            wanted.setdefault(id(run.source), (run.source, []))[1].append((run.entry.offset, run.entry.size))
+    for src, ranges in wanted.values():
+        if not copier.read_ahead(out, src, ranges):
+            src.will_need(ranges)
 
 
 def check_outputs(paths, existing, *, force: bool, inputs) -> None:
@@ -250,7 +268,8 @@ def export_tensors(
         entries = ckpt.entries()
         kept = {i.src for i in plan.items}
         # The TF2 object graph is not a tensor of the model: it is not exported, and listed as dropped.
-        dropped = plan.dropped + [k for k in entries if k not in kept and k not in set(plan.dropped)]
+        listed = kept | set(plan.dropped)  # built once: a set per entry made exports of many entries quadratic
+        dropped = plan.dropped + [k for k in entries if k not in listed]
         report = Report(
             ckpt.prefix,
             dst,
