@@ -259,31 +259,24 @@ def download_checkpoint(src, local_prefix, *, force: bool = False, progress=None
             ckpt.close()
 
 
-def rewrite_to_remote(src, url: str, steps=(), *, force: bool = False, make_latest: bool = False, **options):
-    """rewrite() into a local temp directory, then upload_checkpoint() it to url; returns the Report."""
-    import shutil
-    import tempfile
+def rewrite_to_remote(
+    src, url: str, steps=(), *, force: bool = False, make_latest: bool = False, storage_options=None, **options
+):
+    """rewrite() straight into remote storage through the store's output (no local copy); returns the Report.
 
+    url: the new prefix, or a directory ending in '/' to keep the source's name.
+    """
     from .rewrite_exec import rewrite_local
     from .sources import open as open_checkpoint
 
     ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src)
-    tmp = tempfile.mkdtemp(prefix="ckptio-upload-")
     try:
-        base = _basename(url) if not url.endswith("/") else _basename(ckpt.prefix)
-        local = os.path.join(tmp, base or "model.ckpt")
-        report = rewrite_local(ckpt, local, steps, state_file=False, **options)
-        try:
-            upload_checkpoint(local, url, overwrite=force, make_latest=make_latest)
-        except OutputExistsError as exc:  # the caller passed force, not upload_checkpoint's overwrite
-            exc.remedy = Remedy("force", "replace it")
-            raise
-        report.dst = url
-        return report
+        store, _ = RemoteStore.for_url(url, **(storage_options or {}))
+        prefix = _destination_prefix(ckpt, url)
+        return rewrite_local(ckpt, prefix, steps, store=store, force=force, make_latest=make_latest, **options)
     finally:
         if ckpt is not src:
             ckpt.close()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 __all__ = [
