@@ -31,7 +31,6 @@ from .errors import (
     OutputExistsError,
     ReadError,
     Remedy,
-    WriteError,
 )
 from .store.base import Source
 from .store.remote import (
@@ -209,8 +208,8 @@ def download_checkpoint(src, local_prefix, *, force: bool = False, progress=None
     '/' (or an existing directory) keeps the source's name.
     """
     from .bundle.writer import check_output
-    from .io import AtomicFiles, make_dirs
     from .sources import open as open_checkpoint
+    from .store.local import LocalStore
 
     started = time.perf_counter()
     ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src, **storage_options)
@@ -224,33 +223,26 @@ def download_checkpoint(src, local_prefix, *, force: bool = False, progress=None
         for _, _, dst in plan:
             if os.path.exists(dst) and not force:
                 raise OutputExistsError("file exists", path=dst, remedy=Remedy("force", "replace it"))
-        directory = os.path.dirname(local_prefix) or "."
-        make_dirs(directory)
-        atomic = AtomicFiles(directory)
+        output = LocalStore().output()
+        output.claim(local_prefix)  # creates the directory; a second writer of this prefix is refused
         total = 0
         try:
             for _, open_source, dst in plan:
                 source = open_source()
-                tmp, fd = atomic.create(dst)
-                try:
-                    pos = 0
-                    while pos < source.size:
-                        data = memoryview(source.read(pos, min(CHUNK, source.size - pos)))
-                        pos += len(data)
-                        if progress:
-                            progress(len(data))
-                        while data:
-                            try:
-                                data = data[os.write(fd, data) :]
-                            except OSError as exc:
-                                raise WriteError(f"cannot write: {exc.strerror}", path=tmp) from None
-                finally:
-                    os.close(fd)
+                sink = output.create(dst)
+                pos = 0
+                while pos < source.size:
+                    data = source.read(pos, min(CHUNK, source.size - pos))
+                    sink.write(data)
+                    pos += len(data)
+                    if progress:
+                        progress(len(data))
                 total += source.size
-            atomic.commit()
+            output.commit()
         except BaseException:
-            atomic.abort()
+            output.abort()
             raise
+        output.release()
         return TransferStats(
             ckpt.prefix, local_prefix, tuple(d for _, _, d in plan), total, time.perf_counter() - started
         )

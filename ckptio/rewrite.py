@@ -56,8 +56,15 @@ def rewrite(
     options = dict(num_shards=num_shards, max_shard_size=max_shard_size, force=force, progress=progress, verify=verify)
     ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src)
     try:
-        if dst is not None and not dry_run and is_special(dst):  # a .tar.zst to pack, a URL to upload to ...
-            return _rewrite_special(ckpt, os.fspath(dst), steps, make_latest=make_latest, **options)
+        if dst is not None and not dry_run and is_special(dst):  # a .tar.zst, a URL, another weight format ...
+            return _rewrite_special(
+                ckpt, os.fspath(dst), steps, make_latest=make_latest, state_file=state_file, fsync=fsync, **options
+            )
+        if dst is not None and dry_run and is_remote(dst):  # predicts its refusals from the store it would write
+            from .store import for_output
+
+            store, prefix = for_output(os.fspath(dst), name=store_name(ckpt))
+            return rewrite_local(ckpt, prefix, steps, dry_run=True, store=store, **options)
         return rewrite_local(
             ckpt, dst, steps, dry_run=dry_run, state_file=state_file, fsync=fsync, make_latest=make_latest, **options
         )
@@ -66,7 +73,9 @@ def rewrite(
             ckpt.close()
 
 
-def _rewrite_special(ckpt: Checkpoint, dst: str, steps, *, make_latest: bool, **options) -> RewriteReport:
+def _rewrite_special(
+    ckpt: Checkpoint, dst: str, steps, *, make_latest: bool, state_file: bool, fsync: bool, **options
+) -> RewriteReport:
     """rewrite() of an open checkpoint to a .tar.zst, a URL or another weight format."""
     from .formats import kind_of, write_format
     from .store import for_output, local_path
@@ -80,7 +89,9 @@ def _rewrite_special(ckpt: Checkpoint, dst: str, steps, *, make_latest: bool, **
         return report
     # Every other store (a URL, file://) is written through its own output: no local copy first.
     store, prefix = for_output(dst, name=store_name(ckpt))
-    return rewrite_local(ckpt, prefix, steps, store=store, make_latest=make_latest, **options)
+    return rewrite_local(
+        ckpt, prefix, steps, store=store, make_latest=make_latest, state_file=state_file, fsync=fsync, **options
+    )
 
 
 def store_name(ckpt: Checkpoint) -> str:

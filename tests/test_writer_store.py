@@ -284,3 +284,26 @@ def test_rewrite_into_an_archive_goes_through_its_output(source, tmp_path, monke
     assert got.keys() == want.keys() and all(np.array_equal(got[n], want[n]) for n in want)
     with pytest.raises(OutputExistsError, match="the archive already exists"):
         ckptio.rewrite(source, str(out), [ckptio.StripOptimizer()])
+
+
+def test_a_bundle_writer_on_an_archive_store_packs_one_archive(tmp_path):
+    from ckptio.store import for_output
+
+    store, prefix = for_output(str(tmp_path / "a.tar.zst"), name="m")
+    with BundleWriter(store, prefix, SHARDS) as w:
+        for i, (name, value) in enumerate(ARRAYS.items()):
+            w.add_array(name, value, shard=i % SHARDS)
+        w.finish()  # state_file=True: an archive, packed whole, gets none (and is not packed again)
+    assert w.state_file == "left" and os.listdir(tmp_path) == ["a.tar.zst"]
+    assert store.packed is not None and store.packed[0] == ("m.index", "m.data-00000-of-00002", "m.data-00001-of-00002")
+    got = tensors(tmp_path / "a.tar.zst")
+    assert got.keys() == ARRAYS.keys() and all(np.array_equal(got[n], ARRAYS[n]) for n in ARRAYS)
+
+
+def test_a_dry_run_to_a_url_asks_that_store(source):
+    url = f"memory://writer-dry-{os.getpid()}/m"
+    ckptio.rewrite(source, url, [ckptio.StripOptimizer()])
+    with pytest.raises(OutputExistsError, match="already exists"):
+        ckptio.rewrite(source, url, [ckptio.StripOptimizer()], dry_run=True)
+    assert ckptio.rewrite(source, url, [ckptio.StripOptimizer()], dry_run=True, force=True).dry_run
+    fsspec.filesystem("memory").rm(f"/writer-dry-{os.getpid()}", recursive=True)

@@ -298,6 +298,8 @@ def record_output(store, prefix: str, *, make_latest: bool = False) -> str:
 
     if isinstance(store, LocalStore):
         return record_outputs(os.path.dirname(prefix) or ".", [(prefix, None)], make_latest=make_latest)
+    if not store.adds_after_commit:  # an archive, packed whole: no state file inside
+        return "left"
     path = state_file_of(store, prefix)
     existing = None
     size = store.size(path)

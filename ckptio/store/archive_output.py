@@ -36,6 +36,7 @@ class PackingStore(Store):
     """
 
     random_access = False
+    adds_after_commit = False
 
     def __init__(self, parent: Store, archive: str, *, level: int = DEFAULT_LEVEL, threads: int = -1) -> None:
         self.parent, self.archive = parent, archive

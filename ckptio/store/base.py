@@ -162,6 +162,9 @@ class Store:
 
     name: str = "<store>"
     random_access = True
+    # False where nothing can be added once an output is committed (an archive is packed whole):
+    # a `checkpoint` state file is then not written beside the output.
+    adds_after_commit = True
 
     def open(self, path: str) -> Source:
         """Open a regular file for ranged reads; CheckpointNotFoundError if absent."""
