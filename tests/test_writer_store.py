@@ -307,3 +307,34 @@ def test_a_dry_run_to_a_url_asks_that_store(source):
         ckptio.rewrite(source, url, [ckptio.StripOptimizer()], dry_run=True)
     assert ckptio.rewrite(source, url, [ckptio.StripOptimizer()], dry_run=True, force=True).dry_run
     fsspec.filesystem("memory").rm(f"/writer-dry-{os.getpid()}", recursive=True)
+
+
+def test_tensorflow_loads_what_was_written_to_an_object_store_and_an_archive(source, tmp_path):
+    """The bytes written through a remote store's output (final names) and an archive's load in TF."""
+    try:
+        from tf_support import require_tf, tf_load
+    except ImportError:  # tests/ imported as a package
+        from .tf_support import require_tf, tf_load
+    from ckptio import archive, remote
+    from ckptio.rewrite_exec import rewrite_local
+
+    require_tf()
+    local = str(tmp_path / "local" / "model.ckpt")
+    ckptio.rewrite(source, local, [ckptio.StripOptimizer()], num_shards=2)
+    fs = fsspec.filesystem("memory")
+    root = f"/writer-tf-{os.getpid()}"
+    with ckptio.open(source) as ck:
+        rewrite_local(
+            ck,
+            f"memory://{root}/model.ckpt",
+            [ckptio.StripOptimizer()],
+            num_shards=2,
+            store=RemoteStore(fs, use_temp=False),
+        )
+    remote.download_checkpoint(f"memory://{root}/model.ckpt", str(tmp_path / "down") + "/")
+    fs.rm(root, recursive=True)
+    ckptio.rewrite(source, str(tmp_path / "m.tar.zst"), [ckptio.StripOptimizer()], num_shards=2)
+    archive.unpack(tmp_path / "m.tar.zst", tmp_path / "unpacked")
+    want = tf_load(local)
+    assert want and tf_load(tmp_path / "down" / "model.ckpt") == want
+    assert tf_load(tmp_path / "unpacked" / "model.ckpt") == want
