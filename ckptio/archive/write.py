@@ -11,8 +11,8 @@ from functools import partial
 from ..checkpoint import Checkpoint
 from ..errors import OutputExistsError, Remedy, WriteError
 from ..io import Source
-from ..output import AtomicFiles, OutputClaim, interrupts_deferred, make_dirs
 from ..store.archive_output import COPY_CHUNK, DEFAULT_LEVEL, PackingStore, write_archive  # noqa: F401 (COPY_CHUNK: its old home)
+from ..store.atomic import AtomicFiles, OutputClaim, interrupts_deferred, make_dirs
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers honour the name)
 if TYPE_CHECKING:

@@ -10,9 +10,9 @@ import os
 import threading
 
 from ..errors import CkptioError, OutputExistsError, PlanError, Remedy
-from ..output import interrupts_deferred
 from ..sstable import TableBuilder
 from ..sstable.coding import crc32c, mask
+from ..store.atomic import interrupts_deferred
 from ..store.base import Output, Source, Store
 from ..store.local import LocalStore
 from . import dtypes, naming, strings

@@ -102,7 +102,7 @@ class PackingOutput(Output):
 
     def _staging_dir(self) -> str:
         if self._staging is None:
-            from ..output import remove_stale_temps, staging_dir
+            from .atomic import remove_stale_temps, staging_dir
 
             if isinstance(self.store.parent, LocalStore):
                 # Beside the archive (one filesystem), named after this process: a later writer

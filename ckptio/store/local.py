@@ -15,7 +15,7 @@ from .base import Output, Range, Sink, Source, Store
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ..output import AtomicFiles, OutputClaim
+    from .atomic import AtomicFiles, OutputClaim
 
 # Advised up front at most: the kernel starts reading this much at once; more could evict pages
 # before they are used when the kept bytes exceed RAM (the copy path advises each range as it goes).
@@ -158,7 +158,7 @@ class LocalSink(Sink):
 
     def reserve(self, nbytes: int) -> bool:
         """fallocate(2) without changing the size: faster copies, and a full disk fails before copying."""
-        from ..output import preallocate
+        from .atomic import preallocate
 
         try:
             return preallocate(self._fd, nbytes)
@@ -226,7 +226,7 @@ class LocalOutput(Output):
 
     def claim(self, path: str) -> None:
         """Create the output's directory and take its lock (output.OutputClaim)."""
-        from ..output import OutputClaim, make_dirs
+        from .atomic import OutputClaim, make_dirs
 
         make_dirs(os.path.dirname(path) or ".")
         self._claim = OutputClaim(path)
@@ -237,7 +237,7 @@ class LocalOutput(Output):
             claim.release()
 
     def create(self, path: str) -> LocalSink:
-        from ..output import AtomicFiles
+        from .atomic import AtomicFiles
 
         if self._files is None:  # stale temps are swept from the first file's directory
             self._files = AtomicFiles(self.directory or os.path.dirname(path) or ".")
