@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from functools import partial
 
 from ..checkpoint import Checkpoint
-from ..errors import OutputExistsError, Remedy, WriteError
+from ..errors import OutputExistsError, Remedy
 from ..io import Source
-from ..store.archive_output import COPY_CHUNK, DEFAULT_LEVEL, PackingStore, write_archive  # noqa: F401 (COPY_CHUNK: its old home)
-from ..store.atomic import AtomicFiles, OutputClaim, interrupts_deferred, make_dirs
+from ..store import file_store
+from ..store.archive_output import COPY_CHUNK, DEFAULT_LEVEL, PackingStore, SinkFile, write_archive  # noqa: F401 (COPY_CHUNK: its old home)
+from ..store.atomic import interrupts_deferred
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers honour the name)
 if TYPE_CHECKING:
@@ -77,21 +78,6 @@ def _basename(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1]
 
 
-class _Counting:
-    """Counts bytes written through to a binary file (zstd's output)."""
-
-    def __init__(self, f):
-        self.f, self.n = f, 0
-
-    def write(self, data) -> int:
-        n = self.f.write(data)
-        self.n += len(data)
-        return n
-
-    def flush(self) -> None:
-        self.f.flush()
-
-
 def pack(
     src, out_path, *, level: int = DEFAULT_LEVEL, threads: int = -1, force: bool = False, progress=None
 ) -> PackStats:
@@ -114,13 +100,9 @@ def pack(
             inputs.add(os.path.abspath(archive_path))
         if "://" not in out_path and os.path.abspath(out_path) in inputs:
             raise OutputExistsError("output is the input; write the archive elsewhere", path=out_path)
-        output = _open_output(out_path, force=force)
-        try:
-            bytes_in = _write_archive(output.file, files, level, threads, progress)
-            bytes_out = output.commit()
-        except BaseException:
-            output.abort()
-            raise
+        bytes_in, bytes_out = _write_one_file(
+            out_path, force, lambda f: _write_archive(f, files, level, threads, progress)
+        )
     finally:
         if ckpt is not src:
             ckpt.close()
@@ -140,52 +122,26 @@ def _write_archive(f, files, level: int, threads: int, progress) -> int:
     return write_archive(f, [(_basename(p), open_source) for p, open_source in files], level, threads, progress)
 
 
-class _LocalOutput:
-    """The archive's temp file, owned by this writer (OutputClaim) until committed or aborted."""
-
-    def __init__(self, path: str, force: bool):
-        self.path, self.force = path, force
-        if os.path.exists(path) and not force:
+def _write_one_file(path: str, force: bool, write) -> tuple[int, int]:
+    """Write one file through its store's output (temp name and rename, or one PUT), owned by this
+    writer until committed; write(f) fills it and returns its result. Returns (that, bytes written)."""
+    store, path = file_store(path)
+    if store.exists(path) and not force:
+        raise OutputExistsError("the archive already exists", path=path, remedy=Remedy("force", "replace it"))
+    output = store.output()
+    output.claim(path)
+    try:
+        if store.exists(path) and not force:  # another writer finished it meanwhile
             raise OutputExistsError("the archive already exists", path=path, remedy=Remedy("force", "replace it"))
-        directory = os.path.dirname(path) or "."
-        make_dirs(directory)
-        self.claim = OutputClaim(path)
-        try:
-            if os.path.exists(path) and not force:  # another writer finished it meanwhile
-                raise OutputExistsError("the archive already exists (use --force to replace it)", path=path)
-            self.files = AtomicFiles(directory)
-            self.tmp, fd = self.files.create(path)
-        except BaseException:
-            self.claim.release()
-            raise
-        self._raw = os.fdopen(fd, "wb", buffering=1 << 20)
-        self.file = _Counting(self._raw)
-
-    def commit(self) -> int:
-        try:
-            self._raw.close()
-        except OSError as exc:
-            raise WriteError(f"cannot write: {exc.strerror}", path=self.tmp) from None
+        f = SinkFile(output.create(path))
+        result = write(f)
         with interrupts_deferred():
-            self.files.commit(no_replace=() if self.force else (self.path,))
-            self.claim.release()
-        return self.file.n
-
-    def abort(self) -> None:
-        try:
-            self._raw.close()
-        except OSError:
-            pass
-        self.files.abort()
-        self.claim.release()
-
-
-def _open_output(path: str, *, force: bool):
-    if "://" in path:
-        from ..store.remote import RemoteOutput
-
-        return RemoteOutput(path, overwrite=force)
-    return _LocalOutput(path, force)
+            output.commit(no_replace=() if force else (path,))
+            output.release()
+    except BaseException:
+        output.abort()
+        raise
+    return result, f.n
 
 
 def rewrite_packed(

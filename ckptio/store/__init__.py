@@ -59,23 +59,26 @@ def for_path(text: str, **options) -> tuple[Store | None, str]:
     return store, path
 
 
+def file_store(text: str, **options) -> tuple[Store, str]:
+    """(store, path in it) of the file a user named, an archive being a file here too."""
+    if is_url(text):
+        from .remote import RemoteStore  # type: ignore[import-not-found]
+
+        return RemoteStore.for_url(text, **options)
+    if options:
+        raise TypeError(f"unexpected options for a local path: {', '.join(options)}")
+    from .local import LocalStore
+
+    return LocalStore(), local_path(text)
+
+
 def for_output(text: str, *, name: str = "model.ckpt", **options) -> tuple[Store, str]:
     """(store, prefix in it) to write a checkpoint that a user named: a local prefix, a URL (one ending
     in '/' is a directory: the checkpoint is called name there), or an archive (name inside it),
     written through the store's output."""
-    store: Store
-    if is_url(text):
-        from .remote import RemoteStore  # type: ignore[import-not-found]
-
-        store, path = RemoteStore.for_url(text, **options)
-        if path.endswith("/") and not is_archive(path):
-            path += name
-    else:
-        if options:
-            raise TypeError(f"unexpected options for a local path: {', '.join(options)}")
-        from .local import LocalStore
-
-        store, path = LocalStore(), local_path(text)
+    store, path = file_store(text, **options)
+    if is_url(text) and path.endswith("/") and not is_archive(path):
+        path += name
     if is_archive(path):
         from .archive_output import PackingStore
 

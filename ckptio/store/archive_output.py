@@ -139,7 +139,7 @@ class PackingOutput(Output):
                 sink.close()
             order = self._sinks[-1:] + self._sinks[:-1]
             members = [(name, _opener(staged, opened)) for name, staged, _ in order]
-            out = _SinkFile(self._parent.create(self.store.archive))
+            out = SinkFile(self._parent.create(self.store.archive))
             try:
                 bytes_in = write_archive(out, members, self.store.level, self.store.threads)
             finally:
@@ -186,7 +186,7 @@ def _opener(path: str, opened: list[Source]) -> Callable[[], Source]:
     return open_staged
 
 
-class _SinkFile:
+class SinkFile:
     """A Sink as the file object the compressor writes to; counts the bytes."""
 
     def __init__(self, sink: Sink) -> None:
@@ -275,4 +275,4 @@ class _SourceFile:
         return data
 
 
-__all__ = ["PackingStore", "PackingOutput", "write_archive", "mtime_of"]
+__all__ = ["PackingStore", "PackingOutput", "SinkFile", "write_archive", "mtime_of"]
