@@ -338,3 +338,16 @@ def test_tensorflow_loads_what_was_written_to_an_object_store_and_an_archive(sou
     want = tf_load(local)
     assert want and tf_load(tmp_path / "down" / "model.ckpt") == want
     assert tf_load(tmp_path / "unpacked" / "model.ckpt") == want
+
+
+def test_a_local_sink_finishes_short_writes(tmp_path, monkeypatch):
+    real = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real(fd, memoryview(data)[:3]))  # 3 bytes at a time
+    prefix = str(tmp_path / "m")
+    with BundleWriter(LocalStore(), prefix) as w:
+        w.add_array("a", ARRAYS["a"])
+        w.add_bytes("raw", 1, (4,), [memoryview(np.arange(4, dtype=np.float32))])  # a typed buffer, not bytes
+        w.finish(state_file=False)
+    monkeypatch.setattr(os, "write", real)
+    got = tensors(prefix)
+    assert np.array_equal(got["a"], ARRAYS["a"]) and np.array_equal(got["raw"], np.arange(4, dtype=np.float32))

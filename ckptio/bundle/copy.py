@@ -49,7 +49,7 @@ class ShardFile:
 
     def write(self, data) -> None:
         self.sink.write(data)
-        self.offset += memoryview(data).nbytes
+        self.offset += len(data) if type(data) is bytes else memoryview(data).nbytes
 
     def buffer(self, size: int) -> memoryview:
         """A reused buffer of at least min(size, CHUNK) bytes."""

@@ -6,6 +6,9 @@ for_path() is the one place a path string is routed to a store:
     file:///x/model.ckpt        the same, written as a URL
     x.tar.zst, gs://b/x.tzst    an ArchiveStore over the archive file, wherever it is
     gs://b/run/model.ckpt       a remote store (fsspec), its paths the URLs themselves
+
+for_output() is its writing twin: the same stores, except that an archive being written is a
+PackingStore (archive_output.py) whose output stages members and packs them on commit.
 """
 
 from __future__ import annotations

@@ -147,14 +147,18 @@ class LocalSink(Sink):
         self.written = 0  # bytes appended through this sink
 
     def write(self, data) -> None:
-        view = memoryview(data).cast("B")
-        while view:
+        size = len(data) if type(data) is bytes else memoryview(data).nbytes
+        done = 0
+        view = None  # made only for a short write: most writes are whole at once (100,000 small tensors ...)
+        while done < size:
             try:
-                n = os.write(self._fd, view)
+                n = os.write(self._fd, data if view is None else view[done:])
             except OSError as exc:
                 raise WriteError(f"cannot write: {exc.strerror or exc}", path=self.name, offset=self.written) from None
-            view = view[n:]
+            done += n
             self.written += n
+            if view is None and done < size:
+                view = memoryview(data).cast("B")
 
     def reserve(self, nbytes: int) -> bool:
         """fallocate(2) without changing the size: faster copies, and a full disk fails before copying."""
