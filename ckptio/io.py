@@ -1,12 +1,12 @@
-"""Byte sources: one read(offset, length) interface over local files and memory (output side: output.py).
+"""Byte sources: one read(offset, length) interface over local files and memory (output side: store/atomic.py).
 
 The sources moved to ckptio/store/ (local.py, memory.py); their names stay importable from here.
 """
 
 from __future__ import annotations
 
-# The output side moved to output.py; its names stay importable from here.
-from .output import (  # noqa: E402, F401
+# The output side moved to store/atomic.py (ckptio.output is that module too); its names stay importable from here.
+from .store.atomic import (  # noqa: E402, F401
     CLAIM_TRIES,
     AtomicFiles,
     OutputClaim,

@@ -1,9 +1,11 @@
 """rewrite(src, dst, steps): open src in any path form, then write dst wherever it goes.
 
 The work is below: rewrite_plan.py plans (names after the steps, the runs of bytes to write) and
-rewrite_exec.py writes the plan to a local prefix. This front opens src through the router
-(sources.py) and sends a destination that is not plain local files to its writer: a .tar.zst is
-packed (archive/write.py), a URL uploaded (remote.py), another weight format exported (formats/).
+rewrite_exec.py writes the plan into a store (a BundleWriter on the store's output). This front
+opens src through the router (sources.py) and picks the store of dst (store.for_output): local
+files, a URL (written there directly: data first, the index last), or a .tar.zst (its members
+staged beside it and packed index-first on commit, archive/write.py); another weight format is
+exported (formats/).
 """
 
 from __future__ import annotations
@@ -54,8 +56,15 @@ def rewrite(
     options = dict(num_shards=num_shards, max_shard_size=max_shard_size, force=force, progress=progress, verify=verify)
     ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src)
     try:
-        if dst is not None and not dry_run and is_special(dst):  # a .tar.zst to pack, a URL to upload to ...
-            return _rewrite_special(ckpt, os.fspath(dst), steps, make_latest=make_latest, **options)
+        if dst is not None and not dry_run and is_special(dst):  # a .tar.zst, a URL, another weight format ...
+            return _rewrite_special(
+                ckpt, os.fspath(dst), steps, make_latest=make_latest, state_file=state_file, fsync=fsync, **options
+            )
+        if dst is not None and dry_run and is_remote(dst):  # predicts its refusals from the store it would write
+            from .store import for_output
+
+            store, prefix = for_output(os.fspath(dst), name=store_name(ckpt))
+            return rewrite_local(ckpt, prefix, steps, dry_run=True, store=store, **options)
         return rewrite_local(
             ckpt, dst, steps, dry_run=dry_run, state_file=state_file, fsync=fsync, make_latest=make_latest, **options
         )
@@ -64,20 +73,27 @@ def rewrite(
             ckpt.close()
 
 
-def _rewrite_special(ckpt: Checkpoint, dst: str, steps, *, make_latest: bool, **options) -> RewriteReport:
-    """rewrite() of an open checkpoint to a .tar.zst (packed), a URL (uploaded) or another weight format."""
+def _rewrite_special(
+    ckpt: Checkpoint, dst: str, steps, *, make_latest: bool, state_file: bool, fsync: bool, **options
+) -> RewriteReport:
+    """rewrite() of an open checkpoint to a .tar.zst, a URL or another weight format."""
     from .formats import kind_of, write_format
-    from .store import local_path
+    from .store import for_output, local_path
 
     if kind_of(dst):  # written as .safetensors, .npz or .keras (ckptio/formats)
         return write_format(ckpt, dst, steps, **options)
-    if is_archive(dst):
+    if is_archive(dst):  # its own checks first (the archive exists ...), then the one write path below
         from .archive.write import DEFAULT_LEVEL, rewrite_packed
 
         report, _ = rewrite_packed(ckpt, local_path(dst), steps, level=DEFAULT_LEVEL, **options)
         return report
-    if is_remote(dst):
-        from .remote import rewrite_to_remote
+    # Every other store (a URL, file://) is written through its own output: no local copy first.
+    store, prefix = for_output(dst, name=store_name(ckpt))
+    return rewrite_local(
+        ckpt, prefix, steps, store=store, make_latest=make_latest, state_file=state_file, fsync=fsync, **options
+    )
 
-        return rewrite_to_remote(ckpt, dst, steps, make_latest=make_latest, **options)
-    return rewrite_local(ckpt, local_path(dst), steps, make_latest=make_latest, **options)
+
+def store_name(ckpt: Checkpoint) -> str:
+    """The file name prefix a checkpoint keeps when written into a directory or an archive."""
+    return ckpt.prefix.rstrip("/").rsplit("/", 1)[-1] or "model.ckpt"

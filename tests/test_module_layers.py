@@ -96,6 +96,7 @@ def test_archive_and_doctor_pieces_do_not_import_their_package_front():
 
 def test_output_side_does_not_import_the_sources():
     assert not _reaches(_imports(PKG / "output.py"), "ckptio.io")
+    assert not _reaches(_imports(PKG / "store" / "atomic.py"), "ckptio.io")
 
 
 def test_store_imports_nothing_about_checkpoints():

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError, OutputExistsError, Remedy
 from ..io import FileSource, Source
-from ..output import AtomicFiles, make_dirs, write_all
+from ..store.atomic import AtomicFiles, make_dirs, write_all
 from .stream import ArchiveStream
 from .tar import REGULAR
 from .write import COPY_CHUNK

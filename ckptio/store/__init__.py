@@ -6,6 +6,9 @@ for_path() is the one place a path string is routed to a store:
     file:///x/model.ckpt        the same, written as a URL
     x.tar.zst, gs://b/x.tzst    an ArchiveStore over the archive file, wherever it is
     gs://b/run/model.ckpt       a remote store (fsspec), its paths the URLs themselves
+
+for_output() is its writing twin: the same stores, except that an archive being written is a
+PackingStore (archive_output.py) whose output stages members and packs them on commit.
 """
 
 from __future__ import annotations
@@ -59,6 +62,34 @@ def for_path(text: str, **options) -> tuple[Store | None, str]:
     return store, path
 
 
+def file_store(text: str, **options) -> tuple[Store, str]:
+    """(store, path in it) of the file a user named, an archive being a file here too."""
+    if is_url(text):
+        from .remote import RemoteStore  # type: ignore[import-not-found]
+
+        return RemoteStore.for_url(text, **options)
+    if options:
+        raise TypeError(f"unexpected options for a local path: {', '.join(options)}")
+    from .local import LocalStore
+
+    return LocalStore(), local_path(text)
+
+
+def for_output(text: str, *, name: str = "model.ckpt", **options) -> tuple[Store, str]:
+    """(store, prefix in it) to write a checkpoint that a user named: a local prefix, a URL (one ending
+    in '/' is a directory: the checkpoint is called name there), or an archive (name inside it),
+    written through the store's output."""
+    store, path = file_store(text, **options)
+    if is_url(text) and path.endswith("/") and not is_archive(path):
+        path += name
+    if is_archive(path):
+        from .archive_output import PackingStore
+
+        packing = PackingStore(store, path)
+        return packing, packing.join(path, name)
+    return store, path
+
+
 class OpenerStore(Store):
     """A store that only opens files, through a callable path -> Source (the older open_source= keyword)."""
 
@@ -70,4 +101,15 @@ class OpenerStore(Store):
         return self._open(path)
 
 
-__all__ = ["Output", "Range", "Sink", "Source", "Store", "OpenerStore", "for_path", "is_url", "is_archive"]
+__all__ = [
+    "Output",
+    "Range",
+    "Sink",
+    "Source",
+    "Store",
+    "OpenerStore",
+    "for_path",
+    "for_output",
+    "is_url",
+    "is_archive",
+]
