@@ -14,7 +14,7 @@ import os
 
 from .bundle import dtypes
 from .errors import UnsupportedError
-from .plan import _b64, build_plan, check_local, check_v2, copy_step, fingerprint
+from .plan import _b64, build_plan, check_local, check_v2, copy_step, fingerprint, out_path
 
 
 def plan_fit(
@@ -50,7 +50,7 @@ def plan_fit(
     if is_keras_template(template):
         raise UnsupportedError("plans write TensorBundle checkpoints; a .weights.h5 template is fit in one process")
     check_local(src, template, dst)
-    out = os.path.abspath(os.fspath(dst))
+    out = out_path(dst)
     refuse_saved_model_output(out)
     rules = _rules(rules, regex)
     vocabularies = {name: (_tokens(old), _tokens(new)) for name, (old, new) in (vocab or {}).items()}

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from .plan import build_plan, check_local, check_v2, copy_step, fingerprint
+from .plan import build_plan, check_local, check_v2, copy_step, fingerprint, out_path
 
 
 def plan_merge(
@@ -52,7 +52,7 @@ def plan_merge(
     weights = _check_options(method, len(inputs), weights, decay, base)
     decay = None if decay is None else float(decay)
     check_local(*inputs, base, dst)
-    out = os.path.abspath(os.fspath(dst))
+    out = out_path(dst)
     refuse_saved_model_output(out)
     opened: list[Checkpoint] = []
     try:
@@ -89,8 +89,7 @@ def plan_merge(
             }, None
 
         # As merge: the output's directory may be a training run's own (an input's), whose state file stays.
-        out_dir = os.path.realpath(os.path.dirname(out))
-        own_state = all(os.path.realpath(os.path.dirname(c.prefix) or ".") != out_dir for c in job.all)
+        own_state = all(_directory(c.prefix) != _directory(out) for c in job.all)
         plan = build_plan(
             "merge",
             out,
@@ -118,3 +117,12 @@ def plan_merge(
     finally:
         for c in opened:
             c.close()
+
+
+def _directory(prefix: str) -> str:
+    """A prefix's directory, comparable between inputs and OUT (local ones resolved through links)."""
+    from .store import is_url
+
+    if is_url(prefix):
+        return prefix.rpartition("/")[0]
+    return os.path.realpath(os.path.dirname(prefix) or ".")

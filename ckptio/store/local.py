@@ -8,7 +8,7 @@ import os
 import stat
 from collections.abc import Iterable
 
-from ..errors import CheckpointNotFoundError, ReadError
+from ..errors import CheckpointNotFoundError, ReadError, WriteError
 from .base import Output, Range, Sink, Source, Store
 
 TYPE_CHECKING = False
@@ -218,6 +218,25 @@ class LocalStore(Store):
 
     def output(self, directory: str | None = None) -> LocalOutput:
         return LocalOutput(directory)
+
+    def remove(self, path: str) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise WriteError(f"cannot remove: {exc.strerror or exc}", path=path) from None
+
+    def move(self, src: str, dst: str) -> None:
+        try:
+            os.replace(src, dst)
+        except OSError as exc:
+            raise WriteError(f"cannot rename to {dst}: {exc.strerror or exc}", path=src) from None
+
+    def remove_tree(self, directory: str) -> None:
+        import shutil
+
+        shutil.rmtree(directory, ignore_errors=True)
 
     def join(self, directory: str, name: str) -> str:
         return os.path.join(directory, name)

@@ -262,6 +262,32 @@ class RemoteStore(Store):
     def output(self, *, use_temp: bool | None = None) -> RemoteFiles:
         return RemoteFiles(self.fs, use_temp=use_temp, store=self)
 
+    def remove(self, path: str) -> None:
+        self.forget(path)
+        try:
+            self.fs.rm_file(self.strip(path))
+        except FileNotFoundError:
+            pass
+        except Exception as exc:
+            raise WriteError(f"cannot remove: {exc}", path=path) from None
+
+    def move(self, src: str, dst: str) -> None:
+        self.forget(src)
+        self.forget(dst)
+        try:
+            self.fs.mv(self.strip(src), self.strip(dst))
+        except Exception as exc:
+            raise WriteError(f"cannot move to {dst}: {exc}", path=src) from None
+
+    def remove_tree(self, directory: str) -> None:
+        self.forget()
+        try:
+            self.fs.rm(self.strip(directory), recursive=True)
+        except FileNotFoundError:
+            pass
+        except Exception as exc:
+            raise WriteError(f"cannot remove: {exc}", path=directory) from None
+
 
 class RemoteOutput:
     """One remote file written as a stream (archive.pack to a URL); commit() makes it visible."""
