@@ -24,7 +24,7 @@ import os
 
 from .bundle import dtypes, naming
 from .errors import PlanError, UnsupportedError
-from .plan_exec import check_inputs, fingerprint  # noqa: F401 - check_inputs: part of this module's API
+from .plan_exec import check_inputs, fingerprint, store_of  # noqa: F401 - check_inputs: part of this module's API
 
 FORMAT = "ckptio-plan"
 VERSION = 2  # 2: fit and merge plans; every step has its size
@@ -57,7 +57,7 @@ def plan_rewrite(
     ckpt = src if isinstance(src, Checkpoint) else open_input(src)
     try:
         check_v2(ckpt)
-        check_output(out, force=force, inputs=[ckpt.located])
+        check_output(out, store=store_of(out), force=force, inputs=[ckpt.located])
         rewrite_plan = make_plan(ckpt, steps)
         return build_plan(
             command,

@@ -219,35 +219,16 @@ def commit(plan: dict) -> str:
             path=out,
         )
     check_inputs(plan)
-    check_output(out, force=plan["options"]["force"], inputs=[i["prefix"] for i in plan["inputs"]])
+    check_output(out, force=plan["options"]["force"], inputs=[i["prefix"] for i in plan["inputs"]], store=store_of(out))
     entries = merged_entries(plan, staging)
     _write_output(plan, staging, entries)
     if plan["options"]["state_file"]:
         # Never moves the latest of a directory whose state file lists other checkpoints, unless asked.
-        _record_state(out, make_latest=plan["options"].get("make_latest", False))
+        from .bundle.state import record_output  # the one state-file writer, on any store
+
+        record_output(store_of(out), out, make_latest=plan["options"].get("make_latest", False))
     staging.remove()
     return out
-
-
-def _record_state(out: str, *, make_latest: bool) -> None:
-    """List OUT in its directory's state file where that file is new or ckptio's own (bundle/state.py)."""
-    from .store import is_url
-
-    if not is_url(out):
-        from .bundle.writer import write_state_file  # the one local state-file writer (locks, timestamps)
-
-        write_state_file(out, make_latest=make_latest)
-        return
-    from .bundle.state import text_for_output
-    from .remote import MAX_STATE_FILE
-
-    store = store_of(out)
-    path = store.join(store.dirname(out), "checkpoint")
-    size = store.size(path)
-    existing = store.read_file(path) if size is not None and size <= MAX_STATE_FILE else None
-    text = text_for_output(existing, store.basename(out), make_latest=make_latest)
-    if text is not None:
-        store.write_file(path, text)
 
 
 def merged_entries(plan: dict, staging: Staging) -> dict[bytes, Entry]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from .plan import build_plan, check_local, check_v2, copy_step, fingerprint, out_path
+from .plan import build_plan, check_local, check_v2, copy_step, fingerprint, out_path, store_of
 
 
 def plan_merge(
@@ -66,7 +66,7 @@ def plan_merge(
             ckpts, order = step_order(ckpts)
         job = Job(method, ckpts, base_ckpt, weights, decay, include, exclude, keep_optimizer)
         report = job.report(out, False, order)
-        check_output(out, force=force, inputs=[c.located for c in job.all])
+        check_output(out, store=store_of(out), force=force, inputs=[c.located for c in job.all])
         index = {id(c): i for i, c in enumerate(job.all)}
         combined = set(job.combined)
         copy = copy_step(index[id(job.keep_from)])

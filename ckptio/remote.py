@@ -45,7 +45,7 @@ from .store.remote import (
     protocols,
     renames_cheaply,
 )
-from .store.remote_output import RemoteFiles, _close_quietly
+from .store.remote_output import RemoteFiles
 
 MAX_STATE_FILE = 1 << 20
 _Store = RemoteStore  # the old name of the store helper
@@ -196,27 +196,10 @@ def upload_checkpoint(
 
 
 def _write_state(fs, prefix_url: str, *, use_temp: bool, make_latest: bool = False) -> None:
-    """List the prefix (relative name) in <dir>/checkpoint when that file is ours to change."""
-    from .bundle.state import text_for_output
+    """List the prefix (relative name) in <dir>/checkpoint when that file is ours to change (bundle/state.py)."""
+    from .bundle.state import record_output
 
-    state_url = _join(_dirname(prefix_url), "checkpoint")
-    store = _Store(fs)
-    existing = None
-    if store.is_file(state_url) and _require_size(store, state_url) <= MAX_STATE_FILE:
-        existing = fs.cat_file(store.strip(state_url))
-    text = text_for_output(existing, _basename(prefix_url), make_latest=make_latest)
-    if text is None:
-        return
-    files = RemoteFiles(fs, store=RemoteStore(fs), use_temp=use_temp)
-    f = files.open(state_url)
-    try:
-        f.write(text)
-        f.close()
-        files.commit()
-    except BaseException:
-        _close_quietly(f)
-        files.abort()
-        raise
+    record_output(RemoteStore(fs, use_temp=use_temp), prefix_url, make_latest=make_latest)
 
 
 def download_checkpoint(src, local_prefix, *, force: bool = False, progress=None, **storage_options) -> TransferStats:
@@ -276,31 +259,24 @@ def download_checkpoint(src, local_prefix, *, force: bool = False, progress=None
             ckpt.close()
 
 
-def rewrite_to_remote(src, url: str, steps=(), *, force: bool = False, make_latest: bool = False, **options):
-    """rewrite() into a local temp directory, then upload_checkpoint() it to url; returns the Report."""
-    import shutil
-    import tempfile
+def rewrite_to_remote(
+    src, url: str, steps=(), *, force: bool = False, make_latest: bool = False, storage_options=None, **options
+):
+    """rewrite() straight into remote storage through the store's output (no local copy); returns the Report.
 
+    url: the new prefix, or a directory ending in '/' to keep the source's name.
+    """
     from .rewrite_exec import rewrite_local
     from .sources import open as open_checkpoint
 
     ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src)
-    tmp = tempfile.mkdtemp(prefix="ckptio-upload-")
     try:
-        base = _basename(url) if not url.endswith("/") else _basename(ckpt.prefix)
-        local = os.path.join(tmp, base or "model.ckpt")
-        report = rewrite_local(ckpt, local, steps, state_file=False, **options)
-        try:
-            upload_checkpoint(local, url, overwrite=force, make_latest=make_latest)
-        except OutputExistsError as exc:  # the caller passed force, not upload_checkpoint's overwrite
-            exc.remedy = Remedy("force", "replace it")
-            raise
-        report.dst = url
-        return report
+        store, _ = RemoteStore.for_url(url, **(storage_options or {}))
+        prefix = _destination_prefix(ckpt, url)
+        return rewrite_local(ckpt, prefix, steps, store=store, force=force, make_latest=make_latest, **options)
     finally:
         if ckpt is not src:
             ckpt.close()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 __all__ = [

@@ -1,9 +1,11 @@
 """rewrite(src, dst, steps): open src in any path form, then write dst wherever it goes.
 
 The work is below: rewrite_plan.py plans (names after the steps, the runs of bytes to write) and
-rewrite_exec.py writes the plan to a local prefix. This front opens src through the router
-(sources.py) and sends a destination that is not plain local files to its writer: a .tar.zst is
-packed (archive/write.py), a URL uploaded (remote.py), another weight format exported (formats/).
+rewrite_exec.py writes the plan into a store (a BundleWriter on the store's output). This front
+opens src through the router (sources.py) and picks the store of dst (store.for_output): local
+files, a URL (written there directly: data first, the index last), or a .tar.zst (its members
+staged beside it and packed index-first on commit, archive/write.py); another weight format is
+exported (formats/).
 """
 
 from __future__ import annotations
@@ -65,19 +67,22 @@ def rewrite(
 
 
 def _rewrite_special(ckpt: Checkpoint, dst: str, steps, *, make_latest: bool, **options) -> RewriteReport:
-    """rewrite() of an open checkpoint to a .tar.zst (packed), a URL (uploaded) or another weight format."""
+    """rewrite() of an open checkpoint to a .tar.zst, a URL or another weight format."""
     from .formats import kind_of, write_format
-    from .store import local_path
+    from .store import for_output, local_path
 
     if kind_of(dst):  # written as .safetensors, .npz or .keras (ckptio/formats)
         return write_format(ckpt, dst, steps, **options)
-    if is_archive(dst):
+    if is_archive(dst):  # its own checks first (the archive exists ...), then the one write path below
         from .archive.write import DEFAULT_LEVEL, rewrite_packed
 
         report, _ = rewrite_packed(ckpt, local_path(dst), steps, level=DEFAULT_LEVEL, **options)
         return report
-    if is_remote(dst):
-        from .remote import rewrite_to_remote
+    # Every other store (a URL, file://) is written through its own output: no local copy first.
+    store, prefix = for_output(dst, name=store_name(ckpt))
+    return rewrite_local(ckpt, prefix, steps, store=store, make_latest=make_latest, **options)
 
-        return rewrite_to_remote(ckpt, dst, steps, make_latest=make_latest, **options)
-    return rewrite_local(ckpt, local_path(dst), steps, make_latest=make_latest, **options)
+
+def store_name(ckpt: Checkpoint) -> str:
+    """The file name prefix a checkpoint keeps when written into a directory or an archive."""
+    return ckpt.prefix.rstrip("/").rsplit("/", 1)[-1] or "model.ckpt"

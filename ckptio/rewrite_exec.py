@@ -129,15 +129,17 @@ def rewrite_local(
     state_file: bool = True,
     fsync: bool = False,
     make_latest: bool = False,
+    store=None,
 ) -> RewriteReport:
-    """Plan and write the rewrite of an open checkpoint at local prefix dst (None: plan only); see rewrite()."""
+    """Plan and write the rewrite of an open checkpoint at prefix dst in store (None: local files;
+    dst None: plan only); see rewrite()."""
     started = time.perf_counter()
     plan = make_plan(ckpt, steps)
     report = plan_report(plan, dst, steps, dry_run=dry_run)
     if dry_run and dst is not None:  # predict what a real run would refuse
         from .bundle.writer import check_output
 
-        check_output(os.fspath(dst), force=force, inputs=[ckpt.located])
+        check_output(os.fspath(dst), force=force, inputs=[ckpt.located], store=store)
     if not dry_run:
         report.state_file = execute(
             plan,
@@ -150,6 +152,7 @@ def rewrite_local(
             state_file=state_file,
             fsync=fsync,
             make_latest=make_latest,
+            store=store,
         )
     report.seconds = time.perf_counter() - started
     return report
@@ -182,8 +185,10 @@ def execute(
     state_file=True,
     fsync=False,
     make_latest=False,
+    store=None,
 ) -> str | None:
-    """Write the planned checkpoint atomically; return what happened to the state file."""
+    """Write the planned checkpoint atomically at dst in store (None: local files); return what
+    happened to the state file."""
     from .bundle.writer import BundleWriter
 
     ckpt = plan.source
@@ -202,7 +207,7 @@ def execute(
     # instead of writing their whole shard before the error can surface.
     stop = threading.Event()
 
-    with BundleWriter(dst, len(groups), force=force, inputs=[ckpt.located]) as writer:
+    with BundleWriter(store, dst, len(groups), force=force, inputs=[ckpt.located]) as writer:
         for shard, group in enumerate(groups):
             writer.reserve(shard, sum(p.size for p in group))
 

@@ -260,9 +260,9 @@ def test_killed_archive_writer_leaves_staging_that_the_next_run_removes(tmp_path
     out_dir = tmp_path / "arch"
     # This writer hangs once its staging directory holds the stripped checkpoint; then it is killed -9.
     code = (
-        "import sys, time\nimport ckptio.archive.write as a  # rewrite_packed calls pack here\n"
+        "import sys, time\nimport ckptio.store.archive_output as a  # the output packs its staged members here\n"
         "def hang(*args, **kw):\n    print('staged', flush=True)\n    time.sleep(600)\n"
-        "a.pack = hang\nfrom ckptio.cli.main import main\nsys.exit(main(sys.argv[1:]))\n"
+        "a.write_archive = hang\nfrom ckptio.cli.main import main\nsys.exit(main(sys.argv[1:]))\n"
     )
     p = subprocess.Popen(
         [sys.executable, "-c", code, "strip", "-q", src, str(out_dir / "m.tar.zst")],

@@ -47,13 +47,13 @@ def _fake_fallocate(err: int, calls: list):
 
 def test_each_shard_is_reserved_at_its_final_size(src, tmp_path, monkeypatch):
     calls = []
-    real = writer_mod.preallocate
+    real = ckio.preallocate  # the local store's sinks reserve through it (store/local.py)
 
     def spy(fd, length):
         calls.append(length)
         return real(fd, length)
 
-    monkeypatch.setattr(writer_mod, "preallocate", spy)
+    monkeypatch.setattr(ckio, "preallocate", spy)
     out = str(tmp_path / "out" / "model.ckpt")
     ckptio.rewrite(src, out, [ckptio.StripOptimizer()], num_shards=2)
     sizes = [os.path.getsize(f"{out}.data-{i:05d}-of-00002") for i in range(2)]

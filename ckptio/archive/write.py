@@ -11,21 +11,12 @@ from functools import partial
 from ..checkpoint import Checkpoint
 from ..errors import OutputExistsError, Remedy, WriteError
 from ..io import Source
-from ..output import (
-    AtomicFiles,
-    OutputClaim,
-    interrupts_deferred,
-    make_dirs,
-    remove_stale_temps,
-    staging_dir,
-)
+from ..output import AtomicFiles, OutputClaim, interrupts_deferred, make_dirs
+from ..store.archive_output import COPY_CHUNK, DEFAULT_LEVEL, PackingStore, write_archive  # noqa: F401 (COPY_CHUNK: its old home)
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers honour the name)
 if TYPE_CHECKING:
     from typing import Any
-
-COPY_CHUNK = 4 << 20  # bytes per read while packing
-DEFAULT_LEVEL = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,14 +75,6 @@ def _source_of(table: Any) -> Callable[[], Source]:
 
 def _basename(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1]
-
-
-def _mtime(source: Source) -> int:
-    fd = source.fileno()
-    try:
-        return int(os.fstat(fd).st_mtime) if fd is not None else int(time.time())
-    except OSError:
-        return int(time.time())
 
 
 class _Counting:
@@ -153,66 +136,8 @@ def pack(
 
 
 def _write_archive(f, files, level: int, threads: int, progress) -> int:
-    """Write the members as a pax tar (stdlib tarfile, forward only) into a zstd stream on f; the bytes in."""
-    import tarfile
-
-    import zstandard
-
-    try:
-        cctx = zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True)
-    except zstandard.ZstdError as exc:
-        raise WriteError(f"bad compression settings (level {level}, threads {threads}): {exc}") from None
-    total = 0
-    # Not stream mode ("w|"): its buffer copies every byte twice more (a third slower on incompressible
-    # shards); "w" on a forward-only writer never seeks either, it only asks tell() once at the start.
-    with (
-        cctx.stream_writer(f, closefd=False, write_size=1 << 20) as zw,
-        tarfile.open(fileobj=_forward(zw), mode="w", format=tarfile.PAX_FORMAT) as tar,
-    ):
-        # Read each member COPY_CHUNK bytes at a time (tarfile's default is 16 KiB); typeshed omits the attribute.
-        tar.copybufsize = COPY_CHUNK  # type: ignore[attr-defined]
-        for path, open_source in files:
-            source = open_source()
-            info = tarfile.TarInfo(_basename(path))
-            info.size, info.mtime, info.mode = source.size, _mtime(source), 0o644
-            tar.addfile(info, _SourceFile(source, progress))
-            total += source.size
-    return total
-
-
-class _Forward:
-    """The tar stream going into the compressor: write() passes through, tell() is the bytes so far."""
-
-    def __init__(self, f):
-        self.f, self.n = f, 0
-
-    def write(self, data) -> int:
-        self.f.write(data)
-        self.n += len(data)
-        return len(data)
-
-    def tell(self) -> int:
-        return self.n
-
-
-def _forward(zw) -> Any:
-    """zw as the file object tarfile takes (typeshed's protocol also asks for read, seek and close, never called in "w")."""
-    return _Forward(zw)
-
-
-class _SourceFile:
-    """A Source read front to back through read(n), the one call tarfile.addfile makes on its file object."""
-
-    def __init__(self, source: Source, progress=None):
-        self.source, self.progress, self.pos = source, progress, 0
-
-    def read(self, n: int = -1) -> bytes:
-        left = self.source.size - self.pos
-        data = self.source.read(self.pos, left if n < 0 else min(n, left))
-        self.pos += len(data)
-        if self.progress and data:
-            self.progress(len(data))
-        return data
+    """Write a checkpoint's (path, open) files as archive members named by their base names; the bytes in."""
+    return write_archive(f, [(_basename(p), open_source) for p, open_source in files], level, threads, progress)
 
 
 class _LocalOutput:
@@ -274,42 +199,30 @@ def rewrite_packed(
     name: str | None = None,
     **options,
 ):
-    """rewrite() into a temp directory beside out_path, then pack it; returns (RewriteReport, PackStats).
+    """rewrite() into an archive through its store's output (store/archive_output.py: members staged
+    beside the archive, packed index-first on commit); returns (RewriteReport, PackStats).
 
     src: an open Checkpoint, or a local prefix (ckptio.archive.rewrite_packed opens any path form).
     name: the checkpoint's file name prefix inside the archive (default: the source's).
     """
-    import shutil
-    import tempfile
-
     from ..rewrite_exec import rewrite_local
+    from ..store import for_output
 
+    started = time.perf_counter()
     out_path = os.fspath(out_path)
-    if "://" not in out_path and os.path.exists(out_path) and not force:
-        raise OutputExistsError("the archive already exists", path=out_path, remedy=Remedy("force", "replace it"))
     ckpt = src if isinstance(src, Checkpoint) else Checkpoint(src)
     try:
+        store, prefix = for_output(out_path, name=name or _basename(ckpt.prefix) or "model.ckpt")
+        assert isinstance(store, PackingStore)  # for_output of an archive path
+        store.level, store.threads = level, threads
+        if store.parent.exists(out_path) and not force:
+            raise OutputExistsError("the archive already exists", path=out_path, remedy=Remedy("force", "replace it"))
         checkpoint_files(ckpt)  # refuses what pack refuses (another weight format), before anything is written
-        if "://" in out_path:
-            tmp = tempfile.mkdtemp(prefix=".ckptio-pack-")
-        else:
-            # Beside the archive (one filesystem), named after this process: a later writer there
-            # removes it if this one is killed (io.remove_stale_temps).
-            local_dir = os.path.dirname(os.path.abspath(out_path))
-            make_dirs(local_dir)
-            remove_stale_temps(local_dir)
-            tmp = staging_dir(local_dir)
-    except BaseException:
-        if ckpt is not src:
-            ckpt.close()
-        raise
-    try:
-        base = name or _basename(ckpt.prefix) or "model.ckpt"
-        report = rewrite_local(ckpt, os.path.join(tmp, base), steps, state_file=False, **options)
-        stats = pack(os.path.join(tmp, base), out_path, level=level, threads=threads, force=force)
-        report.dst = out_path
-        return report, stats
+        report = rewrite_local(ckpt, prefix, steps, store=store, state_file=False, force=force, **options)
     finally:
         if ckpt is not src:
             ckpt.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+    report.dst = out_path
+    files, bytes_in, bytes_out = store.packed or ((), 0, 0)
+    stats = PackStats(out_path, files, bytes_in, bytes_out, time.perf_counter() - started, level, threads)
+    return report, stats

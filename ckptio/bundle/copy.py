@@ -1,6 +1,6 @@
 """Checked byte copies: a range of a source appended to an output file, its crc32c checked on the way.
 
-Big ranges are copied by the kernel (copy_file_range) in segments while one checker thread
+Big ranges are copied by the kernel (the sink's copy_from: copy_file_range) in segments while one checker thread
 re-reads each segment from the page cache and extends its crc32c; small ones are read,
 checked and written in one go. Ranges announced with read_ahead() are requested from the disk
 ahead of their copies (readahead.py). Nothing here knows about bundle entries or indexes.
@@ -8,12 +8,11 @@ ahead of their copies (readahead.py). Nothing here knows about bundle entries or
 
 from __future__ import annotations
 
-import os
 import threading
 
 from ..errors import ChecksumError, TruncatedError, WriteError
-from ..io import Source
 from ..sstable.coding import crc32c, unmask
+from ..store.base import Sink, Source
 from . import readahead
 
 CHUNK = 8 << 20
@@ -25,24 +24,32 @@ KERNEL_COPY_MIN = 256 << 10
 
 
 class ShardFile:
-    """One output file being appended to (one writer thread at a time)."""
+    """One output file being appended to (one writer thread at a time): a store's Sink and how far it got.
 
-    def __init__(self, fd: int, path: str):
-        self.fd, self.path, self.offset = fd, path, 0
-        self.reserved = 0  # bytes preallocated past the start (see BundleWriter.reserve)
+    ShardFile(fd, path), the older form, wraps a local descriptor the caller keeps (and closes).
+    """
+
+    def __init__(self, sink: Sink | int, path: str | None = None):
+        if isinstance(sink, int):
+            from ..store.local import LocalSink
+
+            sink = LocalSink(path or f"<fd {sink}>", path or "", sink, owned=False)
+        self.sink = sink
+        self.path, self.offset = sink.name, 0
+        self.reserved = 0  # bytes set aside past the start (see BundleWriter.reserve)
         self.lock = threading.Lock()
         self.ahead: dict[int, readahead.ReadAhead] = {}  # id(source) -> its ranges read ahead for this file
         self._buf: memoryview | None = None
 
+    @property
+    def fd(self) -> int:
+        """The sink's descriptor (-1: none, or closed)."""
+        fd = self.sink.fileno()
+        return -1 if fd is None else fd
+
     def write(self, data) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                n = os.write(self.fd, view)
-            except OSError as exc:
-                raise WriteError(f"cannot write: {exc.strerror}", path=self.path, offset=self.offset) from None
-            view = view[n:]
-            self.offset += n
+        self.sink.write(data)
+        self.offset += memoryview(data).nbytes
 
     def buffer(self, size: int) -> memoryview:
         """A reused buffer of at least min(size, CHUNK) bytes."""
@@ -71,18 +78,14 @@ class Copier:
     def read_ahead(self, out: ShardFile, src: Source, ranges: list[tuple[int, int]]) -> bool:
         """Request ranges of src from the disk, in order and a bounded window ahead, as they are copied
         into out next; False where src is no local file (the caller may then hint the source itself)."""
-        fd = src.fileno()
-        if fd is None:
+        if src.fileno() is None:
             return False
         old = out.ahead.pop(id(src), None)
         if old is not None:
             old.close()
-        try:
-            # The copy reads only what is requested: the kernel's own readahead would also pull in
-            # the tensors a strip drops (a weight's Adam slots sit right after it).
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-        except (AttributeError, OSError):
-            pass
+        # The copy reads only what is requested: the kernel's own readahead would also pull in
+        # the tensors a strip drops (a weight's Adam slots sit right after it).
+        src.random_reads()
         ahead = readahead.start(src, ranges)
         if ahead is not None:
             out.ahead[id(src)] = ahead  # the read-ahead holds src: the id stays its own meanwhile
@@ -156,7 +159,7 @@ class Copier:
         more from the page cache, on the other core, so checking costs little wall time.
         advise: have this range read now (no read-ahead thread was told of it).
         """
-        if src.fileno() is None or not hasattr(src, "readinto"):
+        if src.fileno() is None or out.sink.fileno() is None:  # no kernel copy between these two
             return False
         pos, end = offset, offset + size
         running = [0]
@@ -299,32 +302,17 @@ def _read_exactly(src: Source, offset: int, size: int) -> readahead.ReadAhead | 
     # 64 KiB at a time by copy_file_range.
     fd = src.fileno()
     assert fd is not None  # _copy_in_kernel copies only sources with a descriptor
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-        if size > readahead.request_unit(fd):
-            segments = [(p, min(SEGMENT, offset + size - p)) for p in range(offset, offset + size, SEGMENT)]
-            return readahead.ReadAhead(src, segments, window=2 * SEGMENT).start()
-        os.posix_fadvise(fd, offset, size, os.POSIX_FADV_WILLNEED)
-    except (AttributeError, OSError):  # not Linux, or a file that takes no advice: only slower
-        pass
+    src.random_reads()
+    if size > readahead.request_unit(fd):
+        segments = [(p, min(SEGMENT, offset + size - p)) for p in range(offset, offset + size, SEGMENT)]
+        return readahead.ReadAhead(src, segments, window=2 * SEGMENT).start()
+    src.will_need([(offset, size)])
     return None
 
 
 def _copy_range(src: Source, out: ShardFile, offset: int, size: int) -> bool:
-    """Kernel-side copy (copy_file_range) when both ends are local files; False if unavailable."""
-    fd = src.fileno()
-    if fd is None or not hasattr(os, "copy_file_range"):
+    """Kernel-side copy (the sink's copy_from, copy_file_range between local files); False if unavailable."""
+    if not out.sink.copy_from(src, offset, size, kernel_only=True):
         return False
-    pos, done = offset, 0
-    try:
-        while done < size:
-            n = os.copy_file_range(fd, out.fd, size - done, pos + done)
-            if n == 0:
-                raise TruncatedError("shard ended early", path=src.name, offset=pos + done)
-            done += n
-    except OSError as exc:
-        if done == 0 and exc.errno in (18, 22, 38, 95):  # EXDEV, EINVAL, ENOSYS, EOPNOTSUPP
-            return False
-        raise WriteError(f"cannot copy: {exc.strerror}", path=out.path, offset=out.offset) from None
     out.offset += size
     return True

@@ -279,6 +279,51 @@ def _known(known: dict, directory: str, prefix: str) -> float | None:
     return next((t for p, t in known.items() if _same(directory, p, prefix)), None)
 
 
+def state_file_of(store, prefix: str) -> str:
+    """The path of the state file beside prefix in store."""
+    from ..store.local import LocalStore
+
+    if isinstance(store, LocalStore):
+        return state_path(os.path.dirname(prefix) or ".")
+    return store.join(store.dirname(prefix), STATE_FILE)
+
+
+def record_output(store, prefix: str, *, make_latest: bool = False) -> str:
+    """List prefix in the state file beside it in store (the rules of record_outputs); "written" or "left".
+
+    Local files keep record_outputs' paths (relative, or absolute as a Saver's file has them); other
+    stores list the prefix by its name, reading and replacing the file through the store.
+    """
+    from ..store.local import LocalStore
+
+    if isinstance(store, LocalStore):
+        return record_outputs(os.path.dirname(prefix) or ".", [(prefix, None)], make_latest=make_latest)
+    path = state_file_of(store, prefix)
+    existing = None
+    size = store.size(path)
+    if size is not None:
+        if size > MAX_STATE_BYTES:
+            if not make_latest:
+                return "left"  # not a state file ckptio wrote: not ours to replace
+        else:
+            source = store.open(path)
+            try:
+                existing = source.read(0, source.size)
+            finally:
+                source.close()
+    text = text_for_output(existing, store.basename(prefix), make_latest=make_latest)
+    if text is None:
+        return "left"
+    output = store.output()
+    try:
+        output.create(path).write(text)
+        output.commit()
+    except BaseException:
+        output.abort()
+        raise
+    return "written"
+
+
 def text_for_output(existing: bytes | None, base: str, *, make_latest: bool = False) -> bytes | None:
     """The new text of the state file beside output `base` (a name in its directory), or None: leave it.
 

@@ -1,4 +1,4 @@
-"""Write a V2 bundle: data shards first, then the index, all renamed into place at the end.
+"""Write a V2 bundle into a store: data shards first, then the index, committed in that order at the end.
 
 Each data shard is tensor bytes back to back (alignment 1, as TensorFlow writes them);
 the index is a table of "" -> BundleHeaderProto and key -> BundleEntryProto in bytewise key order.
@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 import threading
 
-from ..errors import OutputExistsError, PlanError, Remedy, WriteError
-from ..io import AtomicFiles, OutputClaim, Source, interrupts_deferred, make_dirs, preallocate
+from ..errors import CkptioError, OutputExistsError, PlanError, Remedy
+from ..output import interrupts_deferred
 from ..sstable import TableBuilder
 from ..sstable.coding import crc32c, mask
+from ..store.base import Output, Source, Store
+from ..store.local import LocalStore
 from . import dtypes, naming, strings
 from .copy import Copier, ShardFile
 from .entry import Entry, Header
@@ -20,27 +22,39 @@ from .paths import refuse_saved_model_output
 
 
 class BundleWriter:
-    """Builds one checkpoint at prefix. Use as a context manager; finish() commits it."""
+    """Builds one checkpoint at prefix in store. Use as a context manager; finish() commits it.
 
-    def __init__(self, prefix: str, num_shards: int = 1, *, force: bool = False, inputs=()):
+    BundleWriter(store, prefix, num_shards=1, ...); the older BundleWriter(prefix, num_shards, ...)
+    (and store None) writes local files. Every file goes through the store's Output: data shards
+    first, the index last, committed in that order; abort() leaves nothing behind.
+    """
+
+    def __init__(self, store, prefix=None, num_shards: int = 1, *, force: bool = False, inputs=()):
+        if store is None or isinstance(store, Store):
+            if prefix is None:
+                raise TypeError("BundleWriter(store, prefix, ...) needs a prefix")
+            store = LocalStore() if store is None else store
+        else:  # the older BundleWriter(prefix, num_shards=1, ...)
+            if prefix is not None:
+                num_shards = prefix
+            store, prefix = LocalStore(), store
         if num_shards < 1:
             raise PlanError(f"num_shards must be >= 1, not {num_shards}")
+        self.store: Store = store
         self.prefix = os.fspath(prefix)
         self.num_shards = num_shards
         self.force = force
-        directory = os.path.dirname(self.prefix) or "."
-        refuse_saved_model_output(self.prefix)  # force or not: new tensors there would not load
-        check_output(self.prefix, force=force, inputs=inputs)
-        make_dirs(directory)
+        refuse_saved_model_output(self.prefix, store)  # force or not: new tensors there would not load
+        check_output(self.prefix, force=force, inputs=inputs, store=store)
+        self.output: Output = store.output()
         # Own the output before looking again: of two writers of one prefix exactly one gets here,
         # and a checkpoint committed by the other meanwhile is seen by the second check.
-        self.claim = OutputClaim(self.prefix)
+        self.output.claim(self.prefix)
         try:
-            check_output(self.prefix, force=force, inputs=inputs)
+            check_output(self.prefix, force=force, inputs=inputs, store=store)
         except BaseException:
-            self.claim.release()
+            self.output.release()
             raise
-        self.files = AtomicFiles(directory)
         self.state_file: str | None = None  # after finish(): "written", "left" (someone else's) or "failed: <reason>"
         self.shards: list[ShardFile] = []
         self.entries: dict[bytes, Entry] = {}
@@ -48,10 +62,10 @@ class BundleWriter:
         self._done = False
         self.copier = Copier()  # copy() runs on one thread per output shard; one checker for all
         try:
+            if force:  # an index being replaced goes first: never an old index over new data
+                self.output.replace([naming.index_path(self.prefix)])
             for i in range(num_shards):
-                path = naming.data_path(self.prefix, i, num_shards)
-                tmp, fd = self.files.create(path)
-                self.shards.append(ShardFile(fd, path))
+                self.shards.append(ShardFile(self.output.create(naming.data_path(self.prefix, i, num_shards))))
         except BaseException:
             self.abort()
             raise
@@ -61,11 +75,8 @@ class BundleWriter:
     def reserve(self, shard: int, nbytes: int) -> None:
         """Preallocate a shard's expected size: faster copies, and a full disk fails before copying."""
         out = self.shards[shard]
-        try:
-            if preallocate(out.fd, nbytes):
-                out.reserved = nbytes
-        except OSError as exc:
-            raise WriteError(f"cannot reserve {nbytes} bytes for the output: {exc.strerror}", path=out.path) from None
+        if out.sink.reserve(nbytes):
+            out.reserved = nbytes
 
     def will_copy(self, shard: int, src: Source, ranges: list[tuple[int, int]]) -> None:
         """A hint: these (offset, length) ranges of src are copied into shard next, in this order.
@@ -142,23 +153,21 @@ class BundleWriter:
             self._validate()
             self._close_shards()
             self._write_index()
-            stale = [p for p in _existing_shards(self.prefix) if p not in {s.path for s in self.shards}]
+            stale = [p for p in _existing_shards(self.prefix, self.store) if p not in {s.path for s in self.shards}]
             index = naming.index_path(self.prefix)
             # From the first rename on, finishing is the only right outcome: Ctrl-C waits until the
             # output and its state file are in place (and the run then succeeds).
             with interrupts_deferred():
-                self.files.commit(
-                    remove_first=[index] if self.force else [], fsync=fsync, no_replace=() if self.force else (index,)
-                )
+                self.output.commit(fsync=fsync, no_replace=() if self.force else (index,))
                 self._done = True
                 for p in stale:  # data files of the checkpoint we replaced (--force)
                     try:
-                        os.unlink(p)
-                    except OSError:
+                        self.store.remove(p)
+                    except (CkptioError, OSError):
                         pass
                 if state_file:
                     self._record_state(make_latest)
-                self.claim.release()
+                self.output.release()
         except BaseException:
             self.abort()
             raise
@@ -168,41 +177,34 @@ class BundleWriter:
         """Trim each data shard to what was written and close it."""
         for s in self.shards:
             if s.reserved > s.offset:  # give back what the plan over-estimated
-                try:
-                    os.ftruncate(s.fd, s.offset)
-                except OSError as exc:
-                    raise WriteError(f"cannot trim: {exc.strerror}", path=s.path, offset=s.offset) from None
-            os.close(s.fd)
-            s.fd = -1
+                s.sink.truncate(s.offset)
+            s.sink.close()
 
     def _write_index(self) -> None:
-        """Write the index (header, then every entry in key order) to its temp file."""
-        _, fd = self.files.create(naming.index_path(self.prefix))
-        try:
-            index = ShardFile(fd, naming.index_path(self.prefix))
-            builder = TableBuilder(index.write)
-            builder.add(b"", Header(num_shards=self.num_shards).encode())
-            for key in sorted(self.entries):
-                builder.add(key, self.entries[key].encode())
-            builder.finish()
-        finally:
-            os.close(fd)  # also when writing failed (disk full): abort() knows only the shards
+        """Write the index (header, then every entry in key order), created last so it commits last."""
+        index = ShardFile(self.output.create(naming.index_path(self.prefix)))
+        builder = TableBuilder(index.write)  # on failure (disk full) abort() closes and removes it
+        builder.add(b"", Header(num_shards=self.num_shards).encode())
+        for key in sorted(self.entries):
+            builder.add(key, self.entries[key].encode())
+        builder.finish()
+        index.sink.close()
 
     def _record_state(self, make_latest: bool) -> None:
         """Update the state file; the checkpoint is complete already, so a failure here only warns."""
         import warnings
 
-        from ..errors import CkptioError, StateFileWarning
-        from .state import record_outputs, state_path
+        from ..errors import StateFileWarning
+        from .state import record_output, state_file_of
 
-        directory = os.path.dirname(self.prefix) or "."
         try:
-            self.state_file = record_outputs(directory, [(self.prefix, None)], make_latest=make_latest)
+            self.state_file = record_output(self.store, self.prefix, make_latest=make_latest)
         except (CkptioError, OSError) as exc:
             self.state_file = f"failed: {exc}"
             warnings.warn(
                 StateFileWarning(
-                    f"{state_path(directory)} was not updated ({exc}); the checkpoint {self.prefix} is complete"
+                    f"{state_file_of(self.store, self.prefix)} was not updated ({exc}); "
+                    f"the checkpoint {self.prefix} is complete"
                 ),
                 stacklevel=2,
             )
@@ -225,15 +227,10 @@ class BundleWriter:
     def abort(self) -> None:
         """Remove what was not committed and give up the output (after a commit: only the latter)."""
         self.copier.cancel()
-        for s in self.shards:
-            if s.fd >= 0:
-                try:
-                    os.close(s.fd)
-                except OSError:
-                    pass
-                s.fd = -1
-        self.files.abort()
-        self.claim.release()
+        if self._done:
+            self.output.release()
+        else:
+            self.output.abort()  # closes every sink (the index's too) and removes its files
 
     def __enter__(self) -> BundleWriter:
         return self
@@ -243,32 +240,31 @@ class BundleWriter:
             self.abort()
 
 
-def _existing_shards(prefix: str) -> list[str]:
-    directory, base = os.path.split(prefix)
-    try:
-        names = os.listdir(directory or ".")
-    except OSError:
-        return []
+def _existing_shards(prefix: str, store: Store | None = None) -> list[str]:
+    """The data files of a checkpoint at prefix, whatever its number of shards."""
+    store = store or LocalStore()
+    directory, base = store.dirname(prefix), store.basename(prefix)
     out = []
-    for n in names:
+    for n in store.list(directory):
         split = naming.split_data_path(n)
         if split and split[0] == base:
-            out.append(os.path.join(directory, n))
+            out.append(store.join(directory, n))
     return out
 
 
-def check_output(prefix: str, *, force: bool, inputs=()) -> None:
+def check_output(prefix: str, *, force: bool, inputs=(), store: Store | None = None) -> None:
     """Refuse to overwrite a checkpoint (unless force) and always refuse to overwrite an input."""
-    if not os.path.basename(prefix) or os.path.basename(prefix) in (".", ".."):
+    store = store or LocalStore()
+    base = store.basename(prefix)
+    if not base or base in (".", ".."):
         raise PlanError("the output must be a prefix such as dir/model.ckpt, not a directory", path=prefix)
     index = naming.index_path(prefix)
-    # realpath: a symlinked directory or a '..' must not hide that the output is the input.
-    target = (os.path.realpath(prefix), os.path.realpath(index))
     for located in inputs:
         src = os.fspath(getattr(located, "prefix", located))
-        if os.path.realpath(src) in target or os.path.realpath(naming.index_path(src)) in target:
+        # same_path: a symlinked directory or a '..' must not hide that the output is the input.
+        if any(store.same_path(a, b) for a in (src, naming.index_path(src)) for b in (prefix, index)):
             raise OutputExistsError("output is the input checkpoint; write to another prefix", path=prefix)
-    if os.path.exists(index) and not force:
+    if store.exists(index) and not force:
         raise OutputExistsError("a checkpoint already exists here", path=index, remedy=Remedy("force", "replace it"))
 
 

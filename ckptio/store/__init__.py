@@ -59,6 +59,31 @@ def for_path(text: str, **options) -> tuple[Store | None, str]:
     return store, path
 
 
+def for_output(text: str, *, name: str = "model.ckpt", **options) -> tuple[Store, str]:
+    """(store, prefix in it) to write a checkpoint that a user named: a local prefix, a URL (one ending
+    in '/' is a directory: the checkpoint is called name there), or an archive (name inside it),
+    written through the store's output."""
+    store: Store
+    if is_url(text):
+        from .remote import RemoteStore  # type: ignore[import-not-found]
+
+        store, path = RemoteStore.for_url(text, **options)
+        if path.endswith("/") and not is_archive(path):
+            path += name
+    else:
+        if options:
+            raise TypeError(f"unexpected options for a local path: {', '.join(options)}")
+        from .local import LocalStore
+
+        store, path = LocalStore(), local_path(text)
+    if is_archive(path):
+        from .archive_output import PackingStore
+
+        packing = PackingStore(store, path)
+        return packing, packing.join(path, name)
+    return store, path
+
+
 class OpenerStore(Store):
     """A store that only opens files, through a callable path -> Source (the older open_source= keyword)."""
 
@@ -70,4 +95,15 @@ class OpenerStore(Store):
         return self._open(path)
 
 
-__all__ = ["Output", "Range", "Sink", "Source", "Store", "OpenerStore", "for_path", "is_url", "is_archive"]
+__all__ = [
+    "Output",
+    "Range",
+    "Sink",
+    "Source",
+    "Store",
+    "OpenerStore",
+    "for_path",
+    "for_output",
+    "is_url",
+    "is_archive",
+]

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator
 from ..errors import TruncatedError, UnsupportedError
 
 Range = tuple[int, int]  # (offset, length)
+COPY_CHUNK = 8 << 20  # bytes per read where a copy goes through this process
 
 
 class Source:
@@ -54,6 +55,9 @@ class Source:
         for offset, length in ranges:
             yield self.read(offset, length, key=key)
 
+    def random_reads(self) -> None:
+        """A hint: reads skip around (a strip drops the tensors in between); do not read ahead of them."""
+
     def will_need(self, ranges: Iterable[Range]) -> None:
         """A hint: these ranges are read next, in this order (local files advise the kernel, remote
         ones fetch ahead, coalesced and in parallel); the default does nothing."""
@@ -74,15 +78,36 @@ class Source:
 
 
 class Sink:
-    """One output file being written, in order."""
+    """One output file being written, in order (appended to)."""
 
     name: str
 
     def write(self, data) -> None:
         raise NotImplementedError
 
+    def reserve(self, nbytes: int) -> bool:
+        """Set nbytes of room aside for this file up front (a full disk fails here); False where the
+        store cannot (it then finds room as the file grows)."""
+        return False
+
+    def truncate(self, size: int) -> None:
+        """Give back room reserved past size (the file's length becomes size)."""
+
+    def copy_from(self, source: Source, offset: int, size: int, *, kernel_only: bool = False) -> bool:
+        """Append source[offset:offset+size]; True when the bytes never passed through this process
+        (a kernel copy). kernel_only: copy only that way, else write nothing and return False (the
+        caller then copies through its own buffer, checking the bytes on the way)."""
+        if kernel_only:
+            return False
+        pos, end = offset, offset + size
+        while pos < end:
+            n = min(COPY_CHUNK, end - pos)
+            self.write(source.read(pos, n))
+            pos += n
+        return False
+
     def fileno(self) -> int | None:
-        """An OS file descriptor for zero-copy writes (copy_file_range), or None."""
+        """An OS file descriptor (an export seeks it), or None."""
         return None
 
     def close(self) -> None:
@@ -91,16 +116,42 @@ class Sink:
 
 class Output:
     """Files written under temporary names and made visible together: commit() in creation order
-    (callers create data first and the index last), or abort() leaving nothing behind."""
+    (callers create data first and the index last), or abort() leaving nothing behind.
+
+    A writer claims its output first (claim: a second writer of it is refused), names what it
+    replaces (replace), creates its files, then commits or aborts; either gives up the claim
+    (release, after whatever the writer does once its files are visible).
+    """
+
+    def __init__(self) -> None:
+        self._replacing: list[str] = []
+
+    def claim(self, path: str) -> None:
+        """Hold path for this writer until release() or abort() (OutputBusyError if another holds it)."""
+
+    def release(self) -> None:
+        """Give up the claim (after commit, or through abort)."""
+
+    def replace(self, paths: Iterable[str]) -> None:
+        """These existing files are replaced: removed before the output becomes visible (where files
+        are visible as they are written, at once)."""
+        self._replacing += paths
 
     def create(self, path: str) -> Sink:
         raise NotImplementedError
 
-    def commit(self, *, remove_first: Iterable[str] = ()) -> None:
+    def commit(self, *, remove_first: Iterable[str] = (), fsync: bool = False, no_replace: Iterable[str] = ()) -> None:
+        """Make every file visible in creation order, after removing remove_first (and what replace()
+        named); fsync: durably, where the store can; a final path in no_replace that exists by now
+        (another writer's) is an OutputExistsError and nothing is committed."""
         raise NotImplementedError
 
     def abort(self) -> None:
         raise NotImplementedError
+
+    def replacing(self, remove_first: Iterable[str] = ()) -> list[str]:
+        """What commit removes first: remove_first and what replace() named."""
+        return [*self._replacing, *remove_first]
 
 
 class Store:
@@ -141,6 +192,10 @@ class Store:
     def file_kind(self, path: str) -> str | None:
         """What path is when it is neither a regular file nor a directory ("a FIFO" ...), else None."""
         return None
+
+    def same_path(self, a: str, b: str) -> bool:
+        """Whether two paths name one file (the local store also sees through symlinks and '..')."""
+        return _norm(a) == _norm(b)
 
     def isabs(self, path: str) -> bool:
         """Whether a path (as a state file stores it) names its file without a directory to join it to."""
@@ -197,6 +252,12 @@ class Store:
 
     def basename(self, path: str) -> str:
         return path.rstrip("/").rpartition("/")[2]
+
+
+def _norm(path: str) -> str:
+    """A '/'-path without empty or '.' parts and trailing '/' (the scheme of a URL kept whole)."""
+    scheme, sep, rest = path.rpartition("://")
+    return scheme + sep + "/".join(p for p in rest.split("/") if p not in ("", "."))
 
 
 __all__ = ["Range", "Source", "Sink", "Output", "Store"]

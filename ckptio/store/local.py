@@ -1,19 +1,21 @@
-"""The local store: files of the OS filesystem, read by positional reads and written through AtomicFiles."""
+"""The local store: files of the OS filesystem, read by positional reads; written through AtomicFiles
+(temp names, renamed in order), os.write, copy_file_range, fallocate, ftruncate and fsync."""
 
 from __future__ import annotations
 
 import builtins
+import errno
 import glob
 import os
 import stat
 from collections.abc import Iterable
 
-from ..errors import CheckpointNotFoundError, ReadError, WriteError
+from ..errors import CheckpointNotFoundError, ReadError, TruncatedError, WriteError
 from .base import Output, Range, Sink, Source, Store
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ..output import AtomicFiles
+    from ..output import AtomicFiles, OutputClaim
 
 # Advised up front at most: the kernel starts reading this much at once; more could evict pages
 # before they are used when the kept bytes exceed RAM (the copy path advises each range as it goes).
@@ -100,6 +102,14 @@ class FileSource(Source):
         self._count(done)
         return done
 
+    def random_reads(self) -> None:
+        """POSIX_FADV_RANDOM: the kernel's own readahead would also pull in the bytes skipped (a strip's
+        dropped tensors: a weight's Adam slots sit right after it)."""
+        try:
+            os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_RANDOM)
+        except (AttributeError, OSError):  # not Linux, or a file that takes no advice: only slower
+            pass
+
     def will_need(self, ranges: Iterable[Range]) -> None:
         """Have the kernel start reading these ranges (up to WILL_NEED_AHEAD bytes); a hint, failures ignored."""
         # Touching ranges are merged, but never across a gap: those bytes are a strip's dropped tensors.
@@ -126,32 +136,105 @@ class FileSource(Source):
 
 
 class LocalSink(Sink):
-    """A temp file of a LocalOutput, written in order through its descriptor."""
+    """A file being appended to through its descriptor: os.write, copy_file_range, fallocate, ftruncate.
 
-    def __init__(self, name: str, temp: str, fd: int) -> None:
-        self.name, self.temp, self._fd = name, temp, fd
+    Errors name the final path (what the user asked for), at the offset where writing failed.
+    owned: close() closes the descriptor (a caller that opened it itself keeps it).
+    """
+
+    def __init__(self, name: str, temp: str, fd: int, *, owned: bool = True) -> None:
+        self.name, self.temp, self._fd, self._owned = name, temp, fd, owned
+        self.written = 0  # bytes appended through this sink
 
     def write(self, data) -> None:
-        from ..output import write_all
+        view = memoryview(data).cast("B")
+        while view:
+            try:
+                n = os.write(self._fd, view)
+            except OSError as exc:
+                raise WriteError(f"cannot write: {exc.strerror or exc}", path=self.name, offset=self.written) from None
+            view = view[n:]
+            self.written += n
 
-        write_all(self._fd, data, self.temp)
+    def reserve(self, nbytes: int) -> bool:
+        """fallocate(2) without changing the size: faster copies, and a full disk fails before copying."""
+        from ..output import preallocate
+
+        try:
+            return preallocate(self._fd, nbytes)
+        except OSError as exc:
+            raise WriteError(f"cannot reserve {nbytes} bytes for the output: {exc.strerror}", path=self.name) from None
+
+    def truncate(self, size: int) -> None:
+        try:
+            os.ftruncate(self._fd, size)
+        except OSError as exc:
+            raise WriteError(f"cannot trim: {exc.strerror}", path=self.name, offset=size) from None
+
+    def copy_from(self, source: Source, offset: int, size: int, *, kernel_only: bool = False) -> bool:
+        """copy_file_range(2) when source is a local file too (the bytes stay in the kernel), else read+write."""
+        src_fd = source.fileno()
+        if src_fd is not None and hasattr(os, "copy_file_range") and self._kernel_copy(source, src_fd, offset, size):
+            return True
+        return super().copy_from(source, offset, size, kernel_only=kernel_only)
+
+    def _kernel_copy(self, source: Source, src_fd: int, offset: int, size: int) -> bool:
+        done = 0
+        try:
+            while done < size:
+                n = os.copy_file_range(src_fd, self._fd, size - done, offset + done)
+                if n == 0:
+                    raise TruncatedError("shard ended early", path=source.name, offset=offset + done)
+                done += n
+        except OSError as exc:
+            # Not between these two files (another filesystem, an old kernel ...): the caller copies.
+            if done == 0 and exc.errno in _NO_KERNEL_COPY:
+                return False
+            raise WriteError(f"cannot copy: {exc.strerror}", path=self.name, offset=self.written + done) from None
+        self.written += size
+        return True
+
+    def fsync(self) -> None:
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise WriteError(f"cannot sync: {exc.strerror}", path=self.name) from None
 
     def fileno(self) -> int | None:
         return self._fd if self._fd >= 0 else None
 
     def close(self) -> None:
         if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+            fd, self._fd = self._fd, -1
+            if self._owned:
+                os.close(fd)
+
+
+_NO_KERNEL_COPY = frozenset({errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP})
 
 
 class LocalOutput(Output):
-    """An Output over output.AtomicFiles: temp files beside their final names, renamed in creation order."""
+    """Temp files beside their final names (output.AtomicFiles: O_EXCL, stale temps of killed writers
+    swept), renamed in creation order; claim() holds a lock file so a second writer is refused."""
 
     def __init__(self, directory: str | None = None) -> None:
+        super().__init__()
         self.directory = directory
         self._files: AtomicFiles | None = None
         self._sinks: list[LocalSink] = []
+        self._claim: OutputClaim | None = None
+
+    def claim(self, path: str) -> None:
+        """Create the output's directory and take its lock (output.OutputClaim)."""
+        from ..output import OutputClaim, make_dirs
+
+        make_dirs(os.path.dirname(path) or ".")
+        self._claim = OutputClaim(path)
+
+    def release(self) -> None:
+        if self._claim is not None:
+            claim, self._claim = self._claim, None
+            claim.release()
 
     def create(self, path: str) -> LocalSink:
         from ..output import AtomicFiles
@@ -163,20 +246,25 @@ class LocalOutput(Output):
         self._sinks.append(sink)
         return sink
 
-    def commit(self, *, remove_first: Iterable[str] = (), fsync: bool = False) -> None:
+    def commit(self, *, remove_first: Iterable[str] = (), fsync: bool = False, no_replace: Iterable[str] = ()) -> None:
         self._close_sinks()
         if self._files is not None:
-            self._files.commit(remove_first=tuple(remove_first), fsync=fsync)
+            self._files.commit(
+                remove_first=tuple(self.replacing(remove_first)), fsync=fsync, no_replace=tuple(no_replace)
+            )
 
     def abort(self) -> None:
-        self._close_sinks()
-        if self._files is not None:
-            self._files.abort()
+        try:
+            self._close_sinks()
+        finally:
+            if self._files is not None:
+                self._files.abort()
+            self.release()
 
     def _close_sinks(self) -> None:
-        for sink in self._sinks:
+        sinks, self._sinks = self._sinks, []
+        for sink in sinks:
             sink.close()
-        self._sinks = []
 
 
 class LocalStore(Store):
@@ -216,6 +304,12 @@ class LocalStore(Store):
     def isabs(self, path: str) -> bool:
         return os.path.isabs(path)
 
+    def same_path(self, a: str, b: str) -> bool:
+        try:
+            return os.path.realpath(a) == os.path.realpath(b)
+        except (OSError, ValueError):
+            return False
+
     def output(self, directory: str | None = None) -> LocalOutput:
         return LocalOutput(directory)
 
@@ -225,7 +319,7 @@ class LocalStore(Store):
         except FileNotFoundError:
             pass
         except OSError as exc:
-            raise WriteError(f"cannot remove: {exc.strerror or exc}", path=path) from None
+            raise WriteError(f"cannot remove: {exc.strerror}", path=path) from None
 
     def move(self, src: str, dst: str) -> None:
         try:

@@ -7,7 +7,7 @@ import fnmatch
 import threading
 from collections.abc import Iterable
 
-from ..errors import CheckpointNotFoundError, ReadError
+from ..errors import CheckpointNotFoundError, OutputExistsError, ReadError
 from .base import Output, Sink, Source, Store
 
 
@@ -44,6 +44,7 @@ class MemoryOutput(Output):
     """Files made visible in their creation order on commit; abort drops them."""
 
     def __init__(self, store: MemoryStore) -> None:
+        super().__init__()
         self._store = store
         self._pending: list[MemorySink] = []
 
@@ -52,9 +53,15 @@ class MemoryOutput(Output):
         self._pending.append(sink)
         return sink
 
-    def commit(self, *, remove_first: Iterable[str] = ()) -> None:
+    def commit(self, *, remove_first: Iterable[str] = (), fsync: bool = False, no_replace: Iterable[str] = ()) -> None:
         with self._store._lock:
-            for path in remove_first:
+            for path in no_replace:
+                if _norm(path) in self._store.files:
+                    self._pending = []
+                    raise OutputExistsError(
+                        "another writer committed a checkpoint here first; this one was not written", path=path
+                    )
+            for path in self.replacing(remove_first):
                 self._store.files.pop(_norm(path), None)
             for sink in self._pending:
                 self._store.files[_norm(sink.name)] = bytes(sink.data)

@@ -145,9 +145,10 @@ class RemoteSource(Source):
 class RemoteStore(Store):
     """An fsspec filesystem as a Store; paths are URLs (or paths within fs); sizes asked for are remembered."""
 
-    def __init__(self, fs, *, name: str | None = None):
+    def __init__(self, fs, *, name: str | None = None, use_temp: bool | None = None):
         self.fs = fs
         self.name = name or f"{sorted(protocols(fs))[0]}://"
+        self.use_temp = use_temp  # output to temp names renamed into place; None: where renames are cheap
         self._info: dict[str, dict | None] = {}
 
     @classmethod
@@ -260,16 +261,18 @@ class RemoteStore(Store):
         )
 
     def output(self, *, use_temp: bool | None = None) -> RemoteFiles:
-        return RemoteFiles(self.fs, use_temp=use_temp, store=self)
+        return RemoteFiles(self.fs, use_temp=self.use_temp if use_temp is None else use_temp, store=self)
 
     def remove(self, path: str) -> None:
-        self.forget(path)
         try:
-            self.fs.rm_file(self.strip(path))
-        except FileNotFoundError:
-            pass
+            if self.is_file(path):
+                self.fs.rm_file(self.strip(path))
+        except CkptioError:
+            raise
         except Exception as exc:
             raise WriteError(f"cannot remove: {exc}", path=path) from None
+        finally:
+            self.forget(path)
 
     def move(self, src: str, dst: str) -> None:
         self.forget(src)

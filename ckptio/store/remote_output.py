@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from ..errors import CkptioError, WriteError
+from ..errors import CkptioError, OutputExistsError, WriteError
 from .base import Output, Sink, Source, Store
 from .fs import CHUNK, protocols, renames_cheaply
 
@@ -30,6 +30,7 @@ class RemoteSink(Sink):
         self._files = files
         self._f = files.open(url)
         self.n = 0
+        self.closed = False
 
     def write(self, data) -> None:
         try:
@@ -39,11 +40,19 @@ class RemoteSink(Sink):
         self.n += len(data)
 
     def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
         try:
             self._f.close()
         except Exception as exc:
             raise WriteError(f"cannot write: {exc}", path=self.name) from None
         self._files.check_size(self.name, self.n)
+
+    def close_quietly(self) -> None:
+        if not self.closed:
+            self.closed = True
+            _close_quietly(self._f)
 
 
 class RemoteFiles(Output):
@@ -55,11 +64,13 @@ class RemoteFiles(Output):
     """
 
     def __init__(self, fs, *, store: Store, use_temp: bool | None = None):
+        super().__init__()
         self.fs = fs
         self.store = store  # the RemoteStore over fs: existence checks, remembered sizes
         self.use_temp = renames_cheaply(fs) if use_temp is None else use_temp
         self._token = f"{os.getpid()}-{os.urandom(4).hex()}"
         self._pending: list[tuple[str, str, str]] = []  # (written path, final path, final url)
+        self._sinks: list[RemoteSink] = []
 
     def _target(self, url: str) -> tuple[str, str]:
         final = self.fs._strip_protocol(url)
@@ -69,7 +80,18 @@ class RemoteFiles(Output):
         return f"{directory}{slash}.{base}.ckptio-tmp-{self._token}", final
 
     def create(self, path: str) -> RemoteSink:
-        return RemoteSink(self, path)
+        sink = RemoteSink(self, path)
+        self._sinks.append(sink)
+        return sink
+
+    def replace(self, paths) -> None:
+        """Files written under their final names are visible at once: what they replace goes now (a
+        replaced index first, so no reader finds it over half-written data)."""
+        if self.use_temp:
+            super().replace(paths)
+            return
+        for url in paths:
+            self._remove(url)
 
     def open(self, url: str):
         """A writable binary file for url (its temp name when renaming)."""
@@ -99,10 +121,10 @@ class RemoteFiles(Output):
                 if progress:
                     progress(len(data))
         except CkptioError:
-            _close_quietly(sink._f)
+            sink.close_quietly()
             raise
         except Exception as exc:
-            _close_quietly(sink._f)
+            sink.close_quietly()
             raise WriteError(f"cannot write: {exc}", path=url) from None
         sink.close()
         return source.size
@@ -116,15 +138,40 @@ class RemoteFiles(Output):
         if size is not None and size != expected:
             raise WriteError(f"wrote {size} bytes, expected {expected}", path=url)
 
-    def commit(self, *, remove_first=()) -> None:
-        """Rename temp files into place in order (after removing remove_first urls)."""
+    def _remove(self, url: str) -> None:
+        try:
+            if self.store.is_file(url):
+                self.fs.rm_file(self.fs._strip_protocol(url))
+        except CkptioError:
+            raise
+        except Exception as exc:
+            raise WriteError(f"cannot remove: {exc}", path=url) from None
+        self.store.forget(url)
+
+    def commit(self, *, remove_first=(), fsync: bool = False, no_replace=()) -> None:
+        """Rename temp files into place in order (after removing remove_first urls); without temp names
+        the files are in place already. fsync is the filesystem's business here."""
+        try:
+            for sink in self._sinks:  # a sink its writer left open is complete now
+                sink.close()
+        except BaseException:
+            self.abort()
+            raise
         try:
             if self.use_temp:
-                for url in remove_first:
+                for url in no_replace:
+                    self.store.forget(url)
                     if self.store.is_file(url):
-                        self.fs.rm_file(self.fs._strip_protocol(url))
+                        raise OutputExistsError(
+                            "another writer committed a checkpoint here first; this one was not written", path=url
+                        )
+                for url in self.replacing(remove_first):
+                    self._remove(url)
                 for target, final, _ in self._pending:
                     self.fs.mv(target, final)
+        except OutputExistsError:
+            self.abort()
+            raise
         except Exception as exc:
             self.abort()
             raise WriteError(
@@ -132,10 +179,13 @@ class RemoteFiles(Output):
             ) from None
         for _, _, url in self._pending:
             self.store.forget(url)
-        self._pending = []
+        self._pending, self._sinks = [], []
 
     def abort(self) -> None:
         """Remove what was written and not committed (temp files, or final-named files)."""
+        sinks, self._sinks = self._sinks, []
+        for sink in sinks:
+            sink.close_quietly()
         for target, _, url in self._pending:
             try:
                 self.fs.rm_file(target)
