@@ -24,7 +24,7 @@ import os
 
 from .bundle import dtypes, naming
 from .errors import PlanError, UnsupportedError
-from .plan_exec import check_inputs, fingerprint  # noqa: F401 - check_inputs: part of this module's API
+from .plan_exec import check_inputs, fingerprint, store_of  # noqa: F401 - check_inputs: part of this module's API
 
 FORMAT = "ckptio-plan"
 VERSION = 2  # 2: fit and merge plans; every step has its size
@@ -52,12 +52,12 @@ def plan_rewrite(
     from .rewrite_plan import _assign_shards, make_plan
 
     check_local(src, dst)
-    out = os.path.abspath(os.fspath(dst))
+    out = out_path(dst)
     refuse_saved_model_output(out)
-    ckpt = src if isinstance(src, Checkpoint) else Checkpoint(src)
+    ckpt = src if isinstance(src, Checkpoint) else open_input(src)
     try:
         check_v2(ckpt)
-        check_output(out, force=force, inputs=[ckpt.located])
+        check_output(out, store=store_of(out), force=force, inputs=[ckpt.located])
         rewrite_plan = make_plan(ckpt, steps)
         return build_plan(
             command,
@@ -103,16 +103,45 @@ def build_plan(command: str, out: str, groups, *, inputs, options, graph, metada
 
 
 def check_local(*paths) -> None:
-    """Plans read and write local files: refuse archives and URLs (UnsupportedError)."""
+    """Plans read and write checkpoints on disks and URLs by byte ranges: refuse archives and other
+    weight formats, which are read as a stream or written whole (UnsupportedError)."""
     from .checkpoint import Checkpoint
-    from .sources import is_special
+    from .formats import kind_of
+    from .store import is_archive, is_url
 
     for path in paths:
-        if path is not None and not isinstance(path, Checkpoint) and is_special(os.fspath(path)):
+        if path is None or isinstance(path, Checkpoint):
+            continue
+        text = os.fspath(path)
+        if is_archive(text) or kind_of(text) is not None:
             raise UnsupportedError(
-                "plans read and write local files only (not archives or URLs); run the command itself for these",
-                path=os.fspath(path),
+                "plans read and write TensorBundle checkpoints on disks or URLs (not archives or other "
+                "weight formats); run the command itself for these",
+                path=text,
             )
+        if is_url(text):
+            from .store import for_path
+
+            if for_path(text)[0] is None:
+                raise UnsupportedError("remote paths need fsspec: pip install 'ckptio[remote]'", path=text)
+
+
+check_plannable = check_local
+
+
+def out_path(dst) -> str:
+    """OUT as a plan records it: a URL as given, a local path made absolute (tasks may run elsewhere)."""
+    from .store import is_url, local_path
+
+    text = os.fspath(dst)
+    return text if is_url(text) else os.path.abspath(local_path(text))
+
+
+def open_input(path):
+    """An input checkpoint by path or URL (plans take no archives: check_local refused them)."""
+    from .sources import open as open_checkpoint
+
+    return open_checkpoint(path)
 
 
 def check_v2(ckpt) -> None:
@@ -147,7 +176,13 @@ def copy_step(input_index: int):
 
 
 def staging_dir(out: str) -> str:
-    """Where tasks put finished shards: next to the output, so that commit renames, never copies."""
+    """Where tasks put finished shards: next to the output, so that commit renames (on object stores:
+    copies within the store), never moves bytes through the machine that commits."""
+    from .store import is_url
+
+    if is_url(out):
+        directory, _, base = out.rpartition("/")
+        return f"{directory}/.{base}.ckptio-plan"
     directory, base = os.path.split(out)
     return os.path.join(directory, f".{base}.ckptio-plan")
 
@@ -180,7 +215,7 @@ def _shard(out: str, shard: int, num_shards: int, pieces, graph: bytes | None, s
         offset += len(data)
     return {
         "shard": shard,
-        "file": os.path.basename(naming.data_path(out, shard, num_shards)),
+        "file": naming.data_path(out, shard, num_shards).rpartition("/")[2],
         "size": offset,
         "pieces": steps,
         "graph": graph is not None,
@@ -195,30 +230,26 @@ def plan_id(plan: dict) -> str:
 
 
 def save_plan(plan: dict, path) -> None:
-    """Write the plan as JSON, atomically; the same plan gives the same bytes."""
-    from .io import AtomicFiles
+    """Write the plan as JSON, atomically, to a path or a URL; the same plan gives the same bytes."""
+    store, where = _plan_store(path)
+    data = (json.dumps(plan, indent=1, sort_keys=True) + "\n").encode("utf-8")
+    if store.name == "<local>":
+        from .io import make_dirs
 
-    path = os.path.abspath(os.fspath(path))
-    files = AtomicFiles(os.path.dirname(path))
-    _, fd = files.create(path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(plan, f, indent=1, sort_keys=True)
-            f.write("\n")
-        files.commit()
-    except BaseException:
-        files.abort()
-        raise
+        make_dirs(os.path.dirname(where) or ".")
+    store.write_file(where, data)
 
 
 def load_plan(path) -> dict:
-    """Read and check a plan file (PlanError when it is not one, or was edited)."""
+    """Read and check a plan file, from a path or a URL (PlanError when it is not one, or was edited)."""
+    from .errors import CheckpointNotFoundError, CkptioError
+
     try:
-        with open(path, encoding="utf-8") as f:
-            plan = json.load(f)
-    except FileNotFoundError:
+        store, where = _plan_store(path)
+        plan = json.loads(store.read_file(where).decode("utf-8"))
+    except CheckpointNotFoundError:
         raise PlanError("no such plan file", path=os.fspath(path)) from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (CkptioError, OSError, UnicodeDecodeError, ValueError) as exc:
         raise PlanError(f"cannot read the plan ({exc})", path=os.fspath(path)) from None
     if not isinstance(plan, dict) or plan.get("format") != FORMAT:
         raise PlanError("not a ckptio plan", path=os.fspath(path))
@@ -245,6 +276,17 @@ def commit_plan(plan: dict) -> str:
     from .plan_exec import commit
 
     return commit(plan)
+
+
+def _plan_store(path):
+    """(store, path in it) for a plan file: a local path (made absolute) or a URL."""
+    from .store import for_path, is_url
+
+    text = os.fspath(path)
+    store, where = for_path(text if is_url(text) else os.path.abspath(text.removeprefix("file://")))
+    if store is None:
+        raise UnsupportedError("remote paths need fsspec: pip install 'ckptio[remote]'", path=text)
+    return store, where
 
 
 def _b64(data: bytes) -> str:

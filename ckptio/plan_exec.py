@@ -16,60 +16,60 @@ import base64
 import hashlib
 import json
 import os
-import shutil
 from dataclasses import replace
 
 from .bundle import naming
 from .bundle.entry import Entry, Header
-from .errors import CkptioError, MismatchError, PlanError
+from .errors import CheckpointNotFoundError, CkptioError, MismatchError, PlanError, UnsupportedError
 
 RECEIPT = "done.json"
 
 
 class Staging:
-    """The staging directory next to OUT: one subdirectory per shard, each with a part and a receipt."""
+    """The staging area next to OUT (a directory, or a URL prefix): per shard a part and a receipt."""
 
     def __init__(self, plan: dict):
         self.root, self.plan_id = plan["staging"], plan["plan_id"]
+        self.store = store_of(self.root)
+
+    def _path(self, shard: int, name: str) -> str:
+        return self.store.join(self.store.join(self.root, f"{shard:05d}"), name)
 
     def part(self, shard: int) -> str:
-        return os.path.join(self.root, f"{shard:05d}", "part")
+        return self._path(shard, "part")
 
     def part_data(self, shard: int) -> str:
         return naming.data_path(self.part(shard), 0, 1)
 
     def receipt_path(self, shard: int) -> str:
-        return os.path.join(self.root, f"{shard:05d}", RECEIPT)
+        return self._path(shard, RECEIPT)
 
     def read_receipt(self, shard: int) -> dict | None:
         try:
-            with open(self.receipt_path(shard), encoding="utf-8") as f:
-                receipt = json.load(f)
-        except (OSError, ValueError):
+            receipt = json.loads(self.store.read_file(self.receipt_path(shard)).decode("utf-8"))
+        except (CkptioError, OSError, ValueError):
             return None
         return receipt if isinstance(receipt, dict) and receipt.get("plan_id") == self.plan_id else None
 
     def write_receipt(self, shard: int, receipt: dict) -> None:
-        from .io import AtomicFiles
-
-        files = AtomicFiles(os.path.dirname(self.receipt_path(shard)))
-        _, fd = files.create(self.receipt_path(shard))
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({**receipt, "plan_id": self.plan_id}, f, sort_keys=True)
-            files.commit()
-        except BaseException:
-            files.abort()
-            raise
+        data = json.dumps({**receipt, "plan_id": self.plan_id}, sort_keys=True).encode("utf-8")
+        self.store.write_file(self.receipt_path(shard), data)
 
     def forget(self, shard: int) -> None:
-        try:
-            os.unlink(self.receipt_path(shard))
-        except FileNotFoundError:
-            pass
+        self.store.remove(self.receipt_path(shard))
 
     def remove(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        self.store.remove_tree(self.root)
+
+
+def store_of(path: str):
+    """The store holding a plan's path (OUT, its staging area, an input): the local disk or a URL's."""
+    from .store import for_path
+
+    store, _ = for_path(path)
+    if store is None:
+        raise UnsupportedError("remote paths need fsspec: pip install 'ckptio[remote]'", path=path)
+    return store
 
 
 # -- tasks -------------------------------------------------------------------------------------
@@ -79,14 +79,14 @@ def run_shards(plan: dict, shards: list[int], *, progress=None) -> list[int]:
     """Write the given shards (skipping those done and verified); return the ones written."""
     from contextlib import ExitStack
 
-    from .checkpoint import Checkpoint
     from .plan_work import worker
+    from .sources import open as open_checkpoint
 
     check_inputs(plan)
     staging = Staging(plan)
     written = []
     with ExitStack() as stack:
-        ckpts = [stack.enter_context(Checkpoint(i["prefix"])) for i in plan["inputs"]]
+        ckpts = [stack.enter_context(open_checkpoint(i["prefix"])) for i in plan["inputs"]]
         work = None  # made on the first shard to write (a merge's Job checks every input's layout)
         for shard in shards:
             spec = plan["shards"][shard]
@@ -103,15 +103,13 @@ def run_shards(plan: dict, shards: list[int], *, progress=None) -> list[int]:
 def write_shard(plan: dict, ckpts, work, staging: Staging, shard: int, *, progress=None) -> None:
     """Write one output shard as a one-shard bundle in the staging area, then its receipt."""
     from .bundle.writer import BundleWriter
-    from .io import make_dirs
 
     spec, options = plan["shards"][shard], plan["options"]
     staging.forget(shard)  # from here until the new receipt, this shard is not done
     part = staging.part(shard)
-    make_dirs(os.path.dirname(part))
     # Two runs of one shard at once (a retry while the first still runs) write the same bytes, so
     # whichever renames last leaves a consistent part.
-    with BundleWriter(part, 1, force=True, inputs=[c.located for c in ckpts]) as writer:
+    with BundleWriter(staging.store, part, 1, force=True, inputs=[c.located for c in ckpts]) as writer:
         writer.reserve(0, spec["size"])
         work.write(writer, spec["pieces"], progress)
         if spec["graph"]:
@@ -125,7 +123,8 @@ def write_shard(plan: dict, ckpts, work, staging: Staging, shard: int, *, progre
     if problem:  # the planned layout and what was written disagree: a bug, never committed
         raise PlanError(f"shard {shard} does not match its plan: {problem}", path=part)
     staging.write_receipt(
-        shard, {"shard": shard, "index_sha256": _sha256(naming.index_path(part)), "data_size": spec["size"]}
+        shard,
+        {"shard": shard, "index_sha256": _sha256(staging.store, naming.index_path(part)), "data_size": spec["size"]},
     )
 
 
@@ -138,14 +137,14 @@ def shard_problem(plan: dict, staging: Staging, shard: int) -> str | None:
     if receipt is None:
         return "not written yet"
     index = naming.index_path(staging.part(shard))
-    if not os.path.exists(index) or _sha256(index) != receipt.get("index_sha256"):
+    if not staging.store.is_file(index) or _sha256(staging.store, index) != receipt.get("index_sha256"):
         return "its index changed after it was written"
     return part_problem(plan["shards"][shard], staging, shard)
 
 
 def part_problem(spec: dict, staging: Staging, shard: int) -> str | None:
     """Compare a written part with its planned fragment: keys, dtypes, shapes, offsets, sizes, copied crc32c."""
-    entries = part_entries(staging.part(shard))
+    entries = part_entries(staging.store, staging.part(shard))
     if entries is None:
         return "its index is missing or unreadable"
     if set(entries) != {bytes.fromhex(k) for k in spec["fragment"]}:
@@ -161,19 +160,18 @@ def part_problem(spec: dict, staging: Staging, shard: int) -> str | None:
         }
         if e.shard_id != 0 or got != want:
             return f"entry {naming.decode_key(bytes.fromhex(key_hex))!r} differs from the plan"
-    data = staging.part_data(shard)
-    size = os.path.getsize(data) if os.path.exists(data) else None
+    size = staging.store.size(staging.part_data(shard))
     if size != spec["size"]:
         return f"its data file has {size} bytes, the plan {spec['size']}"
     return None
 
 
-def part_entries(prefix: str) -> dict[bytes, Entry] | None:
+def part_entries(store, prefix: str) -> dict[bytes, Entry] | None:
     """A part's index entries by raw key (None when it cannot be read)."""
     from .bundle.reader import BundleReader
 
     try:
-        reader = BundleReader(prefix)
+        reader = BundleReader(prefix, store=store)
     except (CkptioError, OSError):
         return None
     try:
@@ -186,11 +184,15 @@ def part_entries(prefix: str) -> dict[bytes, Entry] | None:
         reader.close()
 
 
-def _sha256(path: str) -> str:
+def _sha256(store, path: str) -> str:
+    """sha256 of a file in a store, read in blocks."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    source = store.open(path)
+    try:
+        for offset in range(0, source.size, 1 << 20):
+            digest.update(source.read(offset, min(1 << 20, source.size - offset)))
+    finally:
+        source.close()
     return digest.hexdigest()
 
 
@@ -218,14 +220,14 @@ def commit(plan: dict) -> str:
             path=out,
         )
     check_inputs(plan)
-    check_output(out, force=plan["options"]["force"], inputs=[i["prefix"] for i in plan["inputs"]])
+    check_output(out, force=plan["options"]["force"], inputs=[i["prefix"] for i in plan["inputs"]], store=store_of(out))
     entries = merged_entries(plan, staging)
     _write_output(plan, staging, entries)
     if plan["options"]["state_file"]:
-        from .bundle.writer import write_state_file  # the one state-file writer
-
         # Never moves the latest of a directory whose state file lists other checkpoints, unless asked.
-        write_state_file(out, make_latest=plan["options"].get("make_latest", False))
+        from .bundle.state import record_output  # the one state-file writer, on any store
+
+        record_output(store_of(out), out, make_latest=plan["options"].get("make_latest", False))
     staging.remove()
     return out
 
@@ -234,7 +236,7 @@ def merged_entries(plan: dict, staging: Staging) -> dict[bytes, Entry]:
     """Every part's entries with shard id = its part number, plus the sliced tensors' metadata."""
     entries: dict[bytes, Entry] = {}
     for spec in plan["shards"]:
-        part = part_entries(staging.part(spec["shard"]))
+        part = part_entries(staging.store, staging.part(spec["shard"]))
         assert part is not None  # commit() found every part readable
         for key, e in part.items():
             if key in entries:
@@ -255,50 +257,50 @@ def merged_entries(plan: dict, staging: Staging) -> dict[bytes, Entry]:
 
 
 def _write_output(plan: dict, staging: Staging, entries: dict[bytes, Entry]) -> None:
-    """Rename the data files into place, then write the index (removing a replaced one first)."""
-    from .bundle.writer import ShardFile, _existing_shards
-    from .io import AtomicFiles
+    """Move the data files into place, then write the index last (removing a replaced one first)."""
     from .sstable import TableBuilder
 
     out, num_shards = plan["out"], plan["num_shards"]
+    store = store_of(out)
     finals = [naming.data_path(out, i, num_shards) for i in range(num_shards)]
-    files = AtomicFiles(os.path.dirname(out))
-    _, fd = files.create(naming.index_path(out))
+    index = naming.index_path(out)
+    stale = [p for p in _existing_shards(store, out) if p not in finals]
+    # A replaced checkpoint's index goes first: a failure below leaves no checkpoint, never a mix.
+    store.remove(index)
+    for i, final in enumerate(finals):
+        store.move(staging.part_data(i), final)
+    output = store.output()
     try:
-        index = ShardFile(fd, naming.index_path(out))
-        builder = TableBuilder(index.write)
+        sink = output.create(index)
+        builder = TableBuilder(sink.write)
         builder.add(b"", Header(num_shards=num_shards).encode())
         for key in sorted(entries):
             builder.add(key, entries[key].encode())
         builder.finish()
-        if plan["options"]["fsync"]:
-            os.fsync(fd)
+        sink.close()
+        if plan["options"]["fsync"] and store.name == "<local>":
+            output.commit(fsync=True)
+        else:
+            output.commit()
     except BaseException:
-        os.close(fd)
-        files.abort()
+        output.abort()
         raise
-    os.close(fd)
-    stale = [p for p in _existing_shards(out) if p not in finals]
-    try:
-        # A replaced checkpoint's index goes first: a crash below leaves no checkpoint, never a mix.
-        if os.path.exists(naming.index_path(out)):
-            os.unlink(naming.index_path(out))
-        for i, final in enumerate(finals):
-            os.replace(staging.part_data(i), final)
-        files.commit(fsync=plan["options"]["fsync"])
-    except OSError as exc:
-        files.abort()
-        from .errors import WriteError
-
-        raise WriteError(f"cannot commit output: {exc.strerror or exc}", path=out) from None
-    except BaseException:
-        files.abort()
-        raise
-    for p in stale:
+    for p in stale:  # data files of the checkpoint replaced (--force) that the new one does not have
         try:
-            os.unlink(p)
-        except OSError:
+            store.remove(p)
+        except CkptioError:
             pass
+
+
+def _existing_shards(store, prefix: str) -> list[str]:
+    """Data files named after prefix in its directory."""
+    directory, base = store.dirname(prefix), store.basename(prefix)
+    found = []
+    for name in store.list(directory):
+        split = naming.split_data_path(name)
+        if split and split[0] == base:
+            found.append(store.join(directory, name))
+    return found
 
 
 # -- inputs: what a plan records of them, and the check that they have not changed ----------------
@@ -306,33 +308,34 @@ def _write_output(plan: dict, staging: Staging, entries: dict[bytes, Entry]) -> 
 
 def fingerprint(ckpt) -> dict:
     """An input as a plan records it: prefix, index sha256 and size, every data file's size."""
-    index = naming.index_path(ckpt.prefix)
-    digest = hashlib.sha256()
-    with open(index, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    from .store import is_url
+
+    def where(path: str) -> str:
+        return path if is_url(path) else os.path.abspath(path)
+
+    store, index = ckpt.store, naming.index_path(ckpt.prefix)
     data = []
     for i in range(ckpt.num_shards):
         path = ckpt.reader.shard_path(i)
-        data.append({"path": os.path.abspath(path), "size": os.path.getsize(path) if os.path.exists(path) else None})
+        data.append({"path": where(path), "size": store.size(path)})
     return {
-        "prefix": os.path.abspath(ckpt.prefix),
-        "index": os.path.abspath(index),
-        "index_size": os.path.getsize(index),
-        "index_sha256": digest.hexdigest(),
+        "prefix": where(ckpt.prefix),
+        "index": where(index),
+        "index_size": store.size(index),
+        "index_sha256": _sha256(store, index),
         "data": data,
     }
 
 
 def check_inputs(plan: dict) -> None:
     """Refuse when an input differs from what the plan recorded (MismatchError)."""
-    from .checkpoint import Checkpoint
+    from .sources import open as open_checkpoint
 
     for recorded in plan["inputs"]:
         try:
-            with Checkpoint(recorded["prefix"]) as ckpt:
+            with open_checkpoint(recorded["prefix"]) as ckpt:
                 now = fingerprint(ckpt)
-        except FileNotFoundError:
+        except (FileNotFoundError, CheckpointNotFoundError):
             raise MismatchError("an input of the plan is gone", path=recorded["prefix"]) from None
         for field, what in (("index_sha256", "index checksum"), ("index_size", "index size"), ("data", "data files")):
             if now[field] != recorded[field]:

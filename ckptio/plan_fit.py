@@ -14,7 +14,7 @@ import os
 
 from .bundle import dtypes
 from .errors import UnsupportedError
-from .plan import _b64, build_plan, check_local, check_v2, copy_step, fingerprint
+from .plan import _b64, build_plan, check_local, check_v2, copy_step, fingerprint, out_path, store_of
 
 
 def plan_fit(
@@ -50,7 +50,7 @@ def plan_fit(
     if is_keras_template(template):
         raise UnsupportedError("plans write TensorBundle checkpoints; a .weights.h5 template is fit in one process")
     check_local(src, template, dst)
-    out = os.path.abspath(os.fspath(dst))
+    out = out_path(dst)
     refuse_saved_model_output(out)
     rules = _rules(rules, regex)
     vocabularies = {name: (_tokens(old), _tokens(new)) for name, (old, new) in (vocab or {}).items()}
@@ -59,7 +59,7 @@ def plan_fit(
         cs, ct = (c if isinstance(c, Checkpoint) else _open(c, opened) for c in (src, template))
         check_v2(cs)
         check_v2(ct)
-        check_output(out, force=force, inputs=[cs.located, ct.located])
+        check_output(out, store=store_of(out), force=force, inputs=[cs.located, ct.located])
         report, ops = plan(cs, ct, rules, on_mismatch, vocabularies, vocab_axis)
         report.dst = os.fspath(dst)
         if report.errors:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from .plan import build_plan, check_local, check_v2, copy_step, fingerprint
+from .plan import build_plan, check_local, check_v2, copy_step, fingerprint, out_path, store_of
 
 
 def plan_merge(
@@ -52,7 +52,7 @@ def plan_merge(
     weights = _check_options(method, len(inputs), weights, decay, base)
     decay = None if decay is None else float(decay)
     check_local(*inputs, base, dst)
-    out = os.path.abspath(os.fspath(dst))
+    out = out_path(dst)
     refuse_saved_model_output(out)
     opened: list[Checkpoint] = []
     try:
@@ -66,7 +66,7 @@ def plan_merge(
             ckpts, order = step_order(ckpts)
         job = Job(method, ckpts, base_ckpt, weights, decay, include, exclude, keep_optimizer)
         report = job.report(out, False, order)
-        check_output(out, force=force, inputs=[c.located for c in job.all])
+        check_output(out, store=store_of(out), force=force, inputs=[c.located for c in job.all])
         index = {id(c): i for i, c in enumerate(job.all)}
         combined = set(job.combined)
         copy = copy_step(index[id(job.keep_from)])
@@ -89,8 +89,7 @@ def plan_merge(
             }, None
 
         # As merge: the output's directory may be a training run's own (an input's), whose state file stays.
-        out_dir = os.path.realpath(os.path.dirname(out))
-        own_state = all(os.path.realpath(os.path.dirname(c.prefix) or ".") != out_dir for c in job.all)
+        own_state = all(_directory(c.prefix) != _directory(out) for c in job.all)
         plan = build_plan(
             "merge",
             out,
@@ -118,3 +117,12 @@ def plan_merge(
     finally:
         for c in opened:
             c.close()
+
+
+def _directory(prefix: str) -> str:
+    """A prefix's directory, comparable between inputs and OUT (local ones resolved through links)."""
+    from .store import is_url
+
+    if is_url(prefix):
+        return prefix.rpartition("/")[0]
+    return os.path.realpath(os.path.dirname(prefix) or ".")

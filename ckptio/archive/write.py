@@ -14,10 +14,6 @@ from ..store import file_store
 from ..store.archive_output import COPY_CHUNK, DEFAULT_LEVEL, PackingStore, SinkFile, write_archive  # noqa: F401 (COPY_CHUNK: its old home)
 from ..store.atomic import interrupts_deferred
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers honour the name)
-if TYPE_CHECKING:
-    from typing import Any
-
 
 @dataclass(frozen=True, slots=True)
 class PackStats:

@@ -208,12 +208,40 @@ class Store:
         """A new atomic output on this store."""
         raise NotImplementedError
 
-    def remove(self, path: str) -> None:
-        """Delete a file if it is there (data files of a replaced checkpoint, after a commit)."""
-        raise UnsupportedError("this store cannot remove files", path=path)
-
     def forget(self, path: str | None = None) -> None:
         """Drop what the store remembers about path (all paths: None) after writing there."""
+
+    def remove(self, path: str) -> None:
+        """Delete a file; nothing happens when there is none."""
+        raise UnsupportedError("this store cannot delete files", path=path)
+
+    def move(self, src: str, dst: str) -> None:
+        """Rename a file over dst (object stores copy on the server, then delete)."""
+        raise UnsupportedError("this store cannot rename files", path=src)
+
+    def remove_tree(self, directory: str) -> None:
+        """Delete a directory and everything under it; nothing happens when there is none."""
+        raise UnsupportedError("this store cannot delete directories", path=directory)
+
+    def read_file(self, path: str) -> bytes:
+        """A whole (small) file's bytes."""
+        source = self.open(path)
+        try:
+            return source.read(0, source.size)
+        finally:
+            source.close()
+
+    def write_file(self, path: str, data: bytes) -> None:
+        """Put one (small) file in place atomically."""
+        output = self.output()
+        try:
+            sink = output.create(path)
+            sink.write(data)
+            sink.close()
+            output.commit()
+        except BaseException:
+            output.abort()
+            raise
 
     def close(self) -> None:
         pass

@@ -325,6 +325,17 @@ class LocalStore(Store):
         except OSError as exc:
             raise WriteError(f"cannot remove: {exc.strerror}", path=path) from None
 
+    def move(self, src: str, dst: str) -> None:
+        try:
+            os.replace(src, dst)
+        except OSError as exc:
+            raise WriteError(f"cannot rename to {dst}: {exc.strerror or exc}", path=src) from None
+
+    def remove_tree(self, directory: str) -> None:
+        import shutil
+
+        shutil.rmtree(directory, ignore_errors=True)
+
     def join(self, directory: str, name: str) -> str:
         return os.path.join(directory, name)
 

@@ -130,5 +130,17 @@ class MemoryStore(Store):
         with self._lock:
             self.files.pop(_norm(path), None)
 
+    def move(self, src: str, dst: str) -> None:
+        with self._lock:
+            if _norm(src) not in self.files:
+                raise CheckpointNotFoundError("no such file", path=src)
+            self.files[_norm(dst)] = self.files.pop(_norm(src))
+
+    def remove_tree(self, directory: str) -> None:
+        start = _norm(directory) + "/"
+        with self._lock:
+            for key in [k for k in self.files if k.startswith(start)]:
+                del self.files[key]
+
 
 __all__ = ["MemorySource", "MemoryStore", "MemoryOutput", "MemorySink"]

@@ -274,6 +274,23 @@ class RemoteStore(Store):
         finally:
             self.forget(path)
 
+    def move(self, src: str, dst: str) -> None:
+        self.forget(src)
+        self.forget(dst)
+        try:
+            self.fs.mv(self.strip(src), self.strip(dst))
+        except Exception as exc:
+            raise WriteError(f"cannot move to {dst}: {exc}", path=src) from None
+
+    def remove_tree(self, directory: str) -> None:
+        self.forget()
+        try:
+            self.fs.rm(self.strip(directory), recursive=True)
+        except FileNotFoundError:
+            pass
+        except Exception as exc:
+            raise WriteError(f"cannot remove: {exc}", path=directory) from None
+
 
 class RemoteOutput:
     """One remote file written as a stream (archive.pack to a URL); commit() makes it visible."""
