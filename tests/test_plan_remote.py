@@ -187,10 +187,10 @@ def test_s3_merge_plan_matches_local_merge(s3, source, tmp_path):
     for p in other.parent.iterdir():
         s3.put(str(p), f"bkt/b/{p.name}")
     one = tmp_path / "one" / "model.ckpt"
-    assert cli("merge", source, other, one, "--shards", "2", "-q") == 0
+    assert cli("merge", source, other, one, "-q") == 0
     plan = tmp_path / "merge.json"
     assert cli("plan", "merge", "s3://bkt/src/model.ckpt", "s3://bkt/b/model.ckpt", "s3://bkt/m/model.ckpt",
-               "--shards", "2", "--out-plan", plan, "-q") == 0  # fmt: skip
+               "--out-plan", plan, "-q") == 0  # fmt: skip
     assert cli("run-plan", plan, "-q") == 0
     assert cli("commit", plan, "-q") == 0
     assert objects(s3, "m") == local_files(one)
