@@ -11,6 +11,7 @@ from .bundle import naming
 from .bundle.paths import is_other_file
 from .bundle.state import listed, record_outputs, state_path
 from .errors import CheckpointNotFoundError, CkptioError
+from .store import is_url
 
 
 @dataclass(slots=True)
@@ -269,6 +270,13 @@ def _record_batch_state(out_dir: str, items: list[Input], outcomes, make_latest:
         return None
     stamped = [i.last_preserved for _, i in complete if i.timestamp is not None and i.last_preserved is not None]
     try:
+        if is_url(out_dir):  # through the store, in the order listed (the last one latest where ours)
+            from .bundle.state import record_output
+            from .store import for_path
+
+            store = for_path(out_dir)[0]
+            answers = [record_output(store, dst, make_latest=make_latest) for dst, _ in complete]
+            return "written" if "written" in answers else "left"
         return record_outputs(
             out_dir,
             [(dst, i.timestamp) for dst, i in complete],

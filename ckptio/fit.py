@@ -83,7 +83,9 @@ def fit(
         )
     if out is not None:
         from .sources import is_special
+        from .store import local_path
 
+        out = local_path(os.fspath(out))  # file:// is a local path written as a URL
         if is_special(out):
             raise PlanError("fit writes a local checkpoint prefix; pack or upload it afterwards", path=os.fspath(out))
     rules = _rules(rules, regex)

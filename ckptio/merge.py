@@ -113,7 +113,9 @@ def merge(
     decay = None if decay is None else float(decay)
     if dst is not None and not dry_run:
         from .sources import is_special
+        from .store import local_path
 
+        dst = local_path(os.fspath(dst))  # file:// is a local path written as a URL
         if is_special(dst):
             raise UnsupportedError("merge writes a local checkpoint; pack or upload it afterwards", path=dst)
     opened: list[Checkpoint] = []

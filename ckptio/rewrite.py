@@ -81,7 +81,14 @@ def _rewrite_special(
     from .store import for_output, local_path
 
     if kind_of(dst):  # written as .safetensors, .npz or .keras (ckptio/formats)
-        return write_format(ckpt, dst, steps, **options)
+        if is_remote(dst):  # those writers write local files: a URL must not become a local path
+            from .errors import UnsupportedError
+
+            raise UnsupportedError(
+                "ckptio writes .safetensors, .npz and Keras files to local paths only; write it locally, then upload it",
+                path=dst,
+            )
+        return write_format(ckpt, local_path(dst), steps, **options)
     if is_archive(dst):  # its own checks first (the archive exists ...), then the one write path below
         from .archive.write import DEFAULT_LEVEL, rewrite_packed
 

@@ -18,47 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from s3_support import need as _need  # the s3 fixture is in conftest.py
 
 from ckptio.bundle.writer import BundleWriter
 from ckptio.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _need(module: str):
-    if os.environ.get("CI"):
-        return __import__(module)
-    return pytest.importorskip(module, reason=f"{module} (the test extra) is needed for the S3 tests")
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """A moto S3 server on localhost with bucket 'bkt'; the environment points s3fs (and subprocesses) at it."""
-    import logging
-
-    _need("s3fs")
-    server_mod = _need("moto.server")
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        import s3fs
-
-        s3fs.S3FileSystem.clear_instance_cache()
-        fs = s3fs.S3FileSystem()
-        fs.mkdir("bkt")
-        yield fs
-        s3fs.S3FileSystem.clear_instance_cache()
-    server.stop()
 
 
 @pytest.fixture(scope="module")

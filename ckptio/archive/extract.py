@@ -41,6 +41,11 @@ def unpack(archive_path, out_dir, *, force: bool = False, progress=None) -> Unpa
     started = time.perf_counter()
     label = os.fspath(archive_path)
     out_dir = os.fspath(out_dir)
+    if "://" in out_dir and not out_dir.startswith("file://"):
+        from ..errors import UnsupportedError
+
+        raise UnsupportedError("unpack writes into a local directory; unpack here, then upload", path=out_dir)
+    out_dir = out_dir.removeprefix("file://")
     source: Source
     if "://" in label:
         from ..store.remote import RemoteSource

@@ -33,6 +33,7 @@ def run(args) -> int:
                 f"{args.salvage}: --salvage writes a local checkpoint prefix; salvage here, then "
                 "`ckptio pack` it or `ckptio rewrite` it to the URL"
             )
+        args.salvage = args.salvage.removeprefix("file://")  # a local path written as a URL
         check_output_prefix(args.salvage)
     try:
         d = diagnose(args.path)
