@@ -170,3 +170,22 @@ def test_s3_strip_with_ray_engine_matches_one_local_process(s3, source, tmp_path
     _, err = p.communicate(timeout=600)
     assert p.returncode == 0, err
     assert objects(s3, "ray") == local_files(one)
+
+
+def test_s3_fit_plan_matches_local_fit(s3, source, tmp_path):
+    template = tmp_path / "t" / "model.ckpt"
+    build(str(template), seed=2)  # the new model: same names and shapes
+    for p in template.parent.iterdir():
+        s3.put(str(p), f"bkt/t/{p.name}")
+    one = tmp_path / "one" / "model.ckpt"
+    plan_local, plan = (
+        tmp_path / "local.json",
+        tmp_path / "fit.json",
+    )  # a local plan gives fit's own bytes (test_plan_fit_merge.py)
+    assert cli("plan", "fit", source, "--template", template, one, "--shards", "2", "--out-plan", plan_local) == 0
+    assert cli("run-plan", plan_local, "-q") == 0 and cli("commit", plan_local, "-q") == 0
+    assert cli("plan", "fit", "s3://bkt/src/model.ckpt", "--template", "s3://bkt/t/model.ckpt",
+               "s3://bkt/fit/model.ckpt", "--shards", "2", "--out-plan", plan) == 0  # fmt: skip
+    assert cli("run-plan", plan, "--task", "1/2", "-q") == 0 and cli("run-plan", plan, "--task", "0/2", "-q") == 0
+    assert cli("commit", plan, "-q") == 0
+    assert objects(s3, "fit") == local_files(one)
