@@ -16,7 +16,7 @@ import time
 
 from .bundle import naming
 from .checkpoint import Checkpoint
-from .errors import MismatchError, PlanError
+from .errors import MismatchError, PlanError, UnsupportedError
 from .fit_decide import (  # noqa: F401 - their old home
     FLOATING,
     ON_MISMATCH,
@@ -28,6 +28,7 @@ from .fit_decide import (  # noqa: F401 - their old home
     refuse_if_nothing_matched,
 )
 from .fit_write import CHUNK_BYTES, _write_built, layout, write  # defined here before the split (plan_fit uses them)
+from .store import is_archive, is_url, local_path
 from .views import match, view
 
 
@@ -49,7 +50,10 @@ def fit(
     state_file: bool = True,
     fsync: bool = False,
 ) -> FitReport:
-    """Write at prefix `out` a checkpoint with template's structure and src's values where a source tensor matches.
+    """Write at `out` a checkpoint with template's structure and src's values where a source tensor matches.
+
+    out: a local prefix, a URL (one ending in '/' names a directory: the template's file name there)
+    or a .tar.zst (the template's file name inside it); a .weights.h5 template writes a local file.
 
     rules: a transform.Rename or (old, new) pairs renaming src's names first; on_mismatch: error, template or
     slice; vocab: {name: (old vocabulary, new vocabulary)}, each a file (one token per line) or a token list;
@@ -69,10 +73,15 @@ def fit(
     from .formats.keras_fit import fit_weights_h5, is_keras_template
 
     if is_keras_template(template):  # a Keras 3 .weights.h5 template: written as one, through h5py
+        if out is not None and is_url(os.fspath(out)):  # h5py writes local files: a URL must not become a local path
+            raise UnsupportedError(
+                "fit onto a .weights.h5 template writes a local .weights.h5; write it locally, then upload it",
+                path=os.fspath(out),
+            )
         return fit_weights_h5(
             src,
             template,
-            out,
+            None if out is None else local_path(os.fspath(out)),  # file:// is a local path written as a URL
             rules=_rules(rules, regex),
             on_mismatch=on_mismatch,
             dry_run=dry_run,
@@ -82,24 +91,32 @@ def fit(
             shards=num_shards not in (None, 1) or max_shard_size is not None,
         )
     if out is not None:
-        from .sources import is_special
-        from .store import local_path
+        from .formats import kind_of
 
         out = local_path(os.fspath(out))  # file:// is a local path written as a URL
-        if is_special(out):
-            raise PlanError("fit writes a local checkpoint prefix; pack or upload it afterwards", path=os.fspath(out))
+        if kind_of(out):
+            raise PlanError(
+                "fit writes a TensorFlow checkpoint (a prefix, a URL or a .tar.zst); convert it afterwards "
+                "with `ckptio rewrite OUT FILE`",
+                path=out,
+            )
     rules = _rules(rules, regex)
     vocabularies = {name: (_tokens(old), _tokens(new)) for name, (old, new) in (vocab or {}).items()}
     cs = src if isinstance(src, Checkpoint) else open_checkpoint(src)
     try:
         ct = template if isinstance(template, Checkpoint) else open_checkpoint(template)
         try:
+            store, prefix = None, out
             if out is not None:  # refuse an existing output or an input before any planning
-                from .bundle.writer import check_output
+                from .bundle.writer import check_output, output_store
 
-                check_output(os.fspath(out), force=force, inputs=[cs.located, ct.located])
+                # A URL or a .tar.zst is written through its store (the template's name in a URL
+                # directory or the archive); a local prefix as before.
+                store, prefix = output_store(out, name=_name(ct), force=force)
+                check_output(prefix, force=force, inputs=[cs.located, ct.located], store=store)
             report, ops = plan(cs, ct, rules, on_mismatch, vocabularies, vocab_axis)
-            report.dst, report.dry_run = None if out is None else os.fspath(out), dry_run
+            report.dst = None if out is None else out if is_archive(out) else prefix
+            report.dry_run = dry_run
             if report.errors and not dry_run:
                 raise mismatch_error(report, "tensor")
             if not dry_run:
@@ -108,7 +125,8 @@ def fit(
                     cs,
                     ct,
                     ops,
-                    os.fspath(out),
+                    prefix,
+                    store=store,
                     num_shards=num_shards,
                     max_shard_size=max_shard_size,
                     force=force,
@@ -125,6 +143,11 @@ def fit(
     finally:
         if cs is not src:
             cs.close()
+
+
+def _name(ckpt: Checkpoint) -> str:
+    """The file name prefix of a checkpoint, kept by an output in a URL directory or an archive."""
+    return ckpt.prefix.rstrip("/").rsplit("/", 1)[-1] or "model.ckpt"
 
 
 def _rules(rules, regex: bool):

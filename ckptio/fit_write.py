@@ -33,8 +33,10 @@ def write(
     state_file=True,
     fsync=False,
     axis: int = 0,
+    store=None,
 ) -> None:
-    """Write the planned checkpoint atomically: copies first (in source order), then built tensors, then the graph.
+    """Write the planned checkpoint atomically at out in store (None: local files): copies first (in source
+    order), then built tensors, then the graph.
 
     Shards are assigned by rewrite's rule over every piece in write order; built tensors are sized as the
     template's pieces they replace."""
@@ -42,7 +44,7 @@ def write(
     from .rewrite_exec import _write_piece
 
     groups, origin, metadata = layout(cs, ct, ops, num_shards, max_shard_size)
-    with BundleWriter(out, len(groups), force=force, inputs=[cs.located, ct.located]) as writer:
+    with BundleWriter(store, out, len(groups), force=force, inputs=[cs.located, ct.located]) as writer:
         for shard, group in enumerate(groups):
             for piece in group:
                 ckpt, op = origin[piece.key]

@@ -269,7 +269,9 @@ def test_usage_errors(pair, capsys):
     assert run(capsys, "fit", src, "--template", tpl, out, "--map", "zzz/=y/")[0] == 2
     assert run(capsys, "fit", src, "--template", tpl, src)[0] == 2  # the output is an input
     assert run(capsys, "fit", src + "x", "--template", tpl, out)[0] == 1  # unreadable input
-    assert run(capsys, "fit", src, "--template", tpl, out + ".tar.zst", "--on-mismatch", "template")[0] == 2
+    archive = ("fit", src, "--template", tpl, out + ".tar.zst", "--on-mismatch", "template")
+    assert run(capsys, *archive)[0] == 0  # written through the archive's store (test_url_writers.py)
+    assert run(capsys, *archive)[0] == 2  # and then refused: it exists (--force replaces it)
 
 
 def test_public_api_is_the_function():

@@ -268,6 +268,24 @@ def check_output(prefix: str, *, force: bool, inputs=(), store: Store | None = N
         raise OutputExistsError("a checkpoint already exists here", path=index, remedy=Remedy("force", "replace it"))
 
 
+def output_store(text, *, name: str = "model.ckpt", force: bool = False) -> tuple[Store | None, str]:
+    """(store, prefix) a writer of OUT uses: None and the local prefix for a local path (file:// too),
+    store.for_output's for a URL (one ending in '/': name there) or a .tar.zst (name inside it).
+
+    An existing archive is refused here unless force: committing one replaces it whole.
+    """
+    from ..store import for_output, is_archive, is_url, local_path
+    from ..store.archive_output import PackingStore
+
+    text = local_path(os.fspath(text))
+    if not is_url(text) and not is_archive(text):
+        return None, text
+    store, prefix = for_output(text, name=name)
+    if isinstance(store, PackingStore) and not force and store.parent.exists(store.archive):
+        raise OutputExistsError("the archive already exists", path=text, remedy=Remedy("force", "replace it"))
+    return store, prefix
+
+
 def write_state_file(prefix: str, *, make_latest: bool = True) -> str:
     """List prefix in its directory's state file (see bundle/state.py); "written" or "left"."""
     from .state import record_outputs

@@ -19,7 +19,10 @@ from .diff import add_map_arguments, build_rules
 def add_arguments(name, p) -> None:
     p.add_argument("src", metavar="SRC", help="the old checkpoint")
     p.add_argument(
-        "out", metavar="OUT", help="output prefix (e.g. fitted/model.ckpt); OUT.weights.h5 with a .weights.h5 template"
+        "out",
+        metavar="OUT",
+        help="output prefix (e.g. fitted/model.ckpt), URL or .tar.zst; a local OUT.weights.h5 with a "
+        ".weights.h5 template",
     )
     p.add_argument(
         "--template",
