@@ -21,6 +21,7 @@ from .checkpoint import Checkpoint
 from .errors import PlanError, UnsupportedError
 from .merge_inputs import newest, step_order
 from .merge_job import Job, MergeReport
+from .store import is_archive
 
 __all__ = ["Job", "MergeReport", "merge"]  # Job and MergeReport live in ckptio.merge_job; old imports keep working
 
@@ -92,7 +93,7 @@ def merge(
     fsync: bool = False,
     threads: int | None = None,
 ) -> MergeReport:
-    """Combine checkpoints into a new one at prefix dst; returns a MergeReport.
+    """Combine checkpoints into a new one at dst (a local prefix, a URL or a .tar.zst); returns a MergeReport.
 
     inputs: paths (any form ckptio.open takes) or open Checkpoints; with last=N, one directory
     whose `checkpoint` state file lists them. See ckptio.merge_math for each method's rule.
@@ -111,13 +112,17 @@ def merge(
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise PlanError(f"threads must be a whole number >= 1, not {threads!r}")
     decay = None if decay is None else float(decay)
-    if dst is not None and not dry_run:
-        from .sources import is_special
+    if dst is not None:
+        from .formats import kind_of
         from .store import local_path
 
         dst = local_path(os.fspath(dst))  # file:// is a local path written as a URL
-        if is_special(dst):
-            raise UnsupportedError("merge writes a local checkpoint; pack or upload it afterwards", path=dst)
+        if kind_of(dst) and not dry_run:
+            raise UnsupportedError(
+                "merge writes a TensorFlow checkpoint (a prefix, a URL or a .tar.zst); convert it afterwards "
+                "with `ckptio rewrite OUT FILE`",
+                path=dst,
+            )
     opened: list[Checkpoint] = []
     try:
         ckpts = [_open(p, opened) for p in inputs]
@@ -126,15 +131,20 @@ def merge(
         if method == "ema":
             ckpts, order = step_order(ckpts)
         job = Job(method, ckpts, base_ckpt, weights, decay, include, exclude, keep_optimizer)
-        report = job.report(dst, dry_run, order)
+        store, prefix = None, dst
         if dst is not None:
-            from .bundle.writer import check_output
+            from .bundle.writer import check_output, output_store
 
-            check_output(os.fspath(dst), force=force, inputs=[c.located for c in job.all])
+            # A URL or a .tar.zst is written through its store (as model.ckpt in a URL directory or
+            # the archive); a local prefix as before.
+            store, prefix = output_store(dst, force=force)
+            check_output(prefix, force=force, inputs=[c.located for c in job.all], store=store)
+        report = job.report(dst if dst is None or is_archive(dst) else prefix, dry_run, order)
         if not dry_run:
             job.execute(
-                os.fspath(dst),
+                prefix,
                 report,
+                store=store,
                 force=force,
                 progress=progress,
                 fsync=fsync,

@@ -152,31 +152,35 @@ class Job:
 
     # -- writing --------------------------------------------------------------------------------------
 
-    def execute(self, dst: str, report: MergeReport, *, force: bool, progress, fsync: bool, threads: int = 1) -> None:
-        """Write the merged checkpoint atomically (slerp first reads its inputs once for the angles)."""
+    def execute(
+        self, dst: str, report: MergeReport, *, force: bool, progress, fsync: bool, threads: int = 1, store=None
+    ) -> None:
+        """Write the merged checkpoint atomically at dst in store (None: local files); slerp first reads
+        its inputs once for the angles."""
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(1, thread_name_prefix="ckptio-merge-read") as self._pool:
             coefficients = self._slerp_pass(report.linear) if self.method == "slerp" else {}
             if not ms.streamable(self.operands):  # V1 inputs, or shards without positioned reads
-                self._write(dst, force=force, progress=progress, fsync=fsync, chunks=self._chunks_serial(coefficients))
+                self._write(
+                    dst, store, force=force, progress=progress, fsync=fsync, chunks=self._chunks_serial(coefficients)
+                )
                 return
         combined = set(self.combined)
         pieces = [p for p in self.plan.pieces if p.name in combined]
         with ms.Pipeline(
             pieces, self._piece_sources, self._combiner_for(coefficients), len(self.operands), threads
         ) as pipeline:
-            self._write(dst, force=force, progress=progress, fsync=fsync, chunks=pipeline.chunks)
+            self._write(dst, store, force=force, progress=progress, fsync=fsync, chunks=pipeline.chunks)
 
-    def _write(self, dst: str, *, force: bool, progress, fsync: bool, chunks) -> None:
+    def _write(self, dst: str, store, *, force: bool, progress, fsync: bool, chunks) -> None:
         """Write the output, each combined piece's bytes taken from chunks(piece), in plan order."""
         from .bundle.writer import BundleWriter
 
         plan = self.plan
         # The output's directory may be a training run's own (an input's): its state file is left alone.
-        out_dir = os.path.realpath(os.path.dirname(dst) or ".")
-        own_state = all(os.path.realpath(os.path.dirname(c.prefix) or ".") != out_dir for c in self.all)
-        with BundleWriter(dst, 1, force=force, inputs=[c.located for c in self.all]) as writer:
+        own_state = all(directory_of(c.prefix) != directory_of(dst) for c in self.all)
+        with BundleWriter(store, dst, 1, force=force, inputs=[c.located for c in self.all]) as writer:
             writer.reserve(0, plan.bytes_after)
             self.write_pieces(writer, plan.pieces, 0, chunks, progress)
             for name, meta in plan.metadata.items():
@@ -277,6 +281,15 @@ class Job:
             if near_parallel:
                 linear.append(name)
         return out
+
+
+def directory_of(prefix: str) -> str:
+    """A prefix's directory, comparable between inputs and OUT (local ones resolved through links)."""
+    from .store import is_url
+
+    if is_url(prefix):
+        return prefix.rpartition("/")[0]
+    return os.path.realpath(os.path.dirname(prefix) or ".")
 
 
 def _read_ahead(chunks, pool):

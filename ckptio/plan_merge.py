@@ -40,6 +40,7 @@ def plan_merge(
     from .errors import PlanError
     from .merge import Job, _check_options, _open
     from .merge_inputs import newest, step_order
+    from .merge_job import directory_of
     from .rewrite_plan import _assign_shards
 
     if isinstance(inputs, (str, os.PathLike, Checkpoint)):
@@ -89,7 +90,7 @@ def plan_merge(
             }, None
 
         # As merge: the output's directory may be a training run's own (an input's), whose state file stays.
-        own_state = all(_directory(c.prefix) != _directory(out) for c in job.all)
+        own_state = all(directory_of(c.prefix) != directory_of(out) for c in job.all)
         plan = build_plan(
             "merge",
             out,
@@ -117,12 +118,3 @@ def plan_merge(
     finally:
         for c in opened:
             c.close()
-
-
-def _directory(prefix: str) -> str:
-    """A prefix's directory, comparable between inputs and OUT (local ones resolved through links)."""
-    from .store import is_url
-
-    if is_url(prefix):
-        return prefix.rpartition("/")[0]
-    return os.path.realpath(os.path.dirname(prefix) or ".")

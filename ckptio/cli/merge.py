@@ -26,7 +26,8 @@ def add_arguments(name, p) -> None:
         "paths",
         nargs="+",
         metavar="CKPT",
-        help="input checkpoints (any path form), then the output prefix (e.g. out/model.ckpt); "
+        help="input checkpoints (any path form), then the output: a prefix (e.g. out/model.ckpt), a URL "
+        "or a .tar.zst; "
         "with --last N, one directory and then OUT",
     )
     p.add_argument(
