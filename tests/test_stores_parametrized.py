@@ -252,12 +252,25 @@ def test_store_gives_the_local_results(stores, store, case, tmp_path_factory, tm
             assert same(got_outputs[what][name], value), (what, name, store, case)
 
 
-def test_salvage_to_an_archive_or_url_is_refused_in_one_line(stores):
+def test_salvage_to_an_archive_or_url_writes_there(stores, tmp_path):
+    """--salvage OUT goes through OUT's store: the archive and the memory:// copy hold the local salvage's files
+    (a URL directory and an archive keep the input's file name, `ckpt`)."""
     path, _ = stores["archive"]["damaged_data"]
-    for out in ("/tmp/never-written.tar.zst", "memory:///never/written"):
-        rc, stdout, stderr = cli(["doctor", path, "--salvage", out])
-        assert rc == 2 and stdout == "" and len(stderr.strip().splitlines()) == 1, stderr
-        assert "--salvage writes a local checkpoint prefix" in stderr
+    local = tmp_path / "local" / "ckpt"
+    assert cli(["doctor", path, "--salvage", str(local)])[0] == 1
+    want = {p.name: p.read_bytes() for p in local.parent.iterdir() if p.name != "checkpoint"}
+    assert sorted(want) == ["ckpt.data-00000-of-00001", "ckpt.index"]
+    assert cli(["doctor", path, "--salvage", str(tmp_path / "s.tar.zst")])[0] == 1
+    assert cli(["unpack", str(tmp_path / "s.tar.zst"), str(tmp_path / "u")])[0] == 0
+    assert {p.name: p.read_bytes() for p in (tmp_path / "u").iterdir()} == want
+    memfs = fsspec.filesystem("memory")
+    if memfs.exists("/salvaged"):
+        memfs.rm("/salvaged", recursive=True)
+    assert cli(["doctor", path, "--salvage", "memory:///salvaged/"])[0] == 1
+    got = {p.rpartition("/")[2]: memfs.cat_file(p) for p in memfs.find("/salvaged")}
+    assert got.pop("checkpoint").startswith(b'model_checkpoint_path: "ckpt"') and got == want
+    rc, _, stderr = cli(["doctor", path, "--salvage", "memory:///salvaged/ckpt"])
+    assert rc == 2 and "already exists" in stderr
 
 
 def test_doctor_reads_an_archive_forward(stores):

@@ -3,7 +3,7 @@
 Says what is wrong with a checkpoint (local files, a .tar.zst archive or a URL) in plain words,
 one line per problem, then lists the damaged tensors (with the reason) and the intact ones.
 Exit 0 if healthy, 1 if not.
---salvage OUT writes the intact tensors into a new local checkpoint at prefix OUT.
+--salvage OUT writes the intact tensors into a new checkpoint at OUT: a local prefix, a URL or a .tar.zst.
 """
 
 from __future__ import annotations
@@ -17,22 +17,19 @@ def add_arguments(name, parser) -> None:
         "path", help="checkpoint prefix, .index/.data file, directory, V1 file, .tar.zst archive or URL"
     )
     parser.add_argument("--json", action="store_true", help="print the diagnosis as one JSON object")
-    parser.add_argument("--salvage", metavar="OUT", help="write the intact tensors into a new checkpoint at OUT")
+    parser.add_argument(
+        "--salvage",
+        metavar="OUT",
+        help="write the intact tensors into a new checkpoint at OUT (a prefix, a URL or a .tar.zst)",
+    )
     parser.add_argument("--force", action="store_true", help="with --salvage, replace a checkpoint at OUT")
 
 
 def run(args) -> int:
     from ..doctor import diagnose, salvage
-    from ..store import is_archive, is_url
     from .common import check_output_prefix
-    from .main import UsageError
 
-    if args.salvage:
-        if is_archive(args.salvage) or is_url(args.salvage):
-            raise UsageError(
-                f"{args.salvage}: --salvage writes a local checkpoint prefix; salvage here, then "
-                "`ckptio pack` it or `ckptio rewrite` it to the URL"
-            )
+    if args.salvage:  # a local prefix, a URL or a .tar.zst (doctor/salvage.py writes it through its store)
         args.salvage = args.salvage.removeprefix("file://")  # a local path written as a URL
         check_output_prefix(args.salvage)
     try:

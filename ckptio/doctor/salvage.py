@@ -1,4 +1,4 @@
-"""Write the intact tensors of a diagnosed checkpoint into a new V2 checkpoint (always local)."""
+"""Write the intact tensors of a diagnosed checkpoint into a new V2 checkpoint (a local prefix, a URL or a .tar.zst)."""
 
 from __future__ import annotations
 
@@ -16,15 +16,18 @@ def salvage(diagnosis: Diagnosis, out, *, force: bool = False) -> list[str]:
     """Write the intact tensors into a new V2 checkpoint at prefix out; return their names.
 
     The input is read again from its store, shard by shard in offset order (an archive member
-    reads forward only); out is a local prefix.
+    reads forward only); out is a local prefix, a URL (one ending in '/' names a directory: the
+    input's file name there) or a .tar.zst (the input's file name inside it), written through its store.
     """
-    from ..bundle.writer import BundleWriter
+    from ..bundle.writer import BundleWriter, output_store
 
     d = diagnosis
     if not d.intact:
         raise PlanError("no intact tensor to salvage", path=d.path)
     inputs = [d._located] if d._located is not None else []
-    with BundleWriter(os.fspath(out), force=force, inputs=inputs) as writer:
+    stem = (d.prefix or "").rstrip("/").rsplit("/", 1)[-1] or "model.ckpt"  # kept in a URL directory or an archive
+    store, prefix = output_store(os.fspath(out), name=stem, force=force)
+    with BundleWriter(store, prefix, force=force, inputs=inputs) as writer:
         # Decoded tensors (V1 values, read from protobufs) are written again; byte ranges are copied.
         for name in d.intact:
             if name in d._arrays:
