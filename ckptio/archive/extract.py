@@ -13,6 +13,11 @@ from .stream import ArchiveStream
 from .tar import REGULAR
 from .write import COPY_CHUNK
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers honour the name)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import IO
+
 
 @dataclass(frozen=True, slots=True)
 class UnpackStats:
@@ -36,15 +41,13 @@ def unpack(archive_path, out_dir, *, force: bool = False, progress=None) -> Unpa
     """Extract every regular file of the archive into out_dir, byte for byte, in one pass.
 
     Files go to temp names first; data files are renamed into place before any .index, so a
-    checkpoint appears only when whole. Existing files are refused unless force.
+    checkpoint appears only when whole. Existing files are refused unless force. out_dir may be
+    a URL: the files are written through its store's output, data files first, every .index last.
     """
     started = time.perf_counter()
     label = os.fspath(archive_path)
     out_dir = os.fspath(out_dir)
-    if "://" in out_dir and not out_dir.startswith("file://"):
-        from ..errors import UnsupportedError
-
-        raise UnsupportedError("unpack writes into a local directory; unpack here, then upload", path=out_dir)
+    remote = "://" in out_dir and not out_dir.startswith("file://")  # written through the URL's store
     out_dir = out_dir.removeprefix("file://")
     source: Source
     if "://" in label:
@@ -58,6 +61,12 @@ def unpack(archive_path, out_dir, *, force: bool = False, progress=None) -> Unpa
     except BaseException:
         source.close()
         raise
+    if remote:
+        try:
+            names, total = _extract_to_url(stream, label, out_dir, force, progress)
+        finally:
+            stream.close()
+        return UnpackStats(label, out_dir, tuple(names), total, time.perf_counter() - started)
     data_files: dict[str, AtomicFiles] = {}  # directory -> its files
     index_files: dict[str, AtomicFiles] = {}
     names, total = [], 0
@@ -100,6 +109,65 @@ def unpack(archive_path, out_dir, *, force: bool = False, progress=None) -> Unpa
     if not names:
         raise CheckpointNotFoundError("archive holds no files", path=label)
     return UnpackStats(label, out_dir, tuple(names), total, time.perf_counter() - started)
+
+
+def _extract_to_url(stream: ArchiveStream, label: str, url: str, force: bool, progress) -> tuple[list[str], int]:
+    """unpack() into a URL directory through its store's output: data files as they stream, every .index
+    (first in a ckptio archive) staged in a local temp file and created last, so that it commits last."""
+    import tempfile
+
+    from ..store import file_store
+
+    store, base = file_store(url)
+    output = store.output()
+    staged: list[tuple[str, IO[bytes]]] = []
+    write: Callable[[bytes], object]
+    names, total = [], 0
+    try:
+        for m in stream:
+            if m.kind != REGULAR:
+                continue
+            rel = _safe_relpath(m.name, label)
+            final = store.join(base.rstrip("/"), rel.replace(os.sep, "/"))
+            if store.exists(final) and not force:
+                raise OutputExistsError("file exists", path=final, remedy=Remedy("force", "replace it"))
+            if rel.endswith(".index"):
+                if force:  # an object store drops it now: never the old index over new data files
+                    output.replace([final])
+                f: IO[bytes] = tempfile.TemporaryFile()
+                staged.append((final, f))
+                write = f.write
+            else:
+                sink = output.create(final)
+                write = sink.write
+            pos = 0
+            while pos < m.size:
+                data = stream.read_at(m.data_offset + pos, min(COPY_CHUNK, m.size - pos), name=f"{label}/{m.name}")
+                write(data)
+                pos += len(data)
+                if progress:
+                    progress(len(data))
+            if not rel.endswith(".index"):
+                sink.close()
+            names.append(rel)
+            total += m.size
+        stream.drain()  # reach the end of the zstd frame so its content checksum is checked
+        if not names:
+            raise CheckpointNotFoundError("archive holds no files", path=label)
+        for final, f in staged:
+            sink = output.create(final)
+            f.seek(0)
+            while chunk := f.read(COPY_CHUNK):
+                sink.write(chunk)
+            sink.close()
+        output.commit()
+    except BaseException:
+        output.abort()
+        raise
+    finally:
+        for _, f in staged:
+            f.close()
+    return names, total
 
 
 def _safe_relpath(name: str, label: str) -> str:

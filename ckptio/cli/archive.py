@@ -30,7 +30,7 @@ def add_arguments(name, p) -> None:
         )
     else:
         p.add_argument("archive", help=".tar.zst archive (path or URL)")
-        p.add_argument("dir", help="directory to write the checkpoint files into")
+        p.add_argument("dir", help="directory (or URL) to write the checkpoint files into")
     p.add_argument("--force", action="store_true", help="replace existing output")
     p.add_argument("--json", action="store_true", help="print what was done as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
