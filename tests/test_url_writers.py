@@ -171,6 +171,8 @@ def test_merge_to_s3_and_to_an_archive_equal_the_local_merge(s3, ckpts, tmp_path
     assert merge(local) == 0
     assert merge("s3://bkt/urlout-merge/model.ckpt") == 0
     _same_as_local(s3, "urlout-merge", local, merge, capsys)
+    assert merge("s3://bkt/urlout-merge/", "--dry-run") == 2  # a directory: model.ckpt there, which exists
+    assert "already exists" in capsys.readouterr().err
     assert merge(tmp_path / "m.tar.zst") == 0
     _archive_equals_local(tmp_path / "m.tar.zst", local, tmp_path, "merge")
     assert merge(tmp_path / "m.tar.zst") == 2
