@@ -404,3 +404,17 @@ def test_remote_read_failure_is_a_ckptio_read_error():
     with pytest.raises(ReadError, match="broken://x") as info:
         src.read(0, 10)
     assert isinstance(info.value, OSError) and "peer went away" in str(info.value)
+
+
+def test_writing_to_http_is_refused_as_read_only_in_one_line(www, tmp_path, capsys):
+    server, root = www
+    src = str(root / "tf1_t2t_transformer")
+    for argv in (
+        ["strip", src, f"{server.url}/out/model.ckpt"],
+        ["merge", src, src, f"{server.url}/out/m.ckpt"],
+        ["fit", src, "--template", src, f"{server.url}/out/f.ckpt"],
+    ):
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "http(s):// is read-only" in err[0], err
+    assert not (root / "out").exists()

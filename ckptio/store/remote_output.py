@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 
-from ..errors import CkptioError, OutputExistsError, WriteError
+from ..errors import CkptioError, OutputExistsError, UnsupportedError, WriteError
 from .base import Output, Sink, Source, Store
-from .fs import CHUNK, protocols, renames_cheaply
+from .fs import CHUNK, HTTP, protocols, renames_cheaply
 
 
 def _close_quietly(f) -> None:
@@ -95,6 +95,10 @@ class RemoteFiles(Output):
 
     def open(self, url: str):
         """A writable binary file for url (its temp name when renaming)."""
+        if protocols(self.fs) & HTTP:  # fsspec's http filesystem cannot write, and says nothing useful
+            raise UnsupportedError(
+                "http(s):// is read-only; write to a local path or a writable URL (s3://, gs:// ...)", path=url
+            )
         target, final = self._target(url)
         if protocols(self.fs) & {"file", "local"}:
             try:
