@@ -5,7 +5,7 @@ rewrite_exec.py writes the plan into a store (a BundleWriter on the store's outp
 opens src through the router (sources.py) and picks the store of dst (store.for_output): local
 files, a URL (written there directly: data first, the index last), or a .tar.zst (its members
 staged beside it and packed index-first on commit, archive/write.py); another weight format is
-exported (formats/).
+exported (formats/: .safetensors and .npz through the store of dst, Keras files locally).
 """
 
 from __future__ import annotations
@@ -80,15 +80,16 @@ def _rewrite_special(
     from .formats import kind_of, write_format
     from .store import for_output, local_path
 
-    if kind_of(dst):  # written as .safetensors, .npz or .keras (ckptio/formats)
-        if is_remote(dst):  # those writers write local files: a URL must not become a local path
+    kind = kind_of(dst)
+    if kind:  # written as .safetensors, .npz or .keras (ckptio/formats)
+        if kind in ("keras", "keras_h5") and is_remote(dst):  # h5py writes local files: a URL must not become one
             from .errors import UnsupportedError
 
             raise UnsupportedError(
-                "ckptio writes .safetensors, .npz and Keras files to local paths only; write it locally, then upload it",
-                path=dst,
+                "ckptio writes Keras files to local paths only; write it locally, then upload it", path=dst
             )
-        return write_format(ckpt, local_path(dst), steps, **options)
+        # .safetensors and .npz go through the store of dst (a URL: uploaded as written, the index last).
+        return write_format(ckpt, dst if is_remote(dst) else local_path(dst), steps, **options)
     if is_archive(dst):  # its own checks first (the archive exists ...), then the one write path below
         from .archive.write import DEFAULT_LEVEL, rewrite_packed
 

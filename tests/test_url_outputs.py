@@ -1,6 +1,6 @@
 """Outputs named by URL go where the URL says, or are refused: never to a local path spelled like it.
 
-A URL destination that a command cannot write (an export format) is refused with one line
+A URL destination that a command cannot write (a Keras file) is refused with one line
 and exit 1, and nothing appears locally under a directory called 's3:'; file:// is a local path.
 """
 
@@ -19,11 +19,12 @@ def cli(*argv) -> int:
     return main([str(a) for a in argv])
 
 
-def test_exports_to_s3_refuse_and_unpack_writes_there_nothing_locally(s3, tmp_path, monkeypatch, capsys):
+def test_keras_exports_to_s3_refuse_and_unpack_writes_there_nothing_locally(s3, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert cli("strip", SAMPLE, "s3://bkt/x.safetensors") == 1
-    assert "to local paths only" in capsys.readouterr().err
-    assert cli("strip", SAMPLE, "s3://bkt/x.npz") == 1
+    # .safetensors and .npz go to object storage (tests/test_export_store.py); Keras files h5py writes locally.
+    for out in ("s3://bkt/x.keras", "s3://bkt/x.weights.h5"):
+        assert cli("strip", SAMPLE, out) == 1
+        assert "Keras files to local paths only" in capsys.readouterr().err
     assert cli("pack", SAMPLE, tmp_path / "a.tar.zst") == 0
     assert cli("unpack", tmp_path / "a.tar.zst", "s3://bkt/u") == 0  # through the URL's store (test_url_writers.py)
     assert not (tmp_path / "s3:").exists()
@@ -31,7 +32,7 @@ def test_exports_to_s3_refuse_and_unpack_writes_there_nothing_locally(s3, tmp_pa
         "model.ckpt-1.data-00000-of-00001",
         "model.ckpt-1.index",
     ]
-    assert not s3.exists("bkt/x.safetensors")
+    assert not s3.exists("bkt/x.keras") and not s3.exists("bkt/x.weights.h5")
 
 
 def test_file_urls_are_local_paths_for_every_writer(tmp_path, monkeypatch):

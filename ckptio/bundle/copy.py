@@ -51,6 +51,12 @@ class ShardFile:
         self.sink.write(data)
         self.offset += len(data) if type(data) is bytes else memoryview(data).nbytes
 
+    def seek(self, offset: int) -> None:
+        """Write next at offset; only where the sink is seekable (Sink.seekable: a local file, not an upload)."""
+        if offset != self.offset:
+            self.sink.seek(offset)
+            self.offset = offset
+
     def buffer(self, size: int) -> memoryview:
         """A reused buffer of at least min(size, CHUNK) bytes."""
         # Sized to what is copied through it: a strip that moves only small tensors through

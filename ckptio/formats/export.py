@@ -21,6 +21,8 @@ from functools import partial
 from ..bundle import dtypes
 from ..bundle.copy import Copier, ShardFile
 from ..errors import CorruptCheckpointError, OutputExistsError, PlanError, WriteError
+from ..store.base import Output, Store
+from ..store.local import LocalStore
 from .base import ForeignCheckpoint, numel
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers honour the name)
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from ..bundle.entry import Entry
+    from ..store.atomic import AtomicFiles
     from ..store.base import Source
 
 CHUNK = 8 << 20  # a multiple of every itemsize, so converted chunks hold whole elements
@@ -151,21 +154,24 @@ def _whole(ckpt, t: OutTensor):
     yield to_bytes(array, target)
 
 
-def _seek(out: ShardFile, position: int) -> None:
-    if out.offset != position:  # usually already there: the layout mostly follows the source order
-        os.lseek(out.fd, position, os.SEEK_SET)
-        out.offset = position
-
-
 def write_runs(ckpt, out: ShardFile, placed, *, verify: bool, progress=None) -> None:
-    """Write every (position, run) into out in source order; CRC32C checked where the source has it."""
+    """Write every (position, run) into out; CRC32C checked where the source has it.
+
+    A seekable sink (a local file) is filled in source order, each run at its place, so the source
+    is read forward; another (an upload) is a stream, written in output order, and runs must tile it.
+    """
     copier = Copier()
     checked = verify and ckpt.reader.checksums
-    ordered = sorted(placed, key=lambda p: p[1].order())
+    seekable = out.sink.seekable
+    ordered = sorted(placed, key=(lambda p: p[1].order()) if seekable else (lambda p: p[0]))
     try:
         _announce(copier, out, ordered)
         for position, run in ordered:
-            _seek(out, position)  # written at its place, so the source is read in its own order
+            if not seekable and out.offset != position:
+                raise CorruptCheckpointError(
+                    f"pieces leave a gap or overlap at byte {out.offset}", path=ckpt.path, key=run.name
+                )
+            out.seek(position)  # usually there already: the layout mostly follows the source order
             if run.chunks is None:
                 e = run.entry
                 copier.copy(run.source, e.offset, e.size, out, crc=e.crc32c if checked else None, key=run.name)
@@ -200,21 +206,27 @@ def _announce(copier: Copier, out: ShardFile, ordered) -> None:
             src.will_need(ranges)
 
 
-def check_outputs(paths, existing, *, force: bool, inputs) -> None:
+def check_outputs(paths, existing, *, force: bool, inputs, store: Store | None = None) -> None:
     """Refuse to write over an input (ever) or an existing output (unless force).
 
     existing: files of an earlier output at this name (also those this one would not rewrite,
-    such as the shards of a set with a different count), which --force replaces.
+    such as the shards of a set with a different count), which --force replaces. store: where
+    the outputs go (local files when None).
     """
-    sources = {os.path.realpath(p) for p in inputs}
+    store = store or LocalStore()
     for p in list(paths) + list(existing):
-        if os.path.realpath(p) in sources:
+        if any(store.same_path(p, i) for i in inputs):
             raise OutputExistsError("output is the input; write to another file", path=p)
     for p in paths:
-        if os.path.isdir(p):
+        if store.is_dir(p):
             raise PlanError("the output is a directory; name a file", path=p)
     if existing and not force:
         raise OutputExistsError("the output already exists (use --force to replace it)", path=existing[0])
+
+
+def output_exists(store: Store, path: str) -> bool:
+    """Whether anything is at path (locally a dangling symlink too: a rename would replace it)."""
+    return store.exists(path) or (isinstance(store, LocalStore) and os.path.lexists(path))
 
 
 def input_files(ckpt) -> list[str]:
@@ -258,6 +270,7 @@ def export_tensors(
     from ..checkpoint import Checkpoint
     from ..rewrite_exec import Report
     from ..rewrite_plan import make_plan
+    from ..store import file_store
 
     started = time.perf_counter()
     module = writer
@@ -280,13 +293,15 @@ def export_tensors(
             bytes_before=plan.bytes_before,
             bytes_after=sum(t.nbytes for t in tensors),
         )
-        outputs = module.output_paths(dst, tensors, num_shards=num_shards, max_shard_size=max_shard_size)
-        check_outputs(outputs, module.existing_outputs(dst), force=force, inputs=input_files(ckpt))
+        store, path = file_store(dst)  # a local path, or a URL: written through that store's output
+        outputs = module.output_paths(path, tensors, num_shards=num_shards, max_shard_size=max_shard_size)
+        check_outputs(outputs, module.existing_outputs(path, store), force=force, inputs=input_files(ckpt), store=store)
         if not dry_run:
             module.write(
                 ckpt,
                 tensors,
-                dst,
+                path,
+                store=store,
                 num_shards=num_shards,
                 max_shard_size=max_shard_size,
                 verify=verify,
@@ -319,8 +334,9 @@ def groups_by_size(tensors, num_shards: int | None, max_shard_size: int | None) 
 
 
 @contextmanager
-def committing(files, dst: str, *, fsync: bool):
-    """Commit files when the block ends; on any error abort them, an OSError as a WriteError naming dst."""
+def committing(files: AtomicFiles | Output, dst: str, *, fsync: bool):
+    """Commit files (AtomicFiles, or a store's Output, then released) when the block ends; on any error
+    abort them, an OSError as a WriteError naming dst."""
     try:
         yield
         files.commit(fsync=fsync)
@@ -330,6 +346,8 @@ def committing(files, dst: str, *, fsync: bool):
     except BaseException:
         files.abort()
         raise
+    if isinstance(files, Output):
+        files.release()
 
 
 def write_error(exc: OSError, path: str) -> WriteError:

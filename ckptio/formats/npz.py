@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import struct
 import zipfile
 
@@ -306,28 +305,37 @@ def output_paths(dst: str, tensors, **_) -> list[str]:
     return [dst]
 
 
-def existing_outputs(dst: str) -> list[str]:
-    return [dst] if os.path.lexists(dst) else []
+def existing_outputs(dst: str, store=None) -> list[str]:
+    from ..store.local import LocalStore
+    from .export import output_exists
+
+    return [dst] if output_exists(store or LocalStore(), dst) else []
 
 
-def write(ckpt, tensors, dst: str, *, verify=True, progress=None, fsync=False, metadata=None, **_) -> list[str]:
-    """Write tensors as a stored (uncompressed) .npz at dst, atomically."""
+def write(
+    ckpt, tensors, dst: str, *, store=None, verify=True, progress=None, fsync=False, metadata=None, **_
+) -> list[str]:
+    """Write tensors as a stored (uncompressed) .npz at dst through store's output (local files when None).
+
+    The zip is written front to back (each member's CRC-32 and sizes in a data descriptor after it),
+    so a local file and an upload get the same bytes.
+    """
     import numpy as np
 
+    from ..bundle.copy import ShardFile
     from ..errors import PlanError
-    from ..io import AtomicFiles, make_dirs
+    from ..store.local import LocalStore
     from .export import committing, runs_of
 
     for t in tensors:
         if t.name == SIDE_KEY:
             raise PlanError(f"the name {SIDE_KEY!r} is reserved for ckptio's dtype table in .npz files", key=t.name)
-    directory = os.path.dirname(dst) or "."
-    make_dirs(directory)
-    files = AtomicFiles(directory)
-    tmp, fd = files.create(dst)
+    output = (store or LocalStore()).output()
+    output.claim(dst)  # locally: the directory is made, and a second writer of dst is refused
     table = {t.name: recorded_name(t.dtype) for t in tensors if recorded_name(t.dtype)}
-    with committing(files, dst, fsync=fsync):
-        with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+    with committing(output, dst, fsync=fsync):
+        out = ShardFile(output.create(dst))
+        with zipfile.ZipFile(_Stream(out), "w", zipfile.ZIP_STORED, allowZip64=True) as z:
             work = [(t, runs_of(ckpt, t)) for t in tensors]
             work.sort(key=lambda w: min((r.order() for r in w[1]), default=(2, 0, 0)))
             for t, runs in work:
@@ -338,7 +346,28 @@ def write(ckpt, tensors, dst: str, *, verify=True, progress=None, fsync=False, m
             with z.open(_zipinfo(SIDE_MEMBER), "w") as m:
                 m.write(encode_npy_header(text.dtype.str, ()))
                 m.write(text.tobytes())
+        out.sink.close()
     return [dst]
+
+
+class _Stream:
+    """A write-only stream over an output file for zipfile: no seek, so zipfile writes front to back."""
+
+    def __init__(self, out) -> None:
+        self._out = out
+
+    def write(self, data: bytes, /) -> int:
+        self._out.write(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._out.offset
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:  # the output file is closed by its writer, which then commits it
+        pass
 
 
 def _zipinfo(name: str) -> zipfile.ZipInfo:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from .safetensors_header import FROM_TF, INDEX_SUFFIX, RANK, encode_header, encode_index
 
 
@@ -24,24 +22,24 @@ def shard_names(dst: str, count: int) -> tuple[list[str], str | None]:
     return [f"{stem}-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)], index
 
 
-def stale_outputs(dst: str) -> list[str]:
-    """Files an earlier export to dst may have left: the single file, its index and its shards."""
+def stale_outputs(dst: str, store=None) -> list[str]:
+    """Files an earlier export to dst may have left in store (local files when None): the single file,
+    its index and its shards."""
     import re
 
+    from ..store.local import LocalStore
+
+    store = store or LocalStore()
     base = dst[: -len(INDEX_SUFFIX)] if dst.endswith(INDEX_SUFFIX) else dst
-    directory, name = os.path.split(base)
+    directory, name = store.dirname(base), store.basename(base)
     stem = re.escape(name[: -len(".safetensors")])
     shard = re.compile(stem + r"-\d{5}-of-\d{5}\.safetensors$")
-    try:
-        names = os.listdir(directory or ".")
-    except OSError:
-        names = []
-    found = [os.path.join(directory, n) for n in names if shard.match(n)]
-    return [p for p in (base, base + INDEX_SUFFIX) if os.path.exists(p)] + sorted(found)
+    found = [store.join(directory, n) for n in store.list(directory) if shard.match(n)]
+    return [p for p in (base, base + INDEX_SUFFIX) if store.exists(p)] + sorted(found)
 
 
-def existing_outputs(dst: str) -> list[str]:
-    return stale_outputs(dst)
+def existing_outputs(dst: str, store=None) -> list[str]:
+    return stale_outputs(dst, store)
 
 
 FORMAT_NAME = "safetensors"
@@ -64,6 +62,7 @@ def write(
     tensors,
     dst: str,
     *,
+    store=None,
     num_shards=1,
     max_shard_size=None,
     verify=True,
@@ -71,10 +70,16 @@ def write(
     fsync=False,
     metadata=None,
 ) -> list[str]:
-    """Write tensors as one safetensors file or a sharded set with its index, atomically; return the paths."""
+    """Write tensors as one safetensors file or a sharded set with its index through store's output
+    (local files when None): the shards, then the index, committed in that order; return the paths.
+
+    A local file is filled at its places in source order (copy_file_range where the bytes are
+    unchanged); an upload (an object store: final names, the index last) in output order.
+    """
     from ..bundle.copy import ShardFile
-    from ..io import AtomicFiles, make_dirs, preallocate
-    from .export import groups_by_size, runs_of, write_error, write_runs
+    from ..errors import CkptioError, CorruptCheckpointError
+    from ..store.local import LocalStore
+    from .export import groups_by_size, runs_of, write_runs
 
     for t in tensors:  # JSON cannot carry names that are not valid Unicode text
         try:
@@ -83,51 +88,43 @@ def write(
             from ..errors import PlanError
 
             raise PlanError("the name is not valid UTF-8, which a safetensors header cannot hold", key=t.name) from None
+    store = store or LocalStore()
     groups = groups_by_size(tensors, num_shards, max_shard_size)
     paths, index = shard_names(dst, len(groups))
-    directory = os.path.dirname(dst) or "."
-    make_dirs(directory)
-    stale = [p for p in stale_outputs(dst) if p not in paths and p != index]
-    files = AtomicFiles(directory)
+    old = stale_outputs(dst, store)
+    stale = [p for p in old if p not in paths and p != index]
+    output = store.output()
+    output.claim(dst)  # locally: the directory is made, and a second writer of dst is refused
     weight_map: dict[str, str] = {}
     try:
+        # An index being replaced goes first: a crash then leaves no set rather than a stale index.
+        output.replace([p for p in old if p.endswith(INDEX_SUFFIX)])
         for path, group in zip(paths, groups):
             order = layout_order(group)
             head, begins = encode_header(metadata or {}, [(t.name, FROM_TF[t.dtype], t.shape, t.nbytes) for t in order])
             total = len(head) + sum(t.nbytes for t in order)
-            _, fd = files.create(path)
-            out = ShardFile(fd, path)
-            try:
-                try:
-                    preallocate(fd, total)  # a full disk fails here, before any copying
-                except OSError as exc:
-                    raise write_error(exc, path) from None
-                out.write(head)
-                placed = [
-                    (len(head) + begin + run.at, run) for t, begin in zip(order, begins) for run in runs_of(ckpt, t)
-                ]
-                write_runs(ckpt, out, placed, verify=verify, progress=progress)
-                try:
-                    os.ftruncate(fd, total)  # every byte was written; this only pins the size
-                except OSError as exc:
-                    raise write_error(exc, path) from None
-            finally:
-                os.close(fd)
-            weight_map.update((t.name, os.path.basename(path)) for t in group)
+            out = ShardFile(output.create(path))
+            out.sink.reserve(total)  # a full disk fails here, before any copying
+            out.write(head)
+            placed = [(len(head) + begin + run.at, run) for t, begin in zip(order, begins) for run in runs_of(ckpt, t)]
+            write_runs(ckpt, out, placed, verify=verify, progress=progress)
+            if not out.sink.seekable and out.offset != total:
+                raise CorruptCheckpointError(f"wrote {out.offset} bytes, expected {total}", path=path)
+            out.sink.truncate(total)  # every byte was written; this only pins the size
+            out.sink.close()
+            weight_map.update((t.name, store.basename(path)) for t in group)
         if index:
-            _, fd = files.create(index)
-            try:
-                ShardFile(fd, index).write(encode_index(sum(t.nbytes for t in tensors), weight_map))
-            finally:
-                os.close(fd)
-        # An index being replaced goes first: a crash then leaves no set rather than a stale index.
-        files.commit(remove_first=[p for p in stale if p.endswith(INDEX_SUFFIX)], fsync=fsync)
+            sink = output.create(index)
+            sink.write(encode_index(sum(t.nbytes for t in tensors), weight_map))
+            sink.close()
+        output.commit(fsync=fsync)
     except BaseException:
-        files.abort()
+        output.abort()
         raise
     for p in stale:  # files of the export this one replaced (--force)
         try:
-            os.unlink(p)
-        except OSError:
+            store.remove(p)
+        except (CkptioError, OSError):
             pass
+    output.release()
     return paths + ([index] if index else [])

@@ -78,9 +78,14 @@ class Source:
 
 
 class Sink:
-    """One output file being written, in order (appended to)."""
+    """One output file being written, in order (appended to); a `seekable` one may also be written out of order."""
 
     name: str
+    seekable = False  # True where seek() moves where the next write goes (a local file); an upload is a stream
+
+    def seek(self, offset: int) -> None:
+        """Write next at offset (a file filled in another order than its layout); only where `seekable`."""
+        raise UnsupportedError("this output is written front to back and cannot seek", path=self.name, offset=offset)
 
     def write(self, data) -> None:
         raise NotImplementedError
@@ -107,7 +112,7 @@ class Sink:
         return False
 
     def fileno(self) -> int | None:
-        """An OS file descriptor (an export seeks it), or None."""
+        """An OS file descriptor (a kernel copy writes to it), or None."""
         return None
 
     def close(self) -> None:

@@ -160,6 +160,15 @@ class LocalSink(Sink):
             if view is None and done < size:
                 view = memoryview(data).cast("B")
 
+    seekable = True
+
+    def seek(self, offset: int) -> None:
+        """lseek(2): the next write or kernel copy goes to offset (an export writes each tensor at its place)."""
+        try:
+            os.lseek(self._fd, offset, os.SEEK_SET)
+        except OSError as exc:
+            raise WriteError(f"cannot seek: {exc.strerror or exc}", path=self.name, offset=offset) from None
+
     def reserve(self, nbytes: int) -> bool:
         """fallocate(2) without changing the size: faster copies, and a full disk fails before copying."""
         from .atomic import preallocate
