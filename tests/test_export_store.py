@@ -154,3 +154,24 @@ def test_a_failed_write_leaves_nothing_locally_or_on_s3(s3, ckpt, tmp_path, monk
     assert cli("strip", ckpt, f"s3://bkt/{key}/{name}", *extra, "-q") == 1
     assert "disk on fire" in capsys.readouterr().err
     assert s3.find(f"bkt/{key}") == []
+
+
+def test_a_local_output_file_seeks_and_a_stream_refuses(tmp_path):
+    from ckptio.bundle.copy import ShardFile
+    from ckptio.errors import UnsupportedError
+    from ckptio.store.memory import MemoryStore
+
+    output = local.LocalStore().output()
+    out = ShardFile(output.create(str(tmp_path / "f.bin")))
+    out.write(b"....")
+    out.seek(1)
+    out.write(b"ab")
+    assert out.offset == 3 and out.sink.seekable
+    output.commit()
+    assert (tmp_path / "f.bin").read_bytes() == b".ab."
+    stream = ShardFile(MemoryStore().output().create("m/f.bin"))
+    stream.write(b"xy")
+    stream.seek(2)  # where it is already: nothing to move
+    with pytest.raises(UnsupportedError) as err:
+        stream.seek(0)
+    assert err.value.path == "m/f.bin" and stream.offset == 2 and not stream.sink.seekable

@@ -78,6 +78,7 @@ def write(
     """
     from ..bundle.copy import ShardFile
     from ..errors import CkptioError, CorruptCheckpointError
+    from ..store.atomic import interrupts_deferred
     from ..store.local import LocalStore
     from .export import groups_by_size, runs_of, write_runs
 
@@ -117,14 +118,16 @@ def write(
             sink = output.create(index)
             sink.write(encode_index(sum(t.nbytes for t in tensors), weight_map))
             sink.close()
-        output.commit(fsync=fsync)
+        # From the first rename on, finishing is the only right outcome: Ctrl-C waits until the set is in place.
+        with interrupts_deferred():
+            output.commit(fsync=fsync)
+            for p in stale:  # files of the export this one replaced (--force)
+                try:
+                    store.remove(p)
+                except (CkptioError, OSError):
+                    pass
     except BaseException:
         output.abort()
         raise
-    for p in stale:  # files of the export this one replaced (--force)
-        try:
-            store.remove(p)
-        except (CkptioError, OSError):
-            pass
     output.release()
     return paths + ([index] if index else [])
