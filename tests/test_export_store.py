@@ -120,6 +120,11 @@ def test_existing_outputs_on_s3_are_refused_without_force(s3, ckpt, capsys):
     names = sorted(p.rsplit("/", 1)[-1] for p in s3.find("bkt/export/exists"))
     assert "model.safetensors" not in names and "model.safetensors.index.json" in names
     assert "model-00002-of-00002.safetensors" in names  # z/big (320 KiB) alone, the rest in the other
+    first = _listing(s3, "bkt/export/exists")
+    # The same set again over itself: its index is replaced first, then every file is rewritten.
+    assert cli("strip", ckpt, url, "--max-shard-size", "100K", "-q") == 2
+    assert cli("strip", ckpt, url, "--max-shard-size", "100K", "--force", "-q") == 0
+    assert _listing(s3, "bkt/export/exists") == first
 
 
 def _fail_writes_to(monkeypatch, fragment: str) -> None:

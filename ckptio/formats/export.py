@@ -8,6 +8,8 @@ tensor that has to be read whole: V1, partitioned along another axis, not one by
 Copied runs go through bundle/copy.py's Copier, as the bundle writer's do (copy_file_range,
 CRC32C checked on the way when the source has checksums); nothing is decoded unless something
 changes.
+The files go through the store of the destination (store.output(): a local path or a URL), data
+files first and an index last; a local file is filled at its places, an upload front to back.
 """
 
 from __future__ import annotations
