@@ -258,13 +258,14 @@ def merged_entries(plan: dict, staging: Staging) -> dict[bytes, Entry]:
 
 def _write_output(plan: dict, staging: Staging, entries: dict[bytes, Entry]) -> None:
     """Move the data files into place, then write the index last (removing a replaced one first)."""
+    from .bundle.writer import _existing_shards as existing_shards
     from .sstable import TableBuilder
 
     out, num_shards = plan["out"], plan["num_shards"]
     store = store_of(out)
     finals = [naming.data_path(out, i, num_shards) for i in range(num_shards)]
     index = naming.index_path(out)
-    stale = [p for p in _existing_shards(store, out) if p not in finals]
+    stale = [p for p in existing_shards(out, store) if p not in finals]
     # A replaced checkpoint's index goes first: a failure below leaves no checkpoint, never a mix.
     store.remove(index)
     for i, final in enumerate(finals):
@@ -290,17 +291,6 @@ def _write_output(plan: dict, staging: Staging, entries: dict[bytes, Entry]) -> 
             store.remove(p)
         except CkptioError:
             pass
-
-
-def _existing_shards(store, prefix: str) -> list[str]:
-    """Data files named after prefix in its directory."""
-    directory, base = store.dirname(prefix), store.basename(prefix)
-    found = []
-    for name in store.list(directory):
-        split = naming.split_data_path(name)
-        if split and split[0] == base:
-            found.append(store.join(directory, name))
-    return found
 
 
 # -- inputs: what a plan records of them, and the check that they have not changed ----------------
