@@ -131,6 +131,36 @@ def test_store_methods_over_http(www):
     assert _gets(server, "/blob") == [(100, 150)]
 
 
+def test_will_open_stats_files_together_and_open_reuses_it(www, mem):
+    server, root = www
+    store = RemoteStore.from_url(server.url)
+    blob, missing = server.url + "/blob", server.url + "/missing"
+    shard = server.url + "/m/model.ckpt.data-00000-of-00002"
+    server.reset()
+    store.will_open([blob, missing, shard, blob])
+    heads = sorted(p for method, p, *_ in server.requests if method == "HEAD")
+    assert heads == ["/blob", "/m/model.ckpt.data-00000-of-00002", "/missing"]
+    server.reset()
+    assert store.size(blob) == 4 * MiB and store.size(missing) is None
+    assert store.open(shard).size == (root / "m" / "model.ckpt.data-00000-of-00002").stat().st_size
+    assert server.requests == []  # every size came from the one round of HEADs
+    mem_store, base = mem  # a filesystem without async calls: a no-op, sizes asked for as before
+    mem_store.will_open([base + "/a/x", base + "/a/nope"])
+    assert mem_store.size(base + "/a/x") == 10 and mem_store.size(base + "/a/nope") is None
+
+
+def test_a_bundle_stats_all_its_shards_when_it_opens_the_first(www):
+    server, root = www
+    with ckptio.open(server.url + "/m/model.ckpt") as ckpt:
+        server.reset()
+        ckpt.reader.shard(1)
+        heads = sorted(p for method, p, *_ in server.requests if method == "HEAD")
+        assert heads == ["/m/model.ckpt.data-00000-of-00002", "/m/model.ckpt.data-00001-of-00002"]
+        server.reset()
+        assert ckpt.reader.shard(0).size == (root / "m" / "model.ckpt.data-00000-of-00002").stat().st_size
+        assert server.requests == []
+
+
 @pytest.mark.parametrize("use_temp", [True, False])
 def test_output_commits_in_order_or_leaves_nothing(mem, use_temp):
     store, base = mem

@@ -12,7 +12,9 @@ answered after --latency-ms), and times in the same run, each as a fresh process
   (c) the same ranges with fsspec's batched async cat_ranges (what fsspec itself offers)
   (d) ckptio ls --json URL
 and prints the ratio (a)/(b) (the issue's target: within 2x). The strip's output is compared byte
-for byte with a local strip of the same checkpoint.
+for byte with a local strip of the same checkpoint. The server's own CPU time during each is shown
+too (on a small machine it competes with the client for the cores). Children run with compiled
+bytecode cached under --work (as an installed ckptio has it), even where PYTHONDONTWRITEBYTECODE is set.
 """
 
 from __future__ import annotations
@@ -130,11 +132,24 @@ print(json.dumps({"seconds": time.perf_counter() - t}))
 
 
 CPU: dict[str, list[float]] = {}  # label -> CPU seconds (user + sys) of each run
+SERVER_CPU: dict[str, list[float]] = {}  # label -> the server's CPU seconds during each run
+SERVER_PID: list[int] = []
+
+
+def process_cpu(pid: int) -> float:
+    """user + sys seconds of a running process (Linux /proc; 0 elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def timed(cmd, label: str | None = None) -> tuple[float, str]:
     """(wall seconds, stdout + stderr) of a child process; its CPU time is added to CPU[label]."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server_before = process_cpu(SERVER_PID[0]) if SERVER_PID else 0.0
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, env=ENV)
     wall = time.perf_counter() - start
@@ -142,9 +157,15 @@ def timed(cmd, label: str | None = None) -> tuple[float, str]:
     if label:
         cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
         CPU.setdefault(label, []).append(cpu)
+        if SERVER_PID:
+            SERVER_CPU.setdefault(label, []).append(process_cpu(SERVER_PID[0]) - server_before)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.decode()[-2000:]}")
     return wall, proc.stdout.decode() + proc.stderr.decode()
+
+
+def server_cpu(label: str) -> str:
+    return f"{median(SERVER_CPU[label]):.2f} s" if SERVER_CPU.get(label) else "n/a"
 
 
 def median(xs):
@@ -173,6 +194,8 @@ def main() -> int:
     args = parser.parse_args()
 
     work = args.work or tempfile.mkdtemp(prefix="ckptio-bench-remote-")
+    ENV.pop("PYTHONDONTWRITEBYTECODE", None)  # compiled once (the warm-up strip below), not every run
+    ENV["PYTHONPYCACHEPREFIX"] = os.path.join(work, "pycache")
     src = os.path.join(work, "www", "model.ckpt")
     if not os.path.exists(src + ".index"):
         os.makedirs(os.path.dirname(src), exist_ok=True)
@@ -188,6 +211,7 @@ def main() -> int:
         json.dump(ranges, f)
 
     server, url = start_server(os.path.join(work, "www"), args.latency_ms)
+    SERVER_PID.append(server.pid)
     try:
         strip_s, inside_s, par_s, par_inside, cat_s, ls_s = [], [], [], [], [], []
         out = os.path.join(work, "out", "model.ckpt")
@@ -211,15 +235,19 @@ def main() -> int:
     mib = 1 << 20
     print(f"checkpoint {total / mib:.0f} MiB in {args.shards} shards, {len(ranges)} kept tensors, {kept / mib:.0f} MiB")
     print(f"latency {args.latency_ms:g} ms per request; median of {args.reps}; each a fresh process")
-    print("                                    process   (after startup)  CPU user+sys")
+    print("                                    process   (after startup)  CPU user+sys  (server's)")
     print(
-        f"(a) ckptio strip URL out           {median(strip_s):7.2f} s  ({median(inside_s):.2f} s)  {median(CPU['a']):8.2f} s"
+        f"(a) ckptio strip URL out           {median(strip_s):7.2f} s  ({median(inside_s):.2f} s)  {median(CPU['a']):8.2f} s  ({server_cpu('a')})"
     )
     print(
-        f"(b) 16-way urllib range download   {median(par_s):7.2f} s  ({median(par_inside):.2f} s)  {median(CPU['b']):8.2f} s"
+        f"(b) 16-way urllib range download   {median(par_s):7.2f} s  ({median(par_inside):.2f} s)  {median(CPU['b']):8.2f} s  ({server_cpu('b')})"
     )
-    print(f"(c) fsspec cat_ranges (batch 16)   {median(cat_s):7.2f} s  {'':10}  {median(CPU['c']):8.2f} s")
-    print(f"(d) ckptio ls --json URL           {median(ls_s):7.2f} s  {'':10}  {median(CPU['d']):8.2f} s")
+    print(
+        f"(c) fsspec cat_ranges (batch 16)   {median(cat_s):7.2f} s  {'':10}  {median(CPU['c']):8.2f} s  ({server_cpu('c')})"
+    )
+    print(
+        f"(d) ckptio ls --json URL           {median(ls_s):7.2f} s  {'':10}  {median(CPU['d']):8.2f} s  ({server_cpu('d')})"
+    )
     print(
         f"strip / parallel download: {median(strip_s) / median(par_s):.2f}x as processes, "
         f"{median(inside_s) / median(par_inside):.2f}x after startup (target: within 2x)"

@@ -195,6 +195,9 @@ class BundleReader(CheckpointReader):
         with self._shards_lock:  # two threads opening one shard would leak one of the descriptors
             src = self._shards.get(shard)
             if src is None:
+                if not self._shards and self.header.num_shards > 1:
+                    # A remote store then stats every shard in one round trip, not one each.
+                    self.store.will_open([self.shard_path(i) for i in range(self.header.num_shards)])
                 try:
                     src = self._open_source(self.shard_path(shard))
                 except CkptioError as exc:

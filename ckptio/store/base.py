@@ -182,6 +182,9 @@ class Store:
     def is_file(self, path: str) -> bool:
         return self.size(path) is not None
 
+    def will_open(self, paths: Iterable[str]) -> None:
+        """A hint: these files are opened soon (a remote store asks for all their sizes at once)."""
+
     def is_dir(self, path: str) -> bool:
         raise NotImplementedError
 

@@ -186,6 +186,29 @@ class RemoteStore(Store):
                 raise io_error(exc, "cannot stat", url) from None
         return self._info[url]
 
+    def will_open(self, paths) -> None:
+        """Stat these files concurrently (one round trip, not one each) where fsspec's filesystem is
+        async; their sizes are remembered for open(). A hint: a failure here is met again in open()."""
+        todo = [p for p in dict.fromkeys(paths) if p not in self._info]
+        if len(todo) < 2 or not getattr(self.fs, "async_impl", False):
+            return
+        import asyncio
+
+        from fsspec.asyn import sync
+
+        async def stat_all():
+            return await asyncio.gather(*(self.fs._info(self.strip(p)) for p in todo), return_exceptions=True)
+
+        try:
+            found = sync(self.fs.loop, stat_all)
+        except Exception:
+            return
+        for url, info in zip(todo, found):
+            if isinstance(info, FileNotFoundError):
+                self._info[url] = None
+            elif isinstance(info, dict):
+                self._info[url] = info
+
     def forget(self, url: str | None = None) -> None:
         """Drop remembered sizes (after writing)."""
         if url is None:
