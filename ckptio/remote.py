@@ -34,7 +34,6 @@ from .errors import (
 )
 from .store.base import Source
 from .store.remote import (
-    CHUNK,
     OBJECT_STORES,  # noqa: F401  (re-exported: the names moved to store/remote.py)
     RemoteOutput,
     RemoteSource,
@@ -228,16 +227,7 @@ def download_checkpoint(src, local_prefix, *, force: bool = False, progress=None
         total = 0
         try:
             for _, open_source, dst in plan:
-                source = open_source()
-                sink = output.create(dst)
-                pos = 0
-                while pos < source.size:
-                    data = source.read(pos, min(CHUNK, source.size - pos))
-                    sink.write(data)
-                    pos += len(data)
-                    if progress:
-                        progress(len(data))
-                total += source.size
+                total += output.put(dst, open_source(), progress)
             output.commit()
         except BaseException:
             output.abort()

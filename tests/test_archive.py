@@ -233,7 +233,7 @@ def test_unpack_refuses_existing_files_and_unsafe_names(tmp_path):
     with pytest.raises(CorruptCheckpointError, match="unsafe name"):
         unpack(evil, tmp_path / "dest")
     assert not (tmp_path / "escape").exists()
-    assert not os.listdir(tmp_path / "dest")  # the member before it was not committed either
+    assert not (tmp_path / "dest").exists()  # the member before it was not written either
 
 
 # -- reading straight out of an archive ----------------------------------------------------------

@@ -8,14 +8,12 @@ from dataclasses import dataclass
 
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError, OutputExistsError, Remedy
 from ..io import FileSource, Source
-from ..store.atomic import AtomicFiles, make_dirs, write_all
-from .stream import ArchiveStream
+from ..store.base import COPY_CHUNK, Store, copy_source
+from .stream import ArchiveStream, MemberSource
 from .tar import REGULAR
-from .write import COPY_CHUNK
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers honour the name)
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from typing import IO
 
 
@@ -40,15 +38,15 @@ class UnpackStats:
 def unpack(archive_path, out_dir, *, force: bool = False, progress=None) -> UnpackStats:
     """Extract every regular file of the archive into out_dir, byte for byte, in one pass.
 
-    Files go to temp names first; data files are renamed into place before any .index, so a
-    checkpoint appears only when whole. Existing files are refused unless force. out_dir may be
-    a URL: the files are written through its store's output, data files first, every .index last.
+    Files are written through out_dir's store output (temp names on a local disk); data files become
+    visible before any .index, so a checkpoint appears only when whole. Existing files are refused
+    unless force. out_dir may be a URL.
     """
+    from ..store import file_store
+
     started = time.perf_counter()
     label = os.fspath(archive_path)
-    out_dir = os.fspath(out_dir)
-    remote = "://" in out_dir and not out_dir.startswith("file://")  # written through the URL's store
-    out_dir = out_dir.removeprefix("file://")
+    store, base = file_store(os.fspath(out_dir))
     source: Source
     if "://" in label:
         from ..store.remote import RemoteSource
@@ -61,94 +59,39 @@ def unpack(archive_path, out_dir, *, force: bool = False, progress=None) -> Unpa
     except BaseException:
         source.close()
         raise
-    if remote:
-        try:
-            names, total = _extract_to_url(stream, label, out_dir, force, progress)
-        finally:
-            stream.close()
-        return UnpackStats(label, out_dir, tuple(names), total, time.perf_counter() - started)
-    data_files: dict[str, AtomicFiles] = {}  # directory -> its files
-    index_files: dict[str, AtomicFiles] = {}
-    names, total = [], 0
     try:
-        for m in stream:
-            if m.kind != REGULAR:
-                continue
-            rel = _safe_relpath(m.name, label)
-            final = os.path.join(out_dir, rel)
-            if os.path.lexists(final) and not force:
-                raise OutputExistsError("file exists", path=final, remedy=Remedy("force", "replace it"))
-            directory = os.path.dirname(final) or "."
-            make_dirs(directory)
-            group = index_files if rel.endswith(".index") else data_files
-            files = group.setdefault(directory, AtomicFiles(directory))
-            tmp, fd = files.create(final)
-            try:
-                pos = 0
-                while pos < m.size:
-                    data = stream.read_at(m.data_offset + pos, min(COPY_CHUNK, m.size - pos), name=f"{label}/{m.name}")
-                    write_all(fd, data, tmp)
-                    pos += len(data)
-                    if progress:
-                        progress(len(data))
-            finally:
-                os.close(fd)
-            names.append(rel)
-            total += m.size
-        stream.drain()  # reach the end of the zstd frame so its content checksum is checked
-        for group in (data_files, index_files):
-            for files in group.values():
-                files.commit()
-    except BaseException:
-        for group in (data_files, index_files):
-            for files in group.values():
-                files.abort()
-        raise
+        names, total = _extract(stream, label, store, base, force, progress)
     finally:
         stream.close()
-    if not names:
-        raise CheckpointNotFoundError("archive holds no files", path=label)
-    return UnpackStats(label, out_dir, tuple(names), total, time.perf_counter() - started)
+    shown = os.fspath(out_dir).removeprefix("file://")
+    return UnpackStats(label, shown, tuple(names), total, time.perf_counter() - started)
 
 
-def _extract_to_url(stream: ArchiveStream, label: str, url: str, force: bool, progress) -> tuple[list[str], int]:
-    """unpack() into a URL directory through its store's output: data files as they stream, every .index
-    (first in a ckptio archive) staged in a local temp file and created last, so that it commits last."""
+def _extract(stream: ArchiveStream, label: str, store: Store, base: str, force: bool, progress):
+    """(names, bytes) written: data files as they stream, every .index (first in a ckptio archive)
+    staged in a local temp file and created last, so that it commits last."""
     import tempfile
 
-    from ..store import file_store
-
-    store, base = file_store(url)
     output = store.output()
     staged: list[tuple[str, IO[bytes]]] = []
-    write: Callable[[bytes], object]
     names, total = [], 0
     try:
         for m in stream:
             if m.kind != REGULAR:
                 continue
             rel = _safe_relpath(m.name, label)
-            final = store.join(base.rstrip("/"), rel.replace(os.sep, "/"))
+            final = store.join(base, rel) if base else rel
             if store.exists(final) and not force:
                 raise OutputExistsError("file exists", path=final, remedy=Remedy("force", "replace it"))
+            member = MemberSource(stream, m)
             if rel.endswith(".index"):
-                if force:  # an object store drops it now: never the old index over new data files
+                if force:  # removed before anything is visible: never the old index over new data files
                     output.replace([final])
                 f: IO[bytes] = tempfile.TemporaryFile()
                 staged.append((final, f))
-                write = f.write
+                copy_source(member, f.write, progress)
             else:
-                sink = output.create(final)
-                write = sink.write
-            pos = 0
-            while pos < m.size:
-                data = stream.read_at(m.data_offset + pos, min(COPY_CHUNK, m.size - pos), name=f"{label}/{m.name}")
-                write(data)
-                pos += len(data)
-                if progress:
-                    progress(len(data))
-            if not rel.endswith(".index"):
-                sink.close()
+                output.put(final, member, progress)
             names.append(rel)
             total += m.size
         stream.drain()  # reach the end of the zstd frame so its content checksum is checked
@@ -174,4 +117,4 @@ def _safe_relpath(name: str, label: str) -> str:
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if not parts or name.startswith("/") or ".." in parts or "\\" in name or "\0" in name:
         raise CorruptCheckpointError(f"refusing to extract a member with an unsafe name {name!r}", path=label)
-    return os.path.join(*parts)
+    return "/".join(parts)

@@ -77,6 +77,18 @@ class Source:
         raise NotImplementedError
 
 
+def copy_source(source: Source, write, progress=None) -> int:
+    """Pass a Source's bytes to write(), COPY_CHUNK at a time (progress(n) after each); returns the size."""
+    pos = 0
+    while pos < source.size:
+        data = source.read(pos, min(COPY_CHUNK, source.size - pos))
+        write(data)
+        pos += len(data)
+        if progress:
+            progress(len(data))
+    return pos
+
+
 class Sink:
     """One output file being written, in order (appended to); a `seekable` one may also be written out of order."""
 
@@ -153,6 +165,13 @@ class Output:
 
     def abort(self) -> None:
         raise NotImplementedError
+
+    def put(self, path: str, source: Source, progress=None) -> int:
+        """Create path with a Source's bytes; returns how many."""
+        sink = self.create(path)
+        size = copy_source(source, sink.write, progress)
+        sink.close()
+        return size
 
     def replacing(self, remove_first: Iterable[str] = ()) -> list[str]:
         """What commit removes first: remove_first and what replace() named."""

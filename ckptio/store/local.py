@@ -250,8 +250,9 @@ class LocalOutput(Output):
             claim.release()
 
     def create(self, path: str) -> LocalSink:
-        from .atomic import AtomicFiles
+        from .atomic import AtomicFiles, make_dirs
 
+        make_dirs(os.path.dirname(path) or ".")  # an output may add directories (unpack's members)
         if self._files is None:  # stale temps are swept from the first file's directory
             self._files = AtomicFiles(self.directory or os.path.dirname(path) or ".")
         temp, fd = self._files.create(path)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 
 from ..errors import CkptioError, OutputExistsError, UnsupportedError, WriteError
-from .base import Output, Sink, Source, Store
-from .fs import CHUNK, HTTP, protocols, renames_cheaply
+from .base import Output, Sink, Source, Store, copy_source
+from .fs import HTTP, protocols, renames_cheaply
 
 
 def _close_quietly(f) -> None:
@@ -117,13 +117,7 @@ class RemoteFiles(Output):
         """Stream a Source's bytes to url in chunks; check the size written."""
         sink = self.create(url)
         try:
-            pos = 0
-            while pos < source.size:
-                data = source.read(pos, min(CHUNK, source.size - pos))
-                sink.write(data)
-                pos += len(data)
-                if progress:
-                    progress(len(data))
+            copy_source(source, sink.write, progress)
         except CkptioError:
             sink.close_quietly()
             raise
