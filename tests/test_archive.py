@@ -236,6 +236,26 @@ def test_unpack_refuses_existing_files_and_unsafe_names(tmp_path):
     assert not (tmp_path / "dest").exists()  # the member before it was not written either
 
 
+def test_unpack_makes_the_directories_a_foreign_archive_names(tmp_path):
+    # A SavedModel packed by GNU tar: members in subdirectories, the .index after its data file.
+    members = [
+        ("sm", None),
+        ("sm/variables/variables.data-00000-of-00001", b"d" * 3000),
+        ("sm/variables/variables.index", b"i" * 70),
+        ("sm/saved_model.pb", b"p" * 10),
+    ]
+    (tmp_path / "sm.tar.zst").write_bytes(_zstd_tar(members))
+    got = unpack(tmp_path / "sm.tar.zst", tmp_path / "out")
+    assert set(got.files) == {name for name, data in members if data is not None}
+    for name, data in members:
+        if data is not None:
+            assert (tmp_path / "out" / name).read_bytes() == data
+    assert sorted(os.listdir(tmp_path / "out" / "sm" / "variables")) == [
+        "variables.data-00000-of-00001",
+        "variables.index",
+    ]
+
+
 # -- reading straight out of an archive ----------------------------------------------------------
 
 
