@@ -2,11 +2,15 @@
 
 CORPUS            where the real-world corpus must be: ../shared/corpus beside the repository
 require_corpus()  CORPUS, or skip the test (fail it when $CI is set) saying where the corpus goes
+child_env()       the environment for a child process that imports this checkout's ckptio
+ckptio_popen()    `python -m ckptio ARGS` as a child process, output captured as text
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +18,26 @@ import pytest
 
 import ckptio
 
-CORPUS = (Path(__file__).resolve().parents[1] / ".." / "shared" / "corpus").resolve()
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = (ROOT / ".." / "shared" / "corpus").resolve()
+
+
+def child_env() -> dict:
+    """os.environ with this checkout first on PYTHONPATH, so a child process tests this code."""
+    return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def ckptio_popen(*argv, **kw) -> subprocess.Popen:
+    """`python -m ckptio ARGV` started in the checkout, stdout and stderr captured as text."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "ckptio", *map(str, argv)],
+        env=child_env(),
+        cwd=str(ROOT),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def require_corpus() -> Path:

@@ -18,16 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import ROOT, child_env
 
 import ckptio
 from ckptio.bundle.writer import BundleWriter
 from ckptio.verify import verify
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _env():
-    return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +76,7 @@ def test_kill_9_at_random_points(source, tmp_path):
     subprocess.run(
         [sys.executable, "-m", "ckptio", "strip", source, str(tmp_path / "timing" / "m"), "-q", "--shards", "2"],
         check=True,
-        env=_env(),
+        env=child_env(),
     )
     full = time.perf_counter() - start
     outcomes = []
@@ -92,7 +87,7 @@ def test_kill_9_at_random_points(source, tmp_path):
         out = str(tmp_path / f"run{i}" / "model.ckpt")
         proc = subprocess.Popen(
             [sys.executable, "-m", "ckptio", "strip", source, out, "-q", "--shards", "2"],
-            env=_env(),
+            env=child_env(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -120,7 +115,7 @@ def test_ctrl_c_cleans_up(source, tmp_path):
     for delay in (0.3, 0.6, 0.9):
         proc = subprocess.Popen(
             [sys.executable, "-m", "ckptio", "strip", source, str(out), "-q", "--force"],
-            env=_env(),
+            env=child_env(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
@@ -149,7 +144,7 @@ def test_file_size_limit_fails_cleanly(source, tmp_path):
     out = tmp_path / "o" / "model.ckpt"
     proc = subprocess.run(
         [sys.executable, "-m", "ckptio", "strip", source, str(out), "-q"],
-        env=_env(),
+        env=child_env(),
         capture_output=True,
         text=True,
         preexec_fn=_limit_file_size(8 << 20),
@@ -196,7 +191,7 @@ def test_batch_ctrl_c_with_workers_prints_no_traceback(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.Popen(
         [sys.executable, "-m", "ckptio", "strip", "--out-dir", str(out), "--jobs", "2", "-q", *inputs],
-        env=_env(),
+        env=child_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,

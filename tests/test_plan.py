@@ -17,15 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import ROOT, child_env
+from support import ckptio_popen as ckptio_proc
 
 from ckptio.bundle.writer import BundleWriter
 from ckptio.cli.main import main
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _env():
-    return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
 @pytest.fixture(scope="module")
@@ -58,18 +54,6 @@ def files_of(prefix: str) -> dict[str, str]:
 
 def cli(*argv) -> int:
     return main([str(a) for a in argv])
-
-
-def ckptio_proc(*argv, **kw):
-    return subprocess.Popen(
-        [sys.executable, "-m", "ckptio", *map(str, argv)],
-        env=_env(),
-        cwd=str(ROOT),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        **kw,
-    )
 
 
 @pytest.mark.parametrize(
@@ -138,7 +122,7 @@ rw._write_piece = write_then_die
 sys.exit(main(["run-plan", {str(plan)!r}, "--task", "0/1", "-q"]))
 """
     p = subprocess.run(
-        [sys.executable, "-c", killer], env=_env(), cwd=str(ROOT), capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", killer], env=child_env(), cwd=str(ROOT), capture_output=True, text=True, timeout=300
     )
     assert p.returncode == -signal.SIGKILL, p.stderr
     staging = split.parent / ".model.ckpt.ckptio-plan"
@@ -240,7 +224,7 @@ assert main(["strip", {source!r}, {str(tmp_path / "o2" / "m.ckpt")!r}, "-q"]) ==
 print(sorted(m for m in sys.modules if m.split(".")[0] == "ray"))
 """
     p = subprocess.run(
-        [sys.executable, "-c", code], env=_env(), cwd=str(ROOT), capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", code], env=child_env(), cwd=str(ROOT), capture_output=True, text=True, timeout=300
     )
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip().splitlines()[-1] == "[]"

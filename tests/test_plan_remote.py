@@ -19,11 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from s3_support import need as _need  # the s3 fixture is in conftest.py
+from support import ckptio_popen as proc
 
 from ckptio.bundle.writer import BundleWriter
 from ckptio.cli.main import main
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -48,23 +47,8 @@ def build(prefix: str, *, seed: int) -> None:
         w.finish()
 
 
-def _env() -> dict:
-    return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-
-
 def cli(*argv) -> int:
     return main([str(a) for a in argv])
-
-
-def proc(*argv) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "ckptio", *map(str, argv)],
-        env=_env(),
-        cwd=str(ROOT),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def objects(fs, prefix: str) -> dict[str, str]:

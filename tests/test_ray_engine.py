@@ -18,12 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import ROOT, child_env
 from tf_support import require_tf, run_tf_json
 
 from ckptio.bundle.writer import BundleWriter
 from ckptio.cli.main import main
-
-ROOT = Path(__file__).resolve().parents[1]
 
 if importlib.util.find_spec("ray") is None:  # probed only: ckptio imports it in its own processes
     if os.environ.get("CI"):
@@ -82,14 +81,10 @@ print(json.dumps(result))
 """
 
 
-def _env():
-    return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-
-
 def ckptio(*argv, timeout=600) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "ckptio", *map(str, argv)],
-        env=_env(),
+        env=child_env(),
         cwd=str(ROOT),
         capture_output=True,
         text=True,
@@ -126,7 +121,7 @@ def test_three_ways_byte_identical_and_restored_by_tf(tf_source, tmp_path):
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "ckptio", "run-plan", str(plan), "--task", f"{i}/4", "-q"],
-            env=_env(),
+            env=child_env(),
             cwd=str(ROOT),
             stderr=subprocess.PIPE,
             text=True,
@@ -196,7 +191,7 @@ def test_engine_errors_are_one_line(tmp_path, fifty):
         f"sys.exit(main(['strip', {src!r}, {str(tmp_path / 'o' / 'm.ckpt')!r}, '--engine', 'ray']))"
     )
     p = subprocess.run(
-        [sys.executable, "-c", no_ray], env=_env(), cwd=str(ROOT), capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", no_ray], env=child_env(), cwd=str(ROOT), capture_output=True, text=True, timeout=120
     )
     assert p.returncode == 1
     assert p.stderr == "ckptio: --engine ray needs Ray: pip install 'ckptio[ray]'\n"

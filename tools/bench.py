@@ -416,6 +416,7 @@ def bench_archive(work: str) -> dict | None:
         from ckptio import archive
     except ImportError:
         return None
+    import ml_dtypes
     import numpy as np
 
     from ckptio.bundle.writer import BundleWriter
@@ -426,12 +427,9 @@ def bench_archive(work: str) -> dict | None:
     w = rng.standard_normal(n, dtype=np.float32) * 0.02
     kinds = {
         "float32 weights": w,
-        "bfloat16 weights": w.astype("bfloat16") if False else None,
+        "bfloat16 weights": w.astype(ml_dtypes.bfloat16),
         "Adam m/v slots": np.concatenate([w[: n // 2] * 1e-3, (w[n // 2 :] ** 2) * 1e-6]).astype(np.float32),
     }
-    import ml_dtypes
-
-    kinds["bfloat16 weights"] = w.astype(ml_dtypes.bfloat16)
     for label, arr in kinds.items():
         prefix = os.path.join(work, "arch", label.split()[0] + label.split()[1][0], "model.ckpt")
         with BundleWriter(prefix, force=True) as bw:
