@@ -32,10 +32,9 @@ READ_AHEAD = 8 << 20
 # tensor, handing it to another thread costs more than combining it.
 INLINE = 64 << 10
 # Elements of every input read and combined at a time within a run: 512 KiB of float32 per input and
-# 1 MiB of float64 sums, about a core's L2 cache. Each block costs a GIL hand-off per read, crc32c
-# and ufunc: a warm 3 x 1 GiB merge took 1.25 s at 64K elements, 1.07 s at 128K, 1.03 s at 256K
-# and 1.08 s at 512K (in-process medians of 5 on a 2-core Xeon VM); 256K held 84 MiB at peak
-# against 128K's less, for 4% of the time, and memory grows with the number of inputs.
+# 1 MiB of float64 sums. Each block costs a GIL hand-off per read, crc32c and ufunc, so bigger blocks
+# pay less: a warm 3 x 1 GiB merge took 1.25 s at 64K elements, 1.07 s at 128K, 1.03 s at 256K and
+# 1.08 s at 512K (2-core VM). 256K held 84 MiB at peak (128K: 63 MiB), and blocks grow with the inputs.
 BLOCK_ELEMENTS = 1 << 17
 
 

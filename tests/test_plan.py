@@ -17,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import ROOT, child_env
-from support import ckptio_popen as ckptio_proc
+from support import ROOT, child_env, ckptio_popen
 
 from ckptio.bundle.writer import BundleWriter
 from ckptio.cli.main import main
@@ -72,7 +71,7 @@ def test_plan_tasks_commit_is_byte_identical_to_one_process(source, tmp_path, ar
     assert cli(command, source, one, "-q", *options) == 0
     assert cli("plan", command, source, split, *options, "--out-plan", plan, "-q") == 0
     assert not split.parent.exists() or not any(split.parent.iterdir())  # nothing written to OUT yet
-    procs = [ckptio_proc("run-plan", plan, "--task", f"{i}/4", "-q") for i in range(4)]
+    procs = [ckptio_popen("run-plan", plan, "--task", f"{i}/4", "-q") for i in range(4)]
     for p in procs:
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
@@ -135,7 +134,7 @@ sys.exit(main(["run-plan", {str(plan)!r}, "--task", "0/1", "-q"]))
     assert {str(q): q.stat().st_mtime_ns for q in split.parent.rglob("*")} == before
     assert not Path(str(split) + ".index").exists()
 
-    again = ckptio_proc("run-plan", plan, "--task", "0/1")
+    again = ckptio_popen("run-plan", plan, "--task", "0/1")
     out, err = again.communicate(timeout=300)
     assert again.returncode == 0, err
     assert "wrote 3 shards, 1 already done" in err  # the finished shard is verified and skipped
@@ -153,7 +152,7 @@ def test_run_and_commit_refuse_a_changed_input(source, tmp_path):
     data = Path(str(copy) + ".data-00001-of-00002")
     with open(data, "ab") as f:  # grown: the plan's recorded size no longer holds
         f.write(b"\0")
-    p = ckptio_proc("run-plan", plan, "--task", "1/2")
+    p = ckptio_popen("run-plan", plan, "--task", "1/2")
     _, err = p.communicate(timeout=300)
     assert p.returncode == 1
     assert "input changed since the plan was made (data files differs)" in err
@@ -169,7 +168,7 @@ def test_a_part_changed_after_its_task_is_redone(source, tmp_path):
     index = split.parent / ".m.ckpt.ckptio-plan" / "00001" / "part.index"
     index.write_bytes(index.read_bytes()[:-1] + b"\1")  # the receipt's index sha256 no longer matches
     assert cli("commit", plan) == 2
-    p = ckptio_proc("run-plan", plan)
+    p = ckptio_popen("run-plan", plan)
     _, err = p.communicate(timeout=300)
     assert p.returncode == 0 and "wrote 1 shards, 1 already done" in err
     assert cli("commit", plan, "-q") == 0

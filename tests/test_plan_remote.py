@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from s3_support import need as _need  # the s3 fixture is in conftest.py
-from support import ckptio_popen as proc
+from support import ckptio_popen
 
 from ckptio.bundle.writer import BundleWriter
 from ckptio.cli.main import main
@@ -86,12 +86,12 @@ def test_s3_plan_tasks_commit_match_one_local_process_and_load_in_tf(s3, source,
     assert recorded["inputs"][0]["prefix"] == "s3://bkt/src/model.ckpt"
     assert recorded["staging"] == "s3://bkt/out/.model.ckpt.ckptio-plan"
 
-    tasks = [proc("run-plan", plan, "--task", f"{i}/2", "-q") for i in range(2)]
+    tasks = [ckptio_popen("run-plan", plan, "--task", f"{i}/2", "-q") for i in range(2)]
     for t in tasks:
         _, err = t.communicate(timeout=300)
         assert t.returncode == 0, err
     assert not s3.exists("bkt/out/model.ckpt.index")  # nothing visible before commit
-    c = proc("commit", plan, "-q")
+    c = ckptio_popen("commit", plan, "-q")
     _, err = c.communicate(timeout=300)
     assert c.returncode == 0, err
 
@@ -122,7 +122,7 @@ def test_s3_commit_before_tasks_and_changed_input_refuse(s3, source, tmp_path):
     assert [p for p in s3.find("bkt/out2") if "/.model.ckpt.ckptio-plan/" not in p] == []
     data = "bkt/src2/model.ckpt.data-00001-of-00003"
     s3.pipe_file(data, s3.cat_file(data) + b"\0")  # the input grew after planning
-    p = proc("run-plan", plan, "--task", "1/2")
+    p = ckptio_popen("run-plan", plan, "--task", "1/2")
     _, err = p.communicate(timeout=300)
     assert p.returncode == 1
     assert "input changed since the plan was made" in err
@@ -150,7 +150,9 @@ def test_s3_strip_with_ray_engine_matches_one_local_process(s3, source, tmp_path
     one = tmp_path / "one" / "model.ckpt"
     assert cli("strip", source, one, "--shards", "3", "-q") == 0
     # A fresh process starts its own local Ray instance; its workers reach the bucket by URL only.
-    p = proc("strip", "s3://bkt/src/model.ckpt", "s3://bkt/ray/model.ckpt", "--shards", "3", "--engine", "ray", "-q")
+    p = ckptio_popen(
+        "strip", "s3://bkt/src/model.ckpt", "s3://bkt/ray/model.ckpt", "--shards", "3", "--engine", "ray", "-q"
+    )
     _, err = p.communicate(timeout=600)
     assert p.returncode == 0, err
     assert objects(s3, "ray") == local_files(one)
